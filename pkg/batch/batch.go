@@ -1,0 +1,84 @@
+package batch
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/surge-events/surge/pkg/event"
+)
+
+// Batch is a contiguous run of one shard's EVENTS messages, held by column.
+// Every row carries the EVENTS stream sequence of the message it came in.
+type Batch struct {
+	Shard    int
+	FirstSeq uint64
+	LastSeq  uint64
+
+	EventID    []string
+	Tenant     []string
+	UserID     []string
+	Type       []string
+	TS         []int64 // unix microseconds
+	ReceivedAt []int64 // unix microseconds
+	Properties []string
+	Seq        []uint64
+}
+
+// ID names the batch by shard and sequence range: the same events always
+// make the same id, so a re-published batch is dropped as a duplicate.
+func (b *Batch) ID() string { return ID(b.Shard, b.FirstSeq, b.LastSeq) }
+
+// ID formats a batch id.
+func ID(shard int, first, last uint64) string { return fmt.Sprintf("%d:%d-%d", shard, first, last) }
+
+// Len is the number of rows.
+func (b *Batch) Len() int { return len(b.EventID) }
+
+// Append adds the events of the EVENTS message with stream sequence seq.
+func (b *Batch) Append(seq uint64, events []event.Event) {
+	if b.Len() == 0 {
+		b.FirstSeq = seq
+	}
+	b.LastSeq = seq
+	for i := range events {
+		e := &events[i]
+		b.EventID = append(b.EventID, e.EventID)
+		b.Tenant = append(b.Tenant, e.Tenant)
+		b.UserID = append(b.UserID, e.UserID)
+		b.Type = append(b.Type, e.Type)
+		b.TS = append(b.TS, e.TS.UnixMicro())
+		b.ReceivedAt = append(b.ReceivedAt, e.ReceivedAt.UnixMicro())
+		b.Properties = append(b.Properties, e.Properties)
+		b.Seq = append(b.Seq, seq)
+	}
+}
+
+// After returns the rows whose sequence is above watermark, sharing storage
+// with b. Rows are in sequence order, so they form a suffix.
+func (b *Batch) After(watermark uint64) *Batch {
+	i := 0
+	for i < len(b.Seq) && b.Seq[i] <= watermark {
+		i++
+	}
+	if i == 0 {
+		return b
+	}
+	out := &Batch{
+		Shard: b.Shard, LastSeq: b.LastSeq,
+		EventID: b.EventID[i:], Tenant: b.Tenant[i:], UserID: b.UserID[i:], Type: b.Type[i:],
+		TS: b.TS[i:], ReceivedAt: b.ReceivedAt[i:], Properties: b.Properties[i:], Seq: b.Seq[i:],
+	}
+	if len(out.Seq) > 0 {
+		out.FirstSeq = out.Seq[0]
+	}
+	return out
+}
+
+// Times converts a microsecond column to times, for drivers that want them.
+func Times(us []int64) []time.Time {
+	out := make([]time.Time, len(us))
+	for i, v := range us {
+		out[i] = time.UnixMicro(v).UTC()
+	}
+	return out
+}

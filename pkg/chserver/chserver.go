@@ -1,0 +1,291 @@
+// Package chserver runs real clickhouse-server processes, one per shard
+// server, each with its own ports and data folder, for the local stack and
+// for tests. The servers share a cluster definition so a Distributed table
+// over them answers queries across shards.
+package chserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// Binary is where Debian installs the server.
+const Binary = "/usr/sbin/clickhouse-server"
+
+// DefaultCluster is the cluster name the Distributed table uses.
+const DefaultCluster = "events_cluster"
+
+// ErrNotInstalled reports that clickhouse-server is missing and could not be installed.
+var ErrNotInstalled = errors.New("clickhouse-server is not installed")
+
+// EnsureInstalled installs clickhouse-server with apt-get when it is
+// missing and the process runs as root; otherwise it says what to do.
+func EnsureInstalled(ctx context.Context, logf func(format string, args ...any)) error {
+	if _, err := os.Stat(Binary); err == nil {
+		return nil
+	}
+	if os.Geteuid() != 0 {
+		return fmt.Errorf("%w: run `sudo apt-get install -y clickhouse-server` (Debian/Ubuntu) and try again", ErrNotInstalled)
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return fmt.Errorf("%w and apt-get is not available: install ClickHouse so that %s exists", ErrNotInstalled, Binary)
+	}
+	logf("installing clickhouse-server with apt-get (about 15 s)")
+	for _, args := range [][]string{{"update", "-qq"}, {"install", "-y", "-qq", "clickhouse-server", "clickhouse-client"}} {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("apt-get %s: %w\n%s", args[0], err, lastLines(string(out), 10))
+		}
+	}
+	if _, err := os.Stat(Binary); err != nil {
+		return fmt.Errorf("%w after apt-get install", ErrNotInstalled)
+	}
+	return nil
+}
+
+// Server is one clickhouse-server process.
+type Server struct {
+	Dir      string
+	TCPPort  int
+	HTTPPort int
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// Addr is the native protocol address.
+func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.TCPPort)) }
+
+// HTTPAddr is the HTTP interface address.
+func (s *Server) HTTPAddr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.HTTPPort)) }
+
+// Cluster is a set of servers that know each other as one cluster.
+type Cluster struct {
+	Name    string
+	Servers []*Server
+}
+
+// Addrs lists the native addresses in shard-server order.
+func (c *Cluster) Addrs() []string {
+	out := make([]string, len(c.Servers))
+	for i, s := range c.Servers {
+		out[i] = s.Addr()
+	}
+	return out
+}
+
+// StartCluster writes the configuration of n servers under dir, on free
+// loopback ports, and starts them all.
+func StartCluster(ctx context.Context, dir string, n int) (*Cluster, error) {
+	c := &Cluster{Name: DefaultCluster}
+	ports, err := FreePorts(3 * n)
+	if err != nil {
+		return nil, err
+	}
+	for i := 0; i < n; i++ {
+		c.Servers = append(c.Servers, &Server{
+			Dir:      filepath.Join(dir, fmt.Sprintf("clickhouse-%d", i)),
+			TCPPort:  ports[3*i],
+			HTTPPort: ports[3*i+1],
+		})
+	}
+	for i, s := range c.Servers {
+		if err := s.writeConfig(c, ports[3*i+2]); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range c.Servers {
+		if err := s.Start(ctx); err != nil {
+			c.Stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Stop stops every server and waits for them to exit.
+func (c *Cluster) Stop() {
+	var wg sync.WaitGroup
+	for _, s := range c.Servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = s.Stop()
+		}()
+	}
+	wg.Wait()
+}
+
+var (
+	reRemote = regexp.MustCompile(`(?s)<remote_servers[^>]*>.*?</remote_servers>`)
+	reListen = regexp.MustCompile(`(?m)^\s*<listen_host>[^<]*</listen_host>\s*$`)
+)
+
+func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
+	for _, sub := range []string{"data", "log", "tmp", "user_files", "format_schemas"} {
+		if err := os.MkdirAll(filepath.Join(s.Dir, sub), 0o755); err != nil {
+			return fmt.Errorf("clickhouse dir: %w", err)
+		}
+	}
+	base, err := os.ReadFile("/etc/clickhouse-server/config.xml")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotInstalled, err)
+	}
+	users, err := os.ReadFile("/etc/clickhouse-server/users.xml")
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrNotInstalled, err)
+	}
+	cfg := string(base)
+	cfg = strings.NewReplacer(
+		"<tcp_port>9000</tcp_port>", "<tcp_port>"+strconv.Itoa(s.TCPPort)+"</tcp_port>",
+		"<http_port>8123</http_port>", "<http_port>"+strconv.Itoa(s.HTTPPort)+"</http_port>",
+		"<interserver_http_port>9009</interserver_http_port>", "<interserver_http_port>"+strconv.Itoa(interserverPort)+"</interserver_http_port>",
+		"/var/lib/clickhouse/tmp/", filepath.Join(s.Dir, "tmp")+"/",
+		"/var/lib/clickhouse/user_files/", filepath.Join(s.Dir, "user_files")+"/",
+		"/var/lib/clickhouse/format_schemas/", filepath.Join(s.Dir, "format_schemas")+"/",
+		"/var/lib/clickhouse/", filepath.Join(s.Dir, "data")+"/",
+		"/var/log/clickhouse-server/", filepath.Join(s.Dir, "log")+"/",
+	).Replace(cfg)
+	cfg = reListen.ReplaceAllString(cfg, "")
+	cfg = strings.Replace(cfg, "</yandex>", "    <listen_host>127.0.0.1</listen_host>\n</yandex>", 1)
+	var remote strings.Builder
+	remote.WriteString("<remote_servers>\n        <" + c.Name + ">\n")
+	for _, o := range c.Servers {
+		fmt.Fprintf(&remote, "            <shard><replica><host>127.0.0.1</host><port>%d</port></replica></shard>\n", o.TCPPort)
+	}
+	remote.WriteString("        </" + c.Name + ">\n    </remote_servers>")
+	cfg = reRemote.ReplaceAllLiteralString(cfg, remote.String())
+	if err := os.WriteFile(filepath.Join(s.Dir, "config.xml"), []byte(cfg), 0o644); err != nil {
+		return fmt.Errorf("write clickhouse config: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir, "users.xml"), users, 0o644); err != nil {
+		return fmt.Errorf("write clickhouse users: %w", err)
+	}
+	return nil
+}
+
+// Start runs the server and waits until its native port accepts.
+func (s *Server) Start(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd != nil {
+		return nil
+	}
+	out, err := os.OpenFile(filepath.Join(s.Dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("clickhouse stdout: %w", err)
+	}
+	cmd := exec.Command(Binary, "--config-file="+filepath.Join(s.Dir, "config.xml"))
+	cmd.Dir = s.Dir
+	cmd.Stdout, cmd.Stderr = out, out
+	// Its own process group, so a Ctrl-C in a terminal reaches the parent,
+	// which then stops the server in order.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return fmt.Errorf("start clickhouse-server: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-done:
+			s.cmd = nil
+			return fmt.Errorf("clickhouse-server on %s exited at start; see %s", s.Addr(), filepath.Join(s.Dir, "log"))
+		case <-ctx.Done():
+			s.stopLocked()
+			return fmt.Errorf("wait for clickhouse-server: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.stopLocked()
+			return fmt.Errorf("clickhouse-server on %s not ready after 30s", s.Addr())
+		}
+	}
+}
+
+// Stop sends SIGTERM and waits for exit (SIGKILL after 30 s), so the data
+// folder can be reused at once.
+func (s *Server) Stop() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopLocked()
+}
+
+func (s *Server) stopLocked() error {
+	if s.cmd == nil {
+		return nil
+	}
+	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-s.done:
+	case <-time.After(30 * time.Second):
+		_ = s.cmd.Process.Kill()
+		<-s.done
+	}
+	s.cmd = nil
+	return nil
+}
+
+// PID is the process id, 0 when stopped.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cmd == nil {
+		return 0
+	}
+	return s.cmd.Process.Pid
+}
+
+// FreePorts returns n distinct free loopback TCP ports.
+func FreePorts(n int) ([]int, error) {
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	ports := make([]int, 0, n)
+	for i := 0; i < n; i++ {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("free port: %w", err)
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,81 @@
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// NATSConfig says how to reach NATS.
+type NATSConfig struct {
+	// URL is one or more comma-separated server URLs.
+	URL string `yaml:"url" env:"URL"`
+	// ConnectTimeout bounds the wait for NATS at start-up.
+	ConnectTimeout time.Duration `yaml:"connect_timeout" env:"CONNECT_TIMEOUT"`
+	// User and Password authenticate, when the server asks.
+	User     string `yaml:"user" env:"USER"`
+	Password string `yaml:"password" env:"PASSWORD"`
+}
+
+// DefaultNATSConfig points at a local server.
+func DefaultNATSConfig() NATSConfig {
+	return NATSConfig{URL: nats.DefaultURL, ConnectTimeout: 30 * time.Second}
+}
+
+// Validate reports every problem of the NATS settings.
+func (c NATSConfig) Validate() error {
+	var errs []error
+	if c.URL == "" {
+		errs = append(errs, errors.New("url is required"))
+	}
+	if c.ConnectTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("connect_timeout must be positive, got %s", c.ConnectTimeout))
+	}
+	return errors.Join(errs...)
+}
+
+// ConnectNATS connects, retrying until ConnectTimeout, and reconnects
+// forever afterwards: a NATS restart pauses a service, it does not end it.
+func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Logger) (*nats.Conn, jetstream.JetStream, error) {
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectBufSize(-1), // fail publishes while disconnected rather than buffer them unacknowledged
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			logger.Warn("nats disconnected", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
+		}),
+	}
+	if c.User != "" {
+		opts = append(opts, nats.UserInfo(c.User, c.Password))
+	}
+	deadline := time.Now().Add(c.ConnectTimeout)
+	for {
+		nc, err := nats.Connect(c.URL, opts...)
+		if err == nil {
+			js, err := jetstream.New(nc)
+			if err != nil {
+				nc.Close()
+				return nil, nil, fmt.Errorf("jetstream: %w", err)
+			}
+			return nc, js, nil
+		}
+		if time.Now().After(deadline) {
+			return nil, nil, fmt.Errorf("connect to nats %s: %w", c.URL, err)
+		}
+		logger.Info("waiting for nats", zap.String("url", c.URL), zap.Error(err))
+		select {
+		case <-ctx.Done():
+			return nil, nil, fmt.Errorf("connect to nats: %w", ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

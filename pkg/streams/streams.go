@@ -1,0 +1,150 @@
+// Package streams names Surge's JetStream streams, subjects and headers,
+// and creates or updates the streams at start-up.
+package streams
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Stream names.
+const (
+	Ingest     = "INGEST"
+	Events     = "EVENTS"
+	Batches    = "BATCHES"
+	DeadLetter = "DEAD_LETTER"
+)
+
+// Headers Surge sets on its messages, besides Nats-Msg-Id and traceparent.
+const (
+	// HeaderBatchID carries "<shard>:<first>-<last>" on BATCHES messages.
+	HeaderBatchID = "Surge-Batch-Id"
+	// HeaderFirstSeq and HeaderLastSeq carry the EVENTS sequence range of a batch.
+	HeaderFirstSeq = "Surge-First-Seq"
+	HeaderLastSeq  = "Surge-Last-Seq"
+	// HeaderRows carries the row count of a batch or message.
+	HeaderRows = "Surge-Rows"
+	// HeaderReason carries why a message was dead-lettered.
+	HeaderReason = "Surge-Reason"
+	// HeaderSource carries the subject a dead letter came from.
+	HeaderSource = "Surge-Source"
+	// HeaderSourceSeq carries the stream sequence a dead letter came from.
+	HeaderSourceSeq = "Surge-Source-Seq"
+)
+
+// IngestSubject is where ingest publishes the events of a tenant.
+func IngestSubject(tenant string) string { return "ingest." + tenant }
+
+// EventsSubject is the subject of one shard in EVENTS.
+func EventsSubject(shard int) string { return "events.shard." + strconv.Itoa(shard) }
+
+// BatchesSubject is the subject of one shard in BATCHES.
+func BatchesSubject(shard int) string { return "batches.shard." + strconv.Itoa(shard) }
+
+// DeadLetterSubject is where a service puts what it cannot process.
+func DeadLetterSubject(service string, shard int) string {
+	return "deadletter." + service + ".shard." + strconv.Itoa(shard)
+}
+
+// Config sizes the streams. Sizes are per stream.
+type Config struct {
+	// Replicas is the stream replica count: 1 for one server, 3 in a cluster.
+	Replicas int `yaml:"replicas" env:"REPLICAS"`
+	// MaxBytes bounds each of INGEST, EVENTS and BATCHES. When one is full,
+	// publishes into it fail and the pressure reaches ingest as 503.
+	MaxBytes int64 `yaml:"max_bytes" env:"MAX_BYTES"`
+	// DeadLetterMaxAge is how long dead letters are kept.
+	DeadLetterMaxAge time.Duration `yaml:"dead_letter_max_age" env:"DEAD_LETTER_MAX_AGE"`
+	// DuplicateWindow is how long JetStream remembers message ids: the
+	// window in which a client retry with the same Idempotency-Key is dropped.
+	DuplicateWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"`
+	// MaxMsgSize is the largest message; it must hold a whole batch and fit
+	// the server's max_payload.
+	MaxMsgSize int32 `yaml:"max_msg_size" env:"MAX_MSG_SIZE"`
+}
+
+// DefaultConfig suits one server on a development machine.
+func DefaultConfig() Config {
+	return Config{
+		Replicas:         1,
+		MaxBytes:         8 << 30,
+		DeadLetterMaxAge: 14 * 24 * time.Hour,
+		DuplicateWindow:  2 * time.Minute,
+		MaxMsgSize:       8 << 20,
+	}
+}
+
+// Validate reports every problem of the stream settings.
+func (c Config) Validate() error {
+	var errs []error
+	if c.Replicas < 1 || c.Replicas > 5 {
+		errs = append(errs, fmt.Errorf("replicas must be 1 to 5, got %d", c.Replicas))
+	}
+	if c.MaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("max_bytes must be at least 1 MiB, got %d", c.MaxBytes))
+	}
+	if c.DuplicateWindow < time.Second {
+		errs = append(errs, fmt.Errorf("duplicate_window must be at least 1s, got %s", c.DuplicateWindow))
+	}
+	if c.DeadLetterMaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("dead_letter_max_age must be at least 1m, got %s", c.DeadLetterMaxAge))
+	}
+	if c.MaxMsgSize < 64<<10 {
+		errs = append(errs, fmt.Errorf("max_msg_size must be at least 64 KiB, got %d", c.MaxMsgSize))
+	}
+	return errors.Join(errs...)
+}
+
+// Definitions returns the configuration of every Surge stream.
+//
+//   - INGEST is a work queue: the partitioner's ack removes a request.
+//   - EVENTS keeps per-shard runs until the batcher has cut them into a
+//     published batch; the batcher then purges them (it reads with an
+//     ordered consumer, so there is nothing to ack).
+//   - BATCHES is a work queue: each shard's sink consumer acks a batch once
+//     ClickHouse holds it.
+//   - DEAD_LETTER keeps what could not be processed, for inspection and replay.
+//
+// All use file storage and refuse new messages when full, so a slow stage
+// pushes back rather than dropping what was acknowledged.
+func Definitions(c Config) []jetstream.StreamConfig {
+	base := func(name, desc string, subjects []string, retention jetstream.RetentionPolicy) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:        name,
+			Description: desc,
+			Subjects:    subjects,
+			Retention:   retention,
+			Storage:     jetstream.FileStorage,
+			Replicas:    c.Replicas,
+			MaxBytes:    c.MaxBytes,
+			MaxMsgSize:  c.MaxMsgSize,
+			Discard:     jetstream.DiscardNew,
+			Duplicates:  c.DuplicateWindow,
+		}
+	}
+	dl := base(DeadLetter, "Surge messages that could not be processed", []string{"deadletter.>"}, jetstream.LimitsPolicy)
+	dl.MaxAge = c.DeadLetterMaxAge
+	dl.Discard = jetstream.DiscardOld
+	return []jetstream.StreamConfig{
+		base(Ingest, "Surge requests as accepted by ingest", []string{"ingest.>"}, jetstream.WorkQueuePolicy),
+		base(Events, "Surge events grouped per shard", []string{"events.shard.*"}, jetstream.LimitsPolicy),
+		base(Batches, "Surge columnar batches per shard", []string{"batches.shard.*"}, jetstream.WorkQueuePolicy),
+		dl,
+	}
+}
+
+// Ensure creates every stream or updates it to the configuration, so every
+// service can call it at start in any order.
+func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
+	for _, sc := range Definitions(c) {
+		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
+	}
+	return nil
+}

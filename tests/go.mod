@@ -1,0 +1,3 @@
+module github.com/surge-events/surge/tests
+
+go 1.26.0
