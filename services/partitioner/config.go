@@ -1,0 +1,105 @@
+package partitioner
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// Config is the partitioner's configuration.
+type Config struct {
+	NATS    service.NATSConfig  `yaml:"nats" env:"NATS"`
+	Streams streams.Config      `yaml:"streams" env:"STREAMS"`
+	Log     telemetry.LogConfig `yaml:"log" env:"LOG"`
+	Admin   service.AdminConfig `yaml:"admin" env:"ADMIN"`
+
+	// Shards is the number of logical shards events are spread over.
+	Shards int `yaml:"shards" env:"SHARDS"`
+	// Workers is the number of concurrent fetch-publish-ack loops.
+	Workers int `yaml:"workers" env:"WORKERS"`
+	// FetchBatch is the most INGEST messages one worker fetches at once;
+	// their publishes are pipelined before any PubAck is awaited.
+	FetchBatch int `yaml:"fetch_batch" env:"FETCH_BATCH"`
+	// FetchMaxWait is how long a fetch waits to fill its batch.
+	FetchMaxWait time.Duration `yaml:"fetch_max_wait" env:"FETCH_MAX_WAIT"`
+	// MaxAckPending bounds the INGEST messages handed out and not yet acked,
+	// across every partitioner process sharing the consumer.
+	MaxAckPending int `yaml:"max_ack_pending" env:"MAX_ACK_PENDING"`
+	// AckWait is how long JetStream waits for an ack before redelivering.
+	AckWait time.Duration `yaml:"ack_wait" env:"ACK_WAIT"`
+	// MaxPublishPending bounds the async publishes awaiting a PubAck; a
+	// publish beyond it blocks until one completes.
+	MaxPublishPending int `yaml:"max_publish_pending" env:"MAX_PUBLISH_PENDING"`
+	// PublishTimeout bounds the wait for one PubAck.
+	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
+	// InfoInterval is how often consumer lag is read for the metrics.
+	InfoInterval time.Duration `yaml:"info_interval" env:"INFO_INTERVAL"`
+}
+
+// DefaultConfig returns the defaults of every setting.
+func DefaultConfig() Config {
+	return Config{
+		NATS:              service.DefaultNATSConfig(),
+		Streams:           streams.DefaultConfig(),
+		Log:               telemetry.DefaultLogConfig(),
+		Admin:             service.AdminConfig{Addr: ":8082"},
+		Shards:            8,
+		Workers:           2,
+		FetchBatch:        256,
+		FetchMaxWait:      500 * time.Millisecond,
+		MaxAckPending:     1024,
+		AckWait:           30 * time.Second,
+		MaxPublishPending: 4096,
+		PublishTimeout:    10 * time.Second,
+		InfoInterval:      5 * time.Second,
+	}
+}
+
+// Logging returns the log settings.
+func (c Config) Logging() telemetry.LogConfig { return c.Log }
+
+// Validate reports every problem of the configuration.
+func (c Config) Validate() error {
+	errs := []error{
+		config.Section("nats", c.NATS.Validate()),
+		config.Section("streams", c.Streams.Validate()),
+		config.Section("log", c.Log.Validate()),
+		config.Section("admin", c.Admin.Validate()),
+	}
+	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Shards < 1 || c.Shards > 65535 {
+		add("shards must be 1 to 65535, got %d", c.Shards)
+	}
+	if c.Workers < 1 {
+		add("workers must be at least 1, got %d", c.Workers)
+	}
+	if c.FetchBatch < 1 {
+		add("fetch_batch must be at least 1, got %d", c.FetchBatch)
+	}
+	if c.FetchMaxWait < time.Millisecond {
+		add("fetch_max_wait must be at least 1ms, got %s", c.FetchMaxWait)
+	}
+	if c.MaxAckPending < c.Workers*c.FetchBatch {
+		add("max_ack_pending must be at least workers*fetch_batch (%d), got %d", c.Workers*c.FetchBatch, c.MaxAckPending)
+	}
+	if c.MaxPublishPending < 1 {
+		add("max_publish_pending must be at least 1, got %d", c.MaxPublishPending)
+	}
+	if c.PublishTimeout <= 0 {
+		add("publish_timeout must be positive, got %s", c.PublishTimeout)
+	}
+	// A fetched message waits for its whole batch to fill, then for its
+	// PubAcks: it must not be redelivered meanwhile.
+	if c.AckWait <= c.FetchMaxWait+c.PublishTimeout {
+		add("ack_wait must exceed fetch_max_wait+publish_timeout (%s), got %s", c.FetchMaxWait+c.PublishTimeout, c.AckWait)
+	}
+	if c.InfoInterval <= 0 {
+		add("info_interval must be positive, got %s", c.InfoInterval)
+	}
+	return errors.Join(errs...)
+}

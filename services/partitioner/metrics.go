@@ -1,0 +1,62 @@
+package partitioner
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Outcomes of an INGEST message, the label of surge_partitioner_messages_total.
+const (
+	outcomeAcked      = "acked"       // every group published and PubAcked, input acked
+	outcomeNaked      = "naked"       // a publish failed, input redelivered later
+	outcomeDeadLetter = "dead_letter" // undecodable, dead-lettered and terminated
+)
+
+type metrics struct {
+	messages        *prometheus.CounterVec
+	events          []prometheus.Counter // by shard
+	publishDuration prometheus.Histogram
+	consumerPending prometheus.Gauge
+	ackPending      prometheus.Gauge
+	deadLetters     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, shards int) *metrics {
+	m := &metrics{
+		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_partitioner_messages_total",
+			Help: "INGEST messages handled, by outcome (acked, naked, dead_letter).",
+		}, []string{"outcome"}),
+		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "surge_partitioner_publish_duration_seconds",
+			Help:    "Time from publishing an INGEST message's shard groups to their last PubAck.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}),
+		consumerPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_partitioner_consumer_pending",
+			Help: "INGEST messages not yet delivered to the partitioner consumer.",
+		}),
+		ackPending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_partitioner_consumer_ack_pending",
+			Help: "INGEST messages delivered to the partitioner consumer and not yet acked.",
+		}),
+		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "surge_partitioner_dead_letters_total",
+			Help: "INGEST messages published to DEAD_LETTER.",
+		}),
+	}
+	eventsVec := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "surge_partitioner_events_total",
+		Help: "Events published to EVENTS and acked, by shard.",
+	}, []string{"shard"})
+	m.events = make([]prometheus.Counter, shards)
+	for k := range m.events {
+		m.events[k] = eventsVec.WithLabelValues(strconv.Itoa(k))
+	}
+	for _, o := range []string{outcomeAcked, outcomeNaked, outcomeDeadLetter} {
+		m.messages.WithLabelValues(o)
+	}
+	reg.MustRegister(m.messages, eventsVec, m.publishDuration, m.consumerPending, m.ackPending, m.deadLetters)
+	return m
+}

@@ -1,0 +1,371 @@
+// Package partitioner consumes INGEST, spreads each request's events over
+// the shards of EVENTS by their key, and acks a request only once every
+// shard group of it is durable in EVENTS.
+//
+// Every partitioner process pulls from one shared durable consumer, so
+// adding processes adds throughput. A redelivered request republishes the
+// same message ids (<ingest seq>:<shard>), which EVENTS drops as duplicates.
+package partitioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// ConsumerName is the durable INGEST consumer every partitioner shares.
+const ConsumerName = "partitioner"
+
+// drainTimeout bounds the wait for the NATS connection to flush at shutdown.
+const drainTimeout = 10 * time.Second
+
+// Service is a running partitioner.
+type Service struct {
+	cfg    Config
+	logger *zap.Logger
+	tracer trace.Tracer
+	admin  *service.Admin
+	m      *metrics
+}
+
+// New builds a partitioner and opens its admin listener; it does no
+// network I/O to NATS.
+func New(cfg Config, deps service.Deps) (*Service, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, fmt.Errorf("partitioner config: %w", err)
+	}
+	admin, err := service.NewAdmin(cfg.Admin.Addr, deps.Registry, deps.Logger)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		cfg:    cfg,
+		logger: deps.Logger,
+		tracer: deps.TracerProvider.Tracer("github.com/surge-events/surge/services/partitioner"),
+		admin:  admin,
+		m:      newMetrics(deps.Registry, cfg.Shards),
+	}, nil
+}
+
+// AdminAddr is the address of /healthz, /readyz and /metrics.
+func (s *Service) AdminAddr() string { return s.admin.Addr() }
+
+// Run partitions until ctx ends, then stops fetching, settles every
+// fetched message (PubAcks awaited, acks sent) and drains the connection.
+func (s *Service) Run(ctx context.Context) (err error) {
+	adminCtx, stopAdmin := context.WithCancel(context.Background())
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- s.admin.Run(adminCtx) }()
+	defer func() {
+		stopAdmin()
+		if aerr := <-adminDone; aerr != nil && err == nil {
+			err = aerr
+		}
+	}()
+
+	nc, _, err := service.ConnectNATS(ctx, s.cfg.NATS, "surge-partitioner", s.logger)
+	if err != nil {
+		return err
+	}
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	defer s.drain(nc, closed)
+
+	js, err := jetstream.New(nc,
+		jetstream.WithPublishAsyncMaxPending(s.cfg.MaxPublishPending),
+		jetstream.WithPublishAsyncTimeout(s.cfg.PublishTimeout))
+	if err != nil {
+		return fmt.Errorf("jetstream: %w", err)
+	}
+	if err := streams.Ensure(ctx, js, s.cfg.Streams); err != nil {
+		return err
+	}
+	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Ingest, jetstream.ConsumerConfig{
+		Durable:       ConsumerName,
+		Description:   "Surge partitioners, shared",
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       s.cfg.AckWait,
+		MaxDeliver:    -1,
+		MaxAckPending: s.cfg.MaxAckPending,
+	})
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", ConsumerName, err)
+	}
+
+	s.admin.SetReady(true)
+	defer s.admin.SetReady(false)
+	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers))
+
+	var wg sync.WaitGroup
+	wg.Go(func() { s.pollLag(ctx, cons) })
+	for range s.cfg.Workers {
+		w := &worker{s: s, js: js, groups: make([][]event.Event, s.cfg.Shards)}
+		wg.Go(func() { w.run(ctx, cons) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// drain flushes what is buffered (acks included) and closes the connection.
+func (s *Service) drain(nc *nats.Conn, closed <-chan struct{}) {
+	if err := nc.Drain(); err != nil {
+		s.logger.Warn("nats drain", zap.Error(err))
+		nc.Close()
+		return
+	}
+	select {
+	case <-closed:
+	case <-time.After(drainTimeout):
+		s.logger.Warn("nats drain timed out")
+		nc.Close()
+	}
+}
+
+// pollLag reads the consumer's pending counts every InfoInterval.
+func (s *Service) pollLag(ctx context.Context, cons jetstream.Consumer) {
+	t := time.NewTicker(s.cfg.InfoInterval)
+	defer t.Stop()
+	for {
+		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		info, err := cons.Info(ictx)
+		cancel()
+		if err == nil {
+			s.m.consumerPending.Set(float64(info.NumPending))
+			s.m.ackPending.Set(float64(info.NumAckPending))
+		} else if ctx.Err() == nil {
+			s.logger.Debug("consumer info", zap.Error(err))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// worker is one fetch-publish-ack loop. Not safe for concurrent use.
+type worker struct {
+	s        *Service
+	js       jetstream.JetStream
+	groups   [][]event.Event // by shard, reused
+	inflight []input         // the fetched batch, reused
+}
+
+// input is one INGEST message on its way through the worker.
+type input struct {
+	msg       jetstream.Msg
+	seq       uint64
+	delivered uint64
+	span      trace.Span
+	start     time.Time
+	futures   []jetstream.PubAckFuture
+	counts    []shardCount
+	err       error // a publish could not be started
+	settled   bool  // already acked, naked or terminated
+}
+
+type shardCount struct{ shard, events int }
+
+func (w *worker) run(ctx context.Context, cons jetstream.Consumer) {
+	failures := 0
+	for ctx.Err() == nil {
+		// The fetch is not bound to ctx: once asked for, messages are
+		// handled to the end, so a shutdown leaves none to redeliver.
+		mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
+		if err != nil {
+			failures++
+			w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures))
+			sleep(ctx, backoff(failures))
+			continue
+		}
+		failures = 0
+		w.handle(mb)
+		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
+			w.s.logger.Debug("fetch ended", zap.Error(err))
+		}
+	}
+}
+
+// handle publishes the groups of every message of the batch as they
+// arrive, then waits for the PubAcks and settles each message in turn:
+// the publishes of a whole batch are in flight together.
+func (w *worker) handle(mb jetstream.MessageBatch) {
+	w.inflight = w.inflight[:0]
+	for msg := range mb.Messages() {
+		w.inflight = append(w.inflight, input{msg: msg})
+		w.publish(&w.inflight[len(w.inflight)-1])
+	}
+	for i := range w.inflight {
+		w.settle(&w.inflight[i])
+		w.inflight[i] = input{} // drop references for the collector
+	}
+}
+
+func (w *worker) publish(in *input) {
+	s := w.s
+	in.start = time.Now()
+	ctx := telemetry.Extract(context.Background(), in.msg.Headers())
+	ctx, in.span = s.tracer.Start(ctx, "partition", trace.WithSpanKind(trace.SpanKindConsumer))
+	meta, err := in.msg.Metadata()
+	if err != nil {
+		in.err = fmt.Errorf("message metadata: %w", err)
+		return
+	}
+	in.seq, in.delivered = meta.Sequence.Stream, meta.NumDelivered
+
+	events, err := event.Decode(in.msg.Data())
+	if err != nil {
+		w.deadLetter(in, err)
+		return
+	}
+	for k := range w.groups {
+		w.groups[k] = w.groups[k][:0]
+	}
+	for i := range events {
+		k := shard.Of(events[i].Tenant, events[i].UserID, s.cfg.Shards)
+		w.groups[k] = append(w.groups[k], events[i])
+	}
+	if in.span.IsRecording() {
+		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
+	}
+	seq := strconv.FormatUint(in.seq, 10)
+	for k, group := range w.groups {
+		if len(group) == 0 {
+			continue
+		}
+		size := 2
+		for i := range group {
+			size += group[i].Size() + 16
+		}
+		m := &nats.Msg{
+			Subject: streams.EventsSubject(k),
+			Data:    event.AppendEncoded(make([]byte, 0, size), group),
+			Header: nats.Header{
+				jetstream.MsgIDHeader: []string{seq + ":" + strconv.Itoa(k)},
+				streams.HeaderRows:    []string{strconv.Itoa(len(group))},
+			},
+		}
+		telemetry.Inject(ctx, m.Header)
+		f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(s.cfg.PublishTimeout))
+		if err != nil {
+			// The groups already sent are republished with the same ids
+			// on redelivery, and dropped as duplicates.
+			in.err = fmt.Errorf("publish %s: %w", m.Subject, err)
+			return
+		}
+		in.futures = append(in.futures, f)
+		in.counts = append(in.counts, shardCount{shard: k, events: len(group)})
+	}
+}
+
+// settle waits for the PubAcks of in and acks it, or naks it with a delay
+// growing with its deliveries.
+func (w *worker) settle(in *input) {
+	s := w.s
+	defer in.span.End()
+	if in.settled {
+		return
+	}
+	err := in.err
+	for _, f := range in.futures {
+		select {
+		case <-f.Ok():
+		case perr := <-f.Err():
+			if err == nil {
+				err = fmt.Errorf("publish %s: %w", f.Msg().Subject, perr)
+			}
+		}
+	}
+	if err != nil {
+		in.span.RecordError(err)
+		in.span.SetStatus(codes.Error, "publish")
+		s.m.messages.WithLabelValues(outcomeNaked).Inc()
+		delay := backoff(int(in.delivered))
+		s.logger.Warn("partition failed, will retry", zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))
+		if nerr := in.msg.NakWithDelay(delay); nerr != nil {
+			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
+		}
+		return
+	}
+	s.m.publishDuration.Observe(time.Since(in.start).Seconds())
+	if aerr := in.msg.Ack(); aerr != nil {
+		// Redelivery republishes the same ids: duplicates are dropped.
+		s.logger.Warn("ack", zap.Uint64("seq", in.seq), zap.Error(aerr))
+	}
+	s.m.messages.WithLabelValues(outcomeAcked).Inc()
+	for _, c := range in.counts {
+		s.m.events[c.shard].Add(float64(c.events))
+	}
+}
+
+// deadLetter publishes an undecodable message to DEAD_LETTER and
+// terminates it, or naks it when the dead letter cannot be written.
+func (w *worker) deadLetter(in *input, cause error) {
+	s := w.s
+	in.settled = true
+	in.span.RecordError(cause)
+	in.span.SetStatus(codes.Error, "corrupt")
+	seq := strconv.FormatUint(in.seq, 10)
+	m := &nats.Msg{
+		Subject: streams.DeadLetterSubject("partitioner", 0),
+		Data:    in.msg.Data(),
+		Header: nats.Header{
+			jetstream.MsgIDHeader:   []string{"partitioner:" + seq},
+			streams.HeaderReason:    []string{cause.Error()},
+			streams.HeaderSource:    []string{in.msg.Subject()},
+			streams.HeaderSourceSeq: []string{seq},
+		},
+	}
+	// Not bound to the service's context: a shutdown settles what it fetched.
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
+	defer cancel()
+	if _, err := w.js.PublishMsg(ctx, m); err != nil {
+		s.m.messages.WithLabelValues(outcomeNaked).Inc()
+		s.logger.Warn("dead letter failed, will retry", zap.Uint64("seq", in.seq), zap.Error(err))
+		if nerr := in.msg.NakWithDelay(backoff(int(in.delivered))); nerr != nil {
+			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
+		}
+		return
+	}
+	s.logger.Warn("dead-lettered corrupt message", zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))
+	if err := in.msg.Term(); err != nil {
+		s.logger.Warn("term", zap.Uint64("seq", in.seq), zap.Error(err))
+	}
+	s.m.deadLetters.Inc()
+	s.m.messages.WithLabelValues(outcomeDeadLetter).Inc()
+}
+
+// backoff is the wait before attempt n (from 1): doubling from 100ms to 30s.
+func backoff(n int) time.Duration {
+	if n < 1 {
+		n = 1
+	}
+	return min(100*time.Millisecond<<min(n-1, 9), 30*time.Second)
+}
+
+// sleep waits for d or the end of ctx.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}
