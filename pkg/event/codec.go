@@ -10,6 +10,10 @@ import (
 // codecVersion is the first byte of every encoded event list.
 const codecVersion byte = 1
 
+// minEncodedEvent is the fewest bytes one encoded event takes: five string
+// lengths and two timestamps of one byte each.
+const minEncodedEvent = 7
+
 // ErrCorrupt reports an encoded event list that cannot be decoded.
 var ErrCorrupt = errors.New("corrupt event encoding")
 
@@ -39,7 +43,9 @@ func Decode(b []byte) ([]Event, error) {
 		return nil, fmt.Errorf("%w: version %d", ErrCorrupt, v)
 	}
 	n := r.uvarint()
-	if r.err != nil || n > uint64(len(b)) {
+	// Bound the count by what the bytes can hold, so a corrupt count cannot
+	// make Decode allocate far more than the message.
+	if r.err != nil || n > uint64(len(r.b)/minEncodedEvent) {
 		return nil, fmt.Errorf("%w: bad count", ErrCorrupt)
 	}
 	events := make([]Event, n)

@@ -1,14 +1,13 @@
 package event
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -42,7 +41,16 @@ type Problem struct {
 // ValidationError lists every problem found in a request.
 type ValidationError struct {
 	Problems []Problem
+	// Events is how many events the request held, when that is known
+	// (0 when the body could not be split into events).
+	Events int
+	// Err classifies the problems where a caller must tell them apart:
+	// ErrEventTooLarge when events exceed Limits.MaxEventBytes, else nil.
+	Err error
 }
+
+// Unwrap returns Err, so errors.Is(err, ErrEventTooLarge) works.
+func (e *ValidationError) Unwrap() error { return e.Err }
 
 func (e *ValidationError) Error() string {
 	if len(e.Problems) == 0 {
@@ -58,6 +66,10 @@ var ErrTooManyEvents = errors.New("too many events in request")
 // ErrEmpty reports a request without events.
 var ErrEmpty = errors.New("request holds no events")
 
+// ErrEventTooLarge is wrapped by a *ValidationError whose events exceed
+// Limits.MaxEventBytes: the request is too large rather than malformed.
+var ErrEventTooLarge = errors.New("event too large")
+
 // Limits bound what one request may carry.
 type Limits struct {
 	// MaxEvents is the most events per request.
@@ -70,13 +82,15 @@ type Limits struct {
 // request does not produce a huge answer.
 const maxProblems = 100
 
-type wireEvent struct {
-	EventID    json.RawMessage `json:"event_id"`
-	UserID     json.RawMessage `json:"user_id"`
-	Type       json.RawMessage `json:"type"`
-	TS         json.RawMessage `json:"ts"`
-	Properties json.RawMessage `json:"properties"`
-}
+// Wire field names. Matching is exact: encoding/json would otherwise match
+// struct fields case-insensitively and accept "USER_ID" or a second "Type".
+const (
+	fieldEventID    = "event_id"
+	fieldUserID     = "user_id"
+	fieldType       = "type"
+	fieldTS         = "ts"
+	fieldProperties = "properties"
+)
 
 // Parser validates request bodies into events. It is safe for concurrent use.
 type Parser struct {
@@ -88,21 +102,34 @@ type Parser struct {
 }
 
 // Parse reads every event of body in the given format for tenant. It
-// returns all events or an error: a *ValidationError listing the problems,
+// returns all events or an error: a *ValidationError listing the problems
+// (wrapping ErrEventTooLarge when events exceed the size limit),
 // ErrTooManyEvents, ErrEmpty, or a read error from body (for example a
 // size limit of the reader) wrapped.
 func (p *Parser) Parse(body io.Reader, format Format, tenant string) ([]Event, error) {
+	data, err := io.ReadAll(body)
+	if err != nil {
+		return nil, fmt.Errorf("read body: %w", err)
+	}
+	return p.ParseBytes(data, format, tenant)
+}
+
+// ParseBytes is Parse for a body already in memory. Events do not keep
+// references to data.
+func (p *Parser) ParseBytes(data []byte, format Format, tenant string) ([]Event, error) {
 	now := time.Now
 	if p.Now != nil {
 		now = p.Now
 	}
-	received := now().UTC()
+	// Microseconds are what the binary form keeps; truncating here makes
+	// an event decode to exactly what was parsed.
+	received := now().UTC().Truncate(time.Microsecond)
 	newID := p.NewID
 	if newID == nil {
 		newID = func(t time.Time) string { return ulid.MustNew(ulid.Timestamp(t), ulid.DefaultEntropy()).String() }
 	}
 
-	raws, err := splitBody(body, format, p.Limits.MaxEvents)
+	raws, err := splitBody(data, format, p.Limits.MaxEvents)
 	if err != nil {
 		return nil, err
 	}
@@ -110,18 +137,27 @@ func (p *Parser) Parse(body io.Reader, format Format, tenant string) ([]Event, e
 		return nil, ErrEmpty
 	}
 
-	events := make([]Event, 0, len(raws))
 	var problems []Problem
 	report := func(i int, field, reason string) {
 		if len(problems) < maxProblems {
 			problems = append(problems, Problem{Index: i, Field: field, Reason: reason})
 		}
 	}
-	for i, raw := range raws {
-		if p.Limits.MaxEventBytes > 0 && len(raw) > p.Limits.MaxEventBytes {
-			report(i, "", fmt.Sprintf("event is %d bytes, limit is %d", len(raw), p.Limits.MaxEventBytes))
-			continue
+	// Size first: an oversized event makes the request too large (413)
+	// whatever else is wrong with it.
+	if limit := p.Limits.MaxEventBytes; limit > 0 {
+		for i, raw := range raws {
+			if len(raw) > limit {
+				report(i, "", fmt.Sprintf("event is %d bytes, limit is %d", len(raw), limit))
+			}
 		}
+		if len(problems) > 0 {
+			return nil, &ValidationError{Problems: problems, Events: len(raws), Err: ErrEventTooLarge}
+		}
+	}
+
+	events := make([]Event, 0, len(raws))
+	for i, raw := range raws {
 		ev, ok := parseOne(raw, i, received, report)
 		if !ok {
 			continue
@@ -133,26 +169,23 @@ func (p *Parser) Parse(body io.Reader, format Format, tenant string) ([]Event, e
 		events = append(events, ev)
 	}
 	if len(problems) > 0 {
-		return nil, &ValidationError{Problems: problems}
+		return nil, &ValidationError{Problems: problems, Events: len(raws)}
 	}
 	return events, nil
 }
 
 // splitBody cuts body into one raw JSON value per event.
-func splitBody(body io.Reader, format Format, maxEvents int) ([]json.RawMessage, error) {
+func splitBody(data []byte, format Format, maxEvents int) ([][]byte, error) {
 	if format == FormatNDJSON {
-		return splitNDJSON(body, maxEvents)
-	}
-	data, err := io.ReadAll(body)
-	if err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
+		return splitNDJSON(data, maxEvents)
 	}
 	data = bytes.TrimSpace(data)
 	if len(data) == 0 {
 		return nil, ErrEmpty
 	}
 	if data[0] == '{' {
-		return []json.RawMessage{data}, nil
+		// parseOne rejects anything after the object.
+		return [][]byte{data}, nil
 	}
 	if data[0] != '[' {
 		return nil, &ValidationError{Problems: []Problem{{Index: -1, Reason: "body must be a JSON array of event objects"}}}
@@ -161,7 +194,7 @@ func splitBody(body io.Reader, format Format, maxEvents int) ([]json.RawMessage,
 	if _, err := dec.Token(); err != nil { // the opening bracket
 		return nil, syntaxProblem(-1, err)
 	}
-	var raws []json.RawMessage
+	var raws [][]byte
 	for dec.More() {
 		if maxEvents > 0 && len(raws) >= maxEvents {
 			return nil, fmt.Errorf("%w: limit is %d", ErrTooManyEvents, maxEvents)
@@ -175,28 +208,29 @@ func splitBody(body io.Reader, format Format, maxEvents int) ([]json.RawMessage,
 	if _, err := dec.Token(); err != nil { // the closing bracket
 		return nil, syntaxProblem(len(raws), err)
 	}
-	if dec.More() {
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
 		return nil, &ValidationError{Problems: []Problem{{Index: -1, Reason: "unexpected data after the JSON array"}}}
 	}
 	return raws, nil
 }
 
-func splitNDJSON(body io.Reader, maxEvents int) ([]json.RawMessage, error) {
-	sc := bufio.NewScanner(body)
-	sc.Buffer(make([]byte, 64*1024), 64*1024*1024)
-	var raws []json.RawMessage
-	for sc.Scan() {
-		line := bytes.TrimSpace(sc.Bytes())
+func splitNDJSON(data []byte, maxEvents int) ([][]byte, error) {
+	var raws [][]byte
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		line = bytes.TrimSpace(line)
 		if len(line) == 0 {
 			continue
 		}
 		if maxEvents > 0 && len(raws) >= maxEvents {
 			return nil, fmt.Errorf("%w: limit is %d", ErrTooManyEvents, maxEvents)
 		}
-		raws = append(raws, json.RawMessage(bytes.Clone(line)))
-	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read body: %w", err)
+		raws = append(raws, line)
 	}
 	return raws, nil
 }
@@ -209,92 +243,108 @@ func syntaxProblem(index int, err error) error {
 	return fmt.Errorf("read body: %w", err)
 }
 
-func parseOne(raw json.RawMessage, i int, received time.Time, report func(int, string, string)) (Event, bool) {
-	var w wireEvent
-	dec := json.NewDecoder(bytes.NewReader(raw))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
+func parseOne(raw []byte, i int, received time.Time, report func(int, string, string)) (Event, bool) {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
 		var te *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &te):
+		if errors.As(err, &te) {
 			report(i, "", "event must be a JSON object")
-		case strings.HasPrefix(err.Error(), "json: unknown field "):
-			field := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-			report(i, field, "unknown field")
-		default:
+		} else {
 			report(i, "", "malformed JSON: "+err.Error())
 		}
+		return Event{}, false
+	}
+	if fields == nil { // the literal null
+		report(i, "", "event must be a JSON object")
 		return Event{}, false
 	}
 	ok := true
 	fail := func(field, reason string) { report(i, field, reason); ok = false }
 
+	var unknown []string
+	for name := range fields {
+		switch name {
+		case fieldEventID, fieldUserID, fieldType, fieldTS, fieldProperties:
+		default:
+			unknown = append(unknown, name)
+		}
+	}
+	slices.Sort(unknown) // a stable answer for the same request
+	for _, name := range unknown {
+		fail(name, "unknown field")
+	}
+
 	ev := Event{ReceivedAt: received, TS: received, Properties: "{}"}
 
+	userID := fields[fieldUserID]
 	switch {
-	case isAbsent(w.UserID):
-		fail("user_id", "required")
-	case w.UserID[0] == '"':
+	case isAbsent(userID):
+		fail(fieldUserID, "required")
+	case userID[0] == '"':
 		var s string
-		if err := json.Unmarshal(w.UserID, &s); err != nil || s == "" {
-			fail("user_id", "must be a non-empty string or an integer")
+		if err := json.Unmarshal(userID, &s); err != nil || s == "" {
+			fail(fieldUserID, "must be a non-empty string or an integer")
 		} else if len(s) > MaxIDLen {
-			fail("user_id", fmt.Sprintf("longer than %d bytes", MaxIDLen))
+			fail(fieldUserID, fmt.Sprintf("longer than %d bytes", MaxIDLen))
 		} else {
 			ev.UserID = s
 		}
 	default:
-		n, err := strconv.ParseInt(string(w.UserID), 10, 64)
-		if err != nil {
-			fail("user_id", "must be a non-empty string or an integer")
-		} else {
+		if n, err := strconv.ParseInt(string(userID), 10, 64); err == nil {
 			ev.UserID = strconv.FormatInt(n, 10)
+		} else if isDigits(userID) && len(userID) <= MaxIDLen {
+			// Integers past int64 (unsigned 64-bit ids, say) keep their
+			// digits; JSON forbids leading zeros, so the text is canonical.
+			ev.UserID = string(userID)
+		} else {
+			fail(fieldUserID, "must be a non-empty string or an integer")
 		}
 	}
 
-	if isAbsent(w.Type) {
-		fail("type", "required")
-	} else if s, err := unquote(w.Type); err != nil || s == "" {
-		fail("type", "must be a non-empty string")
+	typ := fields[fieldType]
+	if isAbsent(typ) {
+		fail(fieldType, "required")
+	} else if s, err := unquote(typ); err != nil || s == "" {
+		fail(fieldType, "must be a non-empty string")
 	} else if utf8.RuneCountInString(s) > MaxTypeLen {
-		fail("type", fmt.Sprintf("longer than %d characters", MaxTypeLen))
+		fail(fieldType, fmt.Sprintf("longer than %d characters", MaxTypeLen))
 	} else {
 		ev.Type = s
 	}
 
-	if !isAbsent(w.TS) {
-		s, err := unquote(w.TS)
+	if ts := fields[fieldTS]; !isAbsent(ts) {
+		s, err := unquote(ts)
 		if err != nil {
-			fail("ts", "must be an RFC 3339 string")
+			fail(fieldTS, "must be an RFC 3339 string")
 		} else if t, err := time.Parse(time.RFC3339Nano, s); err != nil {
-			fail("ts", "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
-		} else if t.Year() < 1970 || t.Year() > 2105 {
-			// ClickHouse DateTime covers 1970 to 2105.
-			fail("ts", "must lie between 1970 and 2105")
+			fail(fieldTS, "must be an RFC 3339 timestamp such as 2024-05-01T12:00:00Z")
+		} else if t = t.UTC(); t.Year() < 1970 || t.Year() > 2105 {
+			// ClickHouse DateTime covers 1970 to 2105, in UTC.
+			fail(fieldTS, "must lie between 1970 and 2105")
 		} else {
-			ev.TS = t.UTC()
+			ev.TS = t.Truncate(time.Microsecond)
 		}
 	}
 
-	if !isAbsent(w.EventID) {
-		s, err := unquote(w.EventID)
+	if id := fields[fieldEventID]; !isAbsent(id) {
+		s, err := unquote(id)
 		switch {
 		case err != nil || s == "":
-			fail("event_id", "must be a non-empty string")
+			fail(fieldEventID, "must be a non-empty string")
 		case len(s) > MaxIDLen:
-			fail("event_id", fmt.Sprintf("longer than %d bytes", MaxIDLen))
+			fail(fieldEventID, fmt.Sprintf("longer than %d bytes", MaxIDLen))
 		default:
 			ev.EventID = s
 		}
 	}
 
-	if !isAbsent(w.Properties) {
-		if w.Properties[0] != '{' {
-			fail("properties", "must be a JSON object")
+	if props := fields[fieldProperties]; !isAbsent(props) {
+		if props[0] != '{' {
+			fail(fieldProperties, "must be a JSON object")
 		} else {
 			var buf bytes.Buffer
-			if err := json.Compact(&buf, w.Properties); err != nil {
-				fail("properties", "must be a JSON object")
+			if err := json.Compact(&buf, props); err != nil {
+				fail(fieldProperties, "must be a JSON object")
 			} else {
 				ev.Properties = buf.String()
 			}
@@ -305,6 +355,15 @@ func parseOne(raw json.RawMessage, i int, received time.Time, report func(int, s
 
 func isAbsent(raw json.RawMessage) bool {
 	return len(raw) == 0 || string(raw) == "null"
+}
+
+func isDigits(raw []byte) bool {
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return len(raw) > 0
 }
 
 func unquote(raw json.RawMessage) (string, error) {

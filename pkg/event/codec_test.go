@@ -1,0 +1,86 @@
+package event_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/event"
+)
+
+func sampleEvents() []event.Event {
+	at := time.Date(2024, 5, 1, 12, 0, 0, 123456000, time.UTC)
+	return []event.Event{
+		{EventID: "01HX", Tenant: "acme", UserID: "42", Type: "click", TS: at.Add(-time.Hour), ReceivedAt: at, Properties: `{"a":1}`},
+		{EventID: "e2", Tenant: "acme", UserID: "ü-ser", Type: "view", TS: time.Unix(0, 0).UTC(), ReceivedAt: at, Properties: "{}"},
+		{},
+	}
+}
+
+func TestCodecRoundTrip(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		events []event.Event
+	}{
+		{"none", []event.Event{}},
+		{"some", sampleEvents()},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := event.AppendEncoded(nil, tt.events)
+			got, err := event.Decode(b)
+			require.NoError(t, err)
+			want := tt.events
+			for i := range want {
+				// The zero time encodes as microseconds since 1970 and
+				// comes back in UTC; only that case differs.
+				if want[i].TS.IsZero() {
+					want[i].TS = time.UnixMicro(want[i].TS.UnixMicro()).UTC()
+					want[i].ReceivedAt = want[i].TS
+				}
+			}
+			require.Equal(t, want, got)
+		})
+	}
+}
+
+func TestCodecAppendsToDst(t *testing.T) {
+	b := event.AppendEncoded([]byte("prefix"), sampleEvents()[:1])
+	require.Equal(t, "prefix", string(b[:6]))
+	got, err := event.Decode(b[6:])
+	require.NoError(t, err)
+	require.Equal(t, sampleEvents()[:1], got)
+}
+
+func TestCodecCorrupt(t *testing.T) {
+	good := event.AppendEncoded(nil, sampleEvents()[:2])
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"wrong version", append([]byte{9}, good[1:]...)},
+		{"missing count", []byte{1}},
+		{"count beyond the bytes", []byte{1, 0xff, 0xff, 0xff, 0xff, 0x0f}},
+		{"trailing bytes", append(append([]byte(nil), good...), 0)},
+		{"string length beyond the bytes", []byte{1, 1, 0x7f, 'a'}},
+	}
+	for i := 1; i < len(good); i++ {
+		tests = append(tests, struct {
+			name string
+			b    []byte
+		}{"truncated", good[:i]})
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := event.Decode(tt.b)
+			require.ErrorIs(t, err, event.ErrCorrupt)
+			require.Nil(t, got)
+		})
+	}
+}
+
+func TestEventSize(t *testing.T) {
+	e := event.Event{EventID: "id", Tenant: "t", UserID: "u", Type: "ty", Properties: "{}"}
+	require.Equal(t, 2+1+1+2+2+16, e.Size())
+}
