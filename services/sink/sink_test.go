@@ -1,0 +1,523 @@
+package sink_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/services/sink"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// testEnv is an embedded JetStream server and two ClickHouse servers.
+type testEnv struct {
+	t  *testing.T
+	ns interface{ ClientURL() string }
+	js jetstream.JetStream
+	ch *chserver.Cluster
+	// conns query each ClickHouse server directly, in server order.
+	conns []driver.Conn
+}
+
+func newEnv(t *testing.T) *testEnv {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, streams.Ensure(ctx, js, streamsConfig()))
+
+	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
+	ch, err := chserver.StartCluster(ctx, t.TempDir(), 2)
+	require.NoError(t, err)
+	t.Cleanup(ch.Stop)
+
+	e := &testEnv{t: t, ns: ns, js: js, ch: ch}
+	for _, addr := range ch.Addrs() {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 5 * time.Second})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = conn.Close() })
+		e.conns = append(e.conns, conn)
+	}
+	return e
+}
+
+func streamsConfig() streams.Config {
+	c := streams.DefaultConfig()
+	c.MaxBytes = 64 << 20
+	return c
+}
+
+// config is a sink over the test servers with short timeouts.
+func (e *testEnv) config(shards int) sink.Config {
+	cfg := sink.DefaultConfig()
+	cfg.NATS.URL = e.ns.ClientURL()
+	cfg.Streams = streamsConfig()
+	cfg.ClickHouse.Addrs = e.ch.Addrs()
+	cfg.ClickHouse.DialTimeout = 2 * time.Second
+	cfg.ClickHouse.InsertTimeout = 5 * time.Second
+	cfg.Retry = sink.RetryConfig{Initial: 50 * time.Millisecond, Max: 400 * time.Millisecond}
+	cfg.Admin.Addr = "127.0.0.1:0"
+	cfg.Shards = shards
+	return cfg
+}
+
+// runningSink is a sink started in the background.
+type runningSink struct {
+	reg  *prometheus.Registry
+	stop func()
+}
+
+// startSink runs a sink until stop (or the end of the test) and waits
+// until it reports ready.
+func (e *testEnv) startSink(cfg sink.Config) *runningSink {
+	t := e.t
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	s, err := sink.New(cfg, service.Deps{Logger: zaptest.NewLogger(t), Registry: reg})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			require.NoError(t, <-done)
+		})
+	}
+	t.Cleanup(stop)
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	require.Eventually(t, func() bool {
+		resp, err := client.Get("http://" + s.AdminAddr() + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 30*time.Second, 20*time.Millisecond, "sink ready")
+	return &runningSink{reg: reg, stop: stop}
+}
+
+// eventID is deterministic, so the same EVENTS message always carries the
+// same ids, whatever batch it ends up in.
+func eventID(shard int, seq uint64, i int) string { return fmt.Sprintf("ev-%d-%06d-%03d", shard, seq, i) }
+
+// rowsPerMsg varies the number of events per EVENTS message.
+func rowsPerMsg(seq uint64) int { return 1 + int(seq%3) }
+
+func rowsIn(first, last uint64) int {
+	n := 0
+	for seq := first; seq <= last; seq++ {
+		n += rowsPerMsg(seq)
+	}
+	return n
+}
+
+var baseTime = time.Date(2024, 5, 6, 7, 8, 9, 0, time.UTC)
+
+func eventsOf(shard int, seq uint64) []event.Event {
+	out := make([]event.Event, rowsPerMsg(seq))
+	for i := range out {
+		out[i] = event.Event{
+			EventID:    eventID(shard, seq, i),
+			Tenant:     "tenant-" + strconv.Itoa(i%2),
+			UserID:     fmt.Sprintf("user-%d-%d", shard, i),
+			Type:       "page_view",
+			TS:         baseTime.Add(time.Duration(seq) * time.Second),
+			ReceivedAt: baseTime.Add(time.Duration(seq)*time.Second + time.Minute),
+			Properties: fmt.Sprintf(`{"seq":%d,"i":%d}`, seq, i),
+		}
+	}
+	return out
+}
+
+// makeBatch builds the batch of EVENTS messages first..last of shard.
+func makeBatch(shard int, first, last uint64) *batch.Batch {
+	b := batch.NewBuilder(shard, batch.Policy{MaxRows: 1 << 20, MaxBytes: 1 << 30, MaxAge: time.Hour})
+	for seq := first; seq <= last; seq++ {
+		b.Add(seq, eventsOf(shard, seq), time.Now())
+	}
+	return b.Cut()
+}
+
+// publish sends b to BATCHES as the batcher does, with msgID as the
+// Nats-Msg-Id (the batch id unless a test re-publishes on purpose).
+func (e *testEnv) publish(b *batch.Batch, msgID string) {
+	e.t.Helper()
+	require.NoError(e.t, e.tryPublish(b, msgID))
+}
+
+// tryPublish is publish for goroutines other than the test's.
+func (e *testEnv) tryPublish(b *batch.Batch, msgID string) error {
+	msg := nats.NewMsg(streams.BatchesSubject(b.Shard))
+	msg.Data = batch.Encode(b)
+	msg.Header.Set(streams.HeaderBatchID, b.ID())
+	msg.Header.Set(streams.HeaderFirstSeq, strconv.FormatUint(b.FirstSeq, 10))
+	msg.Header.Set(streams.HeaderLastSeq, strconv.FormatUint(b.LastSeq, 10))
+	msg.Header.Set(streams.HeaderRows, strconv.Itoa(b.Len()))
+	return e.tryPublishMsg(msg, msgID)
+}
+
+func (e *testEnv) publishMsg(msg *nats.Msg, msgID string) {
+	e.t.Helper()
+	require.NoError(e.t, e.tryPublishMsg(msg, msgID))
+}
+
+func (e *testEnv) tryPublishMsg(msg *nats.Msg, msgID string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ack, err := e.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", msgID, err)
+	}
+	if ack.Duplicate {
+		return fmt.Errorf("publish %s: dropped as a duplicate", msgID)
+	}
+	return nil
+}
+
+// count runs a query returning one UInt64 on server i.
+func (e *testEnv) count(i int, query string, args ...any) uint64 {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var n uint64
+	require.NoError(e.t, e.conns[i].QueryRow(ctx, query, args...).Scan(&n))
+	return n
+}
+
+// waitRows waits until the Distributed table holds want rows.
+func (e *testEnv) waitRows(want int) {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool {
+		return e.count(0, "SELECT count() FROM surge.events") == uint64(want)
+	}, 30*time.Second, 20*time.Millisecond, "want %d rows in surge.events", want)
+}
+
+// requireNoDuplicates checks every row's event id is distinct and there are want rows.
+func (e *testEnv) requireNoDuplicates(want int) {
+	e.t.Helper()
+	require.Equal(e.t, uint64(want), e.count(0, "SELECT count() FROM surge.events"))
+	require.Equal(e.t, uint64(want), e.count(0, "SELECT uniqExact(event_id) FROM surge.events"))
+}
+
+// metric reads a counter or gauge, or a histogram's sample count, from reg;
+// labels are name, value pairs. A series never touched reads 0.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if !labelsMatch(m, want) {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetHistogram() != nil:
+				return float64(m.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	return 0
+}
+
+func labelsMatch(m *dto.Metric, want map[string]string) bool {
+	got := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		got[lp.GetName()] = lp.GetValue()
+	}
+	for k, v := range want {
+		if got[k] != v {
+			return false
+		}
+	}
+	return true
+}
+
+type row struct {
+	EventID, Tenant, UserID, Type string
+	TS, ReceivedAt                time.Time
+	Properties                    string
+	Shard                         uint16
+	Seq                           uint64
+}
+
+func (e *testEnv) rowsOfShard(server, shard int) []row {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	rows, err := e.conns[server].Query(ctx, "SELECT event_id, tenant, user_id, type, ts, received_at, properties, shard, seq FROM surge.events_local WHERE shard = ? ORDER BY seq, event_id", shard)
+	require.NoError(e.t, err)
+	defer rows.Close()
+	var out []row
+	for rows.Next() {
+		var r row
+		require.NoError(e.t, rows.Scan(&r.EventID, &r.Tenant, &r.UserID, &r.Type, &r.TS, &r.ReceivedAt, &r.Properties, &r.Shard, &r.Seq))
+		r.TS, r.ReceivedAt = r.TS.UTC(), r.ReceivedAt.UTC()
+		out = append(out, r)
+	}
+	require.NoError(e.t, rows.Err())
+	return out
+}
+
+func expectedRows(shard int, first, last uint64) []row {
+	var out []row
+	for seq := first; seq <= last; seq++ {
+		for _, ev := range eventsOf(shard, seq) {
+			out = append(out, row{ev.EventID, ev.Tenant, ev.UserID, ev.Type, ev.TS, ev.ReceivedAt, ev.Properties, uint16(shard), seq})
+		}
+	}
+	sort.SliceStable(out, func(i, j int) bool { return out[i].Seq < out[j].Seq })
+	return out
+}
+
+func TestSinkLandsEachShardOnItsServer(t *testing.T) {
+	e := newEnv(t)
+	const shards = 4
+	s := e.startSink(e.config(shards))
+
+	total := 0
+	for k := 0; k < shards; k++ {
+		for _, r := range [][2]uint64{{1, 3}, {4, 5 + uint64(k)}} {
+			b := makeBatch(k, r[0], r[1])
+			e.publish(b, b.ID())
+			total += b.Len()
+		}
+	}
+	e.waitRows(total)
+	e.requireNoDuplicates(total)
+
+	for k := 0; k < shards; k++ {
+		last := 5 + uint64(k)
+		server, other := k%2, 1-k%2
+		require.Equal(t, expectedRows(k, 1, last), e.rowsOfShard(server, k), "shard %d on server %d", k, server)
+		require.Zero(t, e.count(other, "SELECT count() FROM surge.events_local WHERE shard = ?", k), "shard %d not on server %d", k, other)
+
+		label := strconv.Itoa(k)
+		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "inserted"))
+		require.Equal(t, float64(rowsIn(1, last)), metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", label))
+		require.Equal(t, float64(last), metric(t, s.reg, "surge_sink_watermark", "shard", label))
+		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_insert_duration_seconds", "shard", label))
+		require.Zero(t, metric(t, s.reg, "surge_sink_retries_total", "shard", label))
+		require.Zero(t, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", label))
+	}
+	require.Equal(t, float64(2*shards), metric(t, s.reg, "surge_sink_batch_rows"))
+	require.Equal(t, float64(2*shards), metric(t, s.reg, "surge_sink_batch_bytes"))
+	require.Equal(t, float64(total), metric(t, s.reg, "surge_sink_end_to_end_seconds"))
+}
+
+func TestSinkInsertsNothingTwice(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+
+	first := makeBatch(0, 1, 4)
+	e.publish(first, first.ID())
+	e.waitRows(rowsIn(1, 4))
+
+	overlap := makeBatch(0, 3, 6) // 3 and 4 are at or below the watermark
+	e.publish(overlap, overlap.ID())
+	e.publish(first, "again:"+first.ID()) // wholly at or below the watermark
+	last := makeBatch(0, 7, 7)
+	e.publish(last, last.ID())
+
+	e.waitRows(rowsIn(1, 7))
+	require.Eventually(t, func() bool {
+		return metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate") == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	e.requireNoDuplicates(rowsIn(1, 7))
+	require.Equal(t, expectedRows(0, 1, 7), e.rowsOfShard(0, 0))
+	require.Equal(t, 3.0, metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "inserted"))
+	require.Equal(t, float64(rowsIn(1, 7)), metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", "0"))
+	require.Equal(t, 7.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"))
+}
+
+func TestSinkRestartResumesFromWatermark(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config(2)
+	first := e.startSink(cfg)
+	for k := 0; k < 2; k++ {
+		b := makeBatch(k, 1, 5)
+		e.publish(b, b.ID())
+	}
+	e.waitRows(2 * rowsIn(1, 5))
+	first.stop()
+
+	// While no sink runs: a batch overlapping shard 0's watermark, and a
+	// repeat of shard 1's batch.
+	overlap := makeBatch(0, 4, 8)
+	e.publish(overlap, overlap.ID())
+	repeat := makeBatch(1, 1, 5)
+	e.publish(repeat, "again:"+repeat.ID())
+
+	second := e.startSink(cfg)
+	e.waitRows(rowsIn(1, 8) + rowsIn(1, 5))
+	require.Eventually(t, func() bool {
+		return metric(t, second.reg, "surge_sink_batches_total", "shard", "1", "outcome", "duplicate") == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	e.requireNoDuplicates(rowsIn(1, 8) + rowsIn(1, 5))
+
+	// The new sink inserted only what was above the watermarks it read back.
+	require.Equal(t, float64(rowsIn(6, 8)), metric(t, second.reg, "surge_sink_rows_inserted_total", "shard", "0"))
+	require.Zero(t, metric(t, second.reg, "surge_sink_rows_inserted_total", "shard", "1"))
+	require.Equal(t, 8.0, metric(t, second.reg, "surge_sink_watermark", "shard", "0"))
+	require.Equal(t, 5.0, metric(t, second.reg, "surge_sink_watermark", "shard", "1"), "read back from ClickHouse")
+}
+
+func TestSinkDeadLettersBadBatches(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+
+	// Shard 1: bytes that are no batch at all.
+	corrupt := nats.NewMsg(streams.BatchesSubject(1))
+	corrupt.Data = []byte("definitely not a batch")
+	corrupt.Header.Set(streams.HeaderBatchID, "1:1-2")
+	e.publishMsg(corrupt, "1:1-2")
+	// Shard 0: a well-formed batch whose timestamp no DateTime can hold.
+	ancient := makeBatch(0, 1, 2)
+	ancient.TS[0] = time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()
+	e.publish(ancient, ancient.ID())
+	// Later good batches still land.
+	for k := 0; k < 2; k++ {
+		b := makeBatch(k, 3, 6)
+		e.publish(b, b.ID())
+	}
+	e.waitRows(2 * rowsIn(3, 6))
+	e.requireNoDuplicates(2 * rowsIn(3, 6))
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dl, err := e.js.Stream(ctx, streams.DeadLetter)
+	require.NoError(t, err)
+
+	got, err := dl.GetLastMsgForSubject(ctx, streams.DeadLetterSubject("sink", 1))
+	require.NoError(t, err)
+	require.Equal(t, corrupt.Data, got.Data)
+	require.Contains(t, got.Header.Get(streams.HeaderReason), "corrupt batch encoding")
+	require.Equal(t, streams.BatchesSubject(1), got.Header.Get(streams.HeaderSource))
+	require.Equal(t, "1:1-2", got.Header.Get(streams.HeaderBatchID))
+	require.Equal(t, "1", got.Header.Get(streams.HeaderSourceSeq))
+
+	got, err = dl.GetLastMsgForSubject(ctx, streams.DeadLetterSubject("sink", 0))
+	require.NoError(t, err)
+	require.Equal(t, batch.Encode(ancient), got.Data)
+	require.Contains(t, got.Header.Get(streams.HeaderReason), "overflow")
+	require.Equal(t, ancient.ID(), got.Header.Get(streams.HeaderBatchID))
+	require.Equal(t, streams.BatchesSubject(0), got.Header.Get(streams.HeaderSource))
+
+	for k := 0; k < 2; k++ {
+		label := strconv.Itoa(k)
+		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", label))
+		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "dead_letter"))
+		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "inserted"))
+	}
+	info, err := dl.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), info.State.Msgs)
+
+	// Nothing is left in BATCHES: the dead-lettered batches were terminated.
+	require.Eventually(t, func() bool {
+		bs, err := e.js.Stream(ctx, streams.Batches)
+		if err != nil {
+			return false
+		}
+		info, err := bs.Info(ctx)
+		return err == nil && info.State.Msgs == 0
+	}, 10*time.Second, 10*time.Millisecond)
+}
+
+func TestSinkRidesOutClickHouseRestart(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+	const batches = 40
+
+	// Load: both shards, one batch of each every few milliseconds. Shard 1
+	// lives on server 1, which is stopped and restarted mid-load.
+	loadDone := make(chan error, 1)
+	go func() {
+		tick := time.NewTicker(15 * time.Millisecond)
+		defer tick.Stop()
+		for i := uint64(0); i < batches; i++ {
+			<-tick.C
+			for k := 0; k < 2; k++ {
+				b := makeBatch(k, 5*i+1, 5*i+5)
+				if err := e.tryPublish(b, b.ID()); err != nil {
+					loadDone <- err
+					return
+				}
+			}
+		}
+		loadDone <- nil
+	}()
+
+	server := e.ch.Servers[1]
+	require.Eventually(t, func() bool {
+		return metric(t, s.reg, "surge_sink_watermark", "shard", "1") >= 25
+	}, 30*time.Second, 5*time.Millisecond)
+	require.NoError(t, server.Stop())
+	require.Eventually(t, func() bool {
+		return metric(t, s.reg, "surge_sink_retries_total", "shard", "1") >= 3
+	}, 30*time.Second, 10*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, server.Start(ctx))
+
+	require.NoError(t, <-loadDone)
+	want := 2 * rowsIn(1, 5*batches)
+	e.waitRows(want)
+	e.requireNoDuplicates(want)
+	require.Equal(t, expectedRows(1, 1, 5*batches), e.rowsOfShard(1, 1))
+	require.Zero(t, metric(t, s.reg, "surge_sink_retries_total", "shard", "0"), "shard 0's server never stopped")
+	require.Zero(t, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", "1"))
+	require.Equal(t, float64(5*batches), metric(t, s.reg, "surge_sink_watermark", "shard", "1"))
+	// An insert cut by the stop may have landed unseen: the sink then
+	// finds it below the watermark and counts the batch as a duplicate.
+	require.Equal(t, float64(batches), metric(t, s.reg, "surge_sink_batches_total", "shard", "1", "outcome", "inserted")+
+		metric(t, s.reg, "surge_sink_batches_total", "shard", "1", "outcome", "duplicate"))
+	require.LessOrEqual(t, metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", "1"), float64(want/2))
+}

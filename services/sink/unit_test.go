@@ -1,0 +1,154 @@
+package sink
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/column"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/config"
+)
+
+func TestDefaultConfigIsValid(t *testing.T) {
+	require.NoError(t, DefaultConfig().Validate())
+}
+
+func TestConfigValidateReportsEveryProblem(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NATS.URL = ""
+	cfg.ClickHouse.Addrs = []string{"127.0.0.1:9000", "no-port"}
+	cfg.ClickHouse.Database = "surge; DROP"
+	cfg.ClickHouse.InsertTimeout = 0
+	cfg.ClickHouse.ShardServers = []int{0, 1, 5}
+	cfg.Shards = 4
+	cfg.Owned = []int{1, 1, 9}
+	cfg.Retry.Initial = 0
+	cfg.Admin.Addr = "nonsense"
+
+	err := cfg.Validate()
+	require.Error(t, err)
+	msg := err.Error()
+	for _, want := range []string{
+		"nats: url is required",
+		`clickhouse: addrs: "no-port": want host:port`,
+		`clickhouse: database must be an identifier, got "surge; DROP"`,
+		"clickhouse: insert_timeout must be at least 1s",
+		"clickhouse: shard_servers must name a server for each of the 4 shards, got 3",
+		"clickhouse: shard_servers: shard 2 maps to server 5, not in [0, 2)",
+		"retry: initial must be positive",
+		"retry: max must not exceed clickhouse insert_timeout",
+		"admin: addr:",
+		"owned_shards: shard 1 is listed twice",
+		"owned_shards: shard 9 is not in [0, 4)",
+	} {
+		require.Contains(t, msg, want)
+	}
+	require.Len(t, strings.Split(msg, "\n"), 11, msg)
+}
+
+func TestConfigFromEnvironment(t *testing.T) {
+	cfg := DefaultConfig()
+	env := map[string]string{
+		"SURGE_CLICKHOUSE_ADDRS":          "127.0.0.1:9001, 127.0.0.1:9002",
+		"SURGE_CLICKHOUSE_DATABASE":       "events_test",
+		"SURGE_CLICKHOUSE_INSERT_TIMEOUT": "10s",
+		"SURGE_CLICKHOUSE_SHARD_SERVERS":  "1,1,0,0",
+		"SURGE_SHARDS":                    "4",
+		"SURGE_SINK_SHARDS":               "2,3",
+		"SURGE_RETRY_MAX":                 "2s",
+		"SURGE_ADMIN_ADDR":                "127.0.0.1:0",
+	}
+	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, []string{"127.0.0.1:9001", "127.0.0.1:9002"}, cfg.ClickHouse.Addrs)
+	require.Equal(t, "events_test", cfg.ClickHouse.Database)
+	require.Equal(t, 10*time.Second, cfg.ClickHouse.InsertTimeout)
+	require.Equal(t, []int{2, 3}, cfg.OwnedShards())
+	require.Equal(t, 1, cfg.ServerOf(0))
+	require.Equal(t, 0, cfg.ServerOf(3))
+	require.Equal(t, 22*time.Second, cfg.AckWait())
+
+	cfg.ClickHouse.ShardServers = nil
+	require.Equal(t, 1, cfg.ServerOf(3), "default is k mod M")
+	cfg.Owned = nil
+	require.Equal(t, []int{0, 1, 2, 3}, cfg.OwnedShards(), "default owns every shard")
+}
+
+func TestClassify(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want Class
+	}{
+		{"corrupt batch", fmt.Errorf("decode: %w", batch.ErrCorrupt), Permanent},
+		{"batch of another shard", fmt.Errorf("%w: 3 on batches.shard.1", errWrongShard), Permanent},
+		{"type mismatch", &clickhouse.Exception{Code: 53, Message: "Type mismatch"}, Permanent},
+		{"cannot parse datetime", fmt.Errorf("insert: %w", &clickhouse.Exception{Code: 41}), Permanent},
+		{"value out of range", &clickhouse.Exception{Code: 321}, Permanent},
+		{"datetime overflow in the driver", fmt.Errorf("append column ts: %w", &column.DateOverflowError{}), Permanent},
+		{"unsupported conversion in the driver", &column.ColumnConverterError{Op: "Append", From: "int", To: "String"}, Permanent},
+		{"too many parts", &clickhouse.Exception{Code: 252, Message: "Too many parts"}, Transient},
+		{"memory limit", &clickhouse.Exception{Code: 241}, Transient},
+		{"timeout exceeded", &clickhouse.Exception{Code: 159}, Transient},
+		{"unknown table", &clickhouse.Exception{Code: 60}, Transient},
+		{"readonly", &clickhouse.Exception{Code: 242}, Transient},
+		{"connection refused", errors.New("dial tcp 127.0.0.1:9000: connect: connection refused"), Transient},
+		{"eof", fmt.Errorf("send: %w", io.EOF), Transient},
+		{"deadline", fmt.Errorf("insert: %w", errDeadline{}), Transient},
+		{"nil", nil, Transient},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			require.Equal(t, tc.want, Classify(tc.err))
+		})
+	}
+}
+
+type errDeadline struct{}
+
+func (errDeadline) Error() string   { return "i/o timeout" }
+func (errDeadline) Timeout() bool   { return true }
+func (errDeadline) Temporary() bool { return true }
+
+func TestSchemaStatementsMatchContract(t *testing.T) {
+	stmts := SchemaStatements("surge", "events_cluster")
+	require.Equal(t, []string{
+		"CREATE DATABASE IF NOT EXISTS surge",
+		`CREATE TABLE IF NOT EXISTS surge.events_local (
+  event_id String, tenant String, user_id String, type String,
+  ts DateTime('UTC'), received_at DateTime('UTC'), properties String,
+  shard UInt16, seq UInt64
+) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, type, ts, event_id)`,
+		`CREATE TABLE IF NOT EXISTS surge.events AS surge.events_local
+  ENGINE = Distributed(events_cluster, surge, events_local, shard)`,
+	}, stmts)
+	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq)", InsertQuery("surge"))
+	require.Equal(t, "SELECT max(seq) FROM surge.events_local WHERE shard = ?", WatermarkQuery("surge"))
+}
+
+func TestBackoffDoublesUpToMax(t *testing.T) {
+	c := RetryConfig{Initial: 100 * time.Millisecond, Max: time.Second}
+	var got []time.Duration
+	for attempt := 1; attempt <= 6; attempt++ {
+		got = append(got, backoff(c, attempt))
+	}
+	require.Equal(t, []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}, got)
+}
+
+func TestQueryID(t *testing.T) {
+	require.Equal(t, "surge-sink-3:10-20-1", queryID("3:10-20", trace.SpanContext{}, 1))
+	sampled := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID{0x0a, 0x0b},
+		SpanID:     trace.SpanID{1},
+		TraceFlags: trace.FlagsSampled,
+	})
+	require.Equal(t, "surge-sink-3:10-20-0a0b0000000000000000000000000000-2", queryID("3:10-20", sampled, 2))
+}
