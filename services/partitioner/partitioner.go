@@ -77,6 +77,9 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		if aerr := <-adminDone; aerr != nil && err == nil {
 			err = aerr
 		}
+		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
+			err = nil // stopped while starting: a clean shutdown too
+		}
 	}()
 
 	nc, _, err := service.ConnectNATS(ctx, s.cfg.NATS, "surge-partitioner", s.logger)

@@ -1,0 +1,425 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/goleak"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+func TestMain(m *testing.M) {
+	// Trace context must cross NATS headers in these tests.
+	otel.SetTextMapPropagator(propagation.TraceContext{})
+	goleak.VerifyTestMain(m)
+}
+
+func startNATS(t *testing.T) *server.Server {
+	t.Helper()
+	s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	return s
+}
+
+func connect(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+	return js
+}
+
+func testConfig(url string, shards int, p batch.Policy) Config {
+	cfg := DefaultConfig()
+	cfg.NATS.URL = url
+	cfg.Admin.Addr = "127.0.0.1:0"
+	cfg.Shards = shards
+	cfg.Policy = p
+	cfg.PublishTimeout = 2 * time.Second
+	cfg.ShutdownTimeout = 5 * time.Second
+	return cfg
+}
+
+// running is a batcher run by a test.
+type running struct {
+	*Service
+	stop func() // cancels Run and requires it to return nil; idempotent
+}
+
+func start(t *testing.T, cfg Config, tp trace.TracerProvider) running {
+	t.Helper()
+	if tp == nil {
+		tp = noop.NewTracerProvider()
+	}
+	s, err := New(cfg, service.Deps{
+		Logger:         zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Registry:       prometheus.NewRegistry(),
+		TracerProvider: tp,
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		select {
+		case err := <-done:
+			require.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Fatal("batcher did not stop")
+		}
+	}
+	t.Cleanup(stop)
+	return running{Service: s, stop: stop}
+}
+
+// published is one EVENTS message the test wrote.
+type published struct {
+	seq    uint64
+	events []event.Event
+}
+
+var msgCounter int
+
+// publishEvents writes n messages of rows events each to shard k.
+func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header func(nats.Header)) []published {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	now := time.UnixMicro(1_700_000_000_000_000).UTC()
+	out := make([]published, 0, n)
+	for range n {
+		msgCounter++
+		events := make([]event.Event, rows)
+		for j := range events {
+			events[j] = event.Event{
+				EventID:    fmt.Sprintf("m%06d-e%03d", msgCounter, j),
+				Tenant:     "acme",
+				UserID:     "u" + strconv.Itoa(j),
+				Type:       "view",
+				TS:         now.Add(time.Duration(msgCounter*1000+j) * time.Microsecond),
+				ReceivedAt: now,
+				Properties: `{"k":"ü"}`,
+			}
+		}
+		msg := &nats.Msg{Subject: streams.EventsSubject(k), Data: event.AppendEncoded(nil, events), Header: nats.Header{}}
+		if header != nil {
+			header(msg.Header)
+		}
+		ack, err := js.PublishMsg(ctx, msg)
+		require.NoError(t, err)
+		out = append(out, published{seq: ack.Sequence, events: events})
+	}
+	return out
+}
+
+type batchMsg struct {
+	header nats.Header
+	b      *batch.Batch
+}
+
+// readBatches returns the batches of shard k in BATCHES, in order.
+func readBatches(t *testing.T, js jetstream.JetStream, k int) []batchMsg {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, streams.Batches)
+	require.NoError(t, err)
+	info, err := st.Info(ctx)
+	require.NoError(t, err)
+	var out []batchMsg
+	if info.State.Msgs == 0 {
+		return nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		raw, err := st.GetMsg(ctx, seq)
+		if err != nil {
+			continue // deleted by the test
+		}
+		if raw.Subject != streams.BatchesSubject(k) {
+			continue
+		}
+		b, err := batch.Decode(raw.Data)
+		require.NoError(t, err)
+		out = append(out, batchMsg{header: raw.Header, b: b})
+	}
+	return out
+}
+
+// requireCoverage checks that the batches hold exactly the messages of
+// want, once each, in order, as contiguous whole-message ranges, with
+// consistent ids and headers; it returns the rows of each batch.
+func requireCoverage(t *testing.T, k int, batches []batchMsg, want []published) []int {
+	t.Helper()
+	var rows []int
+	i := 0 // next message of want
+	for _, bm := range batches {
+		b := bm.b
+		id := fmt.Sprintf("%d:%d-%d", k, b.FirstSeq, b.LastSeq)
+		require.Equal(t, k, b.Shard)
+		require.Equal(t, id, bm.header.Get(jetstream.MsgIDHeader))
+		require.Equal(t, id, bm.header.Get(streams.HeaderBatchID))
+		require.Equal(t, strconv.FormatUint(b.FirstSeq, 10), bm.header.Get(streams.HeaderFirstSeq))
+		require.Equal(t, strconv.FormatUint(b.LastSeq, 10), bm.header.Get(streams.HeaderLastSeq))
+		require.Equal(t, strconv.Itoa(b.Len()), bm.header.Get(streams.HeaderRows))
+		require.Less(t, i, len(want), "batch %s beyond the published messages", id)
+		require.Equal(t, want[i].seq, b.FirstSeq, "batch %s does not start where the last ended", id)
+		row := 0
+		for i < len(want) && want[i].seq <= b.LastSeq {
+			for _, e := range want[i].events {
+				require.Equal(t, want[i].seq, b.Seq[row])
+				require.Equal(t, e.EventID, b.EventID[row])
+				require.Equal(t, e.Properties, b.Properties[row])
+				require.Equal(t, e.TS.UnixMicro(), b.TS[row])
+				row++
+			}
+			i++
+		}
+		require.Equal(t, want[i-1].seq, b.LastSeq, "batch %s ends inside a gap", id)
+		require.Equal(t, row, b.Len(), "batch %s", id)
+		rows = append(rows, b.Len())
+	}
+	require.Equal(t, len(want), i, "messages left out of every batch")
+	return rows
+}
+
+func subjectMsgs(t *testing.T, js jetstream.JetStream, subject string) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, streams.Events)
+	require.NoError(t, err)
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
+	require.NoError(t, err)
+	return info.State.Subjects[subject]
+}
+
+func cuts(s *Service, k int, reason string) int {
+	return int(testutil.ToFloat64(s.m.cuts.WithLabelValues(strconv.Itoa(k), reason)))
+}
+
+func counter(v *prometheus.CounterVec, k int) int {
+	return int(testutil.ToFloat64(v.WithLabelValues(strconv.Itoa(k))))
+}
+
+func TestBatchesCoverEveryMessageOnce(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	const shards = 4
+	owned := []int{0, 1, 3}
+	want := make(map[int][]published)
+	for k := range shards {
+		want[k] = publishEvents(t, js, k, 25, 10, nil)
+	}
+	cfg := testConfig(ns.ClientURL(), shards, batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: 200 * time.Millisecond})
+	cfg.Owned = owned
+	b := start(t, cfg, nil)
+
+	for _, k := range owned {
+		// 250 rows: two batches full by rows, the last 50 cut by age.
+		require.Eventually(t, func() bool { return counter(b.m.batches, k) == 3 }, 10*time.Second, 10*time.Millisecond)
+		require.Equal(t, []int{100, 100, 50}, requireCoverage(t, k, readBatches(t, js, k), want[k]))
+		require.Equal(t, 2, cuts(b.Service, k, cutRows))
+		require.Equal(t, 1, cuts(b.Service, k, cutAge))
+		require.Equal(t, 0, cuts(b.Service, k, cutBytes))
+		require.Equal(t, 250, counter(b.m.rows, k))
+		require.Equal(t, 0.0, testutil.ToFloat64(b.m.pending.WithLabelValues(strconv.Itoa(k))))
+		require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(k)), "EVENTS purged below the published batches")
+	}
+	require.Empty(t, readBatches(t, js, 2), "shard 2 is not owned")
+	require.Equal(t, uint64(25), subjectMsgs(t, js, streams.EventsSubject(2)))
+	require.Equal(t, 0, counter(b.m.publishRetries, 0))
+}
+
+func TestCutsByBytesBeforeAMessageThatDoesNotFit(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	// Each message is 8 events of 48 bytes (Size): 384 bytes. Two fit
+	// in 1024 bytes, the third does not and starts the next batch.
+	want := publishEvents(t, js, 0, 8, 8, nil)
+	require.Equal(t, 48, want[0].events[0].Size())
+	b := start(t, testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 1000, MaxBytes: 1024, MaxAge: time.Hour}), nil)
+	require.Eventually(t, func() bool { return counter(b.m.batches, 0) == 3 }, 10*time.Second, 10*time.Millisecond)
+	b.stop()
+	require.Equal(t, []int{16, 16, 16, 16}, requireCoverage(t, 0, readBatches(t, js, 0), want))
+	require.Equal(t, 3, cuts(b.Service, 0, cutBytes))
+	require.Equal(t, 1, cuts(b.Service, 0, cutShutdown))
+	require.Equal(t, 0, cuts(b.Service, 0, cutRows))
+}
+
+func TestRestartResumesAfterTheLastBatch(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: time.Hour})
+
+	want := publishEvents(t, js, 0, 23, 10, nil)
+	first := start(t, cfg, nil)
+	require.Eventually(t, func() bool { return counter(first.m.batches, 0) == 4 }, 10*time.Second, 10*time.Millisecond)
+	// The shutdown publishes the partial batch of 30 rows.
+	first.stop()
+	require.Equal(t, 1, cuts(first.Service, 0, cutShutdown))
+	require.Equal(t, []int{50, 50, 50, 50, 30}, requireCoverage(t, 0, readBatches(t, js, 0), want))
+	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
+
+	want = append(want, publishEvents(t, js, 0, 17, 10, nil)...)
+	second := start(t, cfg, nil)
+	require.Eventually(t, func() bool { return counter(second.m.batches, 0) == 3 }, 10*time.Second, 10*time.Millisecond)
+	second.stop()
+	require.Equal(t, []int{50, 50, 50, 50, 30, 50, 50, 50, 20}, requireCoverage(t, 0, readBatches(t, js, 0), want))
+	require.Equal(t, 1, cuts(second.Service, 0, cutShutdown))
+	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
+}
+
+func TestRestartAfterBatchesWereConsumed(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: time.Hour})
+
+	publishEvents(t, js, 0, 10, 10, nil)
+	first := start(t, cfg, nil)
+	require.Eventually(t, func() bool { return counter(first.m.batches, 0) == 2 }, 10*time.Second, 10*time.Millisecond)
+	first.stop()
+
+	// The sink consumed every batch; EVENTS was purged below them.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, streams.Batches)
+	require.NoError(t, err)
+	require.NoError(t, st.Purge(ctx))
+
+	want := publishEvents(t, js, 0, 5, 10, nil)
+	cfg.Policy.MaxAge = 100 * time.Millisecond
+	second := start(t, cfg, nil)
+	require.Eventually(t, func() bool { return counter(second.m.batches, 0) == 1 }, 10*time.Second, 10*time.Millisecond)
+	second.stop()
+	require.Equal(t, []int{50}, requireCoverage(t, 0, readBatches(t, js, 0), want))
+	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
+}
+
+func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	want := publishEvents(t, js, 0, 3, 5, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	garbage := []byte{1, 200, 1, 2}
+	ack, err := js.Publish(ctx, streams.EventsSubject(0), garbage)
+	require.NoError(t, err)
+	want = append(want, publishEvents(t, js, 0, 3, 5, nil)...)
+
+	b := start(t, testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 100 * time.Millisecond}), nil)
+	require.Eventually(t, func() bool { return counter(b.m.rows, 0) == 30 }, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1, counter(b.m.deadLetters, 0))
+
+	batches := readBatches(t, js, 0)
+	require.Len(t, batches, 1)
+	require.Equal(t, []int{30}, requireCoverage(t, 0, []batchMsg{{header: batches[0].header, b: batches[0].b}}, want))
+
+	dl, err := js.Stream(ctx, streams.DeadLetter)
+	require.NoError(t, err)
+	raw, err := dl.GetLastMsgForSubject(ctx, streams.DeadLetterSubject("batcher", 0))
+	require.NoError(t, err)
+	require.Equal(t, garbage, raw.Data)
+	require.Equal(t, streams.EventsSubject(0), raw.Header.Get(streams.HeaderSource))
+	require.Equal(t, strconv.FormatUint(ack.Sequence, 10), raw.Header.Get(streams.HeaderSourceSeq))
+	require.Contains(t, raw.Header.Get(streams.HeaderReason), event.ErrCorrupt.Error())
+}
+
+func TestBatchSpanLinksItsMessages(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { require.NoError(t, tp.Shutdown(context.Background())) })
+
+	// Six messages, each sent under its own span.
+	var sent []trace.SpanContext
+	var want []published
+	for range 6 {
+		ctx, span := tp.Tracer("test").Start(context.Background(), "partition")
+		sent = append(sent, span.SpanContext())
+		want = append(want, publishEvents(t, js, 0, 1, 3, func(h nats.Header) { telemetry.Inject(ctx, h) })...)
+		span.End()
+	}
+	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 300 * time.Millisecond})
+	cfg.MaxLinks = 4
+	b := start(t, cfg, tp)
+	require.Eventually(t, func() bool { return counter(b.m.batches, 0) == 1 }, 10*time.Second, 10*time.Millisecond)
+	b.stop()
+
+	batches := readBatches(t, js, 0)
+	requireCoverage(t, 0, batches, want)
+	var batchSpan sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Name() == "batch" {
+			batchSpan = s
+		}
+	}
+	require.NotNil(t, batchSpan)
+	var linked, wantLinked []string
+	for _, l := range batchSpan.Links() {
+		linked = append(linked, l.SpanContext.TraceID().String()+"/"+l.SpanContext.SpanID().String())
+	}
+	for _, sc := range sent[:4] {
+		wantLinked = append(wantLinked, sc.TraceID().String()+"/"+sc.SpanID().String())
+	}
+	require.Equal(t, wantLinked, linked, "links capped at MaxLinks, in message order")
+	got := telemetry.Extract(context.Background(), batches[0].header)
+	require.Equal(t, batchSpan.SpanContext().TraceID(), trace.SpanContextFromContext(got).TraceID())
+	require.Equal(t, batchSpan.SpanContext().SpanID(), trace.SpanContextFromContext(got).SpanID())
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	cfg := DefaultConfig()
+	require.NoError(t, cfg.Validate())
+	cfg.Shards = 4
+	cfg.Owned = []int{1, 4, 1}
+	cfg.Policy.MaxRows = 0
+	cfg.PublishTimeout = 0
+	cfg.MaxLinks = -1
+	err := cfg.Validate()
+	require.Error(t, err)
+	for _, want := range []string{"shard 4 is outside", "shard 1 is listed twice", "batch: max_rows", "publish_timeout must", "max_links must"} {
+		require.Contains(t, err.Error(), want)
+	}
+	require.Equal(t, []int{0, 1, 2, 3}, Config{Shards: 4}.OwnedShards())
+	require.True(t, strings.HasSuffix(DefaultConfig().Admin.Addr, ":8083"))
+}
