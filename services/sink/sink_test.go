@@ -17,6 +17,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
@@ -26,10 +32,13 @@ import (
 	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/services/sink"
 )
 
 func TestMain(m *testing.M) {
+	// What telemetry.SetupTracing installs in a service.
+	otel.SetTextMapPropagator(propagation.TraceContext{})
 	goleak.VerifyTestMain(m)
 }
 
@@ -104,11 +113,15 @@ type runningSink struct {
 
 // startSink runs a sink until stop (or the end of the test) and waits
 // until it reports ready.
-func (e *testEnv) startSink(cfg sink.Config) *runningSink {
+func (e *testEnv) startSink(cfg sink.Config, tp ...trace.TracerProvider) *runningSink {
 	t := e.t
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := sink.New(cfg, service.Deps{Logger: zaptest.NewLogger(t), Registry: reg})
+	deps := service.Deps{Logger: zaptest.NewLogger(t), Registry: reg}
+	if len(tp) > 0 {
+		deps.TracerProvider = tp[0]
+	}
+	s, err := sink.New(cfg, deps)
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -563,4 +576,46 @@ func TestSinkShutdownFinishesAndAcksInFlightBatch(t *testing.T) {
 	e.requireNoDuplicates(rowsIn(1, 10*batches))
 	require.Zero(t, metric(t, second.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate"))
 	require.Equal(t, float64(batches)-inserted, metric(t, second.reg, "surge_sink_batches_total", "shard", "0", "outcome", "inserted"))
+}
+
+func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
+	e := newEnv(t)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	t.Cleanup(func() { _ = tp.Shutdown(context.Background()) })
+	e.startSink(e.config(2), tp)
+
+	// The batcher's span travels in the BATCHES message headers.
+	parentCtx, parent := tp.Tracer("batcher").Start(context.Background(), "publish batch")
+	b := makeBatch(1, 1, 3)
+	msg := nats.NewMsg(streams.BatchesSubject(1))
+	msg.Data = batch.Encode(b)
+	msg.Header.Set(streams.HeaderBatchID, b.ID())
+	telemetry.Inject(parentCtx, msg.Header)
+	e.publishMsg(msg, b.ID())
+	parent.End()
+	e.waitRows(b.Len())
+
+	var span sdktrace.ReadOnlySpan
+	require.Eventually(t, func() bool {
+		for _, s := range rec.Ended() {
+			if s.Name() == "sink insert" {
+				span = s
+				return true
+			}
+		}
+		return false
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Equal(t, parent.SpanContext().TraceID(), span.SpanContext().TraceID())
+	require.Equal(t, parent.SpanContext().SpanID(), span.Parent().SpanID())
+	attrs := map[attribute.Key]attribute.Value{}
+	for _, kv := range span.Attributes() {
+		attrs[kv.Key] = kv.Value
+	}
+	require.Equal(t, "clickhouse", attrs["db.system"].AsString())
+	require.Equal(t, e.ch.Addrs()[1], attrs["server.address"].AsString())
+	require.Equal(t, int64(1), attrs["surge.shard"].AsInt64())
+	require.Equal(t, int64(b.Len()), attrs["surge.rows"].AsInt64())
+	require.Equal(t, int64(len(msg.Data)), attrs["surge.bytes"].AsInt64())
+	require.Equal(t, b.ID(), attrs["surge.batch_id"].AsString())
 }
