@@ -149,6 +149,11 @@ func (r *colReader) strings(rows int) []string {
 	var total uint64
 	for i := range lens {
 		lens[i] = r.uvarint()
+		// Checked per string, so a hostile length cannot wrap the total.
+		if lens[i] > uint64(len(r.b)) {
+			r.fail("string column")
+			return nil
+		}
 		total += lens[i]
 	}
 	if r.err != nil || total > uint64(len(r.b)) {
