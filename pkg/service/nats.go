@@ -48,7 +48,9 @@ func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Log
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectBufSize(-1), // fail publishes while disconnected rather than buffer them unacknowledged
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
-			logger.Warn("nats disconnected", zap.Error(err))
+			if err != nil { // nil when the connection is closed on purpose
+				logger.Warn("nats disconnected", zap.Error(err))
+			}
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
 			logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
