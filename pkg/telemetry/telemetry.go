@@ -42,7 +42,8 @@ func (c LogConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// NewLogger builds the zap logger the configuration asks for.
+// NewLogger builds the zap logger the configuration asks for, naming the
+// service on every line unless service is empty.
 func NewLogger(c LogConfig, service string) (*zap.Logger, error) {
 	level, err := zapcore.ParseLevel(c.Level)
 	if err != nil {
@@ -59,6 +60,9 @@ func NewLogger(c LogConfig, service string) (*zap.Logger, error) {
 	l, err := zc.Build()
 	if err != nil {
 		return nil, fmt.Errorf("build logger: %w", err)
+	}
+	if service == "" {
+		return l, nil
 	}
 	return l.With(zap.String("service", service)), nil
 }

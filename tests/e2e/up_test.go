@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestLocalStackCommand runs `surge up` as a user would, posts the README's
+// curl body, reads it back with `surge query`, and stops it with Ctrl-C.
+func TestLocalStackCommand(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "surge")
+	build := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+
+	dir := t.TempDir()
+	httpAddr := freeAddr(t)
+	up := exec.Command(bin, "up", "--dir", filepath.Join(dir, "data"), "--http", httpAddr, "--nats-port", "-1")
+	stdout, err := up.StdoutPipe()
+	require.NoError(t, err)
+	up.Stderr = os.Stderr
+	require.NoError(t, up.Start())
+	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
+
+	lines := make(chan string, 100)
+	go func() {
+		defer close(lines)
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default: // progress lines nobody reads are dropped
+			}
+		}
+	}()
+	waitFor(t, lines, "Press Ctrl-C to stop.", 90*time.Second)
+
+	body := `[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]`
+	resp, err := http.Post("http://"+httpAddr+"/v1/events", "application/json", strings.NewReader(body))
+	require.NoError(t, err)
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.Equal(t, http.StatusAccepted, resp.StatusCode, string(answer))
+	require.JSONEq(t, `{"accepted":1}`, string(answer))
+
+	require.Eventually(t, func() bool {
+		q := exec.Command(bin, "query", "--dir", filepath.Join(dir, "data"), "SELECT type, user_id, count() FROM surge.events GROUP BY type, user_id")
+		out, err := q.CombinedOutput()
+		return err == nil && strings.Contains(string(out), "page_view") && strings.Contains(string(out), "u1")
+	}, 30*time.Second, 200*time.Millisecond)
+
+	require.NoError(t, up.Process.Signal(syscall.SIGINT))
+	waitFor(t, lines, "stopped cleanly", 60*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- up.Wait() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(30 * time.Second):
+		t.Fatal("surge up did not exit after Ctrl-C")
+	}
+}
+
+func waitFor(t *testing.T, lines <-chan string, want string, timeout time.Duration) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "output ended before %q", want)
+			if strings.Contains(line, want) {
+				return
+			}
+		case <-ctx.Done():
+			t.Fatalf("no %q within %s", want, timeout)
+		}
+	}
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	return "127.0.0.1:" + strconv.Itoa(ln.Addr().(*net.TCPAddr).Port)
+}

@@ -1,0 +1,50 @@
+// Command surge runs Surge on one machine: `surge up` brings the whole
+// stack up, `surge bench` measures it, `surge query` reads it back.
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/surge-events/surge/pkg/chserver"
+)
+
+const usage = `Usage: surge <command> [flags]
+
+Commands:
+  up      run the whole stack locally until Ctrl-C
+  bench   start a stack, drive load, print throughput and latency
+  query   run SQL against the local stack's ClickHouse (events, events_local)
+  setup   install clickhouse-server where it is missing (apt-get, as root)
+
+Run "surge <command> -h" for the flags of a command.
+`
+
+func main() {
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "up":
+		err = up(os.Args[2:])
+	case "bench":
+		err = bench(os.Args[2:])
+	case "query":
+		err = query(os.Args[2:])
+	case "setup":
+		err = chserver.EnsureInstalled(context.Background(), func(format string, a ...any) { fmt.Printf("surge: "+format+"\n", a...) })
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return
+	default:
+		fmt.Fprintf(os.Stderr, "surge: unknown command %q\n\n%s", os.Args[1], usage)
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "surge %s: %v\n", os.Args[1], err)
+		os.Exit(1)
+	}
+}

@@ -1,0 +1,131 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/telemetry"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// stackFile records where a running local stack listens, for `surge query`.
+const stackFile = "stack.json"
+
+type stackInfo struct {
+	IngestURL  string   `json:"ingest_url"`
+	NATSURL    string   `json:"nats_url"`
+	ClickHouse []string `json:"clickhouse_native"`
+	HTTP       []string `json:"clickhouse_http"`
+	Database   string   `json:"database"`
+}
+
+func up(args []string) error {
+	fs := flag.NewFlagSet("up", flag.ContinueOnError)
+	dir := fs.String("dir", ".surge", "data `folder` for NATS and ClickHouse")
+	fresh := fs.Bool("fresh", false, "delete the data folder first")
+	shards := fs.Int("shards", 8, "logical shards")
+	servers := fs.Int("clickhouse-servers", 2, "clickhouse-server processes (ClickHouse shards)")
+	httpAddr := fs.String("http", "127.0.0.1:8080", "ingest listen `address`")
+	natsPort := fs.Int("nats-port", 4222, "NATS client port (-1 for any free port)")
+	level := fs.String("log-level", "warn", "service log level")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	if err := chserver.EnsureInstalled(ctx, func(f string, a ...any) { fmt.Printf("surge: "+f+"\n", a...) }); err != nil {
+		return err
+	}
+	if *fresh {
+		if err := os.RemoveAll(*dir); err != nil {
+			return err
+		}
+	}
+	logger, err := telemetry.NewLogger(telemetry.LogConfig{Level: *level, Format: "console"}, "")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = logger.Sync() }()
+	tp, shutdownTracing, err := telemetry.SetupTracing(ctx, "surge-local")
+	if err != nil {
+		return err
+	}
+	defer func() { _ = shutdownTracing(context.Background()) }()
+
+	fmt.Println("surge: starting NATS JetStream, ClickHouse and the four services...")
+	started := time.Now()
+	st, err := stack.Start(ctx, stack.Options{
+		Dir: *dir, Shards: *shards, ClickHouseServers: *servers,
+		NATSPort: *natsPort, HTTPAddr: *httpAddr, Logger: logger, TracerProvider: tp,
+	})
+	if err != nil {
+		return err
+	}
+	info := stackInfo{IngestURL: st.IngestURL, NATSURL: st.NATS.ClientURL(), ClickHouse: st.ClickHouse.Addrs(), Database: st.Database}
+	for _, s := range st.ClickHouse.Servers {
+		info.HTTP = append(info.HTTP, s.HTTPAddr())
+	}
+	if data, err := json.MarshalIndent(info, "", "  "); err == nil {
+		_ = os.WriteFile(filepath.Join(*dir, stackFile), data, 0o644)
+	}
+	printBanner(st, info, time.Since(started))
+
+	progress(ctx, st)
+
+	fmt.Println("\nsurge: stopping: ingest, partitioner, batcher, sink, then ClickHouse and NATS...")
+	err = st.Stop()
+	_ = os.Remove(filepath.Join(*dir, stackFile))
+	if err != nil {
+		return err
+	}
+	fmt.Println("surge: stopped cleanly; data kept in", *dir, "(use --fresh to start empty)")
+	return nil
+}
+
+func printBanner(st *stack.Stack, info stackInfo, took time.Duration) {
+	fmt.Printf(`
+surge: up in %s
+  send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
+                  -d '[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]'
+  query         go tool task query -- "SELECT type, count() FROM %s.events GROUP BY type"
+  NATS          %s
+  ClickHouse    %v (native), %v (HTTP); database %s, tables events (all shards), events_local
+`, took.Round(time.Millisecond), info.IngestURL, info.Database, info.NATSURL, info.ClickHouse, info.HTTP, info.Database)
+	for _, p := range st.Parts {
+		fmt.Printf("  %-13s http://%s/metrics\n", p.Name, p.AdminAddr)
+	}
+	fmt.Println("\nPress Ctrl-C to stop.")
+}
+
+// progress prints accepted and inserted counts every two seconds while
+// they change, until ctx ends.
+func progress(ctx context.Context, st *stack.Stack) {
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	var lastAcc, lastIns float64
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-tick.C:
+			acc, ins := st.Accepted(), st.Inserted()
+			if acc == lastAcc && ins == lastIns {
+				continue
+			}
+			secs := now.Sub(last).Seconds()
+			fmt.Printf("%s  accepted %10.0f (%8.0f/s)   inserted %10.0f (%8.0f/s)   in flight %8.0f\n",
+				now.Format("15:04:05"), acc, (acc-lastAcc)/secs, ins, (ins-lastIns)/secs, acc-ins)
+			lastAcc, lastIns, last = acc, ins, now
+		}
+	}
+}

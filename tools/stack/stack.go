@@ -1,0 +1,256 @@
+// Package stack runs the whole Surge pipeline on one machine: an embedded
+// NATS JetStream server, one clickhouse-server process per ClickHouse shard
+// server, and the four services in this process. The local stack
+// (`surge up`), the bench and the end-to-end tests all start it this way.
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/services/batcher"
+	"github.com/surge-events/surge/services/ingest"
+	"github.com/surge-events/surge/services/partitioner"
+	"github.com/surge-events/surge/services/sink"
+)
+
+// Options shape a local stack.
+type Options struct {
+	// Dir holds NATS and ClickHouse data.
+	Dir string
+	// Shards is the number of logical shards.
+	Shards int
+	// ClickHouseServers is the number of clickhouse-server processes.
+	ClickHouseServers int
+	// NATSPort is the NATS client port; -1 picks a free one.
+	NATSPort int
+	// HTTPAddr is where ingest listens.
+	HTTPAddr string
+	// Policy is the batch policy; zero means the default.
+	Policy batch.Policy
+	// Database is the ClickHouse database; "surge" when empty.
+	Database string
+	// APIKeys maps API keys to tenants; empty turns auth off.
+	APIKeys map[string]string
+	// Logger receives every service's logs; a no-op logger when nil.
+	Logger *zap.Logger
+	// TracerProvider traces the services; a no-op provider when nil.
+	TracerProvider trace.TracerProvider
+}
+
+// Part is one running service.
+type Part struct {
+	Name      string
+	AdminAddr string
+	Registry  *prometheus.Registry
+	cancel    context.CancelFunc
+	done      chan error
+}
+
+// Stack is a running pipeline.
+type Stack struct {
+	NATS       *server.Server
+	ClickHouse *chserver.Cluster
+	Database   string
+	// IngestURL is the base URL of the ingest HTTP API.
+	IngestURL string
+	// Parts in pipeline order: ingest, partitioner, batcher, sink.
+	Parts []*Part
+
+	opts Options
+}
+
+// Start brings up servers and services and waits until every service is ready.
+func Start(ctx context.Context, o Options) (*Stack, error) {
+	if o.Shards == 0 {
+		o.Shards = 8
+	}
+	if o.ClickHouseServers == 0 {
+		o.ClickHouseServers = 2
+	}
+	if o.HTTPAddr == "" {
+		o.HTTPAddr = "127.0.0.1:0"
+	}
+	if o.Database == "" {
+		o.Database = "surge"
+	}
+	if o.Policy == (batch.Policy{}) {
+		o.Policy = batch.DefaultPolicy()
+	}
+	if o.Logger == nil {
+		o.Logger = zap.NewNop()
+	}
+	if o.TracerProvider == nil {
+		o.TracerProvider = noop.NewTracerProvider()
+	}
+	s := &Stack{opts: o, Database: o.Database}
+
+	ns, err := natsserver.Start(natsserver.Options{Port: o.NATSPort, StoreDir: filepath.Join(o.Dir, "nats")})
+	if err != nil {
+		return nil, err
+	}
+	s.NATS = ns
+	ch, err := chserver.StartCluster(ctx, o.Dir, o.ClickHouseServers)
+	if err != nil {
+		s.Stop()
+		return nil, err
+	}
+	s.ClickHouse = ch
+	if err := s.startServices(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+func (s *Stack) deps(name string) service.Deps {
+	return service.Deps{
+		Logger:         s.opts.Logger.With(zap.String("service", name)),
+		Registry:       prometheus.NewRegistry(),
+		TracerProvider: s.opts.TracerProvider,
+	}
+}
+
+type runner interface {
+	Run(ctx context.Context) error
+	AdminAddr() string
+}
+
+func (s *Stack) startServices(ctx context.Context) error {
+	natsURL := s.NATS.ClientURL()
+	admin := "127.0.0.1:0"
+
+	icfg := ingest.DefaultConfig()
+	icfg.NATS.URL = natsURL
+	icfg.HTTP.Addr = s.opts.HTTPAddr
+	icfg.Admin.Addr = admin
+	icfg.Ingest.APIKeys = s.opts.APIKeys
+
+	pcfg := partitioner.DefaultConfig()
+	pcfg.NATS.URL = natsURL
+	pcfg.Admin.Addr = admin
+	pcfg.Shards = s.opts.Shards
+
+	bcfg := batcher.DefaultConfig()
+	bcfg.NATS.URL = natsURL
+	bcfg.Admin.Addr = admin
+	bcfg.Shards = s.opts.Shards
+	bcfg.Policy = s.opts.Policy
+
+	scfg := sink.DefaultConfig()
+	scfg.NATS.URL = natsURL
+	scfg.Admin.Addr = admin
+	scfg.Shards = s.opts.Shards
+	scfg.ClickHouse.Addrs = s.ClickHouse.Addrs()
+	scfg.ClickHouse.Database = s.opts.Database
+	scfg.ClickHouse.Cluster = s.ClickHouse.Name
+
+	for _, c := range []interface{ Validate() error }{icfg, pcfg, bcfg, scfg} {
+		if err := c.Validate(); err != nil {
+			return fmt.Errorf("stack config: %w", err)
+		}
+	}
+
+	build := []struct {
+		name string
+		new  func(service.Deps) (runner, error)
+	}{
+		{"ingest", func(d service.Deps) (runner, error) {
+			svc, err := ingest.New(icfg, d)
+			if err == nil {
+				s.IngestURL = "http://" + svc.Addr()
+			}
+			return svc, err
+		}},
+		{"partitioner", func(d service.Deps) (runner, error) { return partitioner.New(pcfg, d) }},
+		{"batcher", func(d service.Deps) (runner, error) { return batcher.New(bcfg, d) }},
+		{"sink", func(d service.Deps) (runner, error) { return sink.New(scfg, d) }},
+	}
+	for _, b := range build {
+		deps := s.deps(b.name)
+		svc, err := b.new(deps)
+		if err != nil {
+			return fmt.Errorf("build %s: %w", b.name, err)
+		}
+		runCtx, cancel := context.WithCancel(context.Background())
+		p := &Part{Name: b.name, AdminAddr: svc.AdminAddr(), Registry: deps.Registry, cancel: cancel, done: make(chan error, 1)}
+		go func() { p.done <- svc.Run(runCtx) }()
+		s.Parts = append(s.Parts, p)
+	}
+	return s.waitReady(ctx, 60*time.Second)
+}
+
+func (s *Stack) waitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, p := range s.Parts {
+		for {
+			if ready(p.AdminAddr) {
+				break
+			}
+			select {
+			case err := <-p.done:
+				p.done <- err
+				return fmt.Errorf("%s stopped at start: %w", p.Name, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s not ready after %s", p.Name, timeout)
+			}
+		}
+	}
+	return nil
+}
+
+// Part returns the running service of that name, nil if none.
+func (s *Stack) Part(name string) *Part {
+	for _, p := range s.Parts {
+		if p.Name == name {
+			return p
+		}
+	}
+	return nil
+}
+
+// Stop shuts the services down in pipeline order, so each one's last
+// output reaches the next before it stops, then stops the servers.
+// Whatever is still in flight stays durable in JetStream for the next start.
+func (s *Stack) Stop() error {
+	var errs []error
+	for _, p := range s.Parts {
+		p.cancel()
+		if err := <-p.done; err != nil && !errors.Is(err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("%s: %w", p.Name, err))
+		}
+		p.done <- nil // later Stop calls see it stopped
+	}
+	s.Parts = nil
+	if s.ClickHouse != nil {
+		s.ClickHouse.Stop()
+		s.ClickHouse = nil
+	}
+	if s.NATS != nil {
+		s.NATS.Shutdown()
+		s.NATS.WaitForShutdown()
+		s.NATS = nil
+	}
+	return errors.Join(errs...)
+}
+
+// RemoveData deletes the stack's data folder; call after Stop.
+func RemoveData(dir string) error { return os.RemoveAll(dir) }
