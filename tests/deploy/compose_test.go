@@ -16,8 +16,11 @@ const root = "../.."
 
 type composeFile struct {
 	Services map[string]struct {
-		Image       string                    `yaml:"image"`
-		Build       *struct{ Context, Dockerfile string; Args map[string]string } `yaml:"build"`
+		Image string `yaml:"image"`
+		Build *struct {
+			Context, Dockerfile string
+			Args                map[string]string
+		} `yaml:"build"`
 		Ports       []string                  `yaml:"ports"`
 		Volumes     []string                  `yaml:"volumes"`
 		DependsOn   map[string]map[string]any `yaml:"depends_on"`
