@@ -5,6 +5,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -94,7 +95,7 @@ func start(t *testing.T, mutate func(*Config)) *harness {
 			select {
 			case runErr = <-done:
 			case <-time.After(15 * time.Second):
-				t.Fatal("Run did not return within 15s of cancel")
+				runErr = errors.New("run did not return within 15s of cancel")
 			}
 		}
 		return runErr
