@@ -77,7 +77,8 @@ func MainArgs(name string, args []string, stdout, stderr io.Writer, cfg Config, 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	tp, shutdownTracing, err := telemetry.SetupTracing(ctx, name)
+	// Traces name the service surge-<name> unless OTEL_SERVICE_NAME says otherwise.
+	tp, shutdownTracing, err := telemetry.SetupTracing(ctx, "surge-"+name)
 	if err != nil {
 		logger.Error("set up tracing", zap.Error(err))
 		return 1
