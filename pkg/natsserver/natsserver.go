@@ -3,10 +3,14 @@
 package natsserver
 
 import (
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/streams"
 )
 
 // Options configure an embedded server.
@@ -18,10 +22,64 @@ type Options struct {
 	StoreDir string
 	// MaxPayload is the largest message; it must fit a batch.
 	MaxPayload int32
+	// Users turn authentication on: when set, every client must log in as
+	// one of them. When empty, anyone may connect and do anything.
+	Users []User
+	// MQTTPort opens nats-server's MQTT listener on Host: 0 leaves it off,
+	// -1 picks a free port (read it back with MQTTPort).
+	MQTTPort int
+}
+
+// User is one login of the server. A user without Tenant is a service
+// user and may do anything; a user with Tenant is a producer of that
+// tenant (see ProducerPermissions).
+type User struct {
+	Name     string
+	Password string
+	// Tenant makes the user a producer of that tenant only.
+	Tenant string
+}
+
+// ProducerPermissions is all a tenant's producer may do: publish to
+// surge.in.<tenant> and below (captured by INGEST), and receive replies
+// (PubAcks) on its own inbox prefix _INBOX_<tenant>. It cannot publish
+// anywhere else (not EVENTS, BATCHES, ingest.*, another tenant's subjects
+// nor the JetStream API, so it cannot read streams) and cannot subscribe
+// to anything but its inbox.
+func ProducerPermissions(tenant string) *server.Permissions {
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: streams.ProducerSubjects(tenant)},
+		Subscribe: &server.SubjectPermission{Allow: []string{streams.ProducerInboxPrefix(tenant) + ".>"}},
+	}
+}
+
+func (o Options) validate() error {
+	var errs []error
+	seen := map[string]bool{}
+	for i, u := range o.Users {
+		if u.Name == "" || u.Password == "" {
+			errs = append(errs, fmt.Errorf("user %d: name and password are required", i+1))
+		}
+		if seen[u.Name] {
+			errs = append(errs, fmt.Errorf("user %q listed twice", u.Name))
+		}
+		seen[u.Name] = true
+		if u.Tenant != "" && !event.ValidTenant(u.Tenant) {
+			errs = append(errs, fmt.Errorf("user %q: tenant %q must be 1 to 64 letters, digits, '_' or '-'", u.Name, u.Tenant))
+		}
+	}
+	if o.MQTTPort != 0 && len(o.Users) == 0 {
+		// Without users MQTT clients would publish anywhere, as anyone.
+		errs = append(errs, errors.New("mqtt needs users"))
+	}
+	return errors.Join(errs...)
 }
 
 // Start runs an embedded server and waits until it accepts connections.
 func Start(o Options) (*server.Server, error) {
+	if err := o.validate(); err != nil {
+		return nil, fmt.Errorf("nats server options: %w", err)
+	}
 	if o.Host == "" {
 		o.Host = "127.0.0.1"
 	}
@@ -29,6 +87,7 @@ func Start(o Options) (*server.Server, error) {
 		o.MaxPayload = 16 << 20
 	}
 	opts := &server.Options{
+		// MQTT needs a server name as well as JetStream.
 		ServerName:         "surge-local",
 		Host:               o.Host,
 		Port:               o.Port,
@@ -40,6 +99,17 @@ func Start(o Options) (*server.Server, error) {
 		NoLog:              true,
 		JetStreamMaxMemory: 256 << 20,
 	}
+	for _, u := range o.Users {
+		su := &server.User{Username: u.Name, Password: u.Password}
+		if u.Tenant != "" {
+			su.Permissions = ProducerPermissions(u.Tenant)
+		}
+		opts.Users = append(opts.Users, su)
+	}
+	if o.MQTTPort != 0 {
+		opts.MQTT.Host = o.Host
+		opts.MQTT.Port = o.MQTTPort
+	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("new nats server: %w", err)
@@ -50,4 +120,13 @@ func Start(o Options) (*server.Server, error) {
 		return nil, fmt.Errorf("nats server not ready after 10s")
 	}
 	return s, nil
+}
+
+// MQTTPort is the port the server's MQTT listener took; 0 when it has none.
+func MQTTPort(s *server.Server) int {
+	v, err := s.Varz(nil)
+	if err != nil {
+		return 0
+	}
+	return v.MQTT.Port
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -35,10 +36,49 @@ const (
 	HeaderSource = "Surge-Source"
 	// HeaderSourceSeq carries the stream sequence a dead letter came from.
 	HeaderSourceSeq = "Surge-Source-Seq"
+	// HeaderSourceIndex carries the position, within its source message,
+	// of an event dead-lettered on its own.
+	HeaderSourceIndex = "Surge-Source-Index"
+	// HeaderTenant carries the tenant of a dead-lettered producer event.
+	HeaderTenant = "Surge-Tenant"
+	// HeaderProblems carries the JSON list of problems of a dead-lettered
+	// event ([{"index":0,"field":"type","reason":"required"}]).
+	HeaderProblems = "Surge-Problems"
 )
 
 // IngestSubject is where ingest publishes the events of a tenant.
 func IngestSubject(tenant string) string { return "ingest." + tenant }
+
+// ProducerPrefix starts every subject NATS and MQTT producers publish to:
+// surge.in.<tenant>.<anything>. INGEST captures it; the tenant is the
+// third token, and the producer's credentials allow only their tenant's.
+const ProducerPrefix = "surge.in."
+
+// ProducerSubjects are the subjects a tenant's producer may publish to:
+// surge.in.<tenant> and everything below it.
+func ProducerSubjects(tenant string) []string {
+	return []string{ProducerPrefix + tenant, ProducerPrefix + tenant + ".>"}
+}
+
+// ProducerInboxPrefix is the inbox prefix of a tenant's producers: their
+// PubAcks arrive below it (nats.CustomInboxPrefix, nats --inbox-prefix),
+// so no producer can read another's replies or a service's fetches.
+func ProducerInboxPrefix(tenant string) string { return "_INBOX_" + tenant }
+
+// ProducerTenant returns the tenant token of a producer subject, and false
+// when subject is not one (the tenant is not checked for validity here).
+func ProducerTenant(subject string) (string, bool) {
+	rest, ok := strings.CutPrefix(subject, ProducerPrefix)
+	if !ok {
+		return "", false
+	}
+	tenant, _, _ := strings.Cut(rest, ".")
+	return tenant, tenant != ""
+}
+
+// InvalidSubject is where the partitioner dead-letters a producer's
+// invalid events and malformed messages.
+func InvalidSubject(tenant string) string { return "deadletter.partitioner.invalid." + tenant }
 
 // EventsSubject is the subject of one shard in EVENTS.
 func EventsSubject(shard int) string { return "events.shard." + strconv.Itoa(shard) }
@@ -102,7 +142,9 @@ func (c Config) Validate() error {
 
 // Definitions returns the configuration of every Surge stream.
 //
-//   - INGEST is a work queue: the partitioner's ack removes a request.
+//   - INGEST is a work queue: the partitioner's ack removes a request. It
+//     holds ingest's encoded requests (ingest.<tenant>) and the JSON
+//     messages of NATS and MQTT producers (surge.in.<tenant>.<anything>).
 //   - EVENTS keeps per-shard runs until the batcher has cut them into a
 //     published batch; the batcher then purges them (it reads with an
 //     ordered consumer, so there is nothing to ack).
@@ -131,7 +173,7 @@ func Definitions(c Config) []jetstream.StreamConfig {
 	dl.MaxAge = c.DeadLetterMaxAge
 	dl.Discard = jetstream.DiscardOld
 	return []jetstream.StreamConfig{
-		base(Ingest, "Surge requests as accepted by ingest", []string{"ingest.>"}, jetstream.WorkQueuePolicy),
+		base(Ingest, "Surge requests as accepted by ingest and published by producers", []string{"ingest.>", ProducerPrefix + ">"}, jetstream.WorkQueuePolicy),
 		base(Events, "Surge events grouped per shard", []string{"events.shard.*"}, jetstream.LimitsPolicy),
 		base(Batches, "Surge columnar batches per shard", []string{"batches.shard.*"}, jetstream.WorkQueuePolicy),
 		dl,
