@@ -19,6 +19,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
@@ -150,7 +151,7 @@ type shardLoop struct {
 	subject string // events.shard.<k>
 	out     string // batches.shard.<k>
 	builder *batch.Builder
-	links   []trace.Link // spans of the messages in the builder, capped
+	trace   batchTrace // trace context of the open batch
 	m       shardMetrics
 	log     *zap.Logger
 
@@ -162,8 +163,50 @@ type shardLoop struct {
 
 type cutBatch struct {
 	b      *batch.Batch
-	links  []trace.Link
+	trace  batchTrace
 	reason string
+}
+
+// batchTrace gathers, while a batch fills, the trace context of its span.
+//
+// A batch has many parents: its span links to the publish spans of the
+// sampled messages it holds (at most MaxLinks). Its parent is the first
+// sampled message's span, so with a parent-based sampler a batch is
+// recorded exactly when it holds a sampled message and appears in that
+// message's trace; a batch of only unsampled messages takes the first
+// one's (unsampled) context, records nothing, and carries the unsampled
+// flag on to the sink, which records nothing either. A batch of messages
+// without any trace context is a new trace, left to the sampler.
+type batchTrace struct {
+	parent  trace.SpanContext
+	links   []trace.Link
+	dropped int // sampled messages past MaxLinks
+}
+
+// add notes the span context a message carries.
+func (t *batchTrace) add(sc trace.SpanContext, maxLinks int) {
+	if !sc.IsValid() {
+		return
+	}
+	if !t.parent.IsSampled() && (!t.parent.IsValid() || sc.IsSampled()) {
+		t.parent = sc
+	}
+	if !sc.IsSampled() {
+		return
+	}
+	if len(t.links) < maxLinks {
+		t.links = append(t.links, trace.Link{SpanContext: sc})
+	} else {
+		t.dropped++
+	}
+}
+
+// context is the parent context of the batch span.
+func (t *batchTrace) context() context.Context {
+	if !t.parent.IsValid() {
+		return context.Background()
+	}
+	return trace.ContextWithRemoteSpanContext(context.Background(), t.parent)
 }
 
 func (l *shardLoop) run(ctx context.Context) {
@@ -294,11 +337,7 @@ func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
 		}
 		l.cut(ctx, reason)
 	}
-	if len(l.links) < l.s.cfg.MaxLinks {
-		if sc := trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())); sc.IsValid() {
-			l.links = append(l.links, trace.Link{SpanContext: sc})
-		}
-	}
+	l.trace.add(trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())), l.s.cfg.MaxLinks)
 	if l.builder.Add(seq, events, time.Now()) {
 		reason := cutBytes
 		if l.builder.Len() >= p.MaxRows {
@@ -316,8 +355,8 @@ func (l *shardLoop) cut(ctx context.Context, reason string) {
 	if b == nil {
 		return
 	}
-	c := &cutBatch{b: b, links: l.links, reason: reason}
-	l.links = nil
+	c := &cutBatch{b: b, trace: l.trace, reason: reason}
+	l.trace = batchTrace{}
 	if err := l.publish(ctx, c); err != nil {
 		l.held = c
 	}
@@ -337,8 +376,8 @@ func (l *shardLoop) finish(parent context.Context) {
 		l.held = nil
 	}
 	if b := l.builder.Cut(); b != nil {
-		c := &cutBatch{b: b, links: l.links, reason: cutShutdown}
-		l.links = nil
+		c := &cutBatch{b: b, trace: l.trace, reason: cutShutdown}
+		l.trace = batchTrace{}
 		if err := l.publish(ctx, c); err != nil {
 			l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", b.ID()), zap.Error(err))
 		}
@@ -351,16 +390,22 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	b := c.b
 	id := b.ID()
 	data := batch.Encode(b)
-	spanCtx, span := l.s.tracer.Start(context.Background(), "batch",
+	spanCtx, span := l.s.tracer.Start(c.trace.context(), "batch",
 		trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithLinks(c.links...),
+		trace.WithLinks(c.trace.links...),
 		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", l.out),
+			attribute.Int("surge.shard", l.k),
 			attribute.String("surge.batch.id", id),
 			attribute.Int("surge.batch.rows", b.Len()),
 			attribute.Int("surge.batch.bytes", len(data)),
 			attribute.String("surge.batch.cut", c.reason),
+			attribute.Int("surge.batch.links_dropped", c.trace.dropped),
 		))
 	defer span.End()
+	log := l.log.With(zap.String("batch_id", id))
+	log = log.With(telemetry.TraceFields(spanCtx)...)
 
 	first, last := strconv.FormatUint(b.FirstSeq, 10), strconv.FormatUint(b.LastSeq, 10)
 	msg := &nats.Msg{
@@ -376,8 +421,9 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	}
 	telemetry.Inject(spanCtx, msg.Header)
 	start := time.Now()
-	if err := l.publishRetry(ctx, msg); err != nil {
+	if err := l.publishRetry(ctx, msg, log); err != nil {
 		span.RecordError(err)
+		span.SetStatus(codes.Error, "publish")
 		return err
 	}
 	l.s.m.publishDuration.Observe(time.Since(start).Seconds())
@@ -386,6 +432,7 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	l.m.batches.Inc()
 	l.m.rows.Add(float64(b.Len()))
 	l.m.cuts[c.reason].Inc()
+	log.Debug("batch published", zap.Int("rows", b.Len()), zap.Int("bytes", len(data)), zap.String("cut", c.reason))
 	l.purge(ctx, b.LastSeq)
 	return nil
 }
@@ -419,7 +466,7 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 	}
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.cfg.ShutdownTimeout)
 	defer cancel()
-	if err := l.publishRetry(dctx, dl); err != nil {
+	if err := l.publishRetry(dctx, dl, l.log); err != nil {
 		l.log.Error("dead letter not published; the corrupt message is skipped", zap.Uint64("seq", seq), zap.Error(err))
 		return
 	}
@@ -428,7 +475,7 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 }
 
 // publishRetry publishes msg synchronously until a PubAck or the end of ctx.
-func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg) error {
+func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg, log *zap.Logger) error {
 	for attempt := 1; ; attempt++ {
 		pctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
 		_, err := l.js.PublishMsg(pctx, msg)
@@ -440,7 +487,7 @@ func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg) error {
 			return fmt.Errorf("publish %s: %w", msg.Subject, err)
 		}
 		l.m.retries.Inc()
-		l.log.Warn("publish failed, retrying", zap.String("subject", msg.Subject), zap.Int("attempt", attempt), zap.Error(err))
+		log.Warn("publish failed, retrying", zap.String("subject", msg.Subject), zap.Int("attempt", attempt), zap.Error(err))
 		sleep(ctx, backoff(attempt))
 	}
 }

@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"strconv"
 	"strings"
@@ -422,4 +423,66 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 	require.Equal(t, []int{0, 1, 2, 3}, Config{Shards: 4}.OwnedShards())
 	require.True(t, strings.HasSuffix(DefaultConfig().Admin.Addr, ":8083"))
+}
+
+// TestBatchSpanFollowsSampling checks the batch span's sampling rule: a
+// batch holding a sampled message is recorded as a child of the first
+// sampled message's span, linking only sampled messages; a batch of only
+// unsampled messages records nothing and passes the unsampled flag on.
+func TestBatchSpanFollowsSampling(t *testing.T) {
+	ns := startNATS(t)
+	js := connect(t, ns.ClientURL())
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)) // parent-based always-on
+	t.Cleanup(func() { require.NoError(t, tp.Shutdown(context.Background())) })
+
+	spanContext := func(sampled bool) trace.SpanContext {
+		var tid trace.TraceID
+		var sid trace.SpanID
+		_, _ = rand.Read(tid[:])
+		_, _ = rand.Read(sid[:])
+		flags := trace.TraceFlags(0)
+		if sampled {
+			flags = trace.FlagsSampled
+		}
+		return trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, TraceFlags: flags, Remote: true})
+	}
+	send := func(shard int, sc trace.SpanContext) []published {
+		ctx := trace.ContextWithRemoteSpanContext(context.Background(), sc)
+		return publishEvents(t, js, shard, 1, 2, func(h nats.Header) { telemetry.Inject(ctx, h) })
+	}
+	// Shard 0: unsampled, sampled, unsampled, sampled. Shard 1: unsampled only.
+	mixed := []trace.SpanContext{spanContext(false), spanContext(true), spanContext(false), spanContext(true)}
+	for _, sc := range mixed {
+		send(0, sc)
+	}
+	unsampled := spanContext(false)
+	send(1, unsampled)
+	send(1, spanContext(false))
+
+	cfg := testConfig(ns.ClientURL(), 2, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 200 * time.Millisecond})
+	b := start(t, cfg, tp)
+	require.Eventually(t, func() bool { return counter(b.m.batches, 0) == 1 && counter(b.m.batches, 1) == 1 }, 10*time.Second, 10*time.Millisecond)
+	b.stop()
+
+	var spans []sdktrace.ReadOnlySpan
+	for _, s := range rec.Ended() {
+		if s.Name() == "batch" {
+			spans = append(spans, s)
+		}
+	}
+	require.Len(t, spans, 1, "only the batch holding sampled messages is recorded")
+	s := spans[0]
+	require.Equal(t, mixed[1].TraceID(), s.SpanContext().TraceID(), "in the trace of the first sampled message")
+	require.Equal(t, mixed[1].SpanID(), s.Parent().SpanID())
+	var linked []trace.SpanContext
+	for _, l := range s.Links() {
+		linked = append(linked, l.SpanContext)
+	}
+	require.Equal(t, []trace.SpanContext{mixed[1], mixed[3]}, linked, "links to sampled messages only")
+
+	header := readBatches(t, js, 1)[0].header
+	sc := trace.SpanContextFromContext(telemetry.Extract(context.Background(), header))
+	require.Equal(t, unsampled.TraceID(), sc.TraceID(), "an unsampled batch carries its first message's trace")
+	require.False(t, sc.IsSampled())
 }
