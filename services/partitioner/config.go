@@ -39,6 +39,20 @@ type Config struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
 	// InfoInterval is how often consumer lag is read for the metrics.
 	InfoInterval time.Duration `yaml:"info_interval" env:"INFO_INTERVAL"`
+	// Producers bounds the JSON messages NATS and MQTT producers publish
+	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
+	Producers ProducerLimits `yaml:"producers" env:"PRODUCERS"`
+}
+
+// ProducerLimits are the HTTP API's limits, applied to producer messages;
+// the stream's max_msg_size bounds a message's bytes.
+type ProducerLimits struct {
+	// MaxEvents is the most events in one message; a message with more is
+	// dead-lettered whole.
+	MaxEvents int `yaml:"max_events" env:"MAX_EVENTS"`
+	// MaxEventBytes is the largest single event, as sent; a larger one is
+	// dead-lettered on its own.
+	MaxEventBytes int `yaml:"max_event_bytes" env:"MAX_EVENT_BYTES"`
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -57,6 +71,7 @@ func DefaultConfig() Config {
 		MaxPublishPending: 4096,
 		PublishTimeout:    10 * time.Second,
 		InfoInterval:      5 * time.Second,
+		Producers:         ProducerLimits{MaxEvents: 10000, MaxEventBytes: 64 << 10},
 	}
 }
 
@@ -97,6 +112,12 @@ func (c Config) Validate() error {
 	// PubAcks: it must not be redelivered meanwhile.
 	if c.AckWait <= c.FetchMaxWait+c.PublishTimeout {
 		add("ack_wait must exceed fetch_max_wait+publish_timeout (%s), got %s", c.FetchMaxWait+c.PublishTimeout, c.AckWait)
+	}
+	if c.Producers.MaxEvents < 1 {
+		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
+	}
+	if c.Producers.MaxEventBytes < 64 {
+		add("producers: max_event_bytes must be at least 64, got %d", c.Producers.MaxEventBytes)
 	}
 	if c.InfoInterval <= 0 {
 		add("info_interval must be positive, got %s", c.InfoInterval)

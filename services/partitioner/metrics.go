@@ -10,7 +10,7 @@ import (
 const (
 	outcomeAcked      = "acked"       // every group published and PubAcked, input acked
 	outcomeNaked      = "naked"       // a publish failed, input redelivered later
-	outcomeDeadLetter = "dead_letter" // undecodable, dead-lettered and terminated
+	outcomeDeadLetter = "dead_letter" // undecodable or not JSON, dead-lettered whole and terminated
 )
 
 type metrics struct {
@@ -20,6 +20,7 @@ type metrics struct {
 	consumerPending prometheus.Gauge
 	ackPending      prometheus.Gauge
 	deadLetters     prometheus.Counter
+	invalid         prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, shards int) *metrics {
@@ -43,7 +44,11 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		}),
 		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",
-			Help: "INGEST messages published to DEAD_LETTER.",
+			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON).",
+		}),
+		invalid: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "surge_partitioner_events_invalid_total",
+			Help: "Events of NATS and MQTT producers that failed validation, each published to DEAD_LETTER with its reasons.",
 		}),
 	}
 	eventsVec := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -57,6 +62,6 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 	for _, o := range []string{outcomeAcked, outcomeNaked, outcomeDeadLetter} {
 		m.messages.WithLabelValues(o)
 	}
-	reg.MustRegister(m.messages, eventsVec, m.publishDuration, m.consumerPending, m.ackPending, m.deadLetters)
+	reg.MustRegister(m.messages, eventsVec, m.publishDuration, m.consumerPending, m.ackPending, m.deadLetters, m.invalid)
 	return m
 }

@@ -2,6 +2,11 @@
 // the shards of EVENTS by their key, and acks a request only once every
 // shard group of it is durable in EVENTS.
 //
+// INGEST holds two kinds of message: ingest's encoded requests
+// (ingest.<tenant>) and the JSON that NATS and MQTT producers publish
+// straight to surge.in.<tenant>.<anything>, which the partitioner
+// validates itself (see produced).
+//
 // Every partitioner process pulls from one shared durable consumer, so
 // adding processes adds throughput. A redelivered request republishes the
 // same message ids (<ingest seq>:<shard>), which EVENTS drops as duplicates.
@@ -42,6 +47,8 @@ type Service struct {
 	tracer trace.Tracer
 	admin  *service.Admin
 	m      *metrics
+	// parser validates the JSON of NATS and MQTT producers.
+	parser *event.Parser
 }
 
 // New builds a partitioner and opens its admin listener; it does no
@@ -60,6 +67,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		tracer: deps.TracerProvider.Tracer("github.com/surge-events/surge/services/partitioner"),
 		admin:  admin,
 		m:      newMetrics(deps.Registry, cfg.Shards),
+		parser: &event.Parser{Limits: event.Limits{MaxEvents: cfg.Producers.MaxEvents, MaxEventBytes: cfg.Producers.MaxEventBytes}},
 	}, nil
 }
 
@@ -180,8 +188,11 @@ type input struct {
 	start     time.Time
 	futures   []jetstream.PubAckFuture
 	counts    []shardCount
-	err       error // a publish could not be started
-	settled   bool  // already acked, naked or terminated
+	invalid   int // producer events dead-lettered as invalid
+	// deadLetters are the PubAcks of those dead letters.
+	deadLetters []jetstream.PubAckFuture
+	err         error // a publish could not be started
+	settled     bool  // already acked, naked or terminated
 }
 
 type shardCount struct{ shard, events int }
@@ -233,9 +244,18 @@ func (w *worker) publish(in *input) {
 	}
 	in.seq, in.delivered = meta.Sequence.Stream, meta.NumDelivered
 
-	events, err := event.Decode(in.msg.Data())
-	if err != nil {
-		w.deadLetter(in, err)
+	var events []event.Event
+	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
+		events, err = w.produced(ctx, in, tenant, meta.Timestamp)
+		if in.err != nil {
+			return // a dead letter could not be published: retried whole
+		}
+		if err != nil {
+			w.deadLetter(in, streams.InvalidSubject(tenant), err)
+			return
+		}
+	} else if events, err = event.Decode(in.msg.Data()); err != nil {
+		w.deadLetter(in, streams.DeadLetterSubject("partitioner", 0), err)
 		return
 	}
 	for k := range w.groups {
@@ -296,6 +316,15 @@ func (w *worker) settle(in *input) {
 			}
 		}
 	}
+	for _, f := range in.deadLetters {
+		select {
+		case <-f.Ok():
+		case perr := <-f.Err():
+			if err == nil {
+				err = fmt.Errorf("publish %s: %w", f.Msg().Subject, perr)
+			}
+		}
+	}
 	if err != nil {
 		in.span.RecordError(err)
 		in.span.SetStatus(codes.Error, "publish")
@@ -316,22 +345,23 @@ func (w *worker) settle(in *input) {
 	for _, c := range in.counts {
 		s.m.events[c.shard].Add(float64(c.events))
 	}
+	s.m.invalid.Add(float64(in.invalid))
 }
 
-// deadLetter publishes an undecodable message to DEAD_LETTER and
-// terminates it, or naks it when the dead letter cannot be written.
-func (w *worker) deadLetter(in *input, cause error) {
+// deadLetter publishes an undecodable message to DEAD_LETTER on subject
+// and terminates it, or naks it when the dead letter cannot be written.
+func (w *worker) deadLetter(in *input, subject string, cause error) {
 	s := w.s
 	in.settled = true
 	in.span.RecordError(cause)
 	in.span.SetStatus(codes.Error, "corrupt")
 	seq := strconv.FormatUint(in.seq, 10)
 	m := &nats.Msg{
-		Subject: streams.DeadLetterSubject("partitioner", 0),
+		Subject: subject,
 		Data:    in.msg.Data(),
 		Header: nats.Header{
 			jetstream.MsgIDHeader:   []string{"partitioner:" + seq},
-			streams.HeaderReason:    []string{cause.Error()},
+			streams.HeaderReason:    []string{headerValue(cause.Error())},
 			streams.HeaderSource:    []string{in.msg.Subject()},
 			streams.HeaderSourceSeq: []string{seq},
 		},
@@ -347,7 +377,7 @@ func (w *worker) deadLetter(in *input, cause error) {
 		}
 		return
 	}
-	s.logger.Warn("dead-lettered corrupt message", zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))
+	s.logger.Warn("dead-lettered message", zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))
 	if err := in.msg.Term(); err != nil {
 		s.logger.Warn("term", zap.Uint64("seq", in.seq), zap.Error(err))
 	}

@@ -1,0 +1,127 @@
+package partitioner
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// produced validates the JSON message a NATS or MQTT producer published
+// to surge.in.<tenant>.<anything> and returns its valid events. Each
+// invalid event is dead-lettered on its own (asynchronously: its PubAck
+// joins the message's before the message is acked), so the valid events
+// beside it still flow. An error means the message as a whole is
+// unusable and is dead-lettered by the caller.
+//
+// The tenant comes from the subject the producer's credentials allow,
+// never from the payload. What the parser would make up is derived from
+// the INGEST message instead, so a redelivery rebuilds identical events:
+// received_at is the message's stream timestamp and an absent event_id is
+// a ULID of that timestamp and a hash of stream sequence and position.
+func (w *worker) produced(ctx context.Context, in *input, tenant string, stored time.Time) ([]event.Event, error) {
+	if !event.ValidTenant(tenant) {
+		return nil, fmt.Errorf("tenant %q in subject must be 1 to 64 letters, digits, '_' or '-'", tenant)
+	}
+	format, ok := event.DetectFormat(in.msg.Data())
+	if !ok {
+		return nil, errors.New("message is not JSON: it must hold an event object, a JSON array of events or NDJSON")
+	}
+	items, err := w.s.parser.ParseEach(in.msg.Data(), format, tenant, stored, func(i int) string {
+		return event.DerivedID(stored, in.seq, i)
+	})
+	if err != nil {
+		var ve *event.ValidationError
+		if errors.As(err, &ve) && len(ve.Problems) > 0 {
+			return nil, errors.New(reason(ve.Problems))
+		}
+		return nil, err
+	}
+	events := make([]event.Event, 0, len(items))
+	for i := range items {
+		it := &items[i]
+		if len(it.Problems) == 0 {
+			events = append(events, it.Event)
+			continue
+		}
+		if err := w.deadLetterEvent(ctx, in, tenant, it); err != nil {
+			return nil, err // not a property of the message: in.err is set
+		}
+	}
+	return events, nil
+}
+
+// deadLetterEvent publishes one invalid producer event to DEAD_LETTER,
+// body = the event as sent, with its problems in the headers. The message
+// id makes a redelivery's dead letter a duplicate.
+func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, it *event.Item) error {
+	seq := strconv.FormatUint(in.seq, 10)
+	index := strconv.Itoa(it.Index)
+	problems, _ := json.Marshal(it.Problems) // a slice of plain structs cannot fail
+	m := &nats.Msg{
+		Subject: streams.InvalidSubject(tenant),
+		Data:    it.Raw,
+		Header: nats.Header{
+			jetstream.MsgIDHeader:     []string{"partitioner:" + seq + ":" + index},
+			streams.HeaderReason:      []string{headerValue(reason(it.Problems))},
+			streams.HeaderProblems:    []string{headerValue(string(problems))},
+			streams.HeaderSource:      []string{in.msg.Subject()},
+			streams.HeaderSourceSeq:   []string{seq},
+			streams.HeaderSourceIndex: []string{index},
+			streams.HeaderTenant:      []string{tenant},
+		},
+	}
+	telemetry.Inject(ctx, m.Header)
+	f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(w.s.cfg.PublishTimeout))
+	if err != nil {
+		in.err = fmt.Errorf("publish %s: %w", m.Subject, err)
+		return in.err
+	}
+	in.deadLetters = append(in.deadLetters, f)
+	in.invalid++
+	return nil
+}
+
+// reason says in one line what is wrong: "event 1: type: required; ...".
+func reason(problems []event.Problem) string {
+	var b strings.Builder
+	for i, p := range problems {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		if p.Index >= 0 {
+			fmt.Fprintf(&b, "event %d: ", p.Index)
+		}
+		if p.Field != "" {
+			b.WriteString(p.Field + ": ")
+		}
+		b.WriteString(p.Reason)
+	}
+	return b.String()
+}
+
+// headerValue keeps a header on one line: field names come from the
+// producer and may hold any character.
+func headerValue(s string) string {
+	const max = 4096
+	if len(s) > max {
+		s = s[:max]
+	}
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
+}
