@@ -23,6 +23,7 @@ type metrics struct {
 	deadLetters    *prometheus.CounterVec
 	watermark      *prometheus.GaugeVec
 	pending        *prometheus.GaugeVec
+	ackPending     *prometheus.GaugeVec
 	endToEnd       prometheus.Histogram
 }
 
@@ -67,6 +68,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_sink_consumer_pending",
 			Help: "Batches waiting in BATCHES for the shard's consumer, by shard.",
 		}, []string{"shard"}),
+		ackPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "surge_sink_consumer_ack_pending",
+			Help: "Batches delivered to the shard's consumer and not yet acked, by shard.",
+		}, []string{"shard"}),
 		endToEnd: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_sink_end_to_end_seconds",
 			Help:    "Time from ingest's received_at to the row's insert.",
@@ -74,7 +79,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}),
 	}
 	reg.MustRegister(m.batches, m.rows, m.insertDuration, m.batchRows, m.batchBytes,
-		m.retries, m.deadLetters, m.watermark, m.pending, m.endToEnd)
+		m.retries, m.deadLetters, m.watermark, m.pending, m.ackPending, m.endToEnd)
 	return m
 }
 

@@ -159,7 +159,12 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 
 	qctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
+	qid := queryID(id, trace.SpanContextFromContext(ctx), attempt)
+	// log_queries: servers that log no queries by default (the Debian
+	// package's) still record the insert in system.query_log: one row a batch.
+	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(qid), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
+	// The last attempt's id stays: find the insert in system.query_log by it.
+	trace.SpanFromContext(ctx).SetAttributes(attribute.String(AttrQueryID, qid))
 	start := time.Now()
 	if err := l.store.Insert(qctx, rest); err != nil {
 		// The block may or may not have landed: read the watermark again
@@ -176,6 +181,8 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	m.batches.WithLabelValues(l.label, outcomeInserted).Inc()
 	m.observeEndToEnd(rest.ReceivedAt, now)
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
+	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
+		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
 	return nil
 }
 
@@ -244,6 +251,10 @@ func (l *shardLoop) deadLetter(ctx, work context.Context, msg jetstream.Msg, id 
 	m.batches.WithLabelValues(l.label, outcomeDeadLetter).Inc()
 	log.Warn("batch dead-lettered", zap.String("reason", reason))
 }
+
+// AttrQueryID is the insert span's attribute holding the ClickHouse
+// query_id of the insert.
+const AttrQueryID = "db.clickhouse.query_id"
 
 // queryID names an insert in system.query_log and system.processes: the
 // batch id, the trace id when the span is sampled, and the attempt (a

@@ -201,6 +201,7 @@ func (s *Service) pollPending(ctx context.Context, loops []*shardLoop) {
 				continue
 			}
 			s.metrics.pending.WithLabelValues(l.label).Set(float64(info.NumPending))
+			s.metrics.ackPending.WithLabelValues(l.label).Set(float64(info.NumAckPending))
 		}
 		select {
 		case <-ctx.Done():

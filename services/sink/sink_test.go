@@ -618,4 +618,6 @@ func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
 	require.Equal(t, int64(b.Len()), attrs["surge.rows"].AsInt64())
 	require.Equal(t, int64(len(msg.Data)), attrs["surge.bytes"].AsInt64())
 	require.Equal(t, b.ID(), attrs["surge.batch_id"].AsString())
+	require.Equal(t, "surge-sink-"+b.ID()+"-"+parent.SpanContext().TraceID().String()+"-1", attrs[sink.AttrQueryID].AsString(),
+		"the query id carries the trace id")
 }
