@@ -1,0 +1,63 @@
+package streams_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/streams"
+)
+
+func TestEnsureIsIdempotentAndUpdates(t *testing.T) {
+	s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	cfg := streams.DefaultConfig()
+	require.NoError(t, streams.Ensure(ctx, js, cfg))
+	require.NoError(t, streams.Ensure(ctx, js, cfg), "a second start changes nothing")
+
+	cfg.MaxBytes = 1 << 30
+	require.NoError(t, streams.Ensure(ctx, js, cfg))
+	for _, want := range streams.Definitions(cfg) {
+		st, err := js.Stream(ctx, want.Name)
+		require.NoError(t, err)
+		info, err := st.Info(ctx)
+		require.NoError(t, err)
+		got := info.Config
+		require.Equal(t, want.Subjects, got.Subjects, want.Name)
+		require.Equal(t, want.Retention, got.Retention, want.Name)
+		require.Equal(t, jetstream.FileStorage, got.Storage, want.Name)
+		require.Equal(t, want.Discard, got.Discard, want.Name)
+		require.Equal(t, int64(1<<30), got.MaxBytes, "%s picked up the new limit", want.Name)
+		require.Equal(t, cfg.MaxMsgSize, got.MaxMsgSize, want.Name)
+	}
+}
+
+func TestSubjects(t *testing.T) {
+	require.Equal(t, "ingest.acme", streams.IngestSubject("acme"))
+	require.Equal(t, "events.shard.7", streams.EventsSubject(7))
+	require.Equal(t, "batches.shard.0", streams.BatchesSubject(0))
+	require.Equal(t, "deadletter.sink.shard.3", streams.DeadLetterSubject("sink", 3))
+}
+
+func TestValidateReportsEveryProblem(t *testing.T) {
+	err := streams.Config{Replicas: 0, MaxBytes: 1, DuplicateWindow: 0, DeadLetterMaxAge: 0, MaxMsgSize: 1}.Validate()
+	require.Error(t, err)
+	for _, want := range []string{"replicas", "max_bytes", "duplicate_window", "dead_letter_max_age", "max_msg_size"} {
+		require.Contains(t, err.Error(), want)
+	}
+	require.NoError(t, streams.DefaultConfig().Validate())
+}
