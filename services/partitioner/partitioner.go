@@ -187,6 +187,7 @@ type input struct {
 	span      trace.Span
 	start     time.Time
 	futures   []jetstream.PubAckFuture
+	pubSpans  []trace.Span // one per future: the publish of a shard group
 	counts    []shardCount
 	invalid   int // producer events dead-lettered as invalid
 	// deadLetters are the PubAcks of those dead letters.
@@ -236,7 +237,8 @@ func (w *worker) publish(in *input) {
 	s := w.s
 	in.start = time.Now()
 	ctx := telemetry.Extract(context.Background(), in.msg.Headers())
-	ctx, in.span = s.tracer.Start(ctx, "partition", trace.WithSpanKind(trace.SpanKindConsumer))
+	ctx, in.span = s.tracer.Start(ctx, "partition", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.source.name", in.msg.Subject())))
 	meta, err := in.msg.Metadata()
 	if err != nil {
 		in.err = fmt.Errorf("message metadata: %w", err)
@@ -285,15 +287,30 @@ func (w *worker) publish(in *input) {
 				streams.HeaderRows:    []string{strconv.Itoa(len(group))},
 			},
 		}
-		telemetry.Inject(ctx, m.Header)
+		// The message carries its publish span, which the batcher links
+		// its batch span to. Unsampled, the span records nothing.
+		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+m.Subject, trace.WithSpanKind(trace.SpanKindProducer))
+		if pubSpan.IsRecording() {
+			pubSpan.SetAttributes(
+				attribute.String("messaging.system", "nats"),
+				attribute.String("messaging.destination.name", m.Subject),
+				attribute.Int("messaging.batch.message_count", len(group)),
+				attribute.Int("surge.shard", k),
+			)
+		}
+		telemetry.Inject(pubCtx, m.Header)
 		f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(s.cfg.PublishTimeout))
 		if err != nil {
 			// The groups already sent are republished with the same ids
 			// on redelivery, and dropped as duplicates.
 			in.err = fmt.Errorf("publish %s: %w", m.Subject, err)
+			pubSpan.RecordError(err)
+			pubSpan.SetStatus(codes.Error, "publish")
+			pubSpan.End()
 			return
 		}
 		in.futures = append(in.futures, f)
+		in.pubSpans = append(in.pubSpans, pubSpan)
 		in.counts = append(in.counts, shardCount{shard: k, events: len(group)})
 	}
 }
@@ -307,14 +324,17 @@ func (w *worker) settle(in *input) {
 		return
 	}
 	err := in.err
-	for _, f := range in.futures {
+	for i, f := range in.futures {
 		select {
 		case <-f.Ok():
 		case perr := <-f.Err():
+			in.pubSpans[i].RecordError(perr)
+			in.pubSpans[i].SetStatus(codes.Error, "publish")
 			if err == nil {
 				err = fmt.Errorf("publish %s: %w", f.Msg().Subject, perr)
 			}
 		}
+		in.pubSpans[i].End()
 	}
 	for _, f := range in.deadLetters {
 		select {
@@ -330,16 +350,17 @@ func (w *worker) settle(in *input) {
 		in.span.SetStatus(codes.Error, "publish")
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
 		delay := backoff(int(in.delivered))
-		s.logger.Warn("partition failed, will retry", zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))
+		s.logger.Warn("partition failed, will retry", append(traceFields(in.span),
+			zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))...)
 		if nerr := in.msg.NakWithDelay(delay); nerr != nil {
-			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
+			s.logger.Warn("nak", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(nerr))...)
 		}
 		return
 	}
 	s.m.publishDuration.Observe(time.Since(in.start).Seconds())
 	if aerr := in.msg.Ack(); aerr != nil {
 		// Redelivery republishes the same ids: duplicates are dropped.
-		s.logger.Warn("ack", zap.Uint64("seq", in.seq), zap.Error(aerr))
+		s.logger.Warn("ack", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(aerr))...)
 	}
 	s.m.messages.WithLabelValues(outcomeAcked).Inc()
 	for _, c := range in.counts {
@@ -371,18 +392,24 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 	defer cancel()
 	if _, err := w.js.PublishMsg(ctx, m); err != nil {
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
-		s.logger.Warn("dead letter failed, will retry", zap.Uint64("seq", in.seq), zap.Error(err))
+		s.logger.Warn("dead letter failed, will retry", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(err))...)
 		if nerr := in.msg.NakWithDelay(backoff(int(in.delivered))); nerr != nil {
 			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
 		}
 		return
 	}
-	s.logger.Warn("dead-lettered message", zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))
+	s.logger.Warn("dead-lettered message", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))...)
 	if err := in.msg.Term(); err != nil {
 		s.logger.Warn("term", zap.Uint64("seq", in.seq), zap.Error(err))
 	}
 	s.m.deadLetters.Inc()
 	s.m.messages.WithLabelValues(outcomeDeadLetter).Inc()
+}
+
+// traceFields are the trace_id and span_id of span, for the log lines of
+// one INGEST message.
+func traceFields(span trace.Span) []zap.Field {
+	return telemetry.TraceFields(trace.ContextWithSpan(context.Background(), span))
 }
 
 // backoff is the wait before attempt n (from 1): doubling from 100ms to 30s.
