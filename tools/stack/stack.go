@@ -50,6 +50,10 @@ type Options struct {
 	Logger *zap.Logger
 	// TracerProvider traces the services; a no-op provider when nil.
 	TracerProvider trace.TracerProvider
+	// TracerProviders, when set, gives each service (ingest, partitioner,
+	// batcher, sink) its own provider, so its spans carry its service.name;
+	// it takes precedence over TracerProvider.
+	TracerProviders func(service string) trace.TracerProvider
 }
 
 // Part is one running service.
@@ -118,10 +122,14 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 }
 
 func (s *Stack) deps(name string) service.Deps {
+	tp := s.opts.TracerProvider
+	if s.opts.TracerProviders != nil {
+		tp = s.opts.TracerProviders(name)
+	}
 	return service.Deps{
 		Logger:         s.opts.Logger.With(zap.String("service", name)),
 		Registry:       prometheus.NewRegistry(),
-		TracerProvider: s.opts.TracerProvider,
+		TracerProvider: tp,
 	}
 }
 
