@@ -1,0 +1,640 @@
+// Package chaos runs the whole pipeline as separate OS processes (a
+// standalone nats-server, two clickhouse-server processes and the four
+// services) under steady HTTP load, breaks it on a seeded schedule, and then
+// checks that every event that got a 202 is in ClickHouse exactly once.
+//
+// Settings (environment):
+//
+//	SURGE_CHAOS_SEED      the schedule's seed (default: random, printed)
+//	SURGE_CHAOS_EVENTS    events to send (default 200,000)
+//	SURGE_CHAOS_DURATION  how long the load is spread over (default: events/3,000 per second, at least 60s)
+//
+// Every fault is printed with its time since the load started, so a failing
+// seed can be replayed.
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/shard"
+)
+
+const (
+	shards     = 8
+	perRequest = 100
+	clients    = 4
+	tenant     = "default"
+	// retryFor bounds how long a client retries one request: well inside
+	// the two-minute dedup window, so a retry of a stored request is
+	// always recognised.
+	retryFor = 90 * time.Second
+)
+
+// settings are the knobs of one run.
+type settings struct {
+	seed     uint64
+	events   int
+	duration time.Duration
+}
+
+func loadSettings(t *testing.T) settings {
+	t.Helper()
+	s := settings{seed: rand.Uint64(), events: 200_000}
+	if v := os.Getenv("SURGE_CHAOS_SEED"); v != "" {
+		seed, err := strconv.ParseUint(v, 10, 64)
+		require.NoError(t, err, "SURGE_CHAOS_SEED")
+		s.seed = seed
+	}
+	if v := os.Getenv("SURGE_CHAOS_EVENTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "SURGE_CHAOS_EVENTS")
+		s.events = n
+	}
+	s.duration = max(60*time.Second, time.Duration(s.events/3000)*time.Second)
+	if v := os.Getenv("SURGE_CHAOS_DURATION"); v != "" {
+		d, err := time.ParseDuration(v)
+		require.NoError(t, err, "SURGE_CHAOS_DURATION")
+		s.duration = d
+	}
+	return s
+}
+
+// pipeline is every process of a run.
+type pipeline struct {
+	dir        string
+	nats       *proc
+	natsURL    string
+	natsMon    string
+	clickhouse *chserver.Cluster
+	services   map[string]*proc
+	ingestURL  string
+}
+
+func TestChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("chaos test skipped in -short mode")
+	}
+	if _, err := os.Stat(chserver.Binary); err != nil {
+		t.Skipf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
+	}
+	cfg := loadSettings(t)
+	t.Logf("chaos: seed %d (replay with SURGE_CHAOS_SEED=%d), %d events over %s", cfg.seed, cfg.seed, cfg.events, cfg.duration)
+	rng := rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15))
+	started := time.Now()
+
+	p := startPipeline(t)
+	t.Logf("chaos: pipeline up in %s", time.Since(started).Round(time.Millisecond))
+
+	schedule := makeSchedule(rng, cfg)
+	for _, f := range schedule {
+		t.Logf("chaos: planned %7.2fs %s", f.at.Seconds(), f.kind)
+	}
+
+	load := newLoad(p.ingestURL, cfg, rng.Uint64())
+	loadStart := time.Now()
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		load.run(loadStart)
+	}()
+	faultsDone := make(chan struct{})
+	go func() {
+		defer close(faultsDone)
+		p.runSchedule(t, loadStart, schedule, rng)
+	}()
+	<-loadDone
+	<-faultsDone
+	t.Logf("chaos: load done in %s: %d requests accepted, %d events accepted, %d rejected requests, %d retries, %d statuses %v",
+		time.Since(loadStart).Round(time.Millisecond), load.acceptedRequests.Load(), len(load.accepted), len(load.rejectedIDs),
+		load.retries.Load(), len(load.statuses()), load.statuses())
+	require.Empty(t, load.failures(), "requests that never got a 202 or got an unexpected answer")
+
+	// Drain: every accepted event in ClickHouse, nothing left in INGEST or BATCHES.
+	drainStart := time.Now()
+	want := uint64(len(load.accepted))
+	var last string
+	ok := assertEventually(func() bool {
+		uniq, total := p.totals(t)
+		ingest, batches := p.streamMsgs(t, "INGEST"), p.streamMsgs(t, "BATCHES")
+		last = fmt.Sprintf("clickhouse uniq=%d count=%d want=%d, INGEST=%d BATCHES=%d", uniq, total, want, ingest, batches)
+		return uniq >= want && ingest == 0 && batches == 0
+	}, 4*time.Minute+cfg.duration)
+	if !ok {
+		p.dumpLogs(t)
+	}
+	require.True(t, ok, "pipeline did not drain: %s", last)
+	t.Logf("chaos: drained in %s (%s)", time.Since(drainStart).Round(time.Millisecond), last)
+
+	p.check(t, load)
+	t.Logf("chaos: seed %d passed in %s: %d events, %d faults", cfg.seed, time.Since(started).Round(time.Second), want, len(schedule))
+}
+
+// assertEventually polls cond every second until it holds or timeout passes.
+func assertEventually(cond func() bool, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func startPipeline(t *testing.T) *pipeline {
+	t.Helper()
+	dir := t.TempDir()
+	bins := build(t, filepath.Join(dir, "bin"))
+	logs := filepath.Join(dir, "logs")
+	require.NoError(t, os.MkdirAll(logs, 0o755))
+
+	ports, err := chserver.FreePorts(7)
+	require.NoError(t, err)
+	natsPort, monPort := ports[0], ports[1]
+	natsConf := filepath.Join(dir, "nats.conf")
+	require.NoError(t, os.WriteFile(natsConf, fmt.Appendf(nil, `
+host: 127.0.0.1
+port: %d
+http: "127.0.0.1:%d"
+max_payload: 16777216
+jetstream {
+  store_dir: %q
+  max_memory_store: 268435456
+}
+`, natsPort, monPort, filepath.Join(dir, "jetstream")), 0o644))
+	p := &pipeline{
+		dir:      dir,
+		natsURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		natsMon:  fmt.Sprintf("http://127.0.0.1:%d", monPort),
+		services: map[string]*proc{},
+	}
+	p.nats = &proc{
+		name: "nats-server", bin: bins["nats-server"], args: []string{"-c", natsConf},
+		logPath: filepath.Join(logs, "nats-server.log"), ready: p.natsMon + "/healthz?js-enabled-only=true",
+	}
+	p.nats.start(t)
+	t.Cleanup(func() { p.nats.stop(syscall.SIGTERM) })
+	p.nats.waitReady(t, 30*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p.clickhouse, err = chserver.StartCluster(ctx, filepath.Join(dir, "clickhouse"), 2)
+	require.NoError(t, err)
+	t.Cleanup(p.clickhouse.Stop)
+
+	common := []string{
+		"SURGE_NATS_URL=" + p.natsURL,
+		"SURGE_SHARDS=" + strconv.Itoa(shards),
+		"SURGE_LOG_LEVEL=info",
+		"SURGE_LOG_FORMAT=json",
+	}
+	admin := map[string]int{"ingest": ports[2], "partitioner": ports[3], "batcher": ports[4], "sink": ports[5]}
+	httpPort := ports[6]
+	p.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/v1/events", httpPort)
+	extra := map[string][]string{
+		"ingest": {"SURGE_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(httpPort), "SURGE_INGEST_PUBLISH_TIMEOUT=3s"},
+		// AckWait bounds how long a killed partitioner's requests wait for redelivery.
+		"partitioner": {"SURGE_PUBLISH_TIMEOUT=4s", "SURGE_ACK_WAIT=6s"},
+		"batcher":     {"SURGE_BATCH_MAX_ROWS=5000", "SURGE_BATCH_MAX_AGE=300ms"},
+		// The BATCHES AckWait (2*insert timeout+retry max) bounds how long a
+		// killed sink's batch in hand waits for redelivery.
+		"sink": {"SURGE_CLICKHOUSE_ADDRS=" + strings.Join(p.clickhouse.Addrs(), ","), "SURGE_CLICKHOUSE_INSERT_TIMEOUT=5s", "SURGE_RETRY_MAX=2s"},
+	}
+	for _, name := range []string{"sink", "batcher", "partitioner", "ingest"} {
+		env := append(slices.Clone(common), "SURGE_ADMIN_ADDR=127.0.0.1:"+strconv.Itoa(admin[name]))
+		sp := &proc{
+			name: name, bin: bins[name], env: append(env, extra[name]...),
+			logPath: filepath.Join(logs, name+".log"),
+			ready:   fmt.Sprintf("http://127.0.0.1:%d/readyz", admin[name]),
+		}
+		p.services[name] = sp
+		sp.start(t)
+		t.Cleanup(func() { sp.stop(syscall.SIGKILL) })
+	}
+	for _, sp := range p.services {
+		sp.waitReady(t, time.Minute)
+	}
+	return p
+}
+
+// fault is one planned failure.
+type fault struct {
+	at   time.Duration
+	kind string
+}
+
+const (
+	killPartitioner = "SIGKILL partitioner"
+	killBatcher     = "SIGKILL batcher"
+	killSink        = "SIGKILL sink"
+	killSinkInsert  = "SIGKILL sink during an insert"
+	killIngest      = "SIGKILL ingest"
+	stopClickHouse  = "stop clickhouse server 1 for 20s"
+	restartNATS     = "restart nats-server"
+)
+
+// makeSchedule plans each service kill twice (plus one more per 500k
+// events), a ClickHouse outage and a NATS restart, at random moments of the
+// load's first 85%.
+func makeSchedule(rng *rand.Rand, cfg settings) []fault {
+	n := 2 + cfg.events/500_000
+	var kinds []string
+	for range n {
+		kinds = append(kinds, killPartitioner, killBatcher, killIngest)
+	}
+	kinds = append(kinds, killSinkInsert)
+	for range n - 1 {
+		kinds = append(kinds, killSink)
+	}
+	for range 1 + cfg.events/1_000_000 {
+		kinds = append(kinds, stopClickHouse, restartNATS)
+	}
+	span := float64(cfg.duration) * 0.8
+	out := make([]fault, 0, len(kinds))
+	for _, k := range kinds {
+		out = append(out, fault{at: time.Duration(float64(cfg.duration)*0.05 + rng.Float64()*span), kind: k})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].at < out[j].at })
+	return out
+}
+
+// runSchedule performs the faults in order. A ClickHouse outage runs
+// beside the others; it has ended when runSchedule returns.
+func (p *pipeline) runSchedule(t *testing.T, start time.Time, schedule []fault, rng *rand.Rand) {
+	var outages sync.WaitGroup
+	defer outages.Wait()
+	logf := func(format string, args ...any) {
+		t.Logf("chaos: %7.2fs "+format, append([]any{time.Since(start).Seconds()}, args...)...)
+	}
+	kill := func(name string) {
+		sp := p.services[name]
+		pid := sp.pid()
+		sp.stop(syscall.SIGKILL)
+		pause := time.Duration(200+rng.IntN(1300)) * time.Millisecond
+		time.Sleep(pause)
+		sp.start(t)
+		logf("%s: killed pid %d, restarted after %s as pid %d", name, pid, pause, sp.pid())
+	}
+	for _, f := range schedule {
+		if d := time.Until(start.Add(f.at)); d > 0 {
+			time.Sleep(d)
+		}
+		logf("fault: %s", f.kind)
+		switch f.kind {
+		case killPartitioner:
+			kill("partitioner")
+		case killBatcher:
+			kill("batcher")
+		case killIngest:
+			kill("ingest")
+		case killSink:
+			kill("sink")
+		case killSinkInsert:
+			// Wait (at most 5 s) until ClickHouse runs one of the sink's inserts.
+			caught := p.waitForInsert(5 * time.Second)
+			kill("sink")
+			logf("sink killed while an insert ran: %t", caught)
+		case stopClickHouse:
+			srv := p.clickhouse.Servers[1]
+			require.NoError(t, srv.Stop())
+			logf("clickhouse %s stopped", srv.Addr())
+			outages.Go(func() {
+				time.Sleep(20 * time.Second)
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				if err := srv.Start(ctx); err != nil {
+					t.Errorf("restart clickhouse: %v", err)
+					return
+				}
+				logf("clickhouse %s started again", srv.Addr())
+			})
+		case restartNATS:
+			pid := p.nats.pid()
+			p.nats.stop(syscall.SIGTERM)
+			p.nats.start(t)
+			p.nats.waitReady(t, 30*time.Second)
+			logf("nats-server: stopped pid %d, restarted as pid %d on the same store", pid, p.nats.pid())
+		}
+	}
+}
+
+// waitForInsert polls ClickHouse's running queries for a sink insert.
+func (p *pipeline) waitForInsert(timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		for _, srv := range p.clickhouse.Servers {
+			out, err := chQuery(srv, "SELECT count() FROM system.processes WHERE query_id LIKE 'surge-sink-%'")
+			if err == nil && strings.TrimSpace(out) != "0" {
+				return true
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return false
+}
+
+// chQuery runs SQL over ClickHouse's HTTP interface and returns the TSV answer.
+func chQuery(srv *chserver.Server, sql string) (string, error) {
+	client := &http.Client{Timeout: 30 * time.Second}
+	resp, err := client.Post("http://"+srv.HTTPAddr()+"/?database=surge", "text/plain", strings.NewReader(sql))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("clickhouse %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return string(body), nil
+}
+
+// totals sums uniqExact(event_id) and count() over the servers, 0 when a
+// server does not answer.
+func (p *pipeline) totals(t *testing.T) (uniq, total uint64) {
+	t.Helper()
+	for _, srv := range p.clickhouse.Servers {
+		out, err := chQuery(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
+		if err != nil {
+			return 0, 0
+		}
+		var u, c uint64
+		if _, err := fmt.Sscan(out, &u, &c); err != nil {
+			return 0, 0
+		}
+		uniq += u
+		total += c
+	}
+	return uniq, total
+}
+
+// streamMsgs reads a stream's message count from the NATS monitor; -1 when
+// it does not answer.
+func (p *pipeline) streamMsgs(t *testing.T, stream string) int64 {
+	t.Helper()
+	resp, err := http.Get(p.natsMon + "/jsz?streams=true")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var jsz struct {
+		AccountDetails []struct {
+			StreamDetail []struct {
+				Name  string `json:"name"`
+				State struct {
+					Msgs int64 `json:"messages"`
+				} `json:"state"`
+			} `json:"stream_detail"`
+		} `json:"account_details"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&jsz); err != nil {
+		return -1
+	}
+	for _, a := range jsz.AccountDetails {
+		for _, s := range a.StreamDetail {
+			if s.Name == stream {
+				return s.State.Msgs
+			}
+		}
+	}
+	return -1
+}
+
+// check asserts exactly once: per server no duplicates without FINAL, the
+// set of ids equals the accepted set, rejected ids absent, each row on its
+// shard and server, DEAD_LETTER empty.
+func (p *pipeline) check(t *testing.T, load *load) {
+	t.Helper()
+	seen := make(map[string]int, len(load.accepted))
+	for i, srv := range p.clickhouse.Servers {
+		out, err := chQuery(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local")
+		require.NoError(t, err)
+		var c, u uint64
+		_, err = fmt.Sscan(out, &c, &u)
+		require.NoError(t, err)
+		require.Equal(t, u, c, "server %d: count() != uniqExact(event_id) without FINAL: duplicates", i)
+
+		out, err = chQuery(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local FORMAT TabSeparated")
+		require.NoError(t, err)
+		sc := bufio.NewScanner(strings.NewReader(out))
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		rows := 0
+		for sc.Scan() {
+			f := strings.Split(sc.Text(), "\t")
+			require.Len(t, f, 4, sc.Text())
+			id, ten, user := f[0], f[1], f[2]
+			k, err := strconv.Atoi(f[3])
+			require.NoError(t, err)
+			_, ok := load.accepted[id]
+			require.True(t, ok, "event %s in ClickHouse never got a 202", id)
+			require.Equal(t, shard.Of(ten, user, shards), k, "event %s on the wrong shard", id)
+			require.Equal(t, i, k%len(p.clickhouse.Servers), "event %s of shard %d on server %d", id, k, i)
+			_, prev := seen[id]
+			require.False(t, prev, "event %s on two servers", id)
+			seen[id] = i
+			rows++
+		}
+		require.NoError(t, sc.Err())
+		require.Equal(t, int(c), rows)
+	}
+	for id := range load.accepted {
+		_, ok := seen[id]
+		require.True(t, ok, "accepted event %s is not in ClickHouse", id)
+	}
+	for _, id := range load.rejectedIDs {
+		_, ok := seen[id]
+		require.False(t, ok, "rejected event %s is in ClickHouse", id)
+	}
+	require.Len(t, seen, len(load.accepted))
+	require.Equal(t, int64(0), p.streamMsgs(t, "DEAD_LETTER"), "dead letters")
+}
+
+func (p *pipeline) dumpLogs(t *testing.T) {
+	t.Helper()
+	for name, sp := range p.services {
+		t.Logf("---- %s log (last lines) ----\n%s", name, sp.tail(30))
+	}
+	t.Logf("---- nats-server log ----\n%s", p.nats.tail(20))
+}
+
+// load is the HTTP client side: it sends each request until a 202 and
+// records what was accepted and what was rejected.
+type load struct {
+	url   string
+	cfg   settings
+	seed  uint64
+	httpc *http.Client
+
+	mu               sync.Mutex
+	accepted         map[string]struct{}
+	rejectedIDs      []string
+	failed           []string
+	status           map[string]int
+	acceptedRequests atomic.Int64
+	retries          atomic.Int64
+}
+
+func newLoad(u string, cfg settings, seed uint64) *load {
+	return &load{
+		url: u, cfg: cfg, seed: seed,
+		httpc:    &http.Client{Timeout: 10 * time.Second},
+		accepted: make(map[string]struct{}, cfg.events),
+		status:   map[string]int{},
+	}
+}
+
+func (l *load) statuses() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.status)
+}
+
+func (l *load) failures() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.failed)
+}
+
+// run sends cfg.events events in requests of perRequest, paced evenly over
+// cfg.duration by clients workers, and one invalid request every 50.
+func (l *load) run(start time.Time) {
+	requests := (l.cfg.events + perRequest - 1) / perRequest
+	interval := l.cfg.duration / time.Duration(requests)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := range clients {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(l.seed, uint64(w)))
+			for r := range next {
+				l.send(r, rng)
+				if r%50 == 0 {
+					l.sendInvalid(r)
+				}
+			}
+		})
+	}
+	for r := range requests {
+		if d := time.Until(start.Add(time.Duration(r) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		next <- r
+	}
+	close(next)
+	wg.Wait()
+}
+
+func (l *load) send(r int, rng *rand.Rand) {
+	n := min(perRequest, l.cfg.events-r*perRequest)
+	ids := make([]string, n)
+	var b strings.Builder
+	b.WriteByte('[')
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		ids[i] = fmt.Sprintf("ev-%d-%d", r, i)
+		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":"chaos","properties":{"r":%d,"i":%d}}`, ids[i], rng.IntN(10_000), r, i)
+	}
+	b.WriteByte(']')
+	body := b.String()
+	key := "chaos-" + strconv.Itoa(r)
+	deadline := time.Now().Add(retryFor)
+	for attempt := 1; ; attempt++ {
+		status := l.post(body, key)
+		l.count(status)
+		switch {
+		case status == "202":
+			l.mu.Lock()
+			for _, id := range ids {
+				l.accepted[id] = struct{}{}
+			}
+			l.mu.Unlock()
+			l.acceptedRequests.Add(1)
+			return
+		case strings.HasPrefix(status, "4") && status != "429":
+			l.fail(fmt.Sprintf("request %d: unexpected %s", r, status))
+			return
+		}
+		if time.Now().After(deadline) {
+			l.fail(fmt.Sprintf("request %d: no 202 after %d attempts, last %s", r, attempt, status))
+			return
+		}
+		l.retries.Add(1)
+		time.Sleep(min(time.Duration(attempt)*100*time.Millisecond, time.Second))
+	}
+}
+
+// sendInvalid posts a request with one event missing its user_id: the
+// whole request must be refused with 400 and none of its ids stored.
+func (l *load) sendInvalid(r int) {
+	good, bad := fmt.Sprintf("bad-%d-0", r), fmt.Sprintf("bad-%d-1", r)
+	body := fmt.Sprintf(`[{"event_id":%q,"user_id":"u1","type":"chaos"},{"event_id":%q,"type":"chaos"}]`, good, bad)
+	for attempt := 1; attempt <= 100; attempt++ {
+		status := l.post(body, "bad-"+strconv.Itoa(r))
+		if status == "400" {
+			l.mu.Lock()
+			l.rejectedIDs = append(l.rejectedIDs, good, bad)
+			l.mu.Unlock()
+			return
+		}
+		if status == "202" {
+			l.fail(fmt.Sprintf("invalid request %d accepted", r))
+			return
+		}
+		time.Sleep(200 * time.Millisecond) // ingest down: the 400 comes once it is back
+	}
+	l.fail(fmt.Sprintf("invalid request %d: never answered 400", r))
+}
+
+func (l *load) post(body, key string) string {
+	req, err := http.NewRequest(http.MethodPost, l.url, strings.NewReader(body))
+	if err != nil {
+		return "error"
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Idempotency-Key", key)
+	resp, err := l.httpc.Do(req)
+	if err != nil {
+		return "connection error"
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	_ = resp.Body.Close()
+	return strconv.Itoa(resp.StatusCode)
+}
+
+func (l *load) count(status string) {
+	l.mu.Lock()
+	l.status[status]++
+	l.mu.Unlock()
+}
+
+func (l *load) fail(msg string) {
+	l.mu.Lock()
+	l.failed = append(l.failed, msg)
+	l.mu.Unlock()
+}
