@@ -4,8 +4,16 @@
 // A batch is a contiguous run of one shard's EVENTS sequences, named
 // <shard>:<first>-<last>. Each shard loop starts after the last batch of
 // its shard in BATCHES, reads EVENTS with an ordered consumer, and purges
-// EVENTS below every batch it has published, so no state lives outside
-// the streams and a restart never re-cuts published events differently.
+// EVENTS below every batch it has published once PurgeDelay has passed, so
+// no state lives outside the streams and a restart never re-cuts published
+// events differently while their batch is still in BATCHES.
+//
+// The purge waits because JetStream rebuilds its duplicate map after a
+// restart from the messages still stored: a partitioner that republishes
+// a group after a NATS restart (its INGEST ack was lost) is recognised only
+// while the first copy is in EVENTS. The price: a batcher that restarts
+// after the sink has consumed every batch of a shard re-reads up to
+// PurgeDelay of events, whose rows the sink drops below its watermark.
 package batcher
 
 import (
@@ -159,6 +167,15 @@ type shardLoop struct {
 	next uint64
 	// held is a cut batch whose publish was interrupted by shutdown.
 	held *cutBatch
+	// unpurged are the published batches whose EVENTS messages wait for
+	// PurgeDelay, oldest first.
+	unpurged []purgeMark
+}
+
+// purgeMark says EVENTS may be purged up to last from at on.
+type purgeMark struct {
+	last uint64
+	at   time.Time
 }
 
 type cutBatch struct {
@@ -248,8 +265,8 @@ func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 				return 0, true
 			}
 			l.log.Info("resuming after last batch", zap.String("batch", raw.Header.Get(streams.HeaderBatchID)))
-			// A purge that failed before a crash is done now.
-			l.purge(ctx, last)
+			// A purge that was due before a crash is done in its time.
+			l.schedulePurge(ctx, last)
 			return last + 1, true
 		}
 		if ctx.Err() != nil {
@@ -278,14 +295,14 @@ func (l *shardLoop) consume(ctx context.Context) error {
 	}
 	defer it.Stop()
 
-	// wait ends at the age deadline of the open batch, if any. The
-	// deadline is fixed while a batch is open, so one context serves
-	// every Next of that batch.
+	// wait ends at the age deadline of the open batch or the next due
+	// purge, if any. The deadline is fixed while a batch is open, so one
+	// context serves every Next of that batch.
 	wait, cancelWait := ctx, context.CancelFunc(func() {})
 	defer func() { cancelWait() }()
 	var deadline time.Time
 	for {
-		if d := l.builder.Deadline(); !d.Equal(deadline) {
+		if d := l.wakeAt(); !d.Equal(deadline) {
 			cancelWait()
 			deadline = d
 			wait, cancelWait = until(ctx, d)
@@ -296,7 +313,10 @@ func (l *shardLoop) consume(ctx context.Context) error {
 				return nil
 			}
 			if !deadline.IsZero() && !time.Now().Before(deadline) {
-				l.cut(ctx, cutAge)
+				if d := l.builder.Deadline(); !d.IsZero() && !time.Now().Before(d) {
+					l.cut(ctx, cutAge)
+				}
+				l.purgeDue(ctx)
 				continue
 			}
 			return fmt.Errorf("next: %w", err)
@@ -433,8 +453,40 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	l.m.rows.Add(float64(b.Len()))
 	l.m.cuts[c.reason].Inc()
 	log.Debug("batch published", zap.Int("rows", b.Len()), zap.Int("bytes", len(data)), zap.String("cut", c.reason))
-	l.purge(ctx, b.LastSeq)
+	l.schedulePurge(ctx, b.LastSeq)
 	return nil
+}
+
+// schedulePurge marks EVENTS up to last for a purge after PurgeDelay and
+// purges what is due.
+func (l *shardLoop) schedulePurge(ctx context.Context, last uint64) {
+	l.unpurged = append(l.unpurged, purgeMark{last: last, at: time.Now().Add(l.s.cfg.PurgeDelay)})
+	l.purgeDue(ctx)
+}
+
+// purgeDue purges EVENTS up to the newest batch whose delay has passed.
+// A failed purge is not retried: the next one covers its messages too.
+func (l *shardLoop) purgeDue(ctx context.Context) {
+	now := time.Now()
+	i := 0
+	for i < len(l.unpurged) && !now.Before(l.unpurged[i].at) {
+		i++
+	}
+	if i == 0 {
+		return
+	}
+	l.purge(ctx, l.unpurged[i-1].last)
+	l.unpurged = append(l.unpurged[:0], l.unpurged[i:]...)
+}
+
+// wakeAt is when the consume loop must act without a message: the open
+// batch's age deadline or the next purge, whichever is first; zero if none.
+func (l *shardLoop) wakeAt() time.Time {
+	d := l.builder.Deadline()
+	if len(l.unpurged) > 0 && (d.IsZero() || l.unpurged[0].at.Before(d)) {
+		d = l.unpurged[0].at
+	}
+	return d
 }
 
 // purge drops the shard's EVENTS messages up to last. It runs to the end

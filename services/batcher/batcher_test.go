@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
@@ -71,6 +72,7 @@ func testConfig(url string, shards int, p batch.Policy) Config {
 	cfg.Policy = p
 	cfg.PublishTimeout = 2 * time.Second
 	cfg.ShutdownTimeout = 5 * time.Second
+	cfg.PurgeDelay = 0 // purge at once; TestPurgeWaitsForTheDuplicateWindow covers the delay
 	return cfg
 }
 
@@ -333,6 +335,78 @@ func TestRestartAfterBatchesWereConsumed(t *testing.T) {
 	second.stop()
 	require.Equal(t, []int{50}, requireCoverage(t, 0, readBatches(t, js, 0), want))
 	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
+}
+
+// TestPurgeWaitsForTheDuplicateWindow shows why EVENTS keeps batched
+// messages for PurgeDelay: JetStream rebuilds its duplicate map after a
+// restart only from stored messages, so a partitioner republishing a group
+// after a NATS restart (its INGEST ack lost) is dropped as a duplicate only
+// while the first copy is kept.
+func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
+	store := t.TempDir()
+	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: store})
+	require.NoError(t, err)
+	port := ns.Addr().(*net.TCPAddr).Port
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	url := ns.ClientURL()
+	js := connect(t, url)
+	cfg := testConfig(url, 2, batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Hour})
+	cfg.PurgeDelay = 2 * time.Second
+
+	publishGroup := func(id string, k int) *jetstream.PubAck {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		events := []event.Event{{EventID: id, Tenant: "t", UserID: "u", Type: "a", TS: time.Now().UTC(), ReceivedAt: time.Now().UTC()}}
+		ack, err := js.PublishMsg(ctx, &nats.Msg{
+			Subject: streams.EventsSubject(k),
+			Data:    event.AppendEncoded(nil, events),
+			Header:  nats.Header{jetstream.MsgIDHeader: []string{id}},
+		})
+		require.NoError(t, err)
+		return ack
+	}
+	// Shard 0 with the delay; shard 1 by a batcher that purges at once.
+	for i := range 10 {
+		publishGroup(fmt.Sprintf("%d:0", i+1), 0)
+		publishGroup(fmt.Sprintf("%d:1", i+1), 1)
+	}
+	cfg.Owned = []int{0}
+	delayed := start(t, cfg, nil)
+	now := cfg
+	now.Owned, now.PurgeDelay = []int{1}, 0
+	immediate := start(t, now, nil)
+	require.Eventually(t, func() bool {
+		return counter(delayed.m.batches, 0) == 1 && counter(immediate.m.batches, 1) == 1
+	}, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return subjectMsgs(t, js, streams.EventsSubject(1)) == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, uint64(10), subjectMsgs(t, js, streams.EventsSubject(0)), "batched, kept for the delay")
+	delayed.stop()
+	immediate.stop()
+
+	// NATS restarts on the same store: the duplicate map is rebuilt.
+	ns.Shutdown()
+	ns.WaitForShutdown()
+	ns, err = natsserver.Start(natsserver.Options{Port: port, StoreDir: store})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, err := js.Stream(ctx, streams.Events)
+		return err == nil
+	}, 10*time.Second, 50*time.Millisecond)
+
+	require.True(t, publishGroup("3:0", 0).Duplicate, "kept message: its republished group is dropped")
+	require.False(t, publishGroup("3:1", 1).Duplicate, "purged message: its republished group slips in again")
+
+	// The delayed purge still happens, after the delay, without new events.
+	cfg.Owned = []int{0}
+	again := start(t, cfg, nil)
+	require.Eventually(t, func() bool { return subjectMsgs(t, js, streams.EventsSubject(0)) == 0 }, 10*time.Second, 50*time.Millisecond)
+	again.stop()
 }
 
 func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {

@@ -34,6 +34,12 @@ type Config struct {
 	// MaxLinks caps the span links of a batch span to the spans of the
 	// messages it holds.
 	MaxLinks int `yaml:"max_links" env:"MAX_LINKS"`
+	// PurgeDelay is how long EVENTS keeps a message after its batch is
+	// published. JetStream rebuilds its duplicate map after a restart only
+	// from the messages still stored, so a delay of at least
+	// streams.duplicate_window keeps the partitioner's republished groups
+	// recognised as duplicates across a NATS restart.
+	PurgeDelay time.Duration `yaml:"purge_delay" env:"PURGE_DELAY"`
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -48,6 +54,7 @@ func DefaultConfig() Config {
 		PublishTimeout:  10 * time.Second,
 		ShutdownTimeout: 20 * time.Second,
 		MaxLinks:        128,
+		PurgeDelay:      streams.DefaultConfig().DuplicateWindow,
 	}
 }
 
@@ -82,6 +89,9 @@ func (c Config) Validate() error {
 	}
 	if c.ShutdownTimeout <= 0 {
 		add("shutdown_timeout must be positive, got %s", c.ShutdownTimeout)
+	}
+	if c.PurgeDelay < 0 {
+		add("purge_delay must not be negative, got %s", c.PurgeDelay)
 	}
 	if c.MaxLinks < 0 {
 		add("max_links must not be negative, got %d", c.MaxLinks)
