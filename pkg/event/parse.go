@@ -128,7 +128,15 @@ func (p *Parser) ParseBytes(data []byte, format Format, tenant string) ([]Event,
 	if newID == nil {
 		newID = func(t time.Time) string { return ulid.MustNew(ulid.Timestamp(t), ulid.DefaultEntropy()).String() }
 	}
+	if events, ok := p.parseFast(data, format, tenant, received, newID); ok {
+		return events, nil
+	}
+	return p.parseGeneral(data, format, tenant, received, newID)
+}
 
+// parseGeneral is the path that handles every input and names every
+// problem; well-formed requests take parseFast.
+func (p *Parser) parseGeneral(data []byte, format Format, tenant string, received time.Time, newID func(time.Time) string) ([]Event, error) {
 	raws, err := splitBody(data, format, p.Limits.MaxEvents)
 	if err != nil {
 		return nil, err

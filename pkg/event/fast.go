@@ -1,0 +1,463 @@
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"time"
+	"unicode/utf8"
+)
+
+// The fast path parses a well-formed request in one pass over its bytes,
+// with no reflection and no intermediate maps: at 100k events/s the
+// general path (split with encoding/json, a map per event, a second pass
+// for properties) took most of ingest's CPU. It accepts only what it
+// fully understands and answers exactly as the general path would; on
+// anything else (an error to report, escapes it would have to decode in
+// an id, a duplicate key, deep nesting) it gives up and ParseBytes runs
+// the general path, which owns every error message. FuzzFastMatchesSlow
+// holds the two to the same answers.
+
+// maxFastDepth bounds nesting in properties on the fast path.
+const maxFastDepth = 64
+
+// parseFast returns the events of data, or false to defer to the general path.
+func (p *Parser) parseFast(data []byte, format Format, tenant string, received time.Time, newID func(time.Time) string) ([]Event, bool) {
+	var raws [][]byte
+	switch format {
+	case FormatNDJSON:
+		var err error
+		if raws, err = splitNDJSON(data, p.Limits.MaxEvents); err != nil {
+			return nil, false
+		}
+	default:
+		data = bytes.TrimSpace(data)
+		if len(data) == 0 {
+			return nil, false
+		}
+		if data[0] == '{' {
+			raws = [][]byte{data}
+		} else if raws = splitArray(data, p.Limits.MaxEvents); raws == nil {
+			return nil, false
+		}
+	}
+	if len(raws) == 0 {
+		return nil, false
+	}
+	events := make([]Event, len(raws))
+	for i, raw := range raws {
+		if p.Limits.MaxEventBytes > 0 && len(raw) > p.Limits.MaxEventBytes {
+			return nil, false
+		}
+		if !fastEvent(raw, &events[i], received) {
+			return nil, false
+		}
+		events[i].Tenant = tenant
+	}
+	for i := range events {
+		if events[i].EventID == "" {
+			events[i].EventID = newID(received)
+		}
+	}
+	return events, true
+}
+
+// splitArray returns the spans of the objects of a JSON array, or nil when
+// data is anything but an array of one or more objects within maxEvents.
+func splitArray(data []byte, maxEvents int) [][]byte {
+	s := scanner{b: data}
+	if !s.consume('[') {
+		return nil
+	}
+	var raws [][]byte
+	for {
+		s.ws()
+		if s.peek() != '{' {
+			return nil
+		}
+		start := s.i
+		if !s.skipValue(0, nil) {
+			return nil
+		}
+		if maxEvents > 0 && len(raws) >= maxEvents {
+			return nil
+		}
+		raws = append(raws, data[start:s.i])
+		s.ws()
+		if s.consume(',') {
+			continue
+		}
+		if !s.consume(']') {
+			return nil
+		}
+		s.ws()
+		if s.i != len(s.b) {
+			return nil
+		}
+		return raws
+	}
+}
+
+// fastEvent fills ev from one event object, or returns false.
+func fastEvent(raw []byte, ev *Event, received time.Time) bool {
+	*ev = Event{ReceivedAt: received, TS: received, Properties: "{}"}
+	s := scanner{b: raw}
+	if !s.consume('{') {
+		return false
+	}
+	var seen [5]bool
+	haveUser, haveType := false, false
+	s.ws()
+	if s.consume('}') {
+		return false // required fields missing: the general path says so
+	}
+	for {
+		s.ws()
+		key, esc, ok := s.str()
+		if !ok || esc {
+			return false
+		}
+		s.ws()
+		if !s.consume(':') {
+			return false
+		}
+		s.ws()
+		field := -1
+		switch string(key) {
+		case fieldEventID:
+			field = 0
+		case fieldUserID:
+			field = 1
+		case fieldType:
+			field = 2
+		case fieldTS:
+			field = 3
+		case fieldProperties:
+			field = 4
+		}
+		if field < 0 || seen[field] {
+			return false
+		}
+		seen[field] = true
+		isNull := s.literal("null")
+		switch field {
+		case 0: // event_id: optional, non-empty, at most MaxIDLen bytes
+			if isNull {
+				break
+			}
+			v, ok := s.text()
+			if !ok || v == "" || len(v) > MaxIDLen {
+				return false
+			}
+			ev.EventID = v
+		case 1: // user_id: string or integer
+			if isNull {
+				return false
+			}
+			if s.peek() == '"' {
+				v, ok := s.text()
+				if !ok || v == "" || len(v) > MaxIDLen {
+					return false
+				}
+				ev.UserID = v
+			} else {
+				v, ok := s.integer()
+				if !ok {
+					return false
+				}
+				ev.UserID = v
+			}
+			haveUser = true
+		case 2: // type: non-empty, at most MaxTypeLen characters
+			if isNull {
+				return false
+			}
+			v, ok := s.text()
+			if !ok || v == "" || utf8.RuneCountInString(v) > MaxTypeLen {
+				return false
+			}
+			ev.Type = v
+			haveType = true
+		case 3: // ts: RFC 3339 within DateTime's range
+			if isNull {
+				break
+			}
+			v, ok := s.text()
+			if !ok {
+				return false
+			}
+			t, err := time.Parse(time.RFC3339Nano, v)
+			if err != nil {
+				return false
+			}
+			if t = t.UTC(); t.Year() < 1970 || t.Year() > 2105 {
+				return false
+			}
+			ev.TS = t.Truncate(time.Microsecond)
+		case 4: // properties: a JSON object, kept compact
+			if isNull {
+				break
+			}
+			if s.peek() != '{' {
+				return false
+			}
+			start := s.i
+			spaced := false
+			if !s.skipValue(0, &spaced) {
+				return false
+			}
+			props := raw[start:s.i]
+			if spaced {
+				var buf bytes.Buffer
+				if json.Compact(&buf, props) != nil {
+					return false
+				}
+				ev.Properties = buf.String()
+			} else {
+				ev.Properties = string(props)
+			}
+		}
+		s.ws()
+		if s.consume(',') {
+			continue
+		}
+		if !s.consume('}') {
+			return false
+		}
+		s.ws()
+		return s.i == len(s.b) && haveUser && haveType
+	}
+}
+
+// scanner reads JSON from b at i. Its methods return false on anything
+// they do not accept, leaving the answer to the general path.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
+}
+
+func (s *scanner) consume(c byte) bool {
+	if s.peek() == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// ws skips JSON whitespace and reports whether there was any.
+func (s *scanner) ws() bool {
+	start := s.i
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return s.i > start
+		}
+	}
+	return s.i > start
+}
+
+func (s *scanner) literal(lit string) bool {
+	if bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		s.i += len(lit)
+		return true
+	}
+	return false
+}
+
+// str reads a string and returns its raw contents (without quotes) and
+// whether it holds escapes or bytes that are not valid UTF-8 (which
+// encoding/json would replace).
+func (s *scanner) str() (raw []byte, special bool, ok bool) {
+	if !s.consume('"') {
+		return nil, false, false
+	}
+	start := s.i
+	ascii := true
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			raw = s.b[start:s.i]
+			s.i++
+			if !ascii && !utf8.Valid(raw) {
+				special = true
+			}
+			return raw, special, true
+		case c == '\\':
+			special = true
+			if s.i+1 >= len(s.b) {
+				return nil, false, false
+			}
+			switch s.b[s.i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i += 2
+			case 'u':
+				if s.i+6 > len(s.b) {
+					return nil, false, false
+				}
+				for _, h := range s.b[s.i+2 : s.i+6] {
+					if !isHex(h) {
+						return nil, false, false
+					}
+				}
+				s.i += 6
+			default:
+				return nil, false, false
+			}
+		case c < 0x20:
+			return nil, false, false
+		default:
+			if c >= 0x80 {
+				ascii = false
+			}
+			s.i++
+		}
+	}
+	return nil, false, false
+}
+
+// text reads a string value and returns it decoded.
+func (s *scanner) text() (string, bool) {
+	start := s.i
+	raw, special, ok := s.str()
+	if !ok {
+		return "", false
+	}
+	if !special {
+		return string(raw), true
+	}
+	var v string
+	if json.Unmarshal(s.b[start:s.i], &v) != nil {
+		return "", false
+	}
+	return v, true
+}
+
+// integer reads an integer that fits int64 comfortably (at most 18
+// digits, canonical form) and returns its text.
+func (s *scanner) integer() (string, bool) {
+	start := s.i
+	s.consume('-')
+	digits := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	n := s.i - digits
+	if n == 0 || n > 18 || (n > 1 && s.b[digits] == '0') {
+		return "", false
+	}
+	switch s.peek() {
+	case '.', 'e', 'E':
+		return "", false
+	}
+	v := string(s.b[start:s.i])
+	if v == "-0" {
+		return "", false
+	}
+	return v, true
+}
+
+// skipValue moves past one JSON value, validating it; spaced is set when
+// it holds insignificant whitespace.
+func (s *scanner) skipValue(depth int, spaced *bool) bool {
+	if depth > maxFastDepth {
+		return false
+	}
+	switch c := s.peek(); {
+	case c == '{' || c == '[':
+		end := byte('}')
+		if c == '[' {
+			end = ']'
+		}
+		s.i++
+		s.space(spaced)
+		if s.consume(end) {
+			return true
+		}
+		for {
+			if c == '{' {
+				if _, _, ok := s.str(); !ok {
+					return false
+				}
+				s.space(spaced)
+				if !s.consume(':') {
+					return false
+				}
+				s.space(spaced)
+			}
+			if !s.skipValue(depth+1, spaced) {
+				return false
+			}
+			s.space(spaced)
+			if s.consume(',') {
+				s.space(spaced)
+				continue
+			}
+			return s.consume(end)
+		}
+	case c == '"':
+		_, _, ok := s.str()
+		return ok
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return s.number()
+	default:
+		return false
+	}
+}
+
+func (s *scanner) space(spaced *bool) {
+	if s.ws() && spaced != nil {
+		*spaced = true
+	}
+}
+
+// number moves past a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	s.consume('-')
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case c >= '1' && c <= '9':
+		s.digits()
+	default:
+		return false
+	}
+	if s.consume('.') && !s.digits() {
+		return false
+	}
+	if s.consume('e') || s.consume('E') {
+		if !s.consume('+') {
+			s.consume('-')
+		}
+		if !s.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *scanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
