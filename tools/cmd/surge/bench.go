@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"sync"
@@ -35,6 +36,7 @@ type benchFlags struct {
 	shards     int
 	servers    int
 	dir        string
+	cpuProfile string
 }
 
 func bench(args []string) error {
@@ -49,6 +51,7 @@ func bench(args []string) error {
 	fs.IntVar(&f.shards, "shards", 8, "logical shards")
 	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -80,7 +83,20 @@ func bench(args []string) error {
 
 	gen := newGenerator(f.users, f.perRequest)
 	fmt.Printf("bench: throughput phase: %d events, %d per request, %d clients\n", f.events, f.perRequest, f.clients)
+	if f.cpuProfile != "" {
+		pf, err := os.Create(f.cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return err
+		}
+	}
 	tp, err := throughput(ctx, st, gen, f)
+	if f.cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	if err != nil {
 		return err
 	}
