@@ -74,6 +74,28 @@ func (b *Batch) After(watermark uint64) *Batch {
 	return out
 }
 
+// Without returns the rows whose sequence is not in drop, as a new batch.
+func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
+	out := &Batch{Shard: b.Shard}
+	for i, seq := range b.Seq {
+		if _, ok := drop[seq]; ok {
+			continue
+		}
+		out.EventID = append(out.EventID, b.EventID[i])
+		out.Tenant = append(out.Tenant, b.Tenant[i])
+		out.UserID = append(out.UserID, b.UserID[i])
+		out.Type = append(out.Type, b.Type[i])
+		out.TS = append(out.TS, b.TS[i])
+		out.ReceivedAt = append(out.ReceivedAt, b.ReceivedAt[i])
+		out.Properties = append(out.Properties, b.Properties[i])
+		out.Seq = append(out.Seq, seq)
+	}
+	if len(out.Seq) > 0 {
+		out.FirstSeq, out.LastSeq = out.Seq[0], out.Seq[len(out.Seq)-1]
+	}
+	return out
+}
+
 // Times converts a microsecond column to times, for drivers that want them.
 func Times(us []int64) []time.Time {
 	out := make([]time.Time, len(us))

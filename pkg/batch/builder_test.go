@@ -127,6 +127,42 @@ func TestAfter(t *testing.T) {
 	require.Same(t, b, b.After(3), "nothing dropped: the batch itself")
 }
 
+func TestWithout(t *testing.T) {
+	b := &batch.Batch{Shard: 2}
+	b.Append(10, msgOf(2, 40))
+	b.Append(11, msgOf(1, 40))
+	b.Append(14, msgOf(3, 40))
+	for _, tt := range []struct {
+		name        string
+		drop        []uint64
+		first, last uint64
+		seqs        []uint64
+	}{
+		{"nothing", nil, 10, 14, []uint64{10, 10, 11, 14, 14, 14}},
+		{"the first", []uint64{10}, 11, 14, []uint64{11, 14, 14, 14}},
+		{"the middle", []uint64{11}, 10, 14, []uint64{10, 10, 14, 14, 14}},
+		{"the last and unknown ones", []uint64{14, 99}, 10, 11, []uint64{10, 10, 11}},
+		{"all", []uint64{10, 11, 14}, 0, 0, nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			drop := map[uint64]struct{}{}
+			for _, s := range tt.drop {
+				drop[s] = struct{}{}
+			}
+			got := b.Without(drop)
+			require.Equal(t, 2, got.Shard)
+			require.Equal(t, tt.first, got.FirstSeq)
+			require.Equal(t, tt.last, got.LastSeq)
+			require.Equal(t, tt.seqs, got.Seq)
+			for _, col := range [][]string{got.EventID, got.Tenant, got.UserID, got.Type, got.Properties} {
+				require.Len(t, col, len(tt.seqs))
+			}
+			require.Len(t, got.TS, len(tt.seqs))
+			require.Len(t, got.ReceivedAt, len(tt.seqs))
+		})
+	}
+}
+
 func TestPolicyValidate(t *testing.T) {
 	require.NoError(t, batch.DefaultPolicy().Validate())
 	err := batch.Policy{}.Validate()

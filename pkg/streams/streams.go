@@ -44,6 +44,10 @@ const (
 	// HeaderProblems carries the JSON list of problems of a dead-lettered
 	// event ([{"index":0,"field":"type","reason":"required"}]).
 	HeaderProblems = "Surge-Problems"
+	// HeaderReplay marks a dead letter put back into its source subject
+	// (value: its DEAD_LETTER sequence). The sink inserts a replayed batch's
+	// rows that ClickHouse does not hold yet, whatever the watermark.
+	HeaderReplay = "Surge-Replay"
 )
 
 // IngestSubject is where ingest publishes the events of a tenant.

@@ -257,6 +257,11 @@ func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 			l.log.Info("no batch yet, starting at the first event message")
 			return 0, true
 		}
+		if err == nil && raw.Header.Get(streams.HeaderReplay) != "" {
+			// A replayed dead letter says nothing of where batching stopped.
+			l.log.Info("last batch is a replay, starting at the first event message")
+			return 0, true
+		}
 		if err == nil {
 			last, perr := strconv.ParseUint(raw.Header.Get(streams.HeaderLastSeq), 10, 64)
 			if perr != nil {

@@ -30,6 +30,9 @@ var _ store = (*server)(nil)
 type store interface {
 	// Watermark is the highest EVENTS sequence of shard held by the server.
 	Watermark(ctx context.Context, shard int) (uint64, error)
+	// Present is the set of EVENTS sequences of shard in [first, last] the
+	// server holds.
+	Present(ctx context.Context, shard int, first, last uint64) (map[uint64]struct{}, error)
 	// Insert writes b as one block.
 	Insert(ctx context.Context, b *batch.Batch) error
 	// Addr names the server, for spans and logs.
@@ -86,6 +89,32 @@ func (s *server) Watermark(ctx context.Context, shard int) (uint64, error) {
 		return 0, fmt.Errorf("read watermark of shard %d on %s: %w", shard, s.addr, err)
 	}
 	return wm, nil
+}
+
+// Present is the set of EVENTS sequences of shard in [first, last] the
+// server holds.
+func (s *server) Present(ctx context.Context, shard int, first, last uint64) (map[uint64]struct{}, error) {
+	if err := s.EnsureSchema(ctx); err != nil {
+		return nil, err
+	}
+	rows, err := s.conn.Query(ctx, PresentQuery(s.database), shard, first, last)
+	if err != nil {
+		s.noteSchemaLoss(err)
+		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+	}
+	defer rows.Close()
+	present := make(map[uint64]struct{})
+	for rows.Next() {
+		var seq uint64
+		if err := rows.Scan(&seq); err != nil {
+			return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+		}
+		present[seq] = struct{}{}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+	}
+	return present, nil
 }
 
 // Insert writes b into events_local as one block, column by column. ctx

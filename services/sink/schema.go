@@ -34,3 +34,9 @@ func InsertQuery(database string) string {
 func WatermarkQuery(database string) string {
 	return fmt.Sprintf("SELECT max(seq) FROM %s.events_local WHERE shard = ?", database)
 }
+
+// PresentQuery lists the EVENTS sequences of shard ? between ? and ? held
+// by a server.
+func PresentQuery(database string) string {
+	return fmt.Sprintf("SELECT DISTINCT seq FROM %s.events_local WHERE shard = ? AND seq >= ? AND seq <= ?", database)
+}

@@ -140,6 +140,9 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
 	m := l.s.metrics
 	timeout := l.s.cfg.ClickHouse.InsertTimeout
+	if msg.Headers().Get(streams.HeaderReplay) != "" {
+		return l.landReplay(ctx, msg, b, id, attempt)
+	}
 	if !l.known {
 		wctx, cancel := context.WithTimeout(ctx, timeout)
 		wm, err := l.store.Watermark(wctx, l.k)
@@ -183,6 +186,51 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
 	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
 		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
+	return nil
+}
+
+// landReplay inserts the rows of a replayed dead letter that ClickHouse
+// does not hold yet, and acks msg. The watermark cannot tell: batches after
+// the dead-lettered one have usually landed meanwhile. The sequences can:
+// an EVENTS message always lands whole in one block, so a sequence present
+// means all of its rows are. The check is made before every attempt, so an
+// insert whose outcome is unknown is never repeated blindly, and replaying
+// a dead letter twice inserts nothing the second time.
+func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
+	m := l.s.metrics
+	timeout := l.s.cfg.ClickHouse.InsertTimeout
+	pctx, cancel := context.WithTimeout(ctx, timeout)
+	present, err := l.store.Present(pctx, l.k, b.FirstSeq, b.LastSeq)
+	cancel()
+	if err != nil {
+		return err
+	}
+	rest := b.Without(present)
+	span := trace.SpanFromContext(ctx)
+	span.SetAttributes(attribute.Bool("surge.replay", true))
+	if rest.Len() == 0 {
+		l.ack(ctx, msg)
+		m.batches.WithLabelValues(l.label, outcomeDuplicate).Inc()
+		span.SetAttributes(attribute.Bool("surge.duplicate", true))
+		return nil
+	}
+	qctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
+	start := time.Now()
+	err = l.store.Insert(qctx, rest)
+	// A replay never lowers the watermark but may raise it: read it again.
+	l.known = false
+	if err != nil {
+		return fmt.Errorf("insert replayed batch %s: %w", id, err)
+	}
+	now := time.Now()
+	l.ack(ctx, msg)
+	m.insertDuration.WithLabelValues(l.label).Observe(now.Sub(start).Seconds())
+	m.rows.WithLabelValues(l.label).Add(float64(rest.Len()))
+	m.batches.WithLabelValues(l.label, outcomeInserted).Inc()
+	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
+	l.log.Info("replayed batch inserted", zap.String("batch_id", id), zap.Int("rows", rest.Len()), zap.String("replay", msg.Headers().Get(streams.HeaderReplay)))
 	return nil
 }
 

@@ -486,6 +486,54 @@ func TestSinkDeadLettersBadBatches(t *testing.T) {
 	}, 10*time.Second, 10*time.Millisecond)
 }
 
+// TestSinkReplayBypassesTheWatermark: a batch dead-lettered while
+// ClickHouse refused its rows (here: a column of the wrong type), replayed
+// after the cause is fixed and after later batches raised the watermark,
+// lands once; replaying it again, or an overlapping replay, inserts nothing.
+func TestSinkReplayBypassesTheWatermark(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// The sink made the schema at start; the table is still empty.
+	require.NoError(t, e.conns[0].Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN user_id UInt64"))
+	poison := makeBatch(0, 1, 5)
+	e.publish(poison, poison.ID())
+	dl, err := e.js.Stream(ctx, streams.DeadLetter)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		info, err := dl.Info(ctx)
+		return err == nil && info.State.Msgs == 1
+	}, 20*time.Second, 20*time.Millisecond)
+	dead, err := dl.GetLastMsgForSubject(ctx, streams.DeadLetterSubject("sink", 0))
+	require.NoError(t, err)
+	require.Equal(t, batch.Encode(poison), dead.Data)
+
+	require.NoError(t, e.conns[0].Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN user_id String"))
+	later := makeBatch(0, 6, 8)
+	e.publish(later, later.ID())
+	e.waitRows(rowsIn(6, 8))
+	require.Equal(t, 8.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"))
+
+	replay := func(data []byte, msgID string) {
+		msg := nats.NewMsg(streams.BatchesSubject(0))
+		msg.Data = data
+		msg.Header.Set(streams.HeaderReplay, strconv.FormatUint(dead.Sequence, 10))
+		e.publishMsg(msg, msgID)
+	}
+	replay(dead.Data, "replay:1")
+	e.waitRows(rowsIn(1, 8))
+	replay(dead.Data, "replay:again")
+	overlap := makeBatch(0, 4, 7)
+	replay(batch.Encode(overlap), "replay:overlap")
+	require.Eventually(t, func() bool {
+		return metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate") == 2
+	}, 10*time.Second, 10*time.Millisecond)
+	e.requireNoDuplicates(rowsIn(1, 8))
+	require.Equal(t, expectedRows(0, 1, 8), e.rowsOfShard(0, 0))
+	require.Equal(t, 8.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"), "a replay never lowers the watermark")
+}
+
 func TestSinkRidesOutClickHouseRestart(t *testing.T) {
 	e := newEnv(t)
 	s := e.startSink(e.config(2))
