@@ -28,7 +28,7 @@ func TestLocalStackCommand(t *testing.T) {
 
 	dir := t.TempDir()
 	httpAddr := freeAddr(t)
-	up := exec.Command(bin, "up", "--dir", filepath.Join(dir, "data"), "--http", httpAddr, "--nats-port", "-1")
+	up := exec.Command(bin, "up", "--dir", filepath.Join(dir, "data"), "--http", httpAddr, "--nats-port", "-1", "--mqtt-port", "-1")
 	stdout, err := up.StdoutPipe()
 	require.NoError(t, err)
 	up.Stderr = os.Stderr

@@ -38,6 +38,13 @@ type Options struct {
 	ClickHouseServers int
 	// NATSPort is the NATS client port; -1 picks a free one.
 	NATSPort int
+	// MQTTPort opens NATS's MQTT listener: 0 leaves it off, -1 picks a
+	// free port (Stack.MQTTPort says which).
+	MQTTPort int
+	// Producers are the NATS (and MQTT) users that may publish events of
+	// their tenant to surge.in.<tenant>.>; DemoProducer when nil. The
+	// services log in as ServiceUser.
+	Producers []natsserver.User
 	// HTTPAddr is where ingest listens.
 	HTTPAddr string
 	// Policy is the batch policy; zero means the default.
@@ -56,6 +63,17 @@ type Options struct {
 	TracerProviders func(service string) trace.TracerProvider
 }
 
+// The NATS logins of the local stack. The server listens on 127.0.0.1
+// only; deployments set their own (deployments/nats/cluster.conf).
+const (
+	// ServiceUser may do anything: the services log in as it.
+	ServiceUser     = "surge"
+	ServicePassword = "surge-local"
+)
+
+// DemoProducer publishes events of tenant demo over NATS or MQTT.
+var DemoProducer = natsserver.User{Name: "demo", Password: "demo-local", Tenant: "demo"}
+
 // Part is one running service.
 type Part struct {
 	Name      string
@@ -67,7 +85,11 @@ type Part struct {
 
 // Stack is a running pipeline.
 type Stack struct {
-	NATS       *server.Server
+	NATS *server.Server
+	// NATSAuth is how the services reach NATS, credentials included.
+	NATSAuth service.NATSConfig
+	// MQTTPort is where NATS takes MQTT connections; 0 when it does not.
+	MQTTPort   int
 	ClickHouse *chserver.Cluster
 	Database   string
 	// IngestURL is the base URL of the ingest HTTP API.
@@ -103,11 +125,21 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	}
 	s := &Stack{opts: o, Database: o.Database}
 
-	ns, err := natsserver.Start(natsserver.Options{Port: o.NATSPort, StoreDir: filepath.Join(o.Dir, "nats")})
+	if o.Producers == nil {
+		o.Producers = []natsserver.User{DemoProducer}
+	}
+	users := append([]natsserver.User{{Name: ServiceUser, Password: ServicePassword}}, o.Producers...)
+	ns, err := natsserver.Start(natsserver.Options{
+		Port: o.NATSPort, StoreDir: filepath.Join(o.Dir, "nats"), Users: users, MQTTPort: o.MQTTPort,
+	})
 	if err != nil {
 		return nil, err
 	}
 	s.NATS = ns
+	s.MQTTPort = natsserver.MQTTPort(ns)
+	s.NATSAuth = service.DefaultNATSConfig()
+	s.NATSAuth.URL = ns.ClientURL()
+	s.NATSAuth.User, s.NATSAuth.Password = ServiceUser, ServicePassword
 	ch, err := chserver.StartCluster(ctx, o.Dir, o.ClickHouseServers)
 	if err != nil {
 		s.Stop()
@@ -139,28 +171,27 @@ type runner interface {
 }
 
 func (s *Stack) startServices(ctx context.Context) error {
-	natsURL := s.NATS.ClientURL()
 	admin := "127.0.0.1:0"
 
 	icfg := ingest.DefaultConfig()
-	icfg.NATS.URL = natsURL
+	icfg.NATS = s.NATSAuth
 	icfg.HTTP.Addr = s.opts.HTTPAddr
 	icfg.Admin.Addr = admin
 	icfg.Ingest.APIKeys = s.opts.APIKeys
 
 	pcfg := partitioner.DefaultConfig()
-	pcfg.NATS.URL = natsURL
+	pcfg.NATS = s.NATSAuth
 	pcfg.Admin.Addr = admin
 	pcfg.Shards = s.opts.Shards
 
 	bcfg := batcher.DefaultConfig()
-	bcfg.NATS.URL = natsURL
+	bcfg.NATS = s.NATSAuth
 	bcfg.Admin.Addr = admin
 	bcfg.Shards = s.opts.Shards
 	bcfg.Policy = s.opts.Policy
 
 	scfg := sink.DefaultConfig()
-	scfg.NATS.URL = natsURL
+	scfg.NATS = s.NATSAuth
 	scfg.Admin.Addr = admin
 	scfg.Shards = s.opts.Shards
 	scfg.ClickHouse.Addrs = s.ClickHouse.Addrs()

@@ -22,6 +22,9 @@ const stackFile = "stack.json"
 type stackInfo struct {
 	IngestURL  string   `json:"ingest_url"`
 	NATSURL    string   `json:"nats_url"`
+	NATSUser   string   `json:"nats_user"`
+	NATSPass   string   `json:"nats_password"`
+	MQTTPort   int      `json:"mqtt_port,omitempty"`
 	ClickHouse []string `json:"clickhouse_native"`
 	HTTP       []string `json:"clickhouse_http"`
 	Database   string   `json:"database"`
@@ -35,6 +38,7 @@ func up(args []string) error {
 	servers := fs.Int("clickhouse-servers", 2, "clickhouse-server processes (ClickHouse shards)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "ingest listen `address`")
 	natsPort := fs.Int("nats-port", 4222, "NATS client port (-1 for any free port)")
+	mqttPort := fs.Int("mqtt-port", 1883, "MQTT port of NATS (-1 for any free port, 0 for none)")
 	level := fs.String("log-level", "warn", "service log level")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -65,12 +69,15 @@ func up(args []string) error {
 	started := time.Now()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: *dir, Shards: *shards, ClickHouseServers: *servers,
-		NATSPort: *natsPort, HTTPAddr: *httpAddr, Logger: logger, TracerProvider: tp,
+		NATSPort: *natsPort, MQTTPort: *mqttPort, HTTPAddr: *httpAddr, Logger: logger, TracerProvider: tp,
 	})
 	if err != nil {
 		return err
 	}
-	info := stackInfo{IngestURL: st.IngestURL, NATSURL: st.NATS.ClientURL(), ClickHouse: st.ClickHouse.Addrs(), Database: st.Database}
+	info := stackInfo{
+		IngestURL: st.IngestURL, NATSURL: st.NATS.ClientURL(), NATSUser: st.NATSAuth.User, NATSPass: st.NATSAuth.Password,
+		MQTTPort: st.MQTTPort, ClickHouse: st.ClickHouse.Addrs(), Database: st.Database,
+	}
 	for _, s := range st.ClickHouse.Servers {
 		info.HTTP = append(info.HTTP, s.HTTPAddr())
 	}
@@ -97,9 +104,17 @@ surge: up in %s
   send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
                   -d '[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]'
   query         go tool task query -- "SELECT type, count() FROM %s.events GROUP BY type"
-  NATS          %s
+  NATS          %s (services log in as %s)
+  publish       nats pub -s %s --user %s --password %s -J --inbox-prefix _INBOX_%s \
+                  surge.in.%s.web '{"user_id":"u1","type":"click"}'
   ClickHouse    %v (native), %v (HTTP); database %s, tables events (all shards), events_local
-`, took.Round(time.Millisecond), info.IngestURL, info.Database, info.NATSURL, info.ClickHouse, info.HTTP, info.Database)
+`, took.Round(time.Millisecond), info.IngestURL, info.Database, info.NATSURL, info.NATSUser,
+		info.NATSURL, stack.DemoProducer.Name, stack.DemoProducer.Password, stack.DemoProducer.Tenant, stack.DemoProducer.Tenant,
+		info.ClickHouse, info.HTTP, info.Database)
+	if st.MQTTPort != 0 {
+		fmt.Printf("  MQTT          mosquitto_pub -p %d -u %s -P %s -q 1 -t surge/in/%s/device1 -m '{\"user_id\":\"d1\",\"type\":\"reading\"}'\n",
+			st.MQTTPort, stack.DemoProducer.Name, stack.DemoProducer.Password, stack.DemoProducer.Tenant)
+	}
 	for _, p := range st.Parts {
 		fmt.Printf("  %-13s http://%s/metrics\n", p.Name, p.AdminAddr)
 	}
