@@ -68,9 +68,15 @@ type Item struct {
 // ErrTooManyEvents or ErrEmpty.
 func (p *Parser) ParseEach(data []byte, format Format, tenant string, received time.Time, id func(index int) string) ([]Item, error) {
 	received = received.UTC().Truncate(time.Microsecond)
-	raws, err := splitBody(data, format, p.Limits.MaxEvents)
-	if err != nil {
-		return nil, err
+	var raws [][]byte
+	if trimmed := bytes.TrimSpace(data); format == FormatJSON && len(trimmed) > 0 && trimmed[0] == '[' {
+		raws = splitArray(trimmed, p.Limits.MaxEvents) // nil on anything unusual
+	}
+	if raws == nil {
+		var err error
+		if raws, err = splitBody(data, format, p.Limits.MaxEvents); err != nil {
+			return nil, err
+		}
 	}
 	if len(raws) == 0 {
 		return nil, ErrEmpty
@@ -88,9 +94,13 @@ func (p *Parser) ParseEach(data []byte, format Format, tenant string, received t
 			report(i, "", fmt.Sprintf("event is %d bytes, limit is %d", len(raw), limit))
 			continue
 		}
-		ev, ok := parseOne(raw, i, received, report)
-		if !ok {
-			continue
+		// The fast path answers as parseOne would, or defers to it.
+		var ev Event
+		if !fastEvent(raw, &ev, received) {
+			var ok bool
+			if ev, ok = parseOne(raw, i, received, report); !ok {
+				continue
+			}
 		}
 		ev.Tenant = tenant
 		if ev.EventID == "" {

@@ -103,3 +103,31 @@ func TestValidTenant(t *testing.T) {
 		require.False(t, event.ValidTenant(bad), bad)
 	}
 }
+
+// TestParseEachMatchesParseBytes holds ParseEach to ParseBytes' answers on
+// valid messages, whichever of its paths each event takes.
+func TestParseEachMatchesParseBytes(t *testing.T) {
+	bodies := []struct {
+		data   string
+		format event.Format
+	}{
+		{`[{"user_id":"u1","type":"click"},{"user_id":12,"type":"v","ts":"2024-01-02T03:04:05.123456Z","properties":{"a":[1,{"b":null}]}}]`, event.FormatJSON},
+		{`{"event_id":"e\u0031","user_id":"u\"q","type":"t\u00e9"}`, event.FormatJSON},
+		{"{\"user_id\":\"a\",\"type\":\"x\"}\n\n{\"user_id\":\"b\",\"type\":\"y\",\"properties\":{ \"k\" : \"v\" }}\n", event.FormatNDJSON},
+	}
+	for _, b := range bodies {
+		n := 0
+		p := &event.Parser{Limits: event.Limits{MaxEvents: 10, MaxEventBytes: 1000}, Now: func() time.Time { return received },
+			NewID: func(time.Time) string { n++; return "gen-" + strconv.Itoa(n-1) }}
+		want, err := p.ParseBytes([]byte(b.data), b.format, "acme")
+		require.NoError(t, err)
+		items, err := p.ParseEach([]byte(b.data), b.format, "acme", received, func(i int) string { return "gen-" + strconv.Itoa(i) })
+		require.NoError(t, err)
+		var got []event.Event
+		for _, it := range items {
+			require.Empty(t, it.Problems)
+			got = append(got, it.Event)
+		}
+		require.Equal(t, want, got, b.data)
+	}
+}
