@@ -17,6 +17,8 @@ Commands:
   bench   start a stack, drive load, print throughput and latency
   query   run SQL against the local stack's ClickHouse (events, events_local)
   setup   install clickhouse-server where it is missing (apt-get, as root)
+  deadletter list | show SEQ | replay SEQ... | replay --all
+          inspect and replay what the pipeline could not process
 
 Run "surge <command> -h" for the flags of a command.
 `
@@ -34,6 +36,8 @@ func main() {
 		err = bench(os.Args[2:])
 	case "query":
 		err = query(os.Args[2:])
+	case "deadletter":
+		err = deadLetter(os.Args[2:])
 	case "setup":
 		err = chserver.EnsureInstalled(context.Background(), func(format string, a ...any) { fmt.Printf("surge: "+format+"\n", a...) })
 	case "-h", "--help", "help":

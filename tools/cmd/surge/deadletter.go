@@ -1,0 +1,298 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/streams"
+)
+
+const deadLetterUsage = `Usage: surge deadletter [flags] <list | show SEQ | replay SEQ... | replay --all>
+
+  list        one line per dead letter: sequence, time, source, batch, reason
+  show SEQ    every header of a dead letter and what its body holds
+  replay SEQ  put dead letters back into the subject they came from, marked
+              Surge-Replay, then delete them from DEAD_LETTER. The sink
+              inserts a replayed batch's rows that ClickHouse lacks, even
+              below the shard's watermark; replaying twice inserts nothing
+              twice. Replay once the cause (schema, bad data, bug) is fixed:
+              a batch that fails again is dead-lettered again.
+
+Flags:
+`
+
+// deadLetter is `surge deadletter`.
+func deadLetter(args []string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	return runDeadLetter(ctx, args, os.Stdout)
+}
+
+func runDeadLetter(ctx context.Context, args []string, out io.Writer) error {
+	fs := flag.NewFlagSet("deadletter", flag.ContinueOnError)
+	fs.SetOutput(out)
+	dir := fs.String("dir", ".surge", "data `folder` of the running local stack, whose stack.json names NATS")
+	natsURL := fs.String("nats", "", "NATS `URL` (default: the local stack's, else "+nats.DefaultURL+")")
+	user := fs.String("user", "", "NATS user (default: the local stack's)")
+	password := fs.String("password", "", "NATS password")
+	all := fs.Bool("all", false, "replay every dead letter")
+	fs.Usage = func() {
+		fmt.Fprint(out, deadLetterUsage)
+		fs.PrintDefaults()
+	}
+	// Flags may come before, between or after the arguments: `replay --all`.
+	var rest []string
+	for remaining := args; ; {
+		if err := fs.Parse(remaining); err != nil {
+			return err
+		}
+		remaining = fs.Args()
+		if len(remaining) == 0 {
+			break
+		}
+		rest, remaining = append(rest, remaining[0]), remaining[1:]
+	}
+	if len(rest) == 0 {
+		fs.Usage()
+		return errors.New("give a command: list, show or replay")
+	}
+	url, u, p := *natsURL, *user, *password
+	if url == "" || u == "" {
+		if info, err := readStackInfo(*dir); err == nil {
+			if url == "" {
+				url = info.NATSURL
+			}
+			if u == "" {
+				u, p = info.NATSUser, info.NATSPassword
+			}
+		}
+	}
+	if url == "" {
+		url = nats.DefaultURL
+	}
+	opts := []nats.Option{nats.Name("surge-deadletter"), nats.Timeout(5 * time.Second)}
+	if u != "" {
+		opts = append(opts, nats.UserInfo(u, p))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return fmt.Errorf("connect to nats %s: %w", url, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	dl, err := js.Stream(ctx, streams.DeadLetter)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", streams.DeadLetter, err)
+	}
+
+	seqs := func(from []string) ([]uint64, error) {
+		var out []uint64
+		for _, a := range from {
+			n, err := strconv.ParseUint(a, 10, 64)
+			if err != nil {
+				return nil, fmt.Errorf("not a dead-letter sequence: %q", a)
+			}
+			out = append(out, n)
+		}
+		return out, nil
+	}
+	switch rest[0] {
+	case "list":
+		msgs, err := listDeadLetters(ctx, dl)
+		if err != nil {
+			return err
+		}
+		printDeadLetters(out, msgs)
+		return nil
+	case "show":
+		if len(rest) != 2 {
+			return errors.New("usage: surge deadletter show SEQ")
+		}
+		ns, err := seqs(rest[1:])
+		if err != nil {
+			return err
+		}
+		m, err := dl.GetMsg(ctx, ns[0])
+		if err != nil {
+			return fmt.Errorf("dead letter %d: %w", ns[0], err)
+		}
+		showDeadLetter(out, m)
+		return nil
+	case "replay":
+		var targets []uint64
+		if *all {
+			msgs, err := listDeadLetters(ctx, dl)
+			if err != nil {
+				return err
+			}
+			for _, m := range msgs {
+				targets = append(targets, m.Sequence)
+			}
+		} else if targets, err = seqs(rest[1:]); err != nil {
+			return err
+		}
+		if len(targets) == 0 {
+			if *all {
+				fmt.Fprintln(out, "no dead letters")
+				return nil
+			}
+			return errors.New("usage: surge deadletter replay SEQ... | replay --all")
+		}
+		for _, seq := range targets {
+			subject, err := replayDeadLetter(ctx, js, dl, seq)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "replayed dead letter %d to %s\n", seq, subject)
+		}
+		return nil
+	default:
+		return fmt.Errorf("unknown deadletter command %q (list, show, replay)", rest[0])
+	}
+}
+
+// localStack is the part of a running local stack's stack.json this
+// command needs.
+type localStack struct {
+	NATSURL      string `json:"nats_url"`
+	NATSUser     string `json:"nats_user"`
+	NATSPassword string `json:"nats_password"`
+}
+
+func readStackInfo(dir string) (localStack, error) {
+	var info localStack
+	data, err := os.ReadFile(filepath.Join(dir, stackFile))
+	if err != nil {
+		return info, err
+	}
+	return info, json.Unmarshal(data, &info)
+}
+
+// listDeadLetters reads every message of DEAD_LETTER, oldest first.
+func listDeadLetters(ctx context.Context, dl jetstream.Stream) ([]*jetstream.RawStreamMsg, error) {
+	info, err := dl.Info(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	var out []*jetstream.RawStreamMsg
+	if info.State.Msgs == 0 {
+		return nil, nil
+	}
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
+		m, err := dl.GetMsg(ctx, seq)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			continue // deleted: replayed or aged out
+		}
+		if err != nil {
+			return nil, fmt.Errorf("dead letter %d: %w", seq, err)
+		}
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Sequence < out[j].Sequence })
+	return out, nil
+}
+
+func printDeadLetters(out io.Writer, msgs []*jetstream.RawStreamMsg) {
+	if len(msgs) == 0 {
+		fmt.Fprintln(out, "no dead letters")
+		return
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tFROM\tSOURCE\tBATCH\tBYTES\tREASON")
+	for _, m := range msgs {
+		reason := m.Header.Get(streams.HeaderReason)
+		if len(reason) > 80 {
+			reason = reason[:77] + "..."
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s:%s\t%s\t%d\t%s\n", m.Sequence, m.Time.UTC().Format(time.RFC3339),
+			m.Subject, m.Header.Get(streams.HeaderSource), m.Header.Get(streams.HeaderSourceSeq),
+			orDash(m.Header.Get(streams.HeaderBatchID)), len(m.Data), strings.ReplaceAll(reason, "\n", " "))
+	}
+	_ = tw.Flush()
+	fmt.Fprintf(out, "%d dead letters; `surge deadletter show SEQ` to inspect, `replay SEQ` or `replay --all` to replay\n", len(msgs))
+}
+
+func showDeadLetter(out io.Writer, m *jetstream.RawStreamMsg) {
+	fmt.Fprintf(out, "sequence: %d\ntime:     %s\nsubject:  %s\nbytes:    %d\nheaders:\n", m.Sequence, m.Time.UTC().Format(time.RFC3339Nano), m.Subject, len(m.Data))
+	keys := make([]string, 0, len(m.Header))
+	for k := range m.Header {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		for _, v := range m.Header[k] {
+			fmt.Fprintf(out, "  %s: %s\n", k, v)
+		}
+	}
+	if !strings.HasPrefix(m.Header.Get(streams.HeaderSource), "batches.") {
+		return
+	}
+	b, err := batch.Decode(m.Data)
+	if err != nil {
+		fmt.Fprintf(out, "body: not a readable batch: %v\n", err)
+		return
+	}
+	fmt.Fprintf(out, "body: batch of shard %d, EVENTS sequences %d-%d, %d rows; the first rows:\n", b.Shard, b.FirstSeq, b.LastSeq, b.Len())
+	for i := range min(b.Len(), 5) {
+		fmt.Fprintf(out, "  seq=%d event_id=%s tenant=%s user_id=%s type=%s ts=%s properties=%s\n", b.Seq[i], b.EventID[i], b.Tenant[i],
+			b.UserID[i], b.Type[i], time.UnixMicro(b.TS[i]).UTC().Format(time.RFC3339Nano), b.Properties[i])
+	}
+}
+
+// replayDeadLetter publishes dead letter seq to its source subject, marked
+// Surge-Replay, waits for JetStream's ack and deletes the dead letter. The
+// message id "replay:<seq>" makes a replay repeated inside the dedup
+// window (say after a crash before the delete) a no-op; the sink's check
+// of the sequences it holds covers a later repeat.
+func replayDeadLetter(ctx context.Context, js jetstream.JetStream, dl jetstream.Stream, seq uint64) (string, error) {
+	m, err := dl.GetMsg(ctx, seq)
+	if err != nil {
+		return "", fmt.Errorf("dead letter %d: %w", seq, err)
+	}
+	subject := m.Header.Get(streams.HeaderSource)
+	if subject == "" {
+		return "", fmt.Errorf("dead letter %d has no %s header: nowhere to replay it", seq, streams.HeaderSource)
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = m.Data
+	for _, k := range []string{streams.HeaderBatchID, streams.HeaderRows, "traceparent", "tracestate"} {
+		if v := m.Header.Get(k); v != "" {
+			msg.Header.Set(k, v)
+		}
+	}
+	msg.Header.Set(streams.HeaderReplay, strconv.FormatUint(seq, 10))
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := js.PublishMsg(pctx, msg, jetstream.WithMsgID("replay:"+strconv.FormatUint(seq, 10))); err != nil {
+		return "", fmt.Errorf("replay dead letter %d to %s: %w", seq, subject, err)
+	}
+	if err := dl.DeleteMsg(ctx, seq); err != nil {
+		return "", fmt.Errorf("replayed dead letter %d but could not delete it (replaying it again inserts nothing twice): %w", seq, err)
+	}
+	return subject, nil
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
