@@ -8,13 +8,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/require"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
@@ -377,6 +380,49 @@ func TestInFlightLimit(t *testing.T) {
 	require.Equal(t, http.StatusAccepted, slow.StatusCode)
 	require.Equal(t, http.StatusAccepted, h.post(`{"user_id":1,"type":"a"}`).status, "the slot is free again")
 	require.Equal(t, uint64(2), h.streamMsgs())
+}
+
+// TestFloodIsRejectedNotQueued: with every slot taken, a flood of
+// concurrent requests is answered 429 at once, before any body is read, so
+// memory stays bounded by max_in_flight x max_body_bytes; nothing of the
+// flood is stored and the held request still succeeds.
+func TestFloodIsRejectedNotQueued(t *testing.T) {
+	h := start(t, func(c *Config) { c.Ingest.MaxInFlight = 1 })
+	finish, result := slowRequest(t, h)
+
+	const flood = 200
+	body := `[` + strings.Repeat(`{"user_id":1,"type":"flood","properties":{"p":"`+strings.Repeat("x", 1000)+`"}},`, 30) + `{"user_id":1,"type":"flood"}]`
+	statuses := make(chan string, flood)
+	began := time.Now()
+	var wg sync.WaitGroup
+	for range flood {
+		wg.Go(func() {
+			resp, err := h.client.Post("http://"+h.svc.Addr()+EventsPath, "application/json", strings.NewReader(body))
+			if err != nil {
+				statuses <- err.Error()
+				return
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			_ = resp.Body.Close()
+			statuses <- strconv.Itoa(resp.StatusCode) + " Retry-After=" + resp.Header.Get("Retry-After")
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	took := time.Since(began)
+	for st := range statuses {
+		require.Equal(t, "429 Retry-After=1", st)
+	}
+	require.Less(t, took, 5*time.Second, "rejections are immediate, never queued")
+	require.Equal(t, 1.0, gaugeValue(h.svc.metrics.inFlight))
+	require.Equal(t, float64(flood), testutil.ToFloat64(h.svc.metrics.requestsRejected.WithLabelValues(reasonOverloaded)))
+	require.Equal(t, uint64(0), h.streamMsgs())
+
+	finish(`{"user_id":1,"type":"slow"}]`)
+	slow := <-result
+	require.NotNil(t, slow)
+	require.Equal(t, http.StatusAccepted, slow.StatusCode)
+	require.Equal(t, uint64(1), h.streamMsgs())
 }
 
 func TestShutdownFinishesInFlightRequests(t *testing.T) {
