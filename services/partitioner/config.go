@@ -113,6 +113,11 @@ func (c Config) Validate() error {
 	if c.AckWait <= c.FetchMaxWait+c.PublishTimeout {
 		add("ack_wait must exceed fetch_max_wait+publish_timeout (%s), got %s", c.FetchMaxWait+c.PublishTimeout, c.AckWait)
 	}
+	// A message whose ack was lost is republished after AckWait; its groups
+	// are dropped as duplicates only inside the dedup window.
+	if c.AckWait >= c.Streams.DuplicateWindow {
+		add("ack_wait must be below streams.duplicate_window (%s), got %s", c.Streams.DuplicateWindow, c.AckWait)
+	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
 	}

@@ -407,3 +407,14 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		require.Contains(t, err.Error(), want)
 	}
 }
+
+// TestAckWaitStaysInsideTheDedupWindow: a request whose ack was lost is
+// republished after AckWait, and its groups are dropped only while EVENTS
+// remembers their ids.
+func TestAckWaitStaysInsideTheDedupWindow(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AckWait = cfg.Streams.DuplicateWindow
+	require.ErrorContains(t, cfg.Validate(), "ack_wait must be below streams.duplicate_window (2m0s), got 2m0s")
+	cfg.AckWait = cfg.Streams.DuplicateWindow - time.Second
+	require.NoError(t, cfg.Validate())
+}
