@@ -23,6 +23,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -37,6 +38,7 @@ type benchFlags struct {
 	servers    int
 	dir        string
 	cpuProfile string
+	via        string
 }
 
 func bench(args []string) error {
@@ -51,9 +53,13 @@ func bench(args []string) error {
 	fs.IntVar(&f.shards, "shards", 8, "logical shards")
 	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
+	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events) or nats (async JetStream publishes to surge.in.bench.bench)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if f.via != "http" && f.via != "nats" {
+		return fmt.Errorf("--via must be http or nats, got %q", f.via)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -69,11 +75,24 @@ func bench(args []string) error {
 		f.dir = d
 	}
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream) in %s\n", f.shards, f.servers, f.dir)
-	st, err := stack.Start(ctx, stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1})
+	st, err := stack.Start(ctx, stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1,
+		Producers: []natsserver.User{benchProducer}})
 	if err != nil {
 		return err
 	}
 	defer st.Stop()
+	send := func(body []byte) bool {
+		code, err := post(st.IngestURL, body)
+		return err == nil && code == http.StatusAccepted
+	}
+	if f.via == "nats" {
+		p, err := newNATSProducer(st)
+		if err != nil {
+			return err
+		}
+		defer p.close()
+		send = p.send
+	}
 
 	ch, err := clickhouse.Open(&clickhouse.Options{Addr: st.ClickHouse.Addrs()[:1], Settings: clickhouse.Settings{"max_execution_time": 60}})
 	if err != nil {
@@ -93,7 +112,12 @@ func bench(args []string) error {
 			return err
 		}
 	}
-	tp, err := throughput(ctx, st, gen, f)
+	var tp throughputResult
+	if f.via == "nats" {
+		tp, err = throughputNATS(ctx, st, gen, f)
+	} else {
+		tp, err = throughput(ctx, st, gen, f)
+	}
 	if f.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -105,7 +129,7 @@ func bench(args []string) error {
 		rate = int(tp.inserted / 2)
 	}
 	fmt.Printf("bench: latency phase: %d events/s for %s with probes\n", rate, f.rateFor)
-	lat, err := latency(ctx, st, ch, gen, rate, f.rateFor, f.perRequest)
+	lat, err := latency(ctx, st, ch, gen, send, rate, f.rateFor, f.perRequest)
 	if err != nil {
 		return err
 	}
@@ -116,13 +140,13 @@ func bench(args []string) error {
 	}
 
 	fmt.Printf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request)
-  accepted (HTTP 202)           %10.0f events/s   (%d events in %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s)
+  %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
-`, f.shards, f.servers, f.clients, f.perRequest,
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		tp.accepted, f.events, tp.acceptedIn.Round(time.Millisecond),
 		tp.inserted, f.events, tp.insertedIn.Round(time.Millisecond),
 		rate, lat.p50, lat.p99, lat.max, lat.n,
@@ -228,7 +252,7 @@ type latencyResult struct {
 // latency drives a steady rate and, every 100 ms, a probe event with a
 // known id; it polls ClickHouse (through the Distributed table) for the
 // probes and records when each becomes queryable.
-func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generator, rate int, d time.Duration, perRequest int) (latencyResult, error) {
+func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generator, send func([]byte) bool, rate int, d time.Duration, perRequest int) (latencyResult, error) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -250,7 +274,7 @@ func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generato
 					go func() {
 						defer wg.Done()
 						defer func() { <-sem }()
-						_, _ = post(st.IngestURL, gen.body())
+						_ = send(gen.body())
 					}()
 				default: // the stack is behind: skip rather than queue
 				}
@@ -277,7 +301,7 @@ func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generato
 				mu.Lock()
 				sentAt[id] = time.Now()
 				mu.Unlock()
-				if code, err := post(st.IngestURL, []byte(body)); err != nil || code != http.StatusAccepted {
+				if !send([]byte(body)) {
 					mu.Lock()
 					delete(sentAt, id)
 					mu.Unlock()

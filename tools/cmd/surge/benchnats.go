@@ -1,0 +1,137 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// benchProducer is the NATS login `surge bench --via nats` publishes as.
+var benchProducer = natsserver.User{Name: "bench", Password: "bench-local", Tenant: "bench"}
+
+// benchSubject is where `surge bench --via nats` publishes.
+var benchSubject = streams.ProducerPrefix + benchProducer.Tenant + ".bench"
+
+// natsProducer publishes bench bodies as a tenant's producer would: JSON
+// straight to surge.in.<tenant>.bench, each message with a Nats-Msg-Id so
+// a retried publish is stored once.
+type natsProducer struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	run string
+	n   atomic.Uint64
+}
+
+func newNATSProducer(st *stack.Stack) (*natsProducer, error) {
+	nc, err := nats.Connect(st.NATS.ClientURL(), nats.UserInfo(benchProducer.Name, benchProducer.Password),
+		nats.CustomInboxPrefix(streams.ProducerInboxPrefix(benchProducer.Tenant)))
+	if err != nil {
+		return nil, fmt.Errorf("connect as producer: %w", err)
+	}
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return &natsProducer{nc: nc, js: js, run: strconv.FormatInt(time.Now().UnixNano(), 36)}, nil
+}
+
+func (p *natsProducer) close() { p.nc.Close() }
+
+func (p *natsProducer) msgID() string { return p.run + "-" + strconv.FormatUint(p.n.Add(1), 10) }
+
+// send publishes one body and waits for its PubAck.
+func (p *natsProducer) send(body []byte) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, err := p.js.Publish(ctx, benchSubject, body, jetstream.WithMsgID(p.msgID()))
+	return err == nil
+}
+
+// throughputNATS sends the throughput phase's load with async JetStream
+// publishes: each client keeps a window of publishes in flight and
+// counts a message accepted at its PubAck, resending (same id) on error.
+func throughputNATS(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags) (throughputResult, error) {
+	p, err := newNATSProducer(st)
+	if err != nil {
+		return throughputResult{}, err
+	}
+	defer p.close()
+	const window = 64 // publishes in flight per client
+	requests := f.events / f.perRequest
+	var sent, failed atomic.Int64
+	base := st.Inserted()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range f.clients {
+		wg.Go(func() {
+			type pending struct {
+				msg *nats.Msg
+				f   jetstream.PubAckFuture
+			}
+			var inflight []pending
+			publish := func(m *nats.Msg) {
+				for ctx.Err() == nil {
+					fut, err := p.js.PublishMsgAsync(m)
+					if err == nil {
+						inflight = append(inflight, pending{m, fut})
+						return
+					}
+					failed.Add(1)
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			settle := func() {
+				head := inflight[0]
+				inflight = inflight[1:]
+				select {
+				case <-head.f.Ok():
+				case <-head.f.Err():
+					failed.Add(1) // the stream pushes back: resend, same id
+					time.Sleep(50 * time.Millisecond)
+					publish(head.msg)
+				}
+			}
+			for sent.Add(1) <= int64(requests) && ctx.Err() == nil {
+				m := nats.NewMsg(benchSubject)
+				m.Data = gen.body()
+				m.Header.Set(jetstream.MsgIDHeader, p.msgID())
+				publish(m)
+				if len(inflight) >= window {
+					settle()
+				}
+			}
+			for len(inflight) > 0 && ctx.Err() == nil {
+				settle()
+			}
+		})
+	}
+	wg.Wait()
+	acceptedIn := time.Since(start)
+	want := base + float64(requests*f.perRequest)
+	for st.Inserted() < want {
+		if ctx.Err() != nil {
+			return throughputResult{}, ctx.Err()
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	insertedIn := time.Since(start)
+	if n := failed.Load(); n > 0 {
+		fmt.Printf("bench: %d publishes were refused under pressure and resent\n", n)
+	}
+	total := float64(requests * f.perRequest)
+	return throughputResult{
+		accepted: total / acceptedIn.Seconds(), acceptedIn: acceptedIn,
+		inserted: total / insertedIn.Seconds(), insertedIn: insertedIn,
+	}, nil
+}
