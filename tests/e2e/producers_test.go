@@ -146,7 +146,17 @@ func TestProducers(t *testing.T) {
 		}
 	})
 
-	t.Run("mosquitto_pub over MQTT QoS 1", func(t *testing.T) {
+	t.Run("mosquitto_pub over MQTT QoS 1 and 2", func(t *testing.T) {
+		mqtt := func(args ...string) (string, error) {
+			base := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(st.MQTTPort), "-u", device.Name, "-P", device.Password}
+			out, err := exec.Command(mosquitto, append(base, args...)...).CombinedOutput()
+			return string(out), err
+		}
+		// Another tenant's topic: the server drops the message (and still
+		// sends the PUBACK MQTT requires); the final count proves it.
+		out, err := mqtt("-q", "1", "-t", "surge/in/acme/stolen", "-m", `{"event_id":"mqtt-stolen","user_id":"x","type":"t"}`)
+		require.NoError(t, err, out)
+
 		var lines []string
 		want := map[string]string{}
 		for i := range 20 {
@@ -158,14 +168,19 @@ func TestProducers(t *testing.T) {
 		cmd := exec.Command(mosquitto, "-h", "127.0.0.1", "-p", strconv.Itoa(st.MQTTPort), "-i", "surge-e2e-device",
 			"-u", device.Name, "-P", device.Password, "-q", "1", "-t", "surge/in/iot/sensors/hall", "-l")
 		cmd.Stdin = strings.NewReader(strings.Join(lines, "\n") + "\n")
-		out, err := cmd.CombinedOutput()
-		require.NoError(t, err, string(out))
+		stdout, err := cmd.CombinedOutput()
+		require.NoError(t, err, string(stdout))
+
+		// QoS 2 works too: nats-server holds the message until PUBREL.
+		out, err = mqtt("-q", "2", "-t", "surge/in/iot/sensors/roof", "-m", `{"event_id":"mqtt-qos2","user_id":"roof","type":"reading"}`)
+		require.NoError(t, err, out)
+		want["mqtt-qos2"] = "roof"
 
 		// Wrong password: refused at connect.
 		bad := exec.Command(mosquitto, "-h", "127.0.0.1", "-p", strconv.Itoa(st.MQTTPort), "-u", device.Name, "-P", "nope",
 			"-q", "1", "-t", "surge/in/iot/x", "-m", `{"user_id":"x","type":"t"}`)
-		out, err = bad.CombinedOutput()
-		require.Error(t, err, string(out))
+		badOut, err := bad.CombinedOutput()
+		require.Error(t, err, string(badOut))
 
 		requireStoredOnce(t, ch, st.Database, "iot", want)
 	})
@@ -229,7 +244,7 @@ func TestProducers(t *testing.T) {
 
 	// Nothing else anywhere: no row of a tenant its producer may not
 	// write, no duplicate across the whole run.
-	require.Equal(t, uint64(6+20+2), count(t, ch, fmt.Sprintf("SELECT count() FROM %s.events", st.Database)))
+	require.Equal(t, uint64(6+21+2), count(t, ch, fmt.Sprintf("SELECT count() FROM %s.events", st.Database)))
 }
 
 // requireStoredOnce waits until tenant's rows in ClickHouse are exactly
