@@ -20,10 +20,14 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -39,6 +43,7 @@ type benchFlags struct {
 	dir        string
 	cpuProfile string
 	via        string
+	trace      bool
 }
 
 func bench(args []string) error {
@@ -54,6 +59,7 @@ func bench(args []string) error {
 	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
 	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events) or nats (async JetStream publishes to surge.in.bench.bench)")
+	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -75,8 +81,20 @@ func bench(args []string) error {
 		f.dir = d
 	}
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream) in %s\n", f.shards, f.servers, f.dir)
-	st, err := stack.Start(ctx, stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1,
-		Producers: []natsserver.User{benchProducer}})
+	opts := stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1,
+		Producers: []natsserver.User{benchProducer}}
+	tracing := "off"
+	var exported *discardExporter
+	if f.trace {
+		otel.SetTextMapPropagator(propagation.TraceContext{})
+		exported = &discardExporter{}
+		provider := sdktrace.NewTracerProvider(sdktrace.WithSampler(telemetry.DefaultSampler()), sdktrace.WithBatcher(exported))
+		defer func() { _ = provider.Shutdown(context.Background()) }()
+		opts.TracerProvider = provider
+		tracing = "on (" + telemetry.DefaultSampler().Description() + ", spans discarded)"
+	}
+	fmt.Printf("bench: tracing %s\n", tracing)
+	st, err := stack.Start(ctx, opts)
 	if err != nil {
 		return err
 	}
@@ -139,20 +157,34 @@ func bench(args []string) error {
 		return err
 	}
 
+	if exported != nil {
+		tracing = fmt.Sprintf("on at the default sampler, %d spans exported", exported.spans.Load())
+	}
 	fmt.Printf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, tracing %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, tracing, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		tp.accepted, f.events, tp.acceptedIn.Round(time.Millisecond),
 		tp.inserted, f.events, tp.insertedIn.Round(time.Millisecond),
 		rate, lat.p50, lat.p99, lat.max, lat.n,
 		bulk, single, bulk/single)
 	return nil
 }
+
+// discardExporter counts the spans it is given and drops them: the cost
+// of tracing without the cost of a collector on the same two cores.
+type discardExporter struct{ spans atomic.Int64 }
+
+func (e *discardExporter) ExportSpans(_ context.Context, spans []sdktrace.ReadOnlySpan) error {
+	e.spans.Add(int64(len(spans)))
+	return nil
+}
+
+func (e *discardExporter) Shutdown(context.Context) error { return nil }
 
 // generator makes request bodies of pseudo-random events. Bodies are made
 // ahead so the load generator spends little of the machine's CPU; ingest
