@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/tools/stack"
@@ -59,17 +61,25 @@ func up(args []string) error {
 		return err
 	}
 	defer func() { _ = logger.Sync() }()
-	tp, shutdownTracing, err := telemetry.SetupTracing(ctx, "surge-local")
-	if err != nil {
-		return err
+	// One provider per service, as in a deployment, so traces name each
+	// service: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 sends them
+	// to a local Jaeger; unset, tracing is off.
+	providers := map[string]trace.TracerProvider{}
+	for _, name := range []string{"ingest", "partitioner", "batcher", "sink"} {
+		tp, shutdownTracing, err := telemetry.SetupTracing(ctx, "surge-"+name)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = shutdownTracing(context.Background()) }()
+		providers[name] = tp
 	}
-	defer func() { _ = shutdownTracing(context.Background()) }()
 
 	fmt.Println("surge: starting NATS JetStream, ClickHouse and the four services...")
 	started := time.Now()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: *dir, Shards: *shards, ClickHouseServers: *servers,
-		NATSPort: *natsPort, MQTTPort: *mqttPort, HTTPAddr: *httpAddr, Logger: logger, TracerProvider: tp,
+		NATSPort: *natsPort, MQTTPort: *mqttPort, HTTPAddr: *httpAddr, Logger: logger,
+		TracerProviders: func(name string) trace.TracerProvider { return providers[name] },
 	})
 	if err != nil {
 		return err
