@@ -131,7 +131,9 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	require.Equal(t, "no dead letters\n", cli("list"))
 
 	chSQL(t, ch.Servers[0], "ALTER TABLE surge.events_local MODIFY COLUMN user_id UInt64")
+	// One after the other, so dead letter 1 is shard 0's.
 	publish(testBatch(0, 1, 5))
+	require.Eventually(t, func() bool { return dlMsgs() == 1 }, 30*time.Second, 20*time.Millisecond)
 	publish(testBatch(2, 1, 3))
 	require.Eventually(t, func() bool { return dlMsgs() == 2 }, 30*time.Second, 20*time.Millisecond)
 	chSQL(t, ch.Servers[0], "ALTER TABLE surge.events_local MODIFY COLUMN user_id String")
