@@ -6,8 +6,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-
-	"github.com/surge-events/surge/pkg/chserver"
 )
 
 const usage = `Usage: surge <command> [flags]
@@ -16,7 +14,7 @@ Commands:
   up      run the whole stack locally until Ctrl-C
   bench   start a stack, drive load, print throughput and latency
   query   run SQL against the local stack's ClickHouse (events, events_local)
-  setup   install clickhouse-server where it is missing (apt-get, as root)
+  setup   install clickhouse-server and mosquitto-clients where missing (apt-get, as root)
   deadletter list | show SEQ | replay SEQ... | replay --all
           inspect and replay what the pipeline could not process
 
@@ -39,7 +37,7 @@ func main() {
 	case "deadletter":
 		err = deadLetter(os.Args[2:])
 	case "setup":
-		err = chserver.EnsureInstalled(context.Background(), func(format string, a ...any) { fmt.Printf("surge: "+format+"\n", a...) })
+		err = setup(context.Background())
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return
