@@ -61,7 +61,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Failed publish attempts of batches and dead letters, retried, by shard.",
 		}, []string{"shard"}),
 		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "surge_batcher_pending_events",
+			Name: "surge_batcher_consumer_pending",
 			Help: "EVENTS messages of the shard not yet read by the batcher, as of its last read.",
 		}, []string{"shard"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
