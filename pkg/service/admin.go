@@ -85,3 +85,16 @@ func (a *Admin) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Start serves in the background until the returned stop is called; stop
+// returns what Run returned. Services stop the admin server last, so
+// /metrics answers while their last work drains.
+func (a *Admin) Start() (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	return func() error {
+		cancel()
+		return <-done
+	}
+}

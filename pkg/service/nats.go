@@ -81,3 +81,29 @@ func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Log
 		}
 	}
 }
+
+// DrainNATS flushes what nc has buffered (publishes, acks) and closes it,
+// waiting at most timeout before closing it outright. A connection that is
+// already closed or cannot drain while reconnecting is closed: nothing that
+// was promised waits on it.
+func DrainNATS(nc *nats.Conn, timeout time.Duration) error {
+	closed := make(chan struct{})
+	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if nc.IsClosed() {
+		return nil
+	}
+	if err := nc.Drain(); err != nil {
+		nc.Close()
+		if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionReconnecting) {
+			return nil
+		}
+		return fmt.Errorf("drain nats: %w", err)
+	}
+	select {
+	case <-closed:
+		return nil
+	case <-time.After(timeout):
+		nc.Close()
+		return fmt.Errorf("drain nats: not done after %s, closed", timeout)
+	}
+}

@@ -76,12 +76,9 @@ func (s *Service) AdminAddr() string { return s.admin.Addr() }
 // its partial batch and purges EVENTS below it before Run drains the
 // connection and returns.
 func (s *Service) Run(ctx context.Context) (err error) {
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- s.admin.Run(adminCtx) }()
+	stopAdmin := s.admin.Start()
 	defer func() {
-		stopAdmin()
-		if aerr := <-adminDone; aerr != nil && err == nil {
+		if aerr := stopAdmin(); aerr != nil && err == nil {
 			err = aerr
 		}
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -93,9 +90,11 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	defer s.drain(nc, closed)
+	defer func() {
+		if derr := service.DrainNATS(nc, drainTimeout); derr != nil {
+			s.logger.Warn("nats drain", zap.Error(derr))
+		}
+	}()
 
 	if err := streams.Ensure(ctx, js, s.cfg.Streams); err != nil {
 		return err
@@ -132,21 +131,6 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	wg.Wait()
 	return nil
-}
-
-// drain flushes what is buffered and closes the connection.
-func (s *Service) drain(nc *nats.Conn, closed <-chan struct{}) {
-	if err := nc.Drain(); err != nil {
-		s.logger.Warn("nats drain", zap.Error(err))
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(drainTimeout):
-		s.logger.Warn("nats drain timed out")
-		nc.Close()
-	}
 }
 
 // shardLoop batches one shard. It is owned by one goroutine.

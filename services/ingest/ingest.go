@@ -127,12 +127,9 @@ func (s *Service) AdminAddr() string { return s.admin.Addr() }
 // publish, drain NATS, stop the admin server. It returns nil on a clean
 // shutdown.
 func (s *Service) Run(ctx context.Context) (err error) {
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- s.admin.Run(adminCtx) }()
+	stopAdmin := s.admin.Start()
 	defer func() {
-		stopAdmin()
-		if aerr := <-adminDone; aerr != nil && err == nil {
+		if aerr := stopAdmin(); aerr != nil && err == nil {
 			err = aerr
 		}
 	}()
@@ -142,8 +139,6 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		_ = s.ln.Close()
 		return err
 	}
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	// These replace ConnectNATS's handlers, so they log as well.
 	nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
 		s.admin.SetReady(false)
@@ -157,7 +152,7 @@ func (s *Service) Run(ctx context.Context) (err error) {
 		}
 	})
 	defer func() {
-		if derr := s.drainNATS(nc, closed); derr != nil && err == nil {
+		if derr := service.DrainNATS(nc, s.cfg.HTTP.ShutdownTimeout); derr != nil && err == nil {
 			err = derr
 		}
 	}()
@@ -219,28 +214,6 @@ func (s *Service) shutdown(serveDone <-chan error) error {
 	if err != nil {
 		_ = s.srv.Close()
 		return fmt.Errorf("ingest shutdown: %w", err)
-	}
-	return nil
-}
-
-// drainNATS flushes what is published and closes the connection, waiting
-// at most ShutdownTimeout.
-func (s *Service) drainNATS(nc *nats.Conn, closed <-chan struct{}) error {
-	if err := nc.Drain(); err != nil {
-		// Disconnected or reconnecting: nothing is waiting for an ack that
-		// a client was promised, so closing loses nothing.
-		nc.Close()
-		<-closed
-		if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrConnectionReconnecting) {
-			return nil
-		}
-		return fmt.Errorf("drain nats: %w", err)
-	}
-	select {
-	case <-closed:
-	case <-time.After(s.cfg.HTTP.ShutdownTimeout):
-		nc.Close()
-		<-closed
 	}
 	return nil
 }

@@ -77,12 +77,9 @@ func (s *Service) AdminAddr() string { return s.admin.Addr() }
 // Run partitions until ctx ends, then stops fetching, settles every
 // fetched message (PubAcks awaited, acks sent) and drains the connection.
 func (s *Service) Run(ctx context.Context) (err error) {
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- s.admin.Run(adminCtx) }()
+	stopAdmin := s.admin.Start()
 	defer func() {
-		stopAdmin()
-		if aerr := <-adminDone; aerr != nil && err == nil {
+		if aerr := stopAdmin(); aerr != nil && err == nil {
 			err = aerr
 		}
 		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -94,9 +91,11 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return err
 	}
-	closed := make(chan struct{})
-	nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
-	defer s.drain(nc, closed)
+	defer func() {
+		if derr := service.DrainNATS(nc, drainTimeout); derr != nil {
+			s.logger.Warn("nats drain", zap.Error(derr))
+		}
+	}()
 
 	js, err := jetstream.New(nc,
 		jetstream.WithPublishAsyncMaxPending(s.cfg.MaxPublishPending),
@@ -132,21 +131,6 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	}
 	wg.Wait()
 	return nil
-}
-
-// drain flushes what is buffered (acks included) and closes the connection.
-func (s *Service) drain(nc *nats.Conn, closed <-chan struct{}) {
-	if err := nc.Drain(); err != nil {
-		s.logger.Warn("nats drain", zap.Error(err))
-		nc.Close()
-		return
-	}
-	select {
-	case <-closed:
-	case <-time.After(drainTimeout):
-		s.logger.Warn("nats drain timed out")
-		nc.Close()
-	}
 }
 
 // pollLag reads the consumer's pending counts every InfoInterval.

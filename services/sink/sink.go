@@ -2,13 +2,11 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
@@ -80,12 +78,9 @@ func (s *Service) AdminAddr() string { return s.admin.Addr() }
 func (s *Service) Run(ctx context.Context) (err error) {
 	// The admin server outlives ctx until the drain is over, so /metrics
 	// answers while the last batches land.
-	adminCtx, stopAdmin := context.WithCancel(context.Background())
-	adminDone := make(chan error, 1)
-	go func() { adminDone <- s.admin.Run(adminCtx) }()
+	stopAdmin := s.admin.Start()
 	defer func() {
-		stopAdmin()
-		if aerr := <-adminDone; aerr != nil && err == nil {
+		if aerr := stopAdmin(); aerr != nil && err == nil {
 			err = aerr
 		}
 	}()
@@ -104,7 +99,11 @@ func (s *Service) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer closeNATS(nc, s.log)
+	defer func() {
+		if derr := service.DrainNATS(nc, 10*time.Second); derr != nil {
+			s.log.Warn("nats drain", zap.Error(derr))
+		}
+	}()
 	if err := streams.Ensure(ctx, js, s.cfg.Streams); err != nil {
 		return err
 	}
@@ -209,14 +208,6 @@ func (s *Service) pollPending(ctx context.Context, loops []*shardLoop) {
 		case <-t.C:
 		}
 	}
-}
-
-// closeNATS flushes what was sent (acks, terms) and closes the connection.
-func closeNATS(nc *nats.Conn, log *zap.Logger) {
-	if err := nc.FlushTimeout(2 * time.Second); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
-		log.Warn("flush nats", zap.Error(err))
-	}
-	nc.Close()
 }
 
 // backoff is the wait before retry attempt (1-based): Initial doubling up
