@@ -96,7 +96,7 @@ func TestChaos(t *testing.T) {
 		t.Skip("chaos test skipped in -short mode")
 	}
 	if _, err := os.Stat(chserver.Binary); err != nil {
-		t.Skipf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
+		t.Fatalf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
 	}
 	cfg := loadSettings(t)
 	t.Logf("chaos: seed %d (replay with SURGE_CHAOS_SEED=%d), %d events over %s", cfg.seed, cfg.seed, cfg.events, cfg.duration)
