@@ -436,8 +436,8 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 		return err
 	}
 	l.s.m.publishDuration.Observe(time.Since(start).Seconds())
-	l.s.m.batchRows.Observe(float64(b.Len()))
-	l.s.m.batchBytes.Observe(float64(len(data)))
+	l.m.batchRows.Observe(float64(b.Len()))
+	l.m.batchBytes.Observe(float64(len(data)))
 	l.m.batches.Inc()
 	l.m.rows.Add(float64(b.Len()))
 	l.m.cuts[c.reason].Inc()

@@ -17,8 +17,8 @@ const (
 type metrics struct {
 	batches         *prometheus.CounterVec
 	rows            *prometheus.CounterVec
-	batchRows       prometheus.Histogram
-	batchBytes      prometheus.Histogram
+	batchRows       *prometheus.HistogramVec
+	batchBytes      *prometheus.HistogramVec
 	cuts            *prometheus.CounterVec
 	publishDuration prometheus.Histogram
 	publishRetries  *prometheus.CounterVec
@@ -37,16 +37,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_batcher_rows_total",
 			Help: "Rows published in batches, by shard.",
 		}, []string{"shard"}),
-		batchRows: prometheus.NewHistogram(prometheus.HistogramOpts{
+		batchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_batcher_batch_rows",
-			Help:    "Rows per published batch.",
+			Help:    "Rows per published batch, by shard.",
 			Buckets: prometheus.ExponentialBuckets(10, 2, 14),
-		}),
-		batchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, []string{"shard"}),
+		batchBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_batcher_batch_bytes",
-			Help:    "Encoded bytes per published batch.",
+			Help:    "Encoded bytes per published batch, by shard.",
 			Buckets: prometheus.ExponentialBuckets(1024, 2, 14),
-		}),
+		}, []string{"shard"}),
 		cuts: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_batcher_cut_total",
 			Help: "Batches cut, by shard and reason (rows, bytes, age, shutdown).",
@@ -83,6 +83,7 @@ type shardMetrics struct {
 	batches, rows, retries, deadLetters, purgeFailures prometheus.Counter
 	cuts                                               map[string]prometheus.Counter
 	pending                                            prometheus.Gauge
+	batchRows, batchBytes                              prometheus.Observer
 }
 
 func (m *metrics) forShard(k int) shardMetrics {
@@ -94,6 +95,8 @@ func (m *metrics) forShard(k int) shardMetrics {
 		deadLetters:   m.deadLetters.WithLabelValues(label),
 		purgeFailures: m.purgeFailures.WithLabelValues(label),
 		pending:       m.pending.WithLabelValues(label),
+		batchRows:     m.batchRows.WithLabelValues(label),
+		batchBytes:    m.batchBytes.WithLabelValues(label),
 		cuts:          make(map[string]prometheus.Counter),
 	}
 	for _, r := range []string{cutRows, cutBytes, cutAge, cutShutdown} {

@@ -17,8 +17,8 @@ type metrics struct {
 	batches        *prometheus.CounterVec
 	rows           *prometheus.CounterVec
 	insertDuration *prometheus.HistogramVec
-	batchRows      prometheus.Histogram
-	batchBytes     prometheus.Histogram
+	batchRows      *prometheus.HistogramVec
+	batchBytes     *prometheus.HistogramVec
 	retries        *prometheus.CounterVec
 	deadLetters    *prometheus.CounterVec
 	watermark      *prometheus.GaugeVec
@@ -42,16 +42,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Duration of successful batch inserts, by shard.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"shard"}),
-		batchRows: prometheus.NewHistogram(prometheus.HistogramOpts{
+		batchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_rows",
-			Help:    "Rows per batch received.",
+			Help:    "Rows per batch received, by shard.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
-		}),
-		batchBytes: prometheus.NewHistogram(prometheus.HistogramOpts{
+		}, []string{"shard"}),
+		batchBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_bytes",
-			Help:    "Encoded bytes per batch received.",
+			Help:    "Encoded bytes per batch received, by shard.",
 			Buckets: prometheus.ExponentialBuckets(256, 4, 10),
-		}),
+		}, []string{"shard"}),
 		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_retries_total",
 			Help: "Transient failures retried, by shard.",

@@ -77,7 +77,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	work := context.WithoutCancel(ctx)
 	work = telemetry.Extract(work, msg.Headers())
 	id := msg.Headers().Get(streams.HeaderBatchID)
-	m.batchBytes.Observe(float64(len(msg.Data())))
+	m.batchBytes.WithLabelValues(l.label).Observe(float64(len(msg.Data())))
 
 	b, err := batch.Decode(msg.Data())
 	if err == nil && b.Shard != l.k {
@@ -90,7 +90,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	if id == "" {
 		id = b.ID()
 	}
-	m.batchRows.Observe(float64(b.Len()))
+	m.batchRows.WithLabelValues(l.label).Observe(float64(b.Len()))
 
 	work, span := l.s.tracer.Start(work, "sink insert",
 		trace.WithSpanKind(trace.SpanKindClient),
