@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -131,11 +132,13 @@ func bench(args []string) error {
 		}
 	}
 	var tp throughputResult
+	heap := watchHeap()
 	if f.via == "nats" {
 		tp, err = throughputNATS(ctx, st, gen, f)
 	} else {
 		tp, err = throughput(ctx, st, gen, f)
 	}
+	peakHeap := heap()
 	if f.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -167,12 +170,41 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
+  peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
 `, f.shards, f.servers, f.clients, f.perRequest, f.via, tracing, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		tp.accepted, f.events, tp.acceptedIn.Round(time.Millisecond),
 		tp.inserted, f.events, tp.insertedIn.Round(time.Millisecond),
 		rate, lat.p50, lat.p99, lat.max, lat.n,
-		bulk, single, bulk/single)
+		bulk, single, bulk/single, float64(peakHeap)/(1<<20))
 	return nil
+}
+
+// watchHeap samples the Go heap in use every 100 ms until the returned
+// function is called, which returns the peak: what bounded queues and
+// in-flight limits keep flat however hard the load pushes.
+func watchHeap() (stop func() uint64) {
+	done := make(chan struct{})
+	peak := make(chan uint64, 1)
+	go func() {
+		var top uint64
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			top = max(top, ms.HeapInuse)
+			select {
+			case <-done:
+				peak <- top
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return func() uint64 {
+		close(done)
+		return <-peak
+	}
 }
 
 // discardExporter counts the spans it is given and drops them: the cost
