@@ -43,6 +43,7 @@ type benchFlags struct {
 	servers    int
 	dir        string
 	cpuProfile string
+	memProfile string
 	via        string
 	trace      bool
 }
@@ -61,6 +62,7 @@ func bench(args []string) error {
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
 	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events) or nats (async JetStream publishes to surge.in.bench.bench)")
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
+	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -139,6 +141,11 @@ func bench(args []string) error {
 		tp, err = throughput(ctx, st, gen, f)
 	}
 	peakHeap := heap()
+	if f.memProfile != "" {
+		if perr := writeHeapProfile(f.memProfile); perr != nil {
+			return perr
+		}
+	}
 	if f.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
@@ -488,4 +495,13 @@ func clickhouseReference(ctx context.Context, ch driver.Conn, db string) (bulk, 
 	}
 	single = float64(n) / time.Since(start).Seconds()
 	return bulk, single, nil
+}
+
+func writeHeapProfile(path string) error {
+	pf, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer pf.Close()
+	return pprof.Lookup("heap").WriteTo(pf, 0)
 }
