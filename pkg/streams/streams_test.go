@@ -9,14 +9,12 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
 func TestEnsureIsIdempotentAndUpdates(t *testing.T) {
-	s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	s := natstest.Start(t)
 	nc, err := nats.Connect(s.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -29,6 +28,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -38,30 +38,6 @@ func TestMain(m *testing.M) {
 	// Trace context must cross NATS headers in these tests.
 	otel.SetTextMapPropagator(propagation.TraceContext{})
 	goleak.VerifyTestMain(m)
-}
-
-func startNATS(t *testing.T) *server.Server {
-	t.Helper()
-	s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s
-}
-
-func connect(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
-	return js
 }
 
 func testConfig(url string, shards int, p batch.Policy) Config {
@@ -244,8 +220,8 @@ func counter(v *prometheus.CounterVec, k int) int {
 }
 
 func TestBatchesCoverEveryMessageOnce(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	const shards = 4
 	owned := []int{0, 1, 3}
 	want := make(map[int][]published)
@@ -273,8 +249,8 @@ func TestBatchesCoverEveryMessageOnce(t *testing.T) {
 }
 
 func TestCutsByBytesBeforeAMessageThatDoesNotFit(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	// Each message is 8 events of 48 bytes (Size): 384 bytes. Two fit
 	// in 1024 bytes, the third does not and starts the next batch.
 	want := publishEvents(t, js, 0, 8, 8, nil)
@@ -294,8 +270,8 @@ func TestCutsByBytesBeforeAMessageThatDoesNotFit(t *testing.T) {
 }
 
 func TestRestartResumesAfterTheLastBatch(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: time.Hour})
 
 	want := publishEvents(t, js, 0, 23, 10, nil)
@@ -317,8 +293,8 @@ func TestRestartResumesAfterTheLastBatch(t *testing.T) {
 }
 
 func TestRestartAfterBatchesWereConsumed(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: time.Hour})
 
 	publishEvents(t, js, 0, 10, 10, nil)
@@ -357,7 +333,7 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 		ns.WaitForShutdown()
 	})
 	url := ns.ClientURL()
-	js := connect(t, url)
+	js := natstest.JetStream(t, url)
 	cfg := testConfig(url, 2, batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Hour})
 	cfg.PurgeDelay = 2 * time.Second
 
@@ -415,8 +391,8 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 }
 
 func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	want := publishEvents(t, js, 0, 3, 5, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -444,8 +420,8 @@ func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
 }
 
 func TestBatchSpanLinksItsMessages(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
 	t.Cleanup(func() { require.NoError(t, tp.Shutdown(context.Background())) })
@@ -509,8 +485,8 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 // sampled message's span, linking only sampled messages; a batch of only
 // unsampled messages records nothing and passes the unsampled flag on.
 func TestBatchSpanFollowsSampling(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)) // parent-based always-on
 	t.Cleanup(func() { require.NoError(t, tp.Shutdown(context.Background())) })

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +19,7 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -31,30 +30,6 @@ func TestMain(m *testing.M) {
 }
 
 const testShards = 8
-
-func startNATS(t *testing.T) *server.Server {
-	t.Helper()
-	s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	return s
-}
-
-func connect(t *testing.T, url string) jetstream.JetStream {
-	t.Helper()
-	nc, err := nats.Connect(url)
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
-	return js
-}
 
 func testConfig(url string) Config {
 	cfg := DefaultConfig()
@@ -240,8 +215,8 @@ func messagesMetric(s *Service, outcome string) int {
 }
 
 func TestPartitionsEveryEventOnce(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	inputs := publishInputs(t, js, 60, 250)
 
 	p := start(t, testConfig(ns.ClientURL()))
@@ -262,8 +237,8 @@ func TestPartitionsEveryEventOnce(t *testing.T) {
 }
 
 func TestRepublishedGroupsAreDropped(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	inputs := publishInputs(t, js, 5, 100)
 
 	// A partitioner that published some groups of the first input and
@@ -300,8 +275,8 @@ func TestRepublishedGroupsAreDropped(t *testing.T) {
 }
 
 func TestFailedPublishIsRetriedWithoutDuplicates(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
 	p := start(t, cfg)
 
@@ -338,8 +313,8 @@ func TestFailedPublishIsRetriedWithoutDuplicates(t *testing.T) {
 }
 
 func TestCorruptInputIsDeadLettered(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	garbage := []byte("this is not an event list")
@@ -369,8 +344,8 @@ func TestCorruptInputIsDeadLettered(t *testing.T) {
 }
 
 func TestInstancesShareTheConsumer(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
 	cfg.FetchBatch = 8 // small fetches, so both instances get work
 	cfg.Workers = 1

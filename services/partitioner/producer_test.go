@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -47,8 +48,8 @@ func readDeadLetters(t *testing.T, js jetstream.JetStream) []deadLetter {
 // and invalid events mixed in one message, in every accepted shape, and
 // a message that is not JSON at all.
 func TestProducerMessages(t *testing.T) {
-	ns := startNATS(t)
-	js := connect(t, ns.ClientURL())
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 

@@ -29,7 +29,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -57,12 +57,7 @@ func newEnv(t *testing.T) *testEnv {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		ns.Shutdown()
-		ns.WaitForShutdown()
-	})
+	ns := natstest.Start(t)
 	nc, err := nats.Connect(ns.ClientURL())
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
