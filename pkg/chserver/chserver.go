@@ -90,6 +90,12 @@ func (c *Cluster) Addrs() []string {
 // StartCluster writes the configuration of n servers under dir, on free
 // loopback ports, and starts them all.
 func StartCluster(ctx context.Context, dir string, n int) (*Cluster, error) {
+	// The servers run in their own folders, so a relative dir would point
+	// elsewhere from there.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("clickhouse dir: %w", err)
+	}
 	c := &Cluster{Name: DefaultCluster}
 	ports, err := FreePorts(3 * n)
 	if err != nil {

@@ -28,7 +28,10 @@ func TestLocalStackCommand(t *testing.T) {
 
 	dir := t.TempDir()
 	httpAddr := freeAddr(t)
-	up := exec.Command(bin, "up", "--dir", filepath.Join(dir, "data"), "--http", httpAddr, "--nats-port", "-1", "--mqtt-port", "-1")
+	// Run from a project folder with the default data folder (.surge,
+	// relative), as the README's `go tool task up` does.
+	up := exec.Command(bin, "up", "--http", httpAddr, "--nats-port", "-1", "--mqtt-port", "-1")
+	up.Dir = dir
 	stdout, err := up.StdoutPipe()
 	require.NoError(t, err)
 	up.Stderr = os.Stderr
@@ -57,7 +60,8 @@ func TestLocalStackCommand(t *testing.T) {
 	require.JSONEq(t, `{"accepted":1}`, string(answer))
 
 	require.Eventually(t, func() bool {
-		q := exec.Command(bin, "query", "--dir", filepath.Join(dir, "data"), "SELECT type, user_id, count() FROM surge.events GROUP BY type, user_id")
+		q := exec.Command(bin, "query", "SELECT type, user_id, count() FROM surge.events GROUP BY type, user_id")
+		q.Dir = dir
 		out, err := q.CombinedOutput()
 		return err == nil && strings.Contains(string(out), "page_view") && strings.Contains(string(out), "u1")
 	}, 30*time.Second, 200*time.Millisecond)
