@@ -142,7 +142,9 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	// These replace ConnectNATS's handlers, so they log as well.
 	nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
 		s.admin.SetReady(false)
-		s.logger.Warn("nats disconnected", zap.Error(err))
+		if err != nil { // nil when the connection is closed on purpose
+			s.logger.Warn("nats disconnected", zap.Error(err))
+		}
 	})
 	nc.SetReconnectHandler(func(nc *nats.Conn) {
 		s.logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
