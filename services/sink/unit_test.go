@@ -24,7 +24,7 @@ func TestDefaultConfigIsValid(t *testing.T) {
 func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	cfg := DefaultConfig()
 	cfg.NATS.URL = ""
-	cfg.ClickHouse.Addrs = []string{"127.0.0.1:9000", "no-port"}
+	cfg.ClickHouse.Addrs = []string{"clickhouse-0:9000", "no-port"}
 	cfg.ClickHouse.Database = "surge; DROP"
 	cfg.ClickHouse.InsertTimeout = 0
 	cfg.ClickHouse.ShardServers = []int{0, 1, 5}

@@ -296,19 +296,25 @@ func throughput(ctx context.Context, st *stack.Stack, gen *generator, f benchFla
 		}()
 	}
 	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		fmt.Printf("bench: %d requests were refused under pressure and resent\n", n)
+	}
+	return awaitInserted(ctx, st, start, base, requests*f.perRequest)
+}
+
+// awaitInserted waits, once every event of the throughput phase started
+// at start was accepted, until the sink has inserted them all on top of
+// base, and turns both moments into rates.
+func awaitInserted(ctx context.Context, st *stack.Stack, start time.Time, base float64, events int) (throughputResult, error) {
 	acceptedIn := time.Since(start)
-	want := base + float64(requests*f.perRequest)
-	for st.Inserted() < want {
+	for st.Inserted() < base+float64(events) {
 		if ctx.Err() != nil {
 			return throughputResult{}, ctx.Err()
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	insertedIn := time.Since(start)
-	if n := failed.Load(); n > 0 {
-		fmt.Printf("bench: %d requests were refused under pressure and resent\n", n)
-	}
-	total := float64(requests * f.perRequest)
+	total := float64(events)
 	return throughputResult{
 		accepted: total / acceptedIn.Seconds(), acceptedIn: acceptedIn,
 		inserted: total / insertedIn.Seconds(), insertedIn: insertedIn,

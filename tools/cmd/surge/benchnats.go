@@ -117,21 +117,8 @@ func throughputNATS(ctx context.Context, st *stack.Stack, gen *generator, f benc
 		})
 	}
 	wg.Wait()
-	acceptedIn := time.Since(start)
-	want := base + float64(requests*f.perRequest)
-	for st.Inserted() < want {
-		if ctx.Err() != nil {
-			return throughputResult{}, ctx.Err()
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	insertedIn := time.Since(start)
 	if n := failed.Load(); n > 0 {
 		fmt.Printf("bench: %d publishes were refused under pressure and resent\n", n)
 	}
-	total := float64(requests * f.perRequest)
-	return throughputResult{
-		accepted: total / acceptedIn.Seconds(), acceptedIn: acceptedIn,
-		inserted: total / insertedIn.Seconds(), insertedIn: insertedIn,
-	}, nil
+	return awaitInserted(ctx, st, start, base, requests*f.perRequest)
 }
