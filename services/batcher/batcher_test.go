@@ -27,11 +27,11 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver"
-	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 )
 
 func TestMain(m *testing.M) {

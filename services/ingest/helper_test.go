@@ -23,9 +23,9 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 )
 
 // harness is one ingest service in front of one embedded JetStream server.

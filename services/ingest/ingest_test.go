@@ -22,8 +22,8 @@ import (
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 )
 
 func TestAcceptsValidRequests(t *testing.T) {

@@ -19,10 +19,10 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 )
 
 func TestMain(m *testing.M) {

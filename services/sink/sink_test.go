@@ -27,12 +27,12 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/batch"
-	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/natsserver/natstest"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 	"github.com/surge-events/surge/services/sink"
 )
 

@@ -36,8 +36,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 )
 
 const (

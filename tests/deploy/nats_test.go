@@ -7,7 +7,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/stretchr/testify/require"
 
-	"github.com/surge-events/surge/pkg/natsserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 )
 
 // TestNATSClusterConfig reads deployments/nats/cluster.conf with

@@ -20,8 +20,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/batch"
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 

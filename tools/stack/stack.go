@@ -19,9 +19,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
-	"github.com/surge-events/surge/pkg/chserver"
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/services/batcher"
 	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/services/partitioner"

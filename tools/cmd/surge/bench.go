@@ -26,9 +26,9 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	"github.com/surge-events/surge/pkg/batch"
-	"github.com/surge-events/surge/pkg/chserver"
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/telemetry"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 

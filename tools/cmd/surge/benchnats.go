@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 

@@ -6,7 +6,7 @@ import (
 	"os"
 	"os/exec"
 
-	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 )
 
 // setup installs what the tests need and Go cannot fetch: clickhouse-server

@@ -13,8 +13,8 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/surge-events/surge/pkg/chserver"
 	"github.com/surge-events/surge/pkg/telemetry"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 

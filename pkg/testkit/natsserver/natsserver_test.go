@@ -9,8 +9,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
-	"github.com/surge-events/surge/pkg/natsserver"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 )
 
 // connect logs in as user and collects the asynchronous errors the server

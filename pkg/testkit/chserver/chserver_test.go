@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/surge-events/surge/pkg/chserver"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
