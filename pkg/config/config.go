@@ -99,6 +99,11 @@ func walk(v reflect.Value, prefix string, visit func(string, reflect.Value)) {
 	t := v.Type()
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
+		if f.Anonymous && f.Type.Kind() == reflect.Struct {
+			// An embedded struct (yaml ",inline") shares its parent's prefix.
+			walk(v.Field(i), prefix, visit)
+			continue
+		}
 		tag := f.Tag.Get("env")
 		if tag == "" || tag == "-" || !f.IsExported() {
 			continue
@@ -188,14 +193,19 @@ func splitList(s string) []string {
 }
 
 // Section prefixes every error of err with the section name, so a joined
-// Validate() error says where each problem is.
+// Validate() error says where each problem is. Each error keeps its chain:
+// errors.Is and errors.As see through Section.
 func Section(name string, err error) error {
 	if err == nil {
 		return nil
 	}
+	joined, ok := err.(interface{ Unwrap() []error })
+	if !ok {
+		return fmt.Errorf("%s: %w", name, err)
+	}
 	var out []error
-	for _, line := range strings.Split(err.Error(), "\n") {
-		out = append(out, fmt.Errorf("%s: %s", name, line))
+	for _, e := range joined.Unwrap() {
+		out = append(out, Section(name, e))
 	}
 	return errors.Join(out...)
 }

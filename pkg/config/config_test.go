@@ -3,8 +3,10 @@ package config
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -87,4 +89,28 @@ func TestSectionPrefixesEachProblem(t *testing.T) {
 	err := Section("nats", errors.Join(errors.New("url is required"), errors.New("timeout must be positive")))
 	require.EqualError(t, err, "nats: url is required\nnats: timeout must be positive")
 	require.NoError(t, Section("nats", nil))
+}
+
+func TestSectionKeepsErrorChains(t *testing.T) {
+	errURL := errors.New("url is required")
+	inner := Section("nats", errors.Join(errURL, fmt.Errorf("port: %w", strconv.ErrRange)))
+	err := Section("sink", errors.Join(inner, errors.New("shards: bad")))
+	require.ErrorIs(t, err, errURL)
+	require.ErrorIs(t, err, strconv.ErrRange)
+	require.Equal(t, "sink: nats: url is required\nsink: nats: port: value out of range\nsink: shards: bad", err.Error())
+}
+
+func TestEmbeddedStructSharesPrefix(t *testing.T) {
+	type Inner struct {
+		Shards int `env:"SHARDS"`
+	}
+	type Cfg struct {
+		Inner `yaml:",inline"`
+		Name  string `env:"NAME"`
+	}
+	var c Cfg
+	env := map[string]string{"SURGE_SHARDS": "4", "SURGE_NAME": "x"}
+	require.NoError(t, ApplyEnv(&c, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
+	require.Equal(t, 4, c.Shards)
+	require.Equal(t, "x", c.Name)
 }

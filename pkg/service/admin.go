@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync/atomic"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -30,11 +32,18 @@ func (c AdminConfig) Validate() error {
 
 // Admin serves /healthz (the process runs), /readyz (the service can do
 // its work) and /metrics.
+//
+// Readiness is a set of named checks, each failing with a reason: the
+// service is ready when none fails, and /readyz names every one that does
+// ("nats: disconnected"), so an operator reads why without the logs.
 type Admin struct {
 	ln     net.Listener
 	srv    *http.Server
-	ready  atomic.Bool
 	logger *zap.Logger
+
+	mu sync.Mutex
+	// failing maps a check to the reason it fails.
+	failing map[string]string
 }
 
 // NewAdmin listens on addr; the caller runs it with Run.
@@ -43,14 +52,14 @@ func NewAdmin(addr string, reg *prometheus.Registry, logger *zap.Logger) (*Admin
 	if err != nil {
 		return nil, fmt.Errorf("admin listen: %w", err)
 	}
-	a := &Admin{ln: ln, logger: logger}
+	a := &Admin{ln: ln, logger: logger, failing: map[string]string{CheckStarting: "starting"}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !a.ready.Load() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if reasons := a.NotReadyReasons(); len(reasons) > 0 {
+			http.Error(w, "not ready: "+strings.Join(reasons, "; "), http.StatusServiceUnavailable)
 			return
 		}
 		_, _ = w.Write([]byte("ready\n"))
@@ -63,8 +72,46 @@ func NewAdmin(addr string, reg *prometheus.Registry, logger *zap.Logger) (*Admin
 // Addr is the address the server listens on.
 func (a *Admin) Addr() string { return a.ln.Addr().String() }
 
-// SetReady sets what /readyz answers.
-func (a *Admin) SetReady(ready bool) { a.ready.Store(ready) }
+// CheckStarting fails from NewAdmin until the service's start-up is done,
+// and again once it stops.
+const CheckStarting = "lifecycle"
+
+// NotReady makes /readyz fail with reason under the named check, until
+// Ready(check).
+func (a *Admin) NotReady(check, reason string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.failing[check] = reason
+}
+
+// Ready clears the named check.
+func (a *Admin) Ready(check string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	delete(a.failing, check)
+}
+
+// NotReadyReasons lists the failing checks as "check: reason", sorted;
+// empty when the service is ready.
+func (a *Admin) NotReadyReasons() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := make([]string, 0, len(a.failing))
+	for check, reason := range a.failing {
+		out = append(out, check+": "+reason)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// Close releases the listener of an admin server that never ran; after
+// Run it does nothing.
+func (a *Admin) Close() error {
+	if err := a.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("admin close: %w", err)
+	}
+	return nil
+}
 
 // Run serves until ctx ends.
 func (a *Admin) Run(ctx context.Context) error {

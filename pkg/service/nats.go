@@ -7,8 +7,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/retry"
 )
 
 // NATSConfig says how to reach NATS.
@@ -41,7 +42,8 @@ func (c NATSConfig) Validate() error {
 
 // ConnectNATS connects, retrying until ConnectTimeout, and reconnects
 // forever afterwards: a NATS restart pauses a service, it does not end it.
-func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Logger) (*nats.Conn, jetstream.JetStream, error) {
+// Options in extra come last, so their handlers replace the logging ones.
+func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	opts := []nats.Option{
 		nats.Name(name),
 		nats.MaxReconnects(-1),
@@ -59,28 +61,25 @@ func ConnectNATS(ctx context.Context, c NATSConfig, name string, logger *zap.Log
 	if c.User != "" {
 		opts = append(opts, nats.UserInfo(c.User, c.Password))
 	}
-	deadline := time.Now().Add(c.ConnectTimeout)
-	for {
-		nc, err := nats.Connect(c.URL, opts...)
-		if err == nil {
-			js, err := jetstream.New(nc)
-			if err != nil {
-				nc.Close()
-				return nil, nil, fmt.Errorf("jetstream: %w", err)
-			}
-			return nc, js, nil
-		}
-		if time.Now().After(deadline) {
-			return nil, nil, fmt.Errorf("connect to nats %s: %w", c.URL, err)
-		}
+	opts = append(opts, extra...)
+	cctx, cancel := context.WithTimeout(ctx, c.ConnectTimeout)
+	defer cancel()
+	var nc *nats.Conn
+	err := retry.Do(cctx, connectRetry, func() error {
+		var err error
+		nc, err = nats.Connect(c.URL, opts...)
+		return err
+	}, func(_ int, err error, _ time.Duration) {
 		logger.Info("waiting for nats", zap.String("url", c.URL), zap.Error(err))
-		select {
-		case <-ctx.Done():
-			return nil, nil, fmt.Errorf("connect to nats: %w", ctx.Err())
-		case <-time.After(500 * time.Millisecond):
-		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("connect to nats %s: %w", c.URL, err)
 	}
+	return nc, nil
 }
+
+// connectRetry paces the attempts to reach NATS at start-up.
+var connectRetry = retry.Config{Initial: 250 * time.Millisecond, Max: 2 * time.Second, Multiplier: 2, RandomizationFactor: 0.2}
 
 // DrainNATS flushes what nc has buffered (publishes, acks) and closes it,
 // waiting at most timeout before closing it outright. A connection that is
