@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -39,6 +40,10 @@ type Config struct {
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
 	// InfoInterval is how often consumer lag is read for the metrics.
 	InfoInterval time.Duration `yaml:"info_interval" env:"INFO_INTERVAL"`
+	// Retry paces the fetches after a failed one (per worker) and the
+	// redelivery of an INGEST message whose publishes failed: the NAK
+	// delay grows with its deliveries.
+	Retry retry.Config `yaml:"retry" env:"RETRY"`
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
 	Producers ProducerLimits `yaml:"producers" env:"PRODUCERS"`
@@ -71,6 +76,7 @@ func DefaultConfig() Config {
 		MaxPublishPending: 4096,
 		PublishTimeout:    10 * time.Second,
 		InfoInterval:      5 * time.Second,
+		Retry:             retry.DefaultConfig(30 * time.Second),
 		Producers:         ProducerLimits{MaxEvents: 10000, MaxEventBytes: 64 << 10},
 	}
 }
@@ -85,6 +91,7 @@ func (c Config) Validate() error {
 		config.Section("streams", c.Streams.Validate()),
 		config.Section("log", c.Log.Validate()),
 		config.Section("admin", c.Admin.Validate()),
+		config.Section("retry", c.Retry.Validate()),
 	}
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.Shards < 1 || c.Shards > 65535 {

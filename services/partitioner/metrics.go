@@ -4,6 +4,7 @@ import (
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Outcomes of an INGEST message, the label of surge_partitioner_messages_total.
@@ -24,34 +25,35 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, shards int) *metrics {
+	f := promauto.With(reg)
 	m := &metrics{
-		messages: prometheus.NewCounterVec(prometheus.CounterOpts{
+		messages: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_partitioner_messages_total",
 			Help: "INGEST messages handled, by outcome (acked, naked, dead_letter).",
 		}, []string{"outcome"}),
-		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		publishDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_partitioner_publish_duration_seconds",
 			Help:    "Time from publishing an INGEST message's shard groups to their last PubAck.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
 		}),
-		consumerPending: prometheus.NewGauge(prometheus.GaugeOpts{
+		consumerPending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_partitioner_consumer_pending",
 			Help: "INGEST messages not yet delivered to the partitioner consumer.",
 		}),
-		ackPending: prometheus.NewGauge(prometheus.GaugeOpts{
+		ackPending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_partitioner_consumer_ack_pending",
 			Help: "INGEST messages delivered to the partitioner consumer and not yet acked.",
 		}),
-		deadLetters: prometheus.NewCounter(prometheus.CounterOpts{
+		deadLetters: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",
 			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON).",
 		}),
-		invalid: prometheus.NewCounter(prometheus.CounterOpts{
+		invalid: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_events_invalid_total",
 			Help: "Events of NATS and MQTT producers that failed validation, each published to DEAD_LETTER with its reasons.",
 		}),
 	}
-	eventsVec := prometheus.NewCounterVec(prometheus.CounterOpts{
+	eventsVec := f.NewCounterVec(prometheus.CounterOpts{
 		Name: "surge_partitioner_events_total",
 		Help: "Events published to EVENTS and acked, by shard.",
 	}, []string{"shard"})
@@ -62,6 +64,5 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 	for _, o := range []string{outcomeAcked, outcomeNaked, outcomeDeadLetter} {
 		m.messages.WithLabelValues(o)
 	}
-	reg.MustRegister(m.messages, eventsVec, m.publishDuration, m.consumerPending, m.ackPending, m.deadLetters, m.invalid)
 	return m
 }

@@ -5,7 +5,7 @@
 // INGEST holds two kinds of message: ingest's encoded requests
 // (ingest.<tenant>) and the JSON that NATS and MQTT producers publish
 // straight to surge.in.<tenant>.<anything>, which the partitioner
-// validates itself (see produced).
+// validates itself (see parseProducerMessage).
 //
 // Every partitioner process pulls from one shared durable consumer, so
 // adding processes adds throughput. A redelivered request republishes the
@@ -28,6 +28,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -37,15 +38,12 @@ import (
 // ConsumerName is the durable INGEST consumer every partitioner shares.
 const ConsumerName = "partitioner"
 
-// drainTimeout bounds the wait for the NATS connection to flush at shutdown.
-const drainTimeout = 10 * time.Second
-
-// Service is a running partitioner.
+// Service is a partitioner.
 type Service struct {
 	cfg    Config
+	host   *service.Host
 	logger *zap.Logger
 	tracer trace.Tracer
-	admin  *service.Admin
 	m      *metrics
 	// parser validates the JSON of NATS and MQTT producers.
 	parser *event.Parser
@@ -57,56 +55,43 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("partitioner config: %w", err)
 	}
-	admin, err := service.NewAdmin(cfg.Admin.Addr, deps.Registry, deps.Logger)
+	host, err := service.NewHost(service.Spec{
+		Name:    "partitioner",
+		NATS:    cfg.NATS,
+		Streams: cfg.Streams,
+		Admin:   cfg.Admin,
+		JetStream: []jetstream.JetStreamOpt{
+			jetstream.WithPublishAsyncMaxPending(cfg.MaxPublishPending),
+			jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),
+		},
+	}, deps)
 	if err != nil {
 		return nil, err
 	}
 	return &Service{
 		cfg:    cfg,
-		logger: deps.Logger,
-		tracer: deps.TracerProvider.Tracer("github.com/surge-events/surge/services/partitioner"),
-		admin:  admin,
-		m:      newMetrics(deps.Registry, cfg.Shards),
+		host:   host,
+		logger: host.Logger,
+		tracer: host.Tracer,
+		m:      newMetrics(host.Registry, cfg.Shards),
 		parser: &event.Parser{Limits: event.Limits{MaxEvents: cfg.Producers.MaxEvents, MaxEventBytes: cfg.Producers.MaxEventBytes}},
 	}, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
-func (s *Service) AdminAddr() string { return s.admin.Addr() }
+func (s *Service) AdminAddr() string { return s.host.AdminAddr() }
 
-// Run partitions until ctx ends, then stops fetching, settles every
-// fetched message (PubAcks awaited, acks sent) and drains the connection.
-func (s *Service) Run(ctx context.Context) (err error) {
-	stopAdmin := s.admin.Start()
-	defer func() {
-		if aerr := stopAdmin(); aerr != nil && err == nil {
-			err = aerr
-		}
-		if ctx.Err() != nil && errors.Is(err, ctx.Err()) {
-			err = nil // stopped while starting: a clean shutdown too
-		}
-	}()
+// Run partitions until ctx ends, then stops fetching and settles every
+// fetched message (PubAcks awaited, acks sent) before the connection
+// drains.
+func (s *Service) Run(ctx context.Context) error {
+	return s.host.Run(ctx, s.partition)
+}
 
-	nc, _, err := service.ConnectNATS(ctx, s.cfg.NATS, "surge-partitioner", s.logger)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if derr := service.DrainNATS(nc, drainTimeout); derr != nil {
-			s.logger.Warn("nats drain", zap.Error(derr))
-		}
-	}()
-
-	js, err := jetstream.New(nc,
-		jetstream.WithPublishAsyncMaxPending(s.cfg.MaxPublishPending),
-		jetstream.WithPublishAsyncTimeout(s.cfg.PublishTimeout))
-	if err != nil {
-		return fmt.Errorf("jetstream: %w", err)
-	}
-	if err := streams.Ensure(ctx, js, s.cfg.Streams); err != nil {
-		return err
-	}
-	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Ingest, jetstream.ConsumerConfig{
+// partition is the body of the lifecycle: it creates the shared consumer
+// and runs the workers and the lag poller until ctx ends.
+func (s *Service) partition(ctx context.Context, conn service.Conn) error {
+	cons, err := conn.JS.CreateOrUpdateConsumer(ctx, streams.Ingest, jetstream.ConsumerConfig{
 		Durable:       ConsumerName,
 		Description:   "Surge partitioners, shared",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
@@ -118,15 +103,12 @@ func (s *Service) Run(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("create consumer %s: %w", ConsumerName, err)
 	}
-
-	s.admin.SetReady(true)
-	defer s.admin.SetReady(false)
 	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers))
 
 	var wg sync.WaitGroup
 	wg.Go(func() { s.pollLag(ctx, cons) })
 	for range s.cfg.Workers {
-		w := &worker{s: s, js: js, groups: make([][]event.Event, s.cfg.Shards)}
+		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards)}
 		wg.Go(func() { w.run(ctx, cons) })
 	}
 	wg.Wait()
@@ -183,6 +165,9 @@ type input struct {
 type shardCount struct{ shard, events int }
 
 func (w *worker) run(ctx context.Context, cons jetstream.Consumer) {
+	// Each worker has its own backoff, so workers whose fetches failed
+	// together do not retry in lockstep.
+	b := w.s.cfg.Retry.NewBackOff()
 	failures := 0
 	for ctx.Err() == nil {
 		// The fetch is not bound to ctx: once asked for, messages are
@@ -190,11 +175,13 @@ func (w *worker) run(ctx context.Context, cons jetstream.Consumer) {
 		mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
 		if err != nil {
 			failures++
-			w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures))
-			sleep(ctx, backoff(failures))
+			wait := b.NextBackOff()
+			w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
+			retry.Sleep(ctx, wait)
 			continue
 		}
 		failures = 0
+		b.Reset()
 		w.handle(mb)
 		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
 			w.s.logger.Debug("fetch ended", zap.Error(err))
@@ -232,7 +219,7 @@ func (w *worker) publish(in *input) {
 
 	var events []event.Event
 	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
-		events, err = w.produced(ctx, in, tenant, meta.Timestamp)
+		events, err = w.parseProducerMessage(ctx, in, tenant, meta.Timestamp)
 		if in.err != nil {
 			return // a dead letter could not be published: retried whole
 		}
@@ -300,7 +287,8 @@ func (w *worker) publish(in *input) {
 }
 
 // settle waits for the PubAcks of in and acks it, or naks it with a delay
-// growing with its deliveries.
+// growing with its deliveries (jittered, so the NAKs of a batch that
+// failed together are not redelivered together).
 func (w *worker) settle(in *input) {
 	s := w.s
 	defer in.span.End()
@@ -333,7 +321,7 @@ func (w *worker) settle(in *input) {
 		in.span.RecordError(err)
 		in.span.SetStatus(codes.Error, "publish")
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
-		delay := backoff(int(in.delivered))
+		delay := s.cfg.Retry.Delay(int(in.delivered))
 		s.logger.Warn("partition failed, will retry", append(traceFields(in.span),
 			zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))...)
 		if nerr := in.msg.NakWithDelay(delay); nerr != nil {
@@ -360,24 +348,21 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 	in.settled = true
 	in.span.RecordError(cause)
 	in.span.SetStatus(codes.Error, "corrupt")
-	seq := strconv.FormatUint(in.seq, 10)
-	m := &nats.Msg{
-		Subject: subject,
-		Data:    in.msg.Data(),
-		Header: nats.Header{
-			jetstream.MsgIDHeader:   []string{"partitioner:" + seq},
-			streams.HeaderReason:    []string{headerValue(cause.Error())},
-			streams.HeaderSource:    []string{in.msg.Subject()},
-			streams.HeaderSourceSeq: []string{seq},
-		},
-	}
+	m := streams.DeadLetterMsg{
+		Service:   "partitioner",
+		Subject:   subject,
+		Data:      in.msg.Data(),
+		Reason:    cause.Error(),
+		Source:    in.msg.Subject(),
+		SourceSeq: in.seq,
+	}.Msg()
 	// Not bound to the service's context: a shutdown settles what it fetched.
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
 	if _, err := w.js.PublishMsg(ctx, m); err != nil {
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
 		s.logger.Warn("dead letter failed, will retry", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(err))...)
-		if nerr := in.msg.NakWithDelay(backoff(int(in.delivered))); nerr != nil {
+		if nerr := in.msg.NakWithDelay(s.cfg.Retry.Delay(int(in.delivered))); nerr != nil {
 			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
 		}
 		return
@@ -394,22 +379,4 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 // one INGEST message.
 func traceFields(span trace.Span) []zap.Field {
 	return telemetry.TraceFields(trace.ContextWithSpan(context.Background(), span))
-}
-
-// backoff is the wait before attempt n (from 1): doubling from 100ms to 30s.
-func backoff(n int) time.Duration {
-	if n < 1 {
-		n = 1
-	}
-	return min(100*time.Millisecond<<min(n-1, 9), 30*time.Second)
-}
-
-// sleep waits for d or the end of ctx.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
 }

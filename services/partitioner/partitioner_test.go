@@ -337,6 +337,8 @@ func TestCorruptInputIsDeadLettered(t *testing.T) {
 	require.Equal(t, streams.IngestSubject("bad"), raw.Header.Get(streams.HeaderSource))
 	require.Equal(t, strconv.FormatUint(ack.Sequence, 10), raw.Header.Get(streams.HeaderSourceSeq))
 	require.Contains(t, raw.Header.Get(streams.HeaderReason), event.ErrCorrupt.Error())
+	require.Equal(t, "partitioner:"+streams.IngestSubject("bad")+":"+strconv.FormatUint(ack.Sequence, 10),
+		raw.Header.Get(jetstream.MsgIDHeader), "a redelivery makes the same dead letter")
 
 	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 3 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, 1, messagesMetric(p, outcomeDeadLetter))
@@ -376,9 +378,10 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.AckWait = time.Second
 	cfg.Admin.Addr = "nope"
 	cfg.NATS.URL = ""
+	cfg.Retry.Multiplier = 0.5
 	err := cfg.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"shards must", "workers must", "fetch_batch must", "ack_wait must", "admin: addr", "nats: url"} {
+	for _, want := range []string{"shards must", "workers must", "fetch_batch must", "ack_wait must", "admin: addr", "nats: url", "retry: multiplier"} {
 		require.Contains(t, err.Error(), want)
 	}
 }

@@ -5,12 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"time"
-	"unicode"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/surge-events/surge/pkg/event"
@@ -18,8 +15,8 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// produced validates the JSON message a NATS or MQTT producer published
-// to surge.in.<tenant>.<anything> and returns its valid events. Each
+// parseProducerMessage validates the JSON message a NATS or MQTT producer
+// published to surge.in.<tenant>.<anything> and returns its valid events. Each
 // invalid event is dead-lettered on its own (asynchronously: its PubAck
 // joins the message's before the message is acked), so the valid events
 // beside it still flow. An error means the message as a whole is
@@ -30,7 +27,7 @@ import (
 // the INGEST message instead, so a redelivery rebuilds identical events:
 // received_at is the message's stream timestamp and an absent event_id is
 // a ULID of that timestamp and a hash of stream sequence and position.
-func (w *worker) produced(ctx context.Context, in *input, tenant string, stored time.Time) ([]event.Event, error) {
+func (w *worker) parseProducerMessage(ctx context.Context, in *input, tenant string, stored time.Time) ([]event.Event, error) {
 	if !event.ValidTenant(tenant) {
 		return nil, fmt.Errorf("tenant %q in subject must be 1 to 64 letters, digits, '_' or '-'", tenant)
 	}
@@ -66,22 +63,19 @@ func (w *worker) produced(ctx context.Context, in *input, tenant string, stored 
 // body = the event as sent, with its problems in the headers. The message
 // id makes a redelivery's dead letter a duplicate.
 func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, it *event.Item) error {
-	seq := strconv.FormatUint(in.seq, 10)
-	index := strconv.Itoa(it.Index)
 	problems, _ := json.Marshal(it.Problems) // a slice of plain structs cannot fail
-	m := &nats.Msg{
-		Subject: streams.InvalidSubject(tenant),
-		Data:    it.Raw,
-		Header: nats.Header{
-			jetstream.MsgIDHeader:     []string{"partitioner:" + seq + ":" + index},
-			streams.HeaderReason:      []string{headerValue(reason(it.Problems))},
-			streams.HeaderProblems:    []string{headerValue(string(problems))},
-			streams.HeaderSource:      []string{in.msg.Subject()},
-			streams.HeaderSourceSeq:   []string{seq},
-			streams.HeaderSourceIndex: []string{index},
-			streams.HeaderTenant:      []string{tenant},
-		},
-	}
+	m := streams.DeadLetterMsg{
+		Service:   "partitioner",
+		Subject:   streams.InvalidSubject(tenant),
+		Data:      it.Raw,
+		Reason:    reason(it.Problems),
+		Source:    in.msg.Subject(),
+		SourceSeq: in.seq,
+		Index:     it.Index,
+		HasIndex:  true,
+		Tenant:    tenant,
+		Problems:  string(problems),
+	}.Msg()
 	telemetry.Inject(ctx, m.Header)
 	f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(w.s.cfg.PublishTimeout))
 	if err != nil {
@@ -109,19 +103,4 @@ func reason(problems []event.Problem) string {
 		b.WriteString(p.Reason)
 	}
 	return b.String()
-}
-
-// headerValue keeps a header on one line: field names come from the
-// producer and may hold any character.
-func headerValue(s string) string {
-	const max = 4096
-	if len(s) > max {
-		s = s[:max]
-	}
-	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
 }

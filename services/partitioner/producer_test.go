@@ -114,6 +114,7 @@ func TestProducerMessages(t *testing.T) {
 	require.Equal(t, "event 0: tenant: unknown field", evil.header[streams.HeaderReason])
 	require.Equal(t, "surge.in.acme.web", evil.header[streams.HeaderSource])
 	require.Equal(t, "acme", evil.header[streams.HeaderTenant])
+	require.Equal(t, "partitioner:surge.in.acme.web:"+mixedSeq+":0", evil.header[jetstream.MsgIDHeader])
 	var problems []event.Problem
 	require.NoError(t, json.Unmarshal([]byte(evil.header[streams.HeaderProblems]), &problems))
 	require.Equal(t, []event.Problem{{Index: 0, Field: "tenant", Reason: "unknown field"}}, problems)
@@ -123,6 +124,7 @@ func TestProducerMessages(t *testing.T) {
 	junk := bySource[strconv.FormatUint(junkAck.Sequence, 10)+"/"]
 	require.Equal(t, "hello", junk.data)
 	require.Contains(t, junk.header[streams.HeaderReason], "not JSON")
+	require.Equal(t, "partitioner:surge.in.acme.web:"+strconv.FormatUint(junkAck.Sequence, 10), junk.header[jetstream.MsgIDHeader])
 
 	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 3 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, 1, messagesMetric(p, outcomeDeadLetter))
