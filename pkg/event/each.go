@@ -2,46 +2,9 @@ package event
 
 import (
 	"bytes"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
-	"regexp"
 	"time"
-
-	"github.com/cespare/xxhash/v2"
-	"github.com/oklog/ulid/v2"
 )
-
-// tenantPattern is what a tenant name may look like: it becomes a NATS
-// subject token and a ClickHouse value.
-var tenantPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
-
-// ValidTenant reports whether s may name a tenant: 1 to 64 letters,
-// digits, '_' or '-'.
-func ValidTenant(s string) bool { return tenantPattern.MatchString(s) }
-
-// DetectFormat tells how a message without a content type holds its
-// events: a JSON array, one JSON object, or NDJSON (an object per line).
-// It returns false when the first non-space byte is neither '[' nor '{':
-// the message is not JSON at all.
-func DetectFormat(data []byte) (Format, bool) {
-	data = bytes.TrimSpace(data)
-	if len(data) == 0 {
-		return 0, false
-	}
-	switch data[0] {
-	case '[':
-		return FormatJSON, true
-	case '{':
-		// One object, even pretty-printed over many lines, is valid JSON
-		// as a whole; several objects are not, so they are NDJSON.
-		if json.Valid(data) {
-			return FormatJSON, true
-		}
-		return FormatNDJSON, true
-	}
-	return 0, false
-}
 
 // Item is one event of a message read by ParseEach: valid when Problems
 // is empty, else Event is the zero value and Raw holds what was sent.
@@ -109,20 +72,4 @@ func (p *Parser) ParseEach(data []byte, format Format, tenant string, received t
 		it.Event = ev
 	}
 	return items, nil
-}
-
-// DerivedID is a ULID made only from its inputs: the millisecond of t and
-// a hash of seq and index. A message redelivered from a stream (same
-// timestamp, sequence and positions) yields the same ids every time.
-func DerivedID(t time.Time, seq uint64, index int) string {
-	var key [16]byte
-	binary.BigEndian.PutUint64(key[:8], seq)
-	binary.BigEndian.PutUint64(key[8:], uint64(index))
-	var entropy [16]byte
-	binary.BigEndian.PutUint64(entropy[:8], xxhash.Sum64(key[:]))
-	binary.BigEndian.PutUint64(entropy[8:], xxhash.Sum64(append(key[:], 0x5a)))
-	var id ulid.ULID
-	_ = id.SetTime(ulid.Timestamp(t)) // fails only past the year 10889
-	copy(id[6:], entropy[:10])
-	return id.String()
 }

@@ -20,16 +20,6 @@ const MaxTypeLen = 128
 // MaxIDLen is the longest accepted event_id or user_id, in bytes.
 const MaxIDLen = 256
 
-// Format is the body encoding of a request.
-type Format int
-
-const (
-	// FormatJSON is a JSON array of event objects (a single object is accepted too).
-	FormatJSON Format = iota
-	// FormatNDJSON is one event object per line.
-	FormatNDJSON
-)
-
 // Problem says what is wrong with one event: Index is its position in the
 // request, Field the JSON field (empty for the whole event).
 type Problem struct {

@@ -1,0 +1,241 @@
+package event
+
+import (
+	"bytes"
+	"encoding/json"
+	"unicode/utf8"
+)
+
+// scanner reads JSON from b at i. Its methods return false on anything
+// they do not accept, leaving the answer to the general path.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) peek() byte {
+	if s.i < len(s.b) {
+		return s.b[s.i]
+	}
+	return 0
+}
+
+func (s *scanner) consume(c byte) bool {
+	if s.peek() == c {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// ws skips JSON whitespace and reports whether there was any.
+func (s *scanner) ws() bool {
+	start := s.i
+	for s.i < len(s.b) {
+		switch s.b[s.i] {
+		case ' ', '\t', '\n', '\r':
+			s.i++
+		default:
+			return s.i > start
+		}
+	}
+	return s.i > start
+}
+
+func (s *scanner) literal(lit string) bool {
+	if bytes.HasPrefix(s.b[s.i:], []byte(lit)) {
+		s.i += len(lit)
+		return true
+	}
+	return false
+}
+
+// str reads a string and returns its raw contents (without quotes) and
+// whether it holds escapes or bytes that are not valid UTF-8 (which
+// encoding/json would replace).
+func (s *scanner) str() (raw []byte, special bool, ok bool) {
+	if !s.consume('"') {
+		return nil, false, false
+	}
+	start := s.i
+	ascii := true
+	for s.i < len(s.b) {
+		c := s.b[s.i]
+		switch {
+		case c == '"':
+			raw = s.b[start:s.i]
+			s.i++
+			if !ascii && !utf8.Valid(raw) {
+				special = true
+			}
+			return raw, special, true
+		case c == '\\':
+			special = true
+			if s.i+1 >= len(s.b) {
+				return nil, false, false
+			}
+			switch s.b[s.i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				s.i += 2
+			case 'u':
+				if s.i+6 > len(s.b) {
+					return nil, false, false
+				}
+				for _, h := range s.b[s.i+2 : s.i+6] {
+					if !isHex(h) {
+						return nil, false, false
+					}
+				}
+				s.i += 6
+			default:
+				return nil, false, false
+			}
+		case c < 0x20:
+			return nil, false, false
+		default:
+			if c >= 0x80 {
+				ascii = false
+			}
+			s.i++
+		}
+	}
+	return nil, false, false
+}
+
+// text reads a string value and returns it decoded.
+func (s *scanner) text() (string, bool) {
+	start := s.i
+	raw, special, ok := s.str()
+	if !ok {
+		return "", false
+	}
+	if !special {
+		return string(raw), true
+	}
+	var v string
+	if json.Unmarshal(s.b[start:s.i], &v) != nil {
+		return "", false
+	}
+	return v, true
+}
+
+// integer reads an integer that fits int64 comfortably (at most 18
+// digits, canonical form) and returns its text.
+func (s *scanner) integer() (string, bool) {
+	start := s.i
+	s.consume('-')
+	digits := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	n := s.i - digits
+	if n == 0 || n > 18 || (n > 1 && s.b[digits] == '0') {
+		return "", false
+	}
+	switch s.peek() {
+	case '.', 'e', 'E':
+		return "", false
+	}
+	v := string(s.b[start:s.i])
+	if v == "-0" {
+		return "", false
+	}
+	return v, true
+}
+
+// skipValue moves past one JSON value, validating it; spaced is set when
+// it holds insignificant whitespace.
+func (s *scanner) skipValue(depth int, spaced *bool) bool {
+	if depth > maxFastDepth {
+		return false
+	}
+	switch c := s.peek(); {
+	case c == '{' || c == '[':
+		end := byte('}')
+		if c == '[' {
+			end = ']'
+		}
+		s.i++
+		s.space(spaced)
+		if s.consume(end) {
+			return true
+		}
+		for {
+			if c == '{' {
+				if _, _, ok := s.str(); !ok {
+					return false
+				}
+				s.space(spaced)
+				if !s.consume(':') {
+					return false
+				}
+				s.space(spaced)
+			}
+			if !s.skipValue(depth+1, spaced) {
+				return false
+			}
+			s.space(spaced)
+			if s.consume(',') {
+				s.space(spaced)
+				continue
+			}
+			return s.consume(end)
+		}
+	case c == '"':
+		_, _, ok := s.str()
+		return ok
+	case c == 't':
+		return s.literal("true")
+	case c == 'f':
+		return s.literal("false")
+	case c == 'n':
+		return s.literal("null")
+	case c == '-' || (c >= '0' && c <= '9'):
+		return s.number()
+	default:
+		return false
+	}
+}
+
+func (s *scanner) space(spaced *bool) {
+	if s.ws() && spaced != nil {
+		*spaced = true
+	}
+}
+
+// number moves past a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+func (s *scanner) number() bool {
+	s.consume('-')
+	switch c := s.peek(); {
+	case c == '0':
+		s.i++
+	case c >= '1' && c <= '9':
+		s.digits()
+	default:
+		return false
+	}
+	if s.consume('.') && !s.digits() {
+		return false
+	}
+	if s.consume('e') || s.consume('E') {
+		if !s.consume('+') {
+			s.consume('-')
+		}
+		if !s.digits() {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *scanner) digits() bool {
+	start := s.i
+	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
+		s.i++
+	}
+	return s.i > start
+}
+
+func isHex(c byte) bool {
+	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
+}
