@@ -61,9 +61,18 @@ type Server struct {
 	TCPPort  int
 	HTTPPort int
 
+	// mu guards proc; it is never held while waiting for the process.
 	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	proc *process // nil when stopped
+}
+
+// process is one run of clickhouse-server.
+type process struct {
+	cmd *exec.Cmd
+	// exited closes when the process has exited.
+	exited chan struct{}
+	// stopping is set (under Server.mu) once Stop has signalled it.
+	stopping bool
 }
 
 // Addr is the native protocol address.
@@ -183,16 +192,70 @@ func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
 	return nil
 }
 
-// Start runs the server and waits until its native port accepts.
+// Start runs the server and waits until its native port accepts. It
+// returns at once when the server runs already; a server being stopped is
+// waited for, then started anew.
 func (s *Server) Start(ctx context.Context) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.cmd != nil {
-		return nil
+	p, err := s.launch(ctx)
+	if err != nil || p == nil {
+		return err
 	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-p.exited:
+			s.forget(p)
+			return fmt.Errorf("clickhouse-server on %s exited at start; see %s", s.Addr(), filepath.Join(s.Dir, "log"))
+		case <-ctx.Done():
+			s.stop(p)
+			return fmt.Errorf("wait for clickhouse-server: %w", ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			s.stop(p)
+			return fmt.Errorf("clickhouse-server on %s not ready after 30s", s.Addr())
+		}
+	}
+}
+
+// launch starts the process and records it; nil when one runs already.
+// A process being stopped is waited for first, without holding mu.
+func (s *Server) launch(ctx context.Context) (*process, error) {
+	for {
+		s.mu.Lock()
+		p := s.proc
+		if p != nil && isClosed(p.exited) {
+			p = nil // stopped or died: start anew
+		}
+		if p == nil {
+			p, err := s.spawnLocked()
+			s.mu.Unlock()
+			return p, err
+		}
+		stopping := p.stopping
+		s.mu.Unlock()
+		if !stopping {
+			return nil, nil
+		}
+		select {
+		case <-p.exited:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("wait for clickhouse-server to stop: %w", ctx.Err())
+		}
+	}
+}
+
+// spawnLocked starts clickhouse-server and makes it the server's process;
+// s.mu is held.
+func (s *Server) spawnLocked() (*process, error) {
 	out, err := os.OpenFile(filepath.Join(s.Dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("clickhouse stdout: %w", err)
+		return nil, fmt.Errorf("clickhouse stdout: %w", err)
 	}
 	cmd := exec.Command(Binary, "--config-file="+filepath.Join(s.Dir, "config.xml"))
 	cmd.Dir = s.Dir
@@ -202,36 +265,24 @@ func (s *Server) Start(ctx context.Context) error {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		out.Close()
-		return fmt.Errorf("start clickhouse-server: %w", err)
+		return nil, fmt.Errorf("start clickhouse-server: %w", err)
 	}
-	done := make(chan struct{})
+	p := &process{cmd: cmd, exited: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		out.Close()
-		close(done)
+		close(p.exited)
 	}()
-	s.cmd, s.done = cmd, done
+	s.proc = p
+	return p, nil
+}
 
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", s.Addr(), 200*time.Millisecond)
-		if err == nil {
-			conn.Close()
-			return nil
-		}
-		select {
-		case <-done:
-			s.cmd = nil
-			return fmt.Errorf("clickhouse-server on %s exited at start; see %s", s.Addr(), filepath.Join(s.Dir, "log"))
-		case <-ctx.Done():
-			s.stopLocked()
-			return fmt.Errorf("wait for clickhouse-server: %w", ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			s.stopLocked()
-			return fmt.Errorf("clickhouse-server on %s not ready after 30s", s.Addr())
-		}
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -239,33 +290,47 @@ func (s *Server) Start(ctx context.Context) error {
 // folder can be reused at once.
 func (s *Server) Stop() error {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.stopLocked()
+	p := s.proc
+	s.mu.Unlock()
+	if p != nil {
+		s.stop(p)
+	}
+	return nil
 }
 
-func (s *Server) stopLocked() error {
-	if s.cmd == nil {
-		return nil
-	}
-	_ = s.cmd.Process.Signal(syscall.SIGTERM)
+// stop ends p and waits for it without holding mu, so PID and a
+// concurrent Stop or Start do not wait behind the 30 s grace period.
+func (s *Server) stop(p *process) {
+	s.mu.Lock()
+	p.stopping = true
+	s.mu.Unlock()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-s.done:
+	case <-p.exited:
 	case <-time.After(30 * time.Second):
-		_ = s.cmd.Process.Kill()
-		<-s.done
+		_ = p.cmd.Process.Kill()
+		<-p.exited
 	}
-	s.cmd = nil
-	return nil
+	s.forget(p)
+}
+
+// forget clears p as the server's process unless another took its place.
+func (s *Server) forget(p *process) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == p {
+		s.proc = nil
+	}
 }
 
 // PID is the process id, 0 when stopped.
 func (s *Server) PID() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.cmd == nil {
+	if s.proc == nil {
 		return 0
 	}
-	return s.cmd.Process.Pid
+	return s.proc.cmd.Process.Pid
 }
 
 // FreePorts returns n distinct free loopback TCP ports.
