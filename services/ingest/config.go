@@ -4,11 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"slices"
 	"time"
 
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -146,9 +146,9 @@ func (c HTTPConfig) Validate() error {
 	return errors.Join(errs...)
 }
 
-// tenantPattern is what a tenant name may look like: it becomes a NATS
-// subject token and a ClickHouse value.
-var tenantPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+// tenantRule says what event.ValidTenant accepts, for the error of a
+// tenant it refuses.
+const tenantRule = "must be 1 to 64 letters, digits, '_' or '-'"
 
 // Validate reports every problem of the ingest settings.
 func (c Settings) Validate() error {
@@ -173,8 +173,8 @@ func (c Settings) Validate() error {
 	if c.RetryAfter < time.Second {
 		errs = append(errs, fmt.Errorf("retry_after must be at least 1s, got %s", c.RetryAfter))
 	}
-	if len(c.APIKeys) == 0 && !tenantPattern.MatchString(c.DefaultTenant) {
-		errs = append(errs, fmt.Errorf("default_tenant %q must match %s", c.DefaultTenant, tenantPattern))
+	if len(c.APIKeys) == 0 && !event.ValidTenant(c.DefaultTenant) {
+		errs = append(errs, fmt.Errorf("default_tenant %q %s", c.DefaultTenant, tenantRule))
 	}
 	keys := make([]string, 0, len(c.APIKeys))
 	for k := range c.APIKeys {
@@ -186,8 +186,8 @@ func (c Settings) Validate() error {
 		if k == "" {
 			errs = append(errs, fmt.Errorf("api_keys: key %d is empty", i+1))
 		}
-		if t := c.APIKeys[k]; !tenantPattern.MatchString(t) {
-			errs = append(errs, fmt.Errorf("api_keys: tenant %q of key %d must match %s", t, i+1, tenantPattern))
+		if t := c.APIKeys[k]; !event.ValidTenant(t) {
+			errs = append(errs, fmt.Errorf("api_keys: tenant %q of key %d %s", t, i+1, tenantRule))
 		}
 	}
 	return errors.Join(errs...)

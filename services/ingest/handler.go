@@ -325,7 +325,7 @@ func parseReject(err error) reply {
 func (s *Service) publish(ctx context.Context, tenant, msgID string, events []event.Event) reply {
 	n := len(events)
 	conn := s.conn.Load()
-	if conn == nil || !conn.nc.IsConnected() {
+	if conn == nil || !conn.NC.IsConnected() {
 		return reply{status: http.StatusServiceUnavailable, reason: reasonUnavailable, events: n,
 			message: "event store unavailable; retry later"}
 	}
@@ -351,7 +351,7 @@ func (s *Service) publish(ctx context.Context, tenant, msgID string, events []ev
 	telemetry.Inject(ctx, msg.Header)
 
 	// Both the connection and the stream bound a message, headers included.
-	maxSize := min(conn.nc.MaxPayload(), int64(s.cfg.Streams.MaxMsgSize))
+	maxSize := min(conn.NC.MaxPayload(), int64(s.cfg.Streams.MaxMsgSize))
 	if size := int64(len(msg.Data) + headerSize(msg.Header)); size > maxSize {
 		span.SetStatus(codes.Error, "message too large")
 		return reply{status: http.StatusRequestEntityTooLarge, reason: reasonMessageTooLarge, events: n,
@@ -361,7 +361,7 @@ func (s *Service) publish(ctx context.Context, tenant, msgID string, events []ev
 	pubCtx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.PublishTimeout)
 	defer cancel()
 	start := time.Now()
-	ack, err := conn.js.PublishMsg(pubCtx, msg, jetstream.WithExpectStream(streams.Ingest))
+	ack, err := conn.JS.PublishMsg(pubCtx, msg, jetstream.WithExpectStream(streams.Ingest))
 	s.metrics.publishDuration.Observe(time.Since(start).Seconds())
 	if err != nil {
 		span.RecordError(err)

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -17,6 +18,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
@@ -116,29 +118,34 @@ func start(t *testing.T, mutate func(*Config)) *harness {
 	return h
 }
 
+// waitReady waits until /readyz answers 200 (want) or 503 (!want).
 func (h *harness) waitReady(want bool) {
 	h.t.Helper()
 	wantCode := http.StatusOK
 	if !want {
 		wantCode = http.StatusServiceUnavailable
 	}
-	require.Eventually(h.t, func() bool {
-		code, _ := h.admin("/readyz")
-		return code == wantCode
+	assert.EventuallyWithT(h.t, func(c *assert.CollectT) {
+		code, body, err := h.admin("/readyz")
+		if assert.NoError(c, err) {
+			assert.Equal(c, wantCode, code, body)
+		}
 	}, 10*time.Second, 20*time.Millisecond)
 }
 
-// admin GETs a path of the admin server.
-func (h *harness) admin(path string) (int, string) {
-	h.t.Helper()
+// admin GETs a path of the admin server. It only returns errors, so it
+// may run inside an EventuallyWithT condition.
+func (h *harness) admin(path string) (int, string, error) {
 	resp, err := h.client.Get("http://" + h.svc.AdminAddr() + path)
 	if err != nil {
-		return 0, err.Error()
+		return 0, "", err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
-	require.NoError(h.t, err)
-	return resp.StatusCode, string(b)
+	if err != nil {
+		return 0, "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return resp.StatusCode, string(b), nil
 }
 
 // response is an answer of the event API, its JSON body decoded.
@@ -154,28 +161,50 @@ type response struct {
 // do sends a request to the event API; headers may hold Content-Type.
 func (h *harness) do(method, path string, headers map[string]string, body io.Reader) response {
 	h.t.Helper()
-	req, err := http.NewRequest(method, "http://"+h.svc.Addr()+path, body)
+	r, err := h.send(method, path, headers, body)
 	require.NoError(h.t, err)
+	return r
+}
+
+// send is do returning its problems as an error, for use off the test
+// goroutine or inside an EventuallyWithT condition.
+func (h *harness) send(method, path string, headers map[string]string, body io.Reader) (response, error) {
+	req, err := http.NewRequest(method, "http://"+h.svc.Addr()+path, body)
+	if err != nil {
+		return response{}, err
+	}
 	for k, v := range headers {
 		req.Header.Set(k, v)
 	}
 	before := time.Now().UTC().Truncate(time.Microsecond)
 	resp, err := h.client.Do(req)
-	require.NoError(h.t, err)
+	if err != nil {
+		return response{}, err
+	}
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
-	require.NoError(h.t, err)
+	if err != nil {
+		return response{}, fmt.Errorf("read body: %w", err)
+	}
 	r := response{status: resp.StatusCode, header: resp.Header, rawBody: string(raw), receivedAt: [2]time.Time{before, time.Now().UTC()}}
-	require.Equal(h.t, "application/json", resp.Header.Get("Content-Type"), "body %s", raw)
+	if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+		return r, fmt.Errorf("content type %q, body %s", ct, raw)
+	}
 	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
 	if resp.StatusCode == http.StatusAccepted {
-		require.NoError(h.t, dec.Decode(&r.accepted), "body %s", raw)
-	} else {
-		require.NoError(h.t, dec.Decode(&r.errorBody), "body %s", raw)
-		require.NotEmpty(h.t, r.errorBody.Error)
+		if err := dec.Decode(&r.accepted); err != nil {
+			return r, fmt.Errorf("decode %s: %w", raw, err)
+		}
+		return r, nil
 	}
-	return r
+	if err := dec.Decode(&r.errorBody); err != nil {
+		return r, fmt.Errorf("decode %s: %w", raw, err)
+	}
+	if r.errorBody.Error == "" {
+		return r, fmt.Errorf("error body without a message: %s", raw)
+	}
+	return r, nil
 }
 
 // post sends body to POST /v1/events as JSON.
@@ -233,6 +262,13 @@ func gzipped(t *testing.T, s string) *bytes.Buffer {
 	require.NoError(t, err)
 	require.NoError(t, zw.Close())
 	return &buf
+}
+
+// restartNATS starts a new server on port and the store of the one the
+// test shut down; the test's cleanup stops it.
+func (h *harness) restartNATS(port int) {
+	h.t.Helper()
+	h.ns = startNATS(h.t, port, h.storeDir)
 }
 
 // port is the port of a server's client URL.

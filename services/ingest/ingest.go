@@ -12,31 +12,24 @@ import (
 	"net/http"
 	"sync"
 	"sync/atomic"
-	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/service"
-	"github.com/surge-events/surge/pkg/streams"
 )
-
-const tracerName = "github.com/surge-events/surge/services/ingest"
 
 // Service is the ingest service: an HTTP server in front of JetStream.
 type Service struct {
 	cfg     Config
+	host    *service.Host
 	logger  *zap.Logger
 	tracer  trace.Tracer
 	metrics *metrics
 
-	ln    net.Listener
-	srv   *http.Server
-	admin *service.Admin
+	ln  net.Listener
+	srv *http.Server
 
 	parser event.Parser
 	// tenants maps sha256(API key) to tenant: looking up a digest rather
@@ -48,16 +41,8 @@ type Service struct {
 	// gzipReaders reuses decompressors across requests.
 	gzipReaders sync.Pool
 
-	// conn is set once Run has connected NATS; nil before.
-	conn atomic.Pointer[natsConn]
-	// reconnected signals Run to ensure the streams again. Size one: a
-	// pending signal covers any number of reconnects.
-	reconnected chan struct{}
-}
-
-type natsConn struct {
-	nc *nats.Conn
-	js jetstream.JetStream
+	// conn is set once the lifecycle has connected NATS; nil before.
+	conn atomic.Pointer[service.Conn]
 }
 
 // New builds the service and opens its listeners, so Addr and AdminAddr
@@ -66,44 +51,37 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("ingest config: %w", err)
 	}
-	logger := deps.Logger
-	if logger == nil {
-		logger = zap.NewNop()
+	host, err := service.NewHost(service.Spec{
+		Name:    "ingest",
+		NATS:    cfg.NATS,
+		Streams: cfg.Streams,
+		Admin:   cfg.Admin,
+	}, deps)
+	if err != nil {
+		return nil, err
 	}
-	tp := deps.TracerProvider
-	if tp == nil {
-		tp = noop.NewTracerProvider()
-	}
-	if deps.Registry == nil {
-		return nil, errors.New("ingest: deps.Registry is required")
+	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
+	if err != nil {
+		_ = host.Close()
+		return nil, fmt.Errorf("ingest listen: %w", err)
 	}
 	s := &Service{
 		cfg:     cfg,
-		logger:  logger,
-		tracer:  tp.Tracer(tracerName),
-		metrics: newMetrics(deps.Registry),
+		host:    host,
+		logger:  host.Logger,
+		tracer:  host.Tracer,
+		metrics: newMetrics(host.Registry),
+		ln:      ln,
 		parser: event.Parser{Limits: event.Limits{
 			MaxEvents:     cfg.Ingest.MaxEvents,
 			MaxEventBytes: cfg.Ingest.MaxEventBytes,
 		}},
-		tenants:     make(map[[sha256.Size]byte]string, len(cfg.Ingest.APIKeys)),
-		slots:       make(chan struct{}, cfg.Ingest.MaxInFlight),
-		reconnected: make(chan struct{}, 1),
+		tenants: make(map[[sha256.Size]byte]string, len(cfg.Ingest.APIKeys)),
+		slots:   make(chan struct{}, cfg.Ingest.MaxInFlight),
 	}
 	for key, tenant := range cfg.Ingest.APIKeys {
 		s.tenants[sha256.Sum256([]byte(key))] = tenant
 	}
-
-	ln, err := net.Listen("tcp", cfg.HTTP.Addr)
-	if err != nil {
-		return nil, fmt.Errorf("ingest listen: %w", err)
-	}
-	admin, err := service.NewAdmin(cfg.Admin.Addr, deps.Registry, logger)
-	if err != nil {
-		_ = ln.Close()
-		return nil, err
-	}
-	s.ln, s.admin = ln, admin
 	s.srv = &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
@@ -111,7 +89,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		WriteTimeout:      cfg.HTTP.WriteTimeout,
 		IdleTimeout:       cfg.HTTP.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          zap.NewStdLog(logger.Named("http")),
+		ErrorLog:          zap.NewStdLog(s.logger.Named("http")),
 	}
 	return s, nil
 }
@@ -120,92 +98,47 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 func (s *Service) Addr() string { return s.ln.Addr().String() }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
-func (s *Service) AdminAddr() string { return s.admin.Addr() }
+func (s *Service) AdminAddr() string { return s.host.AdminAddr() }
 
-// Run connects NATS, ensures the streams, serves until ctx ends, then shuts
-// down in order: stop taking requests and let in-flight ones finish their
-// publish, drain NATS, stop the admin server. It returns nil on a clean
-// shutdown.
-func (s *Service) Run(ctx context.Context) (err error) {
-	stopAdmin := s.admin.Start()
-	defer func() {
-		if aerr := stopAdmin(); aerr != nil && err == nil {
-			err = aerr
-		}
-	}()
-
-	nc, js, err := service.ConnectNATS(ctx, s.cfg.NATS, "surge-ingest", s.logger)
-	if err != nil {
-		_ = s.ln.Close()
-		return err
-	}
-	// These replace ConnectNATS's handlers, so they log as well.
-	nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
-		s.admin.SetReady(false)
-		if err != nil { // nil when the connection is closed on purpose
-			s.logger.Warn("nats disconnected", zap.Error(err))
-		}
+// Run serves the event API once NATS is connected and the streams exist,
+// until ctx ends; then it stops taking requests, lets those in flight
+// finish their publish, and the lifecycle drains NATS and stops the admin
+// server. It returns nil on a clean shutdown.
+func (s *Service) Run(ctx context.Context) error {
+	served := false
+	err := s.host.Run(ctx, func(ctx context.Context, conn service.Conn) error {
+		served = true
+		return s.serve(ctx, conn)
 	})
-	nc.SetReconnectHandler(func(nc *nats.Conn) {
-		s.logger.Info("nats reconnected", zap.String("url", nc.ConnectedUrlRedacted()))
-		select {
-		case s.reconnected <- struct{}{}:
-		default:
+	if !served {
+		// Start-up failed or was cancelled: nothing will serve the listener.
+		if cerr := s.ln.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("ingest close listener: %w", cerr)
 		}
-	})
-	defer func() {
-		if derr := service.DrainNATS(nc, s.cfg.HTTP.ShutdownTimeout); derr != nil && err == nil {
-			err = derr
-		}
-	}()
-
-	if err := s.ensureStreams(ctx, js); err != nil {
-		_ = s.ln.Close()
-		return err
 	}
-	s.conn.Store(&natsConn{nc: nc, js: js})
-	s.admin.SetReady(nc.IsConnected())
+	return err
+}
 
+// serve is the body of the lifecycle: it answers HTTP until ctx ends.
+func (s *Service) serve(ctx context.Context, conn service.Conn) error {
+	s.conn.Store(&conn)
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- s.srv.Serve(s.ln) }()
 	s.logger.Info("serving", zap.String("addr", s.Addr()), zap.String("admin_addr", s.AdminAddr()))
-
-	retry := time.NewTimer(0)
-	if !retry.Stop() {
-		<-retry.C
+	select {
+	case err := <-serveDone:
+		return fmt.Errorf("ingest serve: %w", err)
+	case <-ctx.Done():
+		return s.shutdown(serveDone)
 	}
-	defer retry.Stop()
-	for {
-		select {
-		case err := <-serveDone:
-			s.admin.SetReady(false)
-			return fmt.Errorf("ingest serve: %w", err)
-		case <-s.reconnected:
-		case <-retry.C:
-		case <-ctx.Done():
-			return s.shutdown(serveDone)
-		}
-		// After a reconnect the server may be a new one without our
-		// streams: ensure them before calling the service ready again.
-		if err := s.ensureStreams(ctx, js); err != nil {
-			s.logger.Warn("ensure streams after reconnect", zap.Error(err))
-			retry.Reset(time.Second)
-			continue
-		}
-		s.admin.SetReady(nc.IsConnected())
-	}
-}
-
-func (s *Service) ensureStreams(ctx context.Context, js jetstream.JetStream) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	return streams.Ensure(ctx, js, s.cfg.Streams)
 }
 
 // shutdown stops taking requests and waits, up to ShutdownTimeout, for
 // those in flight to be answered.
 func (s *Service) shutdown(serveDone <-chan error) error {
-	s.admin.SetReady(false)
+	// Not ready from now on, so a load balancer stops sending requests
+	// while those in flight finish.
+	s.host.Admin().NotReady(service.CheckStarting, "stopping")
 	s.logger.Info("shutting down")
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.HTTP.ShutdownTimeout)
 	defer cancel()

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Rejection reasons, the values of the reason label. The set is fixed so
@@ -35,39 +36,37 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		eventsAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+	f := promauto.With(reg)
+	return &metrics{
+		eventsAccepted: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_ingest_events_accepted_total",
 			Help: "Events acknowledged by JetStream and answered with 202.",
 		}),
-		eventsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+		eventsRejected: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_ingest_events_rejected_total",
 			Help: "Events of rejected requests whose events were counted, by reason.",
 		}, []string{"reason"}),
-		requestsRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+		requestsRejected: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_ingest_requests_rejected_total",
 			Help: "Rejected requests, by reason, including those rejected before their events were read.",
 		}, []string{"reason"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_ingest_requests_total",
 			Help: "HTTP requests by response status code.",
 		}, []string{"code"}),
-		requestDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		requestDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_ingest_request_duration_seconds",
 			Help:    "Time from request start to the answer.",
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}),
-		publishDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+		publishDuration: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_ingest_publish_duration_seconds",
 			Help:    "Time from publish to JetStream's ack (or failure).",
 			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
 		}),
-		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{
+		inFlight: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_ingest_in_flight",
 			Help: "Requests holding an in-flight slot.",
 		}),
 	}
-	reg.MustRegister(m.eventsAccepted, m.eventsRejected, m.requestsRejected, m.requests,
-		m.requestDuration, m.publishDuration, m.inFlight)
-	return m
 }
