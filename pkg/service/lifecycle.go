@@ -80,7 +80,7 @@ type Body func(ctx context.Context, conn Conn) error
 //  3. While the body runs, readiness follows the NATS connection: not
 //     ready while disconnected, ready again once the streams are ensured
 //     on the (possibly new) server.
-//  4. When the body returns, the service turns not ready, the connection
+//  4. When ctx ends the service turns not ready; when the body returns the connection
 //     drains (at most DrainTimeout) and the admin server stops last, so
 //     /metrics answers while the last work drains.
 //
@@ -161,7 +161,6 @@ func (h *Host) Run(ctx context.Context, body Body) (err error) {
 
 	err = body(ctx, conn)
 
-	h.admin.NotReady(CheckStarting, "stopping")
 	stopWatch()
 	wg.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
@@ -224,11 +223,14 @@ var ensureRetry = retry.Config{Initial: 250 * time.Millisecond, Max: 5 * time.Se
 const ensureAttemptTimeout = 10 * time.Second
 
 // watchReconnects ensures the streams again after every reconnect before
-// the service is called ready again.
+// the service is called ready again. When ctx ends (shutdown, or the body
+// returned) the service turns not ready at once, so no new traffic is sent
+// to it while it drains.
 func (h *Host) watchReconnects(ctx context.Context, js jetstream.JetStream) {
 	for {
 		select {
 		case <-ctx.Done():
+			h.admin.NotReady(CheckStarting, "stopping")
 			return
 		case <-h.reconnected:
 		}
