@@ -6,10 +6,31 @@ import (
 	"github.com/surge-events/surge/pkg/event"
 )
 
+// CutReason says why a batch is cut. Its values are the reason label of
+// the batcher's surge_batcher_cut_total and the surge.batch.cut span
+// attribute, so they must not change.
+type CutReason string
+
+const (
+	// CutRows: the batch holds MaxRows events, or the next message would
+	// pass MaxRows.
+	CutRows CutReason = "rows"
+	// CutBytes: the batch holds MaxBytes event bytes, or the next message
+	// would pass MaxBytes.
+	CutBytes CutReason = "bytes"
+	// CutAge: the batch's first event has waited MaxAge.
+	CutAge CutReason = "age"
+	// CutShutdown: the batcher is stopping and flushes what it holds.
+	CutShutdown CutReason = "shutdown"
+)
+
+// CutReasons are every reason, in a fixed order.
+var CutReasons = []CutReason{CutRows, CutBytes, CutAge, CutShutdown}
+
 // Builder collects whole EVENTS messages of one shard until the policy says
-// the batch is complete. A message is never split across batches, so a
-// batch is exactly a sequence range. Not safe for concurrent use: one
-// shard loop owns it.
+// the batch is complete, and says why: the caller cuts, the builder
+// decides. A message is never split across batches, so a batch is exactly
+// a sequence range. Not safe for concurrent use: one shard loop owns it.
 type Builder struct {
 	policy Policy
 	shard  int
@@ -23,19 +44,29 @@ func NewBuilder(shard int, p Policy) *Builder {
 	return &Builder{policy: p, shard: shard, cur: &Batch{Shard: shard}}
 }
 
-// Fits reports whether a message of rows events and size bytes can join
-// the current batch without passing a limit. An empty batch takes any
+// Admit reports why the open batch must be cut before a message of rows
+// events and size bytes joins it, or "" when the message fits. When both
+// limits would be passed the reason is CutRows. An empty batch takes any
 // message, so an oversized message still moves on, alone.
-func (b *Builder) Fits(rows, size int) bool {
-	if b.cur.Len() == 0 {
-		return true
+func (b *Builder) Admit(rows, size int) CutReason {
+	switch {
+	case b.cur.Len() == 0:
+		return ""
+	case b.cur.Len()+rows > b.policy.MaxRows:
+		return CutRows
+	case b.bytes+size > b.policy.MaxBytes:
+		return CutBytes
 	}
-	return b.cur.Len()+rows <= b.policy.MaxRows && b.bytes+size <= b.policy.MaxBytes
+	return ""
 }
 
-// Add appends the message with stream sequence seq and reports whether the
-// batch is now full and should be cut.
-func (b *Builder) Add(seq uint64, events []event.Event, now time.Time) (full bool) {
+// Add appends the message with stream sequence seq, received at now, and
+// reports why the batch is now full and must be cut, or "" when it is not.
+// When both limits are reached the reason is CutRows.
+func (b *Builder) Add(seq uint64, events []event.Event, now time.Time) CutReason {
+	if len(events) == 0 {
+		return ""
+	}
 	if b.cur.Len() == 0 {
 		b.opened = now
 	}
@@ -43,7 +74,27 @@ func (b *Builder) Add(seq uint64, events []event.Event, now time.Time) (full boo
 	for i := range events {
 		b.bytes += events[i].Size()
 	}
-	return b.cur.Len() >= b.policy.MaxRows || b.bytes >= b.policy.MaxBytes
+	return b.full()
+}
+
+// full is why the open batch has reached a limit; "" when it has not.
+func (b *Builder) full() CutReason {
+	switch {
+	case b.cur.Len() >= b.policy.MaxRows:
+		return CutRows
+	case b.bytes >= b.policy.MaxBytes:
+		return CutBytes
+	}
+	return ""
+}
+
+// Expired reports CutAge when the open batch has waited MaxAge at now, or
+// "" when it has not (or is empty).
+func (b *Builder) Expired(now time.Time) CutReason {
+	if d := b.Deadline(); !d.IsZero() && !now.Before(d) {
+		return CutAge
+	}
+	return ""
 }
 
 // Len is the number of rows waiting.

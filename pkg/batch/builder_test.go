@@ -21,16 +21,124 @@ func msgOf(rows, size int) []event.Event {
 	return out
 }
 
-func TestBuilderCutsByRows(t *testing.T) {
+// add is one message offered to a builder: Admit first, then Add.
+type add struct {
+	rows, size int             // events and bytes per event
+	admit      batch.CutReason // want from Admit before the message
+	full       batch.CutReason // want from Add
+	cut        bool            // cut before adding, as the batcher does on admit != ""
+}
+
+func TestBuilderReportsWhyItCuts(t *testing.T) {
+	for _, tt := range []struct {
+		name   string
+		policy batch.Policy
+		adds   []add
+		// lens are the rows of every batch cut, the open one last.
+		lens []int
+	}{
+		{
+			name:   "rows limit reached exactly",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Second},
+			adds: []add{
+				{rows: 3, size: 100}, {rows: 3, size: 100}, {rows: 3, size: 100},
+				{rows: 1, size: 100, full: batch.CutRows},
+			},
+			lens: []int{10},
+		},
+		{
+			name:   "rows limit would be passed",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Second},
+			adds: []add{
+				{rows: 3, size: 100}, {rows: 3, size: 100}, {rows: 3, size: 100},
+				{rows: 3, size: 100, admit: batch.CutRows, cut: true},
+			},
+			lens: []int{9, 3},
+		},
+		{
+			name:   "bytes limit reached exactly",
+			policy: batch.Policy{MaxRows: 1000, MaxBytes: 1000, MaxAge: time.Second},
+			adds: []add{
+				{rows: 2, size: 200},
+				{rows: 3, size: 200, full: batch.CutBytes},
+			},
+			lens: []int{5},
+		},
+		{
+			name:   "bytes limit would be passed by one byte",
+			policy: batch.Policy{MaxRows: 1000, MaxBytes: 1000, MaxAge: time.Second},
+			adds: []add{
+				{rows: 2, size: 200},
+				{rows: 1, size: 601, admit: batch.CutBytes, cut: true, full: ""},
+			},
+			lens: []int{2, 1},
+		},
+		{
+			name:   "both limits would be passed: rows wins",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1024, MaxAge: time.Second},
+			adds: []add{
+				{rows: 5, size: 100},
+				{rows: 6, size: 100, admit: batch.CutRows, cut: true},
+			},
+			lens: []int{5, 6},
+		},
+		{
+			name:   "both limits reached: rows wins",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1024, MaxAge: time.Second},
+			adds: []add{
+				{rows: 10, size: 103, full: batch.CutRows},
+			},
+			lens: []int{10},
+		},
+		{
+			name:   "oversized message alone",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1024, MaxAge: time.Second},
+			adds: []add{
+				{rows: 50, size: 100, full: batch.CutRows}, // an empty batch admits anything
+			},
+			lens: []int{50},
+		},
+		{
+			name:   "oversized message after others",
+			policy: batch.Policy{MaxRows: 100, MaxBytes: 1024, MaxAge: time.Second},
+			adds: []add{
+				{rows: 1, size: 100},
+				{rows: 1, size: 4096, admit: batch.CutBytes, cut: true, full: batch.CutBytes},
+			},
+			lens: []int{1, 1},
+		},
+		{
+			name:   "within every limit",
+			policy: batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Second},
+			adds:   []add{{rows: 3, size: 100}, {rows: 6, size: 100}},
+			lens:   []int{9},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			b := batch.NewBuilder(3, tt.policy)
+			now := time.Unix(100, 0)
+			var lens []int
+			for i, a := range tt.adds {
+				require.Equal(t, a.admit, b.Admit(a.rows, a.rows*a.size), "admit of message %d", i+1)
+				if a.cut {
+					lens = append(lens, b.Cut().Len())
+				}
+				require.Equal(t, a.full, b.Add(uint64(i+1), msgOf(a.rows, a.size), now), "add of message %d", i+1)
+			}
+			lens = append(lens, b.Cut().Len())
+			require.Equal(t, tt.lens, lens)
+		})
+	}
+}
+
+func TestBuilderCut(t *testing.T) {
 	p := batch.Policy{MaxRows: 10, MaxBytes: 1 << 20, MaxAge: time.Second}
 	b := batch.NewBuilder(3, p)
 	now := time.Unix(100, 0)
-	require.False(t, b.Add(1, msgOf(3, 100), now))
-	require.False(t, b.Add(2, msgOf(3, 100), now))
-	require.False(t, b.Add(3, msgOf(3, 100), now))
-	require.False(t, b.Fits(3, 300), "12 rows would pass MaxRows")
-	require.True(t, b.Fits(1, 100), "10 rows is the limit, still fits")
-	require.True(t, b.Add(4, msgOf(1, 100), now), "full at MaxRows")
+	for seq := range uint64(3) {
+		require.Empty(t, b.Add(seq+1, msgOf(3, 100), now))
+	}
+	require.Equal(t, batch.CutRows, b.Add(4, msgOf(1, 100), now))
 	require.Equal(t, 10, b.Len())
 	require.Equal(t, 1000, b.Bytes())
 
@@ -45,26 +153,17 @@ func TestBuilderCutsByRows(t *testing.T) {
 	require.Nil(t, b.Cut(), "an empty builder cuts nothing")
 }
 
-func TestBuilderCutsByBytes(t *testing.T) {
-	p := batch.Policy{MaxRows: 1000, MaxBytes: 1000, MaxAge: time.Second}
-	b := batch.NewBuilder(0, p)
-	now := time.Unix(100, 0)
-	require.False(t, b.Add(7, msgOf(2, 200), now))
-	require.True(t, b.Fits(3, 600), "exactly MaxBytes fits")
-	require.False(t, b.Fits(3, 601))
-	require.True(t, b.Add(8, msgOf(3, 200), now), "full at MaxBytes")
-	require.Equal(t, 1000, b.Bytes())
-	require.Equal(t, "0:7-8", b.Cut().ID())
-}
-
 func TestBuilderDeadline(t *testing.T) {
 	p := batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: 250 * time.Millisecond}
 	b := batch.NewBuilder(0, p)
 	require.True(t, b.Deadline().IsZero(), "no deadline while empty")
+	require.Empty(t, b.Expired(time.Unix(1e9, 0)), "an empty batch never expires")
 	opened := time.Unix(100, 0)
 	b.Add(1, msgOf(1, 50), opened)
 	b.Add(2, msgOf(1, 50), opened.Add(200*time.Millisecond))
 	require.Equal(t, opened.Add(250*time.Millisecond), b.Deadline(), "the first message starts the clock")
+	require.Empty(t, b.Expired(opened.Add(249*time.Millisecond)))
+	require.Equal(t, batch.CutAge, b.Expired(opened.Add(250*time.Millisecond)), "due at the deadline exactly")
 	b.Cut()
 	require.True(t, b.Deadline().IsZero())
 	later := opened.Add(time.Hour)
@@ -72,24 +171,21 @@ func TestBuilderDeadline(t *testing.T) {
 	require.Equal(t, later.Add(250*time.Millisecond), b.Deadline())
 }
 
-func TestBuilderTakesAnOversizedMessageAlone(t *testing.T) {
-	p := batch.Policy{MaxRows: 10, MaxBytes: 1024, MaxAge: time.Second}
-	b := batch.NewBuilder(1, p)
-	require.True(t, b.Fits(50, 1<<20), "an empty batch takes any message")
-	require.True(t, b.Add(9, msgOf(50, 100), time.Unix(1, 0)))
-	require.False(t, b.Fits(1, 20))
-	got := b.Cut()
-	require.Equal(t, 50, got.Len())
-	require.Equal(t, "1:9-9", got.ID())
-}
-
 func TestBuilderSkipsEmptyMessages(t *testing.T) {
-	b := batch.NewBuilder(0, batch.DefaultPolicy())
-	require.False(t, b.Add(1, nil, time.Unix(1, 0)))
+	b := batch.NewBuilder(0, batch.Policy{MaxRows: 1, MaxBytes: 1024, MaxAge: time.Second})
+	require.Empty(t, b.Add(1, nil, time.Unix(1, 0)))
 	require.Equal(t, 0, b.Len())
 	require.True(t, b.Deadline().IsZero())
-	b.Add(2, msgOf(1, 50), time.Unix(1, 0))
+	require.Equal(t, batch.CutRows, b.Add(2, msgOf(1, 50), time.Unix(1, 0)))
 	require.Equal(t, "0:2-2", b.Cut().ID())
+}
+
+func TestCutReasonsAreTheMetricLabels(t *testing.T) {
+	var got []string
+	for _, r := range batch.CutReasons {
+		got = append(got, string(r))
+	}
+	require.Equal(t, []string{"rows", "bytes", "age", "shutdown"}, got)
 }
 
 func TestAfter(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -26,8 +28,11 @@ import (
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
@@ -69,7 +74,7 @@ func start(t *testing.T, cfg Config, tp trace.TracerProvider) running {
 		TracerProvider: tp,
 	})
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	stopped := false
@@ -101,7 +106,7 @@ var msgCounter int
 // publishEvents writes n messages of rows events each to shard k.
 func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header func(nats.Header)) []published {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	now := time.UnixMicro(1_700_000_000_000_000).UTC()
 	out := make([]published, 0, n)
@@ -138,7 +143,7 @@ type batchMsg struct {
 // readBatches returns the batches of shard k in BATCHES, in order.
 func readBatches(t *testing.T, js jetstream.JetStream, k int) []batchMsg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, streams.Batches)
 	require.NoError(t, err)
@@ -200,19 +205,46 @@ func requireCoverage(t *testing.T, k int, batches []batchMsg, want []published) 
 	return rows
 }
 
-func subjectMsgs(t *testing.T, js jetstream.JetStream, subject string) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+// eventsIn counts the EVENTS messages of subject.
+func eventsIn(ctx context.Context, js jetstream.JetStream, subject string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, streams.Events)
-	require.NoError(t, err)
+	if err != nil {
+		return 0, err
+	}
 	info, err := st.Info(ctx, jetstream.WithSubjectFilter(subject))
-	require.NoError(t, err)
-	return info.State.Subjects[subject]
+	if err != nil {
+		return 0, err
+	}
+	return info.State.Subjects[subject], nil
 }
 
-func cuts(s *Service, k int, reason string) int {
-	return int(testutil.ToFloat64(s.m.cuts.WithLabelValues(strconv.Itoa(k), reason)))
+func subjectMsgs(t *testing.T, js jetstream.JetStream, subject string) uint64 {
+	t.Helper()
+	n, err := eventsIn(t.Context(), js, subject)
+	require.NoError(t, err)
+	return n
+}
+
+// assertSubjectMsgs is subjectMsgs for an EventuallyWithT condition.
+func assertSubjectMsgs(ctx context.Context, c *assert.CollectT, js jetstream.JetStream, subject string, want uint64) {
+	n, err := eventsIn(ctx, js, subject)
+	if assert.NoError(c, err) {
+		assert.Equal(c, want, n)
+	}
+}
+
+func cuts(s *Service, k int, reason batch.CutReason) int {
+	return int(testutil.ToFloat64(s.m.cuts.WithLabelValues(strconv.Itoa(k), string(reason))))
+}
+
+// assertPublishedAndTookAll asserts that shard k published n batches and
+// has read every EVENTS message there was, as of its last read. Pending
+// is zero before the first read too; the batch count rules that out.
+func assertPublishedAndTookAll(c *assert.CollectT, s *Service, k, n int) {
+	assert.Equal(c, n, counter(s.m.batches, k))
+	assert.Zero(c, testutil.ToFloat64(s.m.pending.WithLabelValues(strconv.Itoa(k))))
 }
 
 func counter(v *prometheus.CounterVec, k int) int {
@@ -234,11 +266,11 @@ func TestBatchesCoverEveryMessageOnce(t *testing.T) {
 
 	for _, k := range owned {
 		// 250 rows: two batches full by rows, the last 50 cut by age.
-		require.Eventually(t, func() bool { return counter(b.m.batches, k) == 3 }, 10*time.Second, 10*time.Millisecond)
+		require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 3, counter(b.m.batches, k)) }, 10*time.Second, 10*time.Millisecond)
 		require.Equal(t, []int{100, 100, 50}, requireCoverage(t, k, readBatches(t, js, k), want[k]))
-		require.Equal(t, 2, cuts(b.Service, k, cutRows))
-		require.Equal(t, 1, cuts(b.Service, k, cutAge))
-		require.Equal(t, 0, cuts(b.Service, k, cutBytes))
+		require.Equal(t, 2, cuts(b.Service, k, batch.CutRows))
+		require.Equal(t, 1, cuts(b.Service, k, batch.CutAge))
+		require.Equal(t, 0, cuts(b.Service, k, batch.CutBytes))
 		require.Equal(t, 250, counter(b.m.rows, k))
 		require.Equal(t, 0.0, testutil.ToFloat64(b.m.pending.WithLabelValues(strconv.Itoa(k))))
 		require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(k)), "EVENTS purged below the published batches")
@@ -259,14 +291,12 @@ func TestCutsByBytesBeforeAMessageThatDoesNotFit(t *testing.T) {
 	// Three batches are cut when the seventh message arrives; the eighth
 	// must be taken too (nothing left pending) before the stop, or it
 	// stays in EVENTS for the next owner rather than in the last batch.
-	require.Eventually(t, func() bool {
-		return counter(b.m.batches, 0) == 3 && testutil.ToFloat64(b.m.pending.WithLabelValues("0")) == 0
-	}, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertPublishedAndTookAll(c, b.Service, 0, 3) }, 10*time.Second, 10*time.Millisecond)
 	b.stop()
 	require.Equal(t, []int{16, 16, 16, 16}, requireCoverage(t, 0, readBatches(t, js, 0), want))
-	require.Equal(t, 3, cuts(b.Service, 0, cutBytes))
-	require.Equal(t, 1, cuts(b.Service, 0, cutShutdown))
-	require.Equal(t, 0, cuts(b.Service, 0, cutRows))
+	require.Equal(t, 3, cuts(b.Service, 0, batch.CutBytes))
+	require.Equal(t, 1, cuts(b.Service, 0, batch.CutShutdown))
+	require.Equal(t, 0, cuts(b.Service, 0, batch.CutRows))
 }
 
 func TestRestartResumesAfterTheLastBatch(t *testing.T) {
@@ -276,19 +306,21 @@ func TestRestartResumesAfterTheLastBatch(t *testing.T) {
 
 	want := publishEvents(t, js, 0, 23, 10, nil)
 	first := start(t, cfg, nil)
-	require.Eventually(t, func() bool { return counter(first.m.batches, 0) == 4 }, 10*time.Second, 10*time.Millisecond)
+	// Every message must be taken before the stop, or the last ones stay
+	// in EVENTS rather than in the partial batch.
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertPublishedAndTookAll(c, first.Service, 0, 4) }, 10*time.Second, 10*time.Millisecond)
 	// The shutdown publishes the partial batch of 30 rows.
 	first.stop()
-	require.Equal(t, 1, cuts(first.Service, 0, cutShutdown))
+	require.Equal(t, 1, cuts(first.Service, 0, batch.CutShutdown))
 	require.Equal(t, []int{50, 50, 50, 50, 30}, requireCoverage(t, 0, readBatches(t, js, 0), want))
 	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
 
 	want = append(want, publishEvents(t, js, 0, 17, 10, nil)...)
 	second := start(t, cfg, nil)
-	require.Eventually(t, func() bool { return counter(second.m.batches, 0) == 3 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertPublishedAndTookAll(c, second.Service, 0, 3) }, 10*time.Second, 10*time.Millisecond)
 	second.stop()
 	require.Equal(t, []int{50, 50, 50, 50, 30, 50, 50, 50, 20}, requireCoverage(t, 0, readBatches(t, js, 0), want))
-	require.Equal(t, 1, cuts(second.Service, 0, cutShutdown))
+	require.Equal(t, 1, cuts(second.Service, 0, batch.CutShutdown))
 	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
 }
 
@@ -299,11 +331,11 @@ func TestRestartAfterBatchesWereConsumed(t *testing.T) {
 
 	publishEvents(t, js, 0, 10, 10, nil)
 	first := start(t, cfg, nil)
-	require.Eventually(t, func() bool { return counter(first.m.batches, 0) == 2 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 2, counter(first.m.batches, 0)) }, 10*time.Second, 10*time.Millisecond)
 	first.stop()
 
 	// The sink consumed every batch; EVENTS was purged below them.
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	st, err := js.Stream(ctx, streams.Batches)
 	require.NoError(t, err)
@@ -312,7 +344,7 @@ func TestRestartAfterBatchesWereConsumed(t *testing.T) {
 	want := publishEvents(t, js, 0, 5, 10, nil)
 	cfg.Policy.MaxAge = 100 * time.Millisecond
 	second := start(t, cfg, nil)
-	require.Eventually(t, func() bool { return counter(second.m.batches, 0) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 1, counter(second.m.batches, 0)) }, 10*time.Second, 10*time.Millisecond)
 	second.stop()
 	require.Equal(t, []int{50}, requireCoverage(t, 0, readBatches(t, js, 0), want))
 	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
@@ -339,7 +371,7 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 
 	publishGroup := func(id string, k int) *jetstream.PubAck {
 		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 		defer cancel()
 		events := []event.Event{{EventID: id, Tenant: "t", UserID: "u", Type: "a", TS: time.Now().UTC(), ReceivedAt: time.Now().UTC()}}
 		ack, err := js.PublishMsg(ctx, &nats.Msg{
@@ -360,10 +392,11 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 	now := cfg
 	now.Owned, now.PurgeDelay = []int{1}, 0
 	immediate := start(t, now, nil)
-	require.Eventually(t, func() bool {
-		return counter(delayed.m.batches, 0) == 1 && counter(immediate.m.batches, 1) == 1
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 1, counter(delayed.m.batches, 0))
+		assert.Equal(c, 1, counter(immediate.m.batches, 1))
 	}, 10*time.Second, 10*time.Millisecond)
-	require.Eventually(t, func() bool { return subjectMsgs(t, js, streams.EventsSubject(1)) == 0 }, 5*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertSubjectMsgs(t.Context(), c, js, streams.EventsSubject(1), 0) }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, uint64(10), subjectMsgs(t, js, streams.EventsSubject(0)), "batched, kept for the delay")
 	delayed.stop()
 	immediate.stop()
@@ -373,11 +406,11 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 	ns.WaitForShutdown()
 	ns, err = natsserver.Start(natsserver.Options{Port: port, StoreDir: store})
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Second)
 		defer cancel()
 		_, err := js.Stream(ctx, streams.Events)
-		return err == nil
+		assert.NoError(c, err)
 	}, 10*time.Second, 50*time.Millisecond)
 
 	require.True(t, publishGroup("3:0", 0).Duplicate, "kept message: its republished group is dropped")
@@ -386,7 +419,7 @@ func TestPurgeWaitsForTheDuplicateWindow(t *testing.T) {
 	// The delayed purge still happens, after the delay, without new events.
 	cfg.Owned = []int{0}
 	again := start(t, cfg, nil)
-	require.Eventually(t, func() bool { return subjectMsgs(t, js, streams.EventsSubject(0)) == 0 }, 10*time.Second, 50*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertSubjectMsgs(t.Context(), c, js, streams.EventsSubject(0), 0) }, 10*time.Second, 50*time.Millisecond)
 	again.stop()
 }
 
@@ -394,7 +427,7 @@ func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
 	want := publishEvents(t, js, 0, 3, 5, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
 	garbage := []byte{1, 200, 1, 2}
 	ack, err := js.Publish(ctx, streams.EventsSubject(0), garbage)
@@ -402,7 +435,7 @@ func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
 	want = append(want, publishEvents(t, js, 0, 3, 5, nil)...)
 
 	b := start(t, testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 100 * time.Millisecond}), nil)
-	require.Eventually(t, func() bool { return counter(b.m.rows, 0) == 30 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 30, counter(b.m.rows, 0)) }, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, 1, counter(b.m.deadLetters, 0))
 
 	batches := readBatches(t, js, 0)
@@ -417,6 +450,7 @@ func TestCorruptMessageIsDeadLetteredAndSkipped(t *testing.T) {
 	require.Equal(t, streams.EventsSubject(0), raw.Header.Get(streams.HeaderSource))
 	require.Equal(t, strconv.FormatUint(ack.Sequence, 10), raw.Header.Get(streams.HeaderSourceSeq))
 	require.Contains(t, raw.Header.Get(streams.HeaderReason), event.ErrCorrupt.Error())
+	require.Equal(t, "batcher:"+streams.EventsSubject(0)+":"+strconv.FormatUint(ack.Sequence, 10), raw.Header.Get(jetstream.MsgIDHeader))
 }
 
 func TestBatchSpanLinksItsMessages(t *testing.T) {
@@ -438,7 +472,7 @@ func TestBatchSpanLinksItsMessages(t *testing.T) {
 	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 300 * time.Millisecond})
 	cfg.MaxLinks = 4
 	b := start(t, cfg, tp)
-	require.Eventually(t, func() bool { return counter(b.m.batches, 0) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 1, counter(b.m.batches, 0)) }, 10*time.Second, 10*time.Millisecond)
 	b.stop()
 
 	batches := readBatches(t, js, 0)
@@ -471,13 +505,56 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.Policy.MaxRows = 0
 	cfg.PublishTimeout = 0
 	cfg.MaxLinks = -1
+	cfg.Retry.Multiplier = 0
 	err := cfg.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"shard 4 is outside", "shard 1 is listed twice", "batch: max_rows", "publish_timeout must", "max_links must"} {
+	for _, want := range []string{
+		"owned_shards: shard 4 is not in [0, 4)", "owned_shards: shard 1 is listed twice",
+		"batch: max_rows", "retry: multiplier", "publish_timeout must", "max_links must",
+	} {
 		require.Contains(t, err.Error(), want)
 	}
-	require.Equal(t, []int{0, 1, 2, 3}, Config{Shards: 4}.OwnedShards())
+	require.Equal(t, []int{0, 1, 2, 3}, Config{Ownership: shard.Ownership{Shards: 4}}.OwnedShards())
 	require.True(t, strings.HasSuffix(DefaultConfig().Admin.Addr, ":8083"))
+}
+
+func TestNewReportsMissingDeps(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Admin.Addr = "127.0.0.1:0"
+	_, err := New(cfg, service.Deps{})
+	require.ErrorContains(t, err, "logger is required")
+}
+
+func TestConfigKeys(t *testing.T) {
+	vars := config.EnvVars(&Config{})
+	for _, want := range []string{"SURGE_SHARDS=", "SURGE_OWNED_SHARDS=", "SURGE_RETRY_INITIAL=", "SURGE_RETRY_MAX="} {
+		require.True(t, slices.ContainsFunc(vars, func(v string) bool { return strings.HasPrefix(v, want) }), "%s in %v", want, vars)
+	}
+	cfg := DefaultConfig()
+	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) {
+		v, ok := map[string]string{"SURGE_OWNED_SHARDS": "2,5", "SURGE_RETRY_MAX": "3s"}[k]
+		return v, ok
+	}))
+	require.Equal(t, []int{2, 5}, cfg.OwnedShards())
+	require.Equal(t, 3*time.Second, cfg.Retry.Max)
+	require.Equal(t, 10*time.Second, DefaultConfig().Retry.Max, "the cap of the waits")
+}
+
+// TestConsumerRestartsBackOffUntilProgress checks the pacing of a shard's
+// consumer re-creation: the waits grow while the consumer fails without
+// taking a message, up to Retry.Max, and start over once it took one.
+func TestConsumerRestartsBackOffUntilProgress(t *testing.T) {
+	r := newRestarts(retry.Config{Initial: 100 * time.Millisecond, Max: time.Second, Multiplier: 2})
+	var waits []time.Duration
+	for range 6 {
+		waits = append(waits, r.wait(false))
+	}
+	ms := time.Millisecond
+	require.Equal(t, []time.Duration{100 * ms, 200 * ms, 400 * ms, 800 * ms, time.Second, time.Second}, waits)
+	require.Equal(t, 100*ms, r.wait(true), "a consumer that made progress starts a new episode")
+	require.Equal(t, 200*ms, r.wait(false))
+	require.Equal(t, 100*ms, r.wait(true))
+	require.Equal(t, 100*ms, r.wait(true), "each failure after progress waits the shortest")
 }
 
 // TestBatchSpanFollowsSampling checks the batch span's sampling rule: a
@@ -517,7 +594,10 @@ func TestBatchSpanFollowsSampling(t *testing.T) {
 
 	cfg := testConfig(ns.ClientURL(), 2, batch.Policy{MaxRows: 1000, MaxBytes: 1 << 20, MaxAge: 200 * time.Millisecond})
 	b := start(t, cfg, tp)
-	require.Eventually(t, func() bool { return counter(b.m.batches, 0) == 1 && counter(b.m.batches, 1) == 1 }, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 1, counter(b.m.batches, 0))
+		assert.Equal(c, 1, counter(b.m.batches, 1))
+	}, 10*time.Second, 10*time.Millisecond)
 	b.stop()
 
 	var spans []sdktrace.ReadOnlySpan

@@ -7,7 +7,9 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -19,16 +21,19 @@ type Config struct {
 	Log     telemetry.LogConfig `yaml:"log" env:"LOG"`
 	Admin   service.AdminConfig `yaml:"admin" env:"ADMIN"`
 
-	// Shards is the number of logical shards.
-	Shards int `yaml:"shards" env:"SHARDS"`
-	// Owned lists the shards this process batches; empty means all. Each
-	// shard must have exactly one running owner.
-	Owned []int `yaml:"owned" env:"BATCHER_SHARDS"`
+	// Ownership is the number of shards and the ones this process batches
+	// (shards, owned_shards). Each shard must have exactly one running
+	// batcher.
+	shard.Ownership `yaml:",inline"`
 	// Policy says when a batch is cut.
 	Policy batch.Policy `yaml:"batch" env:"BATCH"`
 	// PublishTimeout bounds one attempt to publish a batch; attempts are
-	// retried with backoff until one succeeds or the service stops.
+	// retried, paced by Retry, until one succeeds or the service stops.
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
+	// Retry paces the retries of a failed publish, of the read of a
+	// shard's last batch at start-up and of the re-creation of a shard's
+	// events consumer after it stopped.
+	Retry retry.Config `yaml:"retry" env:"RETRY"`
 	// ShutdownTimeout bounds the final flush of each shard at shutdown.
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SHUTDOWN_TIMEOUT"`
 	// MaxLinks caps the span links of a batch span to the spans of the
@@ -49,9 +54,10 @@ func DefaultConfig() Config {
 		Streams:         streams.DefaultConfig(),
 		Log:             telemetry.DefaultLogConfig(),
 		Admin:           service.AdminConfig{Addr: ":8083"},
-		Shards:          8,
+		Ownership:       shard.Ownership{Shards: 8},
 		Policy:          batch.DefaultPolicy(),
 		PublishTimeout:  10 * time.Second,
+		Retry:           retry.DefaultConfig(10 * time.Second),
 		ShutdownTimeout: 20 * time.Second,
 		MaxLinks:        128,
 		PurgeDelay:      streams.DefaultConfig().DuplicateWindow,
@@ -68,22 +74,11 @@ func (c Config) Validate() error {
 		config.Section("streams", c.Streams.Validate()),
 		config.Section("log", c.Log.Validate()),
 		config.Section("admin", c.Admin.Validate()),
+		c.Ownership.Validate(),
 		config.Section("batch", c.Policy.Validate()),
+		config.Section("retry", c.Retry.Validate()),
 	}
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
-	if c.Shards < 1 || c.Shards > 65535 {
-		add("shards must be 1 to 65535, got %d", c.Shards)
-	}
-	seen := make(map[int]bool)
-	for _, k := range c.Owned {
-		if k < 0 || k >= c.Shards {
-			add("owned: shard %d is outside [0, %d)", k, c.Shards)
-		}
-		if seen[k] {
-			add("owned: shard %d is listed twice", k)
-		}
-		seen[k] = true
-	}
 	if c.PublishTimeout <= 0 {
 		add("publish_timeout must be positive, got %s", c.PublishTimeout)
 	}
@@ -97,16 +92,4 @@ func (c Config) Validate() error {
 		add("max_links must not be negative, got %d", c.MaxLinks)
 	}
 	return errors.Join(errs...)
-}
-
-// OwnedShards is the list of shards to batch: Owned, or all of them.
-func (c Config) OwnedShards() []int {
-	if len(c.Owned) > 0 {
-		return c.Owned
-	}
-	out := make([]int, c.Shards)
-	for k := range out {
-		out[k] = k
-	}
-	return out
 }

@@ -1,0 +1,33 @@
+package batcher
+
+import (
+	"context"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/streams"
+)
+
+// deadLetter publishes a corrupt EVENTS message to DEAD_LETTER; it is then
+// skipped. The attempt outlives shutdown by at most ShutdownTimeout. Its
+// id, batcher:<events subject>:<seq>, makes a re-read of the same message
+// (after a restart) a duplicate DEAD_LETTER drops.
+func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint64, cause error) {
+	dl := streams.DeadLetterMsg{
+		Service:   "batcher",
+		Subject:   streams.DeadLetterSubject("batcher", l.k),
+		Data:      msg.Data(),
+		Reason:    cause.Error(),
+		Source:    msg.Subject(),
+		SourceSeq: seq,
+	}.Msg()
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := l.publishRetry(dctx, dl, l.log); err != nil {
+		l.log.Error("dead letter not published; the corrupt message is skipped", zap.Uint64("seq", seq), zap.Error(err))
+		return
+	}
+	l.m.deadLetters.Inc()
+	l.log.Warn("dead-lettered corrupt message", zap.Uint64("seq", seq), zap.Error(cause))
+}

@@ -1,0 +1,93 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// publish sends a batch, retrying until its PubAck or the end of ctx, then
+// purges EVENTS below it.
+func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
+	b := c.b
+	id := b.ID()
+	data := batch.Encode(b)
+	spanCtx, span := l.s.host.Tracer.Start(c.trace.context(), "batch",
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithLinks(c.trace.links...),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", l.out),
+			attribute.Int("surge.shard", l.k),
+			attribute.String("surge.batch.id", id),
+			attribute.Int("surge.batch.rows", b.Len()),
+			attribute.Int("surge.batch.bytes", len(data)),
+			attribute.String("surge.batch.cut", string(c.reason)),
+			attribute.Int("surge.batch.links_dropped", c.trace.dropped),
+		))
+	defer span.End()
+	log := l.log.With(zap.String("batch_id", id))
+	log = log.With(telemetry.TraceFields(spanCtx)...)
+
+	first, last := strconv.FormatUint(b.FirstSeq, 10), strconv.FormatUint(b.LastSeq, 10)
+	msg := &nats.Msg{
+		Subject: l.out,
+		Data:    data,
+		Header: nats.Header{
+			jetstream.MsgIDHeader:  []string{id},
+			streams.HeaderBatchID:  []string{id},
+			streams.HeaderFirstSeq: []string{first},
+			streams.HeaderLastSeq:  []string{last},
+			streams.HeaderRows:     []string{strconv.Itoa(b.Len())},
+		},
+	}
+	telemetry.Inject(spanCtx, msg.Header)
+	start := time.Now()
+	if err := l.publishRetry(ctx, msg, log); err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, "publish")
+		return err
+	}
+	l.s.m.publishDuration.Observe(time.Since(start).Seconds())
+	l.m.batchRows.Observe(float64(b.Len()))
+	l.m.batchBytes.Observe(float64(len(data)))
+	l.m.batches.Inc()
+	l.m.rows.Add(float64(b.Len()))
+	l.m.cuts[c.reason].Inc()
+	log.Debug("batch published", zap.Int("rows", b.Len()), zap.Int("bytes", len(data)), zap.String("cut", string(c.reason)))
+	l.schedulePurge(ctx, b.LastSeq)
+	return nil
+}
+
+// publishRetry publishes msg synchronously until a PubAck or the end of
+// ctx, each attempt bounded by PublishTimeout and paced by Retry. The
+// message id makes a retry of a publish that did land a duplicate.
+func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg, log *zap.Logger) error {
+	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
+		pctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
+		defer cancel()
+		_, err := l.js.PublishMsg(pctx, msg)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		l.m.retries.Inc()
+		log.Warn("publish failed, retrying", zap.String("subject", msg.Subject),
+			zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", msg.Subject, err)
+	}
+	return nil
+}

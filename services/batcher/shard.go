@@ -1,0 +1,262 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// shardLoop batches one shard. It is owned by one goroutine.
+type shardLoop struct {
+	s       *Service
+	k       int
+	js      jetstream.JetStream
+	events  jetstream.Stream
+	batches jetstream.Stream
+	subject string // events.shard.<k>
+	out     string // batches.shard.<k>
+	builder *batch.Builder
+	trace   batchTrace // trace context of the open batch
+	m       shardMetrics
+	log     *zap.Logger
+
+	// next is the EVENTS sequence to read from; 0 means the subject's first.
+	next uint64
+	// held is a cut batch whose publish was interrupted by shutdown.
+	held *cutBatch
+	// unpurged are the published batches whose EVENTS messages wait for
+	// PurgeDelay, oldest first.
+	unpurged []purgeMark
+}
+
+// cutBatch is a batch taken from the builder, on its way to BATCHES.
+type cutBatch struct {
+	b      *batch.Batch
+	trace  batchTrace
+	reason batch.CutReason
+}
+
+// run resumes the shard and consumes it until ctx ends, re-creating the
+// consumer when it stops; then it publishes what it holds.
+func (l *shardLoop) run(ctx context.Context) {
+	next, ok := l.resume(ctx)
+	if !ok {
+		return
+	}
+	l.next = next
+	defer l.finish(ctx)
+	restarts := newRestarts(l.s.cfg.Retry)
+	for {
+		from := l.next
+		err := l.consume(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := restarts.wait(l.next != from)
+		l.log.Warn("events consumer stopped, recreating", zap.Uint64("from", l.next), zap.Duration("wait", wait), zap.Error(err))
+		if !retry.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// backOff is the part of a retry.Config backoff the restarts use.
+type backOff interface {
+	NextBackOff() time.Duration
+	Reset()
+}
+
+// restarts paces the re-creation of a shard's events consumer. The waits
+// grow while the consumer keeps failing before it takes anything; once it
+// has made progress (taken a message) the next failure is a new episode
+// and waits the shortest again.
+type restarts struct{ b backOff }
+
+func newRestarts(c retry.Config) *restarts { return &restarts{b: c.NewBackOff()} }
+
+// wait is the pause before the next consumer; progressed says whether the
+// consumer that stopped took a message.
+func (r *restarts) wait(progressed bool) time.Duration {
+	if progressed {
+		r.b.Reset()
+	}
+	return r.b.NextBackOff()
+}
+
+// resume finds where the shard's last published batch ends. Without one
+// (none yet, or the sink consumed them all) it starts at the subject's
+// first message: EVENTS is purged below every published batch, and the
+// sink drops rows at or below its watermark. It reports false when ctx
+// ended first.
+func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
+	var raw *jetstream.RawStreamMsg
+	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
+		var err error
+		raw, err = l.batches.GetLastMsgForSubject(ctx, l.out)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return retry.Permanent(err)
+		}
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		l.log.Warn("read last batch, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		l.log.Info("no batch yet, starting at the first event message")
+		return 0, true
+	case err != nil: // only the end of ctx stops the retries
+		return 0, false
+	case raw.Header.Get(streams.HeaderReplay) != "":
+		// A replayed dead letter says nothing of where batching stopped.
+		l.log.Info("last batch is a replay, starting at the first event message")
+		return 0, true
+	}
+	last, err := strconv.ParseUint(raw.Header.Get(streams.HeaderLastSeq), 10, 64)
+	if err != nil {
+		l.log.Error("last batch has no valid "+streams.HeaderLastSeq+", starting at the first event message",
+			zap.Uint64("batch_seq", raw.Sequence), zap.Error(err))
+		return 0, true
+	}
+	l.log.Info("resuming after last batch", zap.String("batch", raw.Header.Get(streams.HeaderBatchID)))
+	// A purge that was due before a crash is done in its time.
+	l.schedulePurge(ctx, last)
+	return last + 1, true
+}
+
+// consume reads the shard from l.next with an ordered consumer and cuts
+// batches until ctx ends (nil) or the consumer fails (the error).
+func (l *shardLoop) consume(ctx context.Context) error {
+	cc := jetstream.OrderedConsumerConfig{FilterSubjects: []string{l.subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
+	if l.next > 0 {
+		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
+		cc.OptStartSeq = l.next
+	}
+	cons, err := l.js.OrderedConsumer(ctx, streams.Events, cc)
+	if err != nil {
+		return fmt.Errorf("ordered consumer: %w", err)
+	}
+	it, err := cons.Messages()
+	if err != nil {
+		return fmt.Errorf("messages: %w", err)
+	}
+	defer it.Stop()
+
+	// wait ends at the age deadline of the open batch or the next due
+	// purge, if any. The deadline is fixed while a batch is open, so one
+	// context serves every Next of that batch.
+	wait, cancelWait := ctx, context.CancelFunc(func() {})
+	defer func() { cancelWait() }()
+	var deadline time.Time
+	for {
+		if d := l.wakeAt(); !d.Equal(deadline) {
+			cancelWait()
+			deadline = d
+			wait, cancelWait = until(ctx, d)
+		}
+		msg, err := it.Next(jetstream.NextContext(wait))
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if now := time.Now(); !deadline.IsZero() && !now.Before(deadline) {
+				if reason := l.builder.Expired(now); reason != "" {
+					l.cut(ctx, reason)
+				}
+				l.purgeDue(ctx)
+				continue
+			}
+			return fmt.Errorf("next: %w", err)
+		}
+		if err := l.take(ctx, msg); err != nil {
+			return err
+		}
+	}
+}
+
+// until is ctx ending at d too; ctx itself when d is zero.
+func until(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	if d.IsZero() {
+		return ctx, func() {}
+	}
+	return context.WithDeadline(ctx, d)
+}
+
+// take adds one EVENTS message to the open batch, cutting before it when
+// it does not fit and after it when the batch is full.
+func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
+	meta, err := msg.Metadata()
+	if err != nil {
+		return fmt.Errorf("message metadata: %w", err)
+	}
+	seq := meta.Sequence.Stream
+	l.next = seq + 1
+	l.m.pending.Set(float64(meta.NumPending))
+	events, err := event.Decode(msg.Data())
+	if err != nil {
+		l.deadLetter(ctx, msg, seq, err)
+		return nil
+	}
+	if len(events) == 0 {
+		return nil
+	}
+	size := 0
+	for i := range events {
+		size += events[i].Size()
+	}
+	if reason := l.builder.Admit(len(events), size); reason != "" {
+		l.cut(ctx, reason)
+	}
+	l.trace.add(trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())), l.s.cfg.MaxLinks)
+	if reason := l.builder.Add(seq, events, time.Now()); reason != "" {
+		l.cut(ctx, reason)
+	}
+	return nil
+}
+
+// cut publishes the open batch. When shutdown interrupts the publish the
+// batch is held for finish, so it is never lost or split.
+func (l *shardLoop) cut(ctx context.Context, reason batch.CutReason) {
+	b := l.builder.Cut()
+	if b == nil {
+		return
+	}
+	c := &cutBatch{b: b, trace: l.trace, reason: reason}
+	l.trace = batchTrace{}
+	if err := l.publish(ctx, c); err != nil {
+		l.held = c
+	}
+}
+
+// finish publishes, at shutdown, the held batch and then the partial one,
+// with a fresh context bounded by ShutdownTimeout. What it cannot publish
+// stays in EVENTS and is read again by the next owner of the shard.
+func (l *shardLoop) finish(parent context.Context) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), l.s.cfg.ShutdownTimeout)
+	defer cancel()
+	if l.held != nil {
+		if err := l.publish(ctx, l.held); err != nil {
+			l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", l.held.b.ID()), zap.Error(err))
+			return
+		}
+		l.held = nil
+	}
+	if b := l.builder.Cut(); b != nil {
+		c := &cutBatch{b: b, trace: l.trace, reason: batch.CutShutdown}
+		l.trace = batchTrace{}
+		if err := l.publish(ctx, c); err != nil {
+			l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", b.ID()), zap.Error(err))
+		}
+	}
+}
