@@ -80,7 +80,9 @@ type Part struct {
 	AdminAddr string
 	Registry  *prometheus.Registry
 	cancel    context.CancelFunc
-	done      chan error
+	// done closes when Run has returned; err is what it returned.
+	done chan struct{}
+	err  error
 }
 
 // Stack is a running pipeline.
@@ -226,8 +228,11 @@ func (s *Stack) startServices(ctx context.Context) error {
 			return fmt.Errorf("build %s: %w", b.name, err)
 		}
 		runCtx, cancel := context.WithCancel(context.Background())
-		p := &Part{Name: b.name, AdminAddr: svc.AdminAddr(), Registry: deps.Registry, cancel: cancel, done: make(chan error, 1)}
-		go func() { p.done <- svc.Run(runCtx) }()
+		p := &Part{Name: b.name, AdminAddr: svc.AdminAddr(), Registry: deps.Registry, cancel: cancel, done: make(chan struct{})}
+		go func() {
+			defer close(p.done)
+			p.err = svc.Run(runCtx)
+		}()
 		s.Parts = append(s.Parts, p)
 	}
 	return s.waitReady(ctx, 60*time.Second)
@@ -237,13 +242,15 @@ func (s *Stack) waitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for _, p := range s.Parts {
 		for {
-			if ready(p.AdminAddr) {
+			if ready(ctx, p.AdminAddr) {
 				break
 			}
 			select {
-			case err := <-p.done:
-				p.done <- err
-				return fmt.Errorf("%s stopped at start: %w", p.Name, err)
+			case <-p.done:
+				if p.err == nil {
+					return fmt.Errorf("%s stopped at start", p.Name)
+				}
+				return fmt.Errorf("%s stopped at start: %w", p.Name, p.err)
 			case <-ctx.Done():
 				return ctx.Err()
 			case <-time.After(50 * time.Millisecond):
@@ -273,10 +280,10 @@ func (s *Stack) Stop() error {
 	var errs []error
 	for _, p := range s.Parts {
 		p.cancel()
-		if err := <-p.done; err != nil && !errors.Is(err, context.Canceled) {
-			errs = append(errs, fmt.Errorf("%s: %w", p.Name, err))
+		<-p.done
+		if p.err != nil && !errors.Is(p.err, context.Canceled) {
+			errs = append(errs, fmt.Errorf("%s: %w", p.Name, p.err))
 		}
-		p.done <- nil // later Stop calls see it stopped
 	}
 	s.Parts = nil
 	if s.ClickHouse != nil {
