@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -20,6 +18,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/tools/stack"
 )
 
 const deadLetterUsage = `Usage: surge deadletter [flags] <list | show SEQ | replay SEQ... | replay --all>
@@ -73,7 +72,7 @@ func runDeadLetter(ctx context.Context, args []string, out io.Writer) error {
 	}
 	url, u, p := *natsURL, *user, *password
 	if url == "" || u == "" {
-		if info, err := readStackInfo(*dir); err == nil {
+		if info, err := stack.ReadInfo(*dir); err == nil {
 			if url == "" {
 				url = info.NATSURL
 			}
@@ -167,23 +166,6 @@ func runDeadLetter(ctx context.Context, args []string, out io.Writer) error {
 	default:
 		return fmt.Errorf("unknown deadletter command %q (list, show, replay)", rest[0])
 	}
-}
-
-// localStack is the part of a running local stack's stack.json this
-// command needs.
-type localStack struct {
-	NATSURL      string `json:"nats_url"`
-	NATSUser     string `json:"nats_user"`
-	NATSPassword string `json:"nats_password"`
-}
-
-func readStackInfo(dir string) (localStack, error) {
-	var info localStack
-	data, err := os.ReadFile(filepath.Join(dir, stackFile))
-	if err != nil {
-		return info, err
-	}
-	return info, json.Unmarshal(data, &info)
 }
 
 // listDeadLetters reads every message of DEAD_LETTER, oldest first.

@@ -2,12 +2,10 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"time"
 
@@ -17,20 +15,6 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/tools/stack"
 )
-
-// stackFile records where a running local stack listens, for `surge query`.
-const stackFile = "stack.json"
-
-type stackInfo struct {
-	IngestURL  string   `json:"ingest_url"`
-	NATSURL    string   `json:"nats_url"`
-	NATSUser   string   `json:"nats_user"`
-	NATSPass   string   `json:"nats_password"`
-	MQTTPort   int      `json:"mqtt_port,omitempty"`
-	ClickHouse []string `json:"clickhouse_native"`
-	HTTP       []string `json:"clickhouse_http"`
-	Database   string   `json:"database"`
-}
 
 func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
@@ -84,15 +68,9 @@ func up(args []string) error {
 	if err != nil {
 		return err
 	}
-	info := stackInfo{
-		IngestURL: st.IngestURL, NATSURL: st.NATS.ClientURL(), NATSUser: st.NATSAuth.User, NATSPass: st.NATSAuth.Password,
-		MQTTPort: st.MQTTPort, ClickHouse: st.ClickHouse.Addrs(), Database: st.Database,
-	}
-	for _, s := range st.ClickHouse.Servers {
-		info.HTTP = append(info.HTTP, s.HTTPAddr())
-	}
-	if data, err := json.MarshalIndent(info, "", "  "); err == nil {
-		_ = os.WriteFile(filepath.Join(*dir, stackFile), data, 0o644)
+	info := st.Info()
+	if err := stack.WriteInfo(*dir, info); err != nil {
+		fmt.Printf("surge: %v; `surge query` and `surge deadletter` will not find this stack\n", err)
 	}
 	printBanner(st, info, time.Since(started))
 
@@ -100,7 +78,7 @@ func up(args []string) error {
 
 	fmt.Println("\nsurge: stopping: ingest, partitioner, batcher, sink, then ClickHouse and NATS...")
 	err = st.Stop()
-	_ = os.Remove(filepath.Join(*dir, stackFile))
+	_ = stack.RemoveInfo(*dir)
 	if err != nil {
 		return err
 	}
@@ -108,7 +86,7 @@ func up(args []string) error {
 	return nil
 }
 
-func printBanner(st *stack.Stack, info stackInfo, took time.Duration) {
+func printBanner(st *stack.Stack, info stack.Info, took time.Duration) {
 	fmt.Printf(`
 surge: up in %s
   send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
