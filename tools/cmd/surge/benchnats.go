@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/tools/stack"
@@ -21,6 +22,15 @@ var benchProducer = natsserver.User{Name: "bench", Password: "bench-local", Tena
 
 // benchSubject is where `surge bench --via nats` publishes.
 var benchSubject = streams.ProducerPrefix + benchProducer.Tenant + ".bench"
+
+const (
+	// publishTimeout bounds the wait for a PubAck: the client fails an
+	// async publish unanswered for that long.
+	publishTimeout = 10 * time.Second
+	// settleTimeout bounds a wait for an async publish to settle, should
+	// the client's own timeout not fire.
+	settleTimeout = publishTimeout + 5*time.Second
+)
 
 // natsProducer publishes bench bodies as a tenant's producer would: JSON
 // straight to surge.in.<tenant>.bench, each message with a Nats-Msg-Id so
@@ -38,7 +48,7 @@ func newNATSProducer(st *stack.Stack) (*natsProducer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connect as producer: %w", err)
 	}
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512))
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(512), jetstream.WithPublishAsyncTimeout(publishTimeout))
 	if err != nil {
 		nc.Close()
 		return nil, err
@@ -50,9 +60,10 @@ func (p *natsProducer) close() { p.nc.Close() }
 
 func (p *natsProducer) msgID() string { return p.run + "-" + strconv.FormatUint(p.n.Add(1), 10) }
 
-// send publishes one body and waits for its PubAck.
-func (p *natsProducer) send(body []byte) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+// send publishes one body and waits for its PubAck, at most
+// publishTimeout and no longer than ctx.
+func (p *natsProducer) send(ctx context.Context, body []byte) bool {
+	ctx, cancel := context.WithTimeout(ctx, publishTimeout)
 	defer cancel()
 	_, err := p.js.Publish(ctx, benchSubject, body, jetstream.WithMsgID(p.msgID()))
 	return err == nil
@@ -80,25 +91,34 @@ func throughputNATS(ctx context.Context, st *stack.Stack, gen *generator, f benc
 				f   jetstream.PubAckFuture
 			}
 			var inflight []pending
+			// publish sends m until JetStream takes it or ctx ends.
 			publish := func(m *nats.Msg) {
-				for ctx.Err() == nil {
+				_ = retry.Do(ctx, resend, func() error {
 					fut, err := p.js.PublishMsgAsync(m)
 					if err == nil {
 						inflight = append(inflight, pending{m, fut})
-						return
 					}
-					failed.Add(1)
-					time.Sleep(50 * time.Millisecond)
-				}
+					return err
+				}, func(int, error, time.Duration) { failed.Add(1) })
 			}
+			// settle waits for the oldest publish's PubAck: at most
+			// settleTimeout (the client fails it after publishTimeout),
+			// no longer than ctx. A failed one is resent with its id.
 			settle := func() {
 				head := inflight[0]
 				inflight = inflight[1:]
+				wait := time.NewTimer(settleTimeout)
+				defer wait.Stop()
 				select {
 				case <-head.f.Ok():
-				case <-head.f.Err():
-					failed.Add(1) // the stream pushes back: resend, same id
-					time.Sleep(50 * time.Millisecond)
+					return
+				case <-ctx.Done():
+					return
+				case <-head.f.Err(): // the stream pushes back
+				case <-wait.C:
+				}
+				failed.Add(1)
+				if retry.Sleep(ctx, resend.Initial) {
 					publish(head.msg)
 				}
 			}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// generator makes request bodies of pseudo-random events. Bodies are made
+// ahead so the load generator spends little of the machine's CPU; ingest
+// gives every event its own ULID, so repeating a body repeats no event.
+type generator struct {
+	bodies [][]byte
+	next   atomic.Uint64
+}
+
+func newGenerator(users, perRequest int) *generator {
+	types := []string{"page_view", "click", "signup", "purchase", "scroll", "search"}
+	r := rand.New(rand.NewPCG(1, 2))
+	g := &generator{}
+	for range 64 {
+		var b bytes.Buffer
+		b.WriteByte('[')
+		for i := range perRequest {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			fmt.Fprintf(&b, `{"user_id":"user-%d","type":%q,"properties":{"path":"/p/%d","ref":"campaign-%d","ms":%d}}`,
+				r.IntN(users), types[r.IntN(len(types))], r.IntN(1000), r.IntN(50), r.IntN(5000))
+		}
+		b.WriteByte(']')
+		g.bodies = append(g.bodies, b.Bytes())
+	}
+	return g
+}
+
+func (g *generator) body() []byte { return g.bodies[g.next.Add(1)%uint64(len(g.bodies))] }
+
+// resend paces a load generator's resends of what the stack refused under
+// pressure (HTTP 503/429, a failed publish): short waits, so the pipeline
+// never idles, with jitter, so the clients do not resend in lockstep.
+var resend = retry.Config{Initial: 50 * time.Millisecond, Max: 200 * time.Millisecond, Multiplier: 2, RandomizationFactor: 0.2}
+
+var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, Timeout: 30 * time.Second}
+
+// errRefused is an answer other than 202 Accepted.
+var errRefused = errors.New("ingest refused the request")
+
+// post sends one body to ingest; a nil error means 202 Accepted.
+func post(ctx context.Context, url string, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/events", bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		return fmt.Errorf("%w: %s", errRefused, resp.Status)
+	}
+	return nil
+}
+
+type throughputResult struct {
+	accepted, inserted     float64
+	acceptedIn, insertedIn time.Duration
+}
+
+func throughput(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags) (throughputResult, error) {
+	requests := f.events / f.perRequest
+	var sent atomic.Int64
+	var failed atomic.Int64
+	base := st.Inserted()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range f.clients {
+		wg.Go(func() {
+			for sent.Add(1) <= int64(requests) && ctx.Err() == nil {
+				// 503/429 under pressure: back off and resend, until Ctrl-C.
+				_ = retry.Do(ctx, resend, func() error { return post(ctx, st.IngestURL, gen.body()) },
+					func(int, error, time.Duration) { failed.Add(1) })
+			}
+		})
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		fmt.Printf("bench: %d requests were refused under pressure and resent\n", n)
+	}
+	return awaitInserted(ctx, st, start, base, requests*f.perRequest)
+}
+
+// awaitInserted waits, once every event of the throughput phase started
+// at start was accepted, until the sink has inserted them all on top of
+// base, and turns both moments into rates.
+func awaitInserted(ctx context.Context, st *stack.Stack, start time.Time, base float64, events int) (throughputResult, error) {
+	acceptedIn := time.Since(start)
+	for st.Inserted() < base+float64(events) {
+		if !retry.Sleep(ctx, 10*time.Millisecond) {
+			return throughputResult{}, ctx.Err()
+		}
+	}
+	insertedIn := time.Since(start)
+	total := float64(events)
+	return throughputResult{
+		accepted: total / acceptedIn.Seconds(), acceptedIn: acceptedIn,
+		inserted: total / insertedIn.Seconds(), insertedIn: insertedIn,
+	}, nil
+}
