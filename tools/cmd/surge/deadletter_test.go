@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
@@ -27,16 +28,33 @@ import (
 	"github.com/surge-events/surge/services/sink"
 )
 
-// chSQL runs a statement on a ClickHouse server over HTTP.
-func chSQL(t *testing.T, srv *chserver.Server, sql string) string {
-	t.Helper()
-	resp, err := http.Post("http://"+srv.HTTPAddr()+"/", "text/plain", strings.NewReader(sql))
-	require.NoError(t, err)
+// httpClient bounds every request of the tests.
+var httpClient = &http.Client{Timeout: 10 * time.Second}
+
+// chQuery runs a statement on a ClickHouse server over HTTP and returns
+// its answer; safe off the test goroutine.
+func chQuery(srv *chserver.Server, sql string) (string, error) {
+	resp, err := httpClient.Post("http://"+srv.HTTPAddr()+"/", "text/plain", strings.NewReader(sql))
+	if err != nil {
+		return "", err
+	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s: %s", sql, resp.Status, body)
+	}
+	return strings.TrimSpace(string(body)), nil
+}
+
+// chSQL is chQuery on the test goroutine.
+func chSQL(t *testing.T, srv *chserver.Server, sql string) string {
+	t.Helper()
+	out, err := chQuery(srv, sql)
 	require.NoError(t, err)
-	require.Equal(t, http.StatusOK, resp.StatusCode, "%s: %s", sql, body)
-	return strings.TrimSpace(string(body))
+	return out
 }
 
 func testBatch(shard int, first, last uint64) *batch.Batch {
@@ -56,7 +74,7 @@ func testBatch(shard int, first, last uint64) *batch.Batch {
 // batches raise the watermark after the cause is removed, then lists, shows
 // and replays the dead letters with the command: every row lands once.
 func TestDeadLetterListShowReplay(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
 	require.NoError(t, err)
@@ -74,7 +92,7 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	cfg.Streams.MaxBytes = 64 << 20
 	cfg.ClickHouse.Addrs = ch.Addrs()
 	cfg.ClickHouse.InsertTimeout = 5 * time.Second
-	cfg.Retry = sink.RetryConfig{Initial: 50 * time.Millisecond, Max: 400 * time.Millisecond}
+	cfg.Retry.Initial, cfg.Retry.Max = 50*time.Millisecond, 400*time.Millisecond
 	cfg.Admin.Addr = "127.0.0.1:0"
 	cfg.Shards = 4
 	s, err := sink.New(cfg, service.Deps{
@@ -102,15 +120,42 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 		_, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(b.ID()))
 		require.NoError(t, err)
 	}
-	rows := func() string {
-		return chSQL(t, ch.Servers[0], "SELECT count(), uniqExact(event_id) FROM surge.events_local FORMAT CSV")
+	const countRows = "SELECT count(), uniqExact(event_id) FROM surge.events_local FORMAT CSV"
+	// awaitRows waits until server 0 holds want as "rows,distinct ids".
+	awaitRows := func(want string) {
+		t.Helper()
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			got, err := chQuery(ch.Servers[0], countRows)
+			if assert.NoError(c, err) {
+				assert.Equal(c, want, got)
+			}
+		}, 30*time.Second, 20*time.Millisecond)
 	}
-	dlMsgs := func() uint64 {
+	dlMsgs := func() (uint64, error) {
 		st, err := js.Stream(ctx, streams.DeadLetter)
-		require.NoError(t, err)
+		if err != nil {
+			return 0, err
+		}
 		info, err := st.Info(ctx)
+		if err != nil {
+			return 0, err
+		}
+		return info.State.Msgs, nil
+	}
+	awaitDeadLetters := func(want uint64) {
+		t.Helper()
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			n, err := dlMsgs()
+			if assert.NoError(c, err) {
+				assert.Equal(c, want, n)
+			}
+		}, 30*time.Second, 20*time.Millisecond)
+	}
+	requireDeadLetters := func(want uint64) {
+		t.Helper()
+		n, err := dlMsgs()
 		require.NoError(t, err)
-		return info.State.Msgs
+		require.Equal(t, want, n)
 	}
 	cli := func(args ...string) string {
 		t.Helper()
@@ -120,26 +165,26 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	}
 
 	// The sink made the schema once ready; the tables are empty.
-	require.Eventually(t, func() bool {
-		resp, err := http.Get("http://" + s.AdminAddr() + "/readyz")
-		if err != nil {
-			return false
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		resp, err := httpClient.Get("http://" + s.AdminAddr() + "/readyz")
+		if !assert.NoError(c, err) {
+			return
 		}
 		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		assert.Equal(c, http.StatusOK, resp.StatusCode)
 	}, time.Minute, 20*time.Millisecond)
 	require.Equal(t, "no dead letters\n", cli("list"))
 
 	chSQL(t, ch.Servers[0], "ALTER TABLE surge.events_local MODIFY COLUMN user_id UInt64")
 	// One after the other, so dead letter 1 is shard 0's.
 	publish(testBatch(0, 1, 5))
-	require.Eventually(t, func() bool { return dlMsgs() == 1 }, 30*time.Second, 20*time.Millisecond)
+	awaitDeadLetters(1)
 	publish(testBatch(2, 1, 3))
-	require.Eventually(t, func() bool { return dlMsgs() == 2 }, 30*time.Second, 20*time.Millisecond)
+	awaitDeadLetters(2)
 	chSQL(t, ch.Servers[0], "ALTER TABLE surge.events_local MODIFY COLUMN user_id String")
 	publish(testBatch(0, 6, 8))
 	publish(testBatch(2, 4, 4))
-	require.Eventually(t, func() bool { return rows() == "8,8" }, 30*time.Second, 20*time.Millisecond)
+	awaitRows("8,8")
 
 	list := cli("list")
 	require.Contains(t, list, "deadletter.sink.shard.0")
@@ -157,15 +202,15 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	// Both batches are below their shard's watermark now: a plain
 	// redelivery would be dropped; a replay lands.
 	require.Equal(t, "replayed dead letter 1 to batches.shard.0\n", cli("replay", "1"))
-	require.Eventually(t, func() bool { return rows() == "18,18" }, 30*time.Second, 20*time.Millisecond)
-	require.Equal(t, uint64(1), dlMsgs())
+	awaitRows("18,18")
+	requireDeadLetters(1)
 	require.Equal(t, "replayed dead letter 2 to batches.shard.2\n", cli("replay", "--all"))
-	require.Eventually(t, func() bool { return rows() == "24,24" }, 30*time.Second, 20*time.Millisecond)
+	awaitRows("24,24")
 	require.Equal(t, "no dead letters\n", cli("list"))
-	require.Equal(t, uint64(0), dlMsgs())
+	requireDeadLetters(0)
 	require.Equal(t, "no dead letters\n", cli("replay", "--all"))
 
 	var out bytes.Buffer
 	require.ErrorContains(t, runDeadLetter(ctx, []string{"--nats", ns.ClientURL(), "show", "99"}, &out), "dead letter 99")
-	require.Equal(t, "24,24", rows(), "every row once, none twice")
+	require.Equal(t, "24,24", chSQL(t, ch.Servers[0], countRows), "every row once, none twice")
 }
