@@ -13,25 +13,28 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Config is the sink's configuration.
 type Config struct {
-	NATS       service.NATSConfig  `yaml:"nats" env:"NATS"`
-	Streams    streams.Config      `yaml:"streams" env:"STREAMS"`
-	ClickHouse ClickHouseConfig    `yaml:"clickhouse" env:"CLICKHOUSE"`
-	Retry      RetryConfig         `yaml:"retry" env:"RETRY"`
-	Log        telemetry.LogConfig `yaml:"log" env:"LOG"`
-	Admin      service.AdminConfig `yaml:"admin" env:"ADMIN"`
-	// Shards is the number of logical shards (SURGE_SHARDS).
-	Shards int `yaml:"shards" env:"SHARDS"`
-	// Owned lists the shards this sink consumes (SURGE_SINK_SHARDS, a comma
-	// list); empty means all. To scale out, give each sink its own set:
-	// a shard must have one active owner, because the watermark is cached.
-	Owned []int `yaml:"owned_shards" env:"SINK_SHARDS"`
+	NATS       service.NATSConfig `yaml:"nats" env:"NATS"`
+	Streams    streams.Config     `yaml:"streams" env:"STREAMS"`
+	ClickHouse ClickHouseConfig   `yaml:"clickhouse" env:"CLICKHOUSE"`
+	// Retry paces the retries of schema creation, inserts and dead-letter
+	// publishes. Its longest wait must not exceed clickhouse.insert_timeout.
+	Retry retry.Config        `yaml:"retry" env:"RETRY"`
+	Log   telemetry.LogConfig `yaml:"log" env:"LOG"`
+	Admin service.AdminConfig `yaml:"admin" env:"ADMIN"`
+	// Ownership is the number of shards (SURGE_SHARDS) and the shards this
+	// sink consumes (owned_shards, SURGE_OWNED_SHARDS; empty means all). To
+	// scale out, give each sink its own set: a shard must have one active
+	// owner, because the watermark is cached.
+	shard.Ownership `yaml:",inline"`
 }
 
 // ClickHouseConfig says how to reach the shard servers.
@@ -56,13 +59,6 @@ type ClickHouseConfig struct {
 	ShardServers []int `yaml:"shard_servers" env:"SHARD_SERVERS"`
 }
 
-// RetryConfig is the exponential backoff of transient failures.
-type RetryConfig struct {
-	// Initial is the first wait; each retry doubles it up to Max.
-	Initial time.Duration `yaml:"initial" env:"INITIAL"`
-	Max     time.Duration `yaml:"max" env:"MAX"`
-}
-
 // DefaultConfig is a sink for a local stack: one ClickHouse server, eight
 // shards, all owned.
 func DefaultConfig() Config {
@@ -77,10 +73,10 @@ func DefaultConfig() Config {
 			DialTimeout:   5 * time.Second,
 			InsertTimeout: 30 * time.Second,
 		},
-		Retry:  RetryConfig{Initial: 100 * time.Millisecond, Max: 5 * time.Second},
-		Log:    telemetry.DefaultLogConfig(),
-		Admin:  service.AdminConfig{Addr: ":8084"},
-		Shards: 8,
+		Retry:     retry.DefaultConfig(5 * time.Second),
+		Log:       telemetry.DefaultLogConfig(),
+		Admin:     service.AdminConfig{Addr: ":8084"},
+		Ownership: shard.Ownership{Shards: 8},
 	}
 }
 
@@ -93,24 +89,21 @@ func (c Config) Validate() error {
 		config.Section("nats", c.NATS.Validate()),
 		config.Section("streams", c.Streams.Validate()),
 		config.Section("clickhouse", c.ClickHouse.validate(c.Shards)),
-		config.Section("retry", c.Retry.validate(c.ClickHouse.InsertTimeout)),
+		config.Section("retry", errors.Join(c.Retry.Validate(), c.retryFits())),
 		config.Section("log", c.Log.Validate()),
 		config.Section("admin", c.Admin.Validate()),
-	}
-	if c.Shards < 1 || c.Shards > 65535 {
-		errs = append(errs, fmt.Errorf("shards must be 1 to 65535 (the shard column is UInt16), got %d", c.Shards))
-	}
-	seen := map[int]bool{}
-	for _, k := range c.Owned {
-		switch {
-		case k < 0 || k >= c.Shards:
-			errs = append(errs, fmt.Errorf("owned_shards: shard %d is not in [0, %d)", k, c.Shards))
-		case seen[k]:
-			errs = append(errs, fmt.Errorf("owned_shards: shard %d is listed twice", k))
-		}
-		seen[k] = true
+		c.Ownership.Validate(),
 	}
 	return errors.Join(errs...)
+}
+
+// retryFits checks that a wait between retries cannot outlive the ack
+// wait, or the batch would be redelivered while its owner still holds it.
+func (c Config) retryFits() error {
+	if longest := c.Retry.MaxWait(); longest > c.ClickHouse.InsertTimeout {
+		return fmt.Errorf("longest wait (max with jitter, %s) must not exceed clickhouse insert_timeout (%s)", longest, c.ClickHouse.InsertTimeout)
+	}
+	return nil
 }
 
 // identifier is what may be put into DDL unquoted on every ClickHouse.
@@ -151,22 +144,6 @@ func (c ClickHouseConfig) validate(shards int) error {
 	return errors.Join(errs...)
 }
 
-func (c RetryConfig) validate(insertTimeout time.Duration) error {
-	var errs []error
-	if c.Initial <= 0 {
-		errs = append(errs, fmt.Errorf("initial must be positive, got %s", c.Initial))
-	}
-	if c.Max < c.Initial {
-		errs = append(errs, fmt.Errorf("max must be at least initial (%s), got %s", c.Initial, c.Max))
-	}
-	// A wait between retries must not outlive the ack wait, or the batch
-	// would be redelivered while its owner still holds it.
-	if c.Max > insertTimeout {
-		errs = append(errs, fmt.Errorf("max must not exceed clickhouse insert_timeout (%s), got %s", insertTimeout, c.Max))
-	}
-	return errors.Join(errs...)
-}
-
 // ServerOf is the index in Addrs of the server that owns shard k.
 func (c Config) ServerOf(k int) int {
 	if len(c.ClickHouse.ShardServers) > 0 {
@@ -175,21 +152,9 @@ func (c Config) ServerOf(k int) int {
 	return k % len(c.ClickHouse.Addrs)
 }
 
-// OwnedShards is the shards this sink consumes, in order.
-func (c Config) OwnedShards() []int {
-	if len(c.Owned) > 0 {
-		return c.Owned
-	}
-	out := make([]int, c.Shards)
-	for k := range out {
-		out[k] = k
-	}
-	return out
-}
-
 // AckWait is the BATCHES consumer's ack wait: longer than one insert or
-// watermark read plus one backoff wait, the longest the sink goes without
-// an ack or an InProgress.
+// watermark read plus the longest wait between retries, the longest the
+// sink goes without an ack or an InProgress.
 func (c Config) AckWait() time.Duration {
-	return 2*c.ClickHouse.InsertTimeout + c.Retry.Max
+	return 2*c.ClickHouse.InsertTimeout + c.Retry.MaxWait()
 }

@@ -1,9 +1,11 @@
 package sink
 
 import (
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
 )
 
 // Outcomes of a batch, the outcome label of surge_sink_batches_total.
@@ -28,65 +30,91 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
-	m := &metrics{
-		batches: prometheus.NewCounterVec(prometheus.CounterOpts{
+	f := promauto.With(reg)
+	return &metrics{
+		batches: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_batches_total",
 			Help: "Batches handled, by shard and outcome (inserted, duplicate, dead_letter).",
 		}, []string{"shard", "outcome"}),
-		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
+		rows: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_rows_inserted_total",
 			Help: "Rows inserted into ClickHouse, by shard.",
 		}, []string{"shard"}),
-		insertDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		insertDuration: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_insert_duration_seconds",
 			Help:    "Duration of successful batch inserts, by shard.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"shard"}),
-		batchRows: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		batchRows: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_rows",
 			Help:    "Rows per batch received, by shard.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
 		}, []string{"shard"}),
-		batchBytes: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		batchBytes: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_bytes",
 			Help:    "Encoded bytes per batch received, by shard.",
 			Buckets: prometheus.ExponentialBuckets(256, 4, 10),
 		}, []string{"shard"}),
-		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+		retries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_retries_total",
 			Help: "Transient failures retried, by shard.",
 		}, []string{"shard"}),
-		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_dead_letters_total",
 			Help: "Batches moved to the dead-letter stream, by shard.",
 		}, []string{"shard"}),
-		watermark: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		watermark: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_sink_watermark",
 			Help: "Highest EVENTS sequence held by ClickHouse, by shard.",
 		}, []string{"shard"}),
-		pending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		pending: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_sink_consumer_pending",
 			Help: "Batches waiting in BATCHES for the shard's consumer, by shard.",
 		}, []string{"shard"}),
-		ackPending: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		ackPending: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_sink_consumer_ack_pending",
 			Help: "Batches delivered to the shard's consumer and not yet acked, by shard.",
 		}, []string{"shard"}),
-		endToEnd: prometheus.NewHistogram(prometheus.HistogramOpts{
+		endToEnd: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_sink_end_to_end_seconds",
 			Help:    "Time from ingest's received_at to the row's insert.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}),
 	}
-	reg.MustRegister(m.batches, m.rows, m.insertDuration, m.batchRows, m.batchBytes,
-		m.retries, m.deadLetters, m.watermark, m.pending, m.ackPending, m.endToEnd)
-	return m
+}
+
+// shardMetrics are one shard's series, looked up once per shard loop.
+type shardMetrics struct {
+	inserted, duplicates, deadLettered    prometheus.Counter // surge_sink_batches_total by outcome
+	rows, retries, deadLetters            prometheus.Counter
+	insertDuration, batchRows, batchBytes prometheus.Observer
+	watermark, pending, ackPending        prometheus.Gauge
+	endToEnd                              prometheus.Observer // shared by every shard
+}
+
+func (m *metrics) forShard(k int) shardMetrics {
+	label := strconv.Itoa(k)
+	return shardMetrics{
+		inserted:       m.batches.WithLabelValues(label, outcomeInserted),
+		duplicates:     m.batches.WithLabelValues(label, outcomeDuplicate),
+		deadLettered:   m.batches.WithLabelValues(label, outcomeDeadLetter),
+		rows:           m.rows.WithLabelValues(label),
+		retries:        m.retries.WithLabelValues(label),
+		deadLetters:    m.deadLetters.WithLabelValues(label),
+		insertDuration: m.insertDuration.WithLabelValues(label),
+		batchRows:      m.batchRows.WithLabelValues(label),
+		batchBytes:     m.batchBytes.WithLabelValues(label),
+		watermark:      m.watermark.WithLabelValues(label),
+		pending:        m.pending.WithLabelValues(label),
+		ackPending:     m.ackPending.WithLabelValues(label),
+		endToEnd:       m.endToEnd,
+	}
 }
 
 // observeEndToEnd records the latency of every row at once after an
 // insert. Rows of one request share received_at, so runs of equal values
 // reuse one computed duration.
-func (m *metrics) observeEndToEnd(receivedAt []int64, now time.Time) {
+func (m shardMetrics) observeEndToEnd(receivedAt []int64, now time.Time) {
 	nowUS := now.UnixMicro()
 	var prev int64 = -1
 	var d float64

@@ -16,23 +16,32 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// maxReasonLen bounds the Surge-Reason header of a dead letter.
-const maxReasonLen = 1024
+// publisher is what a shard loop needs of JetStream besides its consumer:
+// publishing dead letters.
+type publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
 
 // shardLoop owns one shard: it pulls that shard's batches one at a time
 // and holds the shard's watermark. Only its goroutine touches its fields.
 type shardLoop struct {
-	s     *Service
-	k     int
-	label string
-	cons  jetstream.Consumer
-	js    jetstream.JetStream
-	store store
-	log   *zap.Logger
+	k      int
+	cons   jetstream.Consumer
+	js     publisher
+	store  store
+	log    *zap.Logger
+	tracer trace.Tracer
+	m      shardMetrics
+	retry  retry.Config
+	// insertTimeout bounds one insert, watermark read or presence check.
+	insertTimeout time.Duration
+	// fetchWait bounds one pull.
+	fetchWait time.Duration
 
 	// watermark is the highest EVENTS sequence ClickHouse holds for the
 	// shard, valid while known. It is (re)read from ClickHouse at start and
@@ -41,58 +50,70 @@ type shardLoop struct {
 	known     bool
 }
 
-func newShardLoop(s *Service, k int, cons jetstream.Consumer, js jetstream.JetStream, st store) *shardLoop {
+func (s *Service) newShardLoop(k int, cons jetstream.Consumer, js publisher, st store) *shardLoop {
 	return &shardLoop{
-		s: s, k: k, label: strconv.Itoa(k), cons: cons, js: js, store: st,
-		log: s.log.With(zap.Int("shard", k), zap.String("clickhouse", st.Addr())),
+		k: k, cons: cons, js: js, store: st,
+		log:           s.log.With(zap.Int("shard", k), zap.String("clickhouse", st.Addr())),
+		tracer:        s.host.Tracer,
+		m:             s.metrics.forShard(k),
+		retry:         s.cfg.Retry,
+		insertTimeout: s.cfg.ClickHouse.InsertTimeout,
+		fetchWait:     s.fetchWait,
 	}
 }
 
 // run pulls batches until ctx ends. A batch fetched before that is handled
-// to the end.
+// to the end. Failed pulls (NATS down) are retried with the retry policy.
 func (l *shardLoop) run(ctx context.Context) {
+	bo := l.retry.NewBackOff()
 	for ctx.Err() == nil {
-		msgs, err := l.cons.Fetch(1, jetstream.FetchMaxWait(l.s.fetchWait))
-		if err != nil {
-			l.log.Warn("fetch batch", zap.Error(err))
-			sleep(ctx, l.s.fetchWait)
+		msgs, err := l.cons.Fetch(1, jetstream.FetchMaxWait(l.fetchWait))
+		if err == nil {
+			for msg := range msgs.Messages() {
+				l.handle(ctx, msg)
+			}
+			err = msgs.Error()
+			if errors.Is(err, nats.ErrTimeout) {
+				err = nil // an idle shard
+			}
+		}
+		if err == nil {
+			bo.Reset()
 			continue
 		}
-		for msg := range msgs.Messages() {
-			l.handle(ctx, msg)
+		if ctx.Err() != nil {
+			return
 		}
-		if err := msgs.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil {
-			l.log.Warn("fetch batch", zap.Error(err))
-			sleep(ctx, l.s.fetchWait)
-		}
+		wait := bo.NextBackOff()
+		l.log.Warn("fetch batch", zap.Duration("wait", wait), zap.Error(err))
+		retry.Sleep(ctx, wait)
 	}
 }
 
 // handle lands one BATCHES message in ClickHouse, or in DEAD_LETTER, and
 // acks it. Transient failures are retried until they pass or ctx ends; in
 // the latter case the batch is nak'ed for whoever owns the shard next.
+// Work on the batch is not cut by shutdown; only waits between retries are.
 func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
-	m := l.s.metrics
-	// Work on the batch is not cut by shutdown; only waits between retries are.
-	work := context.WithoutCancel(ctx)
-	work = telemetry.Extract(work, msg.Headers())
+	// ctx carries the batch's trace from here on, and still ends at shutdown.
+	ctx = telemetry.Extract(ctx, msg.Headers())
 	id := msg.Headers().Get(streams.HeaderBatchID)
-	m.batchBytes.WithLabelValues(l.label).Observe(float64(len(msg.Data())))
+	l.m.batchBytes.Observe(float64(len(msg.Data())))
 
 	b, err := batch.Decode(msg.Data())
 	if err == nil && b.Shard != l.k {
 		err = fmt.Errorf("%w: batch of shard %d on %s", errWrongShard, b.Shard, msg.Subject())
 	}
 	if err != nil {
-		l.deadLetter(ctx, work, msg, id, err)
+		l.deadLetter(ctx, msg, id, err)
 		return
 	}
 	if id == "" {
 		id = b.ID()
 	}
-	m.batchRows.WithLabelValues(l.label).Observe(float64(b.Len()))
+	l.m.batchRows.Observe(float64(b.Len()))
 
-	work, span := l.s.tracer.Start(work, "sink insert",
+	ctx, span := l.tracer.Start(ctx, "sink insert",
 		trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(
 			attribute.String("db.system", "clickhouse"),
@@ -104,47 +125,50 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 			attribute.String("surge.batch_id", id),
 		))
 	defer span.End()
+	work := context.WithoutCancel(ctx)
 	log := l.log.With(zap.String("batch_id", id))
-	log = log.With(telemetry.TraceFields(work)...)
+	log = log.With(telemetry.TraceFields(ctx)...)
 
-	for attempt := 1; ; attempt++ {
+	attempt := 0
+	var permanent error // the failure is about the batch: dead-letter it
+	err = retry.Do(ctx, l.retry, func() error {
+		attempt++
 		if attempt > 1 {
 			_ = msg.InProgress() // keep AckWait from expiring while retrying
 		}
 		err := l.land(work, msg, b, id, attempt)
-		if err == nil {
-			return
+		if err != nil && Classify(err) == Permanent {
+			permanent = err
+			return retry.Permanent(err)
 		}
-		if Classify(err) == Permanent {
-			span.RecordError(err)
-			span.SetStatus(codes.Error, "dead letter")
-			l.deadLetter(ctx, work, msg, id, err)
-			return
-		}
-		m.retries.WithLabelValues(l.label).Inc()
-		wait := backoff(l.s.cfg.Retry, attempt)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		l.m.retries.Inc()
 		log.Warn("insert failed, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 		span.AddEvent("retry", trace.WithAttributes(attribute.Int("attempt", attempt), attribute.String("error", err.Error())))
 		_ = msg.InProgress()
-		if !sleep(ctx, wait) {
-			log.Info("stopping with batch not landed; releasing it", zap.Error(err))
-			span.SetStatus(codes.Error, "shutdown before insert")
-			_ = msg.Nak()
-			return
-		}
+	})
+	switch {
+	case err == nil:
+	case permanent != nil:
+		span.RecordError(permanent)
+		span.SetStatus(codes.Error, "dead letter")
+		l.deadLetter(ctx, msg, id, permanent)
+	default: // only shutdown ends the retries of a transient failure
+		log.Info("stopping with batch not landed; releasing it", zap.Error(err))
+		span.SetStatus(codes.Error, "shutdown before insert")
+		_ = msg.Nak()
 	}
 }
 
 // land inserts the part of b above the watermark and acks msg. An error
 // leaves msg unacked.
 func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	m := l.s.metrics
-	timeout := l.s.cfg.ClickHouse.InsertTimeout
 	if msg.Headers().Get(streams.HeaderReplay) != "" {
 		return l.landReplay(ctx, msg, b, id, attempt)
 	}
 	if !l.known {
-		wctx, cancel := context.WithTimeout(ctx, timeout)
+		wctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 		wm, err := l.store.Watermark(wctx, l.k)
 		cancel()
 		if err != nil {
@@ -155,12 +179,12 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	rest := b.After(l.watermark)
 	if rest.Len() == 0 {
 		l.ack(ctx, msg)
-		m.batches.WithLabelValues(l.label, outcomeDuplicate).Inc()
+		l.m.duplicates.Inc()
 		trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("surge.duplicate", true))
 		return nil
 	}
 
-	qctx, cancel := context.WithTimeout(ctx, timeout)
+	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
 	qid := queryID(id, trace.SpanContextFromContext(ctx), attempt)
 	// log_queries: servers that log no queries by default (the Debian
@@ -179,10 +203,10 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	l.setWatermark(b.LastSeq)
 	l.ack(ctx, msg)
 
-	m.insertDuration.WithLabelValues(l.label).Observe(now.Sub(start).Seconds())
-	m.rows.WithLabelValues(l.label).Add(float64(rest.Len()))
-	m.batches.WithLabelValues(l.label, outcomeInserted).Inc()
-	m.observeEndToEnd(rest.ReceivedAt, now)
+	l.m.insertDuration.Observe(now.Sub(start).Seconds())
+	l.m.rows.Add(float64(rest.Len()))
+	l.m.inserted.Inc()
+	l.m.observeEndToEnd(rest.ReceivedAt, now)
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
 	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
 		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
@@ -197,9 +221,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 // insert whose outcome is unknown is never repeated blindly, and replaying
 // a dead letter twice inserts nothing the second time.
 func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	m := l.s.metrics
-	timeout := l.s.cfg.ClickHouse.InsertTimeout
-	pctx, cancel := context.WithTimeout(ctx, timeout)
+	pctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	present, err := l.store.Present(pctx, l.k, b.FirstSeq, b.LastSeq)
 	cancel()
 	if err != nil {
@@ -210,11 +232,11 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 	span.SetAttributes(attribute.Bool("surge.replay", true))
 	if rest.Len() == 0 {
 		l.ack(ctx, msg)
-		m.batches.WithLabelValues(l.label, outcomeDuplicate).Inc()
+		l.m.duplicates.Inc()
 		span.SetAttributes(attribute.Bool("surge.duplicate", true))
 		return nil
 	}
-	qctx, cancel := context.WithTimeout(ctx, timeout)
+	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
 	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
 	start := time.Now()
@@ -226,9 +248,9 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 	}
 	now := time.Now()
 	l.ack(ctx, msg)
-	m.insertDuration.WithLabelValues(l.label).Observe(now.Sub(start).Seconds())
-	m.rows.WithLabelValues(l.label).Add(float64(rest.Len()))
-	m.batches.WithLabelValues(l.label, outcomeInserted).Inc()
+	l.m.insertDuration.Observe(now.Sub(start).Seconds())
+	l.m.rows.Add(float64(rest.Len()))
+	l.m.inserted.Inc()
 	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
 	l.log.Info("replayed batch inserted", zap.String("batch_id", id), zap.Int("rows", rest.Len()), zap.String("replay", msg.Headers().Get(streams.HeaderReplay)))
 	return nil
@@ -236,7 +258,7 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 
 func (l *shardLoop) setWatermark(wm uint64) {
 	l.watermark, l.known = wm, true
-	l.s.metrics.watermark.WithLabelValues(l.label).Set(float64(wm))
+	l.m.watermark.Set(float64(wm))
 }
 
 // ack confirms msg with the server. A lost ack is harmless: the batch
@@ -250,54 +272,52 @@ func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) {
 }
 
 // deadLetter publishes the original bytes of msg to DEAD_LETTER, waits for
-// the PubAck, then terminates msg. Publishing is retried like an insert.
-func (l *shardLoop) deadLetter(ctx, work context.Context, msg jetstream.Msg, id string, cause error) {
-	m := l.s.metrics
-	reason := cause.Error()
-	if len(reason) > maxReasonLen {
-		reason = reason[:maxReasonLen]
-	}
+// the PubAck, then terminates msg. Publishing is retried like an insert:
+// the end of ctx (shutdown) cuts the waits between attempts, never an
+// attempt, and releases msg with a Nak. ctx carries the batch's trace.
+func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string, cause error) {
+	work := context.WithoutCancel(ctx)
 	var sourceSeq uint64
 	if meta, err := msg.Metadata(); err == nil {
 		sourceSeq = meta.Sequence.Stream
 	}
-	out := nats.NewMsg(streams.DeadLetterSubject("sink", l.k))
-	out.Data = msg.Data()
-	out.Header.Set(streams.HeaderReason, reason)
-	out.Header.Set(streams.HeaderSource, msg.Subject())
-	out.Header.Set(streams.HeaderSourceSeq, strconv.FormatUint(sourceSeq, 10))
-	if id != "" {
-		out.Header.Set(streams.HeaderBatchID, id)
-	}
+	// The same BATCHES message always makes the same dead letter (its id
+	// is sink:<subject>:<seq>), so a redelivery after a lost Term is
+	// dropped by JetStream.
+	out := streams.DeadLetterMsg{
+		Service:   "sink",
+		Subject:   streams.DeadLetterSubject("sink", l.k),
+		Data:      msg.Data(),
+		Reason:    cause.Error(),
+		Source:    msg.Subject(),
+		SourceSeq: sourceSeq,
+		BatchID:   id,
+	}.Msg()
 	telemetry.Inject(work, out.Header)
-	// The same BATCHES message always makes the same dead letter, so a
-	// redelivery after a lost Term is dropped by JetStream.
-	msgID := "sink:" + msg.Subject() + ":" + strconv.FormatUint(sourceSeq, 10)
 	log := l.log.With(zap.String("batch_id", id), zap.Uint64("source_seq", sourceSeq))
-	log = log.With(telemetry.TraceFields(work)...)
+	log = log.With(telemetry.TraceFields(ctx)...)
 
-	for attempt := 1; ; attempt++ {
+	err := retry.Do(ctx, l.retry, func() error {
 		pctx, cancel := context.WithTimeout(work, 10*time.Second)
-		_, err := l.js.PublishMsg(pctx, out, jetstream.WithMsgID(msgID))
-		cancel()
-		if err == nil {
-			break
-		}
-		m.retries.WithLabelValues(l.label).Inc()
-		wait := backoff(l.s.cfg.Retry, attempt)
-		log.Warn("publish dead letter failed, retrying", zap.Int("attempt", attempt), zap.Error(err))
+		defer cancel()
+		_, err := l.js.PublishMsg(pctx, out)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		l.m.retries.Inc()
+		log.Warn("publish dead letter failed, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 		_ = msg.InProgress()
-		if !sleep(ctx, wait) {
-			_ = msg.Nak()
-			return
-		}
+	})
+	if err != nil { // only shutdown ends the retries
+		log.Info("stopping with batch not dead-lettered; releasing it", zap.Error(err))
+		_ = msg.Nak()
+		return
 	}
 	if err := msg.Term(); err != nil {
 		log.Warn("terminate dead-lettered batch", zap.Error(err))
 	}
-	m.deadLetters.WithLabelValues(l.label).Inc()
-	m.batches.WithLabelValues(l.label, outcomeDeadLetter).Inc()
-	log.Warn("batch dead-lettered", zap.String("reason", reason))
+	l.m.deadLetters.Inc()
+	l.m.deadLettered.Inc()
+	log.Warn("batch dead-lettered", zap.String("reason", out.Header.Get(streams.HeaderReason)))
 }
 
 // AttrQueryID is the insert span's attribute holding the ClickHouse

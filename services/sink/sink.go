@@ -8,11 +8,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 )
@@ -23,14 +21,17 @@ const TracerName = "github.com/surge-events/surge/services/sink"
 // ConsumerName is the durable BATCHES consumer of shard k.
 func ConsumerName(k int) string { return "sink-shard-" + strconv.Itoa(k) }
 
+// checkClickHouse is the sink's readiness check: it fails until the schema
+// exists on every server and the shard consumers are created.
+const checkClickHouse = "clickhouse"
+
 // Service is the sink: one loop per owned shard moving batches from
 // BATCHES into ClickHouse.
 type Service struct {
 	cfg     Config
+	host    *service.Host
 	log     *zap.Logger
-	tracer  trace.Tracer
 	metrics *metrics
-	admin   *service.Admin
 
 	// fetchWait bounds one pull: the longest a shard loop takes to notice
 	// shutdown when its shard is idle.
@@ -39,75 +40,42 @@ type Service struct {
 	pendingEvery time.Duration
 }
 
-// New checks cfg and opens the admin listener; it does no other I/O.
+// New checks cfg and deps and opens the admin listener; it does no other I/O.
 func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sink config: %w", err)
 	}
-	if deps.Logger == nil {
-		deps.Logger = zap.NewNop()
-	}
-	if deps.Registry == nil {
-		deps.Registry = prometheus.NewRegistry()
-	}
-	if deps.TracerProvider == nil {
-		deps.TracerProvider = noop.NewTracerProvider()
-	}
-	admin, err := service.NewAdmin(cfg.Admin.Addr, deps.Registry, deps.Logger)
+	host, err := service.NewHost(service.Spec{
+		Name:    "sink",
+		NATS:    cfg.NATS,
+		Streams: cfg.Streams,
+		Admin:   cfg.Admin,
+	}, deps)
 	if err != nil {
 		return nil, err
 	}
+	host.Admin().NotReady(checkClickHouse, "creating schema and consumers")
 	return &Service{
 		cfg:          cfg,
-		log:          deps.Logger,
-		tracer:       deps.TracerProvider.Tracer(TracerName),
-		metrics:      newMetrics(deps.Registry),
-		admin:        admin,
+		host:         host,
+		log:          host.Logger,
+		metrics:      newMetrics(host.Registry),
 		fetchWait:    time.Second,
 		pendingEvery: 5 * time.Second,
 	}, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
-func (s *Service) AdminAddr() string { return s.admin.Addr() }
+func (s *Service) AdminAddr() string { return s.host.AdminAddr() }
 
 // Run connects to NATS and every ClickHouse server, creates the schema and
 // the shard consumers, and moves batches until ctx ends. Then each shard
 // loop finishes the batch in hand (an insert is never cut), acks it, and
 // the connections close. Returns nil on a clean shutdown.
-func (s *Service) Run(ctx context.Context) (err error) {
-	// The admin server outlives ctx until the drain is over, so /metrics
-	// answers while the last batches land.
-	stopAdmin := s.admin.Start()
-	defer func() {
-		if aerr := stopAdmin(); aerr != nil && err == nil {
-			err = aerr
-		}
-	}()
+func (s *Service) Run(ctx context.Context) error { return s.host.Run(ctx, s.body) }
 
-	err = s.run(ctx)
-	if err != nil && ctx.Err() != nil {
-		// Asked to stop while starting: not a failure.
-		s.log.Info("stopped before start completed", zap.Error(err))
-		return nil
-	}
-	return err
-}
-
-func (s *Service) run(ctx context.Context) error {
-	nc, js, err := service.ConnectNATS(ctx, s.cfg.NATS, "surge-sink", s.log)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		if derr := service.DrainNATS(nc, 10*time.Second); derr != nil {
-			s.log.Warn("nats drain", zap.Error(derr))
-		}
-	}()
-	if err := streams.Ensure(ctx, js, s.cfg.Streams); err != nil {
-		return err
-	}
-
+// body is the sink's work inside the service lifecycle.
+func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	servers := make([]*server, 0, len(s.cfg.ClickHouse.Addrs))
 	defer func() {
 		for _, srv := range servers {
@@ -129,7 +97,7 @@ func (s *Service) run(ctx context.Context) error {
 
 	var loops []*shardLoop
 	for _, k := range s.cfg.OwnedShards() {
-		cons, err := js.CreateOrUpdateConsumer(ctx, streams.Batches, jetstream.ConsumerConfig{
+		cons, err := conn.JS.CreateOrUpdateConsumer(ctx, streams.Batches, jetstream.ConsumerConfig{
 			Durable:       ConsumerName(k),
 			Description:   "Surge sink of shard " + strconv.Itoa(k),
 			FilterSubject: streams.BatchesSubject(k),
@@ -143,11 +111,10 @@ func (s *Service) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("create consumer %s: %w", ConsumerName(k), err)
 		}
-		loops = append(loops, newShardLoop(s, k, cons, js, servers[s.cfg.ServerOf(k)]))
+		loops = append(loops, s.newShardLoop(k, cons, conn.JS, servers[s.cfg.ServerOf(k)]))
 	}
 
-	s.admin.SetReady(true)
-	defer s.admin.SetReady(false)
+	s.host.Admin().Ready(checkClickHouse)
 	s.log.Info("sink running", zap.Ints("shards", s.cfg.OwnedShards()), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
 
 	var wg sync.WaitGroup
@@ -165,20 +132,20 @@ func (s *Service) run(ctx context.Context) error {
 // it rather than failing it.
 func (s *Service) ensureSchemas(ctx context.Context, servers []*server) error {
 	for _, srv := range servers {
-		for attempt := 1; ; attempt++ {
+		err := retry.Do(ctx, s.cfg.Retry, func() error {
 			sctx, cancel := context.WithTimeout(ctx, s.cfg.ClickHouse.InsertTimeout)
+			defer cancel()
 			err := srv.EnsureSchema(sctx)
-			cancel()
-			if err == nil {
-				break
+			if err != nil && Classify(err) == Permanent {
+				return retry.Permanent(err)
 			}
-			if Classify(err) == Permanent {
-				return err
-			}
-			s.log.Warn("clickhouse not ready, retrying", zap.String("addr", srv.addr), zap.Int("attempt", attempt), zap.Error(err))
-			if !sleep(ctx, backoff(s.cfg.Retry, attempt)) {
-				return ctx.Err()
-			}
+			return err
+		}, func(attempt int, err error, wait time.Duration) {
+			s.log.Warn("clickhouse not ready, retrying", zap.String("addr", srv.addr),
+				zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		})
+		if err != nil {
+			return err
 		}
 	}
 	return nil
@@ -199,35 +166,13 @@ func (s *Service) pollPending(ctx context.Context, loops []*shardLoop) {
 				}
 				continue
 			}
-			s.metrics.pending.WithLabelValues(l.label).Set(float64(info.NumPending))
-			s.metrics.ackPending.WithLabelValues(l.label).Set(float64(info.NumAckPending))
+			l.m.pending.Set(float64(info.NumPending))
+			l.m.ackPending.Set(float64(info.NumAckPending))
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-	}
-}
-
-// backoff is the wait before retry attempt (1-based): Initial doubling up
-// to Max.
-func backoff(c RetryConfig, attempt int) time.Duration {
-	d := c.Initial
-	for i := 1; i < attempt && d < c.Max; i++ {
-		d *= 2
-	}
-	return min(d, c.Max)
-}
-
-// sleep waits d or until ctx ends; it reports whether the wait completed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

@@ -3,9 +3,11 @@ package sink_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,7 +17,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
@@ -23,11 +27,13 @@ import (
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/goleak"
 	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -54,7 +60,7 @@ type testEnv struct {
 
 func newEnv(t *testing.T) *testEnv {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
 	ns := natstest.Start(t)
@@ -94,7 +100,7 @@ func (e *testEnv) config(shards int) sink.Config {
 	cfg.ClickHouse.Addrs = e.ch.Addrs()
 	cfg.ClickHouse.DialTimeout = 2 * time.Second
 	cfg.ClickHouse.InsertTimeout = 5 * time.Second
-	cfg.Retry = sink.RetryConfig{Initial: 50 * time.Millisecond, Max: 400 * time.Millisecond}
+	cfg.Retry = retry.Config{Initial: 50 * time.Millisecond, Max: 400 * time.Millisecond, Multiplier: 2, RandomizationFactor: 0.2}
 	cfg.Admin.Addr = "127.0.0.1:0"
 	cfg.Shards = shards
 	return cfg
@@ -102,9 +108,13 @@ func (e *testEnv) config(shards int) sink.Config {
 
 // runningSink is a sink started in the background.
 type runningSink struct {
+	svc  *sink.Service
 	reg  *prometheus.Registry
 	stop func()
 }
+
+// shard is the metric series of shard k.
+func (r *runningSink) shard(k int) sink.Series { return r.svc.Series(k) }
 
 // startSink runs a sink until stop (or the end of the test) and waits
 // until it reports ready.
@@ -112,13 +122,13 @@ func (e *testEnv) startSink(cfg sink.Config, tp ...trace.TracerProvider) *runnin
 	t := e.t
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	deps := service.Deps{Logger: zaptest.NewLogger(t), Registry: reg}
+	deps := service.Deps{Logger: zaptest.NewLogger(t), Registry: reg, TracerProvider: noop.NewTracerProvider()}
 	if len(tp) > 0 {
 		deps.TracerProvider = tp[0]
 	}
 	s, err := sink.New(cfg, deps)
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
 	var once sync.Once
@@ -130,15 +140,16 @@ func (e *testEnv) startSink(cfg sink.Config, tp ...trace.TracerProvider) *runnin
 	}
 	t.Cleanup(stop)
 	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		resp, err := client.Get("http://" + s.AdminAddr() + "/readyz")
-		if err != nil {
-			return false
+		if !assert.NoError(c, err) {
+			return
 		}
+		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		assert.Equal(c, http.StatusOK, resp.StatusCode, "readyz: %s", body)
 	}, 30*time.Second, 20*time.Millisecond, "sink ready")
-	return &runningSink{reg: reg, stop: stop}
+	return &runningSink{svc: s, reg: reg, stop: stop}
 }
 
 // eventID is deterministic, so the same EVENTS message always carries the
@@ -209,7 +220,7 @@ func (e *testEnv) publishMsg(msg *nats.Msg, msgID string) {
 }
 
 func (e *testEnv) tryPublishMsg(msg *nats.Msg, msgID string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(e.t.Context(), 10*time.Second)
 	defer cancel()
 	ack, err := e.js.PublishMsg(ctx, msg, jetstream.WithMsgID(msgID))
 	if err != nil {
@@ -224,18 +235,28 @@ func (e *testEnv) tryPublishMsg(msg *nats.Msg, msgID string) error {
 // count runs a query returning one UInt64 on server i.
 func (e *testEnv) count(i int, query string, args ...any) uint64 {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	n, err := e.tryCount(i, query, args...)
+	require.NoError(e.t, err)
+	return n
+}
+
+// tryCount is count for conditions polled off the test goroutine.
+func (e *testEnv) tryCount(i int, query string, args ...any) (uint64, error) {
+	ctx, cancel := context.WithTimeout(e.t.Context(), 10*time.Second)
 	defer cancel()
 	var n uint64
-	require.NoError(e.t, e.conns[i].QueryRow(ctx, query, args...).Scan(&n))
-	return n
+	err := e.conns[i].QueryRow(ctx, query, args...).Scan(&n)
+	return n, err
 }
 
 // waitRows waits until the Distributed table holds want rows.
 func (e *testEnv) waitRows(want int) {
 	e.t.Helper()
-	require.Eventually(e.t, func() bool {
-		return e.count(0, "SELECT count() FROM surge.events") == uint64(want)
+	require.EventuallyWithT(e.t, func(c *assert.CollectT) {
+		n, err := e.tryCount(0, "SELECT count() FROM surge.events")
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(want), n)
+		}
 	}, 30*time.Second, 20*time.Millisecond, "want %d rows in surge.events", want)
 }
 
@@ -246,48 +267,15 @@ func (e *testEnv) requireNoDuplicates(want int) {
 	require.Equal(e.t, uint64(want), e.count(0, "SELECT uniqExact(event_id) FROM surge.events"))
 }
 
-// metric reads a counter or gauge, or a histogram's sample count, from reg;
-// labels are name, value pairs. A series never touched reads 0.
-func metric(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	require.NoError(t, err)
-	want := map[string]string{}
-	for i := 0; i+1 < len(labels); i += 2 {
-		want[labels[i]] = labels[i+1]
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !labelsMatch(m, want) {
-				continue
-			}
-			switch {
-			case m.GetCounter() != nil:
-				return m.GetCounter().GetValue()
-			case m.GetGauge() != nil:
-				return m.GetGauge().GetValue()
-			case m.GetHistogram() != nil:
-				return float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return 0
-}
+// value reads a counter or gauge series.
+func value(c prometheus.Collector) float64 { return testutil.ToFloat64(c) }
 
-func labelsMatch(m *dto.Metric, want map[string]string) bool {
-	got := map[string]string{}
-	for _, lp := range m.GetLabel() {
-		got[lp.GetName()] = lp.GetValue()
-	}
-	for k, v := range want {
-		if got[k] != v {
-			return false
-		}
-	}
-	return true
+// samples is the number of observations of a histogram series.
+func samples(t *testing.T, o prometheus.Observer) float64 {
+	t.Helper()
+	var m dto.Metric
+	require.NoError(t, o.(prometheus.Metric).Write(&m))
+	return float64(m.GetHistogram().GetSampleCount())
 }
 
 type row struct {
@@ -300,7 +288,7 @@ type row struct {
 
 func (e *testEnv) rowsOfShard(server, shard int) []row {
 	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(e.t.Context(), 10*time.Second)
 	defer cancel()
 	rows, err := e.conns[server].Query(ctx, "SELECT event_id, tenant, user_id, type, ts, received_at, properties, shard, seq FROM surge.events_local WHERE shard = ? ORDER BY seq, event_id", shard)
 	require.NoError(e.t, err)
@@ -349,17 +337,33 @@ func TestSinkLandsEachShardOnItsServer(t *testing.T) {
 		require.Equal(t, expectedRows(k, 1, last), e.rowsOfShard(server, k), "shard %d on server %d", k, server)
 		require.Zero(t, e.count(other, "SELECT count() FROM surge.events_local WHERE shard = ?", k), "shard %d not on server %d", k, other)
 
-		label := strconv.Itoa(k)
-		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "inserted"))
-		require.Equal(t, float64(rowsIn(1, last)), metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", label))
-		require.Equal(t, float64(last), metric(t, s.reg, "surge_sink_watermark", "shard", label))
-		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_insert_duration_seconds", "shard", label))
-		require.Zero(t, metric(t, s.reg, "surge_sink_retries_total", "shard", label))
-		require.Zero(t, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", label))
-		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_batch_rows", "shard", label))
-		require.Equal(t, 2.0, metric(t, s.reg, "surge_sink_batch_bytes", "shard", label))
+		require.Equal(t, 2.0, value(s.shard(k).Inserted))
+		require.Equal(t, float64(rowsIn(1, last)), value(s.shard(k).Rows))
+		require.Equal(t, float64(last), value(s.shard(k).Watermark))
+		require.Equal(t, 2.0, samples(t, s.shard(k).InsertDuration))
+		require.Zero(t, value(s.shard(k).Retries))
+		require.Zero(t, value(s.shard(k).DeadLetters))
+		require.Equal(t, 2.0, samples(t, s.shard(k).BatchRows))
+		require.Equal(t, 2.0, samples(t, s.shard(k).BatchBytes))
 	}
-	require.Equal(t, float64(total), metric(t, s.reg, "surge_sink_end_to_end_seconds"))
+	require.Equal(t, float64(total), samples(t, s.svc.EndToEnd()))
+
+	// The registry exports them under their names and labels, every
+	// outcome of every shard from the start.
+	var want strings.Builder
+	want.WriteString("# HELP surge_sink_batches_total Batches handled, by shard and outcome (inserted, duplicate, dead_letter).\n")
+	want.WriteString("# TYPE surge_sink_batches_total counter\n")
+	for k := range shards {
+		fmt.Fprintf(&want, "surge_sink_batches_total{outcome=\"dead_letter\",shard=\"%d\"} 0\n", k)
+		fmt.Fprintf(&want, "surge_sink_batches_total{outcome=\"duplicate\",shard=\"%d\"} 0\n", k)
+		fmt.Fprintf(&want, "surge_sink_batches_total{outcome=\"inserted\",shard=\"%d\"} 2\n", k)
+	}
+	want.WriteString("# HELP surge_sink_watermark Highest EVENTS sequence held by ClickHouse, by shard.\n")
+	want.WriteString("# TYPE surge_sink_watermark gauge\n")
+	for k := range shards {
+		fmt.Fprintf(&want, "surge_sink_watermark{shard=\"%d\"} %d\n", k, 5+k)
+	}
+	require.NoError(t, testutil.GatherAndCompare(s.reg, strings.NewReader(want.String()), "surge_sink_batches_total", "surge_sink_watermark"))
 }
 
 func TestSinkInsertsNothingTwice(t *testing.T) {
@@ -377,14 +381,14 @@ func TestSinkInsertsNothingTwice(t *testing.T) {
 	e.publish(last, last.ID())
 
 	e.waitRows(rowsIn(1, 7))
-	require.Eventually(t, func() bool {
-		return metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate") == 1
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 1.0, value(s.shard(0).Duplicates))
 	}, 10*time.Second, 10*time.Millisecond)
 	e.requireNoDuplicates(rowsIn(1, 7))
 	require.Equal(t, expectedRows(0, 1, 7), e.rowsOfShard(0, 0))
-	require.Equal(t, 3.0, metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "inserted"))
-	require.Equal(t, float64(rowsIn(1, 7)), metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", "0"))
-	require.Equal(t, 7.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"))
+	require.Equal(t, 3.0, value(s.shard(0).Inserted))
+	require.Equal(t, float64(rowsIn(1, 7)), value(s.shard(0).Rows))
+	require.Equal(t, 7.0, value(s.shard(0).Watermark))
 }
 
 func TestSinkRestartResumesFromWatermark(t *testing.T) {
@@ -407,16 +411,16 @@ func TestSinkRestartResumesFromWatermark(t *testing.T) {
 
 	second := e.startSink(cfg)
 	e.waitRows(rowsIn(1, 8) + rowsIn(1, 5))
-	require.Eventually(t, func() bool {
-		return metric(t, second.reg, "surge_sink_batches_total", "shard", "1", "outcome", "duplicate") == 1
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 1.0, value(second.shard(1).Duplicates))
 	}, 10*time.Second, 10*time.Millisecond)
 	e.requireNoDuplicates(rowsIn(1, 8) + rowsIn(1, 5))
 
 	// The new sink inserted only what was above the watermarks it read back.
-	require.Equal(t, float64(rowsIn(6, 8)), metric(t, second.reg, "surge_sink_rows_inserted_total", "shard", "0"))
-	require.Zero(t, metric(t, second.reg, "surge_sink_rows_inserted_total", "shard", "1"))
-	require.Equal(t, 8.0, metric(t, second.reg, "surge_sink_watermark", "shard", "0"))
-	require.Equal(t, 5.0, metric(t, second.reg, "surge_sink_watermark", "shard", "1"), "read back from ClickHouse")
+	require.Equal(t, float64(rowsIn(6, 8)), value(second.shard(0).Rows))
+	require.Zero(t, value(second.shard(1).Rows))
+	require.Equal(t, 8.0, value(second.shard(0).Watermark))
+	require.Equal(t, 5.0, value(second.shard(1).Watermark), "read back from ClickHouse")
 }
 
 func TestSinkDeadLettersBadBatches(t *testing.T) {
@@ -440,7 +444,7 @@ func TestSinkDeadLettersBadBatches(t *testing.T) {
 	e.waitRows(2 * rowsIn(3, 6))
 	e.requireNoDuplicates(2 * rowsIn(3, 6))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	dl, err := e.js.Stream(ctx, streams.DeadLetter)
 	require.NoError(t, err)
@@ -461,23 +465,24 @@ func TestSinkDeadLettersBadBatches(t *testing.T) {
 	require.Equal(t, streams.BatchesSubject(0), got.Header.Get(streams.HeaderSource))
 
 	for k := 0; k < 2; k++ {
-		label := strconv.Itoa(k)
-		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", label))
-		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "dead_letter"))
-		require.Equal(t, 1.0, metric(t, s.reg, "surge_sink_batches_total", "shard", label, "outcome", "inserted"))
+		require.Equal(t, 1.0, value(s.shard(k).DeadLetters))
+		require.Equal(t, 1.0, value(s.shard(k).DeadLettered))
+		require.Equal(t, 1.0, value(s.shard(k).Inserted))
 	}
 	info, err := dl.Info(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(2), info.State.Msgs)
 
 	// Nothing is left in BATCHES: the dead-lettered batches were terminated.
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		bs, err := e.js.Stream(ctx, streams.Batches)
-		if err != nil {
-			return false
+		if !assert.NoError(c, err) {
+			return
 		}
 		info, err := bs.Info(ctx)
-		return err == nil && info.State.Msgs == 0
+		if assert.NoError(c, err) {
+			assert.Zero(c, info.State.Msgs)
+		}
 	}, 10*time.Second, 10*time.Millisecond)
 }
 
@@ -488,7 +493,7 @@ func TestSinkDeadLettersBadBatches(t *testing.T) {
 func TestSinkReplayBypassesTheWatermark(t *testing.T) {
 	e := newEnv(t)
 	s := e.startSink(e.config(2))
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	// The sink made the schema at start; the table is still empty.
 	require.NoError(t, e.conns[0].Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN user_id UInt64"))
@@ -496,9 +501,11 @@ func TestSinkReplayBypassesTheWatermark(t *testing.T) {
 	e.publish(poison, poison.ID())
 	dl, err := e.js.Stream(ctx, streams.DeadLetter)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		info, err := dl.Info(ctx)
-		return err == nil && info.State.Msgs == 1
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(1), info.State.Msgs)
+		}
 	}, 20*time.Second, 20*time.Millisecond)
 	dead, err := dl.GetLastMsgForSubject(ctx, streams.DeadLetterSubject("sink", 0))
 	require.NoError(t, err)
@@ -508,7 +515,7 @@ func TestSinkReplayBypassesTheWatermark(t *testing.T) {
 	later := makeBatch(0, 6, 8)
 	e.publish(later, later.ID())
 	e.waitRows(rowsIn(6, 8))
-	require.Equal(t, 8.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"))
+	require.Equal(t, 8.0, value(s.shard(0).Watermark))
 
 	replay := func(data []byte, msgID string) {
 		msg := nats.NewMsg(streams.BatchesSubject(0))
@@ -521,12 +528,12 @@ func TestSinkReplayBypassesTheWatermark(t *testing.T) {
 	replay(dead.Data, "replay:again")
 	overlap := makeBatch(0, 4, 7)
 	replay(batch.Encode(overlap), "replay:overlap")
-	require.Eventually(t, func() bool {
-		return metric(t, s.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate") == 2
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 2.0, value(s.shard(0).Duplicates))
 	}, 10*time.Second, 10*time.Millisecond)
 	e.requireNoDuplicates(rowsIn(1, 8))
 	require.Equal(t, expectedRows(0, 1, 8), e.rowsOfShard(0, 0))
-	require.Equal(t, 8.0, metric(t, s.reg, "surge_sink_watermark", "shard", "0"), "a replay never lowers the watermark")
+	require.Equal(t, 8.0, value(s.shard(0).Watermark), "a replay never lowers the watermark")
 }
 
 func TestSinkRidesOutClickHouseRestart(t *testing.T) {
@@ -554,14 +561,14 @@ func TestSinkRidesOutClickHouseRestart(t *testing.T) {
 	}()
 
 	server := e.ch.Servers[1]
-	require.Eventually(t, func() bool {
-		return metric(t, s.reg, "surge_sink_watermark", "shard", "1") >= 25
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.GreaterOrEqual(c, value(s.shard(1).Watermark), 25.0)
 	}, 30*time.Second, 5*time.Millisecond)
 	require.NoError(t, server.Stop())
-	require.Eventually(t, func() bool {
-		return metric(t, s.reg, "surge_sink_retries_total", "shard", "1") >= 3
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.GreaterOrEqual(c, value(s.shard(1).Retries), 3.0)
 	}, 30*time.Second, 10*time.Millisecond)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	require.NoError(t, server.Start(ctx))
 
@@ -570,14 +577,14 @@ func TestSinkRidesOutClickHouseRestart(t *testing.T) {
 	e.waitRows(want)
 	e.requireNoDuplicates(want)
 	require.Equal(t, expectedRows(1, 1, 5*batches), e.rowsOfShard(1, 1))
-	require.Zero(t, metric(t, s.reg, "surge_sink_retries_total", "shard", "0"), "shard 0's server never stopped")
-	require.Zero(t, metric(t, s.reg, "surge_sink_dead_letters_total", "shard", "1"))
-	require.Equal(t, float64(5*batches), metric(t, s.reg, "surge_sink_watermark", "shard", "1"))
+	require.Zero(t, value(s.shard(0).Retries), "shard 0's server never stopped")
+	require.Zero(t, value(s.shard(1).DeadLetters))
+	require.Equal(t, float64(5*batches), value(s.shard(1).Watermark))
 	// An insert cut by the stop may have landed unseen: the sink then
 	// finds it below the watermark and counts the batch as a duplicate.
-	require.Equal(t, float64(batches), metric(t, s.reg, "surge_sink_batches_total", "shard", "1", "outcome", "inserted")+
-		metric(t, s.reg, "surge_sink_batches_total", "shard", "1", "outcome", "duplicate"))
-	require.LessOrEqual(t, metric(t, s.reg, "surge_sink_rows_inserted_total", "shard", "1"), float64(want/2))
+	require.Equal(t, float64(batches), value(s.shard(1).Inserted)+
+		value(s.shard(1).Duplicates))
+	require.LessOrEqual(t, value(s.shard(1).Rows), float64(want/2))
 }
 
 func TestSinkShutdownFinishesAndAcksInFlightBatch(t *testing.T) {
@@ -590,18 +597,18 @@ func TestSinkShutdownFinishesAndAcksInFlightBatch(t *testing.T) {
 	}
 
 	first := e.startSink(cfg)
-	require.Eventually(t, func() bool {
-		return metric(t, first.reg, "surge_sink_watermark", "shard", "0") >= 50
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.GreaterOrEqual(c, value(first.shard(0).Watermark), 50.0)
 	}, 30*time.Second, time.Millisecond)
 	first.stop()
 
 	// Every batch the sink inserted was acked (so removed from the work
 	// queue) and nothing is held: the stop cut no insert and lost no ack.
-	inserted := metric(t, first.reg, "surge_sink_batches_total", "shard", "0", "outcome", "inserted")
-	wm := metric(t, first.reg, "surge_sink_watermark", "shard", "0")
+	inserted := value(first.shard(0).Inserted)
+	wm := value(first.shard(0).Watermark)
 	require.Equal(t, wm, float64(e.count(0, "SELECT max(seq) FROM surge.events_local WHERE shard = 0")))
 	require.Equal(t, wm, inserted*10)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	bs, err := e.js.Stream(ctx, streams.Batches)
 	require.NoError(t, err)
@@ -617,8 +624,8 @@ func TestSinkShutdownFinishesAndAcksInFlightBatch(t *testing.T) {
 	second := e.startSink(cfg)
 	e.waitRows(rowsIn(1, 10*batches))
 	e.requireNoDuplicates(rowsIn(1, 10*batches))
-	require.Zero(t, metric(t, second.reg, "surge_sink_batches_total", "shard", "0", "outcome", "duplicate"))
-	require.Equal(t, float64(batches)-inserted, metric(t, second.reg, "surge_sink_batches_total", "shard", "0", "outcome", "inserted"))
+	require.Zero(t, value(second.shard(0).Duplicates))
+	require.Equal(t, float64(batches)-inserted, value(second.shard(0).Inserted))
 }
 
 func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
@@ -629,7 +636,7 @@ func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
 	e.startSink(e.config(2), tp)
 
 	// The batcher's span travels in the BATCHES message headers.
-	parentCtx, parent := tp.Tracer("batcher").Start(context.Background(), "publish batch")
+	parentCtx, parent := tp.Tracer("batcher").Start(t.Context(), "publish batch")
 	b := makeBatch(1, 1, 3)
 	msg := nats.NewMsg(streams.BatchesSubject(1))
 	msg.Data = batch.Encode(b)
@@ -639,16 +646,19 @@ func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
 	parent.End()
 	e.waitRows(b.Len())
 
-	var span sdktrace.ReadOnlySpan
-	require.Eventually(t, func() bool {
+	inserts := func() []sdktrace.ReadOnlySpan {
+		var out []sdktrace.ReadOnlySpan
 		for _, s := range rec.Ended() {
 			if s.Name() == "sink insert" {
-				span = s
-				return true
+				out = append(out, s)
 			}
 		}
-		return false
+		return out
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Len(c, inserts(), 1)
 	}, 10*time.Second, 10*time.Millisecond)
+	span := inserts()[0]
 	require.Equal(t, parent.SpanContext().TraceID(), span.SpanContext().TraceID())
 	require.Equal(t, parent.SpanContext().SpanID(), span.Parent().SpanID())
 	attrs := map[attribute.Key]attribute.Value{}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,6 +17,8 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/service"
 )
 
 func TestDefaultConfigIsValid(t *testing.T) {
@@ -44,7 +48,7 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		"clickhouse: shard_servers must name a server for each of the 4 shards, got 3",
 		"clickhouse: shard_servers: shard 2 maps to server 5, not in [0, 2)",
 		"retry: initial must be positive",
-		"retry: max must not exceed clickhouse insert_timeout",
+		"retry: longest wait (max with jitter, 6s) must not exceed clickhouse insert_timeout (0s)",
 		"admin: addr:",
 		"owned_shards: shard 1 is listed twice",
 		"owned_shards: shard 9 is not in [0, 4)",
@@ -62,7 +66,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 		"SURGE_CLICKHOUSE_INSERT_TIMEOUT": "10s",
 		"SURGE_CLICKHOUSE_SHARD_SERVERS":  "1,1,0,0",
 		"SURGE_SHARDS":                    "4",
-		"SURGE_SINK_SHARDS":               "2,3",
+		"SURGE_OWNED_SHARDS":              "2,3",
 		"SURGE_RETRY_MAX":                 "2s",
 		"SURGE_ADMIN_ADDR":                "127.0.0.1:0",
 	}
@@ -74,12 +78,45 @@ func TestConfigFromEnvironment(t *testing.T) {
 	require.Equal(t, []int{2, 3}, cfg.OwnedShards())
 	require.Equal(t, 1, cfg.ServerOf(0))
 	require.Equal(t, 0, cfg.ServerOf(3))
-	require.Equal(t, 22*time.Second, cfg.AckWait())
+	require.Equal(t, 22400*time.Millisecond, cfg.AckWait(), "twice the insert timeout plus the longest wait, jitter included")
 
 	cfg.ClickHouse.ShardServers = nil
 	require.Equal(t, 1, cfg.ServerOf(3), "default is k mod M")
 	cfg.Owned = nil
 	require.Equal(t, []int{0, 1, 2, 3}, cfg.OwnedShards(), "default owns every shard")
+}
+
+func TestConfigFromYAML(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "sink.yaml")
+	require.NoError(t, os.WriteFile(file, []byte(`
+shards: 4
+owned_shards: [1, 3]
+clickhouse:
+  insert_timeout: 10s
+retry:
+  initial: 50ms
+  max: 2s
+  multiplier: 1.5
+  randomization_factor: 0.1
+`), 0o600))
+	cfg := DefaultConfig()
+	_, err := config.Load("sink", []string{"--config", file}, &cfg, io.Discard)
+	require.NoError(t, err)
+	require.NoError(t, cfg.Validate())
+	require.Equal(t, 4, cfg.Shards)
+	require.Equal(t, []int{1, 3}, cfg.OwnedShards())
+	require.Equal(t, retry.Config{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 1.5, RandomizationFactor: 0.1}, cfg.Retry)
+}
+
+// TestConfigRetryFitsInsertTimeout: the longest wait between retries,
+// jitter included, must not outlive an insert's timeout.
+func TestConfigRetryFitsInsertTimeout(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.ClickHouse.InsertTimeout = 5 * time.Second
+	cfg.Retry = retry.Config{Initial: time.Second, Max: 4 * time.Second, Multiplier: 2, RandomizationFactor: 0.25}
+	require.NoError(t, cfg.Validate(), "4s +25% is 5s")
+	cfg.Retry.RandomizationFactor = 0.3
+	require.EqualError(t, cfg.Validate(), "retry: longest wait (max with jitter, 5.2s) must not exceed clickhouse insert_timeout (5s)")
 }
 
 func TestClassify(t *testing.T) {
@@ -134,15 +171,6 @@ func TestSchemaStatementsMatchContract(t *testing.T) {
 	require.Equal(t, "SELECT max(seq) FROM surge.events_local WHERE shard = ?", WatermarkQuery("surge"))
 }
 
-func TestBackoffDoublesUpToMax(t *testing.T) {
-	c := RetryConfig{Initial: 100 * time.Millisecond, Max: time.Second}
-	var got []time.Duration
-	for attempt := 1; attempt <= 6; attempt++ {
-		got = append(got, backoff(c, attempt))
-	}
-	require.Equal(t, []time.Duration{100 * time.Millisecond, 200 * time.Millisecond, 400 * time.Millisecond, 800 * time.Millisecond, time.Second, time.Second}, got)
-}
-
 func TestQueryID(t *testing.T) {
 	require.Equal(t, "surge-sink-3:10-20-1", queryID("3:10-20", trace.SpanContext{}, 1))
 	sampled := trace.NewSpanContext(trace.SpanContextConfig{
@@ -151,4 +179,13 @@ func TestQueryID(t *testing.T) {
 		TraceFlags: trace.FlagsSampled,
 	})
 	require.Equal(t, "surge-sink-3:10-20-0a0b0000000000000000000000000000-2", queryID("3:10-20", sampled, 2))
+}
+
+func TestNewRejectsMissingDeps(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.Admin.Addr = "127.0.0.1:0"
+	_, err := New(cfg, service.Deps{})
+	require.ErrorContains(t, err, "logger is required")
+	require.ErrorContains(t, err, "registry is required")
+	require.ErrorContains(t, err, "tracer provider is required")
 }

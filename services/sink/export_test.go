@@ -1,0 +1,28 @@
+package sink
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Series are the metric series of one shard of a sink, for the external
+// tests to read with prometheus/testutil.
+type Series struct {
+	// Inserted, Duplicates and DeadLettered are surge_sink_batches_total
+	// by outcome.
+	Inserted, Duplicates, DeadLettered    prometheus.Counter
+	Rows, Retries, DeadLetters            prometheus.Counter
+	Watermark                             prometheus.Gauge
+	InsertDuration, BatchRows, BatchBytes prometheus.Observer
+}
+
+// Series are shard k's series of s, as its shard loop looks them up.
+func (s *Service) Series(k int) Series {
+	sm := s.metrics.forShard(k)
+	return Series{
+		Inserted: sm.inserted, Duplicates: sm.duplicates, DeadLettered: sm.deadLettered,
+		Rows: sm.rows, Retries: sm.retries, DeadLetters: sm.deadLetters,
+		Watermark:      sm.watermark,
+		InsertDuration: sm.insertDuration, BatchRows: sm.batchRows, BatchBytes: sm.batchBytes,
+	}
+}
+
+// EndToEnd is surge_sink_end_to_end_seconds of s.
+func (s *Service) EndToEnd() prometheus.Histogram { return s.metrics.endToEnd }

@@ -1,0 +1,512 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/streams"
+)
+
+// fakeStore is a ClickHouse server in memory for the landing logic: the
+// EVENTS sequences it holds of the shard, and the errors its next calls
+// return. Methods it does not override panic through the nil interface.
+type fakeStore struct {
+	store
+	held map[uint64]bool
+	// The next calls of each method fail with these errors, in order.
+	watermarkErrs, presentErrs, insertErrs []error
+	// landAnyway makes a failed insert land all the same: its outcome is
+	// unknown to the sink, as when a connection breaks after the server
+	// took the block.
+	landAnyway bool
+	// calls lists what the sink asked, in order.
+	calls []string
+}
+
+func newFakeStore(held ...uint64) *fakeStore {
+	st := &fakeStore{held: map[uint64]bool{}}
+	for _, seq := range held {
+		st.held[seq] = true
+	}
+	return st
+}
+
+func pop(errs *[]error) error {
+	if len(*errs) == 0 {
+		return nil
+	}
+	err := (*errs)[0]
+	*errs = (*errs)[1:]
+	return err
+}
+
+func (f *fakeStore) Watermark(_ context.Context, _ int) (uint64, error) {
+	f.calls = append(f.calls, "watermark")
+	if err := pop(&f.watermarkErrs); err != nil {
+		return 0, err
+	}
+	var wm uint64
+	for seq := range f.held {
+		wm = max(wm, seq)
+	}
+	return wm, nil
+}
+
+func (f *fakeStore) Present(_ context.Context, _ int, first, last uint64) (map[uint64]struct{}, error) {
+	f.calls = append(f.calls, fmt.Sprintf("present %d-%d", first, last))
+	if err := pop(&f.presentErrs); err != nil {
+		return nil, err
+	}
+	out := map[uint64]struct{}{}
+	for seq := range f.held {
+		if seq >= first && seq <= last {
+			out[seq] = struct{}{}
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeStore) Insert(_ context.Context, b *batch.Batch) error {
+	seqs := slices.Compact(slices.Clone(b.Seq))
+	f.calls = append(f.calls, fmt.Sprintf("insert %v", seqs))
+	err := pop(&f.insertErrs)
+	if err == nil || f.landAnyway {
+		for _, seq := range seqs {
+			f.held[seq] = true
+		}
+	}
+	return err
+}
+
+func (f *fakeStore) Addr() string { return "fake:9000" }
+
+// fakeMsg is a BATCHES message that records how the sink settles it.
+type fakeMsg struct {
+	jetstream.Msg
+	subject    string
+	data       []byte
+	header     nats.Header
+	seq        uint64
+	settled    []string // "ack", "nak", "term", in order
+	inProgress int
+}
+
+func newFakeMsg(shard int, seq uint64, data []byte) *fakeMsg {
+	return &fakeMsg{subject: streams.BatchesSubject(shard), data: data, header: nats.Header{}, seq: seq}
+}
+
+func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
+	return &jetstream.MsgMetadata{Sequence: jetstream.SequencePair{Stream: m.seq}}, nil
+}
+func (m *fakeMsg) Data() []byte                       { return m.data }
+func (m *fakeMsg) Headers() nats.Header               { return m.header }
+func (m *fakeMsg) Subject() string                    { return m.subject }
+func (m *fakeMsg) DoubleAck(context.Context) error    { m.settled = append(m.settled, "ack"); return nil }
+func (m *fakeMsg) Nak() error                         { m.settled = append(m.settled, "nak"); return nil }
+func (m *fakeMsg) Term() error                        { m.settled = append(m.settled, "term"); return nil }
+func (m *fakeMsg) InProgress() error                  { m.inProgress++; return nil }
+func (m *fakeMsg) NakWithDelay(time.Duration) error   { panic("the sink never delays a nak") }
+func (m *fakeMsg) TermWithReason(reason string) error { panic("the sink terminates without reason") }
+func (m *fakeMsg) Ack() error                         { panic("the sink acks with DoubleAck") }
+func (m *fakeMsg) Reply() string                      { return "" }
+
+// fakePublisher is JetStream as the dead-letter path sees it.
+type fakePublisher struct {
+	errs      []error
+	attempts  int
+	published []*nats.Msg
+}
+
+func (p *fakePublisher) PublishMsg(_ context.Context, msg *nats.Msg, _ ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	p.attempts++
+	if err := pop(&p.errs); err != nil {
+		return nil, err
+	}
+	p.published = append(p.published, msg)
+	return &jetstream.PubAck{Stream: streams.DeadLetter}, nil
+}
+
+// testRetry retries at once, so the tests wait for no clock.
+var testRetry = retry.Config{Initial: time.Millisecond, Max: 2 * time.Millisecond, Multiplier: 2, RandomizationFactor: 0.2}
+
+// newTestLoop is the loop of shard 0 over st and pub.
+func newTestLoop(t *testing.T, st store, pub publisher) *shardLoop {
+	t.Helper()
+	return &shardLoop{
+		k: 0, js: pub, store: st,
+		log:           zaptest.NewLogger(t),
+		tracer:        noop.NewTracerProvider().Tracer(TracerName),
+		m:             newMetrics(prometheus.NewRegistry()).forShard(0),
+		retry:         testRetry,
+		insertTimeout: time.Second,
+		fetchWait:     time.Second,
+	}
+}
+
+// rowsOf varies the rows per EVENTS message: 1 for even, 2 for odd sequences.
+func rowsOf(seq uint64) int { return 1 + int(seq%2) }
+
+func rowsFrom(first, last uint64) float64 {
+	n := 0
+	for seq := first; seq <= last; seq++ {
+		n += rowsOf(seq)
+	}
+	return float64(n)
+}
+
+// testBatch is the batch of EVENTS messages first..last of shard.
+func testBatch(shard int, first, last uint64) *batch.Batch {
+	b := &batch.Batch{Shard: shard}
+	for seq := first; seq <= last; seq++ {
+		events := make([]event.Event, rowsOf(seq))
+		for i := range events {
+			events[i] = event.Event{
+				EventID: fmt.Sprintf("ev-%d-%d", seq, i), Tenant: "t", UserID: "u", Type: "page_view",
+				TS: time.Unix(int64(seq), 0), ReceivedAt: time.Unix(int64(seq), 0), Properties: "{}",
+			}
+		}
+		b.Append(seq, events)
+	}
+	return b
+}
+
+func seqs(first, last uint64) []uint64 {
+	var out []uint64
+	for seq := first; seq <= last; seq++ {
+		out = append(out, seq)
+	}
+	return out
+}
+
+var errBroken = errors.New("connection reset by peer")
+
+func TestLand(t *testing.T) {
+	tests := []struct {
+		name string
+		// The loop's watermark before the batch, when known.
+		known     bool
+		watermark uint64
+		// The sequences ClickHouse holds, and the failures it answers with.
+		held                                   []uint64
+		watermarkErr, presentErr, insertErr    error
+		replay                                 bool
+		first, last                            uint64
+		wantErr                                error
+		wantCalls                              []string
+		wantSettled                            []string
+		wantKnown                              bool
+		wantWatermark                          uint64
+		wantInserted, wantDuplicates, wantRows float64
+	}{
+		{
+			name: "unknown watermark is read first",
+			held: seqs(1, 5), first: 6, last: 8,
+			wantCalls:   []string{"watermark", "insert [6 7 8]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 8,
+			wantInserted: 1, wantRows: rowsFrom(6, 8),
+		},
+		{
+			name:  "empty shard has watermark zero",
+			first: 1, last: 3,
+			wantCalls:   []string{"watermark", "insert [1 2 3]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 3,
+			wantInserted: 1, wantRows: rowsFrom(1, 3),
+		},
+		{
+			name:  "known watermark is not read again",
+			known: true, watermark: 5, held: seqs(1, 5), first: 6, last: 7,
+			wantCalls:   []string{"insert [6 7]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 7,
+			wantInserted: 1, wantRows: rowsFrom(6, 7),
+		},
+		{
+			name:  "batch at or below the watermark is acked as a duplicate",
+			known: true, watermark: 8, held: seqs(1, 8), first: 3, last: 8,
+			wantCalls:   nil,
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 8,
+			wantDuplicates: 1,
+		},
+		{
+			name: "watermark read back shows the batch landed",
+			held: seqs(1, 8), first: 6, last: 8,
+			wantCalls:   []string{"watermark"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 8,
+			wantDuplicates: 1,
+		},
+		{
+			name:  "partial overlap inserts only the rows above the watermark",
+			known: true, watermark: 4, held: seqs(1, 4), first: 3, last: 6,
+			wantCalls:   []string{"insert [5 6]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantInserted: 1, wantRows: rowsFrom(5, 6),
+		},
+		{
+			name: "watermark read error inserts nothing",
+			held: seqs(1, 4), watermarkErr: errBroken, first: 5, last: 6,
+			wantErr:   errBroken,
+			wantCalls: []string{"watermark"},
+		},
+		{
+			name:  "insert error forgets the watermark",
+			known: true, watermark: 4, held: seqs(1, 4), insertErr: errBroken, first: 5, last: 6,
+			wantErr:   errBroken,
+			wantCalls: []string{"insert [5 6]"},
+			// The insert may have landed: the next attempt reads the watermark.
+			wantKnown: false, wantWatermark: 4,
+		},
+		{
+			name:  "replay inserts only the sequences ClickHouse lacks",
+			known: true, watermark: 10, held: []uint64{1, 2, 3, 6, 7, 8, 9, 10}, replay: true, first: 3, last: 6,
+			wantCalls:   []string{"present 3-6", "insert [4 5]"},
+			wantSettled: []string{"ack"},
+			// A replay may raise the watermark: it is read again next time.
+			wantKnown: false, wantWatermark: 10,
+			wantInserted: 1, wantRows: rowsFrom(4, 5),
+		},
+		{
+			name:  "replay of sequences all present is a duplicate",
+			known: true, watermark: 10, held: seqs(1, 10), replay: true, first: 3, last: 6,
+			wantCalls:   []string{"present 3-6"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 10,
+			wantDuplicates: 1,
+		},
+		{
+			name:  "replay presence error inserts nothing",
+			known: true, watermark: 10, held: seqs(7, 10), presentErr: errBroken, replay: true, first: 3, last: 6,
+			wantErr:   errBroken,
+			wantCalls: []string{"present 3-6"}, wantKnown: true, wantWatermark: 10,
+		},
+		{
+			name:  "replay insert error forgets the watermark",
+			known: true, watermark: 10, held: seqs(7, 10), insertErr: errBroken, replay: true, first: 3, last: 6,
+			wantErr:   errBroken,
+			wantCalls: []string{"present 3-6", "insert [3 4 5 6]"},
+			wantKnown: false, wantWatermark: 10,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newFakeStore(tc.held...)
+			st.watermarkErrs = []error{tc.watermarkErr}
+			st.presentErrs = []error{tc.presentErr}
+			st.insertErrs = []error{tc.insertErr}
+			l := newTestLoop(t, st, nil)
+			l.known, l.watermark = tc.known, tc.watermark
+			b := testBatch(0, tc.first, tc.last)
+			msg := newFakeMsg(0, 1, batch.Encode(b))
+			if tc.replay {
+				msg.header.Set(streams.HeaderReplay, "7")
+			}
+
+			err := l.land(t.Context(), msg, b, b.ID(), 1)
+
+			if tc.wantErr != nil {
+				require.ErrorIs(t, err, tc.wantErr)
+			} else {
+				require.NoError(t, err)
+			}
+			assert.Equal(t, tc.wantCalls, st.calls, "store calls")
+			assert.Equal(t, tc.wantSettled, msg.settled, "message settled")
+			assert.Equal(t, tc.wantKnown, l.known, "watermark known")
+			assert.Equal(t, tc.wantWatermark, l.watermark, "watermark")
+			assert.Equal(t, tc.wantInserted, testutil.ToFloat64(l.m.inserted), "inserted")
+			assert.Equal(t, tc.wantDuplicates, testutil.ToFloat64(l.m.duplicates), "duplicates")
+			assert.Equal(t, tc.wantRows, testutil.ToFloat64(l.m.rows), "rows")
+		})
+	}
+}
+
+// TestLandAfterUnknownOutcome: an insert that failed but landed is not
+// repeated: the next attempt reads the watermark and finds it.
+func TestLandAfterUnknownOutcome(t *testing.T) {
+	st := newFakeStore(seqs(1, 4)...)
+	st.insertErrs = []error{errBroken}
+	st.landAnyway = true
+	l := newTestLoop(t, st, nil)
+	l.known, l.watermark = true, 4
+	b := testBatch(0, 5, 6)
+	msg := newFakeMsg(0, 1, batch.Encode(b))
+
+	require.ErrorIs(t, l.land(t.Context(), msg, b, b.ID(), 1), errBroken)
+	require.NoError(t, l.land(t.Context(), msg, b, b.ID(), 2))
+
+	require.Equal(t, []string{"insert [5 6]", "watermark"}, st.calls)
+	require.Equal(t, []string{"ack"}, msg.settled)
+	require.Equal(t, uint64(6), l.watermark)
+	require.Equal(t, 1.0, testutil.ToFloat64(l.m.duplicates))
+	require.Zero(t, testutil.ToFloat64(l.m.inserted))
+}
+
+// typeMismatch is a ClickHouse error about the batch's content.
+var typeMismatch = &clickhouse.Exception{Code: 53, Name: "TYPE_MISMATCH", Message: "Type mismatch in column user_id"}
+
+func TestHandle(t *testing.T) {
+	good := testBatch(0, 5, 7)
+	tests := []struct {
+		name string
+		data []byte
+		// stopped: the sink is shutting down when the batch is handled.
+		stopped    bool
+		insertErrs []error
+		publishErr []error
+		// What should happen.
+		wantCalls       []string
+		wantSettled     []string
+		wantInProgress  int
+		wantRetries     float64
+		wantPublishes   int
+		wantDeadLetters float64
+		wantReason      string
+	}{
+		{
+			name:        "lands at the first attempt",
+			data:        batch.Encode(good),
+			wantCalls:   []string{"watermark", "insert [5 6 7]"},
+			wantSettled: []string{"ack"},
+		},
+		{
+			name:       "transient failures are retried, the watermark read again each time",
+			data:       batch.Encode(good),
+			insertErrs: []error{errBroken, errBroken},
+			wantCalls: []string{
+				"watermark", "insert [5 6 7]",
+				"watermark", "insert [5 6 7]",
+				"watermark", "insert [5 6 7]",
+			},
+			wantSettled: []string{"ack"},
+			// Before each wait and again before each retry.
+			wantInProgress: 4, wantRetries: 2,
+		},
+		{
+			name:            "permanent failure is dead-lettered at once",
+			data:            batch.Encode(good),
+			insertErrs:      []error{fmt.Errorf("send: %w", typeMismatch)},
+			wantCalls:       []string{"watermark", "insert [5 6 7]"},
+			wantSettled:     []string{"term"},
+			wantPublishes:   1,
+			wantDeadLetters: 1,
+			wantReason:      "Type mismatch in column user_id",
+		},
+		{
+			name:            "corrupt batch is dead-lettered without touching ClickHouse",
+			data:            []byte("definitely not a batch"),
+			wantSettled:     []string{"term"},
+			wantPublishes:   1,
+			wantDeadLetters: 1,
+			wantReason:      "corrupt batch encoding",
+		},
+		{
+			name:            "batch of another shard is dead-lettered",
+			data:            batch.Encode(testBatch(1, 5, 7)),
+			wantSettled:     []string{"term"},
+			wantPublishes:   1,
+			wantDeadLetters: 1,
+			wantReason:      "batch of shard 1 on batches.shard.0",
+		},
+		{
+			name:            "dead-letter publish is retried",
+			data:            []byte("definitely not a batch"),
+			publishErr:      []error{errBroken},
+			wantSettled:     []string{"term"},
+			wantInProgress:  1,
+			wantRetries:     1,
+			wantPublishes:   2,
+			wantDeadLetters: 1,
+			wantReason:      "corrupt batch encoding",
+		},
+		{
+			name:        "shutdown lets a fetched batch land",
+			data:        batch.Encode(good),
+			stopped:     true,
+			wantCalls:   []string{"watermark", "insert [5 6 7]"},
+			wantSettled: []string{"ack"},
+		},
+		{
+			name:       "shutdown cuts the wait, not the attempt, and releases the batch",
+			data:       batch.Encode(good),
+			stopped:    true,
+			insertErrs: []error{errBroken},
+			wantCalls:  []string{"watermark", "insert [5 6 7]"},
+			// Naked for the next owner of the shard.
+			wantSettled: []string{"nak"},
+		},
+		{
+			name:          "shutdown while a dead letter cannot be published releases the batch",
+			data:          []byte("definitely not a batch"),
+			stopped:       true,
+			publishErr:    []error{errBroken},
+			wantSettled:   []string{"nak"},
+			wantPublishes: 1,
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := newFakeStore(seqs(1, 4)...)
+			st.insertErrs = tc.insertErrs
+			pub := &fakePublisher{errs: tc.publishErr}
+			l := newTestLoop(t, st, pub)
+			msg := newFakeMsg(0, 42, tc.data)
+			msg.header.Set(streams.HeaderBatchID, "0:5-7")
+			ctx := t.Context()
+			if tc.stopped {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithCancel(ctx)
+				cancel()
+			}
+
+			l.handle(ctx, msg)
+
+			assert.Equal(t, tc.wantCalls, st.calls, "store calls")
+			assert.Equal(t, tc.wantSettled, msg.settled, "message settled")
+			assert.Equal(t, tc.wantInProgress, msg.inProgress, "in progress")
+			assert.Equal(t, tc.wantRetries, testutil.ToFloat64(l.m.retries), "retries")
+			assert.Equal(t, tc.wantPublishes, pub.attempts, "publish attempts")
+			assert.Equal(t, tc.wantDeadLetters, testutil.ToFloat64(l.m.deadLetters), "dead letters")
+			assert.Equal(t, tc.wantDeadLetters, testutil.ToFloat64(l.m.deadLettered), "batches dead-lettered")
+			if tc.wantDeadLetters == 0 {
+				return
+			}
+			require.Len(t, pub.published, 1)
+			dl := pub.published[0]
+			assert.Equal(t, streams.DeadLetterSubject("sink", 0), dl.Subject)
+			assert.Equal(t, tc.data, dl.Data)
+			assert.Contains(t, dl.Header.Get(streams.HeaderReason), tc.wantReason)
+			assert.Equal(t, streams.BatchesSubject(0), dl.Header.Get(streams.HeaderSource))
+			assert.Equal(t, "42", dl.Header.Get(streams.HeaderSourceSeq))
+			assert.Equal(t, "0:5-7", dl.Header.Get(streams.HeaderBatchID))
+			assert.Equal(t, "sink:batches.shard.0:42", dl.Header.Get(jetstream.MsgIDHeader))
+		})
+	}
+}
+
+// TestShardMetricsAreTheShardsSeries: the series a loop looks up once are
+// those exported under its shard's label.
+func TestShardMetricsAreTheShardsSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := newMetrics(reg)
+	sm := m.forShard(3)
+	sm.inserted.Inc()
+	sm.deadLettered.Add(2)
+	sm.watermark.Set(17)
+	require.Equal(t, 1.0, testutil.ToFloat64(m.batches.WithLabelValues("3", outcomeInserted)))
+	require.Equal(t, 2.0, testutil.ToFloat64(m.batches.WithLabelValues("3", outcomeDeadLetter)))
+	require.Equal(t, 17.0, testutil.ToFloat64(m.watermark.WithLabelValues(strconv.Itoa(3))))
+}
