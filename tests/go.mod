@@ -10,6 +10,9 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	github.com/stretchr/testify v1.12.1
 	github.com/surge-events/surge/pkg v0.0.0
+	github.com/surge-events/surge/services/batcher v0.0.0
+	github.com/surge-events/surge/services/ingest v0.0.0
+	github.com/surge-events/surge/services/partitioner v0.0.0
 	github.com/surge-events/surge/services/sink v0.0.0
 	github.com/surge-events/surge/tools v0.0.0
 	go.opentelemetry.io/otel v1.47.0
@@ -17,6 +20,7 @@ require (
 	go.opentelemetry.io/otel/trace v1.47.0
 	go.opentelemetry.io/proto/otlp v1.11.0
 	go.uber.org/zap v1.28.0
+	golang.org/x/sync v0.24.0
 	google.golang.org/grpc v1.84.0
 	google.golang.org/protobuf v1.36.12
 	gopkg.in/yaml.v3 v3.0.1
@@ -50,9 +54,6 @@ require (
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/segmentio/asm v1.2.0 // indirect
 	github.com/shopspring/decimal v1.4.0 // indirect
-	github.com/surge-events/surge/services/batcher v0.0.0 // indirect
-	github.com/surge-events/surge/services/ingest v0.0.0 // indirect
-	github.com/surge-events/surge/services/partitioner v0.0.0 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace v1.47.0 // indirect
 	go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc v1.47.0 // indirect

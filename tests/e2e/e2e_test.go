@@ -9,13 +9,14 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/shard"
@@ -33,7 +34,7 @@ type sent struct {
 
 func startStack(t *testing.T) *stack.Stack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: t.TempDir(), Shards: shards, ClickHouseServers: 2, NATSPort: -1,
@@ -56,11 +57,55 @@ func openServers(t *testing.T, st *stack.Stack) []driver.Conn {
 	return conns
 }
 
-func count(t *testing.T, c driver.Conn, query string) uint64 {
-	t.Helper()
+// count runs a SELECT count() query. It returns the error rather than fail
+// the test, so that conditions polled off the test goroutine can use it.
+func count(ctx context.Context, c driver.Conn, query string) (uint64, error) {
 	var n uint64
-	require.NoError(t, c.QueryRow(context.Background(), query).Scan(&n))
-	return n
+	if err := c.QueryRow(ctx, query).Scan(&n); err != nil {
+		return 0, fmt.Errorf("%s: %w", query, err)
+	}
+	return n, nil
+}
+
+// requireCount waits until query counts want rows, and fails when it
+// counts more or never gets there.
+func requireCount(t *testing.T, c driver.Conn, query string, want uint64, timeout time.Duration) {
+	t.Helper()
+	require.EventuallyWithT(t, func(collect *assert.CollectT) {
+		n, err := count(t.Context(), c, query)
+		if assert.NoError(collect, err) {
+			assert.GreaterOrEqual(collect, n, want, query)
+		}
+	}, timeout, 50*time.Millisecond)
+	n, err := count(t.Context(), c, query)
+	require.NoError(t, err)
+	require.Equal(t, want, n, query)
+}
+
+// client is the tests' HTTP client: no request waits without bound.
+var client = &http.Client{Timeout: 30 * time.Second}
+
+// postEvents posts one JSON array of want events to ingest and checks that
+// all of them are accepted.
+func postEvents(ctx context.Context, url string, body []byte, want int) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	var ans struct {
+		Accepted int `json:"accepted"`
+	}
+	err = json.NewDecoder(resp.Body).Decode(&ans)
+	if err != nil || resp.StatusCode != http.StatusAccepted || ans.Accepted != want {
+		return fmt.Errorf("status %d accepted %d of %d: %v", resp.StatusCode, ans.Accepted, want, err)
+	}
+	return nil
 }
 
 // TestHundredThousandEvents sends 100,000 events from several concurrent
@@ -106,48 +151,19 @@ func TestHundredThousandEvents(t *testing.T) {
 		bodies = append(bodies, body)
 	}
 
-	work := make(chan []byte)
-	var wg sync.WaitGroup
-	errs := make(chan error, clients)
-	for range clients {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for body := range work {
-				resp, err := http.Post(st.IngestURL+"/v1/events", "application/json", bytes.NewReader(body))
-				if err != nil {
-					errs <- err
-					return
-				}
-				var ans struct {
-					Accepted int `json:"accepted"`
-				}
-				err = json.NewDecoder(resp.Body).Decode(&ans)
-				resp.Body.Close()
-				if err != nil || resp.StatusCode != http.StatusAccepted || ans.Accepted != perRequest {
-					errs <- fmt.Errorf("status %d accepted %d: %v", resp.StatusCode, ans.Accepted, err)
-					return
-				}
-			}
-		}()
+	// clients requests at a time; the first error cancels the rest.
+	g, ctx := errgroup.WithContext(t.Context())
+	g.SetLimit(clients)
+	for _, body := range bodies {
+		g.Go(func() error { return postEvents(ctx, st.IngestURL+"/v1/events", body, perRequest) })
 	}
-	for _, b := range bodies {
-		work <- b
-	}
-	close(work)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		require.NoError(t, err)
-	}
+	require.NoError(t, g.Wait())
 
-	q := fmt.Sprintf("SELECT count() FROM %s.events", st.Database)
-	require.Eventually(t, func() bool { return count(t, conns[0], q) >= total }, 2*time.Minute, 100*time.Millisecond)
-	require.Equal(t, uint64(total), count(t, conns[0], q), "Distributed table count")
+	requireCount(t, conns[0], fmt.Sprintf("SELECT count() FROM %s.events", st.Database), total, 2*time.Minute)
 
 	seen := make(map[string]bool, total)
 	for server, c := range conns {
-		rows, err := c.Query(context.Background(), fmt.Sprintf(
+		rows, err := c.Query(t.Context(), fmt.Sprintf(
 			"SELECT event_id, tenant, user_id, type, ts, properties, shard FROM %s.events_local", st.Database))
 		require.NoError(t, err)
 		for rows.Next() {

@@ -17,6 +17,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/batch"
@@ -81,7 +82,7 @@ func TestProducers(t *testing.T) {
 	mosquitto, err := exec.LookPath("mosquitto_pub")
 	require.NoError(t, err, "mosquitto_pub is missing: apt-get install mosquitto-clients (.ci/run does)")
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: t.TempDir(), Shards: shards, ClickHouseServers: 2, NATSPort: -1, MQTTPort: -1,
@@ -214,20 +215,22 @@ func TestProducers(t *testing.T) {
 		dl, err := sjs.Stream(ctx, streams.DeadLetter)
 		require.NoError(t, err)
 		var got []string
-		require.Eventually(t, func() bool {
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			got = got[:0]
 			info, err := dl.Info(ctx, jetstream.WithSubjectFilter(streams.InvalidSubject("acme")))
-			if err != nil || info.State.Subjects[streams.InvalidSubject("acme")] < 4 {
-				return false
+			if !assert.NoError(c, err) {
+				return
 			}
+			assert.Equal(c, uint64(4), info.State.Subjects[streams.InvalidSubject("acme")], "dead letters of acme")
 			for seq := info.State.FirstSeq; seq <= info.State.LastSeq; seq++ {
 				m, err := dl.GetMsg(ctx, seq)
-				if err != nil || m.Subject != streams.InvalidSubject("acme") {
-					continue
+				if !assert.NoError(c, err) {
+					return
 				}
-				got = append(got, m.Header.Get(streams.HeaderReason)+" | "+string(m.Data))
+				if m.Subject == streams.InvalidSubject("acme") {
+					got = append(got, m.Header.Get(streams.HeaderReason)+" | "+string(m.Data))
+				}
 			}
-			return true
 		}, 30*time.Second, 50*time.Millisecond)
 		sort.Strings(got)
 		require.Equal(t, []string{
@@ -236,24 +239,25 @@ func TestProducers(t *testing.T) {
 			`event 4: tenant: unknown field | {"event_id":"mix-5","user_id":"a5","type":"view","tenant":"demo"}`,
 			`message is not JSON: it must hold an event object, a JSON array of events or NDJSON | definitely not json`,
 		}, got)
-		require.Eventually(t, func() bool {
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
 			p := st.Part("partitioner")
-			return stack.Sum(p.Registry, "surge_partitioner_events_invalid_total") == 3
+			assert.Equal(c, 3.0, stack.Sum(p.Registry, "surge_partitioner_events_invalid_total"))
 		}, 10*time.Second, 20*time.Millisecond)
 	})
 
 	// Nothing else anywhere: no row of a tenant its producer may not
 	// write, no duplicate across the whole run.
-	require.Equal(t, uint64(6+21+2), count(t, ch, fmt.Sprintf("SELECT count() FROM %s.events", st.Database)))
+	n, err := count(t.Context(), ch, fmt.Sprintf("SELECT count() FROM %s.events", st.Database))
+	require.NoError(t, err)
+	require.Equal(t, uint64(6+21+2), n)
 }
 
 // requireStoredOnce waits until tenant's rows in ClickHouse are exactly
 // want (event_id -> user_id), each once.
 func requireStoredOnce(t *testing.T, ch driver.Conn, db, tenant string, want map[string]string) {
 	t.Helper()
-	q := fmt.Sprintf("SELECT count() FROM %s.events WHERE tenant = '%s'", db, tenant)
-	require.Eventually(t, func() bool { return count(t, ch, q) >= uint64(len(want)) }, time.Minute, 50*time.Millisecond)
-	rows, err := ch.Query(context.Background(), fmt.Sprintf("SELECT event_id, user_id FROM %s.events WHERE tenant = '%s'", db, tenant))
+	requireCount(t, ch, fmt.Sprintf("SELECT count() FROM %s.events WHERE tenant = '%s'", db, tenant), uint64(len(want)), time.Minute)
+	rows, err := ch.Query(t.Context(), fmt.Sprintf("SELECT event_id, user_id FROM %s.events WHERE tenant = '%s'", db, tenant))
 	require.NoError(t, err)
 	defer rows.Close()
 	got := map[string]string{}

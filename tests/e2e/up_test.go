@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
@@ -52,18 +53,21 @@ func TestLocalStackCommand(t *testing.T) {
 	waitFor(t, lines, "Press Ctrl-C to stop.", 90*time.Second)
 
 	body := `[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]`
-	resp, err := http.Post("http://"+httpAddr+"/v1/events", "application/json", strings.NewReader(body))
+	resp, err := client.Post("http://"+httpAddr+"/v1/events", "application/json", strings.NewReader(body))
 	require.NoError(t, err)
 	answer, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	require.Equal(t, http.StatusAccepted, resp.StatusCode, string(answer))
 	require.JSONEq(t, `{"accepted":1}`, string(answer))
 
-	require.Eventually(t, func() bool {
-		q := exec.Command(bin, "query", "SELECT type, user_id, count() FROM surge.events GROUP BY type, user_id")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		q := exec.CommandContext(t.Context(), bin, "query", "SELECT type, user_id, count() FROM surge.events GROUP BY type, user_id")
 		q.Dir = dir
 		out, err := q.CombinedOutput()
-		return err == nil && strings.Contains(string(out), "page_view") && strings.Contains(string(out), "u1")
+		if assert.NoError(c, err, string(out)) {
+			// One row, type page_view, user u1, stored once.
+			assert.Regexp(c, `page_view\W+u1\W+1\b`, string(out))
+		}
 	}, 30*time.Second, 200*time.Millisecond)
 
 	require.NoError(t, up.Process.Signal(syscall.SIGINT))
@@ -80,7 +84,7 @@ func TestLocalStackCommand(t *testing.T) {
 
 func waitFor(t *testing.T, lines <-chan string, want string, timeout time.Duration) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(t.Context(), timeout)
 	defer cancel()
 	for {
 		select {

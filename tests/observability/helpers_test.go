@@ -5,7 +5,6 @@
 package observability
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -19,6 +18,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/propagation"
@@ -38,7 +38,7 @@ func TestMain(m *testing.M) {
 // startStack runs the pipeline with short batch ages, stopped at cleanup.
 func startStack(t *testing.T, o stack.Options) *stack.Stack {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	o.Dir, o.Shards, o.ClickHouseServers, o.NATSPort = t.TempDir(), shards, 2, -1
 	o.Policy = batch.Policy{MaxRows: 5000, MaxBytes: 8 << 20, MaxAge: 200 * time.Millisecond}
@@ -48,16 +48,19 @@ func startStack(t *testing.T, o stack.Options) *stack.Stack {
 	return st
 }
 
+// client is the tests' HTTP client: no request waits without bound.
+var client = &http.Client{Timeout: 30 * time.Second}
+
 // post sends body to ingest with the given headers and returns the status.
 func post(t *testing.T, st *stack.Stack, body string, header ...string) int {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodPost, st.IngestURL+"/v1/events", bytes.NewReader([]byte(body)))
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, st.IngestURL+"/v1/events", strings.NewReader(body))
 	require.NoError(t, err)
 	req.Header.Set("Content-Type", "application/json")
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	require.NoError(t, err)
 	require.NoError(t, resp.Body.Close())
 	return resp.StatusCode
@@ -81,9 +84,13 @@ func events(prefix string, n int) (string, []string) {
 	return b.String(), ids
 }
 
+// waitInserted waits until the sink has inserted n rows, and fails when it
+// inserts more or never gets there.
 func waitInserted(t *testing.T, st *stack.Stack, n float64) {
 	t.Helper()
-	require.Eventually(t, func() bool { return st.Inserted() >= n }, 30*time.Second, 20*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.GreaterOrEqual(c, st.Inserted(), n, "rows inserted")
+	}, 30*time.Second, 20*time.Millisecond)
 	require.Equal(t, n, st.Inserted())
 }
 
@@ -111,11 +118,17 @@ func (c *onceClosed) Close() error {
 	return c.err
 }
 
-// gather returns every series of the named metric in reg.
-func gather(t *testing.T, reg prometheus.Gatherer, name string) []*dto.Metric {
-	t.Helper()
+// gather returns every series of the named metric in reg. Like the helpers
+// below it takes an assert.TestingT, so that an EventuallyWithT condition
+// can pass its collect value.
+func gather(t assert.TestingT, reg prometheus.Gatherer, name string) []*dto.Metric {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	mfs, err := reg.Gather()
-	require.NoError(t, err)
+	if !assert.NoError(t, err) {
+		return nil
+	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
 			return mf.GetMetric()
@@ -134,8 +147,10 @@ func labelOf(m *dto.Metric, label string) string {
 }
 
 // counters returns the named counter by the value of label, zeros left out.
-func counters(t *testing.T, reg prometheus.Gatherer, name, label string) map[string]float64 {
-	t.Helper()
+func counters(t assert.TestingT, reg prometheus.Gatherer, name, label string) map[string]float64 {
+	if h, ok := t.(interface{ Helper() }); ok {
+		h.Helper()
+	}
 	out := map[string]float64{}
 	for _, m := range gather(t, reg, name) {
 		if v := m.GetCounter().GetValue(); v != 0 {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/shard"
@@ -55,8 +56,8 @@ func TestMetricsCountAKnownLoad(t *testing.T) {
 	// The partitioner acks (and counts) a fetch once it is settled, which
 	// may be after its events are inserted.
 	part := reg("partitioner")
-	require.Eventually(t, func() bool {
-		return counters(t, part, "surge_partitioner_messages_total", "outcome")["acked"] == requests
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, float64(requests), counters(c, part, "surge_partitioner_messages_total", "outcome")["acked"], "acked fetches")
 	}, 10*time.Second, 10*time.Millisecond)
 	require.Equal(t, want, counters(t, part, "surge_partitioner_events_total", "shard"), "events per shard")
 	require.Equal(t, map[string]float64{"acked": requests}, counters(t, part, "surge_partitioner_messages_total", "outcome"))

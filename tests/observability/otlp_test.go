@@ -7,10 +7,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
@@ -123,8 +125,9 @@ func TestOTLPExportNamesEachService(t *testing.T) {
 
 	providers := map[string]trace.TracerProvider{}
 	for _, name := range []string{"ingest", "partitioner", "batcher", "sink"} {
-		tp, shutdown, err := telemetry.SetupTracing(context.Background(), "surge-"+name)
+		tp, shutdown, err := telemetry.SetupTracing(t.Context(), "surge-"+name)
 		require.NoError(t, err)
+		// t.Context() has ended when cleanups run.
 		t.Cleanup(func() { require.NoError(t, shutdown(context.Background())) })
 		providers[name] = tp
 	}
@@ -140,18 +143,16 @@ func TestOTLPExportNamesEachService(t *testing.T) {
 		"surge-batcher":     {"batch"},
 		"surge-sink":        {"sink insert"},
 	}
-	var got map[string][]string
-	require.Eventually(t, func() bool {
-		got = c.names(tid)
-		return len(got["surge-ingest"]) == 2 && len(got["surge-partitioner"]) == 2 && len(got["surge-batcher"]) == 1 && len(got["surge-sink"]) == 1
-	}, 20*time.Second, 20*time.Millisecond, "spans by service: %v", got)
-	// The shard the event hashes to is not the point here.
-	for i, name := range got["surge-partitioner"] {
-		if len(name) > len("publish events.shard.") && name[:len("publish events.shard.")] == "publish events.shard." {
-			got["surge-partitioner"][i] = "publish events.shard.X"
+	require.EventuallyWithT(t, func(collect *assert.CollectT) {
+		got := c.names(tid)
+		// The shard the event hashes to is not the point here.
+		for i, name := range got["surge-partitioner"] {
+			if strings.HasPrefix(name, "publish events.shard.") {
+				got["surge-partitioner"][i] = "publish events.shard.X"
+			}
 		}
-	}
-	require.Equal(t, want, got)
+		assert.Equal(collect, want, got, "span names by service")
+	}, 20*time.Second, 20*time.Millisecond)
 }
 
 // TestOTLPExportOverGRPC checks that OTEL_EXPORTER_OTLP_PROTOCOL=grpc
@@ -166,11 +167,11 @@ func TestOTLPExportOverGRPC(t *testing.T) {
 	t.Cleanup(gs.Stop)
 	setOTEL(t, "http://"+ln.Addr().String(), "grpc")
 
-	tp, shutdown, err := telemetry.SetupTracing(context.Background(), "surge-sink")
+	tp, shutdown, err := telemetry.SetupTracing(t.Context(), "surge-sink")
 	require.NoError(t, err)
-	_, span := tp.Tracer("test").Start(context.Background(), "sink insert")
+	_, span := tp.Tracer("test").Start(t.Context(), "sink insert")
 	tid := span.SpanContext().TraceID()
 	span.End()
-	require.NoError(t, shutdown(context.Background())) // flushes
+	require.NoError(t, shutdown(t.Context())) // flushes
 	require.Equal(t, map[string][]string{"surge-sink": {"sink insert"}}, c.names(tid))
 }

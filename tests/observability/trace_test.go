@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/attribute"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
@@ -72,6 +73,7 @@ func traceparent(tid trace.TraceID, sampled bool) string {
 func TestTraceFromRequestToInsert(t *testing.T) {
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec), sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.AlwaysSample())))
+	// t.Context() has ended when cleanups run.
 	t.Cleanup(func() { require.NoError(t, tp.Shutdown(context.Background())) })
 	core, logs := observer.New(zapcore.DebugLevel)
 	st := startStack(t, stack.Options{TracerProvider: tp, Logger: zap.New(core)})
@@ -99,7 +101,7 @@ func TestTraceFromRequestToInsert(t *testing.T) {
 	servers := st.ClickHouse.Addrs()
 	for _, addr := range servers {
 		ch := openClickHouse(t, addr)
-		rows, err := ch.Query(context.Background(),
+		rows, err := ch.Query(t.Context(),
 			fmt.Sprintf("SELECT event_id, shard, seq FROM %s.events_local WHERE event_id LIKE 'id-traced-%%'", st.Database))
 		require.NoError(t, err)
 		for rows.Next() {
@@ -121,14 +123,15 @@ func TestTraceFromRequestToInsert(t *testing.T) {
 
 	// Spans end after the acks: the insert's after the rows are counted,
 	// the partitioner's once its whole fetch is settled.
-	require.Eventually(t, func() bool {
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		n := map[string]int{}
 		for _, s := range rec.Ended() {
 			if s.SpanContext().TraceID() == sampled {
 				n[strings.Fields(s.Name())[0]]++
 			}
 		}
-		return n["sink"] == len(traceShards) && n["partition"] == 1 && n["publish"] == 1+len(traceShards)
+		assert.Equal(c, map[string]int{"sink": len(traceShards), "partition": 1, "publish": 1 + len(traceShards)},
+			map[string]int{"sink": n["sink"], "partition": n["partition"], "publish": n["publish"]}, "ended spans of the sampled trace")
 	}, 10*time.Second, 10*time.Millisecond)
 	all := spans(rec.Ended())
 
@@ -198,9 +201,9 @@ func TestTraceFromRequestToInsert(t *testing.T) {
 		// The insert is in system.query_log under that id (type 2 is
 		// QueryFinish, a number on old servers and an enum on new ones).
 		ch := openClickHouse(t, server)
-		require.NoError(t, ch.Exec(context.Background(), "SYSTEM FLUSH LOGS"))
+		require.NoError(t, ch.Exec(t.Context(), "SYSTEM FLUSH LOGS"))
 		var n uint64
-		require.NoError(t, ch.QueryRow(context.Background(),
+		require.NoError(t, ch.QueryRow(t.Context(),
 			"SELECT count() FROM system.query_log WHERE query_id = ? AND toUInt8(type) = 2 AND query LIKE 'INSERT INTO%'", queryID).Scan(&n))
 		require.Equal(t, uint64(1), n, "insert %s in system.query_log", queryID)
 		require.NoError(t, ch.Close()) // an open connection delays the server's stop
