@@ -28,6 +28,53 @@ type Options struct {
 	// MQTTPort opens nats-server's MQTT listener on Host: 0 leaves it off,
 	// -1 picks a free port (read it back with MQTTPort).
 	MQTTPort int
+	// Sync is when JetStream flushes its files to disk; SyncInterval when
+	// empty.
+	Sync Sync
+}
+
+// Sync is when JetStream makes what it stored durable on disk (fsync).
+type Sync string
+
+const (
+	// SyncInterval writes to the page cache and flushes every
+	// DefaultSyncInterval (nats-server's default): a PubAck survives a
+	// crash of the process, not a power cut or kernel crash of the machine
+	// in the seconds before the next flush.
+	SyncInterval Sync = "interval"
+	// SyncAlways flushes every write before the PubAck (nats-server's
+	// sync_interval: always): a PubAck survives a power cut too, at the
+	// cost of an fsync per write.
+	SyncAlways Sync = "always"
+)
+
+// DefaultSyncInterval is how often JetStream flushes under SyncInterval.
+const DefaultSyncInterval = 2 * time.Minute
+
+// ParseSync reads a Sync from "always" or "interval"; "" is SyncInterval.
+func ParseSync(s string) (Sync, error) {
+	switch Sync(s) {
+	case "", SyncInterval:
+		return SyncInterval, nil
+	case SyncAlways:
+		return SyncAlways, nil
+	}
+	return "", fmt.Errorf("nats sync must be %q or %q, got %q", SyncAlways, SyncInterval, s)
+}
+
+// SyncOf is the Sync a running server uses, read back from its varz.
+func SyncOf(s *server.Server) (Sync, error) {
+	v, err := s.Varz(nil)
+	if err != nil {
+		return "", fmt.Errorf("nats varz: %w", err)
+	}
+	if v.JetStream.Config == nil {
+		return "", errors.New("nats server runs without JetStream")
+	}
+	if v.JetStream.Config.SyncAlways {
+		return SyncAlways, nil
+	}
+	return SyncInterval, nil
 }
 
 // User is one login of the server. A user without Tenant is a service
@@ -55,6 +102,9 @@ func ProducerPermissions(tenant string) *server.Permissions {
 
 func (o Options) validate() error {
 	var errs []error
+	if _, err := ParseSync(string(o.Sync)); err != nil {
+		errs = append(errs, err)
+	}
 	seen := map[string]bool{}
 	for i, u := range o.Users {
 		if u.Name == "" || u.Password == "" {
@@ -98,6 +148,8 @@ func Start(o Options) (*server.Server, error) {
 		NoSigs:             true,
 		NoLog:              true,
 		JetStreamMaxMemory: 256 << 20,
+		SyncInterval:       DefaultSyncInterval,
+		SyncAlways:         o.Sync == SyncAlways,
 	}
 	for _, u := range o.Users {
 		su := &server.User{Username: u.Name, Password: u.Password}

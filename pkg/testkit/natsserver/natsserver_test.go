@@ -2,9 +2,13 @@ package natsserver_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -113,4 +117,55 @@ func TestOptionsValidate(t *testing.T) {
 	for _, want := range []string{"bad.tenant", "listed twice", "password are required"} {
 		require.ErrorContains(t, err, want)
 	}
+}
+
+func TestSync(t *testing.T) {
+	for _, tc := range []struct {
+		sync natsserver.Sync
+		want natsserver.Sync
+	}{{"", natsserver.SyncInterval}, {natsserver.SyncInterval, natsserver.SyncInterval}, {natsserver.SyncAlways, natsserver.SyncAlways}} {
+		s, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir(), Sync: tc.sync})
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+		got, err := natsserver.SyncOf(s)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, got, "sync %q", tc.sync)
+		v, err := s.Varz(nil)
+		require.NoError(t, err)
+		require.Equal(t, tc.want == natsserver.SyncAlways, v.JetStream.Config.SyncAlways, "sync %q", tc.sync)
+		require.Equal(t, natsserver.DefaultSyncInterval, v.JetStream.Config.SyncInterval)
+	}
+
+	_, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir(), Sync: "sometimes"})
+	require.EqualError(t, err, `nats server options: nats sync must be "always" or "interval", got "sometimes"`)
+	_, err = natsserver.ParseSync("Always")
+	require.EqualError(t, err, `nats sync must be "always" or "interval", got "Always"`)
+	got, err := natsserver.ParseSync("")
+	require.NoError(t, err)
+	require.Equal(t, natsserver.SyncInterval, got)
+}
+
+// TestClusterConfigSync reads the compose cluster's configuration with
+// nats-server's parser: it syncs on nats-server's default interval, the
+// same as the embedded server's SyncInterval, and "always" in its place
+// turns SyncAlways on.
+func TestClusterConfigSync(t *testing.T) {
+	t.Setenv("SERVER_NAME", "nats-0")
+	t.Setenv("SURGE_SERVICE_PASSWORD", "svc")
+	t.Setenv("SURGE_DEMO_PASSWORD", "demo")
+	conf, err := os.ReadFile(filepath.Join("..", "..", "..", "deployments", "nats", "cluster.conf"))
+	require.NoError(t, err)
+	const line = `sync_interval: "2m"`
+	require.Equal(t, 1, strings.Count(string(conf), line))
+
+	opts, err := server.ProcessConfigFile(filepath.Join("..", "..", "..", "deployments", "nats", "cluster.conf"))
+	require.NoError(t, err)
+	require.False(t, opts.SyncAlways)
+	require.Equal(t, natsserver.DefaultSyncInterval, opts.SyncInterval)
+
+	always := filepath.Join(t.TempDir(), "cluster.conf")
+	require.NoError(t, os.WriteFile(always, []byte(strings.Replace(string(conf), line, "sync_interval: always", 1)), 0o644))
+	opts, err = server.ProcessConfigFile(always)
+	require.NoError(t, err)
+	require.True(t, opts.SyncAlways)
 }
