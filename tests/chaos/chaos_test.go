@@ -34,10 +34,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
+	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/services/batcher"
+	"github.com/surge-events/surge/services/ingest"
+	"github.com/surge-events/surge/services/partitioner"
+	"github.com/surge-events/surge/services/sink"
 )
 
 const (
@@ -113,18 +120,16 @@ func TestChaos(t *testing.T) {
 
 	load := newLoad(p.ingestURL, cfg, rng.Uint64())
 	loadStart := time.Now()
-	loadDone := make(chan struct{})
-	go func() {
-		defer close(loadDone)
-		load.run(loadStart)
-	}()
-	faultsDone := make(chan struct{})
-	go func() {
-		defer close(faultsDone)
-		p.runSchedule(t, loadStart, schedule, rng)
-	}()
-	<-loadDone
-	<-faultsDone
+	// The load and the faults run beside each other. A fault that cannot
+	// be carried out (a restart that fails) ends the schedule with an
+	// error, which cancels the load at once.
+	g, ctx := errgroup.WithContext(t.Context())
+	g.Go(func() error { return load.run(ctx, loadStart) })
+	g.Go(func() error { return p.runSchedule(ctx, t, loadStart, schedule, rng) })
+	if err := g.Wait(); err != nil {
+		p.dumpLogs(t)
+		t.Fatalf("chaos: %v", err)
+	}
 	t.Logf("chaos: load done in %s: %d requests accepted, %d events accepted, %d rejected requests, %d retries, %d statuses %v",
 		time.Since(loadStart).Round(time.Millisecond), load.acceptedRequests.Load(), len(load.accepted), len(load.rejectedIDs),
 		load.retries.Load(), len(load.statuses()), load.statuses())
@@ -133,35 +138,21 @@ func TestChaos(t *testing.T) {
 	// Drain: every accepted event in ClickHouse, nothing left in INGEST or BATCHES.
 	drainStart := time.Now()
 	want := uint64(len(load.accepted))
-	var last string
-	ok := assertEventually(func() bool {
-		uniq, total := p.totals(t)
-		ingest, batches := p.streamMsgs(t, "INGEST"), p.streamMsgs(t, "BATCHES")
-		last = fmt.Sprintf("clickhouse uniq=%d count=%d want=%d, INGEST=%d BATCHES=%d", uniq, total, want, ingest, batches)
-		return uniq >= want && ingest == 0 && batches == 0
-	}, 4*time.Minute+cfg.duration)
-	if !ok {
-		p.dumpLogs(t)
+	drained := func(c *assert.CollectT) {
+		uniq, _ := p.totals()
+		assert.GreaterOrEqual(c, uniq, want, "distinct events in ClickHouse")
+		assert.Zero(c, p.streamMsgs("INGEST"), "messages in INGEST")
+		assert.Zero(c, p.streamMsgs("BATCHES"), "messages in BATCHES")
 	}
-	require.True(t, ok, "pipeline did not drain: %s", last)
-	t.Logf("chaos: drained in %s (%s)", time.Since(drainStart).Round(time.Millisecond), last)
+	if !assert.EventuallyWithT(t, drained, 4*time.Minute+cfg.duration, time.Second, "pipeline did not drain") {
+		p.dumpLogs(t)
+		t.FailNow()
+	}
+	uniq, total := p.totals()
+	t.Logf("chaos: drained in %s (clickhouse uniq=%d count=%d want=%d)", time.Since(drainStart).Round(time.Millisecond), uniq, total, want)
 
 	p.check(t, load)
 	t.Logf("chaos: seed %d passed in %s: %d events, %d faults", cfg.seed, time.Since(started).Round(time.Second), want, len(schedule))
-}
-
-// assertEventually polls cond every second until it holds or timeout passes.
-func assertEventually(cond func() bool, timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for {
-		if cond() {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(time.Second)
-	}
 }
 
 func startPipeline(t *testing.T) *pipeline {
@@ -195,11 +186,11 @@ jetstream {
 		name: "nats-server", bin: bins["nats-server"], args: []string{"-c", natsConf},
 		logPath: filepath.Join(logs, "nats-server.log"), ready: p.natsMon + "/healthz?js-enabled-only=true",
 	}
-	p.nats.start(t)
+	require.NoError(t, p.nats.start())
 	t.Cleanup(func() { p.nats.stop(syscall.SIGTERM) })
-	p.nats.waitReady(t, 30*time.Second)
+	require.NoError(t, p.nats.waitReady(t.Context(), 30*time.Second))
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	p.clickhouse, err = chserver.StartCluster(ctx, filepath.Join(dir, "clickhouse"), 2)
 	require.NoError(t, err)
@@ -207,37 +198,62 @@ jetstream {
 
 	common := []string{
 		"SURGE_NATS_URL=" + p.natsURL,
-		"SURGE_SHARDS=" + strconv.Itoa(shards),
 		"SURGE_LOG_LEVEL=info",
 		"SURGE_LOG_FORMAT=json",
 	}
+	shardsVar := "SURGE_SHARDS=" + strconv.Itoa(shards)
 	admin := map[string]int{"ingest": ports[2], "partitioner": ports[3], "batcher": ports[4], "sink": ports[5]}
 	httpPort := ports[6]
 	p.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/v1/events", httpPort)
 	extra := map[string][]string{
 		"ingest": {"SURGE_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(httpPort), "SURGE_INGEST_PUBLISH_TIMEOUT=3s"},
 		// AckWait bounds how long a killed partitioner's requests wait for redelivery.
-		"partitioner": {"SURGE_PUBLISH_TIMEOUT=4s", "SURGE_ACK_WAIT=6s"},
-		"batcher":     {"SURGE_BATCH_MAX_ROWS=5000", "SURGE_BATCH_MAX_AGE=300ms"},
+		"partitioner": {shardsVar, "SURGE_PUBLISH_TIMEOUT=4s", "SURGE_ACK_WAIT=6s"},
+		"batcher":     {shardsVar, "SURGE_BATCH_MAX_ROWS=5000", "SURGE_BATCH_MAX_AGE=300ms"},
 		// The BATCHES AckWait (2*insert timeout+retry max) bounds how long a
 		// killed sink's batch in hand waits for redelivery.
-		"sink": {"SURGE_CLICKHOUSE_ADDRS=" + strings.Join(p.clickhouse.Addrs(), ","), "SURGE_CLICKHOUSE_INSERT_TIMEOUT=5s", "SURGE_RETRY_MAX=2s"},
+		"sink": {shardsVar, "SURGE_CLICKHOUSE_ADDRS=" + strings.Join(p.clickhouse.Addrs(), ","), "SURGE_CLICKHOUSE_INSERT_TIMEOUT=5s", "SURGE_RETRY_MAX=2s"},
 	}
 	for _, name := range []string{"sink", "batcher", "partitioner", "ingest"} {
 		env := append(slices.Clone(common), "SURGE_ADMIN_ADDR=127.0.0.1:"+strconv.Itoa(admin[name]))
+		requireKnownEnv(t, name, append(slices.Clone(env), extra[name]...))
 		sp := &proc{
 			name: name, bin: bins[name], env: append(env, extra[name]...),
 			logPath: filepath.Join(logs, name+".log"),
 			ready:   fmt.Sprintf("http://127.0.0.1:%d/readyz", admin[name]),
 		}
 		p.services[name] = sp
-		sp.start(t)
+		require.NoError(t, sp.start())
 		t.Cleanup(func() { sp.stop(syscall.SIGKILL) })
 	}
 	for _, sp := range p.services {
-		sp.waitReady(t, time.Minute)
+		require.NoError(t, sp.waitReady(t.Context(), time.Minute))
 	}
 	return p
+}
+
+// configs are the services' Configs, whose variables the test may set.
+var configs = map[string]any{
+	"ingest":      &ingest.Config{},
+	"partitioner": &partitioner.Config{},
+	"batcher":     &batcher.Config{},
+	"sink":        &sink.Config{},
+}
+
+// requireKnownEnv fails when service is given a SURGE_ variable its Config
+// does not read: a renamed setting would otherwise leave the test running
+// on a default without a word.
+func requireKnownEnv(t *testing.T, service string, env []string) {
+	t.Helper()
+	var known []string
+	for _, v := range config.EnvVars(configs[service]) {
+		name, _, _ := strings.Cut(v, "=")
+		known = append(known, name)
+	}
+	for _, v := range env {
+		name, _, _ := strings.Cut(v, "=")
+		require.Contains(t, known, name, "%s does not read %s", service, name)
+	}
 }
 
 // fault is one planned failure.
@@ -282,84 +298,173 @@ func makeSchedule(rng *rand.Rand, cfg settings) []fault {
 }
 
 // runSchedule performs the faults in order. A ClickHouse outage runs
-// beside the others; it has ended when runSchedule returns.
-func (p *pipeline) runSchedule(t *testing.T, start time.Time, schedule []fault, rng *rand.Rand) {
-	var outages sync.WaitGroup
-	defer outages.Wait()
+// beside the others; it has ended when runSchedule returns. It runs off the
+// test goroutine: a fault that fails ends it with the error, and so does
+// the end of ctx.
+func (p *pipeline) runSchedule(ctx context.Context, t *testing.T, start time.Time, schedule []fault, rng *rand.Rand) error {
 	logf := func(format string, args ...any) {
 		t.Logf("chaos: %7.2fs "+format, append([]any{time.Since(start).Seconds()}, args...)...)
 	}
-	kill := func(name string) {
+	// restart starts a killed service again after a random pause.
+	restart := func(name string, pid int) error {
+		sp := p.services[name]
+		pause := time.Duration(200+rng.IntN(1300)) * time.Millisecond
+		if err := sleep(ctx, pause); err != nil {
+			return err
+		}
+		if err := sp.start(); err != nil {
+			return err
+		}
+		logf("%s: killed pid %d, restarted after %s as pid %d", name, pid, pause, sp.pid())
+		return nil
+	}
+	kill := func(name string) error {
 		sp := p.services[name]
 		pid := sp.pid()
 		sp.stop(syscall.SIGKILL)
-		pause := time.Duration(200+rng.IntN(1300)) * time.Millisecond
-		time.Sleep(pause)
-		sp.start(t)
-		logf("%s: killed pid %d, restarted after %s as pid %d", name, pid, pause, sp.pid())
+		return restart(name, pid)
 	}
-	for _, f := range schedule {
-		if d := time.Until(start.Add(f.at)); d > 0 {
-			time.Sleep(d)
-		}
-		logf("fault: %s", f.kind)
-		switch f.kind {
-		case killPartitioner:
-			kill("partitioner")
-		case killBatcher:
-			kill("batcher")
-		case killIngest:
-			kill("ingest")
-		case killSink:
-			kill("sink")
-		case killSinkInsert:
-			// Wait (at most 5 s) until ClickHouse runs one of the sink's inserts.
-			caught := p.waitForInsert(5 * time.Second)
-			kill("sink")
-			logf("sink killed while an insert ran: %t", caught)
-		case stopClickHouse:
-			srv := p.clickhouse.Servers[1]
-			require.NoError(t, srv.Stop())
-			logf("clickhouse %s stopped", srv.Addr())
-			outages.Go(func() {
-				time.Sleep(20 * time.Second)
-				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-				defer cancel()
-				if err := srv.Start(ctx); err != nil {
-					t.Errorf("restart clickhouse: %v", err)
-					return
+	// g runs the schedule and each ClickHouse outage; the first error ends both.
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		for _, f := range schedule {
+			if err := sleep(ctx, time.Until(start.Add(f.at))); err != nil {
+				return err
+			}
+			logf("fault: %s", f.kind)
+			var err error
+			switch f.kind {
+			case killPartitioner:
+				err = kill("partitioner")
+			case killBatcher:
+				err = kill("batcher")
+			case killIngest:
+				err = kill("ingest")
+			case killSink:
+				err = kill("sink")
+			case killSinkInsert:
+				var caught insert
+				pid := p.services["sink"].pid()
+				if caught, err = p.killDuringInsert(ctx, insertWindow); err == nil {
+					logf("sink frozen and killed while %s ran insert %s (%d inserts ended first)", caught.server, caught.queryID, caught.missed)
+					err = restart("sink", pid)
 				}
-				logf("clickhouse %s started again", srv.Addr())
-			})
-		case restartNATS:
-			pid := p.nats.pid()
-			p.nats.stop(syscall.SIGTERM)
-			p.nats.start(t)
-			p.nats.waitReady(t, 30*time.Second)
-			logf("nats-server: stopped pid %d, restarted as pid %d on the same store", pid, p.nats.pid())
+			case stopClickHouse:
+				srv := p.clickhouse.Servers[1]
+				if err = srv.Stop(); err != nil {
+					break
+				}
+				logf("clickhouse %s stopped", srv.Addr())
+				g.Go(func() error {
+					if err := sleep(ctx, 20*time.Second); err != nil {
+						return err
+					}
+					sctx, cancel := context.WithTimeout(ctx, time.Minute)
+					defer cancel()
+					if err := srv.Start(sctx); err != nil {
+						return fmt.Errorf("restart clickhouse %s: %w", srv.Addr(), err)
+					}
+					logf("clickhouse %s started again", srv.Addr())
+					return nil
+				})
+			case restartNATS:
+				pid := p.nats.pid()
+				p.nats.stop(syscall.SIGTERM)
+				if err = p.nats.start(); err != nil {
+					break
+				}
+				if err = p.nats.waitReady(ctx, 30*time.Second); err != nil {
+					break
+				}
+				logf("nats-server: stopped pid %d, restarted as pid %d on the same store", pid, p.nats.pid())
+			}
+			if err != nil {
+				return fmt.Errorf("fault %q at %.2fs: %w", f.kind, time.Since(start).Seconds(), err)
+			}
+		}
+		return nil
+	})
+	return g.Wait()
+}
+
+// insertWindow bounds how long killSinkInsert tries to catch an insert. The
+// sink inserts every few hundred milliseconds under the load; most tries
+// succeed within a second.
+const insertWindow = 30 * time.Second
+
+// insert is a sink insert caught running.
+type insert struct {
+	server, queryID string
+	// missed counts the inserts that ended before the sink was frozen.
+	missed int
+}
+
+// killDuringInsert kills the sink while ClickHouse runs one of its inserts.
+// It polls system.processes for a sink insert, freezes the sink (SIGSTOP)
+// and looks again: an insert still running once the sink is frozen was cut
+// off by it, as a frozen process runs no more code, so the SIGKILL that
+// follows lands inside the insert. An insert that ended in between is let
+// go (SIGCONT) and the next one is tried, within window. It fails when no
+// insert is caught: the fault would otherwise pass without happening.
+func (p *pipeline) killDuringInsert(ctx context.Context, window time.Duration) (insert, error) {
+	sink := p.services["sink"]
+	ctx, cancel := context.WithTimeout(ctx, window)
+	defer cancel()
+	var caught insert
+	for {
+		srv, qid := p.runningInsert()
+		if qid != "" {
+			if err := sink.freeze(); err != nil {
+				return caught, err
+			}
+			running, err := insertRunning(srv, qid)
+			if err == nil && running {
+				sink.stop(syscall.SIGKILL)
+				caught.server, caught.queryID = srv.Addr(), qid
+				return caught, nil
+			}
+			if err := sink.thaw(); err != nil {
+				return caught, err
+			}
+			caught.missed++
+		}
+		if err := sleep(ctx, 2*time.Millisecond); err != nil {
+			return caught, fmt.Errorf("no sink insert still running once the sink was frozen within %s (%d ended first): %w", window, caught.missed, err)
 		}
 	}
 }
 
-// waitForInsert polls ClickHouse's running queries for a sink insert.
-func (p *pipeline) waitForInsert(timeout time.Duration) bool {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		for _, srv := range p.clickhouse.Servers {
-			out, err := chQuery(srv, "SELECT count() FROM system.processes WHERE query_id LIKE 'surge-sink-%'")
-			if err == nil && strings.TrimSpace(out) != "0" {
-				return true
-			}
+// runningInsert returns a sink insert ClickHouse runs now and its server,
+// or "" when there is none. A server that does not answer (stopped for an
+// outage) has none.
+func (p *pipeline) runningInsert() (*chserver.Server, string) {
+	for _, srv := range p.clickhouse.Servers {
+		out, err := chQuery(srv, "SELECT query_id FROM system.processes WHERE query_id LIKE 'surge-sink-%' AND query ILIKE 'INSERT%' LIMIT 1")
+		if qid := strings.TrimSpace(out); err == nil && qid != "" {
+			return srv, qid
 		}
-		time.Sleep(2 * time.Millisecond)
 	}
-	return false
+	return nil, ""
 }
+
+// insertRunning reports whether the query qid still runs on srv.
+func insertRunning(srv *chserver.Server, qid string) (bool, error) {
+	if strings.ContainsAny(qid, `'\`) {
+		return false, fmt.Errorf("unexpected query id %q", qid)
+	}
+	out, err := chQuery(srv, "SELECT count() FROM system.processes WHERE query_id = '"+qid+"'")
+	if err != nil {
+		return false, err
+	}
+	return strings.TrimSpace(out) != "0", nil
+}
+
+// httpc serves the test's own requests to ClickHouse and the NATS monitor.
+var httpc = &http.Client{Timeout: 30 * time.Second}
 
 // chQuery runs SQL over ClickHouse's HTTP interface and returns the TSV answer.
 func chQuery(srv *chserver.Server, sql string) (string, error) {
-	client := &http.Client{Timeout: 30 * time.Second}
-	resp, err := client.Post("http://"+srv.HTTPAddr()+"/?database=surge", "text/plain", strings.NewReader(sql))
+	resp, err := httpc.Post("http://"+srv.HTTPAddr()+"/?database=surge", "text/plain", strings.NewReader(sql))
 	if err != nil {
 		return "", err
 	}
@@ -376,8 +481,7 @@ func chQuery(srv *chserver.Server, sql string) (string, error) {
 
 // totals sums uniqExact(event_id) and count() over the servers, 0 when a
 // server does not answer.
-func (p *pipeline) totals(t *testing.T) (uniq, total uint64) {
-	t.Helper()
+func (p *pipeline) totals() (uniq, total uint64) {
 	for _, srv := range p.clickhouse.Servers {
 		out, err := chQuery(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
 		if err != nil {
@@ -395,9 +499,8 @@ func (p *pipeline) totals(t *testing.T) (uniq, total uint64) {
 
 // streamMsgs reads a stream's message count from the NATS monitor; -1 when
 // it does not answer.
-func (p *pipeline) streamMsgs(t *testing.T, stream string) int64 {
-	t.Helper()
-	resp, err := http.Get(p.natsMon + "/jsz?streams=true")
+func (p *pipeline) streamMsgs(stream string) int64 {
+	resp, err := httpc.Get(p.natsMon + "/jsz?streams=true")
 	if err != nil {
 		return -1
 	}
@@ -471,7 +574,7 @@ func (p *pipeline) check(t *testing.T, load *load) {
 		require.False(t, ok, "rejected event %s is in ClickHouse", id)
 	}
 	require.Len(t, seen, len(load.accepted))
-	require.Equal(t, int64(0), p.streamMsgs(t, "DEAD_LETTER"), "dead letters")
+	require.Equal(t, int64(0), p.streamMsgs("DEAD_LETTER"), "dead letters")
 }
 
 func (p *pipeline) dumpLogs(t *testing.T) {
@@ -521,34 +624,43 @@ func (l *load) failures() []string {
 }
 
 // run sends cfg.events events in requests of perRequest, paced evenly over
-// cfg.duration by clients workers, and one invalid request every 50.
-func (l *load) run(start time.Time) {
+// cfg.duration by clients workers, and one invalid request every 50. It
+// stops early when ctx ends and then returns ctx.Err().
+func (l *load) run(ctx context.Context, start time.Time) error {
 	requests := (l.cfg.events + perRequest - 1) / perRequest
 	interval := l.cfg.duration / time.Duration(requests)
+	g, ctx := errgroup.WithContext(ctx)
 	next := make(chan int)
-	var wg sync.WaitGroup
 	for w := range clients {
-		wg.Go(func() {
+		g.Go(func() error {
 			rng := rand.New(rand.NewPCG(l.seed, uint64(w)))
 			for r := range next {
-				l.send(r, rng)
+				l.send(ctx, r, rng)
 				if r%50 == 0 {
-					l.sendInvalid(r)
+					l.sendInvalid(ctx, r)
 				}
 			}
+			return nil
 		})
 	}
-	for r := range requests {
-		if d := time.Until(start.Add(time.Duration(r) * interval)); d > 0 {
-			time.Sleep(d)
+	g.Go(func() error {
+		defer close(next)
+		for r := range requests {
+			if err := sleep(ctx, time.Until(start.Add(time.Duration(r)*interval))); err != nil {
+				return err
+			}
+			select {
+			case next <- r:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
 		}
-		next <- r
-	}
-	close(next)
-	wg.Wait()
+		return nil
+	})
+	return g.Wait()
 }
 
-func (l *load) send(r int, rng *rand.Rand) {
+func (l *load) send(ctx context.Context, r int, rng *rand.Rand) {
 	n := min(perRequest, l.cfg.events-r*perRequest)
 	ids := make([]string, n)
 	var b strings.Builder
@@ -565,7 +677,7 @@ func (l *load) send(r int, rng *rand.Rand) {
 	key := "chaos-" + strconv.Itoa(r)
 	deadline := time.Now().Add(retryFor)
 	for attempt := 1; ; attempt++ {
-		status := l.post(body, key)
+		status := l.post(ctx, body, key)
 		l.count(status)
 		switch {
 		case status == "202":
@@ -585,17 +697,19 @@ func (l *load) send(r int, rng *rand.Rand) {
 			return
 		}
 		l.retries.Add(1)
-		time.Sleep(min(time.Duration(attempt)*100*time.Millisecond, time.Second))
+		if sleep(ctx, min(time.Duration(attempt)*100*time.Millisecond, time.Second)) != nil {
+			return // the run was cancelled: its error is reported
+		}
 	}
 }
 
 // sendInvalid posts a request with one event missing its user_id: the
 // whole request must be refused with 400 and none of its ids stored.
-func (l *load) sendInvalid(r int) {
+func (l *load) sendInvalid(ctx context.Context, r int) {
 	good, bad := fmt.Sprintf("bad-%d-0", r), fmt.Sprintf("bad-%d-1", r)
 	body := fmt.Sprintf(`[{"event_id":%q,"user_id":"u1","type":"chaos"},{"event_id":%q,"type":"chaos"}]`, good, bad)
 	for attempt := 1; attempt <= 100; attempt++ {
-		status := l.post(body, "bad-"+strconv.Itoa(r))
+		status := l.post(ctx, body, "bad-"+strconv.Itoa(r))
 		if status == "400" {
 			l.mu.Lock()
 			l.rejectedIDs = append(l.rejectedIDs, good, bad)
@@ -606,13 +720,16 @@ func (l *load) sendInvalid(r int) {
 			l.fail(fmt.Sprintf("invalid request %d accepted", r))
 			return
 		}
-		time.Sleep(200 * time.Millisecond) // ingest down: the 400 comes once it is back
+		// Ingest is down: the 400 comes once it is back.
+		if sleep(ctx, 200*time.Millisecond) != nil {
+			return
+		}
 	}
 	l.fail(fmt.Sprintf("invalid request %d: never answered 400", r))
 }
 
-func (l *load) post(body, key string) string {
-	req, err := http.NewRequest(http.MethodPost, l.url, strings.NewReader(body))
+func (l *load) post(ctx context.Context, body, key string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, strings.NewReader(body))
 	if err != nil {
 		return "error"
 	}

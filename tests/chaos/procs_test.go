@@ -2,22 +2,29 @@ package chaos
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
 
 // proc is one OS process of the pipeline that the test starts, kills with
-// SIGKILL and starts again on the same ports and data.
+// SIGKILL and starts again on the same ports and data. Its methods return
+// errors rather than fail the test: the fault schedule calls them off the
+// test goroutine.
 type proc struct {
 	name    string
 	bin     string
@@ -32,19 +39,23 @@ type proc struct {
 	done chan struct{}
 }
 
-func (p *proc) start(t *testing.T) {
-	t.Helper()
+func (p *proc) start() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	f, err := os.OpenFile(p.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	require.NoError(t, err)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
 	fmt.Fprintf(f, "\n===== start %s at %s =====\n", p.name, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(p.bin, p.args...)
 	cmd.Env = append(os.Environ(), p.env...)
 	cmd.Stdout, cmd.Stderr = f, f
 	// If the test binary dies, its children die with it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	require.NoError(t, cmd.Start(), p.name)
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
 	done := make(chan struct{})
 	go func() {
 		_ = cmd.Wait()
@@ -52,23 +63,37 @@ func (p *proc) start(t *testing.T) {
 		close(done)
 	}()
 	p.cmd, p.done = cmd, done
+	return nil
 }
 
-// waitReady polls the ready URL until it answers 200.
-func (p *proc) waitReady(t *testing.T, timeout time.Duration) {
-	t.Helper()
+// waitReady polls the ready URL until it answers 200, for at most timeout.
+func (p *proc) waitReady(ctx context.Context, timeout time.Duration) error {
 	if p.ready == "" {
-		return
+		return nil
 	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 	client := &http.Client{Timeout: time.Second}
-	require.Eventually(t, func() bool {
-		resp, err := client.Get(p.ready)
+	last := errors.New("no answer yet")
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.ready, nil)
 		if err != nil {
-			return false
+			return err
 		}
-		_ = resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	}, timeout, 50*time.Millisecond, "%s not ready; log: %s", p.name, p.logPath)
+		resp, err := client.Do(req)
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Errorf("%s", resp.Status)
+		} else {
+			last = err
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return fmt.Errorf("%s not ready within %s (last: %v); log: %s", p.name, timeout, last, p.logPath)
+		}
+	}
 }
 
 // pid is the running process's id, 0 when stopped.
@@ -98,6 +123,75 @@ func (p *proc) stop(sig syscall.Signal) {
 	p.cmd = nil
 }
 
+// freeze stops the process with SIGSTOP and returns once the kernel reports
+// it stopped: from then on it runs no more code until thaw.
+func (p *proc) freeze() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("freeze %s: not running", p.name)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		return fmt.Errorf("freeze %s: %w", p.name, err)
+	}
+	pid := p.cmd.Process.Pid
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ok, err := stopped(pid)
+		if err != nil {
+			return fmt.Errorf("freeze %s: %w", p.name, err)
+		}
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("freeze %s: not stopped 5s after SIGSTOP", p.name)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+}
+
+// stopped reports whether every thread of process pid is stopped: a Go
+// process has several, and the group stop reaches them one by one.
+func stopped(pid int) (bool, error) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return false, err
+	}
+	for _, task := range tasks {
+		data, err := os.ReadFile(filepath.Join(dir, task.Name(), "stat"))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // the thread has exited
+		}
+		if err != nil {
+			return false, err
+		}
+		// "pid (comm) S ...": the state follows the last ')', as comm may hold one.
+		i := bytes.LastIndexByte(data, ')')
+		if i < 0 || i+2 >= len(data) {
+			return false, fmt.Errorf("unexpected %s/stat: %q", task.Name(), data)
+		}
+		if state := data[i+2]; state != 'T' && state != 't' {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
+// thaw resumes a frozen process with SIGCONT.
+func (p *proc) thaw() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return fmt.Errorf("thaw %s: not running", p.name)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		return fmt.Errorf("thaw %s: %w", p.name, err)
+	}
+	return nil
+}
+
 // tail is the end of the process's log, for failure messages.
 func (p *proc) tail(n int) string {
 	data, err := os.ReadFile(p.logPath)
@@ -109,6 +203,19 @@ func (p *proc) tail(n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// sleep waits d or until ctx ends, whichever comes first; it returns
+// ctx.Err() when ctx ended.
+func sleep(ctx context.Context, d time.Duration) error {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // build compiles the nats-server and the four services into dir.
@@ -133,4 +240,26 @@ func build(t *testing.T, dir string) map[string]string {
 	out, err := cmd.CombinedOutput()
 	require.NoError(t, err, "go build: %s", out)
 	return bins
+}
+
+// TestProcFreeze checks the freeze the sink-during-insert fault relies on:
+// every thread stopped when freeze returns, running again after thaw.
+func TestProcFreeze(t *testing.T) {
+	bin, err := exec.LookPath("sleep")
+	require.NoError(t, err)
+	p := &proc{name: "sleep", bin: bin, args: []string{"60"}, logPath: filepath.Join(t.TempDir(), "sleep.log")}
+	require.NoError(t, p.start())
+	t.Cleanup(func() { p.stop(syscall.SIGKILL) })
+
+	require.NoError(t, p.freeze())
+	frozen, err := stopped(p.pid())
+	require.NoError(t, err)
+	require.True(t, frozen, "stopped after freeze")
+
+	require.NoError(t, p.thaw())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		frozen, err := stopped(p.pid())
+		assert.NoError(c, err)
+		assert.False(c, frozen, "running after thaw")
+	}, 5*time.Second, time.Millisecond)
 }
