@@ -30,14 +30,21 @@ import (
 
 // Options shape a local stack.
 type Options struct {
-	// Dir holds NATS and ClickHouse data.
+	// Dir holds NATS and ClickHouse data. One stack at a time runs in a
+	// folder: Start locks it (LockFile) and fails at once with an
+	// *InUseError while another stack, in any process, has it.
 	Dir string
+	// Fresh deletes the folder's data, once its lock is taken.
+	Fresh bool
 	// Shards is the number of logical shards.
 	Shards int
 	// ClickHouseServers is the number of clickhouse-server processes.
 	ClickHouseServers int
 	// NATSPort is the NATS client port; -1 picks a free one.
 	NATSPort int
+	// NATSSync is when JetStream flushes to disk: natsserver.SyncInterval
+	// (the default) or natsserver.SyncAlways.
+	NATSSync natsserver.Sync
 	// MQTTPort opens NATS's MQTT listener: 0 leaves it off, -1 picks a
 	// free port (Stack.MQTTPort says which).
 	MQTTPort int
@@ -100,6 +107,7 @@ type Stack struct {
 	Parts []*Part
 
 	opts Options
+	lock *DirLock
 }
 
 // Start brings up servers and services and waits until every service is ready.
@@ -125,7 +133,23 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	if o.TracerProvider == nil {
 		o.TracerProvider = noop.NewTracerProvider()
 	}
-	s := &Stack{opts: o, Database: o.Database}
+	if o.Dir == "" {
+		return nil, errors.New("stack: a data folder (Options.Dir) is required")
+	}
+	if _, err := natsserver.ParseSync(string(o.NATSSync)); err != nil {
+		return nil, err
+	}
+	lock, err := Lock(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &Stack{opts: o, Database: o.Database, lock: lock}
+	if o.Fresh {
+		if err := clearData(o.Dir); err != nil {
+			s.Stop()
+			return nil, err
+		}
+	}
 
 	if o.Producers == nil {
 		o.Producers = []natsserver.User{DemoProducer}
@@ -133,8 +157,10 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 	users := append([]natsserver.User{{Name: ServiceUser, Password: ServicePassword}}, o.Producers...)
 	ns, err := natsserver.Start(natsserver.Options{
 		Port: o.NATSPort, StoreDir: filepath.Join(o.Dir, "nats"), Users: users, MQTTPort: o.MQTTPort,
+		Sync: o.NATSSync,
 	})
 	if err != nil {
+		s.Stop()
 		return nil, err
 	}
 	s.NATS = ns
@@ -274,8 +300,9 @@ func (s *Stack) Part(name string) *Part {
 }
 
 // Stop shuts the services down in pipeline order, so each one's last
-// output reaches the next before it stops, then stops the servers.
-// Whatever is still in flight stays durable in JetStream for the next start.
+// output reaches the next before it stops, then stops the servers and
+// releases the data folder. Whatever is still in flight stays durable in
+// JetStream for the next start.
 func (s *Stack) Stop() error {
 	var errs []error
 	for _, p := range s.Parts {
@@ -295,8 +322,38 @@ func (s *Stack) Stop() error {
 		s.NATS.WaitForShutdown()
 		s.NATS = nil
 	}
+	if err := s.lock.Unlock(); err != nil {
+		errs = append(errs, fmt.Errorf("unlock %s: %w", s.opts.Dir, err))
+	}
+	s.lock = nil
 	return errors.Join(errs...)
 }
 
-// RemoveData deletes the stack's data folder; call after Stop.
-func RemoveData(dir string) error { return os.RemoveAll(dir) }
+// RemoveData deletes a stack's data folder; it fails with an *InUseError
+// while a stack runs there.
+func RemoveData(dir string) error {
+	lock, err := Lock(dir)
+	if err != nil {
+		return err
+	}
+	err = clearData(dir)
+	// The lock file goes last, while still held.
+	return errors.Join(err, os.RemoveAll(dir), lock.Unlock())
+}
+
+// clearData deletes everything in dir but LockFile.
+func clearData(dir string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("clear %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if e.Name() == LockFile {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("clear %s: %w", dir, err)
+		}
+	}
+	return nil
+}
