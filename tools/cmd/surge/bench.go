@@ -36,6 +36,7 @@ type benchFlags struct {
 	memProfile string
 	via        string
 	trace      bool
+	natsSync   natsserver.Sync
 }
 
 // bench is `surge bench`: it starts a stack and runs, in order, a
@@ -58,7 +59,12 @@ func bench(args []string) error {
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
+	natsSync := natsSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	var err error
+	if f.natsSync, err = natsserver.ParseSync(*natsSync); err != nil {
 		return err
 	}
 	if f.via != "http" && f.via != "nats" {
@@ -77,8 +83,8 @@ func bench(args []string) error {
 		defer os.RemoveAll(d)
 		f.dir = d
 	}
-	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream) in %s\n", f.shards, f.servers, f.dir)
-	opts := stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1,
+	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s) in %s\n", f.shards, f.servers, f.natsSync, f.dir)
+	opts := stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
 		Producers: []natsserver.User{benchProducer}}
 	tracing := "off"
 	var exported *discardExporter
@@ -178,14 +184,14 @@ type benchReport struct {
 func (r benchReport) print() {
 	f := r.flags
 	fmt.Printf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, tracing %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, r.tracing, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,

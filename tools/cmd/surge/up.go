@@ -13,20 +13,26 @@ import (
 
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 
 func up(args []string) error {
 	fs := flag.NewFlagSet("up", flag.ContinueOnError)
-	dir := fs.String("dir", ".surge", "data `folder` for NATS and ClickHouse")
-	fresh := fs.Bool("fresh", false, "delete the data folder first")
+	dir := fs.String("dir", ".surge", "data `folder` for NATS and ClickHouse (one stack at a time: it is locked while in use)")
+	fresh := fs.Bool("fresh", false, "delete the data folder's content first")
 	shards := fs.Int("shards", 8, "logical shards")
 	servers := fs.Int("clickhouse-servers", 2, "clickhouse-server processes (ClickHouse shards)")
 	httpAddr := fs.String("http", "127.0.0.1:8080", "ingest listen `address`")
 	natsPort := fs.Int("nats-port", 4222, "NATS client port (-1 for any free port)")
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT port of NATS (-1 for any free port, 0 for none)")
 	level := fs.String("log-level", "warn", "service log level")
+	natsSync := natsSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	sync, err := natsserver.ParseSync(*natsSync)
+	if err != nil {
 		return err
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -34,11 +40,6 @@ func up(args []string) error {
 
 	if err := chserver.EnsureInstalled(ctx, func(f string, a ...any) { fmt.Printf("surge: "+f+"\n", a...) }); err != nil {
 		return err
-	}
-	if *fresh {
-		if err := os.RemoveAll(*dir); err != nil {
-			return err
-		}
 	}
 	logger, err := telemetry.NewLogger(telemetry.LogConfig{Level: *level, Format: "console"}, "")
 	if err != nil {
@@ -62,7 +63,7 @@ func up(args []string) error {
 	started := time.Now()
 	st, err := stack.Start(ctx, stack.Options{
 		Dir: *dir, Shards: *shards, ClickHouseServers: *servers,
-		NATSPort: *natsPort, MQTTPort: *mqttPort, HTTPAddr: *httpAddr, Logger: logger,
+		Fresh: *fresh, NATSPort: *natsPort, NATSSync: sync, MQTTPort: *mqttPort, HTTPAddr: *httpAddr, Logger: logger,
 		TracerProviders: func(name string) trace.TracerProvider { return providers[name] },
 	})
 	if err != nil {
@@ -72,7 +73,7 @@ func up(args []string) error {
 	if err := stack.WriteInfo(*dir, info); err != nil {
 		fmt.Printf("surge: %v; `surge query` and `surge deadletter` will not find this stack\n", err)
 	}
-	printBanner(st, info, time.Since(started))
+	printBanner(st, info, sync, time.Since(started))
 
 	progress(ctx, st)
 
@@ -86,7 +87,7 @@ func up(args []string) error {
 	return nil
 }
 
-func printBanner(st *stack.Stack, info stack.Info, took time.Duration) {
+func printBanner(st *stack.Stack, info stack.Info, sync natsserver.Sync, took time.Duration) {
 	fmt.Printf(`
 surge: up in %s
   send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
@@ -99,6 +100,7 @@ surge: up in %s
 `, took.Round(time.Millisecond), info.IngestURL, info.Database, info.NATSURL, info.NATSUser,
 		info.NATSURL, stack.DemoProducer.Name, stack.DemoProducer.Password, stack.DemoProducer.Tenant, stack.DemoProducer.Tenant,
 		info.ClickHouse, info.HTTP, info.Database)
+	fmt.Printf("  durability    %s\n", durability(sync))
 	if st.MQTTPort != 0 {
 		fmt.Printf("  MQTT          mosquitto_pub -p %d -u %s -P %s -q 1 -t surge/in/%s/device1 -m '{\"user_id\":\"d1\",\"type\":\"reading\"}'\n",
 			st.MQTTPort, stack.DemoProducer.Name, stack.DemoProducer.Password, stack.DemoProducer.Tenant)
@@ -109,26 +111,19 @@ surge: up in %s
 	fmt.Println("\nPress Ctrl-C to stop.")
 }
 
-// progress prints accepted and inserted counts every two seconds while
-// they change, until ctx ends.
-func progress(ctx context.Context, st *stack.Stack) {
-	tick := time.NewTicker(2 * time.Second)
-	defer tick.Stop()
-	var lastAcc, lastIns float64
-	last := time.Now()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			acc, ins := st.Accepted(), st.Inserted()
-			if acc == lastAcc && ins == lastIns {
-				continue
-			}
-			secs := now.Sub(last).Seconds()
-			fmt.Printf("%s  accepted %10.0f (%8.0f/s)   inserted %10.0f (%8.0f/s)   in flight %8.0f\n",
-				now.Format("15:04:05"), acc, (acc-lastAcc)/secs, ins, (ins-lastIns)/secs, acc-ins)
-			lastAcc, lastIns, last = acc, ins, now
-		}
+// natsSyncFlag is --nats-sync, SURGE_NATS_SYNC by default.
+func natsSyncFlag(fs *flag.FlagSet) *string {
+	def := os.Getenv("SURGE_NATS_SYNC")
+	if def == "" {
+		def = string(natsserver.SyncInterval)
 	}
+	return fs.String("nats-sync", def, "when JetStream flushes to disk: `interval` (every 2 minutes, nats-server's default) or always (before every acknowledgement); default $SURGE_NATS_SYNC or interval")
+}
+
+// durability says what a 202 survives under sync.
+func durability(sync natsserver.Sync) string {
+	if sync == natsserver.SyncAlways {
+		return "--nats-sync always: JetStream fsyncs before every acknowledgement; a 202 survives a crash of this process or of the machine"
+	}
+	return fmt.Sprintf("--nats-sync interval: JetStream fsyncs every %s; a 202 survives a crash of this process, not a power cut or kernel crash", natsserver.DefaultSyncInterval)
 }
