@@ -13,9 +13,9 @@ import (
 // for properties) took most of ingest's CPU. It accepts only what it
 // fully understands and answers exactly as the general path would; on
 // anything else (an error to report, escapes it would have to decode in
-// an id, a duplicate key, deep nesting) it gives up and ParseBytes runs
-// the general path, which owns every error message. FuzzFastMatchesSlow
-// holds the two to the same answers.
+// an id, a duplicate key, deep nesting, text that is not valid Unicode) it
+// gives up and ParseBytes runs the general path, which owns every error
+// message. FuzzFastMatchesSlow holds the two to the same answers.
 
 // maxFastDepth bounds nesting in properties on the fast path.
 const maxFastDepth = 64
@@ -224,6 +224,8 @@ func fastEvent(raw []byte, ev *Event, received time.Time) bool {
 			return false
 		}
 		s.ws()
-		return s.i == len(s.b) && haveUser && haveType
+		// s.bad: some key or string (in properties too) is not valid
+		// text; the general path names it.
+		return s.i == len(s.b) && haveUser && haveType && !s.bad
 	}
 }

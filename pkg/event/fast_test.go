@@ -34,10 +34,25 @@ var fastSeeds = []string{
 	"{\"user_id\":\"u\",\"type\":\"a\"}\n{\"user_id\":2,\"type\":\"b\"}\n\n",
 	"[{\"user_id\":\"\xff\",\"type\":\"a\"}]",
 	"[{\"user_id\":\"u\",\"type\":\"a\",\"properties\":{\"k\":\"\xff\"}}]",
+	// Text that is not valid Unicode, in every kind of field.
+	"[{\"user_id\":\"u\",\"type\":\"caf\xc3\"}]",
+	"{\"user_id\":\"u\",\"type\":\"a\",\"event_id\":\"\xed\xa0\x80\"}",
+	`[{"user_id":"\ud800","type":"a"}]`,
+	`[{"user_id":"u","type":"a","ts":"2024-05-01T12:00:00Z\udc00"}]`,
+	"[{\"user_id\":\"u\",\"type\":\"a\",\"properties\":{\"\xed\xb0\x80\":1}}]",
+	`[{"user_id":"u","type":"a","properties":{"a":{"b":["x","\uDE00\uD83D"]}}}]`,
+	`[{"user_id":"u","type":"a","properties":{"a":[{"\ud83d":null}]}}]`,
+	"[{\"user_id\":\"u\",\"type\":\"a\",\"\xff\":1}]",
+	"{\"user_id\":\"u\",\"type\":\"a\",\"properties\":{ \"k\" : [ \"\xf0\x9f\x98\" ] }}",
+	// Valid text beside it: a surrogate pair and multi-byte characters.
+	`[{"user_id":"\uD83D\uDE00","type":"caf\u00e9","properties":{"\ud83d\ude00":"😀 日本"}}]`,
+	"{\"user_id\":\"😀\",\"type\":\"日本\",\"event_id\":\"é\",\"properties\":{\"é\":[\"😀\"]}}",
 }
 
 // FuzzFastMatchesSlow holds the fast path to the general path's answers:
 // whatever the fast path accepts, the general path accepts identically.
+// And whatever either accepts is valid text: every string valid UTF-8
+// that decoding did not repair, properties valid JSON that round-trips.
 func FuzzFastMatchesSlow(f *testing.F) {
 	for _, s := range fastSeeds {
 		f.Add([]byte(s), false)
@@ -52,6 +67,9 @@ func FuzzFastMatchesSlow(f *testing.F) {
 		p := &Parser{Limits: Limits{MaxEvents: 50, MaxEventBytes: 2048}}
 		fast, ok := p.parseFast(body, format, "t", at, counterIDs())
 		general, err := p.parseGeneral(body, format, "t", at, counterIDs())
+		if err == nil {
+			requireValidText(t, body, general)
+		}
 		if !ok {
 			return
 		}

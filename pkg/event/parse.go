@@ -258,6 +258,15 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 	}
 	ok := true
 	fail := func(field, reason string) { report(i, field, reason); ok = false }
+	// Invalid text in a field is its problem, before any other.
+	invalid := invalidText(raw)
+	validText := func(name string) bool {
+		p, bad := invalid[name]
+		if bad {
+			fail(p.field, p.reason)
+		}
+		return !bad
+	}
 
 	var unknown []string
 	for name := range fields {
@@ -269,7 +278,11 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 	}
 	slices.Sort(unknown) // a stable answer for the same request
 	for _, name := range unknown {
-		fail(name, "unknown field")
+		if p := invalid[name]; p.key {
+			fail(p.field, p.reason)
+		} else {
+			fail(name, "unknown field")
+		}
 	}
 
 	ev := Event{ReceivedAt: received, TS: received, Properties: "{}"}
@@ -278,6 +291,7 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 	switch {
 	case isAbsent(userID):
 		fail(fieldUserID, "required")
+	case !validText(fieldUserID): // reported
 	case userID[0] == '"':
 		var s string
 		if err := json.Unmarshal(userID, &s); err != nil || s == "" {
@@ -299,18 +313,21 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 		}
 	}
 
-	typ := fields[fieldType]
-	if isAbsent(typ) {
+	if typ := fields[fieldType]; isAbsent(typ) {
 		fail(fieldType, "required")
-	} else if s, err := unquote(typ); err != nil || s == "" {
-		fail(fieldType, "must be a non-empty string")
-	} else if utf8.RuneCountInString(s) > MaxTypeLen {
-		fail(fieldType, fmt.Sprintf("longer than %d characters", MaxTypeLen))
-	} else {
-		ev.Type = s
+	} else if validText(fieldType) {
+		s, err := unquote(typ)
+		switch {
+		case err != nil || s == "":
+			fail(fieldType, "must be a non-empty string")
+		case utf8.RuneCountInString(s) > MaxTypeLen:
+			fail(fieldType, fmt.Sprintf("longer than %d characters", MaxTypeLen))
+		default:
+			ev.Type = s
+		}
 	}
 
-	if ts := fields[fieldTS]; !isAbsent(ts) {
+	if ts := fields[fieldTS]; !isAbsent(ts) && validText(fieldTS) {
 		s, err := unquote(ts)
 		if err != nil {
 			fail(fieldTS, "must be an RFC 3339 string")
@@ -324,7 +341,7 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 		}
 	}
 
-	if id := fields[fieldEventID]; !isAbsent(id) {
+	if id := fields[fieldEventID]; !isAbsent(id) && validText(fieldEventID) {
 		s, err := unquote(id)
 		switch {
 		case err != nil || s == "":
@@ -336,7 +353,7 @@ func parseOne(raw []byte, i int, received time.Time, report func(int, string, st
 		}
 	}
 
-	if props := fields[fieldProperties]; !isAbsent(props) {
+	if props := fields[fieldProperties]; !isAbsent(props) && validText(fieldProperties) {
 		if props[0] != '{' {
 			fail(fieldProperties, "must be a JSON object")
 		} else {

@@ -3,6 +3,7 @@ package event
 import (
 	"bytes"
 	"encoding/json"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -11,6 +12,10 @@ import (
 type scanner struct {
 	b []byte
 	i int
+	// bad is set, and stays set, once a string read holds text that is
+	// not valid Unicode (see str). The string is still read to its end, so
+	// the general path can go on and name every field that holds one.
+	bad bool
 }
 
 func (s *scanner) peek() byte {
@@ -51,9 +56,13 @@ func (s *scanner) literal(lit string) bool {
 }
 
 // str reads a string and returns its raw contents (without quotes) and
-// whether it holds escapes or bytes that are not valid UTF-8 (which
-// encoding/json would replace).
-func (s *scanner) str() (raw []byte, special bool, ok bool) {
+// whether it holds escapes. It sets s.bad when the text is not valid
+// Unicode: bytes that are not UTF-8 (a stray byte, a cut sequence, an
+// encoded UTF-16 surrogate such as ED A0 80) or a \u escape of a lone
+// surrogate (a high one not followed by a low one, or a low one alone).
+// encoding/json would replace either with U+FFFD when decoding and keep it
+// as it is when compacting; Surge rejects both.
+func (s *scanner) str() (raw []byte, esc bool, ok bool) {
 	if !s.consume('"') {
 		return nil, false, false
 	}
@@ -66,11 +75,11 @@ func (s *scanner) str() (raw []byte, special bool, ok bool) {
 			raw = s.b[start:s.i]
 			s.i++
 			if !ascii && !utf8.Valid(raw) {
-				special = true
+				s.bad = true
 			}
-			return raw, special, true
+			return raw, esc, true
 		case c == '\\':
-			special = true
+			esc = true
 			if s.i+1 >= len(s.b) {
 				return nil, false, false
 			}
@@ -78,15 +87,20 @@ func (s *scanner) str() (raw []byte, special bool, ok bool) {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				s.i += 2
 			case 'u':
-				if s.i+6 > len(s.b) {
+				r := s.hex4(s.i + 2)
+				if r < 0 {
 					return nil, false, false
 				}
-				for _, h := range s.b[s.i+2 : s.i+6] {
-					if !isHex(h) {
-						return nil, false, false
+				s.i += 6
+				if utf16.IsSurrogate(r) {
+					// Only a high surrogate escape followed at once by a
+					// low one is text: the pair encodes one character.
+					if r < 0xdc00 && s.lowSurrogate() {
+						s.i += 6
+					} else {
+						s.bad = true
 					}
 				}
-				s.i += 6
 			default:
 				return nil, false, false
 			}
@@ -102,14 +116,46 @@ func (s *scanner) str() (raw []byte, special bool, ok bool) {
 	return nil, false, false
 }
 
-// text reads a string value and returns it decoded.
+// hex4 returns the value of the four hex digits at b[i:], or -1.
+func (s *scanner) hex4(i int) rune {
+	if i+4 > len(s.b) {
+		return -1
+	}
+	var r rune
+	for _, h := range s.b[i : i+4] {
+		switch {
+		case h >= '0' && h <= '9':
+			h -= '0'
+		case h >= 'a' && h <= 'f':
+			h -= 'a' - 10
+		case h >= 'A' && h <= 'F':
+			h -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(h)
+	}
+	return r
+}
+
+// lowSurrogate reports whether a \u escape of a low surrogate is at i.
+func (s *scanner) lowSurrogate() bool {
+	if s.i+1 >= len(s.b) || s.b[s.i] != '\\' || s.b[s.i+1] != 'u' {
+		return false
+	}
+	r := s.hex4(s.i + 2)
+	return r >= 0xdc00 && r <= 0xdfff
+}
+
+// text reads a string value and returns it decoded; false when it is not
+// a well-formed string of valid text.
 func (s *scanner) text() (string, bool) {
 	start := s.i
-	raw, special, ok := s.str()
-	if !ok {
+	raw, esc, ok := s.str()
+	if !ok || s.bad {
 		return "", false
 	}
-	if !special {
+	if !esc {
 		return string(raw), true
 	}
 	var v string
@@ -234,8 +280,4 @@ func (s *scanner) digits() bool {
 		s.i++
 	}
 	return s.i > start
-}
-
-func isHex(c byte) bool {
-	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')
 }

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -181,6 +182,13 @@ func TestRejectsBadInput(t *testing.T) {
 		{name: "missing fields", headers: reqHeaders(nil), body: strings.NewReader(`[` + ev + `,{}]`), status: 400,
 			message:  "invalid events; nothing was stored",
 			problems: []event.Problem{{Index: 1, Field: "user_id", Reason: "required"}, {Index: 1, Field: "type", Reason: "required"}}},
+		{name: "invalid UTF-8 in properties", headers: reqHeaders(nil), body: strings.NewReader("[" + ev + ",{\"user_id\":\"u\",\"type\":\"a\",\"properties\":{\"page\":{\"title\":\"caf\xe9\"}}}]"), status: 400,
+			message: "invalid events; nothing was stored", problems: []event.Problem{{Index: 1, Field: "properties.page.title", Reason: "invalid UTF-8"}}},
+		{name: "lone surrogate escapes", headers: reqHeaders(nil), body: strings.NewReader(`{"user_id":"\ud800","type":"a","properties":{"tags":["\udc00x"]}}`), status: 400,
+			message: "invalid events; nothing was stored", problems: []event.Problem{
+				{Index: 0, Field: "user_id", Reason: "invalid UTF-8"},
+				{Index: 0, Field: "properties.tags[0]", Reason: "invalid UTF-8"},
+			}},
 		{name: "unknown field", headers: reqHeaders(nil), body: strings.NewReader(`{"user_id":"u","type":"a","tenant":"other"}`), status: 400,
 			message: "invalid events; nothing was stored", problems: []event.Problem{{Index: 0, Field: "tenant", Reason: "unknown field"}}},
 		{name: "ndjson bad line", headers: reqHeaders(map[string]string{"Content-Type": "application/x-ndjson"}), body: strings.NewReader(ev + "\n[]\n"), status: 400,
@@ -230,6 +238,7 @@ func TestRejectsBadInput(t *testing.T) {
 			resp := h.do(method, path, tt.headers, tt.body)
 			require.Equal(t, tt.status, resp.status, resp.rawBody)
 			require.Equal(t, errorBody{Error: tt.message, Problems: tt.problems}, resp.errorBody)
+			require.True(t, utf8.ValidString(resp.rawBody), "the answer is valid UTF-8 whatever was sent")
 			if tt.header[0] != "" {
 				require.Equal(t, tt.header[1], resp.header.Get(tt.header[0]))
 			}
