@@ -134,6 +134,18 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) (err error) {
 			_ = bt.Abort()
 		}
 	}()
+	if err := AppendBatch(bt, b); err != nil {
+		return err
+	}
+	if err := bt.Send(); err != nil {
+		return fmt.Errorf("send: %w", err)
+	}
+	return nil
+}
+
+// AppendBatch appends the rows of b to bt column by column, in the order
+// of Columns (the order of InsertQuery), as the sink inserts a batch.
+func AppendBatch(bt driver.Batch, b *batch.Batch) error {
 	shard := make([]uint16, b.Len())
 	for i := range shard {
 		shard[i] = uint16(b.Shard)
@@ -147,9 +159,6 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) (err error) {
 		if err := bt.Column(i).Append(col); err != nil {
 			return fmt.Errorf("append column %s: %w", Columns[i], err)
 		}
-	}
-	if err := bt.Send(); err != nil {
-		return fmt.Errorf("send: %w", err)
 	}
 	return nil
 }

@@ -10,7 +10,10 @@ import (
 	"fmt"
 	"net"
 	"regexp"
+	"strconv"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/retry"
@@ -25,11 +28,22 @@ type Config struct {
 	NATS       service.NATSConfig `yaml:"nats" env:"NATS"`
 	Streams    streams.Config     `yaml:"streams" env:"STREAMS"`
 	ClickHouse ClickHouseConfig   `yaml:"clickhouse" env:"CLICKHOUSE"`
-	// Retry paces the retries of schema creation, inserts and dead-letter
-	// publishes. Its longest wait must not exceed clickhouse.insert_timeout.
-	Retry retry.Config        `yaml:"retry" env:"RETRY"`
-	Log   telemetry.LogConfig `yaml:"log" env:"LOG"`
-	Admin service.AdminConfig `yaml:"admin" env:"ADMIN"`
+	// Retry paces the retries of schema creation, fetches, inserts and
+	// dead-letter publishes.
+	Retry retry.Config `yaml:"retry" env:"RETRY"`
+	// AckWait is the BATCHES consumers' ack wait: how long a batch fetched
+	// by a sink that died (or lost its connection) stays locked before
+	// JetStream hands it out again. While a sink works on a batch (watermark
+	// read, insert, retries, dead-letter publish) it tells JetStream so every
+	// AckWait/3, however long that takes; so AckWait only bounds how soon a
+	// shard resumes after a crash, and can be short.
+	AckWait time.Duration `yaml:"ack_wait" env:"ACK_WAIT"`
+	// StallTimeout is how long a shard may have batches waiting and land
+	// none before the sink logs it, counts it in surge_sink_stalls_total,
+	// turns /readyz not ready and recreates the shard's consumer.
+	StallTimeout time.Duration       `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
+	Log          telemetry.LogConfig `yaml:"log" env:"LOG"`
+	Admin        service.AdminConfig `yaml:"admin" env:"ADMIN"`
 	// Ownership is the number of shards (SURGE_SHARDS) and the shards this
 	// sink consumes (owned_shards, SURGE_OWNED_SHARDS; empty means all). To
 	// scale out, give each sink its own set: a shard must have one active
@@ -51,8 +65,8 @@ type ClickHouseConfig struct {
 	Password string `yaml:"password" env:"PASSWORD"`
 	// DialTimeout bounds opening a connection.
 	DialTimeout time.Duration `yaml:"dial_timeout" env:"DIAL_TIMEOUT"`
-	// InsertTimeout bounds one insert (and one watermark read). The BATCHES
-	// consumer's AckWait is derived from it (see AckWait).
+	// InsertTimeout bounds one insert, watermark read, presence check or
+	// schema statement.
 	InsertTimeout time.Duration `yaml:"insert_timeout" env:"INSERT_TIMEOUT"`
 	// ShardServers optionally maps shard k to server ShardServers[k] (an
 	// index into Addrs); empty means k mod len(Addrs).
@@ -73,10 +87,12 @@ func DefaultConfig() Config {
 			DialTimeout:   5 * time.Second,
 			InsertTimeout: 30 * time.Second,
 		},
-		Retry:     retry.DefaultConfig(5 * time.Second),
-		Log:       telemetry.DefaultLogConfig(),
-		Admin:     service.AdminConfig{Addr: ":8084"},
-		Ownership: shard.Ownership{Shards: 8},
+		Retry:        retry.DefaultConfig(5 * time.Second),
+		AckWait:      5 * time.Second,
+		StallTimeout: 30 * time.Second,
+		Log:          telemetry.DefaultLogConfig(),
+		Admin:        service.AdminConfig{Addr: ":8084"},
+		Ownership:    shard.Ownership{Shards: 8},
 	}
 }
 
@@ -89,7 +105,8 @@ func (c Config) Validate() error {
 		config.Section("nats", c.NATS.Validate()),
 		config.Section("streams", c.Streams.Validate()),
 		config.Section("clickhouse", c.ClickHouse.validate(c.Shards)),
-		config.Section("retry", errors.Join(c.Retry.Validate(), c.retryFits())),
+		config.Section("retry", c.Retry.Validate()),
+		c.validateLiveness(),
 		config.Section("log", c.Log.Validate()),
 		config.Section("admin", c.Admin.Validate()),
 		c.Ownership.Validate(),
@@ -97,13 +114,21 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// retryFits checks that a wait between retries cannot outlive the ack
-// wait, or the batch would be redelivered while its owner still holds it.
-func (c Config) retryFits() error {
-	if longest := c.Retry.MaxWait(); longest > c.ClickHouse.InsertTimeout {
-		return fmt.Errorf("longest wait (max with jitter, %s) must not exceed clickhouse insert_timeout (%s)", longest, c.ClickHouse.InsertTimeout)
+// MinAckWait is the shortest ack_wait: the keepalive runs every third of
+// it, so a batch is handed out again only after two keepalives in a row
+// went missing, and at 1s that margin still covers a GC pause or a slow
+// flush of the connection.
+const MinAckWait = time.Second
+
+func (c Config) validateLiveness() error {
+	var errs []error
+	if c.AckWait < MinAckWait {
+		errs = append(errs, fmt.Errorf("ack_wait must be at least %s (the keepalive runs every ack_wait/3), got %s", MinAckWait, c.AckWait))
 	}
-	return nil
+	if c.StallTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("stall_timeout must be positive, got %s", c.StallTimeout))
+	}
+	return errors.Join(errs...)
 }
 
 // identifier is what may be put into DDL unquoted on every ClickHouse.
@@ -152,9 +177,21 @@ func (c Config) ServerOf(k int) int {
 	return k % len(c.ClickHouse.Addrs)
 }
 
-// AckWait is the BATCHES consumer's ack wait: longer than one insert or
-// watermark read plus the longest wait between retries, the longest the
-// sink goes without an ack or an InProgress.
-func (c Config) AckWait() time.Duration {
-	return 2*c.ClickHouse.InsertTimeout + c.Retry.MaxWait()
+// KeepaliveEvery is how often a shard loop tells JetStream it still works
+// on the batch in hand (InProgress), which restarts the batch's AckWait.
+func (c Config) KeepaliveEvery() time.Duration { return c.AckWait / 3 }
+
+// ConsumerConfig is the durable BATCHES consumer of shard k.
+func (c Config) ConsumerConfig(k int) jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
+		Durable:       ConsumerName(k),
+		Description:   "Surge sink of shard " + strconv.Itoa(k),
+		FilterSubject: streams.BatchesSubject(k),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		// One batch in flight keeps the shard's inserts in sequence order,
+		// which the watermark relies on.
+		MaxAckPending: 1,
+		AckWait:       c.AckWait,
+		MaxDeliver:    -1,
+	}
 }

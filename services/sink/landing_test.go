@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -22,6 +24,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -37,6 +40,9 @@ type fakeStore struct {
 	// unknown to the sink, as when a connection breaks after the server
 	// took the block.
 	landAnyway bool
+	// insertHook, when set, runs at the start of every insert; its error
+	// fails the insert.
+	insertHook func(ctx context.Context) error
 	// calls lists what the sink asked, in order.
 	calls []string
 }
@@ -84,9 +90,14 @@ func (f *fakeStore) Present(_ context.Context, _ int, first, last uint64) (map[u
 	return out, nil
 }
 
-func (f *fakeStore) Insert(_ context.Context, b *batch.Batch) error {
+func (f *fakeStore) Insert(ctx context.Context, b *batch.Batch) error {
 	seqs := slices.Compact(slices.Clone(b.Seq))
 	f.calls = append(f.calls, fmt.Sprintf("insert %v", seqs))
+	if f.insertHook != nil {
+		if err := f.insertHook(ctx); err != nil {
+			return err
+		}
+	}
 	err := pop(&f.insertErrs)
 	if err == nil || f.landAnyway {
 		for _, seq := range seqs {
@@ -101,16 +112,49 @@ func (f *fakeStore) Addr() string { return "fake:9000" }
 // fakeMsg is a BATCHES message that records how the sink settles it.
 type fakeMsg struct {
 	jetstream.Msg
-	subject    string
-	data       []byte
-	header     nats.Header
-	seq        uint64
-	settled    []string // "ack", "nak", "term", in order
-	inProgress int
+	subject string
+	data    []byte
+	header  nats.Header
+	seq     uint64
+
+	mu      sync.Mutex
+	settled []string // "ack", "nak", "term", in order
+	// inProgress counts InProgress calls, late those after a settle.
+	inProgress, late int
+	// progressed is signalled at each InProgress.
+	progressed chan struct{}
 }
 
 func newFakeMsg(shard int, seq uint64, data []byte) *fakeMsg {
-	return &fakeMsg{subject: streams.BatchesSubject(shard), data: data, header: nats.Header{}, seq: seq}
+	return &fakeMsg{subject: streams.BatchesSubject(shard), data: data, header: nats.Header{}, seq: seq, progressed: make(chan struct{}, 1)}
+}
+
+func (m *fakeMsg) settle(how string) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.settled = append(m.settled, how)
+	return nil
+}
+
+// counts are the settles and the InProgress calls so far.
+func (m *fakeMsg) counts() (settled []string, inProgress, late int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.settled), m.inProgress, m.late
+}
+
+func (m *fakeMsg) InProgress() error {
+	m.mu.Lock()
+	m.inProgress++
+	if len(m.settled) > 0 {
+		m.late++
+	}
+	m.mu.Unlock()
+	select {
+	case m.progressed <- struct{}{}:
+	default:
+	}
+	return nil
 }
 
 func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
@@ -119,10 +163,9 @@ func (m *fakeMsg) Metadata() (*jetstream.MsgMetadata, error) {
 func (m *fakeMsg) Data() []byte                       { return m.data }
 func (m *fakeMsg) Headers() nats.Header               { return m.header }
 func (m *fakeMsg) Subject() string                    { return m.subject }
-func (m *fakeMsg) DoubleAck(context.Context) error    { m.settled = append(m.settled, "ack"); return nil }
-func (m *fakeMsg) Nak() error                         { m.settled = append(m.settled, "nak"); return nil }
-func (m *fakeMsg) Term() error                        { m.settled = append(m.settled, "term"); return nil }
-func (m *fakeMsg) InProgress() error                  { m.inProgress++; return nil }
+func (m *fakeMsg) DoubleAck(context.Context) error    { return m.settle("ack") }
+func (m *fakeMsg) Nak() error                         { return m.settle("nak") }
+func (m *fakeMsg) Term() error                        { return m.settle("term") }
 func (m *fakeMsg) NakWithDelay(time.Duration) error   { panic("the sink never delays a nak") }
 func (m *fakeMsg) TermWithReason(reason string) error { panic("the sink terminates without reason") }
 func (m *fakeMsg) Ack() error                         { panic("the sink acks with DoubleAck") }
@@ -144,21 +187,66 @@ func (p *fakePublisher) PublishMsg(_ context.Context, msg *nats.Msg, _ ...jetstr
 	return &jetstream.PubAck{Stream: streams.DeadLetter}, nil
 }
 
+// fakeJS is JetStream as a shard loop sees it, publishing to pub and
+// making consumers with create.
+type fakeJS struct {
+	*fakePublisher
+	create func(jetstream.ConsumerConfig) (jetstream.Consumer, error)
+}
+
+func (f fakeJS) CreateOrUpdateConsumer(_ context.Context, _ string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	if f.create == nil {
+		panic("the landing logic makes no consumer")
+	}
+	return f.create(cfg)
+}
+
+// fakeConsumer hands out the messages of msgs, one a fetch; a fetch with
+// none waits a moment and returns nothing, as an idle (or stuck) one does.
+type fakeConsumer struct {
+	jetstream.Consumer
+	msgs chan jetstream.Msg
+}
+
+func (c *fakeConsumer) Fetch(int, ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	out := make(chan jetstream.Msg, 1)
+	select {
+	case m := <-c.msgs:
+		out <- m
+	case <-time.After(time.Millisecond):
+	}
+	close(out)
+	return fakeBatch{out}, nil
+}
+
+type fakeBatch struct{ msgs chan jetstream.Msg }
+
+func (b fakeBatch) Messages() <-chan jetstream.Msg { return b.msgs }
+func (b fakeBatch) Error() error                   { return nil }
+
 // testRetry retries at once, so the tests wait for no clock.
 var testRetry = retry.Config{Initial: time.Millisecond, Max: 2 * time.Millisecond, Multiplier: 2, RandomizationFactor: 0.2}
 
-// newTestLoop is the loop of shard 0 over st and pub.
-func newTestLoop(t *testing.T, st store, pub publisher) *shardLoop {
+// newTestService is a sink, not running, for the loops of the tests; its
+// keepalive is too slow to tick unless a test shortens it.
+func newTestService(t *testing.T, reg *prometheus.Registry, stallTimeout time.Duration) *Service {
 	t.Helper()
-	return &shardLoop{
-		k: 0, js: pub, store: st,
-		log:           zaptest.NewLogger(t),
-		tracer:        noop.NewTracerProvider().Tracer(TracerName),
-		m:             newMetrics(prometheus.NewRegistry()).forShard(0),
-		retry:         testRetry,
-		insertTimeout: time.Second,
-		fetchWait:     time.Second,
-	}
+	cfg := DefaultConfig()
+	cfg.Admin.Addr = "127.0.0.1:0"
+	cfg.Retry = testRetry
+	cfg.ClickHouse.InsertTimeout = time.Second
+	cfg.AckWait = time.Hour
+	cfg.StallTimeout = stallTimeout
+	s, err := New(cfg, service.Deps{Logger: zaptest.NewLogger(t), Registry: reg, TracerProvider: noop.NewTracerProvider()})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.host.Close() })
+	return s
+}
+
+// newTestLoop is the loop of shard 0 of a test sink over st and pub.
+func newTestLoop(t *testing.T, st store, pub *fakePublisher) *shardLoop {
+	t.Helper()
+	return newTestService(t, prometheus.NewRegistry(), time.Hour).newShardLoop(0, fakeJS{fakePublisher: pub}, st)
 }
 
 // rowsOf varies the rows per EVENTS message: 1 for even, 2 for odd sequences.
@@ -370,7 +458,6 @@ func TestHandle(t *testing.T) {
 		// What should happen.
 		wantCalls       []string
 		wantSettled     []string
-		wantInProgress  int
 		wantRetries     float64
 		wantPublishes   int
 		wantDeadLetters float64
@@ -392,8 +479,7 @@ func TestHandle(t *testing.T) {
 				"watermark", "insert [5 6 7]",
 			},
 			wantSettled: []string{"ack"},
-			// Before each wait and again before each retry.
-			wantInProgress: 4, wantRetries: 2,
+			wantRetries: 2,
 		},
 		{
 			name:            "permanent failure is dead-lettered at once",
@@ -426,7 +512,6 @@ func TestHandle(t *testing.T) {
 			data:            []byte("definitely not a batch"),
 			publishErr:      []error{errBroken},
 			wantSettled:     []string{"term"},
-			wantInProgress:  1,
 			wantRetries:     1,
 			wantPublishes:   2,
 			wantDeadLetters: 1,
@@ -476,7 +561,6 @@ func TestHandle(t *testing.T) {
 
 			assert.Equal(t, tc.wantCalls, st.calls, "store calls")
 			assert.Equal(t, tc.wantSettled, msg.settled, "message settled")
-			assert.Equal(t, tc.wantInProgress, msg.inProgress, "in progress")
 			assert.Equal(t, tc.wantRetries, testutil.ToFloat64(l.m.retries), "retries")
 			assert.Equal(t, tc.wantPublishes, pub.attempts, "publish attempts")
 			assert.Equal(t, tc.wantDeadLetters, testutil.ToFloat64(l.m.deadLetters), "dead letters")
@@ -509,4 +593,115 @@ func TestShardMetricsAreTheShardsSeries(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(m.batches.WithLabelValues("3", outcomeInserted)))
 	require.Equal(t, 2.0, testutil.ToFloat64(m.batches.WithLabelValues("3", outcomeDeadLetter)))
 	require.Equal(t, 17.0, testutil.ToFloat64(m.watermark.WithLabelValues(strconv.Itoa(3))))
+}
+
+// waitProgress is an insert hook that returns after n InProgress calls
+// on msg, or fails permanently (the batch would be dead-lettered) when
+// its context ends first.
+func waitProgress(msg interface{ progressedC() <-chan struct{} }, n int) func(context.Context) error {
+	return func(ctx context.Context) error {
+		for range n {
+			select {
+			case <-msg.progressedC():
+			case <-ctx.Done():
+				return fmt.Errorf("no keepalive: %w (%w)", ctx.Err(), typeMismatch)
+			}
+		}
+		return nil
+	}
+}
+
+func (m *fakeMsg) progressedC() <-chan struct{} { return m.progressed }
+
+// TestKeepaliveCoversASlowInsert: an insert lasting many keepalive
+// periods keeps the batch in progress all along; the keepalive stops
+// before the batch is acked.
+func TestKeepaliveCoversASlowInsert(t *testing.T) {
+	st := newFakeStore(seqs(1, 4)...)
+	l := newTestLoop(t, st, &fakePublisher{})
+	l.keepaliveEvery = 5 * time.Millisecond
+	l.insertTimeout = 10 * time.Second
+	b := testBatch(0, 5, 7)
+	msg := newFakeMsg(0, 1, batch.Encode(b))
+	st.insertHook = waitProgress(msg, 5)
+
+	l.handle(t.Context(), msg)
+
+	settled, inProgress, late := msg.counts()
+	require.Equal(t, []string{"ack"}, settled)
+	require.GreaterOrEqual(t, inProgress, 5)
+	require.Zero(t, late, "no InProgress after the ack")
+	require.Equal(t, 1.0, testutil.ToFloat64(l.m.inserted))
+	require.Nil(t, l.alive, "the keepalive ended with the batch")
+}
+
+// TestKeepaliveCoversRetryWaits: the waits between retries keep the batch
+// in progress too, and so does a dead-letter publish.
+func TestKeepaliveCoversRetryWaits(t *testing.T) {
+	st := newFakeStore(seqs(1, 4)...)
+	pub := &fakePublisher{errs: []error{errBroken}}
+	l := newTestLoop(t, st, pub)
+	l.keepaliveEvery = 5 * time.Millisecond
+	l.retry = retry.Config{Initial: 200 * time.Millisecond, Max: 200 * time.Millisecond, Multiplier: 1, RandomizationFactor: 0}
+	msg := newFakeMsg(0, 1, []byte("definitely not a batch"))
+
+	l.handle(t.Context(), msg)
+
+	settled, inProgress, late := msg.counts()
+	require.Equal(t, []string{"term"}, settled)
+	require.Equal(t, 2, pub.attempts)
+	// 200ms of wait at one keepalive every 5ms: many, whatever the scheduler.
+	require.GreaterOrEqual(t, inProgress, 3)
+	require.Zero(t, late)
+}
+
+// TestStalledFetchRecreatesTheConsumer: a shard whose fetches return
+// nothing while the watchdog sees batches waiting is stalled; the loop
+// then makes its consumer again, once, and goes on with the new one.
+func TestStalledFetchRecreatesTheConsumer(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s := newTestService(t, reg, 50*time.Millisecond)
+	b := testBatch(0, 5, 7)
+	msg := newFakeMsg(0, 1, batch.Encode(b))
+	fresh := &fakeConsumer{msgs: make(chan jetstream.Msg, 1)}
+	fresh.msgs <- msg
+	var mu sync.Mutex
+	var created []jetstream.ConsumerConfig
+	js := fakeJS{create: func(cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		created = append(created, cfg)
+		return fresh, nil
+	}}
+	st := newFakeStore(seqs(1, 4)...)
+	l := s.newShardLoop(0, js, st)
+	l.cons = &fakeConsumer{} // a consumer that delivers nothing
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.run(ctx)
+	}()
+	// The poller's view: a batch waits and none lands.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.True(c, l.w.Check(1))
+	}, 10*time.Second, 10*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		settled, _, _ := msg.counts()
+		assert.Equal(c, []string{"ack"}, settled)
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	<-done
+
+	require.False(t, l.w.Stalled(), "the ack was progress")
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, []jetstream.ConsumerConfig{s.cfg.ConsumerConfig(0)}, created)
+	require.Equal(t, 1.0, testutil.ToFloat64(l.m.inserted))
+	require.NoError(t, testutil.GatherAndCompare(reg, strings.NewReader(`
+# HELP surge_sink_stalls_total Times a unit of work (a shard, or the partitioner's input) had work pending and made no progress for the stall timeout, by shard.
+# TYPE surge_sink_stalls_total counter
+surge_sink_stalls_total{shard="0"} 1
+`), "surge_sink_stalls_total"))
 }

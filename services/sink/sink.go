@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -33,11 +34,25 @@ type Service struct {
 	log     *zap.Logger
 	metrics *metrics
 
+	watchdogs *service.Watchdogs
+
 	// fetchWait bounds one pull: the longest a shard loop takes to notice
 	// shutdown when its shard is idle.
 	fetchWait time.Duration
-	// pendingEvery is how often consumer info is polled for the pending gauge.
+	// pendingEvery is how often consumer info is polled for the pending
+	// gauges and the watchdogs.
 	pendingEvery time.Duration
+}
+
+// natsTimeout bounds one request to JetStream: an ack, a dead-letter
+// publish, a consumer info or create.
+const natsTimeout = 5 * time.Second
+
+// pollEvery is how often the shard consumers' state is read: often enough
+// that a stall is noticed within a fifth of the stall timeout, at most
+// every 5s (the pending gauges), at least every 100ms.
+func pollEvery(stallTimeout time.Duration) time.Duration {
+	return min(5*time.Second, max(stallTimeout/5, 100*time.Millisecond))
 }
 
 // New checks cfg and deps and opens the admin listener; it does no other I/O.
@@ -60,8 +75,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		host:         host,
 		log:          host.Logger,
 		metrics:      newMetrics(host.Registry),
+		watchdogs:    host.Watchdogs(cfg.StallTimeout),
 		fetchWait:    time.Second,
-		pendingEvery: 5 * time.Second,
+		pendingEvery: pollEvery(cfg.StallTimeout),
 	}, nil
 }
 
@@ -97,21 +113,11 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 
 	var loops []*shardLoop
 	for _, k := range s.cfg.OwnedShards() {
-		cons, err := conn.JS.CreateOrUpdateConsumer(ctx, streams.Batches, jetstream.ConsumerConfig{
-			Durable:       ConsumerName(k),
-			Description:   "Surge sink of shard " + strconv.Itoa(k),
-			FilterSubject: streams.BatchesSubject(k),
-			AckPolicy:     jetstream.AckExplicitPolicy,
-			// One batch in flight keeps the shard's inserts in sequence
-			// order, which the watermark relies on.
-			MaxAckPending: 1,
-			AckWait:       s.cfg.AckWait(),
-			MaxDeliver:    -1,
-		})
-		if err != nil {
-			return fmt.Errorf("create consumer %s: %w", ConsumerName(k), err)
+		l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
+		if err := l.createConsumer(ctx); err != nil {
+			return err
 		}
-		loops = append(loops, s.newShardLoop(k, cons, conn.JS, servers[s.cfg.ServerOf(k)]))
+		loops = append(loops, l)
 	}
 
 	s.host.Admin().Ready(checkClickHouse)
@@ -121,7 +127,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	for _, l := range loops {
 		wg.Go(func() { l.run(ctx) })
 	}
-	wg.Go(func() { s.pollPending(ctx, loops) })
+	wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
 	wg.Wait()
 	s.log.Info("sink drained")
 	return nil
@@ -151,23 +157,21 @@ func (s *Service) ensureSchemas(ctx context.Context, servers []*server) error {
 	return nil
 }
 
-// pollPending keeps surge_sink_consumer_pending current.
-func (s *Service) pollPending(ctx context.Context, loops []*shardLoop) {
+// pollPending keeps surge_sink_consumer_pending and _ack_pending current
+// and hands each shard's backlog to its watchdog.
+func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops []*shardLoop) {
 	t := time.NewTicker(s.pendingEvery)
 	defer t.Stop()
 	for {
 		for _, l := range loops {
-			ictx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			info, err := l.cons.Info(ictx)
-			cancel()
+			backlog, err := s.backlog(ctx, js, l)
 			if err != nil {
 				if ctx.Err() == nil {
-					s.log.Debug("consumer info", zap.Int("shard", l.k), zap.Error(err))
+					s.log.Debug("shard backlog", zap.Int("shard", l.k), zap.Error(err))
 				}
 				continue
 			}
-			l.m.pending.Set(float64(info.NumPending))
-			l.m.ackPending.Set(float64(info.NumAckPending))
+			l.w.Check(backlog)
 		}
 		select {
 		case <-ctx.Done():
@@ -175,4 +179,35 @@ func (s *Service) pollPending(ctx context.Context, loops []*shardLoop) {
 		case <-t.C:
 		}
 	}
+}
+
+// backlog is the number of batches of shard l.k waiting or unacked. While
+// the shard's consumer is missing (a NATS server that lost its store), it
+// is the number of the shard's batches in BATCHES, a work queue.
+func (s *Service) backlog(ctx context.Context, js jetstream.JetStream, l *shardLoop) (uint64, error) {
+	ictx, cancel := context.WithTimeout(ctx, natsTimeout)
+	defer cancel()
+	cons, err := js.Consumer(ictx, streams.Batches, ConsumerName(l.k))
+	if err == nil {
+		info := cons.CachedInfo()
+		l.m.pending.Set(float64(info.NumPending))
+		l.m.ackPending.Set(float64(info.NumAckPending))
+		return info.NumPending + uint64(info.NumAckPending), nil
+	}
+	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		return 0, fmt.Errorf("consumer %s: %w", ConsumerName(l.k), err)
+	}
+	stream, err := js.Stream(ictx, streams.Batches)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", streams.Batches, err)
+	}
+	subject := streams.BatchesSubject(l.k)
+	info, err := stream.Info(ictx, jetstream.WithSubjectFilter(subject))
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", streams.Batches, err)
+	}
+	n := info.State.Subjects[subject]
+	l.m.pending.Set(float64(n))
+	l.m.ackPending.Set(0)
+	return n, nil
 }

@@ -674,3 +674,190 @@ func TestSinkTracesInsertUnderBatchSpan(t *testing.T) {
 	require.Equal(t, "surge-sink-"+b.ID()+"-"+parent.SpanContext().TraceID().String()+"-1", attrs[sink.AttrQueryID].AsString(),
 		"the query id carries the trace id")
 }
+
+// readyz is the status and body of the sink's /readyz.
+func readyz(addr string) (int, string, error) {
+	client := &http.Client{Timeout: time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	resp, err := client.Get("http://" + addr + "/readyz")
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(body), err
+}
+
+// stalls is surge_sink_stalls_total{shard}, 0 while the series is absent.
+func (r *runningSink) stalls(shard int) (float64, error) {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "surge_sink_stalls_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "shard" && lp.GetValue() == strconv.Itoa(shard) {
+					return m.GetCounter().GetValue(), nil
+				}
+			}
+		}
+	}
+	return 0, nil
+}
+
+// localRows is the number of rows of shard on server i.
+func (e *testEnv) localRows(i, shard int) (uint64, error) {
+	return e.tryCount(i, "SELECT count() FROM surge.events_local WHERE shard = ?", shard)
+}
+
+// TestSinkResumesSecondsAfterACrash: a sink killed with a batch in hand
+// (fetched, never acked: its connection just closes) leaves the delivery
+// pending on the server. The next sink lands every batch, that one
+// included, exactly once within seconds: the AckWait is short, not the
+// minute it was.
+func TestSinkResumesSecondsAfterACrash(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config(2)
+	const batches = 6
+	for k := range 2 {
+		for i := range uint64(batches) {
+			b := makeBatch(k, 5*i+1, 5*i+5)
+			e.publish(b, b.ID())
+		}
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+
+	// The killed sink: it fetched shard 1's first batch with the sink's
+	// own consumer and died before acking it.
+	nc, err := nats.Connect(e.ns.ClientURL())
+	require.NoError(t, err)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	cons, err := js.CreateOrUpdateConsumer(ctx, streams.Batches, cfg.ConsumerConfig(1))
+	require.NoError(t, err)
+	fetched, err := cons.Fetch(1, jetstream.FetchMaxWait(5*time.Second))
+	require.NoError(t, err)
+	held := 0
+	for msg := range fetched.Messages() {
+		require.Equal(t, makeBatch(1, 1, 5).ID(), msg.Headers().Get(streams.HeaderBatchID))
+		held++
+	}
+	require.NoError(t, fetched.Error())
+	require.Equal(t, 1, held)
+	nc.Close()
+	left, err := e.js.Consumer(ctx, streams.Batches, sink.ConsumerName(1))
+	require.NoError(t, err)
+	require.Equal(t, 1, left.CachedInfo().NumAckPending, "the dead sink's delivery is still pending")
+
+	killed := time.Now()
+	s := e.startSink(cfg)
+	want := 2 * rowsIn(1, 5*batches)
+	// The old AckWait (2 x insert timeout + max backoff) was 66s by default.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.tryCount(0, "SELECT count() FROM surge.events")
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(want), n)
+		}
+	}, 15*time.Second, 20*time.Millisecond, "every batch lands within seconds of the crash")
+	t.Logf("all batches landed %s after the crash (ack_wait %s)", time.Since(killed).Round(time.Millisecond), cfg.AckWait)
+	e.requireNoDuplicates(want)
+	for k := range 2 {
+		require.Equal(t, expectedRows(k, 1, 5*batches), e.rowsOfShard(k%2, k), "shard %d", k)
+		require.Equal(t, float64(batches), value(s.shard(k).Inserted), "shard %d", k)
+		require.Zero(t, value(s.shard(k).Duplicates), "shard %d", k)
+	}
+}
+
+// TestSinkWatchdogNamesAStalledShard: while shard 1's ClickHouse server is
+// down and batches wait, the shard's stall is logged, counted once and
+// shown on /readyz with what the shard waits on; shard 0 goes on. When the
+// server is back, the shard lands everything exactly once and the sink is
+// ready again.
+func TestSinkWatchdogNamesAStalledShard(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.config(2)
+	cfg.StallTimeout = 2 * time.Second
+	s := e.startSink(cfg)
+	addr := s.svc.AdminAddr()
+	server := e.ch.Servers[1] // shard 1's
+	require.NoError(t, server.Stop())
+
+	const batches = 5
+	for k := range 2 {
+		for i := range uint64(batches) {
+			b := makeBatch(k, 5*i+1, 5*i+5)
+			e.publish(b, b.ID())
+		}
+	}
+	perShard := rowsIn(1, 5*batches)
+
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		code, body, err := readyz(addr)
+		if !assert.NoError(c, err) {
+			return
+		}
+		assert.Equal(c, http.StatusServiceUnavailable, code)
+		assert.Contains(c, body, "stalled shard 1: ")
+		assert.Regexp(c, `(insert into|watermark from) clickhouse `+server.Addr(), body)
+		assert.NotContains(c, body, "stalled shard 0")
+		n, err := s.stalls(1)
+		if assert.NoError(c, err) {
+			assert.Equal(c, 1.0, n)
+		}
+	}, 20*time.Second, 20*time.Millisecond, "shard 1 reported stalled")
+	// Shard 0's server is up: its batches land meanwhile.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.localRows(0, 0)
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(perShard), n)
+		}
+	}, 20*time.Second, 20*time.Millisecond)
+	require.Zero(t, value(s.shard(1).Inserted))
+	require.Positive(t, value(s.shard(1).Retries))
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	require.NoError(t, server.Start(ctx))
+	e.waitRows(2 * perShard)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		code, body, err := readyz(addr)
+		if assert.NoError(c, err) {
+			assert.Equal(c, http.StatusOK, code, "readyz: %s", body)
+		}
+	}, 20*time.Second, 20*time.Millisecond, "ready once shard 1 makes progress")
+	e.requireNoDuplicates(2 * perShard)
+	require.Equal(t, expectedRows(1, 1, 5*batches), e.rowsOfShard(1, 1))
+	for k, want := range []float64{0, 1} {
+		n, err := s.stalls(k)
+		require.NoError(t, err)
+		require.Equal(t, want, n, "stalls of shard %d", k)
+	}
+	require.Equal(t, float64(batches), value(s.shard(1).Inserted)+value(s.shard(1).Duplicates))
+}
+
+// TestSinkRecreatesALostConsumer: a consumer deleted under a running sink
+// (as a NATS server that lost its store loses it) is made again, and the
+// shard's next batches land.
+func TestSinkRecreatesALostConsumer(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+	first := makeBatch(1, 1, 5)
+	e.publish(first, first.ID())
+	e.waitRows(first.Len())
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	require.NoError(t, e.js.DeleteConsumer(ctx, streams.Batches, sink.ConsumerName(1)))
+	next := makeBatch(1, 6, 9)
+	e.publish(next, next.ID())
+
+	e.waitRows(rowsIn(1, 9))
+	e.requireNoDuplicates(rowsIn(1, 9))
+	require.Equal(t, 2.0, value(s.shard(1).Inserted))
+	_, err := e.js.Consumer(ctx, streams.Batches, sink.ConsumerName(1))
+	require.NoError(t, err)
+}

@@ -35,6 +35,8 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	cfg.Shards = 4
 	cfg.Owned = []int{1, 1, 9}
 	cfg.Retry.Initial = 0
+	cfg.AckWait = 500 * time.Millisecond
+	cfg.StallTimeout = 0
 	cfg.Admin.Addr = "nonsense"
 
 	err := cfg.Validate()
@@ -48,14 +50,15 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		"clickhouse: shard_servers must name a server for each of the 4 shards, got 3",
 		"clickhouse: shard_servers: shard 2 maps to server 5, not in [0, 2)",
 		"retry: initial must be positive",
-		"retry: longest wait (max with jitter, 6s) must not exceed clickhouse insert_timeout (0s)",
+		"ack_wait must be at least 1s (the keepalive runs every ack_wait/3), got 500ms",
+		"stall_timeout must be positive, got 0s",
 		"admin: addr:",
 		"owned_shards: shard 1 is listed twice",
 		"owned_shards: shard 9 is not in [0, 4)",
 	} {
 		require.Contains(t, msg, want)
 	}
-	require.Len(t, strings.Split(msg, "\n"), 11, msg)
+	require.Len(t, strings.Split(msg, "\n"), 12, msg)
 }
 
 func TestConfigFromEnvironment(t *testing.T) {
@@ -68,6 +71,8 @@ func TestConfigFromEnvironment(t *testing.T) {
 		"SURGE_SHARDS":                    "4",
 		"SURGE_OWNED_SHARDS":              "2,3",
 		"SURGE_RETRY_MAX":                 "2s",
+		"SURGE_ACK_WAIT":                  "3s",
+		"SURGE_STALL_TIMEOUT":             "1m",
 		"SURGE_ADMIN_ADDR":                "127.0.0.1:0",
 	}
 	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) { v, ok := env[k]; return v, ok }))
@@ -78,7 +83,9 @@ func TestConfigFromEnvironment(t *testing.T) {
 	require.Equal(t, []int{2, 3}, cfg.OwnedShards())
 	require.Equal(t, 1, cfg.ServerOf(0))
 	require.Equal(t, 0, cfg.ServerOf(3))
-	require.Equal(t, 22400*time.Millisecond, cfg.AckWait(), "twice the insert timeout plus the longest wait, jitter included")
+	require.Equal(t, 3*time.Second, cfg.AckWait)
+	require.Equal(t, time.Second, cfg.KeepaliveEvery())
+	require.Equal(t, time.Minute, cfg.StallTimeout)
 
 	cfg.ClickHouse.ShardServers = nil
 	require.Equal(t, 1, cfg.ServerOf(3), "default is k mod M")
@@ -98,6 +105,8 @@ retry:
   max: 2s
   multiplier: 1.5
   randomization_factor: 0.1
+ack_wait: 2s
+stall_timeout: 45s
 `), 0o600))
 	cfg := DefaultConfig()
 	_, err := config.Load("sink", []string{"--config", file}, &cfg, io.Discard)
@@ -106,17 +115,47 @@ retry:
 	require.Equal(t, 4, cfg.Shards)
 	require.Equal(t, []int{1, 3}, cfg.OwnedShards())
 	require.Equal(t, retry.Config{Initial: 50 * time.Millisecond, Max: 2 * time.Second, Multiplier: 1.5, RandomizationFactor: 0.1}, cfg.Retry)
+	require.Equal(t, 2*time.Second, cfg.AckWait)
+	require.Equal(t, 45*time.Second, cfg.StallTimeout)
 }
 
-// TestConfigRetryFitsInsertTimeout: the longest wait between retries,
-// jitter included, must not outlive an insert's timeout.
-func TestConfigRetryFitsInsertTimeout(t *testing.T) {
+// TestConfigLiveness: a short ack wait, whatever the insert timeout and
+// the retry waits (the keepalive covers those), and a stall timeout.
+func TestConfigLiveness(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.ClickHouse.InsertTimeout = 5 * time.Second
-	cfg.Retry = retry.Config{Initial: time.Second, Max: 4 * time.Second, Multiplier: 2, RandomizationFactor: 0.25}
-	require.NoError(t, cfg.Validate(), "4s +25% is 5s")
-	cfg.Retry.RandomizationFactor = 0.3
-	require.EqualError(t, cfg.Validate(), "retry: longest wait (max with jitter, 5.2s) must not exceed clickhouse insert_timeout (5s)")
+	require.Equal(t, 5*time.Second, cfg.AckWait, "a crashed sink's batch comes back within seconds")
+	require.Equal(t, 30*time.Second, cfg.StallTimeout)
+
+	cfg.ClickHouse.InsertTimeout = 2 * time.Minute
+	cfg.Retry = retry.DefaultConfig(time.Minute)
+	cfg.AckWait = time.Second
+	require.NoError(t, cfg.Validate(), "inserts and waits longer than ack_wait are fine")
+	require.Equal(t, time.Second/3, cfg.KeepaliveEvery())
+
+	cfg.AckWait = time.Second - time.Millisecond
+	require.EqualError(t, cfg.Validate(), "ack_wait must be at least 1s (the keepalive runs every ack_wait/3), got 999ms")
+	cfg.AckWait = 0
+	require.EqualError(t, cfg.Validate(), "ack_wait must be at least 1s (the keepalive runs every ack_wait/3), got 0s")
+	cfg.AckWait = 5 * time.Second
+	cfg.StallTimeout = -time.Second
+	require.EqualError(t, cfg.Validate(), "stall_timeout must be positive, got -1s")
+}
+
+func TestConsumerConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.AckWait = 7 * time.Second
+	got := cfg.ConsumerConfig(3)
+	require.Equal(t, "sink-shard-3", got.Durable)
+	require.Equal(t, "batches.shard.3", got.FilterSubject)
+	require.Equal(t, 1, got.MaxAckPending, "one batch in flight keeps inserts in order")
+	require.Equal(t, 7*time.Second, got.AckWait)
+	require.Equal(t, -1, got.MaxDeliver)
+}
+
+func TestPollEvery(t *testing.T) {
+	require.Equal(t, 5*time.Second, pollEvery(30*time.Second))
+	require.Equal(t, 400*time.Millisecond, pollEvery(2*time.Second))
+	require.Equal(t, 100*time.Millisecond, pollEvery(time.Millisecond))
 }
 
 func TestClassify(t *testing.T) {

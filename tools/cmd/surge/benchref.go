@@ -50,15 +50,13 @@ func clickhouseReference(ctx context.Context, ch driver.Conn, db string) (bulk, 
 				_ = pb.Abort()
 			}
 		}()
-		// The values of sink.Columns, in order, as the sink's server.Insert
-		// appends them (it exports no helper for this).
-		shard := make([]uint16, to-from)
-		cols := []any{b.EventID[from:to], b.Tenant[from:to], b.UserID[from:to], b.Type[from:to],
-			batch.Times(b.TS[from:to]), batch.Times(b.ReceivedAt[from:to]), b.Properties[from:to], shard, b.Seq[from:to]}
-		for i, c := range cols {
-			if err := pb.Column(i).Append(c); err != nil {
-				return fmt.Errorf("append column %s: %w", sink.Columns[i], err)
-			}
+		// Rows from..to of b, appended as the sink appends a batch.
+		part := &batch.Batch{
+			EventID: b.EventID[from:to], Tenant: b.Tenant[from:to], UserID: b.UserID[from:to], Type: b.Type[from:to],
+			TS: b.TS[from:to], ReceivedAt: b.ReceivedAt[from:to], Properties: b.Properties[from:to], Seq: b.Seq[from:to],
+		}
+		if err := sink.AppendBatch(pb, part); err != nil {
+			return err
 		}
 		return pb.Send()
 	}
