@@ -15,30 +15,42 @@
 // after the sink has consumed every batch of a shard re-reads up to
 // PurgeDelay of events, whose rows the sink drops below its watermark.
 //
+// A shard that has events to read, or a batch waiting for its PubAck, and
+// makes no progress for StallTimeout is stalled: a watchdog logs it,
+// counts it, shows it on /readyz and has the shard recreate its events
+// consumer from where it stopped reading, which cures a consumer whose
+// server-side state was lost (a NATS restart, a stream leader change)
+// sooner than the client library notices the missing heartbeats.
+//
 // Files: batcher.go runs the shard loops inside the service lifecycle,
 // shard.go is one shard's loop (resume, consume, cut, finish), publish.go
-// sends a batch, purge.go drops EVENTS below published batches, trace.go
-// gathers a batch's trace context, deadletter.go sets corrupt messages
-// aside.
+// sends a batch, purge.go drops EVENTS below published batches, watch.go
+// checks every shard's backlog for stalls, trace.go gathers a batch's
+// trace context, deadletter.go sets corrupt messages aside.
 package batcher
 
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
+	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
 // Service is a batcher.
 type Service struct {
-	cfg  Config
-	host *service.Host
-	m    *metrics
+	cfg       Config
+	host      *service.Host
+	m         *metrics
+	watchdogs *service.Watchdogs
 }
 
 // New validates cfg and deps and opens the admin listener; it does no
@@ -56,7 +68,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, host: host, m: newMetrics(host.Registry)}, nil
+	return &Service{cfg: cfg, host: host, m: newMetrics(host.Registry), watchdogs: host.Watchdogs(cfg.StallTimeout)}, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
@@ -72,21 +84,22 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.host.Run(ctx, s.body)
 }
 
-// body runs one loop per owned shard until ctx ends and every loop has
-// finished its last batch.
+// body runs one loop per owned shard, and the poller that watches them,
+// until ctx ends and every loop has finished its last batch.
 func (s *Service) body(ctx context.Context, conn service.Conn) error {
-	events, err := conn.JS.Stream(ctx, streams.Events)
+	events, err := s.stream(ctx, conn.JS, streams.Events)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", streams.Events, err)
+		return err
 	}
-	batches, err := conn.JS.Stream(ctx, streams.Batches)
+	batches, err := s.stream(ctx, conn.JS, streams.Batches)
 	if err != nil {
-		return fmt.Errorf("stream %s: %w", streams.Batches, err)
+		return err
 	}
 	owned := s.cfg.OwnedShards()
 	s.host.Logger.Info("batching", zap.Ints("shards", owned))
 
 	var wg sync.WaitGroup
+	loops := make([]*shardLoop, 0, len(owned))
 	for _, k := range owned {
 		l := &shardLoop{
 			s:       s,
@@ -99,9 +112,31 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 			builder: batch.NewBuilder(k, s.cfg.Policy),
 			m:       s.m.forShard(k),
 			log:     s.host.Logger.With(zap.Int("shard", k)),
+			wd:      s.watchdogs.For(strconv.Itoa(k)),
 		}
+		loops = append(loops, l)
 		wg.Go(func() { l.run(ctx) })
 	}
+	wg.Go(func() { s.watch(ctx, loops) })
 	wg.Wait()
 	return nil
+}
+
+// stream looks a stream up, each try bounded by PublishTimeout, until it
+// answers or ctx ends.
+func (s *Service) stream(ctx context.Context, js jetstream.JetStream, name string) (jetstream.Stream, error) {
+	var st jetstream.Stream
+	err := retry.Do(ctx, s.cfg.Retry, func() error {
+		sctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
+		defer cancel()
+		var err error
+		st, err = js.Stream(sctx, name)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		s.host.Logger.Warn("look up stream, retrying", zap.String("stream", name), zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return st, nil
 }

@@ -108,23 +108,9 @@ func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header 
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
-	now := time.UnixMicro(1_700_000_000_000_000).UTC()
 	out := make([]published, 0, n)
 	for range n {
-		msgCounter++
-		events := make([]event.Event, rows)
-		for j := range events {
-			events[j] = event.Event{
-				EventID:    fmt.Sprintf("m%06d-e%03d", msgCounter, j),
-				Tenant:     "acme",
-				UserID:     "u" + strconv.Itoa(j),
-				Type:       "view",
-				TS:         now.Add(time.Duration(msgCounter*1000+j) * time.Microsecond),
-				ReceivedAt: now,
-				Properties: `{"k":"ü"}`,
-			}
-		}
-		msg := &nats.Msg{Subject: streams.EventsSubject(k), Data: event.AppendEncoded(nil, events), Header: nats.Header{}}
+		msg, events := newMessage(k, rows)
 		if header != nil {
 			header(msg.Header)
 		}
@@ -133,6 +119,26 @@ func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header 
 		out = append(out, published{seq: ack.Sequence, events: events})
 	}
 	return out
+}
+
+// newMessage is the next test message of shard k: rows events with ids
+// unique in the test binary.
+func newMessage(k, rows int) (*nats.Msg, []event.Event) {
+	now := time.UnixMicro(1_700_000_000_000_000).UTC()
+	msgCounter++
+	events := make([]event.Event, rows)
+	for j := range events {
+		events[j] = event.Event{
+			EventID:    fmt.Sprintf("m%06d-e%03d", msgCounter, j),
+			Tenant:     "acme",
+			UserID:     "u" + strconv.Itoa(j),
+			Type:       "view",
+			TS:         now.Add(time.Duration(msgCounter*1000+j) * time.Microsecond),
+			ReceivedAt: now,
+			Properties: `{"k":"ü"}`,
+		}
+	}
+	return &nats.Msg{Subject: streams.EventsSubject(k), Data: event.AppendEncoded(nil, events), Header: nats.Header{}}, events
 }
 
 type batchMsg struct {
@@ -504,6 +510,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.Owned = []int{1, 4, 1}
 	cfg.Policy.MaxRows = 0
 	cfg.PublishTimeout = 0
+	cfg.StallTimeout = -time.Second
 	cfg.MaxLinks = -1
 	cfg.Retry.Multiplier = 0
 	err := cfg.Validate()
@@ -511,6 +518,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	for _, want := range []string{
 		"owned_shards: shard 4 is not in [0, 4)", "owned_shards: shard 1 is listed twice",
 		"batch: max_rows", "retry: multiplier", "publish_timeout must", "max_links must",
+		"stall_timeout must be positive, got -1s",
 	} {
 		require.Contains(t, err.Error(), want)
 	}
@@ -527,15 +535,19 @@ func TestNewReportsMissingDeps(t *testing.T) {
 
 func TestConfigKeys(t *testing.T) {
 	vars := config.EnvVars(&Config{})
-	for _, want := range []string{"SURGE_SHARDS=", "SURGE_OWNED_SHARDS=", "SURGE_RETRY_INITIAL=", "SURGE_RETRY_MAX="} {
+	for _, want := range []string{"SURGE_SHARDS=", "SURGE_OWNED_SHARDS=", "SURGE_RETRY_INITIAL=", "SURGE_RETRY_MAX=", "SURGE_STALL_TIMEOUT="} {
 		require.True(t, slices.ContainsFunc(vars, func(v string) bool { return strings.HasPrefix(v, want) }), "%s in %v", want, vars)
 	}
 	cfg := DefaultConfig()
 	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) {
-		v, ok := map[string]string{"SURGE_OWNED_SHARDS": "2,5", "SURGE_RETRY_MAX": "3s"}[k]
+		v, ok := map[string]string{"SURGE_OWNED_SHARDS": "2,5", "SURGE_RETRY_MAX": "3s", "SURGE_STALL_TIMEOUT": "45s"}[k]
 		return v, ok
 	}))
 	require.Equal(t, []int{2, 5}, cfg.OwnedShards())
+	require.Equal(t, 45*time.Second, cfg.StallTimeout)
+	require.Equal(t, 30*time.Second, DefaultConfig().StallTimeout)
+	cfg.StallTimeout = 0
+	require.ErrorContains(t, cfg.Validate(), "stall_timeout must be positive, got 0s")
 	require.Equal(t, 3*time.Second, cfg.Retry.Max)
 	require.Equal(t, 10*time.Second, DefaultConfig().Retry.Max, "the cap of the waits")
 }

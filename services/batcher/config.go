@@ -27,9 +27,16 @@ type Config struct {
 	shard.Ownership `yaml:",inline"`
 	// Policy says when a batch is cut.
 	Policy batch.Policy `yaml:"batch" env:"BATCH"`
-	// PublishTimeout bounds one attempt to publish a batch; attempts are
-	// retried, paced by Retry, until one succeeds or the service stops.
+	// PublishTimeout bounds one attempt to publish a batch, and every
+	// other JetStream request of a shard (the read of its last batch, the
+	// creation of its events consumer, a purge, a backlog check); attempts
+	// are retried, paced by Retry, until one succeeds or the service stops.
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
+	// StallTimeout is how long a shard with unread events or a batch
+	// waiting for its PubAck may go without progress before it counts as
+	// stalled: logged, counted, shown on /readyz and its events consumer
+	// recreated.
+	StallTimeout time.Duration `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
 	// Retry paces the retries of a failed publish, of the read of a
 	// shard's last batch at start-up and of the re-creation of a shard's
 	// events consumer after it stopped.
@@ -57,6 +64,7 @@ func DefaultConfig() Config {
 		Ownership:       shard.Ownership{Shards: 8},
 		Policy:          batch.DefaultPolicy(),
 		PublishTimeout:  10 * time.Second,
+		StallTimeout:    30 * time.Second,
 		Retry:           retry.DefaultConfig(10 * time.Second),
 		ShutdownTimeout: 20 * time.Second,
 		MaxLinks:        128,
@@ -81,6 +89,9 @@ func (c Config) Validate() error {
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.PublishTimeout <= 0 {
 		add("publish_timeout must be positive, got %s", c.PublishTimeout)
+	}
+	if c.StallTimeout <= 0 {
+		add("stall_timeout must be positive, got %s", c.StallTimeout)
 	}
 	if c.ShutdownTimeout <= 0 {
 		add("shutdown_timeout must be positive, got %s", c.ShutdownTimeout)

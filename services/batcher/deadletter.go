@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"context"
+	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
@@ -24,10 +25,14 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 	}.Msg()
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.cfg.ShutdownTimeout)
 	defer cancel()
+	l.inFlight.Store(1)
+	defer l.inFlight.Store(0)
+	l.wd.Waiting("PubAck of dead letter of " + msg.Subject() + ":" + strconv.FormatUint(seq, 10))
 	if err := l.publishRetry(dctx, dl, l.log); err != nil {
 		l.log.Error("dead letter not published; the corrupt message is skipped", zap.Uint64("seq", seq), zap.Error(err))
 		return
 	}
+	l.wd.Progress()
 	l.m.deadLetters.Inc()
 	l.log.Warn("dead-lettered corrupt message", zap.Uint64("seq", seq), zap.Error(cause))
 }

@@ -58,7 +58,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"shard"}),
 		pending: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_batcher_consumer_pending",
-			Help: "EVENTS messages of the shard not yet read by the batcher, as of its last read.",
+			Help: "EVENTS messages of the shard not yet read by the batcher: the pending count of its last read, checked every few seconds against the subject's last message (at least 1 while that one is unread, 0 once it is read).",
 		}, []string{"shard"}),
 		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_batcher_dead_letters_total",

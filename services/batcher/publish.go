@@ -56,11 +56,15 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	}
 	telemetry.Inject(spanCtx, msg.Header)
 	start := time.Now()
+	l.inFlight.Store(messages(b))
+	defer l.inFlight.Store(0)
+	l.wd.Waiting("PubAck of batch " + id)
 	if err := l.publishRetry(ctx, msg, log); err != nil {
 		span.RecordError(err)
 		span.SetStatus(codes.Error, "publish")
 		return err
 	}
+	l.wd.Progress()
 	l.s.m.publishDuration.Observe(time.Since(start).Seconds())
 	l.m.batchRows.Observe(float64(b.Len()))
 	l.m.batchBytes.Observe(float64(len(data)))
@@ -70,6 +74,18 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	log.Debug("batch published", zap.Int("rows", b.Len()), zap.Int("bytes", len(data)), zap.String("cut", string(c.reason)))
 	l.schedulePurge(ctx, b.LastSeq)
 	return nil
+}
+
+// messages counts the EVENTS messages of b: its rows come in runs of one
+// sequence per message.
+func messages(b *batch.Batch) uint64 {
+	var n uint64
+	for i, seq := range b.Seq {
+		if i == 0 || seq != b.Seq[i-1] {
+			n++
+		}
+	}
+	return n
 }
 
 // publishRetry publishes msg synchronously until a PubAck or the end of

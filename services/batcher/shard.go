@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,11 +16,13 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// shardLoop batches one shard. It is owned by one goroutine.
+// shardLoop batches one shard. It is owned by one goroutine; the
+// service's poller (watch.go) reads the atomics and may stop its consumer.
 type shardLoop struct {
 	s       *Service
 	k       int
@@ -31,9 +35,21 @@ type shardLoop struct {
 	trace   batchTrace // trace context of the open batch
 	m       shardMetrics
 	log     *zap.Logger
+	wd      *service.Watchdog
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
-	next uint64
+	next atomic.Uint64
+	// lastPending is the NumPending of the last EVENTS message read: the
+	// subject's messages after it, as of that read.
+	lastPending atomic.Uint64
+	// inFlight counts the EVENTS messages of the batch or dead letter
+	// being published: work pending even when nothing is left to read.
+	inFlight atomic.Uint64
+	// stopMu guards stopConsumer, which ends the running events consumer
+	// with errStalled (nil between consumers).
+	stopMu       sync.Mutex
+	stopConsumer context.CancelCauseFunc
+
 	// held is a cut batch whose publish was interrupted by shutdown.
 	held *cutBatch
 	// unpurged are the published batches whose EVENTS messages wait for
@@ -55,17 +71,23 @@ func (l *shardLoop) run(ctx context.Context) {
 	if !ok {
 		return
 	}
-	l.next = next
+	l.next.Store(next)
 	defer l.finish(ctx)
 	restarts := newRestarts(l.s.cfg.Retry)
 	for {
-		from := l.next
+		from := l.next.Load()
 		err := l.consume(ctx)
 		if ctx.Err() != nil {
 			return
 		}
-		wait := restarts.wait(l.next != from)
-		l.log.Warn("events consumer stopped, recreating", zap.Uint64("from", l.next), zap.Duration("wait", wait), zap.Error(err))
+		if errors.Is(err, errStalled) {
+			// The watchdog has logged the stall; a new consumer cures one
+			// whose server-side state was lost, at once.
+			l.log.Warn("recreating the events consumer of a stalled shard", zap.Uint64("from", l.next.Load()))
+			continue
+		}
+		wait := restarts.wait(l.next.Load() != from)
+		l.log.Warn("events consumer stopped, recreating", zap.Uint64("from", l.next.Load()), zap.Duration("wait", wait), zap.Error(err))
 		if !retry.Sleep(ctx, wait) {
 			return
 		}
@@ -98,13 +120,16 @@ func (r *restarts) wait(progressed bool) time.Duration {
 // resume finds where the shard's last published batch ends. Without one
 // (none yet, or the sink consumed them all) it starts at the subject's
 // first message: EVENTS is purged below every published batch, and the
-// sink drops rows at or below its watermark. It reports false when ctx
-// ended first.
+// sink drops rows at or below its watermark. Each read is bounded by
+// PublishTimeout and retried. It reports false when ctx ended first.
 func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
+	l.wd.Waiting("last batch of " + l.out + " in " + streams.Batches)
 	var raw *jetstream.RawStreamMsg
 	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
+		rctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
+		defer cancel()
 		var err error
-		raw, err = l.batches.GetLastMsgForSubject(ctx, l.out)
+		raw, err = l.batches.GetLastMsgForSubject(rctx, l.out)
 		if errors.Is(err, jetstream.ErrMsgNotFound) {
 			return retry.Permanent(err)
 		}
@@ -135,16 +160,40 @@ func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 	return last + 1, true
 }
 
+// waitingEvents is what a shard waiting for a message waits on.
+var waitingEvents = "events from " + streams.Events
+
+// errStalled ends the events consumer of a shard the watchdog found
+// stalled.
+var errStalled = errors.New("stalled")
+
 // consume reads the shard from l.next with an ordered consumer and cuts
-// batches until ctx ends (nil) or the consumer fails (the error).
+// batches until ctx ends (nil), the consumer fails (the error) or the
+// poller stops it because the shard stalled (errStalled).
 func (l *shardLoop) consume(ctx context.Context) error {
-	cc := jetstream.OrderedConsumerConfig{FilterSubjects: []string{l.subject}, DeliverPolicy: jetstream.DeliverAllPolicy}
-	if l.next > 0 {
+	// The poller's stop ends only the waits for messages: a publish under
+	// way goes on with ctx, so the open and held batches stay whole.
+	cctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	l.setStopConsumer(stop)
+	defer l.setStopConsumer(nil)
+
+	// The library's own recovery of a lost consumer (missed heartbeats, a
+	// reconnect) runs inside Next, deaf to its context: one attempt only,
+	// then Next fails and run recreates the consumer, paced by Retry and
+	// ended by the shutdown.
+	cc := jetstream.OrderedConsumerConfig{FilterSubjects: []string{l.subject}, DeliverPolicy: jetstream.DeliverAllPolicy, MaxResetAttempts: 1}
+	if next := l.next.Load(); next > 0 {
 		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
-		cc.OptStartSeq = l.next
+		cc.OptStartSeq = next
 	}
-	cons, err := l.js.OrderedConsumer(ctx, streams.Events, cc)
+	octx, cancel := context.WithTimeout(cctx, l.s.cfg.PublishTimeout)
+	cons, err := l.js.OrderedConsumer(octx, streams.Events, cc)
+	cancel()
 	if err != nil {
+		if cctx.Err() != nil {
+			return context.Cause(cctx)
+		}
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
 	it, err := cons.Messages()
@@ -156,19 +205,23 @@ func (l *shardLoop) consume(ctx context.Context) error {
 	// wait ends at the age deadline of the open batch or the next due
 	// purge, if any. The deadline is fixed while a batch is open, so one
 	// context serves every Next of that batch.
-	wait, cancelWait := ctx, context.CancelFunc(func() {})
+	wait, cancelWait := context.Context(cctx), context.CancelFunc(func() {})
 	defer func() { cancelWait() }()
 	var deadline time.Time
 	for {
 		if d := l.wakeAt(); !d.Equal(deadline) {
 			cancelWait()
 			deadline = d
-			wait, cancelWait = until(ctx, d)
+			wait, cancelWait = until(cctx, d)
 		}
+		l.wd.Waiting(waitingEvents)
 		msg, err := it.Next(jetstream.NextContext(wait))
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if cctx.Err() != nil {
+				return context.Cause(cctx)
 			}
 			if now := time.Now(); !deadline.IsZero() && !now.Before(deadline) {
 				if reason := l.builder.Expired(now); reason != "" {
@@ -179,9 +232,27 @@ func (l *shardLoop) consume(ctx context.Context) error {
 			}
 			return fmt.Errorf("next: %w", err)
 		}
+		l.wd.Progress()
 		if err := l.take(ctx, msg); err != nil {
 			return err
 		}
+	}
+}
+
+// setStopConsumer records how to stop the running events consumer.
+func (l *shardLoop) setStopConsumer(stop context.CancelCauseFunc) {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	l.stopConsumer = stop
+}
+
+// repair stops the running events consumer, if any, with errStalled: run
+// then recreates it from l.next. Called by the poller.
+func (l *shardLoop) repair() {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stopConsumer != nil {
+		l.stopConsumer(errStalled)
 	}
 }
 
@@ -201,7 +272,8 @@ func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
 		return fmt.Errorf("message metadata: %w", err)
 	}
 	seq := meta.Sequence.Stream
-	l.next = seq + 1
+	l.next.Store(seq + 1)
+	l.lastPending.Store(meta.NumPending)
 	l.m.pending.Set(float64(meta.NumPending))
 	events, err := event.Decode(msg.Data())
 	if err != nil {
