@@ -80,9 +80,9 @@ type Body func(ctx context.Context, conn Conn) error
 //  3. While the body runs, readiness follows the NATS connection: not
 //     ready while disconnected, ready again once the streams are ensured
 //     on the (possibly new) server.
-//  4. When ctx ends the service turns not ready; when the body returns the connection
-//     drains (at most DrainTimeout) and the admin server stops last, so
-//     /metrics answers while the last work drains.
+//  4. When ctx ends the service turns not ready at once; when the body
+//     returns the connection drains (at most DrainTimeout) and the admin
+//     server stops last, so /metrics answers while the last work drains.
 //
 // Close is safe without Run, and after it (the collector's Start/Shutdown
 // contract): it releases what New opened.
@@ -217,10 +217,11 @@ func (h *Host) ensureStreams(ctx context.Context, js jetstream.JetStream) error 
 	})
 }
 
-// ensureRetry paces the stream set-up; ensureAttemptTimeout bounds one try.
+// ensureRetry paces the stream set-up; ensureAttemptTimeout bounds one try
+// (a request lost in a NATS restart is retried after seconds, not tens).
 var ensureRetry = retry.Config{Initial: 250 * time.Millisecond, Max: 5 * time.Second, Multiplier: 2, RandomizationFactor: 0.2}
 
-const ensureAttemptTimeout = 10 * time.Second
+const ensureAttemptTimeout = 3 * time.Second
 
 // watchReconnects ensures the streams again after every reconnect before
 // the service is called ready again. When ctx ends (shutdown, or the body
