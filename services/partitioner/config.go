@@ -31,18 +31,32 @@ type Config struct {
 	// MaxAckPending bounds the INGEST messages handed out and not yet acked,
 	// across every partitioner process sharing the consumer.
 	MaxAckPending int `yaml:"max_ack_pending" env:"MAX_ACK_PENDING"`
-	// AckWait is how long JetStream waits for an ack before redelivering.
+	// AckWait is how long JetStream waits for an ack, or a sign of life,
+	// before it hands a message to another worker. It is short, so a
+	// crashed or cut-off partitioner's messages are redelivered within
+	// seconds; a worker keeps the messages it holds alive with InProgress
+	// every AckWait/3 while it waits for its batch to fill and for PubAcks.
 	AckWait time.Duration `yaml:"ack_wait" env:"ACK_WAIT"`
 	// MaxPublishPending bounds the async publishes awaiting a PubAck; a
 	// publish beyond it blocks until one completes.
 	MaxPublishPending int `yaml:"max_publish_pending" env:"MAX_PUBLISH_PENDING"`
-	// PublishTimeout bounds the wait for one PubAck.
+	// PublishTimeout bounds the wait for one PubAck, for room among the
+	// pending async publishes, and for a dead letter's publish. The
+	// messages waiting are kept alive meanwhile, so it may exceed AckWait,
+	// and it should outlast a NATS cluster election (4-7 s): a PubAck that
+	// times out is a NAK and a redelivery.
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
-	// InfoInterval is how often consumer lag is read for the metrics.
+	// InfoInterval is how often the consumer's state is read: for the lag
+	// metrics, the stall watchdog and to recreate a lost consumer.
 	InfoInterval time.Duration `yaml:"info_interval" env:"INFO_INTERVAL"`
-	// Retry paces the fetches after a failed one (per worker) and the
-	// redelivery of an INGEST message whose publishes failed: the NAK
-	// delay grows with its deliveries.
+	// StallTimeout is how long the input may have work pending without a
+	// request being settled before it counts as stalled: the stall is
+	// logged, counted in surge_partitioner_stalls_total{shard="input"},
+	// shown on /readyz and repaired by recreating the consumer.
+	StallTimeout time.Duration `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
+	// Retry paces the fetches after a failed one (per worker, at most 1s
+	// apart) and the redelivery of an INGEST message whose publishes
+	// failed: the NAK delay grows with its deliveries.
 	Retry retry.Config `yaml:"retry" env:"RETRY"`
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
@@ -72,10 +86,11 @@ func DefaultConfig() Config {
 		FetchBatch:        256,
 		FetchMaxWait:      500 * time.Millisecond,
 		MaxAckPending:     1024,
-		AckWait:           30 * time.Second,
+		AckWait:           5 * time.Second,
 		MaxPublishPending: 4096,
 		PublishTimeout:    10 * time.Second,
-		InfoInterval:      5 * time.Second,
+		InfoInterval:      2 * time.Second,
+		StallTimeout:      30 * time.Second,
 		Retry:             retry.DefaultConfig(30 * time.Second),
 		Producers:         ProducerLimits{MaxEvents: 10000, MaxEventBytes: 64 << 10},
 	}
@@ -115,15 +130,22 @@ func (c Config) Validate() error {
 	if c.PublishTimeout <= 0 {
 		add("publish_timeout must be positive, got %s", c.PublishTimeout)
 	}
-	// A fetched message waits for its whole batch to fill, then for its
-	// PubAcks: it must not be redelivered meanwhile.
-	if c.AckWait <= c.FetchMaxWait+c.PublishTimeout {
-		add("ack_wait must exceed fetch_max_wait+publish_timeout (%s), got %s", c.FetchMaxWait+c.PublishTimeout, c.AckWait)
+	// InProgress goes out every AckWait/3 and must reach the server in time.
+	if c.AckWait < minAckWait {
+		add("ack_wait must be at least %s, got %s", minAckWait, c.AckWait)
 	}
-	// A message whose ack was lost is republished after AckWait; its groups
-	// are dropped as duplicates only inside the dedup window.
+	// A request whose ack was lost, whose holder died or that was naked is
+	// republished with the same ids; EVENTS drops the copies only inside
+	// its dedup window.
 	if c.AckWait >= c.Streams.DuplicateWindow {
 		add("ack_wait must be below streams.duplicate_window (%s), got %s", c.Streams.DuplicateWindow, c.AckWait)
+	} else if gap := c.republishGap(); gap >= c.Streams.DuplicateWindow {
+		add("fetch_max_wait, publish_timeout, ack_wait and retry.max let a request be republished %s after its first publish (2*(fetch_max_wait+2*publish_timeout) + max(ack_wait, longest retry wait)); it must be below streams.duplicate_window (%s)", gap, c.Streams.DuplicateWindow)
+	}
+	// A worker that waits out its PubAcks makes no progress meanwhile:
+	// that is no stall.
+	if c.StallTimeout <= c.holdTime() {
+		add("stall_timeout must exceed fetch_max_wait+2*publish_timeout (%s), got %s", c.holdTime(), c.StallTimeout)
 	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
@@ -131,8 +153,30 @@ func (c Config) Validate() error {
 	if c.Producers.MaxEventBytes < 64 {
 		add("producers: max_event_bytes must be at least 64, got %d", c.Producers.MaxEventBytes)
 	}
-	if c.InfoInterval <= 0 {
-		add("info_interval must be positive, got %s", c.InfoInterval)
+	// The watchdog sees the backlog only when the consumer is read.
+	if c.InfoInterval <= 0 || c.InfoInterval > c.StallTimeout/2 {
+		add("info_interval must be positive and at most stall_timeout/2 (%s), got %s", c.StallTimeout/2, c.InfoInterval)
 	}
 	return errors.Join(errs...)
+}
+
+// minAckWait is the shortest ack_wait: the InProgress sent every
+// AckWait/3 must cross the network before it expires.
+const minAckWait = time.Second
+
+// holdTime is the longest a worker holds a fetched request: its batch
+// fills for fetch_max_wait, one publish may wait publish_timeout for room
+// (a timeout ends the batch's publishing), and its PubAcks come within
+// publish_timeout of the last publish.
+func (c Config) holdTime() time.Duration {
+	return c.FetchMaxWait + 2*c.PublishTimeout
+}
+
+// republishGap bounds the time between a shard group's first publish and
+// its republish by a redelivery: the first holder keeps the request for
+// at most holdTime, then the request comes back after AckWait (ack lost,
+// holder dead) or its NAK delay, and the next holder republishes it
+// within its own holdTime.
+func (c Config) republishGap() time.Duration {
+	return 2*c.holdTime() + max(c.AckWait, c.Retry.MaxWait())
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	ackPending      prometheus.Gauge
 	deadLetters     prometheus.Counter
 	invalid         prometheus.Counter
+	redelivered     prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, shards int) *metrics {
@@ -47,6 +48,10 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		deadLetters: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",
 			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON).",
+		}),
+		redelivered: f.NewCounter(prometheus.CounterOpts{
+			Name: "surge_partitioner_redeliveries_total",
+			Help: "INGEST messages received again after an earlier delivery (naked, an ack lost, or held by a partitioner that died or was cut off).",
 		}),
 		invalid: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_events_invalid_total",

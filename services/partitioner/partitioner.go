@@ -10,6 +10,13 @@
 // Every partitioner process pulls from one shared durable consumer, so
 // adding processes adds throughput. A redelivered request republishes the
 // same message ids (<ingest seq>:<shard>), which EVENTS drops as duplicates.
+//
+// Liveness: the consumer's AckWait is short (seconds), so the requests a
+// crashed or cut-off partitioner held are redelivered within seconds, and
+// a worker keeps the requests it holds alive with InProgress while it
+// waits for PubAcks. A watchdog on the input names any stall (work
+// pending, nothing settled for stall_timeout) and recreates the consumer,
+// as the lag poller does at once when the consumer is gone.
 package partitioner
 
 import (
@@ -18,6 +25,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -47,6 +55,11 @@ type Service struct {
 	m      *metrics
 	// parser validates the JSON of NATS and MQTT producers.
 	parser *event.Parser
+	// wd watches the input for stalls.
+	wd *service.Watchdog
+	// failure is the last error that kept a request from being settled,
+	// cleared by the next ack: the stall report says why.
+	failure atomic.Pointer[string]
 }
 
 // New builds a partitioner and opens its admin listener; it does no
@@ -68,6 +81,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	host.Admin().NotReady(checkConsumer, "not created yet")
 	return &Service{
 		cfg:    cfg,
 		host:   host,
@@ -75,6 +89,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		tracer: host.Tracer,
 		m:      newMetrics(host.Registry, cfg.Shards),
 		parser: &event.Parser{Limits: event.Limits{MaxEvents: cfg.Producers.MaxEvents, MaxEventBytes: cfg.Producers.MaxEventBytes}},
+		wd:     host.Watchdogs(cfg.StallTimeout).For("input"),
 	}, nil
 }
 
@@ -88,46 +103,125 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.host.Run(ctx, s.partition)
 }
 
-// partition is the body of the lifecycle: it creates the shared consumer
-// and runs the workers and the lag poller until ctx ends.
-func (s *Service) partition(ctx context.Context, conn service.Conn) error {
-	cons, err := conn.JS.CreateOrUpdateConsumer(ctx, streams.Ingest, jetstream.ConsumerConfig{
+// checkConsumer is the readiness check of the shared consumer: not ready
+// until it is created, nor while it is gone and not yet recreated.
+const checkConsumer = "consumer"
+
+// apiTimeout bounds one JetStream API request of the partitioner: the
+// consumer's info or its creation.
+const apiTimeout = 5 * time.Second
+
+// consumerConfig is the shared INGEST consumer.
+func (c Config) consumerConfig() jetstream.ConsumerConfig {
+	return jetstream.ConsumerConfig{
 		Durable:       ConsumerName,
 		Description:   "Surge partitioners, shared",
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       s.cfg.AckWait,
+		AckWait:       c.AckWait,
 		MaxDeliver:    -1,
-		MaxAckPending: s.cfg.MaxAckPending,
+		MaxAckPending: c.MaxAckPending,
+	}
+}
+
+// partition is the body of the lifecycle: it creates the shared consumer
+// and runs the workers and the lag poller until ctx ends.
+func (s *Service) partition(ctx context.Context, conn service.Conn) error {
+	src := &source{js: conn.JS, cfg: s.cfg.consumerConfig()}
+	// A fresh cluster may still be electing the stream's leader. The
+	// server's reason shows on /readyz until the consumer is there.
+	err := retry.Do(ctx, s.cfg.Retry, func() error { return src.create(ctx) }, func(attempt int, err error, wait time.Duration) {
+		s.host.Admin().NotReady(checkConsumer, err.Error())
+		s.logger.Warn("create consumer, retrying", zap.String("consumer", ConsumerName), zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
 	if err != nil {
-		return fmt.Errorf("create consumer %s: %w", ConsumerName, err)
+		return err // ctx ended
 	}
-	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers))
+	s.host.Admin().Ready(checkConsumer)
+	s.wd.Idle() // the stall clock starts with the workers, not at New
+	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
 
 	var wg sync.WaitGroup
-	wg.Go(func() { s.pollLag(ctx, cons) })
+	wg.Go(func() { s.pollLag(ctx, src) })
 	for range s.cfg.Workers {
-		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards)}
-		wg.Go(func() { w.run(ctx, cons) })
+		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards), keep: keeper{every: s.cfg.AckWait / 3}}
+		wg.Go(func() { w.run(ctx, src) })
 	}
 	wg.Wait()
 	return nil
 }
 
-// pollLag reads the consumer's pending counts every InfoInterval.
-func (s *Service) pollLag(ctx context.Context, cons jetstream.Consumer) {
+// source is the shared INGEST consumer. The lag poller recreates it when
+// it is gone (a NATS restart with an empty store) or stalled; the workers
+// take the current handle at each fetch.
+type source struct {
+	js   jetstream.JetStream
+	cfg  jetstream.ConsumerConfig
+	cons atomic.Pointer[jetstream.Consumer]
+}
+
+// create creates the consumer, or updates it to cfg, and hands the new
+// handle to the workers.
+func (src *source) create(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	c, err := src.js.CreateOrUpdateConsumer(ctx, streams.Ingest, src.cfg)
+	if err != nil {
+		return fmt.Errorf("create consumer %s: %w", ConsumerName, err)
+	}
+	src.cons.Store(&c)
+	return nil
+}
+
+// consumer is the current handle.
+func (src *source) consumer() jetstream.Consumer { return *src.cons.Load() }
+
+// pollLag reads the consumer's state every InfoInterval: it sets the lag
+// metrics and gives the watchdog the backlog. It recreates the consumer
+// when the server no longer has it, and when the watchdog calls for a
+// repair; a failed re-creation is tried again at the next tick.
+func (s *Service) pollLag(ctx context.Context, src *source) {
 	t := time.NewTicker(s.cfg.InfoInterval)
 	defer t.Stop()
+	recreate := "" // why the consumer must be recreated
+	failures := 0  // reads failed in a row
 	for {
-		ictx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		info, err := cons.Info(ictx)
+		ictx, cancel := context.WithTimeout(ctx, apiTimeout)
+		info, err := src.consumer().Info(ictx)
 		cancel()
-		if err == nil {
+		if err != nil {
+			failures++
+		} else {
+			failures = 0
+		}
+		switch {
+		case err == nil:
 			s.m.consumerPending.Set(float64(info.NumPending))
 			s.m.ackPending.Set(float64(info.NumAckPending))
-		} else if ctx.Err() == nil {
-			s.logger.Debug("consumer info", zap.Error(err))
+			s.wd.Check(info.NumPending + uint64(info.NumAckPending))
+			if s.wd.Repair() {
+				recreate = "stalled"
+			}
+		case errors.Is(err, jetstream.ErrConsumerNotFound):
+			recreate = "gone"
+			s.host.Admin().NotReady(checkConsumer, "gone, recreating")
+		case !src.js.Conn().IsConnected():
+			// Readiness says NATS is down (check nats); the stall clock
+			// restarts once it is back.
+			s.wd.Idle()
+		case ctx.Err() == nil && failures&(failures-1) == 0: // the 1st, 2nd, 4th... in a row
+			// Unread, the backlog escapes the watchdog: say so.
+			s.logger.Warn("consumer info", zap.Int("failures", failures), zap.Error(err))
+		}
+		if recreate != "" && ctx.Err() == nil {
+			if err := src.create(ctx); err != nil {
+				s.host.Admin().NotReady(checkConsumer, recreate+", recreating: "+err.Error())
+				s.logger.Warn("recreate consumer", zap.String("why", recreate), zap.Error(err))
+			} else {
+				s.host.Admin().Ready(checkConsumer)
+				s.logger.Warn("consumer recreated", zap.String("consumer", ConsumerName), zap.String("why", recreate))
+				recreate = ""
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -137,12 +231,26 @@ func (s *Service) pollLag(ctx context.Context, cons jetstream.Consumer) {
 	}
 }
 
+// waitingOn is what a worker waits on, with the last failure to settle a
+// request when none was acked since: the stall report then says why.
+func (s *Service) waitingOn(what string) string {
+	if f := s.failure.Load(); f != nil {
+		return what + " (last failure: " + *f + ")"
+	}
+	return what
+}
+
 // worker is one fetch-publish-ack loop. Not safe for concurrent use.
 type worker struct {
 	s        *Service
 	js       jetstream.JetStream
 	groups   [][]event.Event // by shard, reused
 	inflight []input         // the fetched batch, reused
+	keep     keeper          // keeps the fetched batch alive
+	// timedOut is the first publish of the batch that timed out: the
+	// rest of the batch is naked without a try, so a batch waits out
+	// publish_timeout once, not once per message.
+	timedOut error
 }
 
 // input is one INGEST message on its way through the worker.
@@ -164,44 +272,128 @@ type input struct {
 
 type shardCount struct{ shard, events int }
 
-func (w *worker) run(ctx context.Context, cons jetstream.Consumer) {
+// fetchRetryMax caps the wait after a failed fetch. A fetch costs one
+// small request, and the wait is how late the worker notices that the
+// cause is gone (NATS reconnected, the consumer recreated): it must stay
+// short whatever retry.max says.
+const fetchRetryMax = time.Second
+
+func (w *worker) run(ctx context.Context, src *source) {
 	// Each worker has its own backoff, so workers whose fetches failed
 	// together do not retry in lockstep.
-	b := w.s.cfg.Retry.NewBackOff()
+	rc := w.s.cfg.Retry
+	rc.Max = min(rc.Max, fetchRetryMax)
+	b := rc.NewBackOff()
 	failures := 0
 	for ctx.Err() == nil {
-		// The fetch is not bound to ctx: once asked for, messages are
-		// handled to the end, so a shutdown leaves none to redeliver.
-		mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
-		if err != nil {
+		w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
+		if err := w.fetch(src.consumer()); err != nil {
 			failures++
 			wait := b.NextBackOff()
-			w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
+			if failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th... failure in a row
+				w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
+			}
 			retry.Sleep(ctx, wait)
 			continue
 		}
 		failures = 0
 		b.Reset()
-		w.handle(mb)
-		if err := mb.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) {
-			w.s.logger.Debug("fetch ended", zap.Error(err))
-		}
 	}
+}
+
+// fetch fetches one batch, bounded by FetchMaxWait, and handles what it
+// got. The fetch is not bound to the service's context: once asked for,
+// messages are handled to the end, so a shutdown leaves none to
+// redeliver. An empty fetch is no error; what is (no responders while the
+// consumer is gone, the consumer deleted) paces the next fetch.
+func (w *worker) fetch(cons jetstream.Consumer) error {
+	mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
+	if err != nil {
+		return err
+	}
+	w.handle(mb)
+	return mb.Error()
 }
 
 // handle publishes the groups of every message of the batch as they
 // arrive, then waits for the PubAcks and settles each message in turn:
-// the publishes of a whole batch are in flight together.
+// the publishes of a whole batch are in flight together. The batch is
+// kept alive (InProgress) until every message of it is settled.
 func (w *worker) handle(mb jetstream.MessageBatch) {
+	defer w.keep.stop()
 	w.inflight = w.inflight[:0]
+	w.timedOut = nil
 	for msg := range mb.Messages() {
+		w.keep.hold(msg)
 		w.inflight = append(w.inflight, input{msg: msg})
 		w.publish(&w.inflight[len(w.inflight)-1])
 	}
+	if len(w.inflight) == 0 {
+		return
+	}
+	w.s.wd.Waiting(w.s.waitingOn("PubAcks from " + streams.Events))
 	for i := range w.inflight {
 		w.settle(&w.inflight[i])
 		w.inflight[i] = input{} // drop references for the collector
 	}
+}
+
+// keeper keeps the messages of one worker batch alive while the worker
+// holds them: an InProgress every AckWait/3 restarts their AckWait, so it
+// expires only for the messages of a dead or cut-off process, not for
+// ones waiting on a slow PubAck. Its goroutine runs from the batch's first
+// message until stop, which the worker calls once the batch is settled.
+type keeper struct {
+	every time.Duration
+	mu    sync.Mutex
+	held  []jetstream.Msg
+	quit  chan struct{} // nil while no goroutine runs
+	done  chan struct{}
+}
+
+// hold adds msg to the messages kept alive.
+func (k *keeper) hold(msg jetstream.Msg) {
+	k.mu.Lock()
+	k.held = append(k.held, msg)
+	k.mu.Unlock()
+	if k.quit == nil {
+		k.quit, k.done = make(chan struct{}), make(chan struct{})
+		go k.run(k.quit, k.done)
+	}
+}
+
+func (k *keeper) run(quit <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	t := time.NewTicker(k.every)
+	defer t.Stop()
+	for {
+		select {
+		case <-quit:
+			return
+		case <-t.C:
+		}
+		k.mu.Lock()
+		held := k.held // hold only appends: this prefix stays as it is
+		k.mu.Unlock()
+		for _, msg := range held {
+			// It fails for a message already settled, which needs none,
+			// or on a closed connection, whose messages are redelivered
+			// anyway.
+			_ = msg.InProgress()
+		}
+	}
+}
+
+// stop ends the goroutine and forgets the batch.
+func (k *keeper) stop() {
+	if k.quit == nil {
+		return
+	}
+	close(k.quit)
+	<-k.done
+	k.quit, k.done = nil, nil
+	clear(k.held)
+	k.held = k.held[:0]
 }
 
 func (w *worker) publish(in *input) {
@@ -216,6 +408,13 @@ func (w *worker) publish(in *input) {
 		return
 	}
 	in.seq, in.delivered = meta.Sequence.Stream, meta.NumDelivered
+	if in.delivered > 1 {
+		s.m.redelivered.Inc()
+	}
+	if w.timedOut != nil {
+		in.err = fmt.Errorf("not published, an earlier publish of the batch timed out: %w", w.timedOut)
+		return
+	}
 
 	var events []event.Event
 	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
@@ -270,11 +469,11 @@ func (w *worker) publish(in *input) {
 			)
 		}
 		telemetry.Inject(pubCtx, m.Header)
-		f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(s.cfg.PublishTimeout))
+		f, err := w.publishAsync(m)
 		if err != nil {
 			// The groups already sent are republished with the same ids
 			// on redelivery, and dropped as duplicates.
-			in.err = fmt.Errorf("publish %s: %w", m.Subject, err)
+			in.err = err
 			pubSpan.RecordError(err)
 			pubSpan.SetStatus(codes.Error, "publish")
 			pubSpan.End()
@@ -283,6 +482,26 @@ func (w *worker) publish(in *input) {
 		in.futures = append(in.futures, f)
 		in.pubSpans = append(in.pubSpans, pubSpan)
 		in.counts = append(in.counts, shardCount{shard: k, events: len(group)})
+	}
+}
+
+// publishAsync starts the publish of m, waiting at most PublishTimeout
+// for room among the pending publishes.
+func (w *worker) publishAsync(m *nats.Msg) (jetstream.PubAckFuture, error) {
+	f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(w.s.cfg.PublishTimeout))
+	if err != nil {
+		err = fmt.Errorf("publish %s: %w", m.Subject, err)
+		w.noteTimeout(err)
+		return nil, err
+	}
+	return f, nil
+}
+
+// noteTimeout remembers the first publish of the batch that timed out.
+func (w *worker) noteTimeout(err error) {
+	if w.timedOut == nil && (errors.Is(err, jetstream.ErrTooManyStalledMsgs) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+		w.timedOut = err
 	}
 }
 
@@ -321,6 +540,7 @@ func (w *worker) settle(in *input) {
 		in.span.RecordError(err)
 		in.span.SetStatus(codes.Error, "publish")
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
+		s.failed(err)
 		delay := s.cfg.Retry.Delay(int(in.delivered))
 		s.logger.Warn("partition failed, will retry", append(traceFields(in.span),
 			zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))...)
@@ -335,6 +555,7 @@ func (w *worker) settle(in *input) {
 		s.logger.Warn("ack", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(aerr))...)
 	}
 	s.m.messages.WithLabelValues(outcomeAcked).Inc()
+	s.settled()
 	for _, c := range in.counts {
 		s.m.events[c.shard].Add(float64(c.events))
 	}
@@ -359,8 +580,14 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 	// Not bound to the service's context: a shutdown settles what it fetched.
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.PublishTimeout)
 	defer cancel()
-	if _, err := w.js.PublishMsg(ctx, m); err != nil {
+	s.wd.Waiting(s.waitingOn("PubAck from " + streams.DeadLetter))
+	_, err := w.js.PublishMsg(ctx, m)
+	s.wd.Waiting(s.waitingOn("fetch from " + streams.Ingest)) // the rest of the batch
+	if err != nil {
+		err = fmt.Errorf("publish %s: %w", m.Subject, err)
+		w.noteTimeout(err)
 		s.m.messages.WithLabelValues(outcomeNaked).Inc()
+		s.failed(err)
 		s.logger.Warn("dead letter failed, will retry", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(err))...)
 		if nerr := in.msg.NakWithDelay(s.cfg.Retry.Delay(int(in.delivered))); nerr != nil {
 			s.logger.Warn("nak", zap.Uint64("seq", in.seq), zap.Error(nerr))
@@ -373,6 +600,22 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 	}
 	s.m.deadLetters.Inc()
 	s.m.messages.WithLabelValues(outcomeDeadLetter).Inc()
+	s.settled()
+}
+
+// settled reports a request acked or terminated: progress for the
+// watchdog, and the last failure is over.
+func (s *Service) settled() {
+	s.wd.Progress()
+	if s.failure.Load() != nil {
+		s.failure.Store(nil)
+	}
+}
+
+// failed records why a request was naked, for the stall report.
+func (s *Service) failed(err error) {
+	msg := err.Error()
+	s.failure.Store(&msg)
 }
 
 // traceFields are the trace_id and span_id of span, for the log lines of

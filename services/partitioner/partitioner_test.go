@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/goleak"
@@ -38,7 +39,6 @@ func testConfig(url string) Config {
 	cfg.Shards = testShards
 	cfg.FetchMaxWait = 100 * time.Millisecond
 	cfg.PublishTimeout = 2 * time.Second
-	cfg.AckWait = 5 * time.Second
 	cfg.InfoInterval = 100 * time.Millisecond
 	return cfg
 }
@@ -46,8 +46,14 @@ func testConfig(url string) Config {
 // start runs a partitioner until the test ends; Run must return nil.
 func start(t *testing.T, cfg Config) *Service {
 	t.Helper()
+	return startWith(t, cfg, zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)))
+}
+
+// startWith is start with the given logger.
+func startWith(t *testing.T, cfg Config, logger *zap.Logger) *Service {
+	t.Helper()
 	s, err := New(cfg, service.Deps{
-		Logger:         zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Logger:         logger,
 		Registry:       prometheus.NewRegistry(),
 		TracerProvider: noop.NewTracerProvider(),
 	})
@@ -104,24 +110,32 @@ func publishInputs(t *testing.T, js jetstream.JetStream, n, perInput int) map[ui
 // waitDrained waits until INGEST holds nothing and nothing is unacked.
 func waitDrained(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
-	require.Eventually(t, func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	drained := assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
 		defer cancel()
 		st, err := js.Stream(ctx, streams.Ingest)
-		if err != nil {
-			return false
+		if !assert.NoError(c, err) {
+			return
 		}
 		info, err := st.Info(ctx)
-		if err != nil || info.State.Msgs != 0 {
-			return false
+		if !assert.NoError(c, err) {
+			return
 		}
-		c, err := st.Consumer(ctx, ConsumerName)
-		if err != nil {
-			return false
+		assert.Zero(c, info.State.Msgs, "INGEST messages")
+		cons, err := st.Consumer(ctx, ConsumerName)
+		if !assert.NoError(c, err) {
+			return
 		}
-		ci, err := c.Info(ctx)
-		return err == nil && ci.NumAckPending == 0 && ci.NumPending == 0
+		ci, err := cons.Info(ctx)
+		if !assert.NoError(c, err) {
+			return
+		}
+		assert.Zero(c, ci.NumPending, "pending")
+		assert.Zero(c, ci.NumAckPending, "ack pending")
 	}, 30*time.Second, 20*time.Millisecond)
+	if !drained {
+		t.FailNow()
+	}
 }
 
 type eventsMsg struct {
@@ -375,7 +389,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.Shards = 0
 	cfg.Workers = 0
 	cfg.FetchBatch = 0
-	cfg.AckWait = time.Second
+	cfg.AckWait = 500 * time.Millisecond
 	cfg.Admin.Addr = "nope"
 	cfg.NATS.URL = ""
 	cfg.Retry.Multiplier = 0.5
@@ -394,5 +408,7 @@ func TestAckWaitStaysInsideTheDedupWindow(t *testing.T) {
 	cfg.AckWait = cfg.Streams.DuplicateWindow
 	require.ErrorContains(t, cfg.Validate(), "ack_wait must be below streams.duplicate_window (2m0s), got 2m0s")
 	cfg.AckWait = cfg.Streams.DuplicateWindow - time.Second
+	require.ErrorContains(t, cfg.Validate(), "let a request be republished 2m40s after its first publish")
+	cfg.AckWait = cfg.Streams.DuplicateWindow - 2*cfg.holdTime() - time.Second
 	require.NoError(t, cfg.Validate())
 }

@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -77,10 +75,10 @@ func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, 
 		Problems:  string(problems),
 	}.Msg()
 	telemetry.Inject(ctx, m.Header)
-	f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(w.s.cfg.PublishTimeout))
+	f, err := w.publishAsync(m)
 	if err != nil {
-		in.err = fmt.Errorf("publish %s: %w", m.Subject, err)
-		return in.err
+		in.err = err
+		return err
 	}
 	in.deadLetters = append(in.deadLetters, f)
 	in.invalid++
