@@ -44,6 +44,7 @@ func (ws *Watchdogs) For(label string) *Watchdog {
 	if label == "input" {
 		unit = "input"
 	}
+	ws.stalls.WithLabelValues(label) // shown at 0 before the first stall
 	return &Watchdog{ws: ws, label: label, unit: unit, check: "stalled " + unit, last: ws.now(), waiting: "start"}
 }
 

@@ -72,3 +72,14 @@ func TestWatchdogInputUnit(t *testing.T) {
 	require.Equal(t, []string{"stalled input: 3 pending, no progress for 2s, waiting on start"}, admin.NotReadyReasons())
 	require.Equal(t, 1.0, testutil.ToFloat64(ws.stalls.WithLabelValues("input")))
 }
+
+func TestWatchdogSeriesStartAtZero(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	admin, err := NewAdmin("127.0.0.1:0", reg, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = admin.Close() })
+	ws := newWatchdogs("batcher", time.Second, admin, zaptest.NewLogger(t), reg, time.Now)
+	ws.For("0")
+	ws.For("1")
+	require.Equal(t, 2, testutil.CollectAndCount(ws.stalls, "surge_batcher_stalls_total"))
+}
