@@ -411,13 +411,20 @@ func (p *pipeline) killDuringInsert(ctx context.Context, window time.Duration) (
 	ctx, cancel := context.WithTimeout(ctx, window)
 	defer cancel()
 	var caught insert
+	var last error
 	for {
-		srv, qid := p.runningInsert()
+		srv, qid, err := p.runningInsert()
+		if err != nil {
+			last = err
+		}
 		if qid != "" {
 			if err := sink.freeze(); err != nil {
 				return caught, err
 			}
 			running, err := insertRunning(srv, qid)
+			if err != nil {
+				last = err
+			}
 			if err == nil && running {
 				sink.stop(syscall.SIGKILL)
 				caught.server, caught.queryID = srv.Addr(), qid
@@ -429,22 +436,28 @@ func (p *pipeline) killDuringInsert(ctx context.Context, window time.Duration) (
 			caught.missed++
 		}
 		if err := sleep(ctx, 2*time.Millisecond); err != nil {
-			return caught, fmt.Errorf("no sink insert still running once the sink was frozen within %s (%d ended first): %w", window, caught.missed, err)
+			return caught, fmt.Errorf("no sink insert still running once the sink was frozen within %s (%d ended first, last query error: %v): %w",
+				window, caught.missed, last, err)
 		}
 	}
 }
 
 // runningInsert returns a sink insert ClickHouse runs now and its server,
 // or "" when there is none. A server that does not answer (stopped for an
-// outage) has none.
-func (p *pipeline) runningInsert() (*chserver.Server, string) {
+// outage) has none; the last error is returned for the report.
+func (p *pipeline) runningInsert() (*chserver.Server, string, error) {
+	var last error
 	for _, srv := range p.clickhouse.Servers {
-		out, err := chQuery(srv, "SELECT query_id FROM system.processes WHERE query_id LIKE 'surge-sink-%' AND query ILIKE 'INSERT%' LIMIT 1")
-		if qid := strings.TrimSpace(out); err == nil && qid != "" {
-			return srv, qid
+		out, err := chQuery(srv, "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT') LIMIT 1")
+		if err != nil {
+			last = err
+			continue
+		}
+		if qid := strings.TrimSpace(out); qid != "" {
+			return srv, qid, nil
 		}
 	}
-	return nil, ""
+	return nil, "", last
 }
 
 // insertRunning reports whether the query qid still runs on srv.
