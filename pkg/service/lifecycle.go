@@ -48,10 +48,9 @@ func (d Deps) Validate() error {
 type Spec struct {
 	// Name is the service's short name ("batcher"): its NATS connection is
 	// surge-<name> and its tracer github.com/surge-events/surge/services/<name>.
-	Name    string
-	NATS    NATSConfig
-	Streams streams.Config
-	Admin   AdminConfig
+	Name string
+	// Common holds the NATS, stream and admin settings the lifecycle uses.
+	Common
 	// JetStream are options of the JetStream context handed to the body.
 	JetStream []jetstream.JetStreamOpt
 }

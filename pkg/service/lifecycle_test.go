@@ -26,12 +26,9 @@ func testDeps(t *testing.T) Deps {
 }
 
 func testSpec(url string) Spec {
-	return Spec{
-		Name:    "test",
-		NATS:    NATSConfig{URL: url, ConnectTimeout: 10 * time.Second},
-		Streams: streams.DefaultConfig(),
-		Admin:   AdminConfig{Addr: "127.0.0.1:0"},
-	}
+	c := DefaultCommon("127.0.0.1:0")
+	c.NATS = NATSConfig{URL: url, ConnectTimeout: 10 * time.Second}
+	return Spec{Name: "test", Common: c}
 }
 
 // startNATS runs an embedded JetStream server on port (-1: a free one)
@@ -258,4 +255,13 @@ func TestNotReadyReasonsAreSortedAndCleared(t *testing.T) {
 	code, _, err = readyz(a.Addr())
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, code)
+}
+
+func TestCommonValidateNamesSections(t *testing.T) {
+	c := DefaultCommon("nope")
+	c.NATS.URL = ""
+	c.Streams.Replicas = 0
+	err := c.Validate()
+	require.Equal(t, "nats: url is required\nstreams: replicas must be 1 to 5, got 0\nadmin: addr: address nope: missing port in address", err.Error())
+	require.NoError(t, DefaultCommon(":8081").Validate())
 }

@@ -60,10 +60,8 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, fmt.Errorf("batcher config: %w", err)
 	}
 	host, err := service.NewHost(service.Spec{
-		Name:    "batcher",
-		NATS:    cfg.NATS,
-		Streams: cfg.Streams,
-		Admin:   cfg.Admin,
+		Name:   "batcher",
+		Common: cfg.Common,
 	}, deps)
 	if err != nil {
 		return nil, err

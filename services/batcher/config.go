@@ -11,15 +11,11 @@ import (
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Config is the batcher's configuration.
 type Config struct {
-	NATS    service.NATSConfig  `yaml:"nats" env:"NATS"`
-	Streams streams.Config      `yaml:"streams" env:"STREAMS"`
-	Log     telemetry.LogConfig `yaml:"log" env:"LOG"`
-	Admin   service.AdminConfig `yaml:"admin" env:"ADMIN"`
+	service.Common `yaml:",inline"`
 
 	// Ownership is the number of shards and the ones this process batches
 	// (shards, owned_shards). Each shard must have exactly one running
@@ -57,10 +53,7 @@ type Config struct {
 // DefaultConfig returns the defaults of every setting.
 func DefaultConfig() Config {
 	return Config{
-		NATS:            service.DefaultNATSConfig(),
-		Streams:         streams.DefaultConfig(),
-		Log:             telemetry.DefaultLogConfig(),
-		Admin:           service.AdminConfig{Addr: ":8083"},
+		Common:          service.DefaultCommon(":8083"),
 		Ownership:       shard.Ownership{Shards: 8},
 		Policy:          batch.DefaultPolicy(),
 		PublishTimeout:  10 * time.Second,
@@ -72,16 +65,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// Logging returns the log settings.
-func (c Config) Logging() telemetry.LogConfig { return c.Log }
-
 // Validate reports every problem of the configuration.
 func (c Config) Validate() error {
 	errs := []error{
-		config.Section("nats", c.NATS.Validate()),
-		config.Section("streams", c.Streams.Validate()),
-		config.Section("log", c.Log.Validate()),
-		config.Section("admin", c.Admin.Validate()),
+		c.Common.Validate(),
 		c.Ownership.Validate(),
 		config.Section("batch", c.Policy.Validate()),
 		config.Section("retry", c.Retry.Validate()),

@@ -10,24 +10,16 @@ import (
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/service"
-	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Config is everything ingest can be configured with.
 type Config struct {
+	service.Common `yaml:",inline"`
+
 	// HTTP places and times the public event API.
 	HTTP HTTPConfig `yaml:"http" env:"HTTP"`
 	// Ingest bounds requests and maps API keys to tenants.
 	Ingest Settings `yaml:"ingest" env:"INGEST"`
-	// NATS says how to reach NATS.
-	NATS service.NATSConfig `yaml:"nats" env:"NATS"`
-	// Streams sizes the JetStream streams ingest ensures at start.
-	Streams streams.Config `yaml:"streams" env:"STREAMS"`
-	// Log chooses the log level and format.
-	Log telemetry.LogConfig `yaml:"log" env:"LOG"`
-	// Admin places /healthz, /readyz and /metrics.
-	Admin service.AdminConfig `yaml:"admin" env:"ADMIN"`
 }
 
 // HTTPConfig places and times the public HTTP server.
@@ -75,6 +67,7 @@ type Settings struct {
 // DefaultConfig listens on :8080 (admin :8081) with the documented limits.
 func DefaultConfig() Config {
 	return Config{
+		Common: service.DefaultCommon(":8081"),
 		HTTP: HTTPConfig{
 			Addr:              ":8080",
 			ReadHeaderTimeout: 5 * time.Second,
@@ -92,26 +85,16 @@ func DefaultConfig() Config {
 			RetryAfter:     time.Second,
 			DefaultTenant:  "default",
 		},
-		NATS:    service.DefaultNATSConfig(),
-		Streams: streams.DefaultConfig(),
-		Log:     telemetry.DefaultLogConfig(),
-		Admin:   service.AdminConfig{Addr: ":8081"},
 	}
 }
-
-// Logging returns the log settings.
-func (c Config) Logging() telemetry.LogConfig { return c.Log }
 
 // Validate reports every problem of the configuration, each prefixed by
 // its section.
 func (c Config) Validate() error {
 	errs := []error{
+		c.Common.Validate(),
 		config.Section("http", c.HTTP.Validate()),
 		config.Section("ingest", c.Ingest.Validate()),
-		config.Section("nats", c.NATS.Validate()),
-		config.Section("streams", c.Streams.Validate()),
-		config.Section("log", c.Log.Validate()),
-		config.Section("admin", c.Admin.Validate()),
 	}
 	// Checks across sections.
 	if c.Ingest.MaxBodyBytes > int64(c.Streams.MaxMsgSize) {

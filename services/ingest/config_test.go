@@ -30,14 +30,14 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	err := cfg.Validate()
 	require.Error(t, err)
 	require.Equal(t, []string{
+		"nats: url is required",
+		`log: format must be json or console, got "xml"`,
 		"http: addr: address nope: missing port in address",
 		"http: read_timeout must be positive, got 0s",
 		"ingest: max_events must be at least 1, got 0",
 		"ingest: max_in_flight must be at least 1, got -1",
 		"ingest: api_keys: key 1 is empty",
 		`ingest: api_keys: tenant "not ok!" of key 3 must be 1 to 64 letters, digits, '_' or '-'`,
-		"nats: url is required",
-		`log: format must be json or console, got "xml"`,
 		"ingest: max_body_bytes 16777216 exceeds streams.max_msg_size 8388608",
 	}, strings.Split(err.Error(), "\n"))
 	require.NotContains(t, err.Error(), "k2", "keys are secrets")

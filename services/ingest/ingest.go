@@ -52,10 +52,8 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, fmt.Errorf("ingest config: %w", err)
 	}
 	host, err := service.NewHost(service.Spec{
-		Name:    "ingest",
-		NATS:    cfg.NATS,
-		Streams: cfg.Streams,
-		Admin:   cfg.Admin,
+		Name:   "ingest",
+		Common: cfg.Common,
 	}, deps)
 	if err != nil {
 		return nil, err

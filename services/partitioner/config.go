@@ -8,16 +8,11 @@ import (
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
-	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Config is the partitioner's configuration.
 type Config struct {
-	NATS    service.NATSConfig  `yaml:"nats" env:"NATS"`
-	Streams streams.Config      `yaml:"streams" env:"STREAMS"`
-	Log     telemetry.LogConfig `yaml:"log" env:"LOG"`
-	Admin   service.AdminConfig `yaml:"admin" env:"ADMIN"`
+	service.Common `yaml:",inline"`
 
 	// Shards is the number of logical shards events are spread over.
 	Shards int `yaml:"shards" env:"SHARDS"`
@@ -77,10 +72,7 @@ type ProducerLimits struct {
 // DefaultConfig returns the defaults of every setting.
 func DefaultConfig() Config {
 	return Config{
-		NATS:              service.DefaultNATSConfig(),
-		Streams:           streams.DefaultConfig(),
-		Log:               telemetry.DefaultLogConfig(),
-		Admin:             service.AdminConfig{Addr: ":8082"},
+		Common:            service.DefaultCommon(":8082"),
 		Shards:            8,
 		Workers:           2,
 		FetchBatch:        256,
@@ -96,16 +88,10 @@ func DefaultConfig() Config {
 	}
 }
 
-// Logging returns the log settings.
-func (c Config) Logging() telemetry.LogConfig { return c.Log }
-
 // Validate reports every problem of the configuration.
 func (c Config) Validate() error {
 	errs := []error{
-		config.Section("nats", c.NATS.Validate()),
-		config.Section("streams", c.Streams.Validate()),
-		config.Section("log", c.Log.Validate()),
-		config.Section("admin", c.Admin.Validate()),
+		c.Common.Validate(),
 		config.Section("retry", c.Retry.Validate()),
 	}
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }

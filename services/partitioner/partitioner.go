@@ -69,10 +69,8 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, fmt.Errorf("partitioner config: %w", err)
 	}
 	host, err := service.NewHost(service.Spec{
-		Name:    "partitioner",
-		NATS:    cfg.NATS,
-		Streams: cfg.Streams,
-		Admin:   cfg.Admin,
+		Name:   "partitioner",
+		Common: cfg.Common,
 		JetStream: []jetstream.JetStreamOpt{
 			jetstream.WithPublishAsyncMaxPending(cfg.MaxPublishPending),
 			jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),

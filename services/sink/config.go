@@ -20,14 +20,13 @@ import (
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Config is the sink's configuration.
 type Config struct {
-	NATS       service.NATSConfig `yaml:"nats" env:"NATS"`
-	Streams    streams.Config     `yaml:"streams" env:"STREAMS"`
-	ClickHouse ClickHouseConfig   `yaml:"clickhouse" env:"CLICKHOUSE"`
+	service.Common `yaml:",inline"`
+
+	ClickHouse ClickHouseConfig `yaml:"clickhouse" env:"CLICKHOUSE"`
 	// Retry paces the retries of schema creation, fetches, inserts and
 	// dead-letter publishes.
 	Retry retry.Config `yaml:"retry" env:"RETRY"`
@@ -41,9 +40,7 @@ type Config struct {
 	// StallTimeout is how long a shard may have batches waiting and land
 	// none before the sink logs it, counts it in surge_sink_stalls_total,
 	// turns /readyz not ready and recreates the shard's consumer.
-	StallTimeout time.Duration       `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
-	Log          telemetry.LogConfig `yaml:"log" env:"LOG"`
-	Admin        service.AdminConfig `yaml:"admin" env:"ADMIN"`
+	StallTimeout time.Duration `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
 	// Ownership is the number of shards (SURGE_SHARDS) and the shards this
 	// sink consumes (owned_shards, SURGE_OWNED_SHARDS; empty means all). To
 	// scale out, give each sink its own set: a shard must have one active
@@ -77,8 +74,7 @@ type ClickHouseConfig struct {
 // shards, all owned.
 func DefaultConfig() Config {
 	return Config{
-		NATS:    service.DefaultNATSConfig(),
-		Streams: streams.DefaultConfig(),
+		Common: service.DefaultCommon(":8084"),
 		ClickHouse: ClickHouseConfig{
 			Addrs:         []string{"127.0.0.1:9000"},
 			Database:      "surge",
@@ -90,25 +86,17 @@ func DefaultConfig() Config {
 		Retry:        retry.DefaultConfig(5 * time.Second),
 		AckWait:      5 * time.Second,
 		StallTimeout: 30 * time.Second,
-		Log:          telemetry.DefaultLogConfig(),
-		Admin:        service.AdminConfig{Addr: ":8084"},
 		Ownership:    shard.Ownership{Shards: 8},
 	}
 }
 
-// Logging returns the log settings.
-func (c Config) Logging() telemetry.LogConfig { return c.Log }
-
 // Validate reports every problem at once, each prefixed by its section.
 func (c Config) Validate() error {
 	errs := []error{
-		config.Section("nats", c.NATS.Validate()),
-		config.Section("streams", c.Streams.Validate()),
+		c.Common.Validate(),
 		config.Section("clickhouse", c.ClickHouse.validate(c.Shards)),
 		config.Section("retry", c.Retry.Validate()),
 		c.validateLiveness(),
-		config.Section("log", c.Log.Validate()),
-		config.Section("admin", c.Admin.Validate()),
 		c.Ownership.Validate(),
 	}
 	return errors.Join(errs...)

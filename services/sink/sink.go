@@ -61,10 +61,8 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, fmt.Errorf("sink config: %w", err)
 	}
 	host, err := service.NewHost(service.Spec{
-		Name:    "sink",
-		NATS:    cfg.NATS,
-		Streams: cfg.Streams,
-		Admin:   cfg.Admin,
+		Name:   "sink",
+		Common: cfg.Common,
 	}, deps)
 	if err != nil {
 		return nil, err
