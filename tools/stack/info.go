@@ -24,6 +24,9 @@ type Info struct {
 	ClickHouse   []string `json:"clickhouse_native"`
 	HTTP         []string `json:"clickhouse_http"`
 	Database     string   `json:"database"`
+	// Admin maps each service (ingest, partitioner, batcher, sink) to its
+	// admin address: /metrics, /healthz, /readyz.
+	Admin map[string]string `json:"admin"`
 }
 
 // Info describes where s listens.
@@ -31,6 +34,10 @@ func (s *Stack) Info() Info {
 	info := Info{
 		IngestURL: s.IngestURL, NATSURL: s.NATS.ClientURL(), NATSUser: s.NATSAuth.User, NATSPassword: s.NATSAuth.Password,
 		MQTTPort: s.MQTTPort, ClickHouse: s.ClickHouse.Addrs(), Database: s.Database,
+		Admin: map[string]string{},
+	}
+	for _, p := range s.Parts {
+		info.Admin[p.Name] = p.AdminAddr
 	}
 	for _, srv := range s.ClickHouse.Servers {
 		info.HTTP = append(info.HTTP, srv.HTTPAddr())
