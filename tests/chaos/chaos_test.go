@@ -448,7 +448,7 @@ func (p *pipeline) killDuringInsert(ctx context.Context, window time.Duration) (
 func (p *pipeline) runningInsert() (*chserver.Server, string, error) {
 	var last error
 	for _, srv := range p.clickhouse.Servers {
-		out, err := chQuery(srv, "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT') LIMIT 1")
+		out, err := chQuery(srv.HTTPAddr(), "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT') LIMIT 1")
 		if err != nil {
 			last = err
 			continue
@@ -465,7 +465,7 @@ func insertRunning(srv *chserver.Server, qid string) (bool, error) {
 	if strings.ContainsAny(qid, `'\`) {
 		return false, fmt.Errorf("unexpected query id %q", qid)
 	}
-	out, err := chQuery(srv, "SELECT count() FROM system.processes WHERE query_id = '"+qid+"'")
+	out, err := chQuery(srv.HTTPAddr(), "SELECT count() FROM system.processes WHERE query_id = '"+qid+"'")
 	if err != nil {
 		return false, err
 	}
@@ -475,9 +475,10 @@ func insertRunning(srv *chserver.Server, qid string) (bool, error) {
 // httpc serves the test's own requests to ClickHouse and the NATS monitor.
 var httpc = &http.Client{Timeout: 30 * time.Second}
 
-// chQuery runs SQL over ClickHouse's HTTP interface and returns the TSV answer.
-func chQuery(srv *chserver.Server, sql string) (string, error) {
-	resp, err := httpc.Post("http://"+srv.HTTPAddr()+"/?database=surge", "text/plain", strings.NewReader(sql))
+// chQuery runs SQL over the HTTP interface of the ClickHouse server at addr
+// and returns the TSV answer.
+func chQuery(addr, sql string) (string, error) {
+	resp, err := httpc.Post("http://"+addr+"/?database=surge", "text/plain", strings.NewReader(sql))
 	if err != nil {
 		return "", err
 	}
@@ -495,7 +496,13 @@ func chQuery(srv *chserver.Server, sql string) (string, error) {
 // totals sums uniqExact(event_id) and count() over the servers, 0 when a
 // server does not answer.
 func (p *pipeline) totals() (uniq, total uint64) {
-	for _, srv := range p.clickhouse.Servers {
+	return chTotals(p.chHTTP())
+}
+
+// chTotals sums uniqExact(event_id) and count() over the servers at
+// servers (HTTP addresses), 0 when a server does not answer.
+func chTotals(servers []string) (uniq, total uint64) {
+	for _, srv := range servers {
 		out, err := chQuery(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
 		if err != nil {
 			return 0, 0
@@ -541,13 +548,30 @@ func (p *pipeline) streamMsgs(stream string) int64 {
 	return -1
 }
 
-// check asserts exactly once: per server no duplicates without FINAL, the
-// set of ids equals the accepted set, rejected ids absent, each row on its
-// shard and server, DEAD_LETTER empty.
+// check asserts exactly once (checkExactlyOnce) and that DEAD_LETTER is empty.
 func (p *pipeline) check(t *testing.T, load *load) {
 	t.Helper()
-	seen := make(map[string]int, len(load.accepted))
-	for i, srv := range p.clickhouse.Servers {
+	checkExactlyOnce(t, p.chHTTP(), load.accepted, load.rejectedIDs)
+	require.Equal(t, int64(0), p.streamMsgs("DEAD_LETTER"), "dead letters")
+}
+
+// chHTTP is the HTTP address of every ClickHouse server, in shard-server order.
+func (p *pipeline) chHTTP() []string {
+	var addrs []string
+	for _, srv := range p.clickhouse.Servers {
+		addrs = append(addrs, srv.HTTPAddr())
+	}
+	return addrs
+}
+
+// checkExactlyOnce asserts exactly once over the ClickHouse servers at
+// servers (HTTP addresses, in shard-server order): per server no duplicates
+// without FINAL (count() = uniqExact(event_id)), the set of ids equals
+// accepted, rejected ids absent, each row on its shard and server.
+func checkExactlyOnce(t *testing.T, servers []string, accepted map[string]struct{}, rejected []string) {
+	t.Helper()
+	seen := make(map[string]int, len(accepted))
+	for i, srv := range servers {
 		out, err := chQuery(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local")
 		require.NoError(t, err)
 		var c, u uint64
@@ -566,10 +590,10 @@ func (p *pipeline) check(t *testing.T, load *load) {
 			id, ten, user := f[0], f[1], f[2]
 			k, err := strconv.Atoi(f[3])
 			require.NoError(t, err)
-			_, ok := load.accepted[id]
+			_, ok := accepted[id]
 			require.True(t, ok, "event %s in ClickHouse never got a 202", id)
 			require.Equal(t, shard.Of(ten, user, shards), k, "event %s on the wrong shard", id)
-			require.Equal(t, i, k%len(p.clickhouse.Servers), "event %s of shard %d on server %d", id, k, i)
+			require.Equal(t, i, k%len(servers), "event %s of shard %d on server %d", id, k, i)
 			_, prev := seen[id]
 			require.False(t, prev, "event %s on two servers", id)
 			seen[id] = i
@@ -578,16 +602,15 @@ func (p *pipeline) check(t *testing.T, load *load) {
 		require.NoError(t, sc.Err())
 		require.Equal(t, int(c), rows)
 	}
-	for id := range load.accepted {
+	for id := range accepted {
 		_, ok := seen[id]
 		require.True(t, ok, "accepted event %s is not in ClickHouse", id)
 	}
-	for _, id := range load.rejectedIDs {
+	for _, id := range rejected {
 		_, ok := seen[id]
 		require.False(t, ok, "rejected event %s is in ClickHouse", id)
 	}
-	require.Len(t, seen, len(load.accepted))
-	require.Equal(t, int64(0), p.streamMsgs("DEAD_LETTER"), "dead letters")
+	require.Len(t, seen, len(accepted))
 }
 
 func (p *pipeline) dumpLogs(t *testing.T) {

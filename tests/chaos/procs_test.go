@@ -193,8 +193,11 @@ func (p *proc) thaw() error {
 }
 
 // tail is the end of the process's log, for failure messages.
-func (p *proc) tail(n int) string {
-	data, err := os.ReadFile(p.logPath)
+func (p *proc) tail(n int) string { return tailFile(p.logPath, n) }
+
+// tailFile is the last n lines of the file at path.
+func tailFile(path string, n int) string {
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return err.Error()
 	}

@@ -1,0 +1,747 @@
+package chaos
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/services/sink"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// The crash loop's shape. Each kill comes a random killMin..killMax after
+// the previous start became ready, though not before every sink shard has
+// resumed or resumeWithin has passed; but one comes only quickKillMin..
+// quickKillMax after a restart, whatever the shards do, while the stack is
+// still catching up.
+const (
+	crashClients = 4
+	// Each request carries crashEventsMin..crashEventsMax events.
+	crashEventsMin, crashEventsMax = 200, 400
+	// crashPace is each client's pause between two requests: about 6,000
+	// events/s in all while the stack is up, a burst of retries after.
+	crashPace                  = 200 * time.Millisecond
+	killMin, killMax           = 2 * time.Second, 8 * time.Second
+	quickKillMin, quickKillMax = 500 * time.Millisecond, 2 * time.Second
+	// resumeWithin is how soon after a restart is ready every shard with
+	// pending work must insert again (issue 9: the old stall was a
+	// minute, the sink's 65 s AckWait).
+	resumeWithin = 5 * time.Second
+	// restartReady bounds a restart, from start to ready.
+	restartReady = time.Minute
+	// goneWithin bounds how long the killed processes take to go.
+	goneWithin = 30 * time.Second
+)
+
+// TestCrashLoop runs the stack as users run it, `surge up` (embedded NATS,
+// the four services and the clickhouse-server children), under HTTP load,
+// SIGKILLs all of it at random moments and restarts it in the same data
+// folder each time. After every restart each sink shard that has work
+// pending must insert again within resumeWithin; at the end every event
+// that got a 202 must be in ClickHouse exactly once.
+//
+// Settings (environment):
+//
+//	SURGE_CRASHLOOP_CYCLES  kills (default 5; `go tool task chaos:crashloop` runs 20)
+//	SURGE_CRASHLOOP_SEED    the schedule's seed (default: random, printed)
+//	SURGE_CRASHLOOP_LOG     a file that keeps surge up's output (default: a temporary one)
+func TestCrashLoop(t *testing.T) {
+	if testing.Short() {
+		t.Skip("crash-loop test skipped in -short mode")
+	}
+	if _, err := os.Stat(chserver.Binary); err != nil {
+		t.Fatalf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
+	}
+	cycles, seed := crashLoopSettings(t)
+	t.Logf("crashloop: seed %d (replay with SURGE_CRASHLOOP_SEED=%d), %d kills", seed, seed, cycles)
+	rng := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
+	started := time.Now()
+
+	becomeSubreaper(t)
+	tmp := t.TempDir()
+	ports, err := chserver.FreePorts(1)
+	require.NoError(t, err)
+	up := &surgeUp{
+		bin: buildSurge(t, tmp), dir: filepath.Join(tmp, "data"), logPath: filepath.Join(tmp, "surge.log"),
+		httpAddr: "127.0.0.1:" + strconv.Itoa(ports[0]),
+	}
+	if p := os.Getenv("SURGE_CRASHLOOP_LOG"); p != "" {
+		up.logPath = p
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- surge up output (last lines) ----\n%s", tailFile(up.logPath, 60))
+		}
+		if _, err := up.kill(goneWithin); err != nil {
+			t.Errorf("stop surge up: %v", err)
+		}
+	})
+	require.NoError(t, up.start())
+	info, ready, err := up.waitReady(t.Context(), 2*time.Minute)
+	require.NoError(t, err)
+	t.Logf("crashloop: surge up ready in %s", time.Since(started).Round(time.Millisecond))
+
+	// The load runs across every kill: issue ends new requests, abort
+	// (the test's end) ends the requests in flight too.
+	l := &crashLoad{load: newLoad("http://"+up.httpAddr+"/v1/events", settings{}, rng.Uint64())}
+	issue, stopIssuing := context.WithCancel(t.Context())
+	abort, stopAll := context.WithCancel(t.Context())
+	loadDone := make(chan struct{})
+	loadStart := time.Now()
+	go func() {
+		defer close(loadDone)
+		l.run(issue, abort)
+	}()
+	t.Cleanup(func() {
+		stopIssuing()
+		stopAll()
+		<-loadDone
+	})
+	since := func(tm time.Time) float64 { return tm.Sub(loadStart).Seconds() }
+
+	quick := 1
+	if cycles > 1 {
+		quick = 2 + rng.IntN(cycles-1)
+	}
+	var restarts []restartReport
+	for n := 1; n <= cycles; n++ {
+		delay := killMin + randDuration(rng, killMax-killMin)
+		if n == quick {
+			delay = quickKillMin + randDuration(rng, quickKillMax-quickKillMin)
+		}
+		killAt := ready.Add(delay)
+		if n > 1 {
+			// Only the quick kill may cut the watch short: the others wait
+			// for it, so every shard's resume is judged.
+			watchUntil := ready.Add(resumeWithin)
+			if n == quick {
+				watchUntil = killAt
+			}
+			shards, err := watchResume(t.Context(), info, ready, watchUntil)
+			require.NoError(t, err, "restart %d", n-1)
+			restarts = append(restarts, restartReport{n: n - 1, ready: since(ready), shards: shards})
+		}
+		require.NoError(t, sleep(t.Context(), time.Until(killAt)))
+		killed := time.Now()
+		groups, err := up.kill(goneWithin)
+		require.NoError(t, err, "kill %d", n)
+		kind := ""
+		if n == quick {
+			kind = " (the quick one)"
+		}
+		t.Logf("crashloop: kill %d%s at %7.2fs, %.2fs after the stack was ready: %d process groups gone in %s (%d events accepted so far)",
+			n, kind, since(killed), killed.Sub(ready).Seconds(), groups, time.Since(killed).Round(time.Millisecond), l.acceptedEvents())
+
+		pause := randDuration(rng, time.Second)
+		require.NoError(t, sleep(t.Context(), pause))
+		require.NoError(t, up.start())
+		info, ready, err = up.waitReady(t.Context(), restartReady)
+		require.NoError(t, err, "restart %d", n)
+		t.Logf("crashloop: restart %d ready at %7.2fs, %s after the kill (restarted after a %s pause)",
+			n, since(ready), ready.Sub(killed).Round(time.Millisecond), pause.Round(time.Millisecond))
+	}
+	shards, err := watchResume(t.Context(), info, ready, ready.Add(resumeWithin))
+	require.NoError(t, err, "restart %d", cycles)
+	restarts = append(restarts, restartReport{n: cycles, ready: since(ready), shards: shards})
+
+	stopIssuing()
+	select {
+	case <-loadDone:
+	case <-time.After(retryFor + 30*time.Second):
+		t.Fatal("crashloop: the requests in flight did not end")
+	}
+	t.Logf("crashloop: load done in %s: %d requests accepted, %d events accepted, %d retries, statuses %v",
+		time.Since(loadStart).Round(time.Millisecond), l.acceptedRequests.Load(), l.acceptedEvents(), l.retries.Load(), l.statuses())
+	require.Empty(t, l.failures(), "requests that never got a 202 or got an unexpected answer")
+
+	maxResume := checkResumes(t, restarts)
+
+	// Drain: every accepted event in ClickHouse, nothing left in INGEST or BATCHES.
+	nc, js, err := connectJS(info)
+	require.NoError(t, err)
+	defer nc.Close()
+	want := uint64(len(l.accepted))
+	drainStart := time.Now()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		uniq, _ := chTotals(info.HTTP)
+		assert.GreaterOrEqual(c, uniq, want, "distinct events in ClickHouse")
+		for _, name := range []string{streams.Ingest, streams.Batches} {
+			n, err := streamMsgs(t.Context(), js, name)
+			if assert.NoError(c, err) {
+				assert.Zero(c, n, "messages in %s", name)
+			}
+		}
+	}, 2*time.Minute, 200*time.Millisecond, "pipeline did not drain")
+	uniq, total := chTotals(info.HTTP)
+	t.Logf("crashloop: drained in %s (clickhouse uniq=%d count=%d want=%d)", time.Since(drainStart).Round(time.Millisecond), uniq, total, want)
+
+	checkExactlyOnce(t, info.HTTP, l.accepted, nil)
+	dead, err := streamMsgs(t.Context(), js, streams.DeadLetter)
+	require.NoError(t, err)
+	require.Zero(t, dead, "dead letters")
+	t.Logf("crashloop: seed %d passed in %s: %d kills, %d events exactly once, slowest shard resumed %.2fs after ready",
+		seed, time.Since(started).Round(time.Second), cycles, want, maxResume.Seconds())
+}
+
+// randDuration is a random duration in [0, d).
+func randDuration(rng *rand.Rand, d time.Duration) time.Duration {
+	return time.Duration(rng.Int64N(int64(d)))
+}
+
+func crashLoopSettings(t *testing.T) (cycles int, seed uint64) {
+	t.Helper()
+	cycles, seed = 5, rand.Uint64()
+	if v := os.Getenv("SURGE_CRASHLOOP_CYCLES"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "SURGE_CRASHLOOP_CYCLES")
+		require.Positive(t, n, "SURGE_CRASHLOOP_CYCLES")
+		cycles = n
+	}
+	if v := os.Getenv("SURGE_CRASHLOOP_SEED"); v != "" {
+		s, err := strconv.ParseUint(v, 10, 64)
+		require.NoError(t, err, "SURGE_CRASHLOOP_SEED")
+		seed = s
+	}
+	return cycles, seed
+}
+
+// restartReport is what the sink's shards did after one (re)start.
+type restartReport struct {
+	n      int
+	ready  float64 // seconds since the load started
+	shards []shardResume
+}
+
+// shardResume is one sink shard after a restart.
+type shardResume struct {
+	shard int
+	// The shard's work pending when the stack was ready: batches waiting
+	// or unacked in its BATCHES consumer, messages in EVENTS the batcher
+	// has not read, and requests in INGEST (every shard's).
+	batches, events, ingest uint64
+	// resumed says the shard handled a batch (inserted, duplicate or dead
+	// letter: its surge_sink_batches_total rose from 0) after's time after
+	// the stack was ready; 0 when it had before.
+	resumed bool
+	after   time.Duration
+	// cut says the next kill came before the shard resumed and before
+	// resumeWithin had passed: nothing can be said.
+	cut bool
+}
+
+// pending says the shard had work to do when the stack was ready.
+func (s shardResume) pending() bool { return s.batches+s.events+s.ingest > 0 }
+
+// checkResumes asserts that after every restart every shard with pending
+// work resumed within resumeWithin, prints each shard's resume time, and
+// returns the slowest.
+func checkResumes(t *testing.T, restarts []restartReport) time.Duration {
+	t.Helper()
+	var slowest time.Duration
+	for _, r := range restarts {
+		var line []string
+		for _, s := range r.shards {
+			resumed := "-"
+			switch {
+			case s.resumed:
+				resumed = fmt.Sprintf("%.2fs", s.after.Seconds())
+			case s.cut:
+				resumed = "cut"
+			}
+			line = append(line, fmt.Sprintf("%d:%s(%d/%d/%d)", s.shard, resumed, s.batches, s.events, s.ingest))
+			if !s.pending() || s.cut {
+				continue
+			}
+			if assert.True(t, s.resumed, "restart %d: shard %d had work pending at ready (%d batches, %d EVENTS messages, %d INGEST requests) and handled no batch within %s",
+				r.n, s.shard, s.batches, s.events, s.ingest, resumeWithin) {
+				slowest = max(slowest, s.after)
+			}
+		}
+		t.Logf("crashloop: restart %d (ready at %7.2fs) shard:resumed after ready(pending batches/events/ingest requests at ready): %s", r.n, r.ready, strings.Join(line, " "))
+	}
+	return slowest
+}
+
+// watchResume notes each sink shard's pending work at ready, then polls the
+// sink's surge_sink_batches_total until every shard has handled a batch,
+// resumeWithin has passed since ready, or until. Only the shards with
+// pending work must have resumed (checkResumes); the others are shown.
+func watchResume(ctx context.Context, info stack.Info, ready, until time.Time) ([]shardResume, error) {
+	nc, js, err := connectJS(info)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	out, err := pendingWork(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	addr := info.Admin["sink"]
+	if addr == "" {
+		return nil, fmt.Errorf("%s has no sink admin address: %v", stack.InfoFile, info.Admin)
+	}
+	deadline := ready.Add(resumeWithin)
+	for {
+		handled, err := sinkBatches(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		now := time.Now()
+		waiting := false
+		for k := range out {
+			if !out[k].resumed && handled[k] > 0 {
+				out[k].resumed, out[k].after = true, max(0, now.Sub(ready))
+			}
+			waiting = waiting || !out[k].resumed
+		}
+		if !waiting || now.After(deadline) {
+			return out, nil
+		}
+		if !now.Before(until) {
+			for k := range out {
+				out[k].cut = !out[k].resumed
+			}
+			return out, nil
+		}
+		if err := sleep(ctx, 25*time.Millisecond); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// pendingWork reads each shard's pending work from JetStream.
+func pendingWork(ctx context.Context, js jetstream.JetStream) ([]shardResume, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	ingest, err := streamMsgs(ctx, js, streams.Ingest)
+	if err != nil {
+		return nil, err
+	}
+	unread, err := eventsUnread(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]shardResume, shards)
+	for k := range out {
+		cons, err := js.Consumer(ctx, streams.Batches, sink.ConsumerName(k))
+		if err != nil {
+			return nil, fmt.Errorf("consumer %s: %w", sink.ConsumerName(k), err)
+		}
+		ci := cons.CachedInfo()
+		out[k] = shardResume{
+			shard: k, batches: ci.NumPending + uint64(ci.NumAckPending),
+			events: unread[streams.EventsSubject(k)], ingest: ingest,
+		}
+	}
+	return out, nil
+}
+
+// eventsUnread is, per EVENTS subject, the messages the batcher has not
+// read. It reads each shard with an ordered consumer that a restart
+// replaces; the one a killed batcher left lingers until its inactivity
+// threshold and counts everything since, so the smallest pending count of
+// the consumers on a subject is the batcher's (as stack.BacklogOf does).
+func eventsUnread(ctx context.Context, js jetstream.JetStream) (map[string]uint64, error) {
+	stream, err := js.Stream(ctx, streams.Events)
+	if err != nil {
+		return nil, fmt.Errorf("stream %s: %w", streams.Events, err)
+	}
+	least := map[string]uint64{}
+	list := stream.ListConsumers(ctx)
+	for ci := range list.Info() {
+		subjects := ci.Config.FilterSubjects
+		if ci.Config.FilterSubject != "" {
+			subjects = append(subjects, ci.Config.FilterSubject)
+		}
+		for _, subj := range subjects {
+			if n, ok := least[subj]; !ok || ci.NumPending < n {
+				least[subj] = ci.NumPending
+			}
+		}
+	}
+	if err := list.Err(); err != nil {
+		return nil, fmt.Errorf("consumers of %s: %w", streams.Events, err)
+	}
+	return least, nil
+}
+
+var sinkBatchesLine = regexp.MustCompile(`^surge_sink_batches_total\{.*shard="(\d+)".*\} (\S+)$`)
+
+// sinkBatches reads surge_sink_batches_total per shard, every outcome
+// summed, from the sink's /metrics at addr.
+func sinkBatches(ctx context.Context, addr string) (map[int]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := httpc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("sink metrics: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("sink metrics: %s", resp.Status)
+	}
+	out := map[int]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		m := sinkBatchesLine.FindStringSubmatch(sc.Text())
+		if m == nil {
+			continue
+		}
+		k, err := strconv.Atoi(m[1])
+		if err != nil {
+			return nil, fmt.Errorf("sink metrics: %q: %w", sc.Text(), err)
+		}
+		v, err := strconv.ParseFloat(m[2], 64)
+		if err != nil {
+			return nil, fmt.Errorf("sink metrics: %q: %w", sc.Text(), err)
+		}
+		out[k] += v
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("sink metrics: %w", err)
+	}
+	return out, nil
+}
+
+func connectJS(info stack.Info) (*nats.Conn, jetstream.JetStream, error) {
+	nc, err := nats.Connect(info.NATSURL, nats.UserInfo(info.NATSUser, info.NATSPassword), nats.Timeout(5*time.Second))
+	if err != nil {
+		return nil, nil, fmt.Errorf("connect %s: %w", info.NATSURL, err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
+	}
+	return nc, js, nil
+}
+
+// streamMsgs is the number of messages in the named stream.
+func streamMsgs(ctx context.Context, js jetstream.JetStream, name string) (uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	s, err := js.Stream(ctx, name)
+	if err != nil {
+		return 0, fmt.Errorf("stream %s: %w", name, err)
+	}
+	return s.CachedInfo().State.Msgs, nil
+}
+
+// crashLoad is the clients' side: crashClients clients, each sending one
+// request after another with unique event ids until the test stops it,
+// each request until a 202 (with its Idempotency-Key), across the kills.
+type crashLoad struct {
+	*load
+	next atomic.Int64
+}
+
+// run sends until issue ends, then returns once the requests in flight
+// have ended; abort ends those too.
+func (l *crashLoad) run(issue, abort context.Context) {
+	var wg sync.WaitGroup
+	for w := range crashClients {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(l.seed, uint64(w)))
+			for issue.Err() == nil {
+				l.send(abort, int(l.next.Add(1)), rng)
+				if sleep(issue, crashPace) != nil {
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// send posts request r until a 202, a refusal, retryFor, or ctx's end.
+func (l *crashLoad) send(ctx context.Context, r int, rng *rand.Rand) {
+	n := crashEventsMin + rng.IntN(crashEventsMax-crashEventsMin+1)
+	ids := make([]string, n)
+	var b strings.Builder
+	b.WriteByte('[')
+	for i := range n {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		ids[i] = fmt.Sprintf("cl-%d-%d", r, i)
+		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":"crashloop","properties":{"r":%d,"i":%d}}`, ids[i], rng.IntN(10_000), r, i)
+	}
+	b.WriteByte(']')
+	body, key := b.String(), "crashloop-"+strconv.Itoa(r)
+	deadline := time.Now().Add(retryFor)
+	for attempt := 1; ; attempt++ {
+		status := l.post(ctx, body, key)
+		l.count(status)
+		switch {
+		case status == "202":
+			l.mu.Lock()
+			for _, id := range ids {
+				l.accepted[id] = struct{}{}
+			}
+			l.mu.Unlock()
+			l.acceptedRequests.Add(1)
+			return
+		case strings.HasPrefix(status, "4") && status != "429":
+			l.fail(fmt.Sprintf("request %d: unexpected %s", r, status))
+			return
+		}
+		if time.Now().After(deadline) {
+			l.fail(fmt.Sprintf("request %d: no 202 after %d attempts, last %s", r, attempt, status))
+			return
+		}
+		l.retries.Add(1)
+		// While the stack is down every attempt fails at once: back off.
+		if sleep(ctx, min(time.Duration(attempt)*50*time.Millisecond, 500*time.Millisecond)) != nil {
+			l.fail(fmt.Sprintf("request %d: aborted after %d attempts, last %s", r, attempt, status))
+			return
+		}
+	}
+}
+
+func (l *crashLoad) acceptedEvents() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.accepted)
+}
+
+// surgeUp is one `surge up` process at a time on one data folder. It runs
+// in its own process group; its clickhouse-server children lead groups of
+// their own (chserver starts them so, so that a Ctrl-C reaches surge up
+// alone, which stops them in order).
+type surgeUp struct {
+	bin, dir, logPath, httpAddr string
+
+	cmd  *exec.Cmd
+	done chan struct{} // closed once cmd has been waited for
+}
+
+// start runs surge up on the data folder.
+func (s *surgeUp) start() error {
+	// A stack.json left behind by a killed stack names ports nobody
+	// listens on any more: remove it, so the next one found is new.
+	if err := stack.RemoveInfo(s.dir); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(s.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(f, "\n===== start surge up at %s =====\n", time.Now().Format(time.RFC3339Nano))
+	cmd := exec.Command(s.bin, "up", "--dir", s.dir, "--shards", strconv.Itoa(shards), "--clickhouse-servers", "2",
+		"--http", s.httpAddr, "--nats-port", "-1", "--mqtt-port", "0", "--log-level", "info")
+	cmd.Stdout, cmd.Stderr = f, f
+	// Its own process group, killed as one; and killed if the test dies.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("start surge up: %w", err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		_ = f.Close()
+		close(done)
+	}()
+	s.cmd, s.done = cmd, done
+	return nil
+}
+
+// waitReady waits until the stack has written its stack.json (surge up
+// writes it once every service is ready) and ingest's /readyz answers
+// 200, for at most timeout, and returns the Info and when it was seen.
+func (s *surgeUp) waitReady(ctx context.Context, timeout time.Duration) (stack.Info, time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	last := errors.New("no " + stack.InfoFile + " yet")
+	for {
+		select {
+		case <-s.done:
+			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.cmd.ProcessState, tailFile(s.logPath, 30))
+		default:
+		}
+		info, err := stack.ReadInfo(s.dir)
+		if err == nil {
+			if err = readyz(ctx, info.Admin["ingest"]); err == nil {
+				return info, time.Now(), nil
+			}
+		}
+		last = err
+		if err := sleep(ctx, 20*time.Millisecond); err != nil {
+			return stack.Info{}, time.Time{}, fmt.Errorf("surge up not ready within %s (last: %v)", timeout, last)
+		}
+	}
+}
+
+func readyz(ctx context.Context, addr string) error {
+	if addr == "" {
+		return errors.New("no ingest admin address")
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/readyz", nil)
+	if err != nil {
+		return err
+	}
+	resp, err := httpc.Do(req)
+	if err != nil {
+		return err
+	}
+	_ = resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("ingest /readyz: %s", resp.Status)
+	}
+	return nil
+}
+
+// kill SIGKILLs surge up's process group and the group of each of its
+// descendants at once, and returns the number of groups once every
+// process of them is gone (kill(-pgid, 0) fails with ESRCH), for at most
+// timeout. It does nothing when surge up is not running.
+func (s *surgeUp) kill(timeout time.Duration) (int, error) {
+	if s.cmd == nil {
+		return 0, nil
+	}
+	pid := s.cmd.Process.Pid
+	desc, err := descendants(pid)
+	if err != nil {
+		return 0, err
+	}
+	groups := []int{pid} // surge up leads its group (Setpgid)
+	for _, d := range desc {
+		if !slices.Contains(groups, d.pgid) {
+			groups = append(groups, d.pgid)
+		}
+	}
+	for _, g := range groups {
+		if err := syscall.Kill(-g, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
+			return 0, fmt.Errorf("kill process group %d: %w", g, err)
+		}
+	}
+	deadline := time.Now().Add(timeout)
+	poll := time.NewTicker(5 * time.Millisecond) // the kernel says nothing when a group empties: poll it
+	defer poll.Stop()
+	for {
+		// The children of the killed surge up are now this process's
+		// (becomeSubreaper): reap them, or they stay as zombies.
+		for _, d := range desc {
+			_, _ = syscall.Wait4(d.pid, nil, syscall.WNOHANG, nil)
+		}
+		var alive []int
+		for _, g := range groups {
+			if err := syscall.Kill(-g, 0); !errors.Is(err, syscall.ESRCH) {
+				alive = append(alive, g)
+			}
+		}
+		if len(alive) == 0 {
+			// surge up itself has been reaped (its group is empty): its
+			// waiter is closing its log.
+			select {
+			case <-s.done:
+			case <-time.After(time.Until(deadline)):
+				return 0, fmt.Errorf("surge up (pid %d) gone but not waited for within %s", pid, timeout)
+			}
+			s.cmd = nil
+			return len(groups), nil
+		}
+		if time.Now().After(deadline) {
+			return 0, fmt.Errorf("process groups %v still alive %s after SIGKILL", alive, timeout)
+		}
+		<-poll.C
+	}
+}
+
+// procInfo is a process as /proc shows it.
+type procInfo struct{ pid, pgid int }
+
+// descendants lists every descendant of pid, read from /proc.
+func descendants(pid int) ([]procInfo, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	children := map[int][]procInfo{}
+	for _, e := range entries {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		data, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue // gone meanwhile
+		}
+		// "pid (comm) state ppid pgrp ...": the fields follow the last ')'.
+		i := strings.LastIndexByte(string(data), ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(data[i+1:]))
+		if len(f) < 3 {
+			continue
+		}
+		ppid, err1 := strconv.Atoi(f[1])
+		pgid, err2 := strconv.Atoi(f[2])
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		children[ppid] = append(children[ppid], procInfo{pid: p, pgid: pgid})
+	}
+	var out []procInfo
+	queue := []int{pid}
+	for len(queue) > 0 {
+		p := queue[0]
+		queue = queue[1:]
+		for _, c := range children[p] {
+			out = append(out, c)
+			queue = append(queue, c.pid)
+		}
+	}
+	return out, nil
+}
+
+// becomeSubreaper makes this process the reaper of orphaned descendants
+// for the test: the clickhouse-server children of a killed surge up then
+// become its children, which kill reaps at once, rather than zombies of
+// whatever runs as init (which may never reap them).
+func becomeSubreaper(t *testing.T) {
+	t.Helper()
+	const prSetChildSubreaper = 36
+	if _, _, errno := syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 1, 0); errno != 0 {
+		t.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", errno)
+	}
+	t.Cleanup(func() { _, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 0, 0) })
+}
+
+// buildSurge compiles the surge command into dir.
+func buildSurge(t *testing.T, dir string) string {
+	t.Helper()
+	bin := filepath.Join(dir, "surge")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge").CombinedOutput()
+	require.NoError(t, err, "go build: %s", out)
+	return bin
+}
