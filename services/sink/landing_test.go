@@ -619,7 +619,7 @@ func (m *fakeMsg) progressedC() <-chan struct{} { return m.progressed }
 func TestKeepaliveCoversASlowInsert(t *testing.T) {
 	st := newFakeStore(seqs(1, 4)...)
 	l := newTestLoop(t, st, &fakePublisher{})
-	l.keepaliveEvery = 5 * time.Millisecond
+	l.alive.Every = 5 * time.Millisecond
 	l.insertTimeout = 10 * time.Second
 	b := testBatch(0, 5, 7)
 	msg := newFakeMsg(0, 1, batch.Encode(b))
@@ -632,7 +632,7 @@ func TestKeepaliveCoversASlowInsert(t *testing.T) {
 	require.GreaterOrEqual(t, inProgress, 5)
 	require.Zero(t, late, "no InProgress after the ack")
 	require.Equal(t, 1.0, testutil.ToFloat64(l.m.inserted))
-	require.Nil(t, l.alive, "the keepalive ended with the batch")
+	require.Zero(t, l.alive.Held(), "the keepalive ended with the batch")
 }
 
 // TestKeepaliveCoversRetryWaits: the waits between retries keep the batch
@@ -641,7 +641,7 @@ func TestKeepaliveCoversRetryWaits(t *testing.T) {
 	st := newFakeStore(seqs(1, 4)...)
 	pub := &fakePublisher{errs: []error{errBroken}}
 	l := newTestLoop(t, st, pub)
-	l.keepaliveEvery = 5 * time.Millisecond
+	l.alive.Every = 5 * time.Millisecond
 	l.retry = retry.Config{Initial: 200 * time.Millisecond, Max: 200 * time.Millisecond, Multiplier: 1, RandomizationFactor: 0}
 	msg := newFakeMsg(0, 1, []byte("definitely not a batch"))
 

@@ -69,7 +69,7 @@ func TestKeepaliveHoldsABatchPastItsAckWait(t *testing.T) {
 
 	st := newFakeStore(seqs(1, 4)...)
 	l := newTestLoop(t, st, &fakePublisher{})
-	l.keepaliveEvery = cfg.KeepaliveEvery()
+	l.alive.Every = cfg.KeepaliveEvery()
 	l.insertTimeout = 30 * time.Second
 	m := &countingMsg{Msg: held[0], progressed: make(chan struct{}, 1)}
 	// Nine keepalives of AckWait/3: the insert lasts three AckWaits.

@@ -7,7 +7,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -55,11 +54,8 @@ type shardLoop struct {
 	insertTimeout time.Duration
 	// fetchWait bounds one pull.
 	fetchWait time.Duration
-	// keepaliveEvery is how often the batch in hand is reported in progress.
-	keepaliveEvery time.Duration
-	// alive keeps the batch in hand from being handed out again; nil
-	// between batches.
-	alive *keepalive
+	// alive keeps the batch in hand from being handed out again.
+	alive service.Keepalive
 
 	// watermark is the highest EVENTS sequence ClickHouse holds for the
 	// shard, valid while known. It is (re)read from ClickHouse at start and
@@ -86,7 +82,7 @@ func (s *Service) newShardLoop(k int, js js, st store) *shardLoop {
 		consumerConfig: s.cfg.ConsumerConfig(k),
 		insertTimeout:  s.cfg.ClickHouse.InsertTimeout,
 		fetchWait:      s.fetchWait,
-		keepaliveEvery: s.cfg.KeepaliveEvery(),
+		alive:          service.Keepalive{Every: s.cfg.KeepaliveEvery()},
 	}
 }
 
@@ -185,7 +181,7 @@ func (l *shardLoop) recreateConsumer(ctx context.Context) {
 // Work on the batch is not cut by shutdown; only waits between retries are.
 // All along, a keepalive tells JetStream the batch is in progress.
 func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
-	l.alive = startKeepalive(msg, l.keepaliveEvery, l.log)
+	l.alive.Hold(msg)
 	defer l.release()
 	// ctx carries the batch's trace from here on, and still ends at shutdown.
 	ctx = telemetry.Extract(ctx, msg.Headers())
@@ -250,236 +246,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// land inserts the part of b above the watermark and acks msg. An error
-// leaves msg unacked.
-func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	if msg.Headers().Get(streams.HeaderReplay) != "" {
-		return l.landReplay(ctx, msg, b, id, attempt)
-	}
-	if !l.known {
-		l.w.Waiting("watermark from clickhouse " + l.store.Addr())
-		wctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-		wm, err := l.store.Watermark(wctx, l.k)
-		cancel()
-		if err != nil {
-			return err
-		}
-		l.setWatermark(wm)
-	}
-	rest := b.After(l.watermark)
-	if rest.Len() == 0 {
-		l.ack(ctx, msg)
-		l.m.duplicates.Inc()
-		trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("surge.duplicate", true))
-		return nil
-	}
-
-	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-	defer cancel()
-	qid := queryID(id, trace.SpanContextFromContext(ctx), attempt)
-	// log_queries: servers that log no queries by default (the Debian
-	// package's) still record the insert in system.query_log: one row a batch.
-	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(qid), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
-	// The last attempt's id stays: find the insert in system.query_log by it.
-	trace.SpanFromContext(ctx).SetAttributes(attribute.String(AttrQueryID, qid))
-	l.w.Waiting("insert into clickhouse " + l.store.Addr())
-	start := time.Now()
-	if err := l.store.Insert(qctx, rest); err != nil {
-		// The block may or may not have landed: read the watermark again
-		// before the next attempt.
-		l.known = false
-		return fmt.Errorf("insert batch %s: %w", id, err)
-	}
-	now := time.Now()
-	l.setWatermark(b.LastSeq)
-	l.ack(ctx, msg)
-
-	l.m.insertDuration.Observe(now.Sub(start).Seconds())
-	l.m.rows.Add(float64(rest.Len()))
-	l.m.inserted.Inc()
-	l.m.observeEndToEnd(rest.ReceivedAt, now)
-	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
-	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
-		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
-	return nil
-}
-
-// landReplay inserts the rows of a replayed dead letter that ClickHouse
-// does not hold yet, and acks msg. The watermark cannot tell: batches after
-// the dead-lettered one have usually landed meanwhile. The sequences can:
-// an EVENTS message always lands whole in one block, so a sequence present
-// means all of its rows are. The check is made before every attempt, so an
-// insert whose outcome is unknown is never repeated blindly, and replaying
-// a dead letter twice inserts nothing the second time.
-func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	l.w.Waiting("sequences from clickhouse " + l.store.Addr())
-	pctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-	present, err := l.store.Present(pctx, l.k, b.FirstSeq, b.LastSeq)
-	cancel()
-	if err != nil {
-		return err
-	}
-	rest := b.Without(present)
-	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(attribute.Bool("surge.replay", true))
-	if rest.Len() == 0 {
-		l.ack(ctx, msg)
-		l.m.duplicates.Inc()
-		span.SetAttributes(attribute.Bool("surge.duplicate", true))
-		return nil
-	}
-	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-	defer cancel()
-	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
-	l.w.Waiting("insert into clickhouse " + l.store.Addr())
-	start := time.Now()
-	err = l.store.Insert(qctx, rest)
-	// A replay never lowers the watermark but may raise it: read it again.
-	l.known = false
-	if err != nil {
-		return fmt.Errorf("insert replayed batch %s: %w", id, err)
-	}
-	now := time.Now()
-	l.ack(ctx, msg)
-	l.m.insertDuration.Observe(now.Sub(start).Seconds())
-	l.m.rows.Add(float64(rest.Len()))
-	l.m.inserted.Inc()
-	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
-	l.log.Info("replayed batch inserted", zap.String("batch_id", id), zap.Int("rows", rest.Len()), zap.String("replay", msg.Headers().Get(streams.HeaderReplay)))
-	return nil
-}
-
-func (l *shardLoop) setWatermark(wm uint64) {
-	l.watermark, l.known = wm, true
-	l.m.watermark.Set(float64(wm))
-}
-
-// ack confirms msg with the server: the shard made progress. A lost ack
-// is harmless: the batch comes back and is found at or below the
-// watermark.
-func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) {
-	l.release()
-	actx, cancel := context.WithTimeout(ctx, natsTimeout)
-	defer cancel()
-	if err := msg.DoubleAck(actx); err != nil {
-		l.log.Warn("ack batch", zap.Error(err))
-		return
-	}
-	l.w.Progress()
-}
-
 // release stops the keepalive of the batch in hand, before it is settled.
 func (l *shardLoop) release() {
-	l.alive.stop()
-	l.alive = nil
-}
-
-// keepalive tells JetStream every period that a batch is in progress
-// (InProgress restarts its AckWait), so a batch is handed out again only
-// when its holder died or lost its connection, however long an insert or
-// the retries take. Its goroutine ends at stop.
-type keepalive struct {
-	quit, done chan struct{}
-}
-
-func startKeepalive(msg jetstream.Msg, every time.Duration, log *zap.Logger) *keepalive {
-	k := &keepalive{quit: make(chan struct{}), done: make(chan struct{})}
-	go func() {
-		defer close(k.done)
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-k.quit:
-				return
-			case <-t.C:
-				// Sent without waiting for the server; a failure (NATS
-				// down) lets the AckWait run out, and the batch comes back
-				// to be found at or below the watermark.
-				if err := msg.InProgress(); err != nil {
-					log.Debug("keep batch in progress", zap.Error(err))
-				}
-			}
-		}
-	}()
-	return k
-}
-
-// stop ends the keepalive and waits for its goroutine. A nil keepalive
-// (between batches) does nothing.
-func (k *keepalive) stop() {
-	if k == nil {
-		return
-	}
-	close(k.quit)
-	<-k.done
-}
-
-// deadLetter publishes the original bytes of msg to DEAD_LETTER, waits for
-// the PubAck, then terminates msg. Publishing is retried like an insert:
-// the end of ctx (shutdown) cuts the waits between attempts, never an
-// attempt, and releases msg with a Nak. ctx carries the batch's trace.
-func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string, cause error) {
-	work := context.WithoutCancel(ctx)
-	var sourceSeq uint64
-	if meta, err := msg.Metadata(); err == nil {
-		sourceSeq = meta.Sequence.Stream
-	}
-	// The same BATCHES message always makes the same dead letter (its id
-	// is sink:<subject>:<seq>), so a redelivery after a lost Term is
-	// dropped by JetStream.
-	out := streams.DeadLetterMsg{
-		Service:   "sink",
-		Subject:   streams.DeadLetterSubject("sink", l.k),
-		Data:      msg.Data(),
-		Reason:    cause.Error(),
-		Source:    msg.Subject(),
-		SourceSeq: sourceSeq,
-		BatchID:   id,
-	}.Msg()
-	telemetry.Inject(work, out.Header)
-	log := l.log.With(zap.String("batch_id", id), zap.Uint64("source_seq", sourceSeq))
-	log = log.With(telemetry.TraceFields(ctx)...)
-
-	l.w.Waiting("dead letter publish")
-	err := retry.Do(ctx, l.retry, func() error {
-		pctx, cancel := context.WithTimeout(work, natsTimeout)
-		defer cancel()
-		_, err := l.js.PublishMsg(pctx, out)
-		return err
-	}, func(attempt int, err error, wait time.Duration) {
-		l.m.retries.Inc()
-		log.Warn("publish dead letter failed, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
-	})
-	l.release()
-	if err != nil { // only shutdown ends the retries
-		log.Info("stopping with batch not dead-lettered; releasing it", zap.Error(err))
-		_ = msg.Nak()
-		return
-	}
-	// A lost Term brings the batch back; its dead letter then has the same
-	// id and is dropped by JetStream as a duplicate.
-	if err := msg.Term(); err != nil {
-		log.Warn("terminate dead-lettered batch", zap.Error(err))
-	} else {
-		l.w.Progress()
-	}
-	l.m.deadLetters.Inc()
-	l.m.deadLettered.Inc()
-	log.Warn("batch dead-lettered", zap.String("reason", out.Header.Get(streams.HeaderReason)))
-}
-
-// AttrQueryID is the insert span's attribute holding the ClickHouse
-// query_id of the insert.
-const AttrQueryID = "db.clickhouse.query_id"
-
-// queryID names an insert in system.query_log and system.processes: the
-// batch id, the trace id when the span is sampled, and the attempt (a
-// retried insert must not collide with one the server may still run).
-func queryID(batchID string, sc trace.SpanContext, attempt int) string {
-	id := "surge-sink-" + batchID
-	if sc.IsSampled() {
-		id += "-" + sc.TraceID().String()
-	}
-	return id + "-" + strconv.Itoa(attempt)
+	l.alive.Stop()
 }

@@ -1,0 +1,308 @@
+package partitioner
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/telemetry"
+)
+
+// worker is one fetch-publish-ack loop. Not safe for concurrent use.
+type worker struct {
+	s        *Service
+	js       jetstream.JetStream
+	groups   [][]event.Event   // by shard, reused
+	inflight []input           // the fetched batch, reused
+	keep     service.Keepalive // keeps the fetched batch alive
+	// timedOut is the first publish of the batch that timed out: the
+	// rest of the batch is naked without a try, so a batch waits out
+	// publish_timeout once, not once per message.
+	timedOut error
+}
+
+// input is one INGEST message on its way through the worker.
+type input struct {
+	msg       jetstream.Msg
+	seq       uint64
+	delivered uint64
+	span      trace.Span
+	start     time.Time
+	futures   []jetstream.PubAckFuture
+	pubSpans  []trace.Span // one per future: the publish of a shard group
+	counts    []shardCount
+	invalid   int // producer events dead-lettered as invalid
+	// deadLetters are the PubAcks of those dead letters.
+	deadLetters []jetstream.PubAckFuture
+	err         error // a publish could not be started
+	settled     bool  // already acked, naked or terminated
+}
+
+type shardCount struct{ shard, events int }
+
+// fetchRetryMax caps the wait after a failed fetch. A fetch costs one
+// small request, and the wait is how late the worker notices that the
+// cause is gone (NATS reconnected, the consumer recreated): it must stay
+// short whatever retry.max says.
+const fetchRetryMax = time.Second
+
+func (w *worker) run(ctx context.Context, src *source) {
+	// Each worker has its own backoff, so workers whose fetches failed
+	// together do not retry in lockstep.
+	rc := w.s.cfg.Retry
+	rc.Max = min(rc.Max, fetchRetryMax)
+	b := rc.NewBackOff()
+	failures := 0
+	for ctx.Err() == nil {
+		w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
+		if err := w.fetch(src.consumer()); err != nil {
+			failures++
+			wait := b.NextBackOff()
+			if failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th... failure in a row
+				w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
+			}
+			retry.Sleep(ctx, wait)
+			continue
+		}
+		failures = 0
+		b.Reset()
+	}
+}
+
+// fetch fetches one batch, bounded by FetchMaxWait, and handles what it
+// got. The fetch is not bound to the service's context: once asked for,
+// messages are handled to the end, so a shutdown leaves none to
+// redeliver. An empty fetch is no error; what is (no responders while the
+// consumer is gone, the consumer deleted) paces the next fetch.
+func (w *worker) fetch(cons jetstream.Consumer) error {
+	mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
+	if err != nil {
+		return err
+	}
+	w.handle(mb)
+	return mb.Error()
+}
+
+// handle publishes the groups of every message of the batch as they
+// arrive, then waits for the PubAcks and settles each message in turn:
+// the publishes of a whole batch are in flight together. The batch is
+// kept alive (InProgress) until every message of it is settled.
+func (w *worker) handle(mb jetstream.MessageBatch) {
+	defer w.keep.Stop()
+	w.inflight = w.inflight[:0]
+	w.timedOut = nil
+	for msg := range mb.Messages() {
+		w.keep.Hold(msg)
+		w.inflight = append(w.inflight, input{msg: msg})
+		w.publish(&w.inflight[len(w.inflight)-1])
+	}
+	if len(w.inflight) == 0 {
+		return
+	}
+	w.s.wd.Waiting(w.s.waitingOn("PubAcks from " + streams.Events))
+	for i := range w.inflight {
+		w.settle(&w.inflight[i])
+		w.inflight[i] = input{} // drop references for the collector
+	}
+}
+
+func (w *worker) publish(in *input) {
+	s := w.s
+	in.start = time.Now()
+	ctx := telemetry.Extract(context.Background(), in.msg.Headers())
+	ctx, in.span = s.tracer.Start(ctx, "partition", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.source.name", in.msg.Subject())))
+	meta, err := in.msg.Metadata()
+	if err != nil {
+		in.err = fmt.Errorf("message metadata: %w", err)
+		return
+	}
+	in.seq, in.delivered = meta.Sequence.Stream, meta.NumDelivered
+	if in.delivered > 1 {
+		s.m.redelivered.Inc()
+	}
+	if w.timedOut != nil {
+		in.err = fmt.Errorf("not published, an earlier publish of the batch timed out: %w", w.timedOut)
+		return
+	}
+
+	var events []event.Event
+	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
+		events, err = w.parseProducerMessage(ctx, in, tenant, meta.Timestamp)
+		if in.err != nil {
+			return // a dead letter could not be published: retried whole
+		}
+		if err != nil {
+			w.deadLetter(in, streams.InvalidSubject(tenant), err)
+			return
+		}
+	} else if events, err = event.Decode(in.msg.Data()); err != nil {
+		w.deadLetter(in, streams.DeadLetterSubject("partitioner", 0), err)
+		return
+	}
+	for k := range w.groups {
+		w.groups[k] = w.groups[k][:0]
+	}
+	for i := range events {
+		k := shard.Of(events[i].Tenant, events[i].UserID, s.cfg.Shards)
+		w.groups[k] = append(w.groups[k], events[i])
+	}
+	if in.span.IsRecording() {
+		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
+	}
+	seq := strconv.FormatUint(in.seq, 10)
+	for k, group := range w.groups {
+		if len(group) == 0 {
+			continue
+		}
+		size := 2
+		for i := range group {
+			size += group[i].Size() + 16
+		}
+		m := &nats.Msg{
+			Subject: streams.EventsSubject(k),
+			Data:    event.AppendEncoded(make([]byte, 0, size), group),
+			Header: nats.Header{
+				jetstream.MsgIDHeader: []string{seq + ":" + strconv.Itoa(k)},
+				streams.HeaderRows:    []string{strconv.Itoa(len(group))},
+			},
+		}
+		// The message carries its publish span, which the batcher links
+		// its batch span to. Unsampled, the span records nothing.
+		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+m.Subject, trace.WithSpanKind(trace.SpanKindProducer))
+		if pubSpan.IsRecording() {
+			pubSpan.SetAttributes(
+				attribute.String("messaging.system", "nats"),
+				attribute.String("messaging.destination.name", m.Subject),
+				attribute.Int("messaging.batch.message_count", len(group)),
+				attribute.Int("surge.shard", k),
+			)
+		}
+		telemetry.Inject(pubCtx, m.Header)
+		f, err := w.publishAsync(m)
+		if err != nil {
+			// The groups already sent are republished with the same ids
+			// on redelivery, and dropped as duplicates.
+			in.err = err
+			pubSpan.RecordError(err)
+			pubSpan.SetStatus(codes.Error, "publish")
+			pubSpan.End()
+			return
+		}
+		in.futures = append(in.futures, f)
+		in.pubSpans = append(in.pubSpans, pubSpan)
+		in.counts = append(in.counts, shardCount{shard: k, events: len(group)})
+	}
+}
+
+// publishAsync starts the publish of m, waiting at most PublishTimeout
+// for room among the pending publishes.
+func (w *worker) publishAsync(m *nats.Msg) (jetstream.PubAckFuture, error) {
+	f, err := w.js.PublishMsgAsync(m, jetstream.WithStallWait(w.s.cfg.PublishTimeout))
+	if err != nil {
+		err = fmt.Errorf("publish %s: %w", m.Subject, err)
+		w.noteTimeout(err)
+		return nil, err
+	}
+	return f, nil
+}
+
+// noteTimeout remembers the first publish of the batch that timed out.
+func (w *worker) noteTimeout(err error) {
+	if w.timedOut == nil && (errors.Is(err, jetstream.ErrTooManyStalledMsgs) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout)) {
+		w.timedOut = err
+	}
+}
+
+// settle waits for the PubAcks of in and acks it, or naks it with a delay
+// growing with its deliveries (jittered, so the NAKs of a batch that
+// failed together are not redelivered together).
+func (w *worker) settle(in *input) {
+	s := w.s
+	defer in.span.End()
+	if in.settled {
+		return
+	}
+	err := in.err
+	for i, f := range in.futures {
+		select {
+		case <-f.Ok():
+		case perr := <-f.Err():
+			in.pubSpans[i].RecordError(perr)
+			in.pubSpans[i].SetStatus(codes.Error, "publish")
+			if err == nil {
+				err = fmt.Errorf("publish %s: %w", f.Msg().Subject, perr)
+			}
+		}
+		in.pubSpans[i].End()
+	}
+	for _, f := range in.deadLetters {
+		select {
+		case <-f.Ok():
+		case perr := <-f.Err():
+			if err == nil {
+				err = fmt.Errorf("publish %s: %w", f.Msg().Subject, perr)
+			}
+		}
+	}
+	if err != nil {
+		in.span.RecordError(err)
+		in.span.SetStatus(codes.Error, "publish")
+		s.m.messages.WithLabelValues(outcomeNaked).Inc()
+		s.failed(err)
+		delay := s.cfg.Retry.Delay(int(in.delivered))
+		s.logger.Warn("partition failed, will retry", append(traceFields(in.span),
+			zap.Uint64("seq", in.seq), zap.Duration("delay", delay), zap.Error(err))...)
+		if nerr := in.msg.NakWithDelay(delay); nerr != nil {
+			s.logger.Warn("nak", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(nerr))...)
+		}
+		return
+	}
+	s.m.publishDuration.Observe(time.Since(in.start).Seconds())
+	if aerr := in.msg.Ack(); aerr != nil {
+		// Redelivery republishes the same ids: duplicates are dropped.
+		s.logger.Warn("ack", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.Error(aerr))...)
+	}
+	s.m.messages.WithLabelValues(outcomeAcked).Inc()
+	s.settled()
+	for _, c := range in.counts {
+		s.m.events[c.shard].Add(float64(c.events))
+	}
+	s.m.invalid.Add(float64(in.invalid))
+}
+
+// settled reports a request acked or terminated: progress for the
+// watchdog, and the last failure is over.
+func (s *Service) settled() {
+	s.wd.Progress()
+	if s.failure.Load() != nil {
+		s.failure.Store(nil)
+	}
+}
+
+// failed records why a request was naked, for the stall report.
+func (s *Service) failed(err error) {
+	msg := err.Error()
+	s.failure.Store(&msg)
+}
+
+// traceFields are the trace_id and span_id of span, for the log lines of
+// one INGEST message.
+func traceFields(span trace.Span) []zap.Field {
+	return telemetry.TraceFields(trace.ContextWithSpan(context.Background(), span))
+}
