@@ -1,7 +1,9 @@
 // Package chserver runs real clickhouse-server processes, one per shard
 // server, each with its own ports and data folder, for the local stack and
 // for tests. The servers share a cluster definition so a Distributed table
-// over them answers queries across shards.
+// over them answers queries across shards. A replicated cluster (Options:
+// replicas per shard and a ZooKeeper) gives each shard several servers that
+// hold ReplicatedMergeTree tables and run `ON CLUSTER` DDL.
 package chserver
 
 import (
@@ -60,6 +62,9 @@ type Server struct {
 	Dir      string
 	TCPPort  int
 	HTTPPort int
+	// Shard and Replica place the server in its cluster; Replica is 0 in a
+	// cluster without replicas.
+	Shard, Replica int
 
 	// mu guards proc; it is never held while waiting for the process.
 	mu   sync.Mutex
@@ -83,11 +88,18 @@ func (s *Server) HTTPAddr() string { return net.JoinHostPort("127.0.0.1", strcon
 
 // Cluster is a set of servers that know each other as one cluster.
 type Cluster struct {
-	Name    string
+	Name string
+	// Servers lists every server, shard by shard (Shards flattened).
 	Servers []*Server
+	// Shards lists each shard's servers: its replicas.
+	Shards [][]*Server
+	// ZooKeeper is the address the servers coordinate through, empty
+	// without replication.
+	ZooKeeper string
 }
 
-// Addrs lists the native addresses in shard-server order.
+// Addrs lists the native addresses in shard-server order: every server,
+// shard by shard.
 func (c *Cluster) Addrs() []string {
 	out := make([]string, len(c.Servers))
 	for i, s := range c.Servers {
@@ -96,26 +108,85 @@ func (c *Cluster) Addrs() []string {
 	return out
 }
 
+// ReplicaAddrs lists the native addresses of each shard's replicas.
+func (c *Cluster) ReplicaAddrs() [][]string {
+	out := make([][]string, len(c.Shards))
+	for i, shard := range c.Shards {
+		for _, s := range shard {
+			out[i] = append(out[i], s.Addr())
+		}
+	}
+	return out
+}
+
+// Replicated tells whether the servers coordinate through ZooKeeper, so
+// ReplicatedMergeTree and `ON CLUSTER` work.
+func (c *Cluster) Replicated() bool { return c.ZooKeeper != "" }
+
+// Options shape a cluster.
+type Options struct {
+	// Shards is the number of shards, at least 1.
+	Shards int
+	// Replicas is the number of servers per shard; 0 means 1.
+	Replicas int
+	// ZooKeeper is the host:port of a ZooKeeper server (see
+	// pkg/testkit/zookeeper). It is required with more than one replica
+	// and turns on replication: each server gets the ZooKeeper, the
+	// macros {shard} (the shard index) and {replica} (a name unique in
+	// the shard), interserver_http_host 127.0.0.1 and its own interserver
+	// port, and the cluster's shards use internal_replication.
+	ZooKeeper string
+}
+
 // StartCluster writes the configuration of n servers under dir, on free
-// loopback ports, and starts them all.
+// loopback ports, and starts them all: n shards of one server each.
 func StartCluster(ctx context.Context, dir string, n int) (*Cluster, error) {
+	return Start(ctx, dir, Options{Shards: n})
+}
+
+// Start writes the configuration of the servers o asks for under dir, on
+// free loopback ports, and starts them all.
+func Start(ctx context.Context, dir string, o Options) (*Cluster, error) {
+	if o.Replicas == 0 {
+		o.Replicas = 1
+	}
+	if o.Shards < 1 || o.Replicas < 1 {
+		return nil, fmt.Errorf("clickhouse cluster: want at least one shard and replica, got %d x %d", o.Shards, o.Replicas)
+	}
+	if o.Replicas > 1 && o.ZooKeeper == "" {
+		return nil, errors.New("clickhouse cluster: replicas need a ZooKeeper")
+	}
 	// The servers run in their own folders, so a relative dir would point
 	// elsewhere from there.
 	dir, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("clickhouse dir: %w", err)
 	}
-	c := &Cluster{Name: DefaultCluster}
+	c := &Cluster{Name: DefaultCluster, ZooKeeper: o.ZooKeeper}
+	n := o.Shards * o.Replicas
 	ports, err := FreePorts(3 * n)
 	if err != nil {
 		return nil, err
 	}
-	for i := 0; i < n; i++ {
-		c.Servers = append(c.Servers, &Server{
-			Dir:      filepath.Join(dir, fmt.Sprintf("clickhouse-%d", i)),
-			TCPPort:  ports[3*i],
-			HTTPPort: ports[3*i+1],
-		})
+	for shard := range o.Shards {
+		var replicas []*Server
+		for replica := range o.Replicas {
+			i := len(c.Servers)
+			name := fmt.Sprintf("clickhouse-%d", shard)
+			if c.Replicated() {
+				name = fmt.Sprintf("clickhouse-%d-%d", shard, replica)
+			}
+			s := &Server{
+				Dir:      filepath.Join(dir, name),
+				TCPPort:  ports[3*i],
+				HTTPPort: ports[3*i+1],
+				Shard:    shard,
+				Replica:  replica,
+			}
+			c.Servers = append(c.Servers, s)
+			replicas = append(replicas, s)
+		}
+		c.Shards = append(c.Shards, replicas)
 	}
 	for i, s := range c.Servers {
 		if err := s.writeConfig(c, ports[3*i+2]); err != nil {
@@ -147,6 +218,8 @@ func (c *Cluster) Stop() {
 var (
 	reRemote = regexp.MustCompile(`(?s)<remote_servers[^>]*>.*?</remote_servers>`)
 	reListen = regexp.MustCompile(`(?m)^\s*<listen_host>[^<]*</listen_host>\s*$`)
+	// reIncludeFrom is the Debian file's (commented) include_from.
+	reIncludeFrom = regexp.MustCompile(`(?m)^\s*<include_from>[^<]*</include_from>\s*$`)
 )
 
 func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
@@ -178,11 +251,32 @@ func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
 	cfg = strings.Replace(cfg, "</yandex>", "    <listen_host>127.0.0.1</listen_host>\n</yandex>", 1)
 	var remote strings.Builder
 	remote.WriteString("<remote_servers>\n        <" + c.Name + ">\n")
-	for _, o := range c.Servers {
-		fmt.Fprintf(&remote, "            <shard><replica><host>127.0.0.1</host><port>%d</port></replica></shard>\n", o.TCPPort)
+	for _, shard := range c.Shards {
+		remote.WriteString("            <shard>\n")
+		if c.Replicated() {
+			// The Distributed table writes to one replica and lets
+			// replication copy it, and reads from any.
+			remote.WriteString("                <internal_replication>true</internal_replication>\n")
+		}
+		for _, o := range shard {
+			fmt.Fprintf(&remote, "                <replica><host>127.0.0.1</host><port>%d</port></replica>\n", o.TCPPort)
+		}
+		remote.WriteString("            </shard>\n")
 	}
 	remote.WriteString("        </" + c.Name + ">\n    </remote_servers>")
 	cfg = reRemote.ReplaceAllLiteralString(cfg, remote.String())
+	if c.Replicated() {
+		// The Debian file takes zookeeper-servers and macros from the
+		// include file; replicas fetch parts from the interserver host
+		// each advertises, which is otherwise the machine's hostname.
+		include := filepath.Join(s.Dir, "include.xml")
+		if err := os.WriteFile(include, []byte(s.includeFile(c)), 0o644); err != nil {
+			return fmt.Errorf("write clickhouse include file: %w", err)
+		}
+		cfg = reIncludeFrom.ReplaceAllString(cfg, "")
+		cfg = strings.Replace(cfg, "</yandex>", "    <include_from>"+include+"</include_from>\n"+
+			"    <interserver_http_host>127.0.0.1</interserver_http_host>\n</yandex>", 1)
+	}
 	if err := os.WriteFile(filepath.Join(s.Dir, "config.xml"), []byte(cfg), 0o644); err != nil {
 		return fmt.Errorf("write clickhouse config: %w", err)
 	}
@@ -190,6 +284,21 @@ func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
 		return fmt.Errorf("write clickhouse users: %w", err)
 	}
 	return nil
+}
+
+// includeFile is the server's substitutions: ZooKeeper and its macros.
+func (s *Server) includeFile(c *Cluster) string {
+	host, port, _ := net.SplitHostPort(c.ZooKeeper)
+	return fmt.Sprintf(`<yandex>
+    <zookeeper-servers>
+        <node><host>%s</host><port>%s</port></node>
+    </zookeeper-servers>
+    <macros>
+        <shard>%d</shard>
+        <replica>%s</replica>
+    </macros>
+</yandex>
+`, host, port, s.Shard, filepath.Base(s.Dir))
 }
 
 // Start runs the server and waits until its native port accepts. It

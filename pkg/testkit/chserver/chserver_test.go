@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/zookeeper"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -96,4 +98,72 @@ func TestStopThenStartOnSameDir(t *testing.T) {
 	require.NoError(t, s.Start(ctx))
 	require.NotZero(t, s.PID())
 	require.Equal(t, "3", query(t, s, "SELECT count() FROM default.kept"), "data survives a restart")
+}
+
+// queryErr runs one statement over HTTP, for conditions polled off the
+// test goroutine.
+func queryErr(s *chserver.Server, sql string) (string, error) {
+	resp, err := httpClient.Post("http://"+s.HTTPAddr()+"/", "text/plain", strings.NewReader(sql))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", sql, body)
+	}
+	return strings.TrimSpace(string(body)), nil
+}
+
+func TestReplicatedCluster(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
+	require.NoError(t, zookeeper.EnsureInstalled(ctx, t.Logf))
+	zk, err := zookeeper.Start(ctx, t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = zk.Stop() })
+	c, err := chserver.Start(ctx, t.TempDir(), chserver.Options{Shards: 2, Replicas: 2, ZooKeeper: zk.Addr()})
+	require.NoError(t, err)
+	t.Cleanup(c.Stop)
+
+	require.True(t, c.Replicated())
+	require.Len(t, c.Servers, 4)
+	require.Len(t, c.ReplicaAddrs(), 2)
+	for shard, replicas := range c.Shards {
+		require.Len(t, replicas, 2)
+		for replica, s := range replicas {
+			require.Equal(t, shard, s.Shard)
+			require.Equal(t, replica, s.Replica)
+			require.Equal(t, c.ReplicaAddrs()[shard][replica], s.Addr())
+			require.Equal(t, fmt.Sprint(shard), query(t, s, "SELECT substitution FROM system.macros WHERE macro = 'shard'"))
+			require.Equal(t, "2\t2", query(t, s, "SELECT uniqExact(shard_num), sum(replica_num = 2) FROM system.clusters WHERE cluster = '"+c.Name+"'"))
+		}
+	}
+
+	// ON CLUSTER reaches every server through ZooKeeper's DDL queue.
+	s00 := c.Shards[0][0]
+	query(t, s00, "CREATE DATABASE IF NOT EXISTS r ON CLUSTER "+c.Name)
+	query(t, s00, "CREATE TABLE IF NOT EXISTS r.t_local ON CLUSTER "+c.Name+
+		" (shard UInt16, n UInt64) ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/r/t_local', '{replica}') ORDER BY n")
+	query(t, s00, "CREATE TABLE IF NOT EXISTS r.t ON CLUSTER "+c.Name+" AS r.t_local ENGINE = Distributed("+c.Name+", r, t_local, shard)")
+
+	// Rows written to one replica reach the other; the Distributed table
+	// counts each shard once.
+	query(t, s00, "INSERT INTO r.t_local SELECT 0, number FROM system.numbers LIMIT 1000")
+	query(t, c.Shards[1][1], "INSERT INTO r.t_local SELECT 1, number FROM system.numbers LIMIT 10")
+	for _, s := range c.Servers {
+		want := map[int]string{0: "1000", 1: "10"}[s.Shard]
+		require.EventuallyWithT(t, func(ct *assert.CollectT) {
+			got, err := queryErr(s, "SELECT count() FROM r.t_local")
+			assert.NoError(ct, err)
+			assert.Equal(ct, want, got)
+		}, 20*time.Second, 100*time.Millisecond, "replica %s", s.Addr())
+	}
+	for _, s := range c.Servers {
+		require.Equal(t, "1010", query(t, s, "SELECT count() FROM r.t"))
+	}
 }

@@ -7,14 +7,19 @@ import (
 	"os/exec"
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/zookeeper"
 )
 
-// setup installs what the tests need and Go cannot fetch: clickhouse-server
-// and mosquitto_pub (Debian's mosquitto-clients, which TestProducers
-// drives). The nats CLI the tests build themselves with go install.
+// setup installs what the tests need and Go cannot fetch: clickhouse-server,
+// zookeeper (Debian's package with java, for replicated ClickHouse) and
+// mosquitto_pub (Debian's mosquitto-clients, which TestProducers drives).
+// The nats CLI the tests build themselves with go install.
 func setup(ctx context.Context) error {
 	logf := func(format string, a ...any) { fmt.Printf("surge: "+format+"\n", a...) }
 	if err := chserver.EnsureInstalled(ctx, logf); err != nil {
+		return err
+	}
+	if err := zookeeper.EnsureInstalled(ctx, logf); err != nil {
 		return err
 	}
 	if _, err := exec.LookPath("mosquitto_pub"); err == nil {
