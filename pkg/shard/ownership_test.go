@@ -2,6 +2,7 @@ package shard
 
 import (
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -21,6 +22,14 @@ func TestOwnership(t *testing.T) {
 			name: "outside and twice", o: Ownership{Shards: 4, Owned: []int{4, 1, 1, -1}},
 			errs: []string{"owned_shards: shard 4 is not in [0, 4)", "owned_shards: shard 1 is listed twice", "owned_shards: shard -1 is not in [0, 4)"},
 		},
+		{name: "static by name", o: Ownership{Shards: 2, Mode: ModeStatic}, owned: []int{0, 1}},
+		{name: "the default", o: DefaultOwnership(), owned: []int{0, 1, 2, 3, 4, 5, 6, 7}},
+		{name: "lease", o: Ownership{Shards: 2, Mode: ModeLease, LeaseTTL: MinLeaseTTL}, owned: []int{0, 1}},
+		{
+			name: "lease with owned shards and a short ttl", o: Ownership{Shards: 2, Owned: []int{1}, Mode: ModeLease, LeaseTTL: 500 * time.Millisecond},
+			errs: []string{"owned_shards applies to static ownership only", "lease_ttl must be at least 1s, got 500ms"},
+		},
+		{name: "unknown mode", o: Ownership{Shards: 2, Mode: "elastic"}, errs: []string{`ownership must be static or lease, got "elastic"`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
