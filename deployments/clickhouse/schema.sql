@@ -1,12 +1,13 @@
 -- Generated from sink.SchemaStatements by `go test ./tests/deploy -update`; do not edit.
-CREATE DATABASE IF NOT EXISTS surge;
+-- The sink's DDL made replicated: one server runs it, ON CLUSTER creates it on all.
+CREATE DATABASE IF NOT EXISTS surge ON CLUSTER events_cluster;
 
-CREATE TABLE IF NOT EXISTS surge.events_local (
+CREATE TABLE IF NOT EXISTS surge.events_local ON CLUSTER events_cluster (
   event_id String, tenant String, user_id String, type String,
   ts DateTime('UTC'), received_at DateTime('UTC'), properties String,
   shard UInt16, seq UInt64
-) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, type, ts, event_id);
+) ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/surge/events_local', '{replica}') PARTITION BY toYYYYMM(ts) ORDER BY (tenant, type, ts, event_id);
 
-CREATE TABLE IF NOT EXISTS surge.events AS surge.events_local
+CREATE TABLE IF NOT EXISTS surge.events ON CLUSTER events_cluster AS surge.events_local
   ENGINE = Distributed(events_cluster, surge, events_local, shard);
 

@@ -1,80 +1,233 @@
 // Package deploy checks the deployment files that cannot run here (no
-// Docker daemon): their structure, references and agreement with the code.
+// Docker daemon): docker-compose.yml as docker compose itself loads it
+// (compose-go: interpolation, anchors and merges, validation), the files it
+// mounts, and their agreement with the code.
 package deploy
 
 import (
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/compose-spec/compose-go/v2/cli"
+	"github.com/compose-spec/compose-go/v2/types"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"gopkg.in/yaml.v3"
 )
 
 const root = "../.."
 
-type composeFile struct {
-	Services map[string]struct {
-		Image string `yaml:"image"`
-		Build *struct {
-			Context, Dockerfile string
-			Args                map[string]string
-		} `yaml:"build"`
-		Ports       []string                  `yaml:"ports"`
-		Volumes     []string                  `yaml:"volumes"`
-		DependsOn   map[string]map[string]any `yaml:"depends_on"`
-		Healthcheck *struct{ Test []string }  `yaml:"healthcheck"`
-		Environment map[string]string         `yaml:"environment"`
-	} `yaml:"services"`
-	Volumes map[string]any `yaml:"volumes"`
+// The services of the compose stack, by role.
+var (
+	natsNodes          = []string{"nats-0", "nats-1", "nats-2"}
+	clickhouseServers  = []string{"clickhouse-0-0", "clickhouse-0-1", "clickhouse-1-0", "clickhouse-1-1"}
+	surgeServices      = []string{"ingest", "partitioner", "batcher", "sink"}
+	supportingServices = []string{"zookeeper", "jaeger", "prometheus"}
+)
+
+// loadProject loads docker-compose.yml with the loader docker compose
+// uses, as `docker compose config` would with exactly env set (nothing
+// from the test's own environment, no .env file): ${VAR:-default} is
+// interpolated, anchors and merge keys resolved, the model validated
+// (unknown keys, undeclared volumes, depends_on naming a missing service)
+// and relative paths made absolute.
+func loadProject(t *testing.T, env map[string]string) *types.Project {
+	t.Helper()
+	dir, err := filepath.Abs(root)
+	require.NoError(t, err)
+	var list []string
+	for k, v := range env {
+		list = append(list, k+"="+v)
+	}
+	opts, err := cli.NewProjectOptions([]string{filepath.Join(dir, "docker-compose.yml")},
+		cli.WithWorkingDirectory(dir),
+		cli.WithName("surge"),
+		cli.WithEnv(list),
+		cli.WithResolvedPaths(true),
+	)
+	require.NoError(t, err)
+	p, err := opts.LoadProject(t.Context())
+	require.NoError(t, err)
+	return p
 }
 
-func loadCompose(t *testing.T) composeFile {
+// svc returns the named service of p, failing the test when missing.
+func svc(t *testing.T, p *types.Project, name string) types.ServiceConfig {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
-	require.NoError(t, err)
-	var c composeFile
-	require.NoError(t, yaml.Unmarshal(data, &c))
-	return c
+	s, ok := p.Services[name]
+	require.True(t, ok, "compose has no service %s", name)
+	return s
+}
+
+// envOf is the service's environment after interpolation; a variable
+// listed without a value (taken from the host at run time) is absent.
+func envOf(s types.ServiceConfig) map[string]string {
+	out := map[string]string{}
+	for k, v := range s.Environment {
+		if v != nil {
+			out[k] = *v
+		}
+	}
+	return out
+}
+
+// bindSource is the absolute host path a service mounts at target.
+func bindSource(t *testing.T, s types.ServiceConfig, target string) string {
+	t.Helper()
+	for _, v := range s.Volumes {
+		if v.Target == target {
+			require.Equal(t, types.VolumeTypeBind, v.Type, "%s: %s is not a bind mount", s.Name, target)
+			return v.Source
+		}
+	}
+	require.Failf(t, "missing mount", "%s mounts nothing at %s", s.Name, target)
+	return ""
 }
 
 func TestComposeStack(t *testing.T) {
-	c := loadCompose(t)
-	for _, name := range []string{"nats-0", "nats-1", "nats-2", "clickhouse-0", "clickhouse-1", "jaeger", "prometheus",
-		"ingest", "partitioner", "batcher", "sink"} {
-		require.Contains(t, c.Services, name)
-	}
+	p := loadProject(t, nil)
+	want := slices.Concat(natsNodes, clickhouseServers, surgeServices, supportingServices)
+	require.ElementsMatch(t, want, slices.Collect(maps.Keys(p.Services)), "the services of the stack")
+
 	hostPorts := map[string]string{}
-	for name, s := range c.Services {
-		require.True(t, s.Image != "" || s.Build != nil, "%s has neither image nor build", name)
+	volumeUsers := map[string]string{}
+	for _, name := range slices.Sorted(maps.Keys(p.Services)) {
+		s := p.Services[name]
 		if s.Build != nil {
-			require.FileExists(t, filepath.Join(root, s.Build.Context, s.Build.Dockerfile), name)
+			require.FileExists(t, filepath.Join(s.Build.Context, s.Build.Dockerfile), name)
 			svc := s.Build.Args["SERVICE"]
-			require.Equal(t, name, svc, "%s builds another service", name)
-			require.FileExists(t, filepath.Join(root, "services", svc, "cmd", svc, "main.go"))
-			require.NotNil(t, s.Healthcheck, "%s has no health check", name)
+			require.NotNil(t, svc, "%s: build arg SERVICE", name)
+			require.Equal(t, name, *svc, "%s builds another service", name)
+			require.Contains(t, surgeServices, name, "only Surge's services are built")
+			require.FileExists(t, filepath.Join(root, "services", name, "cmd", name, "main.go"))
+			require.Equal(t, "unless-stopped", s.Restart, "%s comes back after a crash", name)
+		} else {
+			require.Regexp(t, `^[a-z0-9./_-]+:v?[0-9][0-9A-Za-z.-]*$`, s.Image, "%s runs a pinned release", name)
 		}
-		for dep, cond := range s.DependsOn {
-			require.Contains(t, c.Services, dep, "%s depends on unknown %s", name, dep)
-			if cond["condition"] == "service_healthy" {
-				require.NotNil(t, c.Services[dep].Healthcheck, "%s waits for %s to be healthy, which has no health check", name, dep)
+
+		require.NotNil(t, s.HealthCheck, "%s has no health check", name)
+		require.False(t, s.HealthCheck.Disable, "%s disables its health check", name)
+		require.NotEmpty(t, s.HealthCheck.Test, name)
+		require.Equal(t, "CMD", s.HealthCheck.Test[0], "%s: an exec-form health check, no shell needed", name)
+		require.NotNil(t, s.HealthCheck.Interval, name)
+		require.NotNil(t, s.HealthCheck.Timeout, name)
+		require.NotNil(t, s.HealthCheck.Retries, name)
+
+		for dep, d := range s.DependsOn {
+			require.Contains(t, p.Services, dep, "%s depends on unknown %s", name, dep)
+			require.True(t, d.Required, "%s: %s is required", name, dep)
+			switch d.Condition {
+			case types.ServiceConditionHealthy:
+				require.NotNil(t, p.Services[dep].HealthCheck, "%s waits for %s to be healthy, which has no health check", name, dep)
+			case types.ServiceConditionStarted:
+				require.Equal(t, "jaeger", dep, "%s: only Jaeger is waited for merely to start (a Jaeger outage drops spans, never events)", name)
+			default:
+				require.Failf(t, "depends_on", "%s waits for %s to be %s", name, dep, d.Condition)
 			}
 		}
-		for _, p := range s.Ports {
-			host := strings.SplitN(p, ":", 2)[0]
-			require.NotContains(t, hostPorts, host, "host port %s used by %s and %s", host, name, hostPorts[host])
-			hostPorts[host] = name
+
+		for _, port := range s.Ports {
+			require.NotEmpty(t, port.Published, "%s: port %d published on a random host port", name, port.Target)
+			key := port.HostIP + ":" + port.Published + "/" + port.Protocol
+			require.NotContains(t, hostPorts, key, "host port %s used by %s and %s", key, name, hostPorts[key])
+			hostPorts[key] = name
+			require.Equal(t, port.Published, strconv.FormatUint(uint64(port.Target), 10), "%s publishes container port %d on another host port", name, port.Target)
 		}
+
 		for _, v := range s.Volumes {
-			src := strings.SplitN(v, ":", 2)[0]
-			if strings.HasPrefix(src, "./") {
-				require.FileExists(t, filepath.Join(root, src), "%s mounts a missing file", name)
-			} else {
-				require.Contains(t, c.Volumes, src, "%s uses an undeclared volume", name)
+			switch v.Type {
+			case types.VolumeTypeBind:
+				// Docker creates a missing bind source as an empty directory,
+				// and the service starts with no config: the file must exist.
+				require.FileExists(t, v.Source, "%s mounts a missing file at %s", name, v.Target)
+				require.True(t, v.ReadOnly, "%s may write its config %s", name, v.Source)
+				require.True(t, strings.HasPrefix(v.Source, filepath.Join(p.WorkingDir, "deployments")+string(filepath.Separator)),
+					"%s mounts %s from outside deployments/", name, v.Source)
+			case types.VolumeTypeVolume:
+				require.Contains(t, p.Volumes, v.Source, "%s uses an undeclared volume", name)
+				require.NotContains(t, volumeUsers, v.Source, "volume %s is used by %s and %s: each holds one server's data", v.Source, name, volumeUsers[v.Source])
+				volumeUsers[v.Source] = name
+			default:
+				require.Failf(t, "volume", "%s: unexpected volume type %s", name, v.Type)
 			}
+		}
+
+		// One network: every service reaches the others by service name.
+		require.Equal(t, []string{"default"}, slices.Collect(maps.Keys(s.Networks)), "%s's networks", name)
+	}
+	require.ElementsMatch(t, slices.Collect(maps.Keys(p.Volumes)), slices.Collect(maps.Keys(volumeUsers)), "every declared volume is used")
+	require.Equal(t, []string{"default"}, slices.Collect(maps.Keys(p.Networks)))
+
+	// The ways in that the file's header names.
+	for port, svc := range map[string]string{"8080": "ingest", "4222": "nats-0", "1883": "nats-0", "8123": "clickhouse-0-0",
+		"9000": "clickhouse-0-0", "16686": "jaeger", "4317": "jaeger", "4318": "jaeger", "9090": "prometheus"} {
+		assert.Equal(t, svc, hostPorts[":"+port+"/tcp"], "host port %s", port)
+	}
+
+	// What every Surge service waits for before it starts.
+	for _, name := range surgeServices {
+		s := svc(t, p, name)
+		for _, n := range natsNodes {
+			require.Contains(t, s.DependsOn, n, name)
+			require.Equal(t, types.ServiceConditionHealthy, s.DependsOn[n].Condition, "%s waits for %s", name, n)
 		}
 	}
-	require.Equal(t, "3", c.Services["sink"].Environment["SURGE_STREAMS_REPLICAS"], "streams at R3 in the cluster")
-	require.Equal(t, "clickhouse-0:9000,clickhouse-1:9000", c.Services["sink"].Environment["SURGE_CLICKHOUSE_ADDRS"])
+	for _, ch := range clickhouseServers {
+		require.Equal(t, types.ServiceConditionHealthy, svc(t, p, "sink").DependsOn[ch].Condition, "the sink waits for %s", ch)
+		require.Equal(t, types.ServiceConditionHealthy, svc(t, p, ch).DependsOn["zookeeper"].Condition, "%s waits for ZooKeeper", ch)
+	}
+	for _, name := range surgeServices {
+		require.Equal(t, types.ServiceConditionHealthy, svc(t, p, "prometheus").DependsOn[name].Condition, "prometheus waits for %s", name)
+	}
+}
+
+// variable is one ${...} reference of docker-compose.yml.
+var variable = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}`)
+
+// TestComposeInterpolation checks every variable of the file has a default,
+// so `docker compose up` works with nothing set, and that setting the
+// passwords reaches both the NATS servers and the services.
+func TestComposeInterpolation(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
+	require.NoError(t, err)
+	refs := variable.FindAllStringSubmatch(string(data), -1)
+	require.NotEmpty(t, refs)
+	names := map[string]bool{}
+	for _, r := range refs {
+		require.True(t, strings.HasPrefix(r[2], ":-"), "${%s%s} has no default", r[1], r[2])
+		names[r[1]] = true
+	}
+	require.Equal(t, []string{"SURGE_DEMO_PASSWORD", "SURGE_SERVICE_PASSWORD"}, slices.Sorted(maps.Keys(names)))
+
+	for _, tc := range []struct {
+		name          string
+		env           map[string]string
+		service, demo string
+	}{
+		{"defaults", nil, "surge-local", "demo-local"},
+		{"set", map[string]string{"SURGE_SERVICE_PASSWORD": "svc-secret", "SURGE_DEMO_PASSWORD": "demo-secret"}, "svc-secret", "demo-secret"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := loadProject(t, tc.env)
+			for name, s := range p.Services {
+				for k, v := range s.Environment {
+					require.NotNil(t, v, "%s: %s would be taken from the host", name, k)
+					require.NotContains(t, *v, "$", "%s: %s is not interpolated", name, k)
+				}
+			}
+			for _, n := range natsNodes {
+				env := envOf(svc(t, p, n))
+				require.Equal(t, tc.service, env["SURGE_SERVICE_PASSWORD"], n)
+				require.Equal(t, tc.demo, env["SURGE_DEMO_PASSWORD"], n)
+			}
+			for _, name := range surgeServices {
+				require.Equal(t, tc.service, envOf(svc(t, p, name))["SURGE_NATS_PASSWORD"], name)
+			}
+		})
+	}
 }

@@ -8,13 +8,16 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/stretchr/testify/require"
 	"gopkg.in/yaml.v3"
 
 	"github.com/surge-events/surge/pkg/config"
+	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/services/batcher"
 	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/services/partitioner"
@@ -38,28 +41,89 @@ func envNames(cfg any) []string {
 	return out
 }
 
+// surgeConfig is the Config the named service's process builds in compose:
+// its defaults, then the SURGE_ variables compose gives it (config.ApplyEnv,
+// as config.Load does). It must validate.
+func surgeConfig(t *testing.T, p *types.Project, name string) any {
+	t.Helper()
+	var cfg interface{ Validate() error }
+	switch name {
+	case "ingest":
+		c := ingest.DefaultConfig()
+		cfg = &c
+	case "partitioner":
+		c := partitioner.DefaultConfig()
+		cfg = &c
+	case "batcher":
+		c := batcher.DefaultConfig()
+		cfg = &c
+	case "sink":
+		c := sink.DefaultConfig()
+		cfg = &c
+	default:
+		require.Failf(t, "unknown service", "%s", name)
+	}
+	env := envOf(svc(t, p, name))
+	require.NoError(t, config.ApplyEnv(cfg, func(k string) (string, bool) {
+		v, ok := env[k]
+		return v, ok
+	}), name)
+	require.NoError(t, cfg.Validate(), "%s's configuration in compose", name)
+	return cfg
+}
+
+// common is the shared part of a service Config.
+func common(t *testing.T, cfg any) service.Common {
+	t.Helper()
+	switch c := cfg.(type) {
+	case *ingest.Config:
+		return c.Common
+	case *partitioner.Config:
+		return c.Common
+	case *batcher.Config:
+		return c.Common
+	case *sink.Config:
+		return c.Common
+	}
+	require.Failf(t, "unknown config", "%T", cfg)
+	return service.Common{}
+}
+
+func splitComma(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		out = append(out, strings.TrimSpace(p))
+	}
+	return out
+}
+
 // otelVars are the standard OpenTelemetry variables telemetry.SetupTracing
 // and the OTLP exporter read.
 var otelVars = regexp.MustCompile(`^OTEL_(SERVICE_NAME|RESOURCE_ATTRIBUTES|SDK_DISABLED|TRACES_EXPORTER|TRACES_SAMPLER|TRACES_SAMPLER_ARG|EXPORTER_OTLP_(TRACES_)?(ENDPOINT|PROTOCOL|HEADERS|TIMEOUT|INSECURE|COMPRESSION|CERTIFICATE)|BSP_[A-Z_]+)$`)
 
 // TestComposeServicesMatchTheirConfig checks every variable a service is
-// given names a setting of its Config (or a standard OTEL_ variable), that
-// its admin port is the one its health check and Prometheus scrape, and
-// that its traces go to Jaeger under its own service name.
+// given names a setting of its Config (or a standard OTEL_ variable) and
+// the Config they make validates, that its admin port is the one its
+// health check and Prometheus scrape, that its traces go to Jaeger under
+// its own service name, and that every hop agrees on the shard count.
 func TestComposeServicesMatchTheirConfig(t *testing.T) {
-	c := loadCompose(t)
-	targets := prometheusTargets(t)
-	jaeger, ok := c.Services["jaeger"]
-	require.True(t, ok)
-	require.Contains(t, jaeger.Ports, "4318:4318", "OTLP/HTTP in")
-	require.Contains(t, jaeger.Ports, "4317:4317", "OTLP/gRPC in")
-	require.Contains(t, jaeger.Ports, "16686:16686", "the UI")
+	p := loadProject(t, nil)
+	targets := prometheusTargets(t, bindSource(t, svc(t, p, "prometheus"), "/etc/prometheus/prometheus.yml"))
+	jaeger := svc(t, p, "jaeger")
+	jaegerPorts := map[uint32]string{}
+	for _, port := range jaeger.Ports {
+		jaegerPorts[port.Target] = port.Published
+	}
+	require.Equal(t, map[uint32]string{4318: "4318", 4317: "4317", 16686: "16686"}, jaegerPorts, "OTLP/HTTP and OTLP/gRPC in, the UI")
 
-	for name, vars := range services {
+	admin := map[string]string{}
+	for _, name := range surgeServices {
 		t.Run(name, func(t *testing.T) {
-			s, ok := c.Services[name]
-			require.True(t, ok)
-			for k := range s.Environment {
+			s := svc(t, p, name)
+			vars := services[name]
+			env := envOf(s)
+			require.Len(t, env, len(s.Environment), "%s: every variable has a value", name)
+			for k := range env {
 				switch {
 				case strings.HasPrefix(k, config.EnvPrefix):
 					require.Contains(t, vars, k, "%s is given %s, which its Config does not read", name, k)
@@ -67,28 +131,34 @@ func TestComposeServicesMatchTheirConfig(t *testing.T) {
 					require.Regexp(t, otelVars, k, "%s is given %s, which nothing reads", name, k)
 				}
 			}
-			require.Equal(t, "surge-"+name, s.Environment["OTEL_SERVICE_NAME"])
-			require.Equal(t, "http://jaeger:4318", s.Environment["OTEL_EXPORTER_OTLP_ENDPOINT"])
-			require.Equal(t, "json", s.Environment["SURGE_LOG_FORMAT"], "JSON logs in production")
+			require.Equal(t, "surge-"+name, env["OTEL_SERVICE_NAME"])
+			require.Equal(t, "http://jaeger:4318", env["OTEL_EXPORTER_OTLP_ENDPOINT"])
 
-			_, port, err := net.SplitHostPort(s.Environment["SURGE_ADMIN_ADDR"])
+			c := common(t, surgeConfig(t, p, name))
+			require.Equal(t, "json", c.Log.Format, "JSON logs in production")
+			host, port, err := net.SplitHostPort(c.Admin.Addr)
 			require.NoError(t, err)
-			require.Equal(t, []string{"CMD", "wget", "-q", "-O", "/dev/null", "http://localhost:" + port + "/readyz"}, s.Healthcheck.Test)
+			require.Empty(t, host, "%s's admin listens on every interface, for the health check and Prometheus", name)
+			require.NotContains(t, admin, port, "admin port %s of %s and %s", port, name, admin[port])
+			admin[port] = name
+			require.Equal(t, []string{"CMD", "wget", "-q", "-O", "/dev/null", "http://localhost:" + port + "/readyz"}, []string(s.HealthCheck.Test))
 			require.Equal(t, []string{name + ":" + port}, targets[name], "prometheus scrapes %s on its admin port", name)
-			require.Contains(t, c.Services["prometheus"].DependsOn, name)
 		})
 	}
-	require.Len(t, targets, len(services), "prometheus scrapes exactly the services")
-	shards := c.Services["partitioner"].Environment["SURGE_SHARDS"]
-	require.NotEmpty(t, shards)
-	require.Equal(t, shards, c.Services["batcher"].Environment["SURGE_SHARDS"], "every hop agrees on the shard count")
-	require.Equal(t, shards, c.Services["sink"].Environment["SURGE_SHARDS"], "every hop agrees on the shard count")
+	require.Len(t, targets, len(surgeServices), "prometheus scrapes exactly the services")
+
+	shards := surgeConfig(t, p, "partitioner").(*partitioner.Config).Shards
+	require.Equal(t, shards, surgeConfig(t, p, "batcher").(*batcher.Config).Shards, "every hop agrees on the shard count")
+	require.Equal(t, shards, surgeConfig(t, p, "sink").(*sink.Config).Shards, "every hop agrees on the shard count")
+	for _, name := range []string{"partitioner", "batcher", "sink"} {
+		require.Equal(t, strconv.Itoa(shards), envOf(svc(t, p, name))["SURGE_SHARDS"], "%s states the shard count, not a default", name)
+	}
 }
 
-// prometheusTargets reads deployments/prometheus/prometheus.yml: targets by job.
-func prometheusTargets(t *testing.T) map[string][]string {
+// prometheusTargets reads the Prometheus config compose mounts: targets by job.
+func prometheusTargets(t *testing.T, path string) map[string][]string {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(root, "deployments", "prometheus", "prometheus.yml"))
+	data, err := os.ReadFile(path)
 	require.NoError(t, err)
 	var p struct {
 		ScrapeConfigs []struct {
