@@ -22,6 +22,15 @@
 // server-side state was lost (a NATS restart, a stream leader change)
 // sooner than the client library notices the missing heartbeats.
 //
+// Which shards a batcher works on is static (listed in owned_shards, or
+// all) or shared by leases with the other batchers (ownership: lease,
+// package lease): then shard loops start and stop as the leases come and
+// go, and every publish of a shard (batch or dead letter) first checks
+// that its lease still holds, so a batcher that lost a shard (paused,
+// partitioned) publishes nothing more for it. The one publish that may
+// race with the takeover is caught by the batch's Nats-Msg-Id or, further
+// on, by the sink's watermark.
+//
 // Files: batcher.go runs the shard loops inside the service lifecycle,
 // shard.go is one shard's loop (resume, consume, cut, finish), publish.go
 // sends a batch, purge.go drops EVENTS below published batches, watch.go
@@ -32,6 +41,8 @@ package batcher
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -40,6 +51,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
@@ -51,6 +63,8 @@ type Service struct {
 	host      *service.Host
 	m         *metrics
 	watchdogs *service.Watchdogs
+	// instance names this process in the lease bucket.
+	instance string
 }
 
 // New validates cfg and deps and opens the admin listener; it does no
@@ -66,7 +80,10 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{cfg: cfg, host: host, m: newMetrics(host.Registry), watchdogs: host.Watchdogs(cfg.StallTimeout)}, nil
+	return &Service{
+		cfg: cfg, host: host, m: newMetrics(host.Registry), watchdogs: host.Watchdogs(cfg.StallTimeout),
+		instance: lease.NewInstanceID(),
+	}, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
@@ -93,13 +110,8 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	if err != nil {
 		return err
 	}
-	owned := s.cfg.OwnedShards()
-	s.host.Logger.Info("batching", zap.Ints("shards", owned))
-
-	var wg sync.WaitGroup
-	loops := make([]*shardLoop, 0, len(owned))
-	for _, k := range owned {
-		l := &shardLoop{
+	newLoop := func(k int, holds func() bool) *shardLoop {
+		return &shardLoop{
 			s:       s,
 			k:       k,
 			js:      conn.JS,
@@ -111,13 +123,79 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 			m:       s.m.forShard(k),
 			log:     s.host.Logger.With(zap.Int("shard", k)),
 			wd:      s.watchdogs.For(strconv.Itoa(k)),
+			holds:   holds,
 		}
-		loops = append(loops, l)
-		wg.Go(func() { l.run(ctx) })
 	}
+	loops := &loopSet{m: make(map[int]*shardLoop)}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+
+	if !s.cfg.Leased() {
+		owned := s.cfg.OwnedShards()
+		s.host.Logger.Info("batching", zap.Ints("shards", owned))
+		wg.Go(func() { s.watch(ctx, loops) })
+		for _, k := range owned {
+			l := newLoop(k, func() bool { return true })
+			loops.add(l)
+			wg.Go(func() { l.run(ctx) })
+		}
+		return nil
+	}
+
+	owner, err := lease.NewOwner(conn.JS, lease.Config{
+		Service:  "batcher",
+		Instance: s.instance,
+		Shards:   s.cfg.Shards,
+		TTL:      s.cfg.LeaseTTL,
+		Replicas: s.cfg.Streams.Replicas,
+	}, s.host.Logger)
+	if err != nil {
+		return err
+	}
+	s.host.Logger.Info("batching the shards this instance leases", zap.String("instance", s.instance), zap.Int("shards", s.cfg.Shards))
 	wg.Go(func() { s.watch(ctx, loops) })
-	wg.Wait()
-	return nil
+	return owner.Run(ctx, func(ctx context.Context, k int) {
+		l := newLoop(k, func() bool { return owner.Holds(k) })
+		loops.add(l)
+		defer loops.remove(l)
+		l.log.Info("shard started")
+		l.run(ctx)
+		l.log.Info("shard stopped")
+	})
+}
+
+// loopSet is the running shard loops, for the poller.
+type loopSet struct {
+	mu sync.Mutex
+	m  map[int]*shardLoop
+}
+
+func (s *loopSet) add(l *shardLoop) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[l.k] = l
+}
+
+// remove forgets a loop that stopped; its stall, if any, is over.
+func (s *loopSet) remove(l *shardLoop) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m[l.k] == l {
+		delete(s.m, l.k)
+	}
+	l.wd.Check(0)
+	l.m.pending.Set(0)
+}
+
+// all is the running loops, by shard.
+func (s *loopSet) all() []*shardLoop {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*shardLoop, 0, len(s.m))
+	for _, k := range slices.Sorted(maps.Keys(s.m)) {
+		out = append(out, s.m[k])
+	}
+	return out
 }
 
 // stream looks a stream up, each try bounded by PublishTimeout, until it

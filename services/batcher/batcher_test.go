@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -101,7 +102,8 @@ type published struct {
 	events []event.Event
 }
 
-var msgCounter int
+// msgCounter numbers the test messages; loads of several shards share it.
+var msgCounter atomic.Int64
 
 // publishEvents writes n messages of rows events each to shard k.
 func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header func(nats.Header)) []published {
@@ -125,15 +127,15 @@ func publishEvents(t *testing.T, js jetstream.JetStream, k, n, rows int, header 
 // unique in the test binary.
 func newMessage(k, rows int) (*nats.Msg, []event.Event) {
 	now := time.UnixMicro(1_700_000_000_000_000).UTC()
-	msgCounter++
+	n := int(msgCounter.Add(1))
 	events := make([]event.Event, rows)
 	for j := range events {
 		events[j] = event.Event{
-			EventID:    fmt.Sprintf("m%06d-e%03d", msgCounter, j),
+			EventID:    fmt.Sprintf("m%06d-e%03d", n, j),
 			Tenant:     "acme",
 			UserID:     "u" + strconv.Itoa(j),
 			Type:       "view",
-			TS:         now.Add(time.Duration(msgCounter*1000+j) * time.Microsecond),
+			TS:         now.Add(time.Duration(n*1000+j) * time.Microsecond),
 			ReceivedAt: now,
 			Properties: `{"k":"ü"}`,
 		}
@@ -535,14 +537,19 @@ func TestNewReportsMissingDeps(t *testing.T) {
 
 func TestConfigKeys(t *testing.T) {
 	vars := config.EnvVars(&Config{})
-	for _, want := range []string{"SURGE_SHARDS=", "SURGE_OWNED_SHARDS=", "SURGE_RETRY_INITIAL=", "SURGE_RETRY_MAX=", "SURGE_STALL_TIMEOUT="} {
+	for _, want := range []string{"SURGE_SHARDS=", "SURGE_OWNED_SHARDS=", "SURGE_OWNERSHIP=", "SURGE_LEASE_TTL=", "SURGE_RETRY_INITIAL=", "SURGE_RETRY_MAX=", "SURGE_STALL_TIMEOUT="} {
 		require.True(t, slices.ContainsFunc(vars, func(v string) bool { return strings.HasPrefix(v, want) }), "%s in %v", want, vars)
 	}
 	cfg := DefaultConfig()
 	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) {
-		v, ok := map[string]string{"SURGE_OWNED_SHARDS": "2,5", "SURGE_RETRY_MAX": "3s", "SURGE_STALL_TIMEOUT": "45s"}[k]
+		v, ok := map[string]string{"SURGE_OWNED_SHARDS": "2,5", "SURGE_RETRY_MAX": "3s", "SURGE_STALL_TIMEOUT": "45s", "SURGE_LEASE_TTL": "4s"}[k]
 		return v, ok
 	}))
+	require.Equal(t, shard.ModeStatic, cfg.Mode, "static by default")
+	require.Equal(t, 4*time.Second, cfg.LeaseTTL)
+	leased := cfg
+	leased.Mode = shard.ModeLease
+	require.ErrorContains(t, leased.Validate(), "owned_shards applies to static ownership only")
 	require.Equal(t, []int{2, 5}, cfg.OwnedShards())
 	require.Equal(t, 45*time.Second, cfg.StallTimeout)
 	require.Equal(t, 30*time.Second, DefaultConfig().StallTimeout)

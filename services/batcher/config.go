@@ -17,9 +17,10 @@ import (
 type Config struct {
 	service.Common `yaml:",inline"`
 
-	// Ownership is the number of shards and the ones this process batches
-	// (shards, owned_shards). Each shard must have exactly one running
-	// batcher.
+	// Ownership is the number of shards and how this process finds the
+	// ones it batches (shards, ownership, owned_shards, lease_ttl): listed
+	// (static, the default; each shard must have exactly one running
+	// batcher) or shared with the other batchers by leases (lease).
 	shard.Ownership `yaml:",inline"`
 	// Policy says when a batch is cut.
 	Policy batch.Policy `yaml:"batch" env:"BATCH"`
@@ -54,7 +55,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Common:          service.DefaultCommon(":8083"),
-		Ownership:       shard.Ownership{Shards: 8},
+		Ownership:       shard.DefaultOwnership(),
 		Policy:          batch.DefaultPolicy(),
 		PublishTimeout:  10 * time.Second,
 		StallTimeout:    30 * time.Second,

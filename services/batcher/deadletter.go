@@ -2,6 +2,7 @@ package batcher
 
 import (
 	"context"
+	"errors"
 	"strconv"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -29,6 +30,10 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 	defer l.inFlight.Store(0)
 	l.wd.Waiting("PubAck of dead letter of " + msg.Subject() + ":" + strconv.FormatUint(seq, 10))
 	if err := l.publishRetry(dctx, dl, l.log); err != nil {
+		if errors.Is(err, errNotOwner) {
+			l.log.Warn("dead letter not published: the shard's lease is lost; its next owner reads the message again", zap.Uint64("seq", seq))
+			return
+		}
 		l.log.Error("dead letter not published; the corrupt message is skipped", zap.Uint64("seq", seq), zap.Error(err))
 		return
 	}

@@ -36,6 +36,10 @@ type shardLoop struct {
 	m       shardMetrics
 	log     *zap.Logger
 	wd      *service.Watchdog
+	// holds reports whether this instance still owns the shard: always in
+	// static mode, while its lease holds in lease mode. Checked before
+	// every publish attempt.
+	holds func() bool
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
 	next atomic.Uint64
@@ -319,7 +323,7 @@ func (l *shardLoop) finish(parent context.Context) {
 	defer cancel()
 	if l.held != nil {
 		if err := l.publish(ctx, l.held); err != nil {
-			l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", l.held.b.ID()), zap.Error(err))
+			l.unpublished(l.held.b.ID(), err)
 			return
 		}
 		l.held = nil
@@ -328,7 +332,16 @@ func (l *shardLoop) finish(parent context.Context) {
 		c := &cutBatch{b: b, trace: l.trace, reason: batch.CutShutdown}
 		l.trace = batchTrace{}
 		if err := l.publish(ctx, c); err != nil {
-			l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", b.ID()), zap.Error(err))
+			l.unpublished(b.ID(), err)
 		}
 	}
+}
+
+// unpublished logs a batch finish could not publish.
+func (l *shardLoop) unpublished(id string, err error) {
+	if errors.Is(err, errNotOwner) {
+		l.log.Warn("batch not published: the shard's lease is lost; its next owner batches these events", zap.String("batch", id))
+		return
+	}
+	l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", id), zap.Error(err))
 }

@@ -13,7 +13,7 @@ import (
 // ctx ends: it keeps surge_batcher_consumer_pending current, hands the
 // backlog to each shard's watchdog and stops the events consumer of a
 // shard the watchdog wants repaired.
-func (s *Service) watch(ctx context.Context, loops []*shardLoop) {
+func (s *Service) watch(ctx context.Context, loops *loopSet) {
 	t := time.NewTicker(pollInterval(s.cfg.StallTimeout))
 	defer t.Stop()
 	for {
@@ -25,7 +25,7 @@ func (s *Service) watch(ctx context.Context, loops []*shardLoop) {
 		// One bound for the whole round: an unreachable server delays the
 		// checks and never piles them up.
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-		for _, l := range loops {
+		for _, l := range loops.all() {
 			l.check(rctx)
 		}
 		cancel()
