@@ -262,7 +262,7 @@ func (o *Owner) Run(ctx context.Context, work func(ctx context.Context, shard in
 	tick := time.NewTicker(o.renewEvery)
 	defer tick.Stop()
 	done := ctx.Done()
-	o.round(ctx, false, work)
+	o.round(ctx, ctx.Err() != nil, work)
 	for done != nil || !o.idle() {
 		select {
 		case <-done:

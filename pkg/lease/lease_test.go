@@ -218,7 +218,8 @@ func TestFencesAFrozenOwner(t *testing.T) {
 	assertOwners(t, l, map[string][]int{"b": {0, 1, 2, 3}}, 10*time.Second)
 	t.Logf("frozen owner lost Holds within %s; the contender won in %s", lostHolds, time.Since(frozen))
 	for k := range shards {
-		require.True(t, l.lastStart(k).Sub(frozen) > testTTL*3/4, "shard %d taken before a's lease ran out", k)
+		// a renewed at most a third of the TTL before the freeze.
+		require.Greater(t, l.lastStart(k).Sub(frozen), testTTL-testTTL/3, "shard %d taken before a's key expired", k)
 	}
 	require.Equal(t, []int{0, 1, 2, 3}, b.Owned())
 
