@@ -1,0 +1,101 @@
+package natscluster_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/testkit/natscluster"
+)
+
+// TestCluster starts three nodes, loses the leader of an R3 stream to a
+// SIGKILL and to a SIGTERM, restarts it on its ports and store, and checks
+// that the stream keeps every acked message once and that the harness
+// reports the leaders as they change.
+func TestCluster(t *testing.T) {
+	c := natscluster.Start(t, 3)
+	require.Len(t, strings.Split(c.URLs(), ","), 3)
+
+	nc, err := nats.Connect(c.URLs(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx := t.Context()
+	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
+		Name: "T", Subjects: []string{"t.>"}, Replicas: 3, Storage: jetstream.FileStorage, Duplicates: time.Minute,
+	})
+	require.NoError(t, err)
+
+	sent := 0
+	// publish stores message sent+1 with its id, retrying through an
+	// election, and returns how long it took.
+	publish := func() time.Duration {
+		t.Helper()
+		sent++
+		id := fmt.Sprintf("m%d", sent)
+		start := time.Now()
+		for {
+			pctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			_, err := js.Publish(pctx, "t.x", []byte(id), jetstream.WithMsgID(id))
+			cancel()
+			if err == nil {
+				return time.Since(start)
+			}
+			require.Less(t, time.Since(start), 20*time.Second, "publish %s: %v", id, err)
+		}
+	}
+	for range 10 {
+		publish()
+	}
+
+	for _, fault := range []struct {
+		name string
+		do   func(int) error
+	}{{"SIGKILL", c.Kill}, {"SIGTERM", c.Stop}} {
+		leader, err := c.StreamLeader("T")
+		require.NoError(t, err)
+		require.NotZero(t, c.PID(leader))
+		start := time.Now()
+		require.NoError(t, fault.do(leader))
+		assert.Zero(t, c.PID(leader))
+		gap := publish()
+		next, err := c.WaitStreamLeader("T", leader, 20*time.Second)
+		require.NoError(t, err)
+		t.Logf("%s of leader %s: %s leads after %s, first publish after %s", fault.name, c.Name(leader), c.Name(next), time.Since(start), gap)
+		for range 10 {
+			publish()
+		}
+		require.NoError(t, c.Restart(leader))
+		assert.NotZero(t, c.PID(leader))
+	}
+
+	// Every acked message once, and a resent id is a duplicate.
+	ack, err := js.Publish(ctx, "t.x", []byte("m1"), jetstream.WithMsgID("m1"))
+	require.NoError(t, err)
+	assert.True(t, ack.Duplicate)
+	s, err := js.Stream(ctx, "T")
+	require.NoError(t, err)
+	info, err := s.Info(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(sent), info.State.Msgs)
+	assert.Len(t, info.Cluster.Replicas, 2)
+}
+
+// TestMissingBinary: a binary that is not there is an error that names
+// the install command.
+func TestMissingBinary(t *testing.T) {
+	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	t.Setenv("HOME", t.TempDir())
+	t.Setenv(natscluster.EnvBinary, "")
+	_, err := natscluster.Binary()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "go install github.com/nats-io/nats-server/v2@"+natscluster.Version)
+}

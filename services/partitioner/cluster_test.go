@@ -1,0 +1,254 @@
+package partitioner
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.opentelemetry.io/otel/trace/noop"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest"
+
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natscluster"
+)
+
+// clusterMargin bounds, in the cluster test, how long after losing a
+// stream leader every request stored in INGEST since is partitioned and
+// acked: publish_timeout plus this margin. A SIGKILL costs a raft election
+// (4-8 s measured here), a SIGTERM hands the leadership over within
+// milliseconds; but an EVENTS PubAck in flight when the leader goes is
+// lost either way, and its request is naked and republished only when the
+// PubAck wait (publish_timeout, 10 s) runs out. The messages are kept
+// alive meanwhile, so no AckWait is waited out: the bound is well below
+// the 30 s AckWait the partitioner had before its keepalive.
+const (
+	clusterMargin = 5 * time.Second
+	// clusterEventsPerRequest is the events of one INGEST request.
+	clusterEventsPerRequest = 4
+)
+
+// TestClusterLeaderLoss partitions a steady feed of INGEST requests on a
+// 3-node NATS cluster with every stream at R3, while the leader of INGEST
+// and then of EVENTS is SIGKILLed, and one is SIGTERMed (each node is
+// restarted after). After each fault the partitioner acks every request
+// stored since within a bound; at the end every event is in EVENTS once.
+func TestClusterLeaderLoss(t *testing.T) {
+	c := natscluster.Start(t, 3)
+
+	cfg := DefaultConfig()
+	cfg.NATS.URL = c.URLs()
+	cfg.NATS.ConnectTimeout = 10 * time.Second
+	cfg.Admin.Addr = "127.0.0.1:0"
+	cfg.Streams.Replicas = 3
+	cfg.Streams.MaxBytes = 64 << 20
+	cfg.Shards = 4
+	cfg.FetchBatch = 64
+	cfg.FetchMaxWait = 100 * time.Millisecond
+	cfg.InfoInterval = 500 * time.Millisecond
+	runCluster(t, cfg)
+
+	feed, err := c.Feed(4*time.Millisecond, func(n int) *nats.Msg {
+		events := make([]event.Event, clusterEventsPerRequest)
+		at := time.UnixMicro(1_700_000_000_000_000).UTC()
+		for j := range events {
+			events[j] = event.Event{
+				EventID: fmt.Sprintf("r%d-e%d", n, j), Tenant: "acme", UserID: "u" + strconv.Itoa(n*clusterEventsPerRequest+j),
+				Type: "click", TS: at, ReceivedAt: at, Properties: "{}",
+			}
+		}
+		m := nats.NewMsg(streams.IngestSubject("acme"))
+		m.Data = event.AppendEncoded(nil, events)
+		m.Header.Set(jetstream.MsgIDHeader, "r"+strconv.Itoa(n))
+		m.Header.Set(streams.HeaderRows, strconv.Itoa(len(events)))
+		return m
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = feed.Stop() })
+
+	// ackedThrough waits, at most bound, until the partitioner has acked
+	// every INGEST request up to seq, and returns when it had.
+	ackedThrough := func(seq uint64, bound time.Duration) time.Time {
+		t.Helper()
+		var floor uint64
+		require.EventuallyWithT(t, func(co *assert.CollectT) {
+			ctx, cancel := context.WithTimeout(t.Context(), time.Second)
+			defer cancel()
+			js, err := c.JetStream()
+			if !assert.NoError(co, err) {
+				return
+			}
+			cons, err := js.Consumer(ctx, streams.Ingest, ConsumerName)
+			if !assert.NoError(co, err) {
+				return
+			}
+			floor = cons.CachedInfo().AckFloor.Stream
+			assert.GreaterOrEqual(co, floor, seq, "partitioner's ack floor")
+		}, bound, 20*time.Millisecond, "partitioner acks INGEST through seq %d within %s (ack floor %d)", seq, bound, floor)
+		return time.Now()
+	}
+	// storedAfter waits for the first request the feed stored after t0.
+	storedAfter := func(t0 time.Time, bound time.Duration) natscluster.Acked {
+		t.Helper()
+		var first natscluster.Acked
+		require.EventuallyWithT(t, func(co *assert.CollectT) {
+			acked := feed.Acked()
+			for i := len(acked) - 1; i >= 0 && acked[i].At.After(t0); i-- {
+				first = acked[i]
+			}
+			assert.True(co, first.At.After(t0), "a request stored after %s", t0.Format(time.TimeOnly))
+		}, bound, 10*time.Millisecond)
+		return first
+	}
+
+	bound := cfg.PublishTimeout + clusterMargin
+	start := time.Now()
+	ackedThrough(storedAfter(start, 10*time.Second).Seq, 15*time.Second)
+
+	for _, fault := range []struct {
+		name   string
+		stream string
+		do     func(int) error
+		bound  time.Duration
+	}{
+		{"SIGKILL", streams.Ingest, c.Kill, bound},
+		{"SIGKILL", streams.Events, c.Kill, bound},
+		{"SIGTERM", streams.Events, c.Stop, bound},
+	} {
+		leader, err := c.StreamLeader(fault.stream)
+		require.NoError(t, err)
+		consumerLeader, err := c.ConsumerLeader(streams.Ingest, ConsumerName)
+		require.NoError(t, err)
+		led := leads(c, leader)
+		faultAt := time.Now()
+		require.NoError(t, fault.do(leader))
+		killed := time.Since(faultAt)
+		next := storedAfter(faultAt, fault.bound)
+		done := ackedThrough(next.Seq, fault.bound)
+		newLeader, err := c.WaitStreamLeader(fault.stream, leader, 5*time.Second)
+		require.NoError(t, err)
+		t.Logf("%s of %s's leader %s (leading %v, INGEST's consumer too: %v; took %s): %s leads; INGEST stored again after %s, every request since acked after %s",
+			fault.name, fault.stream, c.Name(leader), led, consumerLeader == leader, killed.Round(time.Millisecond), c.Name(newLeader),
+			next.At.Sub(faultAt).Round(time.Millisecond), done.Sub(faultAt).Round(time.Millisecond))
+		require.NoError(t, c.Restart(leader))
+	}
+	require.NoError(t, feed.Stop())
+	acked := feed.Acked()
+	last := acked[len(acked)-1]
+	ackedThrough(last.Seq, 15*time.Second)
+
+	// INGEST is empty, and EVENTS holds every event of every stored
+	// request once.
+	js, err := c.JetStream()
+	require.NoError(t, err)
+	ingest, err := c.StreamInfo(streams.Ingest)
+	require.NoError(t, err)
+	assert.Zero(t, ingest.State.Msgs, "INGEST after the partitioner acked everything")
+	info, err := c.StreamInfo(streams.Events)
+	require.NoError(t, err)
+	// A read is tried again from the start when it fails: an ordered
+	// consumer made just after a node restarted may find no responders.
+	var seen map[string]int
+	require.EventuallyWithT(t, func(co *assert.CollectT) {
+		var err error
+		seen, err = readClusterEvents(t.Context(), js, info.State.Msgs)
+		assert.NoError(co, err)
+	}, 30*time.Second, 100*time.Millisecond, "read EVENTS")
+	for _, a := range acked {
+		for j := range clusterEventsPerRequest {
+			id := fmt.Sprintf("r%d-e%d", a.N, j)
+			require.Equal(t, 1, seen[id], "event %s in EVENTS once", id)
+		}
+	}
+	// Beyond them, at most the request the feed's stop interrupted, once.
+	extra := 0
+	for n := len(acked); n < feed.Sent(); n++ {
+		for j := range clusterEventsPerRequest {
+			id := fmt.Sprintf("r%d-e%d", n, j)
+			require.LessOrEqual(t, seen[id], 1, "event %s in EVENTS at most once", id)
+			extra += seen[id]
+		}
+	}
+	require.Equal(t, len(acked)*clusterEventsPerRequest+extra, len(seen), "events in EVENTS")
+	t.Logf("%d requests (%d events) partitioned, each event in EVENTS once", len(acked), len(seen))
+}
+
+// runCluster runs a partitioner until the test ends; Run must return nil.
+func runCluster(t *testing.T, cfg Config) {
+	t.Helper()
+	s, err := New(cfg, service.Deps{
+		Logger:         zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Registry:       prometheus.NewRegistry(),
+		TracerProvider: noop.NewTracerProvider(),
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			assert.NoError(t, err)
+		case <-time.After(20 * time.Second):
+			t.Error("partitioner did not stop within 20s")
+		}
+	})
+}
+
+// readClusterEvents counts the events of the first msgs messages of EVENTS by id.
+func readClusterEvents(ctx context.Context, js jetstream.JetStream, msgs uint64) (map[string]int, error) {
+	st, err := js.Stream(ctx, streams.Events)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]int{}
+	for got := uint64(0); got < msgs; {
+		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return nil, err
+		}
+		before := got
+		for m := range batch.Messages() {
+			got++
+			events, err := event.Decode(m.Data())
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range events {
+				seen[e.EventID]++
+			}
+		}
+		if err := batch.Error(); err != nil {
+			return nil, fmt.Errorf("after %d of %d messages: %w", got, msgs, err)
+		}
+		if got == before {
+			return nil, fmt.Errorf("no message after %d of %d", got, msgs)
+		}
+	}
+	return seen, nil
+}
+
+// leads lists the streams node i leads.
+func leads(c *natscluster.Cluster, i int) []string {
+	var out []string
+	for _, name := range []string{streams.Ingest, streams.Events, streams.Batches} {
+		if l, err := c.StreamLeader(name); err == nil && l == i {
+			out = append(out, name)
+		}
+	}
+	return out
+}
