@@ -145,6 +145,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 		t.Logf("%s of %s's leader %s (leading %v): %s leads; EVENTS stored again after %s, every shard batched through it after %s",
 			fault.name, fault.stream, c.Name(leader), led, c.Name(newLeader),
 			storedAt.Sub(faultAt).Round(time.Millisecond), done.Sub(faultAt).Round(time.Millisecond))
+		assert.LessOrEqual(t, done.Sub(faultAt), bound, "%s of %s's leader: %s again within the bound", fault.name, fault.stream, "every shard batched")
 		require.NoError(t, c.Restart(leader))
 	}
 	require.NoError(t, feed.Stop())

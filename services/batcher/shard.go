@@ -167,6 +167,9 @@ func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 // waitingEvents is what a shard waiting for a message waits on.
 var waitingEvents = "events from " + streams.Events
 
+// eventsHeartbeat is the idle heartbeat of a shard's events consumer.
+const eventsHeartbeat = time.Second
+
 // errStalled ends the events consumer of a shard the watchdog found
 // stalled.
 var errStalled = errors.New("stalled")
@@ -200,7 +203,11 @@ func (l *shardLoop) consume(ctx context.Context) error {
 		}
 		return fmt.Errorf("ordered consumer: %w", err)
 	}
-	it, err := cons.Messages()
+	// The server heartbeats an idle consumer every eventsHeartbeat; two
+	// missed ones (its server died or stopped, the stream leader moved)
+	// make the library recreate it. Its default, 5 s, left a shard idle
+	// for 10 s after a leader change that took milliseconds.
+	it, err := cons.Messages(jetstream.PullHeartbeat(eventsHeartbeat))
 	if err != nil {
 		return fmt.Errorf("messages: %w", err)
 	}

@@ -139,6 +139,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 		t.Logf("%s of %s's leader %s (leading %v, INGEST's consumer too: %v; took %s): %s leads; INGEST stored again after %s, every request since acked after %s",
 			fault.name, fault.stream, c.Name(leader), led, consumerLeader == leader, killed.Round(time.Millisecond), c.Name(newLeader),
 			next.At.Sub(faultAt).Round(time.Millisecond), done.Sub(faultAt).Round(time.Millisecond))
+		assert.LessOrEqual(t, done.Sub(faultAt), bound, "%s of %s's leader: %s again within the bound", fault.name, fault.stream, "every request acked")
 		require.NoError(t, c.Restart(leader))
 	}
 	require.NoError(t, feed.Stop())
