@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -15,7 +16,11 @@ import (
 // deadLetter publishes the original bytes of msg to DEAD_LETTER, waits for
 // the PubAck, then terminates msg. Publishing is retried like an insert:
 // the end of ctx (shutdown) cuts the waits between attempts, never an
-// attempt, and releases msg with a Nak. ctx carries the batch's trace.
+// attempt, and releases msg with a Nak. Each attempt, and the Term, first
+// checks the shard's lease: a shard lost meanwhile publishes nothing more
+// and naks msg for the next owner (a dead letter that raced it has the same
+// id as the next owner's and is dropped by JetStream). ctx carries the
+// batch's trace.
 func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string, cause error) {
 	work := context.WithoutCancel(ctx)
 	var sourceSeq uint64
@@ -40,6 +45,9 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string
 
 	l.w.Waiting("dead letter publish")
 	err := retry.Do(ctx, l.retry, func() error {
+		if !l.holds() {
+			return retry.Permanent(errNotOwner)
+		}
 		pctx, cancel := context.WithTimeout(work, natsTimeout)
 		defer cancel()
 		_, err := l.js.PublishMsg(pctx, out)
@@ -48,7 +56,15 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string
 		l.m.retries.Inc()
 		log.Warn("publish dead letter failed, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
+	if err == nil && !l.holds() {
+		err = errNotOwner
+	}
 	l.release()
+	if errors.Is(err, errNotOwner) {
+		log.Warn("shard lease lost while dead-lettering the batch; releasing it to the next owner")
+		_ = msg.Nak()
+		return
+	}
 	if err != nil { // only shutdown ends the retries
 		log.Info("stopping with batch not dead-lettered; releasing it", zap.Error(err))
 		_ = msg.Nak()

@@ -18,7 +18,8 @@ import (
 )
 
 // land inserts the part of b above the watermark and acks msg. An error
-// leaves msg unacked.
+// leaves msg unacked; errNotOwner says the shard's lease is lost, and
+// nothing was inserted or acked after that was known.
 func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
 	if msg.Headers().Get(streams.HeaderReplay) != "" {
 		return l.landReplay(ctx, msg, b, id, attempt)
@@ -35,7 +36,9 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	}
 	rest := b.After(l.watermark)
 	if rest.Len() == 0 {
-		l.ack(ctx, msg)
+		if err := l.ack(ctx, msg); err != nil {
+			return err
+		}
 		l.m.duplicates.Inc()
 		trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("surge.duplicate", true))
 		return nil
@@ -49,6 +52,12 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(qid), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
 	// The last attempt's id stays: find the insert in system.query_log by it.
 	trace.SpanFromContext(ctx).SetAttributes(attribute.String(AttrQueryID, qid))
+	// Fencing: a shard whose lease is lost inserts nothing more. The one
+	// insert sent just before the lease ran out and landing after the next
+	// owner read the watermark is caught by ClickHouse (see Service).
+	if !l.holds() {
+		return errNotOwner
+	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
 	if err := l.store.Insert(qctx, rest); err != nil {
@@ -59,8 +68,6 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	}
 	now := time.Now()
 	l.setWatermark(b.LastSeq)
-	l.ack(ctx, msg)
-
 	l.m.insertDuration.Observe(now.Sub(start).Seconds())
 	l.m.rows.Add(float64(rest.Len()))
 	l.m.inserted.Inc()
@@ -68,7 +75,9 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
 	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
 		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
-	return nil
+	// The rows are in; a lease lost meanwhile leaves the batch unacked,
+	// and the next owner finds it at or below the watermark.
+	return l.ack(ctx, msg)
 }
 
 // landReplay inserts the rows of a replayed dead letter that ClickHouse
@@ -90,7 +99,9 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 	span := trace.SpanFromContext(ctx)
 	span.SetAttributes(attribute.Bool("surge.replay", true))
 	if rest.Len() == 0 {
-		l.ack(ctx, msg)
+		if err := l.ack(ctx, msg); err != nil {
+			return err
+		}
 		l.m.duplicates.Inc()
 		span.SetAttributes(attribute.Bool("surge.duplicate", true))
 		return nil
@@ -98,6 +109,9 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
 	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
+	if !l.holds() { // fencing, as in land
+		return errNotOwner
+	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
 	err = l.store.Insert(qctx, rest)
@@ -107,13 +121,12 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 		return fmt.Errorf("insert replayed batch %s: %w", id, err)
 	}
 	now := time.Now()
-	l.ack(ctx, msg)
 	l.m.insertDuration.Observe(now.Sub(start).Seconds())
 	l.m.rows.Add(float64(rest.Len()))
 	l.m.inserted.Inc()
 	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
 	l.log.Info("replayed batch inserted", zap.String("batch_id", id), zap.Int("rows", rest.Len()), zap.String("replay", msg.Headers().Get(streams.HeaderReplay)))
-	return nil
+	return l.ack(ctx, msg)
 }
 
 func (l *shardLoop) setWatermark(wm uint64) {
@@ -121,18 +134,23 @@ func (l *shardLoop) setWatermark(wm uint64) {
 	l.m.watermark.Set(float64(wm))
 }
 
-// ack confirms msg with the server: the shard made progress. A lost ack
-// is harmless: the batch comes back and is found at or below the
-// watermark.
-func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) {
+// ack confirms msg with the server: the shard made progress. A shard whose
+// lease is lost acks nothing (errNotOwner): the batch goes back to the next
+// owner, which finds the rows landed at or below the watermark. A lost ack
+// is harmless for the same reason, so its failure is only logged.
+func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) error {
+	if !l.holds() {
+		return errNotOwner
+	}
 	l.release()
 	actx, cancel := context.WithTimeout(ctx, natsTimeout)
 	defer cancel()
 	if err := msg.DoubleAck(actx); err != nil {
 		l.log.Warn("ack batch", zap.Error(err))
-		return
+		return nil
 	}
 	l.w.Progress()
+	return nil
 }
 
 // AttrQueryID is the insert span's attribute holding the ClickHouse

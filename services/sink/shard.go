@@ -56,6 +56,10 @@ type shardLoop struct {
 	fetchWait time.Duration
 	// alive keeps the batch in hand from being handed out again.
 	alive service.Keepalive
+	// holds reports whether this instance still owns the shard: always in
+	// static mode, while its lease holds in lease mode. Checked before
+	// every insert attempt, dead-letter publish and ack.
+	holds func() bool
 
 	// watermark is the highest EVENTS sequence ClickHouse holds for the
 	// shard, valid while known. It is (re)read from ClickHouse at start and
@@ -83,6 +87,29 @@ func (s *Service) newShardLoop(k int, js js, st store) *shardLoop {
 		insertTimeout:  s.cfg.ClickHouse.InsertTimeout,
 		fetchWait:      s.fetchWait,
 		alive:          service.Keepalive{Every: s.cfg.KeepaliveEvery()},
+		holds:          func() bool { return true },
+	}
+}
+
+// errNotOwner stops the work on a batch of a shard this instance no longer
+// owns: its lease is lost. The batch is released unacked for the next
+// owner.
+var errNotOwner = errors.New("shard lease lost")
+
+// fenced is the context of the work on one batch: unlike ctx it does not
+// end at shutdown or hand-over (a batch in hand is finished, under a lease
+// still renewed), only when ctx ends because the lease is lost or ran out;
+// then an insert under way is cut. Call stop when the batch is settled.
+func (l *shardLoop) fenced(ctx context.Context) (work context.Context, stop func()) {
+	work, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	unwatch := context.AfterFunc(ctx, func() {
+		if !l.holds() {
+			cancel()
+		}
+	})
+	return work, func() {
+		unwatch()
+		cancel()
 	}
 }
 
@@ -179,7 +206,9 @@ func (l *shardLoop) recreateConsumer(ctx context.Context) {
 // acks it. Transient failures are retried until they pass or ctx ends; in
 // the latter case the batch is nak'ed for whoever owns the shard next.
 // Work on the batch is not cut by shutdown; only waits between retries are.
-// All along, a keepalive tells JetStream the batch is in progress.
+// A lost lease stops the work at once, an insert under way included, and
+// naks the batch. All along, a keepalive tells JetStream the batch is in
+// progress.
 func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	l.alive.Hold(msg)
 	defer l.release()
@@ -213,7 +242,8 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 			attribute.String("surge.batch_id", id),
 		))
 	defer span.End()
-	work := context.WithoutCancel(ctx)
+	work, stop := l.fenced(ctx)
+	defer stop()
 	log := l.log.With(zap.String("batch_id", id))
 	log = log.With(telemetry.TraceFields(ctx)...)
 
@@ -222,6 +252,11 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	err = retry.Do(ctx, l.retry, func() error {
 		attempt++
 		err := l.land(work, msg, b, id, attempt)
+		if err != nil && !l.holds() {
+			// Lost before or while the attempt ran (an insert under way
+			// is cut): whatever the error, nothing more is sent.
+			return retry.Permanent(errNotOwner)
+		}
 		if err != nil && Classify(err) == Permanent {
 			permanent = err
 			return retry.Permanent(err)
@@ -234,6 +269,11 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	switch {
 	case err == nil:
+	case errors.Is(err, errNotOwner):
+		log.Warn("shard lease lost with the batch unacked; releasing it to the next owner")
+		span.SetStatus(codes.Error, "shard lease lost")
+		l.release()
+		_ = msg.Nak()
 	case permanent != nil:
 		span.RecordError(permanent)
 		span.SetStatus(codes.Error, "dead letter")

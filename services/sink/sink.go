@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
@@ -23,11 +26,29 @@ const TracerName = "github.com/surge-events/surge/services/sink"
 func ConsumerName(k int) string { return "sink-shard-" + strconv.Itoa(k) }
 
 // checkClickHouse is the sink's readiness check: it fails until the schema
-// exists on every server and the shard consumers are created.
+// exists on every server and, in static mode, the shard consumers are
+// created (in lease mode each shard makes its consumer when it is taken).
 const checkClickHouse = "clickhouse"
 
 // Service is the sink: one loop per owned shard moving batches from
 // BATCHES into ClickHouse.
+//
+// Which shards a sink works on is static (listed in owned_shards, or all)
+// or shared with the other sinks by leases (ownership: lease, package
+// lease). In lease mode a shard's loop (its consumer, keepalive and
+// watchdog) runs only while this instance holds the shard's lease; it
+// stops at once when the lease is lost and releases the batch in hand
+// unacked (Nak) for the next owner. Every ClickHouse insert attempt, every
+// dead-letter publish and every ack first checks that the lease still
+// holds, and an insert under way is cut when the lease is lost, so a sink
+// that lost a shard (paused, partitioned) inserts nothing more for it. The
+// one insert that may race with the takeover (sent just before the lease
+// ran out, landing after the next owner read the watermark) is caught by
+// ClickHouse: on replicated tables the next owner sends the identical
+// block (the rows above the same watermark), which block deduplication
+// stores once, and ReplacingMergeTree folds rows of equal key on merge.
+// A batch the old owner inserted but could not ack comes back to the next
+// owner at or below the watermark and is acked as a duplicate.
 type Service struct {
 	cfg     Config
 	host    *service.Host
@@ -42,6 +63,8 @@ type Service struct {
 	// pendingEvery is how often consumer info is polled for the pending
 	// gauges and the watchdogs.
 	pendingEvery time.Duration
+	// instance names this process in the lease bucket (lease mode).
+	instance string
 }
 
 // natsTimeout bounds one request to JetStream: an ack, a dead-letter
@@ -76,6 +99,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		watchdogs:    host.Watchdogs(cfg.StallTimeout),
 		fetchWait:    time.Second,
 		pendingEvery: pollEvery(cfg.StallTimeout),
+		instance:     lease.NewInstanceID(),
 	}, nil
 }
 
@@ -109,26 +133,109 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		return err
 	}
 
-	var loops []*shardLoop
-	for _, k := range s.cfg.OwnedShards() {
-		l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
-		if err := l.createConsumer(ctx); err != nil {
-			return err
-		}
-		loops = append(loops, l)
-	}
-
-	s.host.Admin().Ready(checkClickHouse)
-	s.log.Info("sink running", zap.Ints("shards", s.cfg.OwnedShards()), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
-
+	loops := &loopSet{m: make(map[int]*shardLoop)}
 	var wg sync.WaitGroup
-	for _, l := range loops {
-		wg.Go(func() { l.run(ctx) })
+	defer wg.Wait() // before the servers close
+
+	if !s.cfg.Leased() {
+		owned := s.cfg.OwnedShards()
+		started := make([]*shardLoop, 0, len(owned))
+		for _, k := range owned {
+			l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
+			if err := l.createConsumer(ctx); err != nil {
+				return err
+			}
+			started = append(started, l)
+		}
+		s.host.Admin().Ready(checkClickHouse)
+		s.log.Info("sink running", zap.Ints("shards", owned), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
+		for _, l := range started {
+			loops.add(l)
+			wg.Go(func() { l.run(ctx) })
+		}
+		wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
+		wg.Wait()
+		s.log.Info("sink drained")
+		return nil
 	}
+
+	owner, err := lease.NewOwner(conn.JS, lease.Config{
+		Service:  "sink",
+		Instance: s.instance,
+		Shards:   s.cfg.Shards,
+		TTL:      s.cfg.LeaseTTL,
+		Replicas: s.cfg.Streams.Replicas,
+	}, s.log)
+	if err != nil {
+		return err
+	}
+	// Ready once the schema is there: an instance that holds no shard yet
+	// (or none at all, with more sinks than shards) is healthy.
+	s.host.Admin().Ready(checkClickHouse)
+	s.log.Info("sink running on the shards this instance leases", zap.String("instance", s.instance),
+		zap.Int("shards", s.cfg.Shards), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
 	wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
-	wg.Wait()
+	err = owner.Run(ctx, func(ctx context.Context, k int) {
+		// A new loop for every tenure: its watermark is read again from
+		// ClickHouse, never kept from an earlier one (another sink may have
+		// landed batches meanwhile).
+		l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
+		l.holds = func() bool { return owner.Holds(k) }
+		// A failure here ends the run; the owner starts it again at its
+		// next round while it holds the lease.
+		if err := l.createConsumer(ctx); err != nil {
+			if ctx.Err() == nil {
+				l.log.Error("shard not started: its consumer could not be made", zap.Error(err))
+			}
+			return
+		}
+		loops.add(l)
+		defer loops.remove(l)
+		l.log.Info("shard started")
+		l.run(ctx)
+		l.log.Info("shard stopped")
+	})
+	if err != nil {
+		return err
+	}
 	s.log.Info("sink drained")
 	return nil
+}
+
+// loopSet is the running shard loops, for the pending poller.
+type loopSet struct {
+	mu sync.Mutex
+	m  map[int]*shardLoop
+}
+
+func (s *loopSet) add(l *shardLoop) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.m[l.k] = l
+}
+
+// remove forgets a loop that stopped: its stall, if any, is over, and its
+// backlog is the next owner's to report.
+func (s *loopSet) remove(l *shardLoop) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.m[l.k] == l {
+		delete(s.m, l.k)
+	}
+	l.w.Check(0)
+	l.m.pending.Set(0)
+	l.m.ackPending.Set(0)
+}
+
+// all is the running loops, by shard.
+func (s *loopSet) all() []*shardLoop {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*shardLoop, 0, len(s.m))
+	for _, k := range slices.Sorted(maps.Keys(s.m)) {
+		out = append(out, s.m[k])
+	}
+	return out
 }
 
 // ensureSchemas creates the schema on every server, retrying while a
@@ -157,11 +264,11 @@ func (s *Service) ensureSchemas(ctx context.Context, servers []*server) error {
 
 // pollPending keeps surge_sink_consumer_pending and _ack_pending current
 // and hands each shard's backlog to its watchdog.
-func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops []*shardLoop) {
+func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops *loopSet) {
 	t := time.NewTicker(s.pendingEvery)
 	defer t.Stop()
 	for {
-		for _, l := range loops {
+		for _, l := range loops.all() {
 			backlog, err := s.backlog(ctx, js, l)
 			if err != nil {
 				if ctx.Err() == nil {
