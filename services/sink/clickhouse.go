@@ -4,29 +4,67 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
 )
 
-// server is one ClickHouse shard server and the connection pool to it.
-// Shard loops share it; the driver's pool is safe for concurrent use.
+// server is one ClickHouse shard: its replicas and a connection pool to
+// each. Shard loops share it; the driver's pools are safe for concurrent use.
+//
+// Each shard loop (sink shard) writes to one replica at a time, its
+// current one, the first at start; an attempt that fails for a transient
+// reason moves the loop's next attempt to another replica (failover). The
+// loop re-reads the watermark after a failed insert, so the watermark comes
+// from the replica it writes to next.
+//
+// With replication the watermark a replica answers may lag: parts inserted
+// through another replica may not have reached it yet. Those rows are safe
+// (an insert that returned is in ZooKeeper's replication log, and every
+// replica fetches it), so the server remembers, per sink shard, the highest
+// sequence it saw committed (floor: a returned insert or a watermark read)
+// and never answers a lower watermark. So a retry after a failover cuts the
+// batch where the failed attempt did, and sends the identical block: the
+// same rows in the same order. If the failed attempt did land, block
+// deduplication (insert_deduplicate, on by default and set explicitly)
+// stores the identical block once, whichever replica takes it.
 type server struct {
-	addr     string
-	database string
-	cluster  string
-	conn     driver.Conn
-	// schemaOK is cleared when an insert says the table or database is
-	// gone, so the next attempt creates them again.
+	// addr is the configured Addrs entry: the replicas joined by "|".
+	addr       string
+	database   string
+	cluster    string
+	replicated bool
+	replicas   []*replica
+
+	mu sync.Mutex
+	// current is the index of the replica each sink shard writes to.
+	current map[int]int
+	// floor is, per sink shard, the highest sequence known committed;
+	// only kept with replication.
+	floor map[int]uint64
+}
+
+// replica is one clickhouse-server of a shard.
+type replica struct {
+	addr string
+	conn driver.Conn
+	// schemaOK is cleared when a query says the table or database is gone,
+	// so the next attempt creates them again.
 	schemaOK atomic.Bool
+	// failedAt is when an attempt on the replica last failed (unix nanos),
+	// so a failover prefers a replica that has not just failed.
+	failedAt atomic.Int64
 }
 
 var _ store = (*server)(nil)
 
-// store is what a shard loop needs of its ClickHouse server.
+// store is what a shard loop needs of its ClickHouse shard.
 type store interface {
 	// Watermark is the highest EVENTS sequence of shard held by the server.
 	Watermark(ctx context.Context, shard int) (uint64, error)
@@ -39,7 +77,35 @@ type store interface {
 	Addr() string
 }
 
+// failoverCooldown is how long a replica that failed is passed over by a
+// failover when another replica has not failed as recently.
+const failoverCooldown = 10 * time.Second
+
+// openServer opens a connection pool to each replica of the Addrs entry
+// addr. It does no I/O: the driver dials on first use.
 func openServer(c ClickHouseConfig, addr string) (*server, error) {
+	s := &server{
+		addr: addr, database: c.Database, cluster: c.Cluster, replicated: c.Replicated,
+		current: make(map[int]int), floor: make(map[int]uint64),
+	}
+	for _, a := range Replicas(addr) {
+		conn, err := openConn(c, a)
+		if err != nil {
+			_ = s.Close()
+			return nil, err
+		}
+		s.replicas = append(s.replicas, &replica{addr: a, conn: conn})
+	}
+	return s, nil
+}
+
+func openConn(c ClickHouseConfig, addr string) (driver.Conn, error) {
+	var settings clickhouse.Settings
+	if c.Replicated {
+		// The default, but a profile may turn it off: a retried block
+		// must land once.
+		settings = clickhouse.Settings{"insert_deduplicate": 1}
+	}
 	conn, err := clickhouse.Open(&clickhouse.Options{
 		Protocol: clickhouse.Native,
 		Addr:     []string{addr},
@@ -48,6 +114,7 @@ func openServer(c ClickHouseConfig, addr string) (*server, error) {
 			Username: c.Username,
 			Password: c.Password,
 		},
+		Settings:     settings,
 		DialTimeout:  c.DialTimeout,
 		MaxOpenConns: 8,
 		MaxIdleConns: 4,
@@ -58,75 +125,228 @@ func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open clickhouse %s: %w", addr, err)
 	}
-	return &server{addr: addr, database: c.Database, cluster: c.Cluster, conn: conn}, nil
+	return conn, nil
 }
 
-// Addr is the server's native address.
+// Addr is the shard's configured address: its replicas joined by "|".
 func (s *server) Addr() string { return s.addr }
 
-// EnsureSchema creates the database and both tables when missing.
-func (s *server) EnsureSchema(ctx context.Context) error {
-	if s.schemaOK.Load() {
-		return nil
-	}
-	for _, stmt := range SchemaStatements(s.database, s.cluster) {
-		if err := s.conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("create schema on %s: %w", s.addr, err)
-		}
-	}
-	s.schemaOK.Store(true)
-	return nil
+// use is the replica sink shard k writes to, and its index.
+func (s *server) use(k int) (int, *replica) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	i := s.current[k]
+	return i, s.replicas[i]
 }
 
-// Watermark reads the highest EVENTS sequence of shard on the server.
+// done records the outcome of an attempt of sink shard k on replica i: a
+// transient failure moves k to another replica, and the error says which.
+func (s *server) done(k, i int, err error) error {
+	if err == nil || Classify(err) == Permanent {
+		return err
+	}
+	r := s.replicas[i]
+	r.failedAt.Store(time.Now().UnixNano())
+	if len(s.replicas) == 1 {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.current[k] != i {
+		return err
+	}
+	next := s.next(i)
+	s.current[k] = next
+	return fmt.Errorf("%w; next attempt on replica %s", err, s.replicas[next].addr)
+}
+
+// next picks the replica after i that failed longest ago (or never),
+// in order after i; s.mu is held.
+func (s *server) next(i int) int {
+	now := time.Now().UnixNano()
+	best := (i + 1) % len(s.replicas)
+	for step := 1; step < len(s.replicas); step++ {
+		j := (i + step) % len(s.replicas)
+		if now-s.replicas[j].failedAt.Load() > int64(failoverCooldown) {
+			return j
+		}
+		if s.replicas[j].failedAt.Load() < s.replicas[best].failedAt.Load() {
+			best = j
+		}
+	}
+	return best
+}
+
+// raise records seq as committed for sink shard k and returns the floor.
+func (s *server) raise(k int, seq uint64) uint64 {
+	if !s.replicated {
+		return seq
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if seq > s.floor[k] {
+		s.floor[k] = seq
+	}
+	return s.floor[k]
+}
+
+// EnsureSchema creates the database and both tables where missing, on
+// the first replica that answers; with replication the statements go `ON
+// CLUSTER` and reach every server.
+func (s *server) EnsureSchema(ctx context.Context) error {
+	var errs []error
+	for _, r := range s.replicas {
+		err := s.ensureSchema(ctx, r, true)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+		if Classify(err) == Permanent || ctx.Err() != nil {
+			break
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ensureSchema makes sure replica r holds the schema. Without replication
+// it runs the statements on r. With replication it queues them `ON
+// CLUSTER`, when always is set or r lacks a table, and waits until r's DDL
+// worker has run them.
+func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) error {
+	if r.schemaOK.Load() && !always {
+		return nil
+	}
+	if !s.replicated {
+		for _, stmt := range SchemaStatements(s.database, s.cluster) {
+			if err := r.conn.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("create schema on %s: %w", r.addr, err)
+			}
+		}
+		r.schemaOK.Store(true)
+		return nil
+	}
+	if !always {
+		ok, err := s.hasSchema(ctx, r)
+		if err != nil {
+			return err
+		}
+		if ok {
+			r.schemaOK.Store(true)
+			return nil
+		}
+	}
+	// distributed_ddl_task_timeout 0 queues the statement and returns:
+	// waiting for every server would wait out one that is down.
+	qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"distributed_ddl_task_timeout": 0}))
+	for _, stmt := range ReplicatedSchemaStatements(s.database, s.cluster) {
+		if err := r.conn.Exec(qctx, stmt); err != nil {
+			return fmt.Errorf("create schema on cluster %s through %s: %w", s.cluster, r.addr, err)
+		}
+	}
+	for {
+		ok, err := s.hasSchema(ctx, r)
+		if err != nil {
+			return err
+		}
+		if ok {
+			r.schemaOK.Store(true)
+			return nil
+		}
+		if !retry.Sleep(ctx, schemaPoll) {
+			return fmt.Errorf("create schema on %s: the server has not run the statements queued on cluster %s (is ZooKeeper up? see its error log): %w",
+				r.addr, s.cluster, ctx.Err())
+		}
+	}
+}
+
+// schemaPoll is how often a replica is checked for the tables queued `ON
+// CLUSTER`; its DDL worker runs them within about 100 ms.
+const schemaPoll = 50 * time.Millisecond
+
+// hasSchema tells whether replica r holds both tables.
+func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
+	var n uint64
+	if err := r.conn.QueryRow(ctx, SchemaTablesQuery, s.database).Scan(&n); err != nil {
+		return false, fmt.Errorf("look up schema on %s: %w", r.addr, err)
+	}
+	return n == 2, nil
+}
+
+// Watermark reads the highest EVENTS sequence of shard on the replica the
+// shard writes to; with replication, never lower than one seen committed.
 func (s *server) Watermark(ctx context.Context, shard int) (uint64, error) {
-	if err := s.EnsureSchema(ctx); err != nil {
+	i, r := s.use(shard)
+	wm, err := s.watermark(ctx, r, shard)
+	if err != nil {
+		return 0, s.done(shard, i, err)
+	}
+	return s.raise(shard, wm), nil
+}
+
+func (s *server) watermark(ctx context.Context, r *replica, shard int) (uint64, error) {
+	if err := s.ensureSchema(ctx, r, false); err != nil {
 		return 0, err
 	}
 	var wm uint64
-	if err := s.conn.QueryRow(ctx, WatermarkQuery(s.database), shard).Scan(&wm); err != nil {
-		s.noteSchemaLoss(err)
-		return 0, fmt.Errorf("read watermark of shard %d on %s: %w", shard, s.addr, err)
+	if err := r.conn.QueryRow(ctx, WatermarkQuery(s.database), shard).Scan(&wm); err != nil {
+		r.noteSchemaLoss(err)
+		return 0, fmt.Errorf("read watermark of shard %d on %s: %w", shard, r.addr, err)
 	}
 	return wm, nil
 }
 
 // Present is the set of EVENTS sequences of shard in [first, last] the
-// server holds.
+// replica the shard writes to holds.
 func (s *server) Present(ctx context.Context, shard int, first, last uint64) (map[uint64]struct{}, error) {
-	if err := s.EnsureSchema(ctx); err != nil {
+	i, r := s.use(shard)
+	present, err := s.present(ctx, r, shard, first, last)
+	return present, s.done(shard, i, err)
+}
+
+func (s *server) present(ctx context.Context, r *replica, shard int, first, last uint64) (map[uint64]struct{}, error) {
+	if err := s.ensureSchema(ctx, r, false); err != nil {
 		return nil, err
 	}
-	rows, err := s.conn.Query(ctx, PresentQuery(s.database), shard, first, last)
+	rows, err := r.conn.Query(ctx, PresentQuery(s.database), shard, first, last)
 	if err != nil {
-		s.noteSchemaLoss(err)
-		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+		r.noteSchemaLoss(err)
+		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 	}
 	defer rows.Close()
 	present := make(map[uint64]struct{})
 	for rows.Next() {
 		var seq uint64
 		if err := rows.Scan(&seq); err != nil {
-			return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+			return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 		}
 		present[seq] = struct{}{}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, s.addr, err)
+		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 	}
 	return present, nil
 }
 
-// Insert writes b into events_local as one block, column by column. ctx
-// carries the query id (clickhouse.WithQueryID) and the deadline.
-func (s *server) Insert(ctx context.Context, b *batch.Batch) (err error) {
-	if err := s.EnsureSchema(ctx); err != nil {
+// Insert writes b into events_local of the replica b's shard writes to, as
+// one block, column by column. ctx carries the query id
+// (clickhouse.WithQueryID) and the deadline.
+func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
+	i, r := s.use(b.Shard)
+	if err := s.insert(ctx, r, b); err != nil {
+		return s.done(b.Shard, i, err)
+	}
+	s.raise(b.Shard, b.LastSeq)
+	return nil
+}
+
+func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err error) {
+	if err := s.ensureSchema(ctx, r, false); err != nil {
 		return err
 	}
-	defer func() { s.noteSchemaLoss(err) }()
-	bt, err := s.conn.PrepareBatch(ctx, InsertQuery(s.database))
+	defer func() { r.noteSchemaLoss(err) }()
+	bt, err := r.conn.PrepareBatch(ctx, InsertQuery(s.database))
 	if err != nil {
-		return fmt.Errorf("prepare insert: %w", err)
+		return fmt.Errorf("prepare insert on %s: %w", r.addr, err)
 	}
 	// A batch that was not sent still holds its connection mid-query.
 	defer func() {
@@ -138,7 +358,7 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) (err error) {
 		return err
 	}
 	if err := bt.Send(); err != nil {
-		return fmt.Errorf("send: %w", err)
+		return fmt.Errorf("send to %s: %w", r.addr, err)
 	}
 	return nil
 }
@@ -164,13 +384,20 @@ func AppendBatch(bt driver.Batch, b *batch.Batch) error {
 }
 
 // noteSchemaLoss clears schemaOK when err says the database or a table is
-// missing (someone dropped them, or the server lost its data).
-func (s *server) noteSchemaLoss(err error) {
+// missing (someone dropped them, the server lost its data, or a replica has
+// not run the statements queued on cluster yet).
+func (r *replica) noteSchemaLoss(err error) {
 	var ex *clickhouse.Exception
 	if errors.As(err, &ex) && (ex.Code == 60 || ex.Code == 81) { // UNKNOWN_TABLE, UNKNOWN_DATABASE
-		s.schemaOK.Store(false)
+		r.schemaOK.Store(false)
 	}
 }
 
-// Close closes the connection pool.
-func (s *server) Close() error { return s.conn.Close() }
+// Close closes every replica's connection pool.
+func (s *server) Close() error {
+	var errs []error
+	for _, r := range s.replicas {
+		errs = append(errs, r.conn.Close())
+	}
+	return errors.Join(errs...)
+}

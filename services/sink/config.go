@@ -11,6 +11,7 @@ import (
 	"net"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -51,8 +52,20 @@ type Config struct {
 // ClickHouseConfig says how to reach the shard servers.
 type ClickHouseConfig struct {
 	// Addrs are the native-protocol addresses (host:port) of the shard
-	// servers, in server order (SURGE_CLICKHOUSE_ADDRS, a comma list).
+	// servers, one entry per ClickHouse shard, in server order
+	// (SURGE_CLICKHOUSE_ADDRS, a comma list). An entry may list the
+	// replicas of its shard joined by "|" ("ch-0a:9000|ch-0b:9000"): the
+	// sink writes to one replica at a time, the first at start, and moves
+	// to the next when an attempt on it fails. Replicas need Replicated.
 	Addrs []string `yaml:"addrs" env:"ADDRS"`
+	// Replicated says the shards are ReplicatedMergeTree replicas
+	// coordinated by ZooKeeper (SURGE_CLICKHOUSE_REPLICATED): the schema is
+	// created `ON CLUSTER` with ReplicatedReplacingMergeTree and the
+	// Distributed table relies on internal replication; inserts use block
+	// deduplication, so a retried batch lands once whichever replica takes
+	// it. Every server must have the zookeeper, macros {shard} and
+	// {replica}, and the Cluster in remote_servers.
+	Replicated bool `yaml:"replicated" env:"REPLICATED"`
 	// Database holds events_local and events.
 	Database string `yaml:"database" env:"DATABASE"`
 	// Cluster is the remote_servers cluster the Distributed table spans.
@@ -128,8 +141,20 @@ func (c ClickHouseConfig) validate(shards int) error {
 		errs = append(errs, errors.New("addrs: at least one address is required"))
 	}
 	for _, a := range c.Addrs {
-		if _, _, err := net.SplitHostPort(a); err != nil {
-			errs = append(errs, fmt.Errorf("addrs: %q: want host:port", a))
+		replicas := Replicas(a)
+		if len(replicas) == 1 {
+			if _, _, err := net.SplitHostPort(a); err != nil {
+				errs = append(errs, fmt.Errorf("addrs: %q: want host:port", a))
+			}
+			continue
+		}
+		for _, r := range replicas {
+			if _, _, err := net.SplitHostPort(r); err != nil {
+				errs = append(errs, fmt.Errorf("addrs: %q: replica %q: want host:port", a, r))
+			}
+		}
+		if !c.Replicated {
+			errs = append(errs, fmt.Errorf("addrs: %q lists replicas: set replicated: true (SURGE_CLICKHOUSE_REPLICATED), or each would hold different rows", a))
 		}
 	}
 	if !identifier.MatchString(c.Database) {
@@ -155,6 +180,19 @@ func (c ClickHouseConfig) validate(shards int) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// ReplicaSeparator joins the replicas of one ClickHouse shard in an Addrs
+// entry.
+const ReplicaSeparator = "|"
+
+// Replicas splits an Addrs entry into the addresses of its replicas.
+func Replicas(entry string) []string {
+	parts := strings.Split(entry, ReplicaSeparator)
+	for i, p := range parts {
+		parts[i] = strings.TrimSpace(p)
+	}
+	return parts
 }
 
 // ServerOf is the index in Addrs of the server that owns shard k.

@@ -1,0 +1,315 @@
+package sink_test
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
+	"github.com/surge-events/surge/pkg/testkit/zookeeper"
+	"github.com/surge-events/surge/services/sink"
+)
+
+// newReplicatedEnv is an embedded JetStream server, a ZooKeeper and two
+// ClickHouse shards of two replicas each. e.conns and e.ch.Servers are in
+// the order shard 0 replica 0, shard 0 replica 1, shard 1 replica 0, ...
+func newReplicatedEnv(t *testing.T) *testEnv {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+
+	ns := natstest.Start(t)
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, streams.Ensure(ctx, js, streamsConfig()))
+
+	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
+	require.NoError(t, zookeeper.EnsureInstalled(ctx, t.Logf))
+	zk, err := zookeeper.Start(ctx, t.TempDir())
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = zk.Stop() })
+	ch, err := chserver.Start(ctx, t.TempDir(), chserver.Options{Shards: 2, Replicas: 2, ZooKeeper: zk.Addr()})
+	require.NoError(t, err)
+	t.Cleanup(ch.Stop) // before ZooKeeper stops: cleanups run last first
+
+	e := &testEnv{t: t, ns: ns, js: js, ch: ch}
+	for _, addr := range ch.Addrs() {
+		conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 2 * time.Second})
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = conn.Close() })
+		e.conns = append(e.conns, conn)
+	}
+	return e
+}
+
+// shardAddrs are the sink's addrs entries of the replicated cluster.
+func shardAddrs(ch *chserver.Cluster) []string {
+	var out []string
+	for _, replicas := range ch.ReplicaAddrs() {
+		out = append(out, strings.Join(replicas, sink.ReplicaSeparator))
+	}
+	return out
+}
+
+func (e *testEnv) replicatedConfig(shards int) sink.Config {
+	cfg := e.config(shards)
+	cfg.ClickHouse.Addrs = shardAddrs(e.ch)
+	cfg.ClickHouse.Replicated = true
+	return cfg
+}
+
+// server is the index in e.conns of replica r of ClickHouse shard s.
+func server(s, r int) int { return 2*s + r }
+
+// tryUint reads one UInt64 of server i, 0 when the table is not there yet.
+func (e *testEnv) tryUint(i int, query string, args ...any) (uint64, error) {
+	n, err := e.tryCount(i, query, args...)
+	var ex *clickhouse.Exception
+	if errors.As(err, &ex) && (ex.Code == 60 || ex.Code == 81) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// requireExactlyOnce checks that every replica of every ClickHouse shard
+// holds exactly the rows of its sink shards' first..last[k], and that the
+// Distributed table, read from every server, holds each row once.
+func (e *testEnv) requireExactlyOnce(last map[int]uint64) {
+	e.t.Helper()
+	total := 0
+	for k, l := range last {
+		total += rowsIn(1, l)
+		s := k % 2
+		for r := range 2 {
+			i := server(s, r)
+			require.EventuallyWithT(e.t, func(c *assert.CollectT) {
+				n, err := e.tryUint(i, "SELECT count() FROM surge.events_local WHERE shard = ?", k)
+				assert.NoError(c, err)
+				assert.Equal(c, uint64(rowsIn(1, l)), n, "replica %d of clickhouse shard %d, sink shard %d", r, s, k)
+			}, 30*time.Second, 20*time.Millisecond)
+			require.Equal(e.t, expectedRows(k, 1, l), e.rowsOfShard(i, k), "rows of sink shard %d on %s", k, e.ch.Servers[i].Addr())
+		}
+	}
+	for i := range e.conns {
+		require.Equal(e.t, uint64(total), e.count(i, "SELECT count() FROM surge.events"), "distributed count from %s", e.ch.Servers[i].Addr())
+		require.Equal(e.t, uint64(total), e.count(i, "SELECT uniqExact(event_id) FROM surge.events"), "distributed distinct ids from %s", e.ch.Servers[i].Addr())
+	}
+}
+
+func TestReplicatedSinkCreatesSchemaOnClusterAndLandsOnEveryReplica(t *testing.T) {
+	e := newReplicatedEnv(t)
+	const shards = 4
+	e.startSink(e.replicatedConfig(shards))
+
+	for i, srv := range e.ch.Servers {
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		rows, err := e.conns[i].Query(ctx, "SELECT name, engine, engine_full FROM system.tables WHERE database = 'surge' ORDER BY name")
+		require.NoError(t, err)
+		got := map[string][2]string{}
+		for rows.Next() {
+			var name, engine, full string
+			require.NoError(t, rows.Scan(&name, &engine, &full))
+			got[name] = [2]string{engine, full}
+		}
+		require.NoError(t, rows.Err())
+		rows.Close()
+		cancel()
+		require.Equal(t, "ReplicatedReplacingMergeTree", got["events_local"][0], "on %s", srv.Addr())
+		require.Contains(t, got["events_local"][1], "'/clickhouse/tables/{shard}/surge/events_local', '{replica}'")
+		require.Equal(t, "Distributed", got["events"][0], "on %s", srv.Addr())
+	}
+
+	last := map[int]uint64{}
+	for k := range shards {
+		for _, r := range [][2]uint64{{1, 4}, {5, 9 + uint64(k)}} {
+			b := makeBatch(k, r[0], r[1])
+			e.publish(b, b.ID())
+			last[k] = r[1]
+		}
+	}
+	e.requireExactlyOnce(last)
+}
+
+// loader publishes batches of every shard until stopped and remembers the
+// last sequence published per shard.
+type loader struct {
+	mu   sync.Mutex
+	last map[int]uint64
+}
+
+func (l *loader) lastOf(k int) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last[k]
+}
+
+// run publishes one batch of perBatch EVENTS messages per shard every
+// period until ctx ends.
+func (l *loader) run(ctx context.Context, e *testEnv, shards, perBatch int, period time.Duration) error {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		for k := range shards {
+			first := l.lastOf(k) + 1
+			b := makeBatch(k, first, first+uint64(perBatch)-1)
+			if err := e.tryPublish(b, b.ID()); err != nil {
+				return err
+			}
+			l.mu.Lock()
+			l.last[k] = b.LastSeq
+			l.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+	}
+}
+
+// maxSeq is the highest sequence of sink shard k on server i.
+func (e *testEnv) maxSeq(i, k int) (uint64, error) {
+	return e.tryUint(i, "SELECT max(seq) FROM surge.events_local WHERE shard = ?", k)
+}
+
+func TestReplicatedSinkFailsOverAndTheReplicaCatchesUp(t *testing.T) {
+	e := newReplicatedEnv(t)
+	const shards = 2 // sink shard k on clickhouse shard k
+	s := e.startSink(e.replicatedConfig(shards))
+
+	l := &loader{last: map[int]uint64{}}
+	ctx, stopLoad := context.WithCancel(t.Context())
+	loadDone := make(chan error, 1)
+	go func() { loadDone <- l.run(ctx, e, shards, 5, 100*time.Millisecond) }()
+	defer func() {
+		stopLoad()
+		<-loadDone
+	}()
+
+	// Under load, shard 0 writes to its first replica.
+	victim, other := server(0, 0), server(0, 1)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.maxSeq(victim, 0)
+		assert.NoError(c, err)
+		assert.GreaterOrEqual(c, n, uint64(50))
+	}, 30*time.Second, 20*time.Millisecond)
+
+	// A stopping server refuses new connections and resets the open ones
+	// at once, but takes ~10 s to exit while clients hold idle pooled
+	// connections: the sink must not wait for that.
+	stopped := time.Now()
+	atStop := l.lastOf(0)
+	stopDone := make(chan error, 1)
+	go func() { stopDone <- e.ch.Servers[victim].Stop() }()
+	// Failover: an attempt on the stopped replica fails, and the sink lands
+	// the batches published after the stop on the other replica.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Greater(c, value(s.shard(0).Retries), 0.0, "an attempt failed")
+		n, err := e.maxSeq(other, 0)
+		assert.NoError(c, err)
+		assert.Greater(c, n, atStop)
+	}, 30*time.Second, 10*time.Millisecond)
+	failover := time.Since(stopped)
+	t.Logf("failover: shard 0 landed a batch published after its replica was stopped on the other replica %s after the stop", failover.Round(time.Millisecond))
+	require.Less(t, failover, 5*time.Second)
+	require.NoError(t, <-stopDone)
+	t.Logf("the replica exited %s after the stop", time.Since(stopped).Round(time.Millisecond))
+
+	// Let the survivor take more load alone (the stopping server still
+	// fetched parts until it exited), then bring the victim back.
+	more := l.lastOf(0) + 50
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.maxSeq(other, 0)
+		assert.NoError(c, err)
+		assert.GreaterOrEqual(c, n, more)
+	}, 30*time.Second, 10*time.Millisecond)
+	startCtx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	require.NoError(t, e.ch.Servers[victim].Start(startCtx))
+	cancel()
+	restarted := time.Now()
+	atRestart := l.lastOf(0)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.tryUint(victim, "SELECT count() FROM surge.events_local WHERE shard = 0 AND seq <= ?", atRestart)
+		assert.NoError(c, err)
+		assert.Equal(c, uint64(rowsIn(1, atRestart)), n)
+	}, 30*time.Second, 10*time.Millisecond)
+	t.Logf("catch-up: the restarted replica held every row of shard 0 published before its restart (%d rows) %s after the restart",
+		rowsIn(1, atRestart), time.Since(restarted).Round(time.Millisecond))
+
+	stopLoad()
+	require.NoError(t, <-loadDone)
+	loadDone <- nil // for the deferred stop
+	e.requireExactlyOnce(map[int]uint64{0: l.lastOf(0), 1: l.lastOf(1)})
+}
+
+func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) {
+	e := newReplicatedEnv(t)
+	cfg := e.replicatedConfig(2).ClickHouse
+	st, err := sink.OpenStore(cfg, shardAddrs(e.ch)[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	ctx := t.Context()
+	require.NoError(t, st.EnsureSchema(ctx))
+
+	first, second := server(0, 0), server(0, 1)
+	// The second replica lags: it fetches no part until told to.
+	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM STOP FETCHES surge.events_local"))
+
+	b1 := makeBatch(0, 1, 5)
+	require.NoError(t, st.Insert(ctx, b1), "insert through the first replica")
+	require.Equal(t, uint64(b1.Len()), e.count(first, "SELECT count() FROM surge.events_local"))
+
+	// The identical block again, on the replica that has not seen it (a
+	// retry after a failover when the first attempt did land): the block
+	// is known to the shard's table in ZooKeeper and stored nowhere again.
+	bt, err := e.conns[second].PrepareBatch(ctx, sink.InsertQuery("surge"))
+	require.NoError(t, err)
+	require.NoError(t, sink.AppendBatch(bt, b1))
+	require.NoError(t, bt.Send())
+	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"), "deduplicated, not stored")
+
+	// The first replica stops: the next attempt goes to the lagging one,
+	// whose own watermark (0) is below what was committed. The store
+	// answers the committed floor, so the sink cuts the batch in hand
+	// where it did before and sends the identical block.
+	require.NoError(t, e.ch.Servers[first].Stop())
+	_, err = st.Watermark(ctx, 0)
+	require.ErrorContains(t, err, "next attempt on replica "+e.ch.Servers[second].Addr())
+	wm, err := st.Watermark(ctx, 0)
+	require.NoError(t, err)
+	require.Equal(t, b1.LastSeq, wm, "a lagging replica does not lower the watermark")
+	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"))
+
+	b2 := makeBatch(0, 6, 9)
+	require.NoError(t, st.Insert(ctx, b2), "insert through the second replica")
+	require.Equal(t, uint64(b2.Len()), e.count(second, "SELECT count() FROM surge.events_local"))
+
+	// Fetches resume and the first replica returns: both hold both
+	// batches, each once.
+	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM START FETCHES surge.events_local"))
+	startCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	require.NoError(t, e.ch.Servers[first].Start(startCtx))
+	cancel()
+	for _, i := range []int{first, second} {
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			n, err := e.tryUint(i, "SELECT count() FROM surge.events_local")
+			assert.NoError(c, err)
+			assert.Equal(c, uint64(b1.Len()+b2.Len()), n)
+		}, 30*time.Second, 20*time.Millisecond, "server %s", e.ch.Servers[i].Addr())
+		require.Equal(t, expectedRows(0, 1, 9), e.rowsOfShard(i, 0))
+	}
+}
