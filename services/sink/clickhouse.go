@@ -141,8 +141,10 @@ func (s *server) use(k int) (int, *replica) {
 
 // done records the outcome of an attempt of sink shard k on replica i: a
 // transient failure moves k to another replica, and the error says which.
+// An attempt the caller cancelled (shutdown, a lost shard lease) says
+// nothing about the replica; a timeout does.
 func (s *server) done(k, i int, err error) error {
-	if err == nil || Classify(err) == Permanent {
+	if err == nil || Classify(err) == Permanent || errors.Is(err, context.Canceled) {
 		return err
 	}
 	r := s.replicas[i]

@@ -3,6 +3,7 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -116,8 +117,10 @@ func TestFailoverMovesTheShardToAnotherReplica(t *testing.T) {
 	i, _ = s.use(2)
 	require.Equal(t, 1, i)
 
-	// Success and failures about the batch keep the replica.
+	// Success, failures about the batch and cancelled attempts keep the
+	// replica.
 	require.NoError(t, s.done(2, 1, nil))
+	require.ErrorIs(t, s.done(2, 1, fmt.Errorf("insert: %w", context.Canceled)), context.Canceled)
 	bad := &clickhouse.Exception{Code: 53, Message: "type mismatch"}
 	require.Equal(t, error(bad), s.done(2, 1, bad))
 	i, _ = s.use(2)
