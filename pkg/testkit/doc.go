@@ -1,6 +1,8 @@
 // Package testkit holds the harnesses that start real servers for Surge's
 // tests and for the local stack (`surge up`, `surge bench`): an embedded
-// NATS JetStream server (natsserver, natstest) and clickhouse-server
-// processes (chserver, which installs the Debian package where missing).
+// NATS JetStream server (natsserver, natstest), a cluster of standalone
+// nats-server processes (natscluster), clickhouse-server processes, alone
+// or as replicated shards (chserver), and ZooKeeper for them (zookeeper);
+// chserver and zookeeper install the Debian packages where missing.
 // They are development tooling: no service imports them.
 package testkit

@@ -42,10 +42,11 @@ type Config struct {
 	// none before the sink logs it, counts it in surge_sink_stalls_total,
 	// turns /readyz not ready and recreates the shard's consumer.
 	StallTimeout time.Duration `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
-	// Ownership is the number of shards (SURGE_SHARDS) and the shards this
-	// sink consumes (owned_shards, SURGE_OWNED_SHARDS; empty means all). To
-	// scale out, give each sink its own set: a shard must have one active
-	// owner, because the watermark is cached.
+	// Ownership is the number of shards and how this process finds the
+	// ones it consumes (shards, ownership, owned_shards, lease_ttl): listed
+	// (static, the default; each shard must have exactly one running sink,
+	// because the watermark is cached) or shared with the other sinks by
+	// leases (lease).
 	shard.Ownership `yaml:",inline"`
 }
 
@@ -99,7 +100,7 @@ func DefaultConfig() Config {
 		Retry:        retry.DefaultConfig(5 * time.Second),
 		AckWait:      5 * time.Second,
 		StallTimeout: 30 * time.Second,
-		Ownership:    shard.Ownership{Shards: 8},
+		Ownership:    shard.DefaultOwnership(),
 	}
 }
 
