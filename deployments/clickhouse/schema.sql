@@ -1,5 +1,5 @@
--- Generated from sink.SchemaStatements by `go test ./tests/deploy -update`; do not edit.
--- The sink's DDL made replicated: one server runs it, ON CLUSTER creates it on all.
+-- Generated from sink.ReplicatedSchemaStatements by `go test ./tests/deploy -update`; do not edit.
+-- The sink's replicated DDL: one server runs it, ON CLUSTER creates it on all.
 CREATE DATABASE IF NOT EXISTS surge ON CLUSTER events_cluster;
 
 CREATE TABLE IF NOT EXISTS surge.events_local ON CLUSTER events_cluster (

@@ -170,18 +170,29 @@ func TestComposeClickHouseCluster(t *testing.T) {
 	}
 	require.Equal(t, []string{clickhouseServers[0]}, initializers, "one server creates the schema, ON CLUSTER, for all")
 
-	// The sink: the database of the schema, and one address per shard in
-	// cluster order, each a replica of that shard. The sink has no replica
-	// failover yet (issue 10 item 3): it writes every shard to one replica.
+	// The sink: the database of the schema, and one entry per shard in
+	// cluster order listing exactly that shard's replicas, replicated.
 	require.Equal(t, schemaDatabase, sinkCfg.ClickHouse.Database)
+	require.True(t, sinkCfg.ClickHouse.Replicated, "the sink writes replicated tables")
 	require.Empty(t, sinkCfg.ClickHouse.ShardServers, "shard k goes to server k mod servers")
-	require.Len(t, sinkCfg.ClickHouse.Addrs, len(cluster.Shards), "one server per shard")
-	for i, addr := range sinkCfg.ClickHouse.Addrs {
-		host, port, err := net.SplitHostPort(addr)
-		require.NoError(t, err)
-		require.Equal(t, "9000", port)
-		require.Contains(t, shardOf, host, "the sink writes to %s, not in the cluster", addr)
-		require.Equal(t, i, shardOf[host], "the sink's server %d (%s) is a replica of shard %d", i, addr, i)
+	require.Len(t, sinkCfg.ClickHouse.Addrs, len(cluster.Shards), "one entry per shard")
+	for i, entry := range sinkCfg.ClickHouse.Addrs {
+		var hosts []string
+		for _, addr := range strings.Split(entry, "|") {
+			host, port, err := net.SplitHostPort(addr)
+			require.NoError(t, err)
+			require.Equal(t, "9000", port)
+			require.Contains(t, shardOf, host, "the sink writes to %s, not in the cluster", addr)
+			require.Equal(t, i, shardOf[host], "the sink's entry %d (%s) lists a replica of shard %d", i, addr, i)
+			hosts = append(hosts, host)
+		}
+		var want []string
+		for host, k := range shardOf {
+			if k == i {
+				want = append(want, host)
+			}
+		}
+		require.ElementsMatch(t, want, hosts, "the sink's entry %d lists every replica of shard %d", i, i)
 	}
 	require.ElementsMatch(t, clickhouseServers, slices.Collect(maps.Keys(mapDeps(svc(t, p, "sink"), "clickhouse-"))),
 		"the sink waits for every replica")
