@@ -27,6 +27,16 @@ type Info struct {
 	// Admin maps each service (ingest, partitioner, batcher, sink) to its
 	// admin address: /metrics, /healthz, /readyz.
 	Admin map[string]string `json:"admin"`
+	// The fields below are set by `surge up --cluster` only.
+	// IngestURLs are every ingest instance's base URL (IngestURL is the
+	// first).
+	IngestURLs []string `json:"ingest_urls,omitempty"`
+	// ClickHouseReplicas lists each shard's replicas (native addresses).
+	ClickHouseReplicas [][]string `json:"clickhouse_replicas,omitempty"`
+	// ZooKeeper is the address ClickHouse coordinates through.
+	ZooKeeper string `json:"zookeeper,omitempty"`
+	// PIDs maps every process the cluster started to its id.
+	PIDs map[string]int `json:"pids,omitempty"`
 }
 
 // Info describes where s listens.

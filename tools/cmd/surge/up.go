@@ -28,8 +28,18 @@ func up(args []string) error {
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT port of NATS (-1 for any free port, 0 for none)")
 	level := fs.String("log-level", "warn", "service log level")
 	natsSync := natsSyncFlag(fs)
+	cluster := fs.Bool("cluster", false, "run a local cluster of separate processes instead: 3 NATS nodes (streams at 3 replicas), ZooKeeper, 2 ClickHouse shards x 2 replicas and two processes of each service (built from the source tree into <dir>/bin); --http then takes the two ingest addresses, comma separated (default "+defaultClusterHTTP+"); --clickhouse-servers, --nats-port, --mqtt-port and --nats-sync do not apply")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cluster {
+		httpSet := false
+		fs.Visit(func(f *flag.Flag) { httpSet = httpSet || f.Name == "http" })
+		addrs := defaultClusterHTTP
+		if httpSet {
+			addrs = *httpAddr
+		}
+		return upCluster(*dir, *fresh, *shards, addrs, *level)
 	}
 	sync, err := natsserver.ParseSync(*natsSync)
 	if err != nil {

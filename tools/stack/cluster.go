@@ -1,0 +1,560 @@
+package stack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natscluster"
+	"github.com/surge-events/surge/pkg/testkit/zookeeper"
+)
+
+// Bounds of the local cluster's waits.
+const (
+	// ClusterReadyTimeout bounds the wait for every service instance's /readyz.
+	ClusterReadyTimeout = 90 * time.Second
+	// ClusterStopTimeout bounds the wait for one process to exit after
+	// SIGTERM; it is SIGKILLed then.
+	ClusterStopTimeout = 30 * time.Second
+)
+
+// ClusterStreamMaxBytes is each stream's size limit in a local cluster.
+const ClusterStreamMaxBytes = 1 << 30
+
+// ClusterServices are the four services, in pipeline order.
+var ClusterServices = []string{"ingest", "partitioner", "batcher", "sink"}
+
+// ClusterOptions shape a local cluster: 3 NATS nodes, ZooKeeper, 2
+// ClickHouse shards of 2 replicas and two processes of every service.
+type ClusterOptions struct {
+	// Dir holds every server's data, the service binaries (bin/) and the
+	// logs (logs/); it is locked like a local stack's.
+	Dir string
+	// Fresh deletes the folder's data, once its lock is taken.
+	Fresh bool
+	// Shards is the number of logical shards; 8 when 0.
+	Shards int
+	// IngestAddrs are the HTTP listen addresses of the two ingest
+	// instances.
+	IngestAddrs [2]string
+	// SourceDir is a folder inside the Surge source tree (its go.work),
+	// where the service binaries are built from; the working directory
+	// when empty.
+	SourceDir string
+	// LogLevel is the services' log level; "warn" when empty.
+	LogLevel string
+	// Logf reports progress; silent when nil.
+	Logf func(format string, args ...any)
+}
+
+// Instance is one service process.
+type Instance struct {
+	// Name is "<service>-<index>", e.g. "sink-1".
+	Name      string
+	Service   string
+	AdminAddr string
+	// IngestURL is the base URL of an ingest instance's HTTP API.
+	IngestURL string
+	LogPath   string
+	proc      *proc
+}
+
+// proc is one child process.
+type proc struct {
+	cmd    *exec.Cmd
+	exited chan struct{}
+}
+
+// natsNode is one nats-server process of the cluster.
+type natsNode struct {
+	name, dir               string
+	clientPort, monitorPort int
+	proc                    *proc
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	ZooKeeper  *zookeeper.Server
+	ClickHouse *chserver.Cluster
+	// Instances in pipeline order, two per service.
+	Instances []*Instance
+	Database  string
+
+	nats []*natsNode
+	opts ClusterOptions
+	lock *DirLock
+}
+
+// StartCluster brings up the servers, builds and starts the service
+// processes, and waits until every instance is ready.
+func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
+	if o.Dir == "" {
+		return nil, errors.New("cluster: a data folder (ClusterOptions.Dir) is required")
+	}
+	if o.Shards == 0 {
+		o.Shards = 8
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "warn"
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("data folder: %w", err)
+	}
+	o.Dir = dir
+	natsBin, err := natscluster.Binary()
+	if err != nil {
+		return nil, err
+	}
+	lock, err := Lock(o.Dir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: o, lock: lock, Database: "surge"}
+	fail := func(err error) (*Cluster, error) {
+		_ = c.Stop()
+		return nil, err
+	}
+	if o.Fresh {
+		if err := clearData(o.Dir); err != nil {
+			return fail(err)
+		}
+	}
+
+	// The binaries build while the servers start.
+	built := make(chan error, 1)
+	go func() { built <- buildServices(ctx, o.SourceDir, filepath.Join(o.Dir, "bin")) }()
+	waitBuilt := func() error {
+		select {
+		case err := <-built:
+			return err
+		case <-ctx.Done():
+			<-built
+			return ctx.Err()
+		}
+	}
+
+	o.Logf("starting 3 NATS nodes")
+	if err := c.startNATS(ctx, natsBin); err != nil {
+		_ = waitBuilt()
+		return fail(err)
+	}
+	o.Logf("starting ZooKeeper")
+	zk, err := zookeeper.Start(ctx, filepath.Join(o.Dir, "zookeeper"))
+	if err != nil {
+		_ = waitBuilt()
+		return fail(err)
+	}
+	c.ZooKeeper = zk
+	o.Logf("starting ClickHouse: 2 shards x 2 replicas")
+	ch, err := chserver.Start(ctx, filepath.Join(o.Dir, "clickhouse"), chserver.Options{Shards: 2, Replicas: 2, ZooKeeper: zk.Addr()})
+	if err != nil {
+		_ = waitBuilt()
+		return fail(err)
+	}
+	c.ClickHouse = ch
+	if err := waitBuilt(); err != nil {
+		return fail(err)
+	}
+	o.Logf("starting two processes of each service")
+	if err := c.startServices(); err != nil {
+		return fail(err)
+	}
+	if err := c.waitReady(ctx); err != nil {
+		return fail(err)
+	}
+	return c, nil
+}
+
+// buildServices builds the four service binaries into bin with one `go
+// build`, run in src (inside the source tree, so go.work applies).
+func buildServices(ctx context.Context, src, bin string) error {
+	if err := os.MkdirAll(bin, 0o755); err != nil {
+		return fmt.Errorf("bin folder: %w", err)
+	}
+	args := []string{"build", "-o", bin + string(filepath.Separator)}
+	for _, s := range ClusterServices {
+		args = append(args, fmt.Sprintf("github.com/surge-events/surge/services/%s/cmd/%s", s, s))
+	}
+	cmd := exec.CommandContext(ctx, "go", args...)
+	cmd.Dir = src
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("build the services (run surge from the Surge source tree): %w\n%s", err, out)
+	}
+	return nil
+}
+
+// natsConfig is a cluster node's configuration, with the local stack's
+// logins.
+func (nd *natsNode) config(routePort int, routes []string) string {
+	quoted := make([]string, len(routes))
+	for i, r := range routes {
+		quoted[i] = strconv.Quote(r)
+	}
+	return fmt.Sprintf(`server_name: %s
+listen: "127.0.0.1:%d"
+http: "127.0.0.1:%d"
+max_payload: 16MB
+max_pending: 64MB
+jetstream {
+  store_dir: %q
+  max_memory_store: 256MB
+  max_file_store: 8GB
+}
+cluster {
+  name: surge-local
+  listen: "127.0.0.1:%d"
+  routes: [%s]
+}
+authorization {
+  users = [
+    { user: %q, password: %q }
+    {
+      user: %q, password: %q
+      permissions: {
+        publish: { allow: ["surge.in.%s", "surge.in.%s.>"] }
+        subscribe: { allow: ["_INBOX_%s.>"] }
+      }
+    }
+  ]
+}
+`, nd.name, nd.clientPort, nd.monitorPort, filepath.Join(nd.dir, "store"), routePort, strings.Join(quoted, ", "),
+		ServiceUser, ServicePassword, DemoProducer.Name, DemoProducer.Password,
+		DemoProducer.Tenant, DemoProducer.Tenant, DemoProducer.Tenant)
+}
+
+func (c *Cluster) startNATS(ctx context.Context, bin string) error {
+	const n = 3
+	ports, err := chserver.FreePorts(3 * n)
+	if err != nil {
+		return err
+	}
+	var routes []string
+	for i := range n {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
+	}
+	for i := range n {
+		nd := &natsNode{
+			name:        fmt.Sprintf("nats-%d", i),
+			dir:         filepath.Join(c.opts.Dir, "nats", fmt.Sprintf("nats-%d", i)),
+			clientPort:  ports[3*i],
+			monitorPort: ports[3*i+2],
+		}
+		if err := os.MkdirAll(filepath.Join(nd.dir, "store"), 0o755); err != nil {
+			return fmt.Errorf("nats store: %w", err)
+		}
+		conf := filepath.Join(nd.dir, "nats.conf")
+		if err := os.WriteFile(conf, []byte(nd.config(ports[3*i+1], routes)), 0o644); err != nil {
+			return fmt.Errorf("nats config: %w", err)
+		}
+		p, err := spawn(exec.Command(bin, "-c", conf), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
+		if err != nil {
+			return fmt.Errorf("start %s: %w", nd.name, err)
+		}
+		nd.proc = p
+		c.nats = append(c.nats, nd)
+	}
+	for _, nd := range c.nats {
+		url := fmt.Sprintf("http://127.0.0.1:%d/healthz", nd.monitorPort)
+		if err := waitHTTP(ctx, url, nd.proc, natscluster.ReadyTimeout); err != nil {
+			log := filepath.Join(nd.dir, "nats.log")
+			return fmt.Errorf("%s: %w; log %s:\n%s", nd.name, err, log, logTail(log, 10))
+		}
+	}
+	return nil
+}
+
+// NATSURLs are the client URLs of the three nodes.
+func (c *Cluster) NATSURLs() []string {
+	out := make([]string, len(c.nats))
+	for i, nd := range c.nats {
+		out[i] = fmt.Sprintf("nats://127.0.0.1:%d", nd.clientPort)
+	}
+	return out
+}
+
+// sinkAddrs is SURGE_CLICKHOUSE_ADDRS: one entry per shard, its replicas
+// joined by "|".
+func (c *Cluster) sinkAddrs() string {
+	var shards []string
+	for _, replicas := range c.ClickHouse.ReplicaAddrs() {
+		shards = append(shards, strings.Join(replicas, "|"))
+	}
+	return strings.Join(shards, ",")
+}
+
+func (c *Cluster) startServices() error {
+	ports, err := chserver.FreePorts(2 * len(ClusterServices))
+	if err != nil {
+		return err
+	}
+	common := map[string]string{
+		"SURGE_NATS_URL":         strings.Join(c.NATSURLs(), ","),
+		"SURGE_NATS_USER":        ServiceUser,
+		"SURGE_NATS_PASSWORD":    ServicePassword,
+		"SURGE_STREAMS_REPLICAS": "3",
+		// Every node holds a copy of every stream on this one disk: 1 GiB
+		// per stream keeps the reservations within max_file_store.
+		"SURGE_STREAMS_MAX_BYTES": strconv.Itoa(ClusterStreamMaxBytes),
+		"SURGE_LOG_LEVEL":         c.opts.LogLevel,
+	}
+	shards := strconv.Itoa(c.opts.Shards)
+	perService := map[string]map[string]string{
+		"ingest":      {},
+		"partitioner": {"SURGE_SHARDS": shards},
+		"batcher":     {"SURGE_SHARDS": shards, "SURGE_OWNERSHIP": "lease"},
+		"sink": {
+			"SURGE_SHARDS": shards, "SURGE_OWNERSHIP": "lease",
+			"SURGE_CLICKHOUSE_ADDRS":      c.sinkAddrs(),
+			"SURGE_CLICKHOUSE_REPLICATED": "true",
+			"SURGE_CLICKHOUSE_CLUSTER":    c.ClickHouse.Name,
+			"SURGE_CLICKHOUSE_DATABASE":   c.Database,
+		},
+	}
+	logs := filepath.Join(c.opts.Dir, "logs")
+	if err := os.MkdirAll(logs, 0o755); err != nil {
+		return fmt.Errorf("logs folder: %w", err)
+	}
+	for si, svc := range ClusterServices {
+		for i := range 2 {
+			in := &Instance{
+				Name:      fmt.Sprintf("%s-%d", svc, i),
+				Service:   svc,
+				AdminAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*si+i])),
+			}
+			in.LogPath = filepath.Join(logs, in.Name+".log")
+			env := map[string]string{"SURGE_ADMIN_ADDR": in.AdminAddr, "OTEL_SERVICE_NAME": "surge-" + svc}
+			for k, v := range common {
+				env[k] = v
+			}
+			for k, v := range perService[svc] {
+				env[k] = v
+			}
+			if svc == "ingest" {
+				env["SURGE_HTTP_ADDR"] = c.opts.IngestAddrs[i]
+				in.IngestURL = "http://" + c.opts.IngestAddrs[i]
+			}
+			cmd := exec.Command(filepath.Join(c.opts.Dir, "bin", svc))
+			p, err := spawn(cmd, c.opts.Dir, in.LogPath, env)
+			if err != nil {
+				return fmt.Errorf("start %s: %w", in.Name, err)
+			}
+			in.proc = p
+			c.Instances = append(c.Instances, in)
+		}
+	}
+	return nil
+}
+
+// spawn starts cmd in its own process group (a Ctrl-C in the terminal
+// reaches only surge, which stops the children in order), killed should
+// surge die, with its output appended to logPath. env replaces the
+// inherited SURGE_* variables.
+func spawn(cmd *exec.Cmd, dir, logPath string, env map[string]string) (*proc, error) {
+	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("log: %w", err)
+	}
+	cmd.Dir = dir
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if env != nil {
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "SURGE_") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		for k, v := range env {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
+	if err := cmd.Start(); err != nil {
+		out.Close()
+		return nil, err
+	}
+	p := &proc{cmd: cmd, exited: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		out.Close()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+// stop SIGTERMs p and waits for it to exit, SIGKILLing it after
+// ClusterStopTimeout.
+func (p *proc) stop() {
+	if p == nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(ClusterStopTimeout):
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	}
+}
+
+// waitHTTP polls url until it answers 200, p exits or timeout passes.
+func waitHTTP(ctx context.Context, url string, p *proc, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	last := "no answer"
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := probe.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("not ready after %s: %s", timeout, last)
+		}
+		select {
+		case <-p.exited:
+			return errors.New("exited at start")
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func (c *Cluster) waitReady(ctx context.Context) error {
+	for _, in := range c.Instances {
+		if err := waitHTTP(ctx, "http://"+in.AdminAddr+"/readyz", in.proc, ClusterReadyTimeout); err != nil {
+			return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, logTail(in.LogPath, 10))
+		}
+	}
+	return nil
+}
+
+// PIDs maps every process the cluster started to its id.
+func (c *Cluster) PIDs() map[string]int {
+	out := map[string]int{}
+	for _, in := range c.Instances {
+		out[in.Name] = in.proc.cmd.Process.Pid
+	}
+	if c.ClickHouse != nil {
+		for _, s := range c.ClickHouse.Servers {
+			out[fmt.Sprintf("clickhouse-%d-%d", s.Shard, s.Replica)] = s.PID()
+		}
+	}
+	if c.ZooKeeper != nil {
+		out["zookeeper"] = c.ZooKeeper.PID()
+	}
+	for _, nd := range c.nats {
+		out[nd.name] = nd.proc.cmd.Process.Pid
+	}
+	return out
+}
+
+// Info describes where the cluster listens, for InfoFile.
+func (c *Cluster) Info() Info {
+	info := Info{
+		NATSURL: strings.Join(c.NATSURLs(), ","), NATSUser: ServiceUser, NATSPassword: ServicePassword,
+		ClickHouse: c.ClickHouse.Addrs(), ClickHouseReplicas: c.ClickHouse.ReplicaAddrs(), Database: c.Database,
+		ZooKeeper: c.ZooKeeper.Addr(), Admin: map[string]string{}, PIDs: c.PIDs(),
+	}
+	for _, s := range c.ClickHouse.Servers {
+		info.HTTP = append(info.HTTP, s.HTTPAddr())
+	}
+	for _, in := range c.Instances {
+		info.Admin[in.Name] = in.AdminAddr
+		if in.IngestURL != "" {
+			info.IngestURLs = append(info.IngestURLs, in.IngestURL)
+		}
+	}
+	if len(info.IngestURLs) > 0 {
+		info.IngestURL = info.IngestURLs[0]
+	}
+	return info
+}
+
+// Stop stops the services, two instances at a time in pipeline order,
+// each with SIGTERM so it drains (SIGKILL after ClusterStopTimeout); then
+// ClickHouse, ZooKeeper and the NATS nodes; then releases the folder.
+func (c *Cluster) Stop() error {
+	var errs []error
+	for _, svc := range ClusterServices {
+		var wg sync.WaitGroup
+		for _, in := range c.Instances {
+			if in.Service != svc {
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				in.proc.stop()
+			}()
+		}
+		wg.Wait()
+	}
+	for _, in := range c.Instances {
+		if st := in.proc.cmd.ProcessState; st != nil && !st.Success() {
+			errs = append(errs, fmt.Errorf("%s exited with %s; log %s", in.Name, st, in.LogPath))
+		}
+	}
+	c.Instances = nil
+	if c.ClickHouse != nil {
+		c.ClickHouse.Stop()
+		c.ClickHouse = nil
+	}
+	if c.ZooKeeper != nil {
+		if err := c.ZooKeeper.Stop(); err != nil {
+			errs = append(errs, fmt.Errorf("zookeeper: %w", err))
+		}
+		c.ZooKeeper = nil
+	}
+	var wg sync.WaitGroup
+	for _, nd := range c.nats {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nd.proc.stop()
+		}()
+	}
+	wg.Wait()
+	c.nats = nil
+	if err := c.lock.Unlock(); err != nil {
+		errs = append(errs, fmt.Errorf("unlock %s: %w", c.opts.Dir, err))
+	}
+	c.lock = nil
+	return errors.Join(errs...)
+}
+
+// logTail is the last n lines of a log file, for an error.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
