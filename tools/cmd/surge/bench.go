@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -36,6 +38,7 @@ type benchFlags struct {
 	memProfile string
 	via        string
 	trace      bool
+	cluster    bool
 	natsSync   natsserver.Sync
 }
 
@@ -59,6 +62,7 @@ func bench(args []string) error {
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
+	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
 	natsSync := natsSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -69,6 +73,9 @@ func bench(args []string) error {
 	}
 	if f.via != "http" && f.via != "nats" {
 		return fmt.Errorf("--via must be http or nats, got %q", f.via)
+	}
+	if f.cluster && f.via != "http" {
+		return errors.New("--cluster sends over HTTP only: drop --via nats")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -101,7 +108,8 @@ func bench(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer st.Stop()
+	stopStack := sync.OnceValue(st.Stop)
+	defer stopStack()
 	send := func(body []byte) bool { return post(ctx, st.IngestURL, body) == nil }
 	if f.via == "nats" {
 		p, err := newNATSProducer(st)
@@ -116,7 +124,8 @@ func bench(args []string) error {
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
+	closeCH := sync.OnceValue(ch.Close) // a second Close of a clickhouse-go conn blocks
+	defer closeCH()
 
 	gen := newGenerator(f.users, f.perRequest)
 	fmt.Printf("bench: throughput phase: %d events, %d per request, %d clients\n", f.events, f.perRequest, f.clients)
@@ -135,7 +144,7 @@ func bench(args []string) error {
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)
 	} else {
-		r.tp, err = throughput(ctx, st, gen, f)
+		r.tp, err = throughput(ctx, []string{st.IngestURL}, stackInserted(st), gen, f)
 	}
 	r.peakHeap = heap()
 	if f.memProfile != "" {
@@ -154,7 +163,7 @@ func bench(args []string) error {
 		r.rate = int(r.tp.inserted / 2)
 	}
 	fmt.Printf("bench: latency phase: %d events/s for %s with probes\n", r.rate, f.rateFor)
-	if r.lat, err = latency(ctx, st, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
+	if r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
 		return err
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
@@ -167,6 +176,21 @@ func bench(args []string) error {
 		r.tracing = fmt.Sprintf("on at the default sampler, %d spans exported", exported.spans.Load())
 	}
 	r.print()
+	if !f.cluster {
+		return nil
+	}
+	// The cluster gets the machine to itself.
+	_ = closeCH()
+	if err := stopStack(); err != nil {
+		return fmt.Errorf("stop the single-process stack: %w", err)
+	}
+	fmt.Println("bench: single-process stack stopped; starting the cluster")
+	cl, err := benchCluster(ctx, f, gen, r.rate)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	single := benchFigures{accepted: r.tp.accepted, inserted: r.tp.inserted, rate: r.rate, lat: r.lat, heap: r.peakHeap, processes: 1}
+	fmt.Print(compareReport(f, single, cl))
 	return nil
 }
 

@@ -12,7 +12,6 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/surge-events/surge/pkg/retry"
-	"github.com/surge-events/surge/tools/stack"
 )
 
 type latencyResult struct {
@@ -25,7 +24,7 @@ type latencyResult struct {
 // probes and records when each becomes queryable. The phase lasts d; the
 // probes still on their way then get up to 10 s more to land, unless ctx
 // ends first.
-func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generator, send func([]byte) bool, rate int, d time.Duration, perRequest int) (latencyResult, error) {
+func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, send func([]byte) bool, rate int, d time.Duration, perRequest int) (latencyResult, error) {
 	phase, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -79,7 +78,7 @@ func latency(ctx context.Context, st *stack.Stack, ch driver.Conn, gen *generato
 
 	seen := map[string]bool{}
 	poll := func() error {
-		rows, err := ch.Query(ctx, fmt.Sprintf("SELECT event_id FROM %s.events WHERE type = 'bench_probe' AND event_id LIKE 'probe-%s-%%'", st.Database, run))
+		rows, err := ch.Query(ctx, fmt.Sprintf("SELECT event_id FROM %s.events WHERE type = 'bench_probe' AND event_id LIKE 'probe-%s-%%'", db, run))
 		if err != nil {
 			return err
 		}

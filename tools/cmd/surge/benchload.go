@@ -80,18 +80,37 @@ type throughputResult struct {
 	acceptedIn, insertedIn time.Duration
 }
 
-func throughput(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags) (throughputResult, error) {
+// stackInserted counts a single-process stack's inserted rows from the
+// sink's own counter, cheap enough to read every 10 ms.
+func stackInserted(st *stack.Stack) insertedCounter {
+	return insertedCounter{every: 10 * time.Millisecond, count: func(context.Context) (float64, error) { return st.Inserted(), nil }}
+}
+
+// insertedCounter reads how many rows are in ClickHouse so far, every
+// `every` while waiting.
+type insertedCounter struct {
+	every time.Duration
+	count func(context.Context) (float64, error)
+}
+
+// throughput spreads f.clients HTTP clients over the ingest base URLs
+// (client i posts to urls[i%len(urls)]) and waits for the rows.
+func throughput(ctx context.Context, urls []string, inserted insertedCounter, gen *generator, f benchFlags) (throughputResult, error) {
 	requests := f.events / f.perRequest
 	var sent atomic.Int64
 	var failed atomic.Int64
-	base := st.Inserted()
+	base, err := inserted.count(ctx)
+	if err != nil {
+		return throughputResult{}, err
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
-	for range f.clients {
+	for c := range f.clients {
+		url := urls[c%len(urls)]
 		wg.Go(func() {
 			for sent.Add(1) <= int64(requests) && ctx.Err() == nil {
 				// 503/429 under pressure: back off and resend, until Ctrl-C.
-				_ = retry.Do(ctx, resend, func() error { return post(ctx, st.IngestURL, gen.body()) },
+				_ = retry.Do(ctx, resend, func() error { return post(ctx, url, gen.body()) },
 					func(int, error, time.Duration) { failed.Add(1) })
 			}
 		})
@@ -100,16 +119,23 @@ func throughput(ctx context.Context, st *stack.Stack, gen *generator, f benchFla
 	if n := failed.Load(); n > 0 {
 		fmt.Printf("bench: %d requests were refused under pressure and resent\n", n)
 	}
-	return awaitInserted(ctx, st, start, base, requests*f.perRequest)
+	return awaitInserted(ctx, inserted, start, base, requests*f.perRequest)
 }
 
 // awaitInserted waits, once every event of the throughput phase started
 // at start was accepted, until the sink has inserted them all on top of
 // base, and turns both moments into rates.
-func awaitInserted(ctx context.Context, st *stack.Stack, start time.Time, base float64, events int) (throughputResult, error) {
+func awaitInserted(ctx context.Context, inserted insertedCounter, start time.Time, base float64, events int) (throughputResult, error) {
 	acceptedIn := time.Since(start)
-	for st.Inserted() < base+float64(events) {
-		if !retry.Sleep(ctx, 10*time.Millisecond) {
+	for {
+		n, err := inserted.count(ctx)
+		if err != nil {
+			return throughputResult{}, fmt.Errorf("count inserted rows: %w", err)
+		}
+		if n >= base+float64(events) {
+			break
+		}
+		if !retry.Sleep(ctx, inserted.every) {
 			return throughputResult{}, ctx.Err()
 		}
 	}

@@ -140,5 +140,5 @@ func throughputNATS(ctx context.Context, st *stack.Stack, gen *generator, f benc
 	if n := failed.Load(); n > 0 {
 		fmt.Printf("bench: %d publishes were refused under pressure and resent\n", n)
 	}
-	return awaitInserted(ctx, st, start, base, requests*f.perRequest)
+	return awaitInserted(ctx, stackInserted(st), start, base, requests*f.perRequest)
 }
