@@ -41,8 +41,6 @@ package batcher
 import (
 	"context"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -54,6 +52,7 @@ import (
 	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -126,7 +125,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 			holds:   holds,
 		}
 	}
-	loops := &loopSet{m: make(map[int]*shardLoop)}
+	loops := &shard.Running[*shardLoop]{}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 
@@ -136,7 +135,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		wg.Go(func() { s.watch(ctx, loops) })
 		for _, k := range owned {
 			l := newLoop(k, func() bool { return true })
-			loops.add(l)
+			loops.Add(l.k, l)
 			wg.Go(func() { l.run(ctx) })
 		}
 		return nil
@@ -156,46 +155,20 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	wg.Go(func() { s.watch(ctx, loops) })
 	return owner.Run(ctx, func(ctx context.Context, k int) {
 		l := newLoop(k, func() bool { return owner.Holds(k) })
-		loops.add(l)
-		defer loops.remove(l)
+		loops.Add(l.k, l)
+		defer stopped(loops, l)
 		l.log.Info("shard started")
 		l.run(ctx)
 		l.log.Info("shard stopped")
 	})
 }
 
-// loopSet is the running shard loops, for the poller.
-type loopSet struct {
-	mu sync.Mutex
-	m  map[int]*shardLoop
-}
-
-func (s *loopSet) add(l *shardLoop) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.m[l.k] = l
-}
-
-// remove forgets a loop that stopped; its stall, if any, is over.
-func (s *loopSet) remove(l *shardLoop) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m[l.k] == l {
-		delete(s.m, l.k)
-	}
+// stopped forgets a loop that stopped: its stall, if any, is over, and
+// its backlog is the next owner's to report.
+func stopped(loops *shard.Running[*shardLoop], l *shardLoop) {
+	loops.Remove(l.k, l)
 	l.wd.Check(0)
 	l.m.pending.Set(0)
-}
-
-// all is the running loops, by shard.
-func (s *loopSet) all() []*shardLoop {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*shardLoop, 0, len(s.m))
-	for _, k := range slices.Sorted(maps.Keys(s.m)) {
-		out = append(out, s.m[k])
-	}
-	return out
 }
 
 // stream looks a stream up, each try bounded by PublishTimeout, until it

@@ -7,13 +7,15 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/shard"
 )
 
 // watch checks the backlog of every owned shard every pollInterval until
 // ctx ends: it keeps surge_batcher_consumer_pending current, hands the
 // backlog to each shard's watchdog and stops the events consumer of a
 // shard the watchdog wants repaired.
-func (s *Service) watch(ctx context.Context, loops *loopSet) {
+func (s *Service) watch(ctx context.Context, loops *shard.Running[*shardLoop]) {
 	t := time.NewTicker(pollInterval(s.cfg.StallTimeout))
 	defer t.Stop()
 	for {
@@ -25,7 +27,7 @@ func (s *Service) watch(ctx context.Context, loops *loopSet) {
 		// One bound for the whole round: an unreachable server delays the
 		// checks and never piles them up.
 		rctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-		for _, l := range loops.all() {
+		for _, l := range loops.All() {
 			l.check(rctx)
 		}
 		cancel()

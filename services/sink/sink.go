@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -16,6 +14,7 @@ import (
 	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -133,7 +132,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		return err
 	}
 
-	loops := &loopSet{m: make(map[int]*shardLoop)}
+	loops := &shard.Running[*shardLoop]{}
 	var wg sync.WaitGroup
 	defer wg.Wait() // before the servers close
 
@@ -150,7 +149,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		s.host.Admin().Ready(checkClickHouse)
 		s.log.Info("sink running", zap.Ints("shards", owned), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
 		for _, l := range started {
-			loops.add(l)
+			loops.Add(l.k, l)
 			wg.Go(func() { l.run(ctx) })
 		}
 		wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
@@ -189,8 +188,8 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 			}
 			return
 		}
-		loops.add(l)
-		defer loops.remove(l)
+		loops.Add(l.k, l)
+		defer stopped(loops, l)
 		l.log.Info("shard started")
 		l.run(ctx)
 		l.log.Info("shard stopped")
@@ -202,40 +201,13 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	return nil
 }
 
-// loopSet is the running shard loops, for the pending poller.
-type loopSet struct {
-	mu sync.Mutex
-	m  map[int]*shardLoop
-}
-
-func (s *loopSet) add(l *shardLoop) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.m[l.k] = l
-}
-
-// remove forgets a loop that stopped: its stall, if any, is over, and its
-// backlog is the next owner's to report.
-func (s *loopSet) remove(l *shardLoop) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m[l.k] == l {
-		delete(s.m, l.k)
-	}
+// stopped forgets a loop that stopped: its stall, if any, is over, and
+// its backlog is the next owner's to report.
+func stopped(loops *shard.Running[*shardLoop], l *shardLoop) {
+	loops.Remove(l.k, l)
 	l.w.Check(0)
 	l.m.pending.Set(0)
 	l.m.ackPending.Set(0)
-}
-
-// all is the running loops, by shard.
-func (s *loopSet) all() []*shardLoop {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]*shardLoop, 0, len(s.m))
-	for _, k := range slices.Sorted(maps.Keys(s.m)) {
-		out = append(out, s.m[k])
-	}
-	return out
 }
 
 // ensureSchemas creates the schema on every server, retrying while a
@@ -264,11 +236,11 @@ func (s *Service) ensureSchemas(ctx context.Context, servers []*server) error {
 
 // pollPending keeps surge_sink_consumer_pending and _ack_pending current
 // and hands each shard's backlog to its watchdog.
-func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops *loopSet) {
+func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops *shard.Running[*shardLoop]) {
 	t := time.NewTicker(s.pendingEvery)
 	defer t.Stop()
 	for {
-		for _, l := range loops.all() {
+		for _, l := range loops.All() {
 			backlog, err := s.backlog(ctx, js, l)
 			if err != nil {
 				if ctx.Err() == nil {
