@@ -82,6 +82,9 @@ type Body func(ctx context.Context, conn Conn) error
 //  4. When ctx ends the service turns not ready at once; when the body
 //     returns the connection drains (at most DrainTimeout) and the admin
 //     server stops last, so /metrics answers while the last work drains.
+//  5. /metrics carries surge_<name>_ready (1 while /readyz answers 200)
+//     and, while connected, every stream's surge_stream_bytes,
+//     surge_stream_max_bytes and surge_stream_messages, read every 5 s.
 //
 // Close is safe without Run, and after it (the collector's Start/Shutdown
 // contract): it releases what New opened.
@@ -92,6 +95,7 @@ type Host struct {
 	Registry *prometheus.Registry
 	Tracer   trace.Tracer
 	admin    *Admin
+	streams  *streamGauges
 	ran      atomic.Bool
 	// reconnected wakes the readiness watcher. Size one: a pending signal
 	// covers any number of reconnects.
@@ -107,12 +111,14 @@ func NewHost(spec Spec, deps Deps) (*Host, error) {
 	if err != nil {
 		return nil, err
 	}
+	registerReady(deps.Registry, spec.Name, admin)
 	return &Host{
 		spec:        spec,
 		Logger:      deps.Logger,
 		Registry:    deps.Registry,
 		Tracer:      deps.TracerProvider.Tracer("github.com/surge-events/surge/services/" + spec.Name),
 		admin:       admin,
+		streams:     newStreamGauges(deps.Registry),
 		reconnected: make(chan struct{}, 1),
 	}, nil
 }
@@ -156,6 +162,7 @@ func (h *Host) Run(ctx context.Context, body Body) (err error) {
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { h.watchReconnects(watchCtx, conn.JS) })
+	wg.Go(func() { h.streams.poll(watchCtx, conn.JS, h.spec.Streams, h.Logger) })
 	h.admin.Ready(CheckStarting)
 
 	err = body(ctx, conn)
