@@ -73,14 +73,15 @@ type errorBody struct {
 	Problems []event.Problem `json:"problems,omitempty"`
 }
 
-// ServeHTTP routes POST /v1/events and answers everything else with JSON
-// 404 or 405.
+// ServeHTTP routes POST /v1/events and the paths of Segment's API
+// (segmentRoutes) and answers everything else with JSON 404 or 405.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	ctx := otel.GetTextMapPropagator().Extract(r.Context(), propagation.HeaderCarrier(r.Header))
 	name := r.Method
-	if r.URL.Path == EventsPath {
-		name += " " + EventsPath
+	call, segment := segmentRoutes[r.URL.Path]
+	if r.URL.Path == EventsPath || segment {
+		name += " " + r.URL.Path
 	}
 	ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
 		attribute.String("http.request.method", r.Method),
@@ -90,11 +91,13 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	var rep reply
 	switch {
-	case r.URL.Path != EventsPath:
+	case r.URL.Path != EventsPath && !segment:
 		rep = reject(http.StatusNotFound, reasonNotFound, "no such path; events go to POST "+EventsPath)
 	case r.Method != http.MethodPost:
 		w.Header().Set("Allow", http.MethodPost)
 		rep = reject(http.StatusMethodNotAllowed, reasonMethod, "method "+r.Method+" not allowed; use POST")
+	case segment:
+		rep = s.serveSegment(ctx, w, r, call)
 	default:
 		rep = s.ingest(ctx, w, r)
 	}
@@ -107,7 +110,7 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	m := s.metrics
 	m.requests.WithLabelValues(strconv.Itoa(rep.status)).Inc()
 	m.requestDuration.Observe(time.Since(start).Seconds())
-	if rep.status == http.StatusAccepted {
+	if rep.status < 300 {
 		m.eventsAccepted.Add(float64(rep.accepted))
 	} else {
 		m.requestsRejected.WithLabelValues(rep.reason).Inc()
@@ -128,8 +131,11 @@ func (s *Service) write(w http.ResponseWriter, rep reply) {
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(s.cfg.Ingest.RetryAfter.Seconds()))))
 	}
 	var body any = errorBody{Error: rep.message, Problems: rep.problems}
-	if rep.status == http.StatusAccepted {
+	switch rep.status {
+	case http.StatusAccepted:
 		body = acceptedBody{Accepted: rep.accepted, Duplicate: rep.duplicate}
+	case http.StatusOK: // Segment's answer
+		body = successBody{Success: true}
 	}
 	w.WriteHeader(rep.status)
 	_ = json.NewEncoder(w).Encode(body) // a failed write means the client left
@@ -143,21 +149,15 @@ func (s *Service) ingest(ctx context.Context, w http.ResponseWriter, r *http.Req
 		w.Header().Set("WWW-Authenticate", `Bearer realm="surge"`)
 		return reject(http.StatusUnauthorized, reasonUnauthorized, "missing or invalid API key; send Authorization: Bearer <key>")
 	}
-	select {
-	case s.slots <- struct{}{}:
-		s.metrics.inFlight.Inc()
-		defer func() {
-			<-s.slots
-			s.metrics.inFlight.Dec()
-		}()
-	default:
+	release, ok := s.acquire()
+	if !ok {
 		return reject(http.StatusTooManyRequests, reasonOverloaded, "too many requests in flight; retry later")
 	}
+	defer release()
 
-	idemKey := r.Header.Get(HeaderIdempotencyKey)
-	if _, present := r.Header[HeaderIdempotencyKey]; present && !validIdempotencyKey(idemKey) {
-		return reject(http.StatusBadRequest, reasonBadRequest,
-			fmt.Sprintf("%s must be 1 to %d printable ASCII characters", HeaderIdempotencyKey, maxIdempotencyKeyLen))
+	idemKey, rep := idempotencyKey(r)
+	if rep.status != 0 {
+		return rep
 	}
 	format, ok := bodyFormat(r.Header.Get("Content-Type"))
 	if !ok {
@@ -201,6 +201,31 @@ func (s *Service) ingest(ctx context.Context, w http.ResponseWriter, r *http.Req
 	return s.publish(ctx, tenant, msgID, events)
 }
 
+// acquire takes an in-flight slot, or says at once that none is free.
+func (s *Service) acquire() (release func(), ok bool) {
+	select {
+	case s.slots <- struct{}{}:
+		s.metrics.inFlight.Inc()
+		return func() {
+			<-s.slots
+			s.metrics.inFlight.Dec()
+		}, true
+	default:
+		return nil, false
+	}
+}
+
+// idempotencyKey returns the request's Idempotency-Key ("" when absent),
+// or the 400 of an invalid one.
+func idempotencyKey(r *http.Request) (string, reply) {
+	key := r.Header.Get(HeaderIdempotencyKey)
+	if _, present := r.Header[HeaderIdempotencyKey]; present && !validIdempotencyKey(key) {
+		return "", reject(http.StatusBadRequest, reasonBadRequest,
+			fmt.Sprintf("%s must be 1 to %d printable ASCII characters", HeaderIdempotencyKey, maxIdempotencyKeyLen))
+	}
+	return key, reply{}
+}
+
 // authenticate returns the request's tenant: the default one when no API
 // keys are configured, else the one of its bearer key.
 func (s *Service) authenticate(r *http.Request) (string, bool) {
@@ -211,6 +236,11 @@ func (s *Service) authenticate(r *http.Request) (string, bool) {
 	if !ok || !strings.EqualFold(scheme, "Bearer") {
 		return "", false
 	}
+	return s.tenantOf(key)
+}
+
+// tenantOf returns the tenant of an API key.
+func (s *Service) tenantOf(key string) (string, bool) {
 	tenant, ok := s.tenants[sha256.Sum256([]byte(strings.TrimSpace(key)))]
 	return tenant, ok
 }

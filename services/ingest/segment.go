@@ -1,0 +1,291 @@
+package ingest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/surge-events/surge/pkg/event"
+)
+
+// Segment's HTTP Tracking API, which the analytics SDKs of Segment and
+// RudderStack speak: a batch of messages, or one message per call path.
+// This file maps a message to Surge's event; segmenthttp.go serves it.
+
+// segmentRoutes maps each path of the API to the call its body holds; ""
+// is a batch, whose messages say their own type. The one-letter paths are
+// those of the browser and mobile libraries.
+var segmentRoutes = map[string]string{
+	"/v1/batch": "", "/v1/b": "",
+	"/v1/track": "track", "/v1/t": "track",
+	"/v1/identify": "identify", "/v1/i": "identify",
+	"/v1/page": "page", "/v1/p": "page",
+	"/v1/screen": "screen", "/v1/s": "screen",
+	"/v1/group": "group", "/v1/g": "group",
+	"/v1/alias": "alias", "/v1/a": "alias",
+}
+
+// segmentKey is the reserved property that keeps what a message holds
+// besides the mapped fields (context, integrations, the raw timestamps...).
+const segmentKey = "_segment"
+
+// segmentRequest is the part of a body shared by its messages. A call
+// path's body is itself the message; then only WriteKey and SentAt apply.
+type segmentRequest struct {
+	Batch        json.RawMessage `json:"batch"`
+	Context      json.RawMessage `json:"context"`
+	Integrations json.RawMessage `json:"integrations"`
+	SentAt       json.RawMessage `json:"sentAt"`
+	WriteKey     string          `json:"writeKey"`
+}
+
+// segmentMessage is one message mapped to Surge's event as /v1/events
+// takes it (Wire), or the problems that keep it out.
+type segmentMessage struct {
+	// MessageID is the message's messageId; "" when it has none.
+	MessageID string
+	Wire      []byte
+	Problems  []event.Problem
+	// PropsKey is where the message keeps its properties: "properties",
+	// or "traits" for identify and group.
+	PropsKey string
+}
+
+// mapSegment maps message i of a request. Call is the call path's
+// ("" in a batch); received is when ingest received the request.
+func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, received time.Time) segmentMessage {
+	var m segmentMessage
+	fail := func(field, reason string) segmentMessage {
+		m.Problems = append(m.Problems, event.Problem{Index: i, Field: field, Reason: reason})
+		return m
+	}
+	var msg map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &msg); err != nil || msg == nil {
+		return fail("", "message must be a JSON object")
+	}
+	m.MessageID, _ = text(msg["messageId"]) // checked as event_id
+
+	typ := call
+	if typ == "" {
+		typ, _ = text(msg["type"])
+	}
+	var wire struct {
+		EventID    string          `json:"event_id,omitempty"`
+		UserID     string          `json:"user_id"`
+		Type       string          `json:"type"`
+		TS         string          `json:"ts"`
+		Properties json.RawMessage `json:"properties"`
+	}
+	m.PropsKey = "properties"
+	switch typ {
+	case "track":
+		name, ok := text(msg["event"])
+		if !ok || name == "" {
+			return fail("event", "required for track, a non-empty string")
+		}
+		wire.Type = name
+		delete(msg, "event")
+	case "identify", "group":
+		m.PropsKey = "traits"
+		wire.Type = "$" + typ
+	case "page", "screen", "alias":
+		wire.Type = "$" + typ
+	default:
+		return fail("type", "must be one of track, identify, page, screen, group, alias")
+	}
+
+	switch user, ok := userID(msg["userId"]); {
+	case ok:
+		wire.UserID = user
+		delete(msg, "userId")
+	default:
+		if wire.UserID, ok = userID(msg["anonymousId"]); !ok {
+			return fail("userId", "userId or anonymousId required, a non-empty string or a number")
+		}
+		delete(msg, "anonymousId")
+	}
+
+	props := map[string]json.RawMessage{}
+	if p := msg[m.PropsKey]; !absent(p) {
+		if err := json.Unmarshal(p, &props); err != nil || props == nil {
+			return fail(m.PropsKey, "must be a JSON object")
+		}
+		delete(msg, m.PropsKey)
+	}
+
+	wire.EventID = m.MessageID
+	wire.TS = segmentTS(msg, req.SentAt, received).Format(time.RFC3339Nano)
+	for _, k := range []string{"type", "messageId", "writeKey", "_metadata"} {
+		delete(msg, k)
+	}
+	if call == "" { // a batch's context and integrations apply to each message
+		msg["context"] = merged(req.Context, msg["context"])
+		msg["integrations"] = merged(req.Integrations, msg["integrations"])
+	}
+	for k, v := range msg {
+		if absent(v) {
+			delete(msg, k)
+		}
+	}
+	if len(msg) > 0 {
+		props[segmentKey] = marshal(msg)
+	}
+	wire.Properties = marshal(props)
+	m.Wire = marshal(wire)
+	return m
+}
+
+// segmentTS applies Segment's clock-skew rule: a client's clock may be off,
+// but the time between its event and its send is not, so
+// ts = received - (sentAt - originalTimestamp). A message with both
+// timestamp and originalTimestamp keeps its timestamp, one with a time
+// but no sentAt keeps that time; anything unreadable or out of
+// ClickHouse's range gives the receive time (the raw values stay in
+// _segment).
+func segmentTS(msg map[string]json.RawMessage, batchSentAt json.RawMessage, received time.Time) time.Time {
+	ts, tsOK := timeField(msg["timestamp"])
+	orig, origOK := timeField(msg["originalTimestamp"])
+	sentRaw := msg["sentAt"]
+	if absent(sentRaw) {
+		sentRaw = batchSentAt
+	}
+	sent, sentOK := timeField(sentRaw)
+	if !tsOK || !origOK || !sentOK {
+		return received
+	}
+	t := received
+	switch {
+	case ts != nil && orig != nil:
+		t = *ts
+	case ts != nil || orig != nil:
+		t0 := ts
+		if t0 == nil {
+			t0 = orig
+		}
+		t = *t0
+		if sent != nil {
+			t = received.Add(-sent.Sub(*t0))
+		}
+	}
+	if y := t.UTC().Year(); y < 1970 || y > 2105 { // ClickHouse DateTime's range
+		return received
+	}
+	return t.UTC()
+}
+
+// timeField reads an ISO 8601 time: nil and true when absent, false when
+// present but unreadable.
+func timeField(raw json.RawMessage) (*time.Time, bool) {
+	if absent(raw) {
+		return nil, true
+	}
+	s, ok := text(raw)
+	if !ok {
+		return nil, false
+	}
+	t, err := time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return nil, false
+	}
+	return &t, true
+}
+
+// userID reads an id the way the SDKs send it: a non-empty string, or a
+// number kept as its text.
+func userID(raw json.RawMessage) (string, bool) {
+	if absent(raw) {
+		return "", false
+	}
+	if s, ok := text(raw); ok {
+		return s, s != ""
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) != nil {
+		return "", false
+	}
+	return n.String(), true
+}
+
+// text reads a JSON string.
+func text(raw json.RawMessage) (string, bool) {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
+
+func absent(raw json.RawMessage) bool {
+	return len(raw) == 0 || string(raw) == "null"
+}
+
+// merged is the object shared under the message's own, whose keys win;
+// what is not an object on either side is left as it is.
+func merged(shared, own json.RawMessage) json.RawMessage {
+	if absent(shared) {
+		return own
+	}
+	var base, mine map[string]json.RawMessage
+	if json.Unmarshal(shared, &base) != nil || base == nil {
+		return own
+	}
+	if !absent(own) {
+		if json.Unmarshal(own, &mine) != nil || mine == nil {
+			return own
+		}
+	}
+	for k, v := range mine {
+		base[k] = v
+	}
+	return marshal(base)
+}
+
+// marshal encodes v compactly without escaping <, > and &, so text is
+// stored as it was sent. Map keys come out sorted.
+func marshal(v any) json.RawMessage {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		// Only decoded JSON and strings reach here: it always encodes.
+		panic(fmt.Sprintf("segment: encode %T: %v", v, err))
+	}
+	return bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
+}
+
+// segmentField names a field of Surge's event by the message field it came
+// from, so problems speak the sender's language.
+func segmentField(field, propsKey string) string {
+	switch {
+	case field == "user_id":
+		return "userId"
+	case field == "event_id":
+		return "messageId"
+	case field == "ts":
+		return "timestamp"
+	case field == "type":
+		return "event"
+	case strings.HasPrefix(field, "properties."+segmentKey+"."):
+		return strings.TrimPrefix(field, "properties."+segmentKey+".")
+	case strings.HasPrefix(field, "properties"):
+		return propsKey + strings.TrimPrefix(field, "properties")
+	}
+	return field
+}
+
+// problemsReason says in one line what is wrong: "userId: required; ...".
+func problemsReason(problems []event.Problem) string {
+	var b strings.Builder
+	for i, p := range problems {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		if p.Field != "" {
+			b.WriteString(p.Field + ": ")
+		}
+		b.WriteString(p.Reason)
+	}
+	return b.String()
+}
