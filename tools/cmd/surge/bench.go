@@ -37,6 +37,7 @@ type benchFlags struct {
 	cpuProfile string
 	memProfile string
 	via        string
+	report     string
 	trace      bool
 	cluster    bool
 	natsSync   natsserver.Sync
@@ -62,6 +63,7 @@ func bench(args []string) error {
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
+	fs.StringVar(&f.report, "report", "", "write report.html (plots of the run, self-contained) and report.json (its raw figures) into `dir`")
 	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
 	natsSync := natsSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -140,6 +142,9 @@ func bench(args []string) error {
 		}
 	}
 	r := benchReport{flags: f}
+	rec := newRunRecord(f.report, st, gen)
+	defer rec.stop()
+	rec.phase("throughput")
 	heap := watchHeap()
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)
@@ -158,15 +163,20 @@ func bench(args []string) error {
 	if err != nil {
 		return err
 	}
+	if err := rec.throughputDone(r.tp); err != nil {
+		return err
+	}
 	r.rate = f.rate
 	if r.rate == 0 {
 		r.rate = int(r.tp.inserted / 2)
 	}
 	fmt.Printf("bench: latency phase: %d events/s for %s with probes\n", r.rate, f.rateFor)
+	rec.phase("latency")
 	if r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
 		return err
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
+	rec.phase("reference")
 	if r.bulk, r.single, err = clickhouseReference(ctx, ch, st.Database); err != nil {
 		return err
 	}
@@ -175,7 +185,10 @@ func bench(args []string) error {
 	if exported != nil {
 		r.tracing = fmt.Sprintf("on at the default sampler, %d spans exported", exported.spans.Load())
 	}
-	r.print()
+	fmt.Print(r.summary())
+	if err := rec.write(r); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
 	if !f.cluster {
 		return nil
 	}
@@ -205,9 +218,10 @@ type benchReport struct {
 	peakHeap     uint64
 }
 
-func (r benchReport) print() {
+// summary is the report the bench prints.
+func (r benchReport) summary() string {
 	f := r.flags
-	fmt.Printf(`
+	return fmt.Sprintf(`
 Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)

@@ -17,6 +17,14 @@ import (
 type latencyResult struct {
 	p50, p99, max time.Duration
 	n             int
+	probes        []probe // every probe that became queryable
+}
+
+// probe is one probe event: when it was sent, and how long after it
+// answered a query.
+type probe struct {
+	sent    time.Time
+	latency time.Duration
 }
 
 // latency drives a steady rate and, every 100 ms, a probe event with a
@@ -42,7 +50,9 @@ func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, sen
 				case sem <- struct{}{}:
 					wg.Go(func() {
 						defer func() { <-sem }()
-						_ = send(gen.body())
+						if send(gen.body()) {
+							gen.accepted.Add(int64(perRequest))
+						}
 					})
 				default: // the stack is behind: skip rather than queue
 				}
@@ -53,6 +63,7 @@ func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, sen
 	var mu sync.Mutex
 	sentAt := map[string]time.Time{}
 	var lats []time.Duration
+	var probes []probe
 	run := strconv.FormatInt(time.Now().UnixNano(), 36)
 	wg.Go(func() {
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -71,6 +82,8 @@ func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, sen
 					mu.Lock()
 					delete(sentAt, id)
 					mu.Unlock()
+				} else {
+					gen.accepted.Add(1)
 				}
 			}
 		}
@@ -96,6 +109,7 @@ func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, sen
 			mu.Lock()
 			if t, ok := sentAt[id]; ok {
 				lats = append(lats, now.Sub(t))
+				probes = append(probes, probe{sent: t, latency: now.Sub(t)})
 			}
 			mu.Unlock()
 		}
@@ -131,5 +145,5 @@ func latency(ctx context.Context, db string, ch driver.Conn, gen *generator, sen
 	}
 	sort.Slice(lats, func(i, j int) bool { return lats[i] < lats[j] })
 	q := func(p float64) time.Duration { return lats[int(p*float64(len(lats)-1))].Round(time.Millisecond) }
-	return latencyResult{p50: q(0.5), p99: q(0.99), max: lats[len(lats)-1].Round(time.Millisecond), n: len(lats)}, nil
+	return latencyResult{p50: q(0.5), p99: q(0.99), max: lats[len(lats)-1].Round(time.Millisecond), n: len(lats), probes: probes}, nil
 }

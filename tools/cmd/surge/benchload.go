@@ -22,6 +22,9 @@ import (
 type generator struct {
 	bodies [][]byte
 	next   atomic.Uint64
+	// accepted counts the events the stack accepted (HTTP 202 or
+	// PubAck) from any phase, for the report's time series.
+	accepted atomic.Int64
 }
 
 func newGenerator(users, perRequest int) *generator {
@@ -110,8 +113,10 @@ func throughput(ctx context.Context, urls []string, inserted insertedCounter, ge
 		wg.Go(func() {
 			for sent.Add(1) <= int64(requests) && ctx.Err() == nil {
 				// 503/429 under pressure: back off and resend, until Ctrl-C.
-				_ = retry.Do(ctx, resend, func() error { return post(ctx, url, gen.body()) },
-					func(int, error, time.Duration) { failed.Add(1) })
+				if retry.Do(ctx, resend, func() error { return post(ctx, url, gen.body()) },
+					func(int, error, time.Duration) { failed.Add(1) }) == nil {
+					gen.accepted.Add(int64(f.perRequest))
+				}
 			}
 		})
 	}

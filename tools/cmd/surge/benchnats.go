@@ -111,6 +111,7 @@ func throughputNATS(ctx context.Context, st *stack.Stack, gen *generator, f benc
 				defer wait.Stop()
 				select {
 				case <-head.f.Ok():
+					gen.accepted.Add(int64(f.perRequest))
 					return
 				case <-ctx.Done():
 					return

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"cmp"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// The report's sampler looks at the run every sampleEvery; it keeps at
+// most maxSamples looks, halving them (and doubling the interval) when a
+// long run reaches that many, so a run of any length costs bounded memory.
+const (
+	sampleEvery = 200 * time.Millisecond
+	maxSamples  = 4096
+)
+
+// runSample is one look at the run.
+type runSample struct {
+	// T is seconds since the throughput phase started.
+	T float64 `json:"t_s"`
+	// Accepted is events the load generator had accepted (HTTP 202 or
+	// JetStream PubAck), both phases, probes included.
+	Accepted int64 `json:"accepted"`
+	// Inserted is rows the sink had inserted into ClickHouse.
+	Inserted float64 `json:"inserted"`
+	// CPUSeconds and HeapInuseBytes are the bench process's
+	// process_cpu_seconds_total and go_memstats_heap_inuse_bytes: the
+	// figures a service's /metrics shows, here for the one process that
+	// runs all four services and the load generator.
+	CPUSeconds     float64 `json:"cpu_seconds"`
+	HeapInuseBytes float64 `json:"heap_inuse_bytes"`
+}
+
+// runPhase is when one phase of the bench ran, in seconds since the
+// throughput phase started.
+type runPhase struct {
+	Name  string  `json:"name"`
+	Start float64 `json:"start_s"`
+	End   float64 `json:"end_s"`
+}
+
+// shardRows is what the sink inserted for one shard.
+type shardRows struct {
+	Shard int     `json:"shard"`
+	Rows  float64 `json:"rows"`
+}
+
+// runRecord samples a single-process bench run for `--report`: counters
+// every sampleEvery from the start of the throughput phase to the end of
+// the ClickHouse reference, the phases' boundaries and the rows of each
+// shard. A nil *runRecord (no --report) does nothing.
+type runRecord struct {
+	dir   string
+	st    *stack.Stack
+	start time.Time
+	look  func() runSample
+
+	phases    []runPhase
+	rows      []shardRows
+	acceptedN int64 // load generator's accepted events when the throughput phase started
+
+	done    chan struct{}
+	samples chan []runSample
+	stopped []runSample
+}
+
+// newRunRecord starts sampling st and gen when dir is set; nil otherwise.
+// The clock starts now: call it just before the throughput phase.
+func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
+	if dir == "" {
+		return nil
+	}
+	// The Go and process collectors every service registers: reading them
+	// here reads the same process as any of the four services' /metrics.
+	proc := prometheus.NewRegistry()
+	proc.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	rec := &runRecord{dir: dir, st: st, start: time.Now(), acceptedN: gen.accepted.Load(),
+		done: make(chan struct{}), samples: make(chan []runSample, 1)}
+	rec.look = func() runSample {
+		return runSample{
+			T:              time.Since(rec.start).Seconds(),
+			Accepted:       gen.accepted.Load() - rec.acceptedN,
+			Inserted:       st.Inserted(),
+			CPUSeconds:     stack.Sum(proc, "process_cpu_seconds_total"),
+			HeapInuseBytes: stack.Sum(proc, heapMetric),
+		}
+	}
+	go rec.sample()
+	return rec
+}
+
+// sample runs until stop: it owns the samples and hands them over once.
+func (rec *runRecord) sample() {
+	every := sampleEvery
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	var out []runSample
+	for {
+		out = append(out, rec.look())
+		if len(out) == maxSamples {
+			out = thin(out)
+			every *= 2
+			tick.Reset(every)
+		}
+		select {
+		case <-rec.done:
+			rec.samples <- out
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// thin keeps every second sample, the last one included.
+func thin(s []runSample) []runSample {
+	var out []runSample
+	for i := len(s) - 1; i >= 0; i -= 2 {
+		out = append(out, s[i])
+	}
+	slices.Reverse(out)
+	return out
+}
+
+// stop ends the sampling, taking a last look; later calls return the
+// same samples.
+func (rec *runRecord) stop() []runSample {
+	if rec == nil {
+		return nil
+	}
+	if rec.done != nil {
+		close(rec.done)
+		rec.done = nil
+		rec.stopped = append(<-rec.samples, rec.look())
+	}
+	return rec.stopped
+}
+
+// phase records that the named phase runs from now on, ending the one
+// before.
+func (rec *runRecord) phase(name string) {
+	if rec == nil {
+		return
+	}
+	now := time.Since(rec.start).Seconds()
+	rec.endPhase(now)
+	rec.phases = append(rec.phases, runPhase{Name: name, Start: now})
+}
+
+func (rec *runRecord) endPhase(at float64) {
+	if n := len(rec.phases); n > 0 && rec.phases[n-1].End == 0 {
+		rec.phases[n-1].End = at
+	}
+}
+
+// throughputDone records the throughput phase's end, when its last row
+// was inserted, and the rows each shard inserted in it.
+func (rec *runRecord) throughputDone(tp throughputResult) error {
+	if rec == nil {
+		return nil
+	}
+	rec.endPhase(tp.insertedIn.Seconds())
+	rows, err := sinkShardRows(rec.st.Part("sink").Registry)
+	rec.rows = rows
+	return err
+}
+
+// sinkShardRows reads surge_sink_rows_inserted_total of each shard.
+func sinkShardRows(g prometheus.Gatherer) ([]shardRows, error) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gather sink metrics: %w", err)
+	}
+	var rows []shardRows
+	for _, mf := range mfs {
+		if mf.GetName() != "surge_sink_rows_inserted_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() != "shard" {
+					continue
+				}
+				k, err := strconv.Atoi(l.GetValue())
+				if err != nil {
+					return nil, fmt.Errorf("shard label %q: %w", l.GetValue(), err)
+				}
+				rows = append(rows, shardRows{Shard: k, Rows: m.GetCounter().GetValue()})
+			}
+		}
+	}
+	slices.SortFunc(rows, func(a, b shardRows) int { return cmp.Compare(a.Shard, b.Shard) })
+	return rows, nil
+}
+
+// probes turns the latency phase's probes into report figures, in the
+// order sent.
+func (rec *runRecord) probes(ps []probe) []reportProbe {
+	out := make([]reportProbe, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, reportProbe{SentS: p.sent.Sub(rec.start).Seconds(), LatencyMS: float64(p.latency) / float64(time.Millisecond)})
+	}
+	slices.SortFunc(out, func(a, b reportProbe) int { return cmp.Compare(a.SentS, b.SentS) })
+	return out
+}
+
+// reportData is report.json: the figures the bench printed, the setup
+// and every sample the plots are drawn from.
+type reportData struct {
+	// Summary is the report the bench printed, verbatim.
+	Summary    string           `json:"summary"`
+	Setup      reportSetup      `json:"setup"`
+	Throughput reportThroughput `json:"throughput"`
+	Latency    reportLatency    `json:"latency"`
+	Reference  reportReference  `json:"clickhouse_reference"`
+	// PeakHeapBytes is the Go heap's peak during the throughput phase, as printed.
+	PeakHeapBytes uint64      `json:"peak_heap_bytes"`
+	Phases        []runPhase  `json:"phases"`
+	Samples       []runSample `json:"samples"`
+}
+
+type reportSetup struct {
+	Started           time.Time `json:"started"`
+	Events            int       `json:"events"`
+	PerRequest        int       `json:"per_request"`
+	Clients           int       `json:"clients"`
+	Users             int       `json:"users"`
+	Shards            int       `json:"shards"`
+	ClickHouseServers int       `json:"clickhouse_servers"`
+	Via               string    `json:"via"`
+	NATSSync          string    `json:"nats_sync"`
+	Tracing           string    `json:"tracing"`
+	CPUs              int       `json:"cpus"`
+	GOOS              string    `json:"goos"`
+	GOARCH            string    `json:"goarch"`
+	GoVersion         string    `json:"go_version"`
+}
+
+type reportThroughput struct {
+	// Events is what the throughput phase sent, every one accepted and inserted.
+	Events            int         `json:"events"`
+	AcceptedPerSecond float64     `json:"accepted_events_per_s"`
+	AcceptedSeconds   float64     `json:"accepted_in_s"`
+	InsertedPerSecond float64     `json:"inserted_events_per_s"`
+	InsertedSeconds   float64     `json:"inserted_in_s"`
+	RowsPerShard      []shardRows `json:"rows_per_shard"`
+}
+
+type reportLatency struct {
+	// Rate is the steady load of the phase, events/s.
+	Rate      int     `json:"rate"`
+	DurationS float64 `json:"duration_s"`
+	Probes    int     `json:"probes"`
+	P50Millis int64   `json:"p50_ms"`
+	P99Millis int64   `json:"p99_ms"`
+	MaxMillis int64   `json:"max_ms"`
+	// Probes lists every probe that became queryable, in the order sent.
+	ProbesSeen []reportProbe `json:"probe_latencies"`
+}
+
+// reportProbe is one probe: sent SentS seconds after the throughput
+// phase started, queryable LatencyMS later.
+type reportProbe struct {
+	SentS     float64 `json:"sent_s"`
+	LatencyMS float64 `json:"latency_ms"`
+}
+
+type reportReference struct {
+	BulkRowsPerSecond      float64 `json:"bulk_rows_per_s"`
+	SingleRowRowsPerSecond float64 `json:"single_row_rows_per_s"`
+}
+
+// write ends the sampling and writes report.json, report.html and each
+// plot as an SVG file of its own into the record's folder.
+func (rec *runRecord) write(r benchReport) error {
+	if rec == nil {
+		return nil
+	}
+	f := r.flags
+	d := reportData{
+		Summary: r.summary(),
+		Setup: reportSetup{
+			Started: rec.start.UTC().Truncate(time.Second), Events: f.events, PerRequest: f.perRequest, Clients: f.clients,
+			Users: f.users, Shards: f.shards, ClickHouseServers: f.servers, Via: f.via, NATSSync: string(f.natsSync),
+			Tracing: r.tracing, CPUs: runtime.NumCPU(), GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, GoVersion: runtime.Version(),
+		},
+		Throughput: reportThroughput{
+			Events:            f.events / f.perRequest * f.perRequest,
+			AcceptedPerSecond: r.tp.accepted, AcceptedSeconds: r.tp.acceptedIn.Seconds(),
+			InsertedPerSecond: r.tp.inserted, InsertedSeconds: r.tp.insertedIn.Seconds(),
+			RowsPerShard: rec.rows,
+		},
+		Latency: reportLatency{
+			Rate: r.rate, DurationS: f.rateFor.Seconds(), Probes: r.lat.n,
+			P50Millis: r.lat.p50.Milliseconds(), P99Millis: r.lat.p99.Milliseconds(), MaxMillis: r.lat.max.Milliseconds(),
+			ProbesSeen: rec.probes(r.lat.probes),
+		},
+		Reference:     reportReference{BulkRowsPerSecond: r.bulk, SingleRowRowsPerSecond: r.single},
+		PeakHeapBytes: r.peakHeap,
+	}
+	d.Samples = rec.stop()
+	rec.endPhase(d.Samples[len(d.Samples)-1].T)
+	d.Phases = rec.phases
+
+	if err := os.MkdirAll(rec.dir, 0o755); err != nil {
+		return fmt.Errorf("report folder: %w", err)
+	}
+	js, err := json.MarshalIndent(d, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(rec.dir, "report.json"), append(js, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write report.json: %w", err)
+	}
+	figs, err := reportFigures(d)
+	if err != nil {
+		return fmt.Errorf("plot: %w", err)
+	}
+	for _, fig := range figs {
+		if err := os.WriteFile(filepath.Join(rec.dir, fig.ID+".svg"), fig.svg, 0o644); err != nil {
+			return fmt.Errorf("write %s.svg: %w", fig.ID, err)
+		}
+	}
+	page, err := reportHTML(d, figs)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(rec.dir, "report.html")
+	if err := os.WriteFile(path, page, 0o644); err != nil {
+		return fmt.Errorf("write report.html: %w", err)
+	}
+	fmt.Printf("bench: report in %s (raw figures in report.json)\n", path)
+	return nil
+}
