@@ -14,6 +14,7 @@ Commands:
   up      run the whole stack locally until Ctrl-C
   bench   start a stack, drive load, print throughput and latency
   query   run SQL against the local stack's ClickHouse (events, events_local)
+  status  one screen of the stack's health: shards, backlog, streams, instances (exit 1 when unhealthy)
   setup   install clickhouse-server and mosquitto-clients where missing (apt-get, as root)
   deadletter list | show SEQ | replay SEQ... | replay --all
           inspect and replay what the pipeline could not process
@@ -36,6 +37,8 @@ func main() {
 		err = query(os.Args[2:])
 	case "deadletter":
 		err = deadLetter(os.Args[2:])
+	case "status":
+		os.Exit(statusCmd(os.Args[2:]))
 	case "setup":
 		err = setup(context.Background())
 	case "-h", "--help", "help":
