@@ -144,7 +144,6 @@ func bench(args []string) error {
 	r := benchReport{flags: f}
 	rec := newRunRecord(f.report, st, gen)
 	defer rec.stop()
-	rec.phase("throughput")
 	heap := watchHeap()
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)

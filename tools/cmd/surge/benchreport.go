@@ -76,7 +76,7 @@ type runRecord struct {
 }
 
 // newRunRecord starts sampling st and gen when dir is set; nil otherwise.
-// The clock starts now: call it just before the throughput phase.
+// The clock and the throughput phase start now: call it just before.
 func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 	if dir == "" {
 		return nil
@@ -86,7 +86,8 @@ func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 	proc := prometheus.NewRegistry()
 	proc.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	rec := &runRecord{dir: dir, st: st, start: time.Now(), acceptedN: gen.accepted.Load(),
-		done: make(chan struct{}), samples: make(chan []runSample, 1)}
+		phases: []runPhase{{Name: "throughput"}},
+		done:   make(chan struct{}), samples: make(chan []runSample, 1)}
 	rec.look = func() runSample {
 		return runSample{
 			T:              time.Since(rec.start).Seconds(),
