@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -14,6 +15,9 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
@@ -56,6 +60,9 @@ type ClusterOptions struct {
 	LogLevel string
 	// Logf reports progress; silent when nil.
 	Logf func(format string, args ...any)
+	// ServiceEnv adds or overrides variables of one service's processes,
+	// by service name (e.g. a log level for the batchers only).
+	ServiceEnv map[string]map[string]string
 }
 
 // Instance is one service process.
@@ -68,6 +75,7 @@ type Instance struct {
 	IngestURL string
 	LogPath   string
 	proc      *proc
+	env       map[string]string
 }
 
 // proc is one child process.
@@ -91,9 +99,18 @@ type Cluster struct {
 	Instances []*Instance
 	Database  string
 
-	nats []*natsNode
-	opts ClusterOptions
-	lock *DirLock
+	nats    []*natsNode
+	natsBin string
+	opts    ClusterOptions
+	// common and perService are the services' environment, kept for
+	// instances added later.
+	common     map[string]string
+	perService map[string]map[string]string
+	lock       *DirLock
+	// mu guards Instances and each instance's and node's proc once the
+	// cluster runs: the fault methods (KillInstance, RestartNATS, ...)
+	// may be called from any goroutine.
+	mu sync.Mutex
 }
 
 // StartCluster brings up the servers, builds and starts the service
@@ -124,7 +141,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: o, lock: lock, Database: "surge"}
+	c := &Cluster{opts: o, lock: lock, Database: "surge", natsBin: natsBin}
 	fail := func(err error) (*Cluster, error) {
 		_ = c.Stop()
 		return nil, err
@@ -330,36 +347,69 @@ func (c *Cluster) startServices() error {
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		return fmt.Errorf("logs folder: %w", err)
 	}
+	c.common, c.perService = common, perService
 	for si, svc := range ClusterServices {
 		for i := range 2 {
-			in := &Instance{
-				Name:      fmt.Sprintf("%s-%d", svc, i),
-				Service:   svc,
-				AdminAddr: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*si+i])),
-			}
-			in.LogPath = filepath.Join(logs, in.Name+".log")
-			env := map[string]string{"SURGE_ADMIN_ADDR": in.AdminAddr, "OTEL_SERVICE_NAME": "surge-" + svc}
-			for k, v := range common {
-				env[k] = v
-			}
-			for k, v := range perService[svc] {
-				env[k] = v
-			}
+			httpAddr := ""
 			if svc == "ingest" {
-				env["SURGE_HTTP_ADDR"] = c.opts.IngestAddrs[i]
-				in.IngestURL = "http://" + c.opts.IngestAddrs[i]
+				httpAddr = c.opts.IngestAddrs[i]
 			}
-			cmd := exec.Command(filepath.Join(c.opts.Dir, "bin", svc))
-			p, err := spawn(cmd, c.opts.Dir, in.LogPath, env)
-			if err != nil {
-				return fmt.Errorf("start %s: %w", in.Name, err)
+			in := c.newInstance(svc, i, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*si+i])), httpAddr)
+			if err := in.spawn(c.opts.Dir); err != nil {
+				return err
 			}
-			in.proc = p
 			c.Instances = append(c.Instances, in)
 		}
 	}
 	return nil
 }
+
+// newInstance describes the index-th process of svc: its name, addresses,
+// log and environment.
+func (c *Cluster) newInstance(svc string, index int, adminAddr, httpAddr string) *Instance {
+	in := &Instance{
+		Name:      fmt.Sprintf("%s-%d", svc, index),
+		Service:   svc,
+		AdminAddr: adminAddr,
+	}
+	in.LogPath = filepath.Join(c.opts.Dir, "logs", in.Name+".log")
+	env := map[string]string{"SURGE_ADMIN_ADDR": in.AdminAddr, "OTEL_SERVICE_NAME": "surge-" + svc}
+	maps.Copy(env, c.common)
+	maps.Copy(env, c.perService[svc])
+	maps.Copy(env, c.opts.ServiceEnv[svc])
+	if httpAddr != "" {
+		env["SURGE_HTTP_ADDR"] = httpAddr
+		in.IngestURL = "http://" + httpAddr
+	}
+	in.env = env
+	return in
+}
+
+// spawn starts the instance's process, its log opened by a line that
+// marks the start (a log holds every run of the instance).
+func (in *Instance) spawn(dir string) error {
+	f, err := os.OpenFile(in.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("log of %s: %w", in.Name, err)
+	}
+	_, err = fmt.Fprintf(f, "%s %s at %s\n", InstanceStartMarker, in.Name, time.Now().UTC().Format(time.RFC3339Nano))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("log of %s: %w", in.Name, err)
+	}
+	p, err := spawn(exec.Command(filepath.Join(dir, "bin", in.Service)), dir, in.LogPath, in.env)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", in.Name, err)
+	}
+	in.proc = p
+	return nil
+}
+
+// InstanceStartMarker begins the line an instance's log gets before each
+// start of its process.
+const InstanceStartMarker = "===== start"
 
 // spawn starts cmd in its own process group (a Ctrl-C in the terminal
 // reaches only surge, which stops the children in order), killed should
@@ -557,4 +607,238 @@ func logTail(path string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// The fault methods below break and mend a running cluster, one process
+// at a time, for chaos tests. Each returns once the process is gone or,
+// for a start, ready.
+
+// Instance is the instance named name, nil when there is none.
+func (c *Cluster) Instance(name string) *Instance {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, in := range c.Instances {
+		if in.Name == name {
+			return in
+		}
+	}
+	return nil
+}
+
+// PID is the instance's process id.
+func (in *Instance) PID() int { return in.proc.cmd.Process.Pid }
+
+// Running reports whether the instance's process runs.
+func (in *Instance) Running() bool {
+	select {
+	case <-in.proc.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// KillInstance SIGKILLs the instance's process and waits for it to exit.
+func (c *Cluster) KillInstance(name string) error {
+	in := c.Instance(name)
+	if in == nil {
+		return fmt.Errorf("no instance %s", name)
+	}
+	_ = in.proc.cmd.Process.Kill()
+	<-in.proc.exited
+	return nil
+}
+
+// StopInstance stops the instance's process for good with SIGTERM, so it
+// drains and hands its shards over (SIGKILL after ClusterStopTimeout).
+func (c *Cluster) StopInstance(name string) error {
+	in := c.Instance(name)
+	if in == nil {
+		return fmt.Errorf("no instance %s", name)
+	}
+	in.proc.stop()
+	if st := in.proc.cmd.ProcessState; st != nil && !st.Success() {
+		return fmt.Errorf("%s exited with %s; log %s", in.Name, st, in.LogPath)
+	}
+	return nil
+}
+
+// RestartInstance starts a stopped or killed instance again with the same
+// addresses and environment and waits until it is ready.
+func (c *Cluster) RestartInstance(ctx context.Context, name string) error {
+	in := c.Instance(name)
+	if in == nil {
+		return fmt.Errorf("no instance %s", name)
+	}
+	if in.Running() {
+		return fmt.Errorf("%s runs already (pid %d)", name, in.PID())
+	}
+	if err := in.spawn(c.opts.Dir); err != nil {
+		return err
+	}
+	return in.waitReady(ctx)
+}
+
+// AddInstance starts one more process of service (not ingest, whose
+// instances listen on the addresses the cluster was given), named after
+// the instances it has, and waits until it is ready.
+func (c *Cluster) AddInstance(ctx context.Context, service string) (*Instance, error) {
+	if _, ok := c.perService[service]; !ok || service == "ingest" {
+		return nil, fmt.Errorf("cannot add an instance of %q", service)
+	}
+	ports, err := chserver.FreePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	n := 0
+	for _, in := range c.Instances {
+		if in.Service == service {
+			n++
+		}
+	}
+	in := c.newInstance(service, n, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), "")
+	err = in.spawn(c.opts.Dir)
+	if err == nil {
+		c.Instances = append(c.Instances, in)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	return in, in.waitReady(ctx)
+}
+
+// waitReady waits for the instance's /readyz.
+func (in *Instance) waitReady(ctx context.Context) error {
+	if err := waitHTTP(ctx, "http://"+in.AdminAddr+"/readyz", in.proc, ClusterReadyTimeout); err != nil {
+		return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, logTail(in.LogPath, 10))
+	}
+	return nil
+}
+
+// NATSName is the server name of NATS node i ("nats-<i>").
+func (c *Cluster) NATSName(i int) string { return c.nats[i].name }
+
+// KillNATS SIGKILLs NATS node i and waits for it to exit.
+func (c *Cluster) KillNATS(i int) error {
+	if i < 0 || i >= len(c.nats) {
+		return fmt.Errorf("no NATS node %d", i)
+	}
+	nd := c.nats[i]
+	c.mu.Lock()
+	p := nd.proc
+	c.mu.Unlock()
+	_ = p.cmd.Process.Kill()
+	<-p.exited
+	return nil
+}
+
+// RestartNATS starts NATS node i again on its ports and store and waits
+// until it is healthy (JetStream current with its peers).
+func (c *Cluster) RestartNATS(ctx context.Context, i int) error {
+	if i < 0 || i >= len(c.nats) {
+		return fmt.Errorf("no NATS node %d", i)
+	}
+	nd := c.nats[i]
+	c.mu.Lock()
+	p := nd.proc
+	c.mu.Unlock()
+	select {
+	case <-p.exited:
+	default:
+		return fmt.Errorf("%s runs already (pid %d)", nd.name, p.cmd.Process.Pid)
+	}
+	p, err := spawn(exec.Command(c.natsBin, "-c", filepath.Join(nd.dir, "nats.conf")), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", nd.name, err)
+	}
+	c.mu.Lock()
+	nd.proc = p
+	c.mu.Unlock()
+	if err := waitHTTP(ctx, fmt.Sprintf("http://127.0.0.1:%d/healthz", nd.monitorPort), p, natscluster.ReadyTimeout); err != nil {
+		log := filepath.Join(nd.dir, "nats.log")
+		return fmt.Errorf("%s: %w; log %s:\n%s", nd.name, err, log, logTail(log, 10))
+	}
+	return nil
+}
+
+// Connect opens a client connection to the NATS cluster as the services'
+// user, reconnecting for ever.
+func (c *Cluster) Connect(name string) (*nats.Conn, error) {
+	nc, err := nats.Connect(strings.Join(c.NATSURLs(), ","), nats.Name(name), nats.UserInfo(ServiceUser, ServicePassword),
+		nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
+	if err != nil {
+		return nil, fmt.Errorf("connect to the cluster: %w", err)
+	}
+	return nc, nil
+}
+
+// ErrNoLeader says a stream has no leader now.
+var ErrNoLeader = errors.New("no leader")
+
+// StreamLeader is the index of the NATS node leading stream, asked
+// through js; ErrNoLeader while an election runs.
+func (c *Cluster) StreamLeader(ctx context.Context, js jetstream.JetStream, stream string) (int, error) {
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return -1, fmt.Errorf("stream %s: %w (%w)", stream, ErrNoLeader, err)
+	}
+	info := s.CachedInfo()
+	if info.Cluster == nil || info.Cluster.Leader == "" {
+		return -1, fmt.Errorf("stream %s: %w", stream, ErrNoLeader)
+	}
+	return c.natsIndex(info.Cluster.Leader)
+}
+
+// natsIndex is the index of the node named name.
+func (c *Cluster) natsIndex(name string) (int, error) {
+	for i, nd := range c.nats {
+		if nd.name == name {
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("%q is no node of the cluster", name)
+}
+
+// KillReplica SIGKILLs the ClickHouse server of replica r of shard s and
+// waits for it to exit; RestartReplica starts it again.
+func (c *Cluster) KillReplica(s, r int) error {
+	srv, err := c.replica(s, r)
+	if err != nil {
+		return err
+	}
+	pid := srv.PID()
+	if pid == 0 {
+		return fmt.Errorf("clickhouse %d-%d is not running", s, r)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return fmt.Errorf("kill clickhouse %d-%d: %w", s, r, err)
+	}
+	// The server's own goroutine reaps the process; it is gone then.
+	deadline := time.Now().Add(ClusterStopTimeout)
+	for syscall.Kill(pid, 0) == nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("clickhouse %d-%d (pid %d) still runs %s after SIGKILL", s, r, pid, ClusterStopTimeout)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the kernel's process table
+	}
+	return nil
+}
+
+// RestartReplica starts the ClickHouse server of replica r of shard s
+// again and waits until it accepts connections.
+func (c *Cluster) RestartReplica(ctx context.Context, s, r int) error {
+	srv, err := c.replica(s, r)
+	if err != nil {
+		return err
+	}
+	return srv.Start(ctx)
+}
+
+func (c *Cluster) replica(s, r int) (*chserver.Server, error) {
+	if s < 0 || s >= len(c.ClickHouse.Shards) || r < 0 || r >= len(c.ClickHouse.Shards[s]) {
+		return nil, fmt.Errorf("no clickhouse replica %d of shard %d", r, s)
+	}
+	return c.ClickHouse.Shards[s][r], nil
 }

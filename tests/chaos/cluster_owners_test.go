@@ -1,0 +1,258 @@
+package chaos
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// The log lines the ownership check reads: a shard's work starts and
+// stops (batcher and sink, lease mode), and its outputs (debug level).
+const (
+	msgShardStarted   = "shard started"
+	msgShardStopped   = "shard stopped"
+	msgBatchPublished = "batch published"
+	msgBatchInserted  = "batch inserted"
+	msgSharing        = "sharing shards by leases"
+)
+
+// workSpan is one run of one shard's work in one process: from its
+// "shard started" to its "shard stopped", or to the process's end.
+type workSpan struct {
+	service, proc string // proc: "<instance name>#<run>"
+	shard         int
+	start, end    float64 // Unix seconds; end is +Inf while it runs
+	// outputs are the times of the batches it published or inserted.
+	outputs []float64
+}
+
+// runEnd is how one run of an instance ended: at (Unix seconds) by a
+// SIGKILL or a SIGTERM; a run missing from the list still runs.
+type runEnd struct {
+	at     float64
+	killed bool
+}
+
+// logLine is the part of a service's JSON log line the check reads.
+type logLine struct {
+	TS       float64 `json:"ts"`
+	Msg      string  `json:"msg"`
+	Shard    *int    `json:"shard"`
+	Instance string  `json:"instance"`
+}
+
+// readSpans reads the work spans of every shard from the log of one
+// instance (every run of it, each opened by stack.InstanceStartMarker).
+// ends lists how its runs ended, in order: a span still open when its run
+// ended closes then.
+func readSpans(service, name, path string, ends []runEnd) ([]workSpan, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var out []workSpan
+	run := -1
+	open := map[int]int{} // shard -> index in out of its open span
+	closeRun := func() {
+		end := math.Inf(1)
+		if run >= 0 && run < len(ends) {
+			end = ends[run].at
+		}
+		for _, i := range open {
+			out[i].end = end
+		}
+		clear(open)
+	}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Bytes()
+		if strings.HasPrefix(string(line), stack.InstanceStartMarker) {
+			closeRun()
+			run++
+			continue
+		}
+		if len(line) == 0 || line[0] != '{' {
+			continue
+		}
+		var l logLine
+		if err := json.Unmarshal(line, &l); err != nil || l.Shard == nil {
+			continue
+		}
+		k := *l.Shard
+		switch l.Msg {
+		case msgShardStarted:
+			if i, ok := open[k]; ok {
+				return nil, fmt.Errorf("%s run %d: shard %d started at %.3f while its run since %.3f had not stopped", name, run, k, l.TS, out[i].start)
+			}
+			open[k] = len(out)
+			out = append(out, workSpan{service: service, proc: fmt.Sprintf("%s#%d", name, run), shard: k, start: l.TS, end: math.Inf(1)})
+		case msgShardStopped:
+			i, ok := open[k]
+			if !ok {
+				return nil, fmt.Errorf("%s run %d: shard %d stopped at %.3f without a start", name, run, k, l.TS)
+			}
+			out[i].end = l.TS
+			delete(open, k)
+		case msgBatchPublished, msgBatchInserted:
+			i, ok := open[k]
+			if !ok {
+				return nil, fmt.Errorf("%s run %d: %q of shard %d at %.3f outside its work", name, run, l.Msg, k, l.TS)
+			}
+			out[i].outputs = append(out[i].outputs, l.TS)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	closeRun()
+	return out, nil
+}
+
+// leaseInstance is the lease instance id of the last run in an instance's
+// log, "" before it logged one.
+func leaseInstance(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	id := ""
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if strings.HasPrefix(line, stack.InstanceStartMarker) {
+			id = ""
+			continue
+		}
+		if !strings.Contains(line, msgSharing) {
+			continue
+		}
+		var l logLine
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == msgSharing {
+			id = l.Instance
+		}
+	}
+	return id, nil
+}
+
+// overlaps lists, per service and shard, every two work spans of
+// different processes that ran at once, and every output of one process
+// made while another process's span of the shard ran: the shard had two
+// owners.
+func overlaps(spans []workSpan) []string {
+	type key struct {
+		service string
+		shard   int
+	}
+	by := map[key][]workSpan{}
+	for _, s := range spans {
+		by[key{s.service, s.shard}] = append(by[key{s.service, s.shard}], s)
+	}
+	var out []string
+	for k, ss := range by {
+		slices.SortFunc(ss, func(a, b workSpan) int { return cmpFloat(a.start, b.start) })
+		for i := range ss {
+			for j := i + 1; j < len(ss) && ss[j].start < ss[i].end; j++ {
+				if ss[i].proc == ss[j].proc {
+					continue
+				}
+				out = append(out, fmt.Sprintf("%s shard %d: %s ran %s while %s ran %s",
+					k.service, k.shard, ss[i].proc, spanString(ss[i]), ss[j].proc, spanString(ss[j])))
+			}
+			for _, at := range ss[i].outputs {
+				for _, o := range ss {
+					if o.proc != ss[i].proc && o.start <= at && at < o.end {
+						out = append(out, fmt.Sprintf("%s shard %d: %s output a batch at %.3f while %s owned it (%s)",
+							k.service, k.shard, ss[i].proc, at, o.proc, spanString(o)))
+					}
+				}
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+func spanString(s workSpan) string {
+	if math.IsInf(s.end, 1) {
+		return fmt.Sprintf("[%.3f, running)", s.start)
+	}
+	return fmt.Sprintf("[%.3f, %.3f]", s.start, s.end)
+}
+
+// unix is t in the logs' time unit.
+func unix(t time.Time) float64 { return float64(t.UnixNano()) / 1e9 }
+
+// TestOwnershipSpans checks the log reading and the overlap check on
+// written logs: two runs of one instance (the first SIGKILLed with a
+// shard running), another instance taking the shard, and a late output.
+func TestOwnershipSpans(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, lines ...string) string {
+		p := filepath.Join(dir, name+".log")
+		require.NoError(t, os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o644))
+		return p
+	}
+	a := write("sink-0",
+		stack.InstanceStartMarker+" sink-0 at x",
+		`{"ts":10,"msg":"sharing shards by leases","instance":"h-aaaaaa"}`,
+		`{"ts":11,"msg":"shard started","shard":3}`,
+		`{"ts":12,"msg":"batch inserted","shard":3}`,
+		`not json`,
+		stack.InstanceStartMarker+" sink-0 at y",
+		`{"ts":30,"msg":"sharing shards by leases","instance":"h-bbbbbb"}`,
+		`{"ts":31,"msg":"shard started","shard":3}`,
+	)
+	b := write("sink-1",
+		stack.InstanceStartMarker+" sink-1 at x",
+		`{"ts":20,"msg":"shard started","shard":3}`,
+		`{"ts":21,"msg":"batch inserted","shard":3}`,
+		`{"ts":29,"msg":"shard stopped","shard":3}`,
+	)
+	id, err := leaseInstance(a)
+	require.NoError(t, err)
+	require.Equal(t, "h-bbbbbb", id)
+
+	sa, err := readSpans("sink", "sink-0", a, []runEnd{{at: 15, killed: true}})
+	require.NoError(t, err)
+	require.Equal(t, []workSpan{
+		{service: "sink", proc: "sink-0#0", shard: 3, start: 11, end: 15, outputs: []float64{12}},
+		{service: "sink", proc: "sink-0#1", shard: 3, start: 31, end: math.Inf(1)},
+	}, sa)
+	sb, err := readSpans("sink", "sink-1", b, nil)
+	require.NoError(t, err)
+	require.Empty(t, overlaps(append(sa, sb...)))
+
+	// The first run killed only at 25: it overlaps sink-1's span.
+	late, err := readSpans("sink", "sink-0", a, []runEnd{{at: 25, killed: true}})
+	require.NoError(t, err)
+	require.Equal(t, []string{
+		"sink shard 3: sink-0#0 ran [11.000, 25.000] while sink-1#0 ran [20.000, 29.000]",
+		"sink shard 3: sink-1#0 output a batch at 21.000 while sink-0#0 owned it ([11.000, 25.000])",
+	}, overlaps(append(late, sb...)))
+
+	// An output with no span of its shard is an error of the log itself.
+	c := write("batcher-0", `{"ts":5,"msg":"batch published","shard":1}`)
+	_, err = readSpans("batcher", "batcher-0", c, nil)
+	require.ErrorContains(t, err, "outside its work")
+}

@@ -1,0 +1,807 @@
+package chaos
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/natscluster"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// The cluster faults. Every run has each of them at least once.
+const (
+	cfKillIngestLeader  = "SIGKILL the INGEST leader node"
+	cfKillBatchesLeader = "SIGKILL the BATCHES leader node"
+	cfKillIngest        = "SIGKILL an ingest"
+	cfKillPartitioner   = "SIGKILL a partitioner"
+	cfKillBatcher       = "SIGKILL a batcher"
+	cfKillSink          = "SIGKILL a sink"
+	cfKillReplica       = "SIGKILL a ClickHouse replica"
+	cfStopForGood       = "SIGTERM a batcher or sink for good"
+	cfAddInstance       = "add a batcher or sink"
+)
+
+var clusterFaults = []string{
+	cfKillIngestLeader, cfKillBatchesLeader, cfKillIngest, cfKillPartitioner,
+	cfKillBatcher, cfKillSink, cfKillReplica, cfStopForGood, cfAddInstance,
+}
+
+// Bounds of the cluster chaos test, beside the lease-derived takeover
+// bound (takeoverBound).
+const (
+	// electionBound bounds a stream's new leader after its leader node
+	// was SIGKILLed (measured 4-7 s).
+	electionBound = 20 * time.Second
+	// landingBound bounds how soon rows land on a shard again after one
+	// of its replicas was SIGKILLed.
+	landingBound = 45 * time.Second
+	// restartBound bounds a restarted process's way to ready.
+	restartBound = time.Minute
+	// clusterRate is the load in events/s, over both ingest instances.
+	clusterRate = 2000
+)
+
+// clusterSettings are the knobs of one cluster chaos run.
+type clusterSettings struct {
+	seed   uint64
+	faults int // at least len(clusterFaults)
+	events int // the load goes on until the faults are done and this many were sent
+}
+
+func loadClusterSettings(t *testing.T) clusterSettings {
+	t.Helper()
+	s := clusterSettings{seed: rand.Uint64(), faults: len(clusterFaults), events: 100_000}
+	if v := os.Getenv("SURGE_CLUSTER_CHAOS_SEED"); v != "" {
+		seed, err := strconv.ParseUint(v, 10, 64)
+		require.NoError(t, err, "SURGE_CLUSTER_CHAOS_SEED")
+		s.seed = seed
+	}
+	if v := os.Getenv("SURGE_CLUSTER_CHAOS_FAULTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "SURGE_CLUSTER_CHAOS_FAULTS")
+		s.faults = max(n, len(clusterFaults))
+	}
+	if v := os.Getenv("SURGE_CLUSTER_CHAOS_EVENTS"); v != "" {
+		n, err := strconv.Atoi(v)
+		require.NoError(t, err, "SURGE_CLUSTER_CHAOS_EVENTS")
+		s.events = n
+	}
+	return s
+}
+
+// clusterPlan is the faults in a seeded order: each kind once, then
+// kinds drawn at random up to n. A stop for good never leaves a service
+// with fewer than two instances: one is added first when needed.
+func clusterPlan(rng *rand.Rand, n int) []string {
+	kinds := slices.Clone(clusterFaults)
+	for len(kinds) < n {
+		kinds = append(kinds, clusterFaults[rng.IntN(len(clusterFaults))])
+	}
+	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	return kinds
+}
+
+// TestClusterChaos runs the local cluster of `surge up --cluster` (3 NATS
+// nodes with streams at R3, ZooKeeper, 2 ClickHouse shards of 2 replicas,
+// two processes of each service, batchers and sinks sharing the shards by
+// leases) under HTTP load on both ingest instances, and breaks it in a
+// seeded order: the INGEST and the BATCHES leader nodes SIGKILLed and
+// restarted, one instance of each service SIGKILLed and restarted, a
+// ClickHouse replica SIGKILLed and restarted, a batcher or sink stopped
+// for good and one added. One fault at a time, each measured until the
+// cluster recovered from it. Then: every event that got a 202 is on both
+// replicas of its shard exactly once; no shard of the batchers or sinks
+// ever ran in two processes at once, nor had a batch published or
+// inserted by a process while another ran it (from the services' logs);
+// and each shard of a killed batcher or sink moved to another owner
+// within takeoverBound (from the lease bucket).
+//
+// Settings (environment):
+//
+//	SURGE_CLUSTER_CHAOS_SEED    the order's seed (default: random, printed)
+//	SURGE_CLUSTER_CHAOS_FAULTS  faults in all (default 9, each kind once; `go tool task chaos:cluster:long` runs 30)
+//	SURGE_CLUSTER_CHAOS_EVENTS  events sent at least (default 100,000 at 2,000/s; the load lasts as long as the faults)
+func TestClusterChaos(t *testing.T) {
+	if testing.Short() {
+		t.Skip("cluster chaos test skipped in -short mode")
+	}
+	if _, err := os.Stat(chserver.Binary); err != nil {
+		t.Fatalf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
+	}
+	if _, err := natscluster.Binary(); err != nil {
+		t.Fatal(err)
+	}
+	cfg := loadClusterSettings(t)
+	t.Logf("cluster chaos: seed %d (replay with SURGE_CLUSTER_CHAOS_SEED=%d), %d faults, at least %d events",
+		cfg.seed, cfg.seed, cfg.faults, cfg.events)
+	rng := rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15))
+	plan := clusterPlan(rng, cfg.faults)
+	t.Logf("cluster chaos: order %s", strings.Join(plan, ", "))
+	started := time.Now()
+
+	ports, err := chserver.FreePorts(2)
+	require.NoError(t, err)
+	wd, err := os.Getwd()
+	require.NoError(t, err)
+	debug := map[string]string{"SURGE_LOG_LEVEL": "debug"}
+	c, err := stack.StartCluster(t.Context(), stack.ClusterOptions{
+		Dir:         filepath.Join(t.TempDir(), "cluster"),
+		Shards:      shards,
+		IngestAddrs: [2]string{"127.0.0.1:" + strconv.Itoa(ports[0]), "127.0.0.1:" + strconv.Itoa(ports[1])},
+		SourceDir:   wd,
+		LogLevel:    "info",
+		// The ownership check reads the batchers' and sinks' outputs.
+		ServiceEnv: map[string]map[string]string{"batcher": debug, "sink": debug},
+		Logf:       func(format string, args ...any) { t.Logf("cluster chaos: "+format, args...) },
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		if err := c.Stop(); err != nil {
+			t.Errorf("stop the cluster: %v", err)
+		}
+	})
+	t.Logf("cluster chaos: cluster up in %s", time.Since(started).Round(time.Millisecond))
+
+	nc, err := c.Connect("cluster-chaos")
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	watch, err := watchLeases(t.Context(), js)
+	require.NoError(t, err)
+	t.Cleanup(watch.stop)
+	t.Logf("cluster chaos: lease TTL %s, takeover bound %s", watch.ttl, takeoverBound(watch.ttl))
+
+	ch := &chaosCluster{c: c, js: js, leases: watch, rng: rng, ends: map[string][]runEnd{}, logf: t.Logf}
+	l := newClusterLoad([]string{c.Instance("ingest-0").IngestURL, c.Instance("ingest-1").IngestURL}, rng.Uint64())
+	issue, stopIssuing := context.WithCancel(t.Context())
+	abort, stopAll := context.WithCancel(t.Context())
+	loadDone := make(chan struct{})
+	ch.start = time.Now()
+	go func() {
+		defer close(loadDone)
+		l.run(issue, abort)
+	}()
+	t.Cleanup(func() {
+		stopIssuing()
+		stopAll()
+		<-loadDone
+	})
+
+	reports, runErr := ch.run(t.Context(), plan)
+	// The load goes on until it sent cfg.events.
+	for l.sent.Load() < int64(cfg.events) && runErr == nil {
+		if err := sleep(t.Context(), 100*time.Millisecond); err != nil {
+			runErr = err
+		}
+	}
+	stopIssuing()
+	<-loadDone
+	loadTook := time.Since(ch.start)
+	ch.printReports(t, reports, l)
+	if runErr != nil {
+		ch.dumpLogs(t)
+		t.Fatalf("cluster chaos: %v", runErr)
+	}
+	accepted := l.acceptedIDs()
+	t.Logf("cluster chaos: load done in %s: %d events accepted in %d requests, %d retries, statuses %v",
+		loadTook.Round(time.Millisecond), len(accepted), l.acceptedRequests.Load(), l.retries.Load(), l.statuses())
+	require.Empty(t, l.failures(), "requests that never got a 202 or got an unexpected answer")
+
+	// Drain: every accepted event on both replicas, nothing left in
+	// INGEST or BATCHES.
+	drainStart := time.Now()
+	replicaSets := [][]string{{}, {}} // per replica index, the shard servers in shard order
+	for s := range c.ClickHouse.Shards {
+		for r, srv := range c.ClickHouse.Shards[s] {
+			replicaSets[r] = append(replicaSets[r], srv.HTTPAddr())
+		}
+	}
+	want := uint64(len(accepted))
+	if !assert.EventuallyWithT(t, func(col *assert.CollectT) {
+		for r, servers := range replicaSets {
+			uniq, _ := chTotals(servers)
+			assert.Equal(col, want, uniq, "distinct events on replica %d of the shards", r)
+		}
+		for _, s := range []string{streams.Ingest, streams.Batches} {
+			n, err := streamMsgs(t.Context(), js, s)
+			assert.NoError(col, err)
+			assert.Zero(col, n, "messages in %s", s)
+		}
+	}, 4*time.Minute, time.Second, "the cluster did not drain") {
+		ch.dumpLogs(t)
+		t.FailNow()
+	}
+	t.Logf("cluster chaos: drained in %s", time.Since(drainStart).Round(time.Millisecond))
+
+	// Exactly once on each replica of each shard: the same ids on both.
+	for r, servers := range replicaSets {
+		t.Logf("cluster chaos: checking replica %d of each shard (%s)", r, strings.Join(servers, ", "))
+		checkExactlyOnce(t, servers, accepted, nil)
+	}
+	dead, err := streamMsgs(t.Context(), js, streams.DeadLetter)
+	require.NoError(t, err)
+	require.Zero(t, dead, "dead letters")
+
+	// One owner at a time, from the batchers' and sinks' logs.
+	spans := ch.spans(t)
+	var outputs int
+	for _, s := range spans {
+		outputs += len(s.outputs)
+	}
+	t.Logf("cluster chaos: %d shard runs and %d batch outputs of the batchers and sinks read from their logs", len(spans), outputs)
+	require.NotZero(t, outputs, "no batch output found in the logs: is their debug level on?")
+	require.Empty(t, overlaps(spans), "a shard with two owners at once")
+
+	// Each shard of a killed batcher or sink moved within the bound.
+	bound := takeoverBound(watch.ttl)
+	for _, rep := range reports {
+		for k, d := range rep.takeovers {
+			assert.GreaterOrEqual(t, d, time.Duration(0), "%s %s: shard %d never moved", rep.kind, rep.target, k)
+			assert.LessOrEqual(t, d, bound, "%s %s: shard %d moved after %s", rep.kind, rep.target, k, d)
+		}
+		for what, d := range rep.bounded {
+			assert.LessOrEqual(t, d.took, d.bound, "%s %s: %s", rep.kind, rep.target, what)
+			assert.GreaterOrEqual(t, d.took, time.Duration(0), "%s %s: %s never happened", rep.kind, rep.target, what)
+		}
+	}
+	t.Logf("cluster chaos: seed %d passed in %s: %d events, %d faults", cfg.seed, time.Since(started).Round(time.Second), want, len(reports))
+}
+
+// takeoverBound bounds how long a SIGKILLed instance's shard waits for a
+// new owner: its key expires at most a TTL after its last renewal, a
+// contender's round comes at most a third of the TTL later, and the rest
+// is slack for a loaded machine.
+func takeoverBound(ttl time.Duration) time.Duration { return ttl + ttl/3 + 5*time.Second }
+
+// chaosCluster performs the faults on a running cluster.
+type chaosCluster struct {
+	c      *stack.Cluster
+	js     jetstream.JetStream
+	leases *leaseWatch
+	rng    *rand.Rand
+	start  time.Time
+	logf   func(format string, args ...any)
+	// ends records how each instance's runs ended, by instance name.
+	ends map[string][]runEnd
+	// stopped names the instances stopped for good.
+	stopped []string
+}
+
+// faultReport is what one fault did and how long the cluster took.
+type faultReport struct {
+	at, took     time.Duration // since the load started; the fault's whole length
+	kind, target string
+	// takeovers: per shard of a killed or stopped batcher or sink, how
+	// long until another instance held its lease (-1: never).
+	takeovers map[int]time.Duration
+	// bounded are the other measures, each with its bound.
+	bounded map[string]measure
+	notes   []string
+}
+
+type measure struct{ took, bound time.Duration }
+
+func (ch *chaosCluster) since(t time.Time) time.Duration { return t.Sub(ch.start) }
+
+// run performs the plan, one fault at a time after a random pause of 1-3
+// s, each until the cluster recovered from it. It returns on the first
+// fault that could not be carried out.
+func (ch *chaosCluster) run(ctx context.Context, plan []string) ([]faultReport, error) {
+	var out []faultReport
+	for _, kind := range plan {
+		if err := sleep(ctx, time.Second+randDuration(ch.rng, 2*time.Second)); err != nil {
+			return out, err
+		}
+		rep := faultReport{at: ch.since(time.Now()), kind: kind, takeovers: map[int]time.Duration{}, bounded: map[string]measure{}}
+		ch.logf("cluster chaos: %7.2fs fault: %s", rep.at.Seconds(), kind)
+		var err error
+		switch kind {
+		case cfKillIngestLeader:
+			err = ch.killLeader(ctx, &rep, streams.Ingest)
+		case cfKillBatchesLeader:
+			err = ch.killLeader(ctx, &rep, streams.Batches)
+		case cfKillIngest:
+			err = ch.killRestart(ctx, &rep, "ingest")
+		case cfKillPartitioner:
+			err = ch.killRestart(ctx, &rep, "partitioner")
+		case cfKillBatcher:
+			err = ch.killRestart(ctx, &rep, "batcher")
+		case cfKillSink:
+			err = ch.killRestart(ctx, &rep, "sink")
+		case cfKillReplica:
+			err = ch.killReplica(ctx, &rep)
+		case cfStopForGood:
+			err = ch.stopForGood(ctx, &rep)
+		case cfAddInstance:
+			err = ch.addInstance(ctx, &rep)
+		}
+		rep.took = ch.since(time.Now()) - rep.at
+		out = append(out, rep)
+		if err != nil {
+			return out, fmt.Errorf("fault %q at %.2fs: %w", kind, rep.at.Seconds(), err)
+		}
+	}
+	return out, nil
+}
+
+// killLeader SIGKILLs the node leading stream, waits for a new leader and
+// restarts the node after 1-3 s.
+func (ch *chaosCluster) killLeader(ctx context.Context, rep *faultReport, stream string) error {
+	var leader int
+	err := poll(ctx, electionBound, func() error {
+		var err error
+		leader, err = ch.c.StreamLeader(ctx, ch.js, stream)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	rep.target = ch.c.NATSName(leader)
+	if err := ch.c.KillNATS(leader); err != nil {
+		return err
+	}
+	killed := time.Now()
+	var next int
+	err = poll(ctx, 2*electionBound, func() error {
+		i, err := ch.c.StreamLeader(ctx, ch.js, stream)
+		if err == nil && i == leader {
+			return errors.New("still the old leader")
+		}
+		next = i
+		return err
+	})
+	elected := time.Since(killed)
+	if err != nil {
+		elected = -1
+	}
+	rep.bounded["new "+stream+" leader"] = measure{elected, electionBound}
+	rep.notes = append(rep.notes, fmt.Sprintf("%s leads %s after %.1fs", ch.c.NATSName(max(next, 0)), stream, elected.Seconds()))
+	if err := sleep(ctx, time.Second+randDuration(ch.rng, 2*time.Second)); err != nil {
+		return err
+	}
+	restarted := time.Now()
+	if err := ch.c.RestartNATS(ctx, leader); err != nil {
+		return err
+	}
+	rep.notes = append(rep.notes, fmt.Sprintf("%s back and current in %.1fs", rep.target, time.Since(restarted).Seconds()))
+	return nil
+}
+
+// liveInstances are the running instances of service.
+func (ch *chaosCluster) liveInstances(service string) []*stack.Instance {
+	var out []*stack.Instance
+	for _, in := range ch.c.Instances {
+		if in.Service == service && in.Running() {
+			out = append(out, in)
+		}
+	}
+	return out
+}
+
+// pick draws one of the live instances of service; for a leased service
+// one that holds a shard, so the fault moves some.
+func (ch *chaosCluster) pick(service string) (*stack.Instance, string, error) {
+	live := ch.liveInstances(service)
+	ch.rng.Shuffle(len(live), func(i, j int) { live[i], live[j] = live[j], live[i] })
+	for _, in := range live {
+		if service != "batcher" && service != "sink" {
+			return in, "", nil
+		}
+		id, err := leaseInstance(in.LogPath)
+		if err != nil {
+			return nil, "", err
+		}
+		if id != "" && len(ch.leases.ownedBy(service, id)) > 0 {
+			return in, id, nil
+		}
+	}
+	return nil, "", fmt.Errorf("no live %s holds a shard", service)
+}
+
+// killRestart SIGKILLs an instance of service and restarts it after
+// 0.2-1.5 s; for a batcher or sink it then waits until each of its shards
+// has another owner.
+func (ch *chaosCluster) killRestart(ctx context.Context, rep *faultReport, service string) error {
+	in, id, err := ch.pick(service)
+	if err != nil {
+		return err
+	}
+	rep.target = in.Name
+	owned := ch.leases.ownedBy(service, id)
+	if err := ch.c.KillInstance(in.Name); err != nil {
+		return err
+	}
+	killed := time.Now()
+	ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(killed), killed: true})
+	if len(owned) > 0 {
+		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
+	}
+	if err := sleep(ctx, 200*time.Millisecond+randDuration(ch.rng, 1300*time.Millisecond)); err != nil {
+		return err
+	}
+	restarted := time.Now()
+	if err := ch.c.RestartInstance(ctx, in.Name); err != nil {
+		return err
+	}
+	rep.bounded["restart to ready"] = measure{time.Since(restarted), restartBound}
+	ch.waitTakeovers(ctx, rep, service, id, owned, killed)
+	return nil
+}
+
+// waitTakeovers waits until every shard in owned has an owner other than
+// id, at most takeoverBound plus a margin, and records each one's time
+// from since (-1 for a shard that never moved).
+func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, service, id string, owned []int, since time.Time) {
+	if len(owned) == 0 {
+		return
+	}
+	_ = poll(ctx, takeoverBound(ch.leases.ttl)+10*time.Second, func() error {
+		for _, k := range owned {
+			if _, at := ch.leases.movedFrom(service, k, id); at.IsZero() {
+				return fmt.Errorf("shard %d still with %s", k, id)
+			}
+		}
+		return nil
+	})
+	for _, k := range owned {
+		owner, at := ch.leases.movedFrom(service, k, id)
+		rep.takeovers[k] = -1
+		if !at.IsZero() {
+			rep.takeovers[k] = at.Sub(since)
+			rep.notes = append(rep.notes, fmt.Sprintf("shard %d to %s", k, owner))
+		}
+	}
+}
+
+// killReplica SIGKILLs a ClickHouse replica, measures how soon rows of
+// every logical shard it holds land again (on its peer: the sink shards
+// that wrote to it fail over), and restarts it after 2-4 s.
+func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error {
+	s, r := ch.rng.IntN(len(ch.c.ClickHouse.Shards)), ch.rng.IntN(2)
+	peer := ch.c.ClickHouse.Shards[s][1-r]
+	rep.target = fmt.Sprintf("clickhouse-%d-%d", s, r)
+	before, err := shardRows(peer.HTTPAddr())
+	if err != nil {
+		return err
+	}
+	if err := ch.c.KillReplica(s, r); err != nil {
+		return err
+	}
+	killed := time.Now()
+	restartAt := killed.Add(2*time.Second + randDuration(ch.rng, 2*time.Second))
+	restarted := false
+	restart := func() error {
+		start := time.Now()
+		if err := ch.c.RestartReplica(ctx, s, r); err != nil {
+			return err
+		}
+		restarted = true
+		rep.bounded["replica restart"] = measure{time.Since(start), restartBound}
+		return nil
+	}
+	// The logical shards of ClickHouse shard s: k % shards of the sink.
+	landed := map[int]time.Duration{}
+	var restartErr error
+	_ = poll(ctx, landingBound, func() error {
+		if !restarted && time.Now().After(restartAt) {
+			if restartErr = restart(); restartErr != nil {
+				return nil // ends the poll
+			}
+		}
+		now, err := shardRows(peer.HTTPAddr())
+		if err != nil {
+			return err
+		}
+		for k := s; k < shards; k += len(ch.c.ClickHouse.Shards) {
+			if _, ok := landed[k]; !ok && now[k] > before[k] {
+				landed[k] = time.Since(killed)
+			}
+		}
+		if len(landed) < shards/len(ch.c.ClickHouse.Shards) {
+			return fmt.Errorf("rows of shards %v only landed on clickhouse-%d-%d", slices.Sorted(maps.Keys(landed)), s, 1-r)
+		}
+		return nil
+	})
+	if restartErr != nil {
+		return restartErr
+	}
+	for k := s; k < shards; k += len(ch.c.ClickHouse.Shards) {
+		d, ok := landed[k]
+		if !ok {
+			d = -1
+		}
+		rep.bounded[fmt.Sprintf("shard %d lands on clickhouse-%d-%d", k, s, 1-r)] = measure{d, landingBound}
+	}
+	if !restarted {
+		if err := sleep(ctx, time.Until(restartAt)); err != nil {
+			return err
+		}
+		return restart()
+	}
+	return nil
+}
+
+// shardRows is count() of events_local per logical shard on the server at
+// addr.
+func shardRows(addr string) (map[int]uint64, error) {
+	out, err := chQuery(addr, "SELECT shard, count() FROM surge.events_local GROUP BY shard FORMAT TabSeparated")
+	if err != nil {
+		return nil, err
+	}
+	rows := map[int]uint64{}
+	for line := range strings.SplitSeq(strings.TrimSpace(out), "\n") {
+		if line == "" {
+			continue
+		}
+		var k int
+		var n uint64
+		if _, err := fmt.Sscan(line, &k, &n); err != nil {
+			return nil, fmt.Errorf("rows per shard: %q: %w", line, err)
+		}
+		rows[k] = n
+	}
+	return rows, nil
+}
+
+// stopForGood SIGTERMs a batcher or sink (of a service with at least two
+// live instances) and waits until each of its shards has another owner.
+func (ch *chaosCluster) stopForGood(ctx context.Context, rep *faultReport) error {
+	services := []string{"batcher", "sink"}
+	ch.rng.Shuffle(len(services), func(i, j int) { services[i], services[j] = services[j], services[i] })
+	for _, service := range services {
+		if len(ch.liveInstances(service)) < 2 {
+			continue
+		}
+		in, id, err := ch.pick(service)
+		if err != nil {
+			return err
+		}
+		rep.target = in.Name
+		owned := ch.leases.ownedBy(service, id)
+		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
+		stopped := time.Now()
+		if err := ch.c.StopInstance(in.Name); err != nil {
+			return err
+		}
+		ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(time.Now())})
+		ch.stopped = append(ch.stopped, in.Name)
+		rep.notes = append(rep.notes, fmt.Sprintf("drained and exited in %.1fs", time.Since(stopped).Seconds()))
+		ch.waitTakeovers(ctx, rep, service, id, owned, stopped)
+		return nil
+	}
+	// Each runs one instance (a long run stopped many): one more first.
+	rep.notes = append(rep.notes, "one added first")
+	if err := ch.addInstance(ctx, rep); err != nil {
+		return err
+	}
+	return ch.stopForGood(ctx, rep)
+}
+
+// addInstance adds a batcher or sink and waits until it holds its share
+// of the shards.
+func (ch *chaosCluster) addInstance(ctx context.Context, rep *faultReport) error {
+	service := []string{"batcher", "sink"}[ch.rng.IntN(2)]
+	start := time.Now()
+	in, err := ch.c.AddInstance(ctx, service)
+	if err != nil {
+		return err
+	}
+	rep.target = in.Name
+	ready := time.Now()
+	rep.bounded["start to ready"] = measure{ready.Sub(start), restartBound}
+	id, err := leaseInstance(in.LogPath)
+	if err != nil {
+		return err
+	}
+	share := shards / len(ch.liveInstances(service))
+	err = poll(ctx, takeoverBound(ch.leases.ttl)+10*time.Second, func() error {
+		if n := len(ch.leases.ownedBy(service, id)); n < share {
+			return fmt.Errorf("%s holds %d shards of its %d", in.Name, n, share)
+		}
+		return nil
+	})
+	took := time.Since(ready)
+	if err != nil {
+		took = -1
+	}
+	rep.bounded[fmt.Sprintf("holds its share (%d shards) after ready", share)] = measure{took, takeoverBound(ch.leases.ttl)}
+	rep.notes = append(rep.notes, fmt.Sprintf("holds %v as %s", ch.leases.ownedBy(service, id), id))
+	return nil
+}
+
+// spans reads every batcher's and sink's work spans from its log.
+func (ch *chaosCluster) spans(t *testing.T) []workSpan {
+	t.Helper()
+	var out []workSpan
+	for _, in := range ch.c.Instances {
+		if in.Service != "batcher" && in.Service != "sink" {
+			continue
+		}
+		ss, err := readSpans(in.Service, in.Name, in.LogPath, ch.ends[in.Name])
+		require.NoError(t, err)
+		out = append(out, ss...)
+	}
+	return out
+}
+
+// printReports logs the faults and their measures as a table, with the
+// client errors seen after each.
+func (ch *chaosCluster) printReports(t *testing.T, reports []faultReport, l *clusterLoad) {
+	t.Helper()
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(w, "at\tfault\ttarget\ttook\tclient errors\tmeasures\tnotes")
+	for i, rep := range reports {
+		end := time.Duration(1<<62 - 1)
+		if i+1 < len(reports) {
+			end = reports[i+1].at
+		}
+		errs, last := l.errorsBetween(ch.start.Add(rep.at), ch.start.Add(end))
+		clientErrs := "none"
+		if errs > 0 {
+			clientErrs = fmt.Sprintf("%d, for %.1fs", errs, last.Sub(ch.start.Add(rep.at)).Seconds())
+		}
+		var ms []string
+		var ks []int
+		for k := range rep.takeovers {
+			ks = append(ks, k)
+		}
+		slices.Sort(ks)
+		for _, k := range ks {
+			ms = append(ms, fmt.Sprintf("shard %d moved in %.1fs", k, rep.takeovers[k].Seconds()))
+		}
+		var names []string
+		for what := range rep.bounded {
+			names = append(names, what)
+		}
+		slices.Sort(names)
+		for _, what := range names {
+			m := rep.bounded[what]
+			ms = append(ms, fmt.Sprintf("%s %.1fs (bound %s)", what, m.took.Seconds(), m.bound))
+		}
+		fmt.Fprintf(w, "%.1fs\t%s\t%s\t%.1fs\t%s\t%s\t%s\n", rep.at.Seconds(), rep.kind, rep.target, rep.took.Seconds(),
+			clientErrs, strings.Join(ms, "; "), strings.Join(rep.notes, "; "))
+	}
+	_ = w.Flush()
+	t.Logf("cluster chaos: faults (times since the load started)\n%s", b.String())
+}
+
+func (ch *chaosCluster) dumpLogs(t *testing.T) {
+	t.Helper()
+	for _, in := range ch.c.Instances {
+		t.Logf("---- %s log (last lines) ----\n%s", in.Name, tailFile(in.LogPath, 15))
+	}
+}
+
+// poll calls f until it returns nil or timeout passes (its last error
+// then), pausing 50 ms between calls; it polls remote state.
+func poll(ctx context.Context, timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("after %s: %w", timeout, err)
+		}
+		if err := sleep(ctx, 50*time.Millisecond); err != nil {
+			return err
+		}
+	}
+}
+
+// leaseWatch follows the shard keys of the lease bucket: who holds each
+// and since when (the server's time of the write that gave it).
+type leaseWatch struct {
+	ttl    time.Duration
+	w      jetstream.KeyWatcher
+	done   chan struct{}
+	mu     sync.Mutex
+	owners map[string]leaseOwner
+	// history lists every owner each key had, in order.
+	history map[string][]leaseOwner
+}
+
+type leaseOwner struct {
+	id    string // "" once deleted
+	since time.Time
+}
+
+func watchLeases(ctx context.Context, js jetstream.JetStream) (*leaseWatch, error) {
+	kv, err := js.KeyValue(ctx, lease.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("lease bucket: %w", err)
+	}
+	st, err := kv.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("lease bucket: %w", err)
+	}
+	w, err := kv.Watch(ctx, "*.shard.*")
+	if err != nil {
+		return nil, fmt.Errorf("watch leases: %w", err)
+	}
+	lw := &leaseWatch{ttl: st.TTL(), w: w, done: make(chan struct{}),
+		owners: map[string]leaseOwner{}, history: map[string][]leaseOwner{}}
+	go func() {
+		defer close(lw.done)
+		for e := range w.Updates() {
+			if e == nil {
+				continue // the initial values are in
+			}
+			id := string(e.Value())
+			if e.Operation() != jetstream.KeyValuePut {
+				id = ""
+			}
+			lw.mu.Lock()
+			if cur, ok := lw.owners[e.Key()]; !ok || cur.id != id {
+				o := leaseOwner{id: id, since: e.Created()}
+				lw.owners[e.Key()] = o
+				lw.history[e.Key()] = append(lw.history[e.Key()], o)
+			}
+			lw.mu.Unlock()
+		}
+	}()
+	return lw, nil
+}
+
+func (lw *leaseWatch) stop() {
+	_ = lw.w.Stop()
+	<-lw.done
+}
+
+// ownedBy lists the shards of service whose key names id, ascending.
+func (lw *leaseWatch) ownedBy(service, id string) []int {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	var out []int
+	for k := range shards {
+		if o := lw.owners[service+".shard."+strconv.Itoa(k)]; id != "" && o.id == id {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// movedFrom is the first owner of shard k of service after id's last
+// hold of it, and when it took the key; zero while nobody did.
+func (lw *leaseWatch) movedFrom(service string, k int, id string) (string, time.Time) {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	h := lw.history[service+".shard."+strconv.Itoa(k)]
+	last := -1
+	for i, o := range h {
+		if o.id == id {
+			last = i
+		}
+	}
+	if last < 0 {
+		return "", time.Time{}
+	}
+	for _, o := range h[last+1:] {
+		if o.id != "" {
+			return o.id, o.since
+		}
+	}
+	return "", time.Time{}
+}
