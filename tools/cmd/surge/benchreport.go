@@ -282,7 +282,7 @@ type reportReference struct {
 }
 
 // write ends the sampling and writes report.json, report.html and each
-// plot as an SVG file of its own into the record's folder.
+// plot as SVG and PNG files of its own into the record's folder.
 func (rec *runRecord) write(r benchReport) error {
 	if rec == nil {
 		return nil
@@ -330,6 +330,9 @@ func (rec *runRecord) write(r benchReport) error {
 	for _, fig := range figs {
 		if err := os.WriteFile(filepath.Join(rec.dir, fig.ID+".svg"), fig.svg, 0o644); err != nil {
 			return fmt.Errorf("write %s.svg: %w", fig.ID, err)
+		}
+		if err := os.WriteFile(filepath.Join(rec.dir, fig.ID+".png"), fig.png, 0o644); err != nil {
+			return fmt.Errorf("write %s.png: %w", fig.ID, err)
 		}
 	}
 	page, err := reportHTML(d, figs)

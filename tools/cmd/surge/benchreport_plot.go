@@ -14,6 +14,7 @@ import (
 	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgimg"
 	"gonum.org/v1/plot/vg/vgsvg"
 )
 
@@ -23,7 +24,7 @@ import (
 const rateWindow = 1.0 // seconds
 
 // Every plot of the report is this size.
-var plotW, plotH = 9 * vg.Inch, 3.4 * vg.Inch
+var plotW, plotH = 9 * vg.Inch, 3.5 * vg.Inch
 
 // reportFigure is one plot of the report.
 type reportFigure struct {
@@ -33,7 +34,13 @@ type reportFigure struct {
 	// Note says how to read the plot.
 	Note string
 	svg  []byte
+	// png is the same plot as an image at pngDPI, for documents (a
+	// README, an issue) whose SVG would fall back to another font.
+	png []byte
 }
+
+// pngDPI is the resolution of the PNG copies: sharp on high-density screens.
+const pngDPI = 144
 
 // Inline is the figure's SVG without its XML prolog, to sit in HTML.
 func (f reportFigure) Inline() template.HTML {
@@ -80,7 +87,7 @@ func reportPlots(d reportData) ([]reportPlot, error) {
 	return plots, nil
 }
 
-// reportFigures draws every plot of the report as SVG.
+// reportFigures draws every plot of the report as SVG and as PNG.
 func reportFigures(d reportData) ([]reportFigure, error) {
 	plots, err := reportPlots(d)
 	if err != nil {
@@ -90,11 +97,17 @@ func reportFigures(d reportData) ([]reportFigure, error) {
 	for _, rp := range plots {
 		c := vgsvg.New(plotW, plotH)
 		rp.p.Draw(draw.New(c))
-		var buf bytes.Buffer
-		if _, err := c.WriteTo(&buf); err != nil {
+		var svg bytes.Buffer
+		if _, err := c.WriteTo(&svg); err != nil {
 			return nil, fmt.Errorf("%s: %w", rp.id, err)
 		}
-		figs = append(figs, reportFigure{ID: rp.id, Title: rp.title, Note: rp.note, svg: buf.Bytes()})
+		img := vgimg.NewWith(vgimg.UseWH(plotW, plotH), vgimg.UseDPI(pngDPI), vgimg.UseBackgroundColor(color.White))
+		rp.p.Draw(draw.New(img))
+		var png bytes.Buffer
+		if _, err := (vgimg.PngCanvas{Canvas: img}).WriteTo(&png); err != nil {
+			return nil, fmt.Errorf("%s: %w", rp.id, err)
+		}
+		figs = append(figs, reportFigure{ID: rp.id, Title: rp.title, Note: rp.note, svg: svg.Bytes(), png: png.Bytes()})
 	}
 	return figs, nil
 }

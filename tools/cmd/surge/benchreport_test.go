@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/xml"
+	"image"
+	"image/png"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -157,7 +160,16 @@ func TestBenchReport(t *testing.T) {
 	require.Len(t, pre, 2)
 	assert.Equal(t, d.Summary, html.UnescapeString(string(pre[1])))
 
-	// Each plot is also an SVG file of its own, well-formed XML.
+	// Each plot is also an SVG file of its own, well-formed XML, and a
+	// PNG of the plot's size at pngDPI.
+	for _, p := range reportPlotTitles {
+		f, err := os.Open(filepath.Join(dir, p[0]+".png"))
+		require.NoError(t, err)
+		img, err := png.Decode(f)
+		f.Close()
+		require.NoError(t, err, p[0])
+		assert.Equal(t, image.Rect(0, 0, int(math.Ceil(plotW.Dots(pngDPI))), int(math.Ceil(plotH.Dots(pngDPI)))), img.Bounds(), p[0])
+	}
 	for _, p := range reportPlotTitles {
 		f, err := os.Open(filepath.Join(dir, p[0]+".svg"))
 		require.NoError(t, err)
