@@ -5,7 +5,10 @@
 package deploy
 
 import (
+	"log/slog"
 	"maps"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -16,8 +19,11 @@ import (
 
 	"github.com/compose-spec/compose-go/v2/cli"
 	"github.com/compose-spec/compose-go/v2/types"
+	promconfig "github.com/prometheus/prometheus/config"
+	promdns "github.com/prometheus/prometheus/discovery/dns"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"gopkg.in/yaml.v3"
 )
 
 const root = "../.."
@@ -27,7 +33,7 @@ var (
 	natsNodes          = []string{"nats-0", "nats-1", "nats-2"}
 	clickhouseServers  = []string{"clickhouse-0-0", "clickhouse-0-1", "clickhouse-1-0", "clickhouse-1-1"}
 	surgeServices      = []string{"ingest", "partitioner", "batcher", "sink"}
-	supportingServices = []string{"zookeeper", "jaeger", "prometheus"}
+	supportingServices = []string{"zookeeper", "jaeger", "prometheus", "grafana"}
 )
 
 // loadProject loads docker-compose.yml with the loader docker compose
@@ -165,7 +171,7 @@ func TestComposeStack(t *testing.T) {
 
 	// The ways in that the file's header names.
 	for port, svc := range map[string]string{"8080": "ingest", "4222": "nats-0", "1883": "nats-0", "8123": "clickhouse-0-0",
-		"9000": "clickhouse-0-0", "16686": "jaeger", "4317": "jaeger", "4318": "jaeger", "9090": "prometheus"} {
+		"9000": "clickhouse-0-0", "16686": "jaeger", "4317": "jaeger", "4318": "jaeger", "9090": "prometheus", "3000": "grafana"} {
 		assert.Equal(t, svc, hostPorts[":"+port+"/tcp"], "host port %s", port)
 	}
 
@@ -230,4 +236,107 @@ func TestComposeInterpolation(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestComposeMonitoring checks Prometheus and Grafana as compose runs
+// them: prometheus.yml loaded by Prometheus' own config loader scrapes
+// every instance of each service at its admin port and loads the alert
+// rules from where compose mounts them; Grafana is provisioned with that
+// Prometheus and the dashboard, from the files compose mounts.
+func TestComposeMonitoring(t *testing.T) {
+	p := loadProject(t, nil)
+
+	prom := svc(t, p, "prometheus")
+	promYML := bindSource(t, prom, "/etc/prometheus/prometheus.yml")
+	require.Equal(t, filepath.Join(p.WorkingDir, "deployments", "prometheus", "prometheus.yml"), promYML)
+	cfg, err := promconfig.LoadFile(promYML, false, slog.New(slog.DiscardHandler))
+	require.NoError(t, err, "Prometheus refuses its configuration")
+	require.Len(t, cfg.RuleFiles, 1)
+	require.Equal(t, filepath.Join(p.WorkingDir, alertsFile), bindSource(t, prom, cfg.RuleFiles[0]), "the rules Prometheus loads are alerts.yml")
+
+	var jobs []string
+	for _, sc := range cfg.ScrapeConfigs {
+		jobs = append(jobs, sc.JobName)
+		require.Contains(t, surgeServices, sc.JobName, "Prometheus scrapes %s", sc.JobName)
+		require.Equal(t, "/metrics", sc.MetricsPath, sc.JobName)
+		require.Len(t, sc.ServiceDiscoveryConfigs, 1, sc.JobName)
+		dns, ok := sc.ServiceDiscoveryConfigs[0].(*promdns.SDConfig)
+		require.True(t, ok, "%s: every instance of the service is found by its compose DNS name", sc.JobName)
+		require.Equal(t, "A", dns.Type, sc.JobName)
+		require.Equal(t, []string{sc.JobName}, dns.Names, "%s: the compose service of that name", sc.JobName)
+		_, port, err := net.SplitHostPort(envOf(svc(t, p, sc.JobName))["SURGE_ADMIN_ADDR"])
+		require.NoError(t, err, sc.JobName)
+		require.Equal(t, port, strconv.Itoa(dns.Port), "%s: the admin port, where /metrics is", sc.JobName)
+	}
+	require.ElementsMatch(t, surgeServices, jobs)
+
+	graf := svc(t, p, "grafana")
+	require.Equal(t, types.ServiceConditionHealthy, graf.DependsOn["prometheus"].Condition, "grafana waits for prometheus")
+	env := envOf(graf)
+	require.Equal(t, "true", env["GF_AUTH_ANONYMOUS_ENABLED"], "the dashboard opens without a login")
+	require.Equal(t, "Viewer", env["GF_AUTH_ANONYMOUS_ORG_ROLE"], "anonymous visitors only view")
+
+	ds := provisionedDatasource(t)
+	require.Equal(t, filepath.Join(p.WorkingDir, datasourceFile),
+		bindSource(t, graf, "/etc/grafana/provisioning/datasources/"+filepath.Base(datasourceFile)))
+	require.Equal(t, "prometheus", ds.Type)
+	u, err := url.Parse(ds.URL)
+	require.NoError(t, err)
+	require.Equal(t, "prometheus", u.Hostname(), "the compose service")
+	require.Equal(t, "9090", u.Port())
+	require.Equal(t, uint32(9090), prom.Ports[0].Target)
+
+	providerFile := filepath.Join("deployments", "grafana", "provisioning", "dashboards", "surge.yml")
+	require.Equal(t, filepath.Join(p.WorkingDir, providerFile),
+		bindSource(t, graf, "/etc/grafana/provisioning/dashboards/surge.yml"))
+	var provider struct {
+		APIVersion int `yaml:"apiVersion"`
+		Providers  []struct {
+			Name    string `yaml:"name"`
+			Type    string `yaml:"type"`
+			Options struct {
+				Path string `yaml:"path"`
+			} `yaml:"options"`
+		} `yaml:"providers"`
+	}
+	data, err := os.ReadFile(filepath.Join(root, providerFile))
+	require.NoError(t, err)
+	require.NoError(t, yaml.Unmarshal(data, &provider))
+	require.Equal(t, 1, provider.APIVersion)
+	require.Len(t, provider.Providers, 1)
+	require.Equal(t, "file", provider.Providers[0].Type)
+	dir := provider.Providers[0].Options.Path
+	require.Equal(t, filepath.Join(p.WorkingDir, dashboardFile),
+		bindSource(t, graf, dir+"/"+filepath.Base(dashboardFile)), "the dashboard is in the folder the provider reads")
+	require.Equal(t, dir+"/"+filepath.Base(dashboardFile), env["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"], "the home dashboard")
+}
+
+// datasourceFile provisions Grafana's Prometheus datasource.
+var datasourceFile = filepath.Join("deployments", "grafana", "provisioning", "datasources", "prometheus.yml")
+
+// grafanaDatasource is one provisioned Grafana datasource.
+type grafanaDatasource struct {
+	Name      string `yaml:"name"`
+	UID       string `yaml:"uid"`
+	Type      string `yaml:"type"`
+	URL       string `yaml:"url"`
+	IsDefault bool   `yaml:"isDefault"`
+}
+
+// provisionedDatasource is the one datasource Grafana is provisioned with.
+func provisionedDatasource(t *testing.T) grafanaDatasource {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, datasourceFile))
+	require.NoError(t, err)
+	var f struct {
+		APIVersion  int                 `yaml:"apiVersion"`
+		Datasources []grafanaDatasource `yaml:"datasources"`
+	}
+	require.NoError(t, yaml.Unmarshal(data, &f))
+	require.Equal(t, 1, f.APIVersion)
+	require.Len(t, f.Datasources, 1)
+	ds := f.Datasources[0]
+	require.NotEmpty(t, ds.UID, "the dashboard names its datasource by uid")
+	require.True(t, ds.IsDefault)
+	return ds
 }
