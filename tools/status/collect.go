@@ -651,7 +651,10 @@ func (c *Collector) queryServer(ctx context.Context, s *chServer) (map[int]shard
 		if err == nil {
 			return got, nil
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+		if len(s.replicas) > 1 {
+			err = fmt.Errorf("%s: %w", addr, err)
+		}
+		errs = append(errs, err)
 	}
 	return nil, errors.Join(errs...)
 }

@@ -88,7 +88,7 @@ func Assess(r Report, th Thresholds) []Problem {
 	}
 	for _, s := range r.ClickHouse {
 		if s.Error != "" {
-			out = append(out, Problem{Kind: KindClickHouse, Subject: "clickhouse " + s.Addr, Shard: -1, Detail: s.Error})
+			out = append(out, Problem{Kind: KindUnreachable, Subject: "clickhouse " + s.Addr, Shard: -1, Detail: s.Error})
 		}
 	}
 	return out
@@ -109,19 +109,20 @@ func assessBacklog(b Backlog, now time.Time, th Thresholds, stream string, reaso
 		age = now.Sub(*b.Oldest)
 		waiting += ", oldest " + Age(age)
 	}
-	since, known := b.Oldest, b.Oldest != nil
+	since := b.Oldest
 	if b.LastProgress != nil && (since == nil || b.LastProgress.After(*since)) {
-		since, known = b.LastProgress, true
+		since = b.LastProgress
 	}
-	if b.Pending > 0 && known && now.Sub(*since) >= th.Stall {
-		detail := waiting + ", no progress for " + Age(now.Sub(*since))
+	stalled := b.Pending > 0 && since != nil && now.Sub(*since) >= th.Stall
+	if stalled || len(reasons) > 0 {
+		detail := waiting
+		if since != nil {
+			detail += ", no progress for " + Age(now.Sub(*since))
+		}
 		if len(reasons) > 0 {
 			detail += " (" + strings.Join(reasons, "; ") + ")"
 		}
 		return Problem{Kind: KindStalled, Detail: detail}, true
-	}
-	if len(reasons) > 0 {
-		return Problem{Kind: KindStalled, Detail: waiting + " (" + strings.Join(reasons, "; ") + ")"}, true
 	}
 	if b.Oldest != nil && age >= th.MaxLag {
 		return Problem{Kind: KindLagging, Detail: waiting}, true

@@ -94,7 +94,7 @@ func TestAssess(t *testing.T) {
 				r.Instances[1].Reasons = []string{"stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000"}
 			},
 			want: []string{
-				"shard 1 stalled: 2 waiting in BATCHES, oldest 5s (sink: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000)",
+				"shard 1 stalled: 2 waiting in BATCHES, oldest 5s, no progress for 5s (sink: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000)",
 				"sink not ready: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000",
 			},
 		},
@@ -187,7 +187,7 @@ func TestAssess(t *testing.T) {
 			change: func(r *Report) {
 				r.ClickHouse[0].Error = "dial tcp 127.0.0.1:9000: connect: connection refused"
 			},
-			want: []string{"clickhouse 127.0.0.1:9000 clickhouse: dial tcp 127.0.0.1:9000: connect: connection refused"},
+			want: []string{"clickhouse 127.0.0.1:9000 unreachable: dial tcp 127.0.0.1:9000: connect: connection refused"},
 		},
 	}
 	for _, tt := range tests {

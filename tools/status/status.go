@@ -130,7 +130,7 @@ const (
 	KindMissing     = "missing"      // a stream does not exist
 	KindDeadLetters = "dead letters" // DEAD_LETTER holds messages
 	KindNotReady    = "not ready"    // an instance's /readyz fails or does not answer
-	KindClickHouse  = "clickhouse"   // no replica of a ClickHouse server answered
+	KindUnreachable = "unreachable"  // no replica of a ClickHouse server answered
 )
 
 // Problem is one reason a report is unhealthy.
