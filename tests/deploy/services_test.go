@@ -155,7 +155,9 @@ func TestComposeServicesMatchTheirConfig(t *testing.T) {
 	}
 }
 
-// prometheusTargets reads the Prometheus config compose mounts: targets by job.
+// prometheusTargets reads the Prometheus config compose mounts: targets by
+// job, static ones and DNS names (each instance of a compose service) with
+// their port.
 func prometheusTargets(t *testing.T, path string) map[string][]string {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -166,6 +168,10 @@ func prometheusTargets(t *testing.T, path string) map[string][]string {
 			StaticConfigs []struct {
 				Targets []string `yaml:"targets"`
 			} `yaml:"static_configs"`
+			DNSSDConfigs []struct {
+				Names []string `yaml:"names"`
+				Port  int      `yaml:"port"`
+			} `yaml:"dns_sd_configs"`
 		} `yaml:"scrape_configs"`
 	}
 	require.NoError(t, yaml.Unmarshal(data, &p))
@@ -173,6 +179,11 @@ func prometheusTargets(t *testing.T, path string) map[string][]string {
 	for _, sc := range p.ScrapeConfigs {
 		for _, st := range sc.StaticConfigs {
 			out[sc.JobName] = append(out[sc.JobName], st.Targets...)
+		}
+		for _, d := range sc.DNSSDConfigs {
+			for _, n := range d.Names {
+				out[sc.JobName] = append(out[sc.JobName], net.JoinHostPort(n, strconv.Itoa(d.Port)))
+			}
 		}
 	}
 	return out
