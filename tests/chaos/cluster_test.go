@@ -172,6 +172,23 @@ func TestClusterChaos(t *testing.T) {
 	t.Logf("cluster chaos: lease TTL %s, takeover bound %s", watch.ttl, takeoverBound(watch.ttl))
 
 	ch := &chaosCluster{c: c, js: js, leases: watch, rng: rng, ends: map[string][]runEnd{}, logf: t.Logf}
+	// The shards spread over both instances of each leased service.
+	spread := time.Now()
+	require.NoError(t, poll(t.Context(), takeoverBound(watch.ttl), func() error {
+		for _, service := range []string{"batcher", "sink"} {
+			for _, in := range ch.liveInstances(service) {
+				id, err := leaseInstance(in.LogPath)
+				if err != nil {
+					return err
+				}
+				if n := len(watch.ownedBy(service, id)); n != shards/2 {
+					return fmt.Errorf("%s (%s) holds %d shards", in.Name, id, n)
+				}
+			}
+		}
+		return nil
+	}), "the shards did not spread over the two instances of each service")
+	t.Logf("cluster chaos: shards spread over both batchers and both sinks %s after ready", time.Since(spread).Round(time.Millisecond))
 	l := newClusterLoad([]string{c.Instance("ingest-0").IngestURL, c.Instance("ingest-1").IngestURL}, rng.Uint64())
 	issue, stopIssuing := context.WithCancel(t.Context())
 	abort, stopAll := context.WithCancel(t.Context())
@@ -350,7 +367,7 @@ func (ch *chaosCluster) killLeader(ctx context.Context, rep *faultReport, stream
 	var leader int
 	err := poll(ctx, electionBound, func() error {
 		var err error
-		leader, err = ch.c.StreamLeader(ctx, ch.js, stream)
+		leader, err = ch.streamLeader(ctx, stream)
 		return err
 	})
 	if err != nil {
@@ -363,7 +380,7 @@ func (ch *chaosCluster) killLeader(ctx context.Context, rep *faultReport, stream
 	killed := time.Now()
 	var next int
 	err = poll(ctx, 2*electionBound, func() error {
-		i, err := ch.c.StreamLeader(ctx, ch.js, stream)
+		i, err := ch.streamLeader(ctx, stream)
 		if err == nil && i == leader {
 			return errors.New("still the old leader")
 		}
@@ -385,6 +402,15 @@ func (ch *chaosCluster) killLeader(ctx context.Context, rep *faultReport, stream
 	}
 	rep.notes = append(rep.notes, fmt.Sprintf("%s back and current in %.1fs", rep.target, time.Since(restarted).Seconds()))
 	return nil
+}
+
+// streamLeader asks for stream's leader, waiting at most 500 ms for the
+// answer: while the stream has none the request goes unanswered, and the
+// election's time is measured by these polls.
+func (ch *chaosCluster) streamLeader(ctx context.Context, stream string) (int, error) {
+	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	return ch.c.StreamLeader(ctx, ch.js, stream)
 }
 
 // liveInstances are the running instances of service.
@@ -477,7 +503,11 @@ func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, ser
 // every logical shard it holds land again (on its peer: the sink shards
 // that wrote to it fail over), and restarts it after 2-4 s.
 func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error {
-	s, r := ch.rng.IntN(len(ch.c.ClickHouse.Shards)), ch.rng.IntN(2)
+	s := ch.rng.IntN(len(ch.c.ClickHouse.Shards))
+	r, err := ch.busyReplica(ctx, s)
+	if err != nil {
+		return err
+	}
 	peer := ch.c.ClickHouse.Shards[s][1-r]
 	rep.target = fmt.Sprintf("clickhouse-%d-%d", s, r)
 	before, err := shardRows(peer.HTTPAddr())
@@ -539,6 +569,47 @@ func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error
 		return restart()
 	}
 	return nil
+}
+
+// busyReplica is the replica of ClickHouse shard s that took more INSERT
+// queries over one second (a sink shard writes to one replica until it
+// fails), so that killing it makes sink shards fail over; a random one
+// when neither took any.
+func (ch *chaosCluster) busyReplica(ctx context.Context, s int) (int, error) {
+	inserts := func() ([2]uint64, error) {
+		var out [2]uint64
+		for r, srv := range ch.c.ClickHouse.Shards[s] {
+			v, err := chQuery(srv.HTTPAddr(), "SELECT value FROM system.events WHERE event = 'InsertQuery'")
+			if err != nil {
+				return out, err
+			}
+			if v = strings.TrimSpace(v); v != "" {
+				if out[r], err = strconv.ParseUint(v, 10, 64); err != nil {
+					return out, fmt.Errorf("InsertQuery %q: %w", v, err)
+				}
+			}
+		}
+		return out, nil
+	}
+	before, err := inserts()
+	if err != nil {
+		return 0, err
+	}
+	if err := sleep(ctx, time.Second); err != nil {
+		return 0, err
+	}
+	after, err := inserts()
+	if err != nil {
+		return 0, err
+	}
+	d0, d1 := after[0]-before[0], after[1]-before[1]
+	switch {
+	case d0 > d1:
+		return 0, nil
+	case d1 > d0:
+		return 1, nil
+	}
+	return ch.rng.IntN(2), nil
 }
 
 // shardRows is count() of events_local per logical shard on the server at
