@@ -22,6 +22,10 @@ func Assess(r Report, th Thresholds) []Problem {
 		p.Subject, p.Shard = "partitioner", -1
 		out = append(out, p)
 	}
+	if len(r.Shards) == 0 {
+		out = append(out, Problem{Kind: KindNoConsumer, Subject: "shards", Shard: -1,
+			Detail: "no shard found: no consumer reads EVENTS or BATCHES, no lease is held, ClickHouse holds no rows (give --shards to name them)"})
+	}
 	for _, s := range r.Shards {
 		subject := "shard " + strconv.Itoa(s.Shard)
 		hops := []struct {

@@ -134,6 +134,13 @@ func TestAssess(t *testing.T) {
 			want: []string{"shard 0 no consumer: no batcher consumer reads events.shard.0"},
 		},
 		{
+			name: "no shard found",
+			change: func(r *Report) {
+				r.Shards = nil
+			},
+			want: []string{"shards no consumer: no shard found: no consumer reads EVENTS or BATCHES, no lease is held, ClickHouse holds no rows (give --shards to name them)"},
+		},
+		{
 			name: "stream at the fill threshold",
 			change: func(r *Report) {
 				r.Streams[1].Bytes = 800
