@@ -5,6 +5,7 @@ go 1.26.7
 require (
 	github.com/ClickHouse/clickhouse-go/v2 v2.25.0
 	github.com/compose-spec/compose-go/v2 v2.16.2
+	github.com/grafana/grafana-foundation-sdk/go v0.0.22
 	github.com/nats-io/nats-server/v2 v2.15.3
 	github.com/nats-io/nats.go v1.55.0
 	github.com/prometheus/client_golang v1.25.0

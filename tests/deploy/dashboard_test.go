@@ -14,6 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/grafana/grafana-foundation-sdk/go/cog"
+	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
+	grafana "github.com/grafana/grafana-foundation-sdk/go/dashboard"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
@@ -72,6 +75,29 @@ func loadDashboard(t *testing.T) dashboard {
 	var d dashboard
 	require.NoError(t, json.Unmarshal(data, &d))
 	return d
+}
+
+// TestDashboardSchema decodes the dashboard strictly against Grafana's own
+// schema (the Grafana Foundation SDK's types, with the panel and query
+// plugins registered): a misspelled option, a value of the wrong type or a
+// missing required field is an error, as Grafana would ignore or reject it.
+func TestDashboardSchema(t *testing.T) {
+	plugins.RegisterDefaultPlugins()
+	data, err := os.ReadFile(filepath.Join(root, dashboardFile))
+	require.NoError(t, err)
+	var d grafana.Dashboard
+	require.NoError(t, sdkErr(d.UnmarshalJSONStrict(data)))
+	require.NoError(t, sdkErr(d.Validate()))
+	require.NotEmpty(t, d.Panels)
+}
+
+// sdkErr is err, or nil for the SDK's empty error list (it returns one,
+// not nil, when everything decodes).
+func sdkErr(err error) error {
+	if errs, ok := err.(cog.BuildErrors); ok && len(errs) == 0 {
+		return nil
+	}
+	return err
 }
 
 // dashboardRows are the dashboard's rows, top to bottom.
