@@ -97,7 +97,7 @@ func TestAlertsFire(t *testing.T) {
 		want          []string // the label sets it fires for, without the metric name
 	}{
 		{
-			name: "sink shard 0 inserts nothing while batches wait", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_sink",
+			name: "sink shard 0 inserts nothing while batches wait", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_sink_consumer_pending",
 			load: `
 surge_sink_consumer_pending{job="sink",instance="a",shard="0"} 5x20
 surge_sink_consumer_ack_pending{job="sink",instance="a",shard="0"} 1x20
@@ -111,7 +111,7 @@ surge_sink_batches_total{job="sink",instance="a",shard="2",outcome="inserted"} 3
 			at: 15 * time.Minute, want: []string{`{shard="0"}`},
 		},
 		{
-			name: "a shard moved to another sink by lease is not stuck", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_sink",
+			name: "a shard moved to another sink by lease is not stuck", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_sink_consumer_pending",
 			load: `
 surge_sink_consumer_pending{job="sink",instance="a",shard="0"} 5x5 0x15
 surge_sink_consumer_ack_pending{job="sink",instance="a",shard="0"} 0x20
@@ -119,6 +119,21 @@ surge_sink_batches_total{job="sink",instance="a",shard="0",outcome="inserted"} 1
 surge_sink_consumer_pending{job="sink",instance="b",shard="0"} _x5 5x15
 surge_sink_consumer_ack_pending{job="sink",instance="b",shard="0"} _x5 0x15
 surge_sink_batches_total{job="sink",instance="b",shard="0",outcome="inserted"} _x5 0+1x15`,
+			at: 15 * time.Minute,
+		},
+		{
+			name: "no sink handles the batches BATCHES holds", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_stream_messages",
+			load: `
+surge_stream_messages{job="ingest",instance="a",stream="BATCHES"} 7x20
+surge_stream_messages{job="ingest",instance="a",stream="EVENTS"} 500x20
+surge_sink_batches_total{job="sink",instance="b",shard="0",outcome="inserted"} 10x20`,
+			at: 15 * time.Minute, want: []string{`{}`},
+		},
+		{
+			name: "a sink inserting while batches wait", alert: "SurgeNoInsertsWhileWorkPending", metric: "surge_stream_messages",
+			load: `
+surge_stream_messages{job="ingest",instance="a",stream="BATCHES"} 7x20
+surge_sink_batches_total{job="sink",instance="b",shard="0",outcome="duplicate"} 0+1x20`,
 			at: 15 * time.Minute,
 		},
 		{
