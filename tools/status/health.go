@@ -186,24 +186,27 @@ func subjectOf(stream string, k int) string {
 	return "batches.shard." + strconv.Itoa(k)
 }
 
-// Age prints a duration for a human at a glance: 850ms, 12s, 4m10s, 3h5m.
+// Age prints a duration for a human at a glance: 850ms, 12s, 4m10s, 1m,
+// 3h5m.
 func Age(d time.Duration) string {
 	switch {
 	case d < 0:
 		return "0s"
 	case d < time.Second:
 		return d.Round(time.Millisecond).String()
-	case d < time.Minute:
-		return d.Round(time.Second).String()
 	case d < time.Hour:
-		s := d.Round(time.Second).String()
-		if strings.HasSuffix(s, "m0s") {
-			s = strings.TrimSuffix(s, "0s")
-		}
-		return s
+		d = d.Round(time.Second)
 	default:
-		return strings.TrimSuffix(d.Round(time.Minute).String(), "0s")
+		d = d.Round(time.Minute)
 	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // Bytes prints a byte count in binary units: 512 B, 1.5 KiB, 8.0 GiB.

@@ -229,6 +229,7 @@ func TestFormats(t *testing.T) {
 	for d, want := range map[time.Duration]string{
 		-time.Second: "0s", 850 * time.Millisecond: "850ms", 12400 * time.Millisecond: "12s",
 		4*time.Minute + 10*time.Second: "4m10s", 4 * time.Minute: "4m", 3*time.Hour + 5*time.Minute: "3h5m",
+		59600 * time.Millisecond: "1m", time.Hour - 300*time.Millisecond: "1h", 2 * time.Hour: "2h",
 	} {
 		assert.Equal(t, want, Age(d), d.String())
 	}
