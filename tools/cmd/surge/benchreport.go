@@ -13,7 +13,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/procfs"
 
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -40,6 +42,9 @@ type runSample struct {
 	// runs all four services and the load generator.
 	CPUSeconds     float64 `json:"cpu_seconds"`
 	HeapInuseBytes float64 `json:"heap_inuse_bytes"`
+	// ClickHouseCPUSeconds is the CPU time of every clickhouse-server
+	// process, from /proc.
+	ClickHouseCPUSeconds float64 `json:"clickhouse_cpu_seconds"`
 }
 
 // runPhase is when one phase of the bench ran, in seconds since the
@@ -90,15 +95,32 @@ func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 		done:   make(chan struct{}), samples: make(chan []runSample, 1)}
 	rec.look = func() runSample {
 		return runSample{
-			T:              time.Since(rec.start).Seconds(),
-			Accepted:       gen.accepted.Load() - rec.acceptedN,
-			Inserted:       st.Inserted(),
-			CPUSeconds:     stack.Sum(proc, "process_cpu_seconds_total"),
-			HeapInuseBytes: stack.Sum(proc, heapMetric),
+			T:                    time.Since(rec.start).Seconds(),
+			Accepted:             gen.accepted.Load() - rec.acceptedN,
+			Inserted:             st.Inserted(),
+			CPUSeconds:           stack.Sum(proc, "process_cpu_seconds_total"),
+			HeapInuseBytes:       stack.Sum(proc, heapMetric),
+			ClickHouseCPUSeconds: clickhouseCPU(st.ClickHouse),
 		}
 	}
 	go rec.sample()
 	return rec
+}
+
+// clickhouseCPU sums the CPU seconds of the cluster's clickhouse-server
+// processes; a process gone leaves its share out.
+func clickhouseCPU(c *chserver.Cluster) float64 {
+	var total float64
+	for _, s := range c.Servers {
+		p, err := procfs.NewProc(s.PID())
+		if err != nil {
+			continue
+		}
+		if stat, err := p.Stat(); err == nil {
+			total += stat.CPUTime()
+		}
+	}
+	return total
 }
 
 // sample runs until stop: it owns the samples and hands them over once.

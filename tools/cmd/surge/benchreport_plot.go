@@ -70,7 +70,7 @@ func reportPlots(d reportData) ([]reportPlot, error) {
 		{"latency-percentiles", "Ingest-to-queryable latency by percentile", "Each probe's latency against its percentile among all probes.", drawLatencyPercentiles},
 		{"latency-probes", "Ingest-to-queryable latency of each probe", "Each probe by the moment it was sent.", drawLatencyOverRun},
 		{"shards", "Rows inserted per shard, throughput phase", "surge_sink_rows_inserted_total of each shard when the throughput phase's last row was inserted.", drawShardRows},
-		{"cpu", "CPU used by the bench process", "Cores busy (rate of process_cpu_seconds_total over 1 s): all four services, the embedded NATS server and the load generator; ClickHouse runs in processes of its own.", drawCPU},
+		{"cpu", "CPU: the bench process and ClickHouse", "Cores busy over a trailing 1 s: the bench process (process_cpu_seconds_total: all four services, the embedded NATS server and the load generator) and the clickhouse-server processes (from /proc).", drawCPU},
 		{"heap", "Go heap in use", "go_memstats_heap_inuse_bytes of the bench process.", drawHeap},
 	}
 	var plots []reportPlot
@@ -336,7 +336,10 @@ func drawCPU(p *plot.Plot, d reportData) error {
 	p.X.Label.Text = "seconds since the throughput phase started"
 	p.Y.Label.Text = "cores busy"
 	p.Y.Min = 0
-	if err := addLine(p, "bench process", rates(d.Samples, func(s runSample) float64 { return s.CPUSeconds }), 2, false); err != nil {
+	if err := addLine(p, "bench process (services, NATS, load generator)", rates(d.Samples, func(s runSample) float64 { return s.CPUSeconds }), 2, false); err != nil {
+		return err
+	}
+	if err := addLine(p, fmt.Sprintf("clickhouse-server processes (%d)", d.Setup.ClickHouseServers), rates(d.Samples, func(s runSample) float64 { return s.ClickHouseCPUSeconds }), 3, false); err != nil {
 		return err
 	}
 	cores := float64(d.Setup.CPUs)

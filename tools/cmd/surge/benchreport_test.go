@@ -29,7 +29,7 @@ var reportPlotTitles = [][2]string{
 	{"latency-percentiles", "Ingest-to-queryable latency by percentile"},
 	{"latency-probes", "Ingest-to-queryable latency of each probe"},
 	{"shards", "Rows inserted per shard, throughput phase"},
-	{"cpu", "CPU used by the bench process"},
+	{"cpu", "CPU: the bench process and ClickHouse"},
 	{"heap", "Go heap in use"},
 }
 
@@ -111,12 +111,15 @@ func TestBenchReport(t *testing.T) {
 		assert.LessOrEqual(t, prev.Accepted, cur.Accepted, "sample %d", i)
 		assert.LessOrEqual(t, prev.Inserted, cur.Inserted, "sample %d", i)
 		assert.LessOrEqual(t, prev.CPUSeconds, cur.CPUSeconds, "sample %d", i)
+		assert.LessOrEqual(t, prev.ClickHouseCPUSeconds, cur.ClickHouseCPUSeconds, "sample %d", i)
 		assert.Positive(t, cur.HeapInuseBytes, "sample %d", i)
 	}
 	// By the end, the throughput phase's events and every probe seen were
 	// accepted and inserted.
 	assert.GreaterOrEqual(t, last.Accepted, int64(events+d.Latency.Probes))
 	assert.GreaterOrEqual(t, last.Inserted, float64(events+d.Latency.Probes))
+	assert.Positive(t, last.CPUSeconds)
+	assert.Positive(t, last.ClickHouseCPUSeconds)
 
 	// The page: one figure per plot, each one inline SVG under its caption
 	// with the plot's title drawn in it, and nothing to fetch.
