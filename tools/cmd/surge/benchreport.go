@@ -45,6 +45,10 @@ type runSample struct {
 	// ClickHouseCPUSeconds is the CPU time of every clickhouse-server
 	// process, from /proc.
 	ClickHouseCPUSeconds float64 `json:"clickhouse_cpu_seconds"`
+	// MachineCPUSeconds is the CPU time every process of the machine
+	// used, from /proc/stat: on a shared machine, what the bench did
+	// not get.
+	MachineCPUSeconds float64 `json:"machine_cpu_seconds"`
 }
 
 // runPhase is when one phase of the bench ran, in seconds since the
@@ -101,6 +105,7 @@ func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 			CPUSeconds:           stack.Sum(proc, "process_cpu_seconds_total"),
 			HeapInuseBytes:       stack.Sum(proc, heapMetric),
 			ClickHouseCPUSeconds: clickhouseCPU(st.ClickHouse),
+			MachineCPUSeconds:    machineCPU(),
 		}
 	}
 	go rec.sample()
@@ -121,6 +126,21 @@ func clickhouseCPU(c *chserver.Cluster) float64 {
 		}
 	}
 	return total
+}
+
+// machineCPU is the CPU time all processes used (neither idle nor
+// waiting for I/O); 0 where /proc/stat cannot be read.
+func machineCPU() float64 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0
+	}
+	st, err := fs.Stat()
+	if err != nil {
+		return 0
+	}
+	c := st.CPUTotal
+	return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal
 }
 
 // sample runs until stop: it owns the samples and hands them over once.

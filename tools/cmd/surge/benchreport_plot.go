@@ -70,7 +70,7 @@ func reportPlots(d reportData) ([]reportPlot, error) {
 		{"latency-percentiles", "Ingest-to-queryable latency by percentile", "Each probe's latency against its percentile among all probes.", drawLatencyPercentiles},
 		{"latency-probes", "Ingest-to-queryable latency of each probe", "Each probe by the moment it was sent.", drawLatencyOverRun},
 		{"shards", "Rows inserted per shard, throughput phase", "surge_sink_rows_inserted_total of each shard when the throughput phase's last row was inserted.", drawShardRows},
-		{"cpu", "CPU: the bench process and ClickHouse", "Cores busy over a trailing 1 s: the bench process (process_cpu_seconds_total: all four services, the embedded NATS server and the load generator) and the clickhouse-server processes (from /proc).", drawCPU},
+		{"cpu", "CPU: the bench process and ClickHouse", "Cores busy over a trailing 1 s: the bench process (process_cpu_seconds_total: all four services, the embedded NATS server and the load generator), the clickhouse-server processes (from /proc) and every process of the machine (/proc/stat); on a shared machine the gap is what others took.", drawCPU},
 		{"heap", "Go heap in use", "go_memstats_heap_inuse_bytes of the bench process.", drawHeap},
 	}
 	var plots []reportPlot
@@ -341,6 +341,11 @@ func drawCPU(p *plot.Plot, d reportData) error {
 	}
 	if err := addLine(p, fmt.Sprintf("clickhouse-server processes (%d)", d.Setup.ClickHouseServers), rates(d.Samples, func(s runSample) float64 { return s.ClickHouseCPUSeconds }), 3, false); err != nil {
 		return err
+	}
+	if last := d.Samples[len(d.Samples)-1]; last.MachineCPUSeconds > 0 {
+		if err := addLine(p, "whole machine", rates(d.Samples, func(s runSample) float64 { return s.MachineCPUSeconds }), 4, false); err != nil {
+			return err
+		}
 	}
 	cores := float64(d.Setup.CPUs)
 	if err := addLine(p, fmt.Sprintf("cores of this machine (%d)", d.Setup.CPUs), plotter.XYs{{X: 0, Y: cores}, {X: runEnd(d), Y: cores}}, 0, true); err != nil {

@@ -112,6 +112,7 @@ func TestBenchReport(t *testing.T) {
 		assert.LessOrEqual(t, prev.Inserted, cur.Inserted, "sample %d", i)
 		assert.LessOrEqual(t, prev.CPUSeconds, cur.CPUSeconds, "sample %d", i)
 		assert.LessOrEqual(t, prev.ClickHouseCPUSeconds, cur.ClickHouseCPUSeconds, "sample %d", i)
+		assert.LessOrEqual(t, prev.MachineCPUSeconds, cur.MachineCPUSeconds, "sample %d", i)
 		assert.Positive(t, cur.HeapInuseBytes, "sample %d", i)
 	}
 	// By the end, the throughput phase's events and every probe seen were
@@ -120,6 +121,10 @@ func TestBenchReport(t *testing.T) {
 	assert.GreaterOrEqual(t, last.Inserted, float64(events+d.Latency.Probes))
 	assert.Positive(t, last.CPUSeconds)
 	assert.Positive(t, last.ClickHouseCPUSeconds)
+	// The machine ran the bench process and ClickHouse, at least.
+	first := d.Samples[0]
+	assert.GreaterOrEqual(t, last.MachineCPUSeconds-first.MachineCPUSeconds,
+		(last.CPUSeconds-first.CPUSeconds)+(last.ClickHouseCPUSeconds-first.ClickHouseCPUSeconds)-0.1)
 
 	// The page: one figure per plot, each one inline SVG under its caption
 	// with the plot's title drawn in it, and nothing to fetch.
