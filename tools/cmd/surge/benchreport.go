@@ -98,18 +98,41 @@ func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 		phases: []runPhase{{Name: "throughput"}},
 		done:   make(chan struct{}), samples: make(chan []runSample, 1)}
 	rec.look = func() runSample {
-		return runSample{
+		// The clock and the CPU counters first and together: a rate
+		// divides one by the other, and a busy machine can stall a look.
+		s := runSample{
 			T:                    time.Since(rec.start).Seconds(),
-			Accepted:             gen.accepted.Load() - rec.acceptedN,
-			Inserted:             st.Inserted(),
-			CPUSeconds:           stack.Sum(proc, "process_cpu_seconds_total"),
-			HeapInuseBytes:       stack.Sum(proc, heapMetric),
-			ClickHouseCPUSeconds: clickhouseCPU(st.ClickHouse),
 			MachineCPUSeconds:    machineCPU(),
+			ClickHouseCPUSeconds: clickhouseCPU(st.ClickHouse),
 		}
+		s.CPUSeconds, s.HeapInuseBytes = processStats(proc)
+		s.Accepted = gen.accepted.Load() - rec.acceptedN
+		s.Inserted = st.Inserted()
+		return s
 	}
 	go rec.sample()
 	return rec
+}
+
+// processStats reads process_cpu_seconds_total and heapMetric from one
+// gather of g.
+func processStats(g prometheus.Gatherer) (cpu, heap float64) {
+	mfs, err := g.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	for _, mf := range mfs {
+		if len(mf.GetMetric()) == 0 {
+			continue
+		}
+		switch m := mf.GetMetric()[0]; mf.GetName() {
+		case "process_cpu_seconds_total":
+			cpu = m.GetCounter().GetValue()
+		case heapMetric:
+			heap = m.GetGauge().GetValue()
+		}
+	}
+	return cpu, heap
 }
 
 // clickhouseCPU sums the CPU seconds of the cluster's clickhouse-server
