@@ -384,7 +384,7 @@ func (o *Owner) renew(ctx context.Context) {
 		case err == nil:
 			o.renewed(k, next, sent)
 		case errors.Is(err, jetstream.ErrKeyRevisionMismatch):
-			o.lost(k, "renewal refused: another instance holds the key")
+			o.refused(ctx, k)
 		default:
 			failed++
 			if firstErr == nil {
@@ -394,6 +394,26 @@ func (o *Owner) renew(ctx context.Context) {
 	}
 	if failed > 0 {
 		o.log.Warn("lease renewals failed; a lease not renewed in time stops its shard", zap.Int("failed", failed), zap.Error(firstErr))
+	}
+}
+
+// refused handles a renewal of shard k refused for its revision. A key
+// that still names this instance was last written by this instance: a
+// renewal that landed but whose answer was lost (a slow or failed-over
+// NATS node). Nobody else wrote in between, so the lease is adopted at
+// the key's revision and the shard keeps running. Otherwise the shard is
+// lost.
+func (o *Owner) refused(ctx context.Context, k int) {
+	sent := time.Now()
+	rev, err := o.adopt(ctx, k)
+	switch {
+	case err == nil:
+		o.renewed(k, rev, sent)
+		o.log.Info("lease renewal's answer was lost; kept the lease at the key's revision", zap.Int("shard", k), zap.Uint64("revision", rev))
+	case errors.Is(err, jetstream.ErrKeyExists):
+		o.lost(k, "renewal refused: another instance holds the key")
+	default:
+		o.lost(k, fmt.Sprintf("renewal refused, and reading the key failed: %v", err))
 	}
 }
 

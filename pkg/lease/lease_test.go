@@ -348,3 +348,48 @@ func (p *proxy) thaw() {
 		close(p.open)
 	}
 }
+
+// TestKeepsALeaseWhoseRenewalAnswerWasLost writes an owner's key as its
+// own renewal would (the write landed, its answer was lost): the owner's
+// next renewal is refused for the revision, finds its own name in the
+// key, and keeps the shard running without a restart.
+func TestKeepsALeaseWhoseRenewalAnswerWasLost(t *testing.T) {
+	url := natstest.Start(t).ClientURL()
+	l := newLedger()
+	core, logs := observer.New(zapcore.InfoLevel)
+	a := startOwner(t, url, "a", 1, zap.New(core), l.work("a", nil))
+	assertOwners(t, l, map[string][]int{"a": {0}}, 10*time.Second)
+
+	nc, err := nats.Connect(url)
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	kv, err := js.KeyValue(t.Context(), Bucket)
+	require.NoError(t, err)
+	e, err := kv.Get(t.Context(), "batcher.shard.0")
+	require.NoError(t, err)
+	require.Equal(t, "a", string(e.Value()))
+	rev, err := kv.Update(t.Context(), "batcher.shard.0", []byte("a"), e.Revision())
+	require.NoError(t, err)
+
+	assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 1, logs.FilterMessage("lease renewal's answer was lost; kept the lease at the key's revision").Len())
+	}, 3*testTTL, 10*time.Millisecond)
+	// Renewed again from the adopted revision.
+	assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		e, err := kv.Get(t.Context(), "batcher.shard.0")
+		if assert.NoError(c, err) {
+			assert.Greater(c, e.Revision(), rev)
+			assert.Equal(c, "a", string(e.Value()))
+		}
+	}, 3*testTTL, 10*time.Millisecond)
+	require.Zero(t, logs.FilterMessage("lease lost; shard stopped").Len())
+	require.Zero(t, logs.FilterMessage("lease ran out without renewal; shard stopped").Len())
+	require.True(t, a.Holds(0))
+	l.mu.Lock()
+	starts := len(l.started[0])
+	l.mu.Unlock()
+	require.Equal(t, 1, starts, "the shard's work never restarted")
+	require.Empty(t, l.problems())
+}
