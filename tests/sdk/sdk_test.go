@@ -174,7 +174,7 @@ func testOverload(t *testing.T, p *pipeline, sdk string) {
 		}
 	}, 10*time.Second, 10*time.Millisecond)
 
-	msgs, ids := burst(sdk, "overload", 3000)
+	msgs, ids := burst(sdk, "overload", 2000)
 	type result struct {
 		o   outcome
 		err error
