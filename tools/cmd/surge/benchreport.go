@@ -110,7 +110,7 @@ func newRunRecord(dir string, st *stack.Stack, gen *generator) *runRecord {
 		s.Inserted = st.Inserted()
 		return s
 	}
-	go rec.sample()
+	go rec.sample(rec.done, rec.samples)
 	return rec
 }
 
@@ -166,22 +166,23 @@ func machineCPU() float64 {
 	return c.User + c.Nice + c.System + c.IRQ + c.SoftIRQ + c.Steal
 }
 
-// sample runs until stop: it owns the samples and hands them over once.
-func (rec *runRecord) sample() {
+// sample runs until done closes: it owns the samples and hands them
+// over once, on out.
+func (rec *runRecord) sample(done <-chan struct{}, out chan<- []runSample) {
 	every := sampleEvery
 	tick := time.NewTicker(every)
 	defer tick.Stop()
-	var out []runSample
+	var samples []runSample
 	for {
-		out = append(out, rec.look())
-		if len(out) == maxSamples {
-			out = thin(out)
+		samples = append(samples, rec.look())
+		if len(samples) == maxSamples {
+			samples = thin(samples)
 			every *= 2
 			tick.Reset(every)
 		}
 		select {
-		case <-rec.done:
-			rec.samples <- out
+		case <-done:
+			out <- samples
 			return
 		case <-tick.C:
 		}
@@ -204,9 +205,8 @@ func (rec *runRecord) stop() []runSample {
 	if rec == nil {
 		return nil
 	}
-	if rec.done != nil {
+	if rec.stopped == nil { // never empty once stopped: the last look is in
 		close(rec.done)
-		rec.done = nil
 		rec.stopped = append(<-rec.samples, rec.look())
 	}
 	return rec.stopped
