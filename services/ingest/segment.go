@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/surge-events/surge/pkg/event"
 )
@@ -71,13 +74,7 @@ func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, re
 	if typ == "" {
 		typ, _ = text(msg["type"])
 	}
-	var wire struct {
-		EventID    string          `json:"event_id,omitempty"`
-		UserID     string          `json:"user_id"`
-		Type       string          `json:"type"`
-		TS         string          `json:"ts"`
-		Properties json.RawMessage `json:"properties"`
-	}
+	var wire struct{ eventID, userID, typ string }
 	m.PropsKey = "properties"
 	switch typ {
 	case "track":
@@ -85,38 +82,35 @@ func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, re
 		if !ok || name == "" {
 			return fail("event", "required for track, a non-empty string")
 		}
-		wire.Type = name
+		wire.typ = name
 		delete(msg, "event")
 	case "identify", "group":
 		m.PropsKey = "traits"
-		wire.Type = "$" + typ
+		wire.typ = "$" + typ
 	case "page", "screen", "alias":
-		wire.Type = "$" + typ
+		wire.typ = "$" + typ
 	default:
 		return fail("type", "must be one of track, identify, page, screen, group, alias")
 	}
 
 	switch user, ok := userID(msg["userId"]); {
 	case ok:
-		wire.UserID = user
+		wire.userID = user
 		delete(msg, "userId")
 	default:
-		if wire.UserID, ok = userID(msg["anonymousId"]); !ok {
+		if wire.userID, ok = userID(msg["anonymousId"]); !ok {
 			return fail("userId", "userId or anonymousId required, a non-empty string or a number")
 		}
 		delete(msg, "anonymousId")
 	}
 
-	props := map[string]json.RawMessage{}
-	if p := msg[m.PropsKey]; !absent(p) {
-		if err := json.Unmarshal(p, &props); err != nil || props == nil {
-			return fail(m.PropsKey, "must be a JSON object")
-		}
-		delete(msg, m.PropsKey)
+	props := msg[m.PropsKey]
+	if !absent(props) && bytes.TrimSpace(props)[0] != '{' {
+		return fail(m.PropsKey, "must be a JSON object")
 	}
+	delete(msg, m.PropsKey)
 
-	wire.EventID = m.MessageID
-	wire.TS = segmentTS(msg, req.SentAt, received).Format(time.RFC3339Nano)
+	ts := segmentTS(msg, req.SentAt, received)
 	for _, k := range []string{"type", "messageId", "writeKey", "_metadata"} {
 		delete(msg, k)
 	}
@@ -130,10 +124,23 @@ func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, re
 		}
 	}
 	if len(msg) > 0 {
-		props[segmentKey] = marshal(msg)
+		props = withKey(props, segmentKey, object(msg))
 	}
-	wire.Properties = marshal(props)
-	m.Wire = marshal(wire)
+
+	// Surge's event as /v1/events takes it, for the parser to validate.
+	b := append(make([]byte, 0, 64+len(props)), '{')
+	if m.MessageID != "" {
+		b = appendString(append(b, `"event_id":`...), m.MessageID)
+		b = append(b, ',')
+	}
+	b = appendString(append(b, `"user_id":`...), wire.userID)
+	b = appendString(append(b, `,"type":`...), wire.typ)
+	b = ts.AppendFormat(append(b, `,"ts":"`...), time.RFC3339Nano)
+	b = append(b, `","properties":`...)
+	if absent(props) {
+		props = json.RawMessage("{}")
+	}
+	m.Wire = append(append(b, props...), '}')
 	return m
 }
 
@@ -210,8 +217,14 @@ func userID(raw json.RawMessage) (string, bool) {
 
 // text reads a JSON string.
 func text(raw json.RawMessage) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' {
+		return "", false
+	}
+	if bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) { // nothing to decode
+		return string(raw[1 : len(raw)-1]), true
+	}
 	var s string
-	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+	if json.Unmarshal(raw, &s) != nil {
 		return "", false
 	}
 	return s, true
@@ -240,6 +253,53 @@ func merged(shared, own json.RawMessage) json.RawMessage {
 		base[k] = v
 	}
 	return marshal(base)
+}
+
+// withKey returns the JSON object obj with key set to value: spliced in
+// when obj does not mention the key (the common case), else rebuilt.
+func withKey(obj json.RawMessage, key string, value json.RawMessage) json.RawMessage {
+	obj = bytes.TrimSpace(obj)
+	if absent(obj) {
+		obj = json.RawMessage("{}")
+	}
+	quoted := appendString(nil, key)
+	if !bytes.Contains(obj, quoted) {
+		b := append(make([]byte, 0, len(obj)+len(quoted)+len(value)+2), bytes.TrimSpace(obj[:len(obj)-1])...)
+		if len(b) > 1 { // not {}
+			b = append(b, ',')
+		}
+		b = append(append(append(b, quoted...), ':'), value...)
+		return append(b, '}')
+	}
+	var fields map[string]json.RawMessage
+	if json.Unmarshal(obj, &fields) != nil {
+		return obj // not reached: obj is a decoded JSON object
+	}
+	fields[key] = value
+	return object(fields)
+}
+
+// object encodes fields as one JSON object, keys sorted.
+func object(fields map[string]json.RawMessage) json.RawMessage {
+	b := []byte{'{'}
+	for i, k := range slices.Sorted(maps.Keys(fields)) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(appendString(b, k), ':')
+		b = append(b, fields[k]...)
+	}
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' {
+			return append(b, marshal(s)...) // escapes and non-ASCII
+		}
+	}
+	return append(append(append(b, '"'), s...), '"')
 }
 
 // marshal encodes v compactly without escaping <, > and &, so text is

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -35,7 +36,7 @@ func TestMapSegment(t *testing.T) {
 				"timestamp":"2026-05-01T13:00:00Z","context":{"ip":"1.2.3.4"},"_metadata":{"x":1},"writeKey":"k"}`,
 			wantID: "m1",
 			wantWire: `{"event_id":"m1","user_id":"u1","type":"Order <Completed>","ts":"2026-05-01T11:59:55Z",` +
-				`"properties":{"_segment":{"context":{"ip":"1.2.3.4"},"timestamp":"2026-05-01T13:00:00Z"},"total":9.5}}`,
+				`"properties":{"total":9.5,"_segment":{"context":{"ip":"1.2.3.4"},"timestamp":"2026-05-01T13:00:00Z"}}}`,
 		},
 		{
 			name: "identify by anonymous number, traits, originalTimestamp and message sentAt",
@@ -43,13 +44,13 @@ func TestMapSegment(t *testing.T) {
 				"originalTimestamp":"2026-05-01T11:00:00Z","sentAt":"2026-05-01T11:00:01.5Z","channel":"server"}`,
 			wantID: "m2",
 			wantWire: `{"event_id":"m2","user_id":"12345678901234567890","type":"$identify","ts":"2026-05-01T11:59:58.5Z",` +
-				`"properties":{"_segment":{"channel":"server","originalTimestamp":"2026-05-01T11:00:00Z","sentAt":"2026-05-01T11:00:01.5Z"},"plan":"pro"}}`,
+				`"properties":{"plan":"pro","_segment":{"channel":"server","originalTimestamp":"2026-05-01T11:00:00Z","sentAt":"2026-05-01T11:00:01.5Z"}}}`,
 		},
 		{
 			name:     "page from the call path keeps name, no times",
 			call:     "page",
 			msg:      `{"userId":"u","anonymousId":"a","name":"Home","properties":{"path":"/"}}`,
-			wantWire: `{"user_id":"u","type":"$page","ts":"2026-05-01T12:00:00Z","properties":{"_segment":{"anonymousId":"a","name":"Home"},"path":"/"}}`,
+			wantWire: `{"user_id":"u","type":"$page","ts":"2026-05-01T12:00:00Z","properties":{"path":"/","_segment":{"anonymousId":"a","name":"Home"}}}`,
 		},
 		{
 			name:     "screen",
@@ -62,7 +63,7 @@ func TestMapSegment(t *testing.T) {
 				Integrations: json.RawMessage(`{"All":false}`)},
 			msg: `{"type":"group","userId":"u","groupId":"g1","traits":{"n":1},"context":{"app":"b"}}`,
 			wantWire: `{"user_id":"u","type":"$group","ts":"2026-05-01T12:00:00Z",` +
-				`"properties":{"_segment":{"context":{"app":"b","ip":"9.9.9.9"},"groupId":"g1","integrations":{"All":false}},"n":1}}`,
+				`"properties":{"n":1,"_segment":{"context":{"app":"b","ip":"9.9.9.9"},"groupId":"g1","integrations":{"All":false}}}}`,
 		},
 		{
 			name:     "alias; timestamp and originalTimestamp keep timestamp",
@@ -86,6 +87,16 @@ func TestMapSegment(t *testing.T) {
 			msg:      `{"type":"track","event":"e","userId":"u","timestamp":"1900-01-01T00:00:00Z"}`,
 			wantWire: `{"user_id":"u","type":"e","ts":"2026-05-01T12:00:00Z","properties":{"_segment":{"timestamp":"1900-01-01T00:00:00Z"}}}`,
 		},
+		{
+			name:     "a _segment property of the sender's is replaced",
+			msg:      `{"type":"track","event":"e","userId":"u","properties":{"z":1,"_segment":"mine"},"channel":"web"}`,
+			wantWire: `{"user_id":"u","type":"e","ts":"2026-05-01T12:00:00Z","properties":{"_segment":{"channel":"web"},"z":1}}`,
+		},
+		{
+			name:     "escapes and non-ASCII",
+			msg:      `{"type":"track","event":"caf\u00e9 \"x\"","userId":"ü","properties":{}}`,
+			wantWire: `{"user_id":"ü","type":"café \"x\"","ts":"2026-05-01T12:00:00Z","properties":{}}`,
+		},
 		{name: "not an object", msg: `[1]`, problems: []event.Problem{{Index: 3, Reason: "message must be a JSON object"}}},
 		{name: "unknown type", msg: `{"type":"hit","userId":"u"}`,
 			problems: []event.Problem{{Index: 3, Field: "type", Reason: "must be one of track, identify, page, screen, group, alias"}}},
@@ -103,7 +114,7 @@ func TestMapSegment(t *testing.T) {
 			require.Equal(t, tt.wantID, m.MessageID)
 			if tt.problems == nil {
 				require.JSONEq(t, tt.wantWire, string(m.Wire))
-				require.Equal(t, tt.wantWire, string(m.Wire), "compact, keys sorted, nothing escaped")
+				require.Equal(t, tt.wantWire, string(m.Wire), "the sender's properties, then _segment, its keys sorted; nothing escaped")
 			}
 		})
 	}
@@ -182,7 +193,7 @@ func TestSegmentBatch(t *testing.T) {
 		got = append(got, e.EventID+" "+e.UserID+" "+e.Type)
 	}
 	require.Equal(t, []string{"m1 u1 Signed Up", "m2 u1 $identify", "m4 anon $page", "m5 u2 $screen", "m6 u2 $group", "m7 u2 $alias"}, got)
-	require.Equal(t, `{"_segment":{"context":{"library":{"name":"test"}},"timestamp":"2026-05-01T10:00:00Z"},"plan":"pro"}`, events[0].Properties)
+	require.Equal(t, `{"plan":"pro","_segment":{"context":{"library":{"name":"test"}},"timestamp":"2026-05-01T10:00:00Z"}}`, events[0].Properties)
 	// ts = received - (sentAt - timestamp): one second before it arrived.
 	require.Equal(t, events[0].ReceivedAt.Add(-time.Second), events[0].TS)
 
@@ -255,4 +266,31 @@ func TestSegmentRequests(t *testing.T) {
 		})
 	}
 	require.Empty(t, h.deadLetters())
+}
+
+// BenchmarkSegmentEvents maps and validates a batch of 500 tracks shaped
+// as analytics-node sends them.
+func BenchmarkSegmentEvents(b *testing.B) {
+	var sb strings.Builder
+	sb.WriteString(`{"batch":[`)
+	for i := range 500 {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"type":"track","messageId":"m-%d","userId":"user-%d","event":"click","properties":{"path":"/p/%d","ref":"campaign-7","ms":%d},`+
+			`"timestamp":"2026-05-01T12:00:00.000Z","context":{"library":{"name":"@segment/analytics-node","version":"3.1.0"}}}`, i, i, i, i)
+	}
+	sb.WriteString(`],"sentAt":"2026-05-01T12:00:00.100Z"}`)
+	var req segmentRequest
+	require.NoError(b, json.Unmarshal([]byte(sb.String()), &req))
+	var raws []json.RawMessage
+	require.NoError(b, json.Unmarshal(req.Batch, &raws))
+	s := &Service{parser: event.Parser{Limits: event.Limits{MaxEvents: 10000, MaxEventBytes: 64 << 10}}}
+	b.SetBytes(int64(sb.Len()))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, events := s.segmentEvents(raws, "", &req, "t"); len(events) != 500 {
+			b.Fatalf("%d events", len(events))
+		}
+	}
 }
