@@ -37,11 +37,11 @@ const segmentKey = "_segment"
 // segmentRequest is the part of a body shared by its messages. A call
 // path's body is itself the message; then only WriteKey and SentAt apply.
 type segmentRequest struct {
-	Batch        json.RawMessage `json:"batch"`
-	Context      json.RawMessage `json:"context"`
-	Integrations json.RawMessage `json:"integrations"`
-	SentAt       json.RawMessage `json:"sentAt"`
-	WriteKey     string          `json:"writeKey"`
+	Batch        []json.RawMessage `json:"batch"`
+	Context      json.RawMessage   `json:"context"`
+	Integrations json.RawMessage   `json:"integrations"`
+	SentAt       json.RawMessage   `json:"sentAt"`
+	WriteKey     string            `json:"writeKey"`
 }
 
 // segmentMessage is one message mapped to Surge's event as /v1/events

@@ -61,18 +61,18 @@ func (s *Service) serveSegment(ctx context.Context, w http.ResponseWriter, r *ht
 
 	var req segmentRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return reject(http.StatusBadRequest, reasonBadRequest, "body must be a JSON object: "+err.Error())
+		return reject(http.StatusBadRequest, reasonBadRequest, "body must be a JSON object with batch, if any, an array: "+err.Error())
 	}
 	if !fromHeader && len(s.tenants) > 0 {
 		if tenant, ok = s.tenantOf(req.WriteKey); !ok {
 			return segmentUnauthorized(w)
 		}
 	}
-	raws := []json.RawMessage{body}
-	if call == "" {
-		if err := json.Unmarshal(req.Batch, &raws); err != nil || req.Batch[0] != '[' {
-			return reject(http.StatusBadRequest, reasonBadRequest, "batch must be a JSON array of messages")
-		}
+	raws := req.Batch
+	if call != "" {
+		raws = []json.RawMessage{body}
+	} else if raws == nil {
+		return reject(http.StatusBadRequest, reasonBadRequest, "batch must be a JSON array of messages")
 	}
 	if limit := s.cfg.Ingest.MaxEvents; len(raws) > limit {
 		return reject(http.StatusRequestEntityTooLarge, reasonTooManyEvents, fmt.Sprintf("%s: limit is %d", event.ErrTooManyEvents, limit))
