@@ -59,7 +59,7 @@ func bench(args []string) error {
 	fs.IntVar(&f.shards, "shards", 8, "logical shards")
 	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
-	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events) or nats (async JetStream publishes to surge.in.bench.bench)")
+	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
@@ -73,8 +73,8 @@ func bench(args []string) error {
 	if f.natsSync, err = natsserver.ParseSync(*natsSync); err != nil {
 		return err
 	}
-	if f.via != "http" && f.via != "nats" {
-		return fmt.Errorf("--via must be http or nats, got %q", f.via)
+	if f.via != "http" && f.via != "nats" && f.via != "segment" {
+		return fmt.Errorf("--via must be http, nats or segment, got %q", f.via)
 	}
 	if f.cluster && f.via != "http" {
 		return errors.New("--cluster sends over HTTP only: drop --via nats")
@@ -150,6 +150,10 @@ func bench(args []string) error {
 	} else {
 		r.tp, err = throughput(ctx, []string{st.IngestURL}, stackInserted(st), gen, f)
 	}
+	if f.via == "segment" && err == nil {
+		fmt.Printf("bench: the same load through POST /v1/batch\n")
+		r.segment, err = throughputSegment(ctx, st, gen, f)
+	}
 	r.peakHeap = heap()
 	if f.memProfile != "" {
 		if perr := writeHeapProfile(f.memProfile); perr != nil {
@@ -185,6 +189,9 @@ func bench(args []string) error {
 		r.tracing = fmt.Sprintf("on at the default sampler, %d spans exported", exported.spans.Load())
 	}
 	fmt.Print(r.summary())
+	if f.via == "segment" {
+		fmt.Print(segmentReport(f, r.tp, r.segment))
+	}
 	if err := rec.write(r); err != nil {
 		return fmt.Errorf("report: %w", err)
 	}
@@ -213,7 +220,8 @@ type benchReport struct {
 	tp           throughputResult
 	rate         int // events/s of the latency phase
 	lat          latencyResult
-	bulk, single float64 // ClickHouse reference, rows/s
+	segment      throughputResult // --via segment: the load through /v1/batch
+	bulk, single float64          // ClickHouse reference, rows/s
 	peakHeap     uint64
 }
 
@@ -228,7 +236,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, map[string]string{"http": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,

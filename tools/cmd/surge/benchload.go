@@ -99,6 +99,12 @@ type insertedCounter struct {
 // throughput spreads f.clients HTTP clients over the ingest base URLs
 // (client i posts to urls[i%len(urls)]) and waits for the rows.
 func throughput(ctx context.Context, urls []string, inserted insertedCounter, gen *generator, f benchFlags) (throughputResult, error) {
+	return throughputOf(ctx, urls, inserted, gen, f, func(ctx context.Context, url string) error { return post(ctx, url, gen.body()) })
+}
+
+// throughputOf is throughput with the request each client sends.
+func throughputOf(ctx context.Context, urls []string, inserted insertedCounter, gen *generator, f benchFlags,
+	send func(ctx context.Context, url string) error) (throughputResult, error) {
 	requests := f.events / f.perRequest
 	var sent atomic.Int64
 	var failed atomic.Int64
@@ -113,7 +119,7 @@ func throughput(ctx context.Context, urls []string, inserted insertedCounter, ge
 		wg.Go(func() {
 			for sent.Add(1) <= int64(requests) && ctx.Err() == nil {
 				// 503/429 under pressure: back off and resend, until Ctrl-C.
-				if retry.Do(ctx, resend, func() error { return post(ctx, url, gen.body()) },
+				if retry.Do(ctx, resend, func() error { return send(ctx, url) },
 					func(int, error, time.Duration) { failed.Add(1) }) == nil {
 					gen.accepted.Add(int64(f.perRequest))
 				}
