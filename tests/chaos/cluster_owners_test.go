@@ -35,6 +35,15 @@ type workSpan struct {
 	start, end    float64 // Unix seconds; end is +Inf while it runs
 	// outputs are the times of the batches it published or inserted.
 	outputs []float64
+	// late are the outputs logged after a pause during which the shard
+	// went to another process (the span's end is then the pause's start).
+	late []float64
+}
+
+// pause is one SIGSTOP..SIGCONT of a run of an instance (Unix seconds).
+type pause struct {
+	run      int
+	from, to float64
 }
 
 // runEnd is how one run of an instance ended: at (Unix seconds) by a
@@ -55,8 +64,11 @@ type logLine struct {
 // readSpans reads the work spans of every shard from the log of one
 // instance (every run of it, each opened by stack.InstanceStartMarker).
 // ends lists how its runs ended, in order: a span still open when its run
-// ended closes then.
-func readSpans(service, name, path string, ends []runEnd) ([]workSpan, error) {
+// ended closes then. A span that ran across one of pauses and past it
+// ends at the pause's start (the pause outlasted its lease: the test
+// waited for every shard to move), and its outputs after the pause are
+// late.
+func readSpans(service, name, path string, ends []runEnd, pauses []pause) ([]workSpan, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -118,6 +130,24 @@ func readSpans(service, name, path string, ends []runEnd) ([]workSpan, error) {
 		return nil, err
 	}
 	closeRun()
+	for _, p := range pauses {
+		for i := range out {
+			s := &out[i]
+			if s.proc != fmt.Sprintf("%s#%d", name, p.run) || s.start >= p.from || s.end <= p.to {
+				continue
+			}
+			s.end = p.from
+			kept := s.outputs[:0]
+			for _, at := range s.outputs {
+				if at > p.to {
+					s.late = append(s.late, at)
+				} else {
+					kept = append(kept, at)
+				}
+			}
+			s.outputs = kept
+		}
+	}
 	return out, nil
 }
 
@@ -233,18 +263,18 @@ func TestOwnershipSpans(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "h-bbbbbb", id)
 
-	sa, err := readSpans("sink", "sink-0", a, []runEnd{{at: 15, killed: true}})
+	sa, err := readSpans("sink", "sink-0", a, []runEnd{{at: 15, killed: true}}, nil)
 	require.NoError(t, err)
 	require.Equal(t, []workSpan{
 		{service: "sink", proc: "sink-0#0", shard: 3, start: 11, end: 15, outputs: []float64{12}},
 		{service: "sink", proc: "sink-0#1", shard: 3, start: 31, end: math.Inf(1)},
 	}, sa)
-	sb, err := readSpans("sink", "sink-1", b, nil)
+	sb, err := readSpans("sink", "sink-1", b, nil, nil)
 	require.NoError(t, err)
 	require.Empty(t, overlaps(append(sa, sb...)))
 
 	// The first run killed only at 25: it overlaps sink-1's span.
-	late, err := readSpans("sink", "sink-0", a, []runEnd{{at: 25, killed: true}})
+	late, err := readSpans("sink", "sink-0", a, []runEnd{{at: 25, killed: true}}, nil)
 	require.NoError(t, err)
 	require.Equal(t, []string{
 		"sink shard 3: sink-0#0 ran [11.000, 25.000] while sink-1#0 ran [20.000, 29.000]",
@@ -253,6 +283,20 @@ func TestOwnershipSpans(t *testing.T) {
 
 	// An output with no span of its shard is an error of the log itself.
 	c := write("batcher-0", `{"ts":5,"msg":"batch published","shard":1}`)
-	_, err = readSpans("batcher", "batcher-0", c, nil)
+	_, err = readSpans("batcher", "batcher-0", c, nil, nil)
 	require.ErrorContains(t, err, "outside its work")
+
+	// Paused from 13 to 24 (sink-1 took the shard at 20), stopped at 26
+	// after one late output at 24.5: the span ends at 13, the output is late.
+	d := write("sink-2",
+		stack.InstanceStartMarker+" sink-2 at x",
+		`{"ts":11,"msg":"shard started","shard":3}`,
+		`{"ts":12,"msg":"batch inserted","shard":3}`,
+		`{"ts":24.5,"msg":"batch inserted","shard":3}`,
+		`{"ts":26,"msg":"shard stopped","shard":3}`,
+	)
+	sd, err := readSpans("sink", "sink-2", d, nil, []pause{{run: 0, from: 13, to: 24}})
+	require.NoError(t, err)
+	require.Equal(t, []workSpan{{service: "sink", proc: "sink-2#0", shard: 3, start: 11, end: 13, outputs: []float64{12}, late: []float64{24.5}}}, sd)
+	require.Empty(t, overlaps(append(sd, sb...)))
 }
