@@ -418,3 +418,105 @@ func (d *responseDropper) serve(client *net.TCPConn) {
 	}
 	_, _ = io.Copy(client, server)
 }
+
+// switchProxy is a TCP proxy whose link can be cut: Cut resets every open
+// connection and resets new ones at once, until Restore. In front of NATS
+// it makes an ingest lose JetStream the way a network fault would.
+type switchProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	cut    bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+func startSwitchProxy(t *testing.T, target string) *switchProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	p := &switchProxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *switchProxy) Addr() string { return p.ln.Addr().String() }
+
+// Cut resets every connection and every new one until Restore.
+func (p *switchProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	for c := range p.conns {
+		_ = c.(*net.TCPConn).SetLinger(0)
+		_ = c.Close()
+	}
+}
+
+// Restore lets connections through again.
+func (p *switchProxy) Restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = false
+}
+
+// track registers c, or reports false (and closes it) while cut.
+func (p *switchProxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cut {
+		_ = c.Close()
+		return false
+	}
+	p.conns[c] = struct{}{}
+	return true
+}
+
+func (p *switchProxy) untrack(c net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.conns, c)
+}
+
+func (p *switchProxy) accept() {
+	defer p.wg.Done()
+	for {
+		client, err := p.ln.Accept()
+		if err != nil {
+			return // closed
+		}
+		if !p.track(client) {
+			continue
+		}
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			defer p.untrack(client)
+			defer client.Close()
+			server, err := net.Dial("tcp", p.target)
+			if err != nil {
+				return
+			}
+			if !p.track(server) {
+				return
+			}
+			defer p.untrack(server)
+			defer server.Close()
+			upstream := make(chan struct{})
+			go func() {
+				defer close(upstream)
+				_, _ = io.Copy(server, client)
+				_ = server.Close()
+			}()
+			_, _ = io.Copy(client, server)
+			_ = client.Close()
+			<-upstream
+		}()
+	}
+}

@@ -31,7 +31,7 @@ func TestSDKs(t *testing.T) {
 	sdkDir(t) // install first, so no case's time includes npm
 	var tenants []string
 	for _, sdk := range sdks {
-		for _, c := range []string{"calls", "invalid", "overload", "lost"} {
+		for _, c := range []string{"calls", "invalid", "overload", "outage", "lost"} {
 			tenants = append(tenants, sdk+"-"+c)
 		}
 	}
@@ -42,6 +42,7 @@ func TestSDKs(t *testing.T) {
 			t.Run("every call lands once with its fields, clock an hour fast", func(t *testing.T) { testCalls(t, p, sdk) })
 			t.Run("an invalid message is dead-lettered, the rest stored", func(t *testing.T) { testInvalid(t, p, sdk) })
 			t.Run("a burst through 429s lands once", func(t *testing.T) { testOverload(t, p, sdk) })
+			t.Run("a burst through 503s lands once", func(t *testing.T) { testOutage(t, p, sdk) })
 			t.Run("a burst whose answers are lost lands once", func(t *testing.T) { testLostAnswers(t, p, sdk) })
 			t.Run("a wrong write key stores nothing", func(t *testing.T) { testWrongKey(t, p, sdk) })
 		})
@@ -203,6 +204,47 @@ func testOverload(t *testing.T, p *pipeline, sdk string) {
 	require.NoError(t, res.err)
 	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, res.o)
 	t.Logf("%s: %.0f requests answered 429", sdk, refused())
+
+	rows := p.rows(t, tenant)
+	require.ElementsMatch(t, ids, keys(rows))
+}
+
+// testOutage sends a burst through an ingest whose link to NATS is cut,
+// so it answers 503 with Retry-After, until the SDK has been refused
+// twice; then the link comes back and ingest reconnects.
+func testOutage(t *testing.T, p *pipeline, sdk string) {
+	tenant := sdk + "-outage"
+	link := startSwitchProxy(t, strings.TrimPrefix(p.st.NATS.ClientURL(), "nats://"))
+	svc, reg := p.startIngest(t, func(c *ingest.Config) { c.NATS.URL = "nats://" + link.Addr() })
+	link.Cut()
+
+	msgs, ids := burst(sdk, "outage", 2000)
+	type result struct {
+		o   outcome
+		err error
+	}
+	done := make(chan result, 1)
+	dir := sdkDir(t)
+	go func() {
+		o, err := runNode(t.Context(), dir, job{SDK: sdk, Host: "http://" + svc.Addr(), WriteKey: writeKey(tenant), Messages: msgs, FlushAt: flushAt[sdk]})
+		done <- result{o, err}
+	}()
+	unavailable := func() (float64, error) {
+		return metric(reg, "surge_ingest_requests_total", map[string]string{"code": "503"})
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := unavailable()
+		if assert.NoError(c, err) {
+			assert.GreaterOrEqual(c, n, 2.0)
+		}
+	}, time.Minute, 10*time.Millisecond)
+	link.Restore()
+	res := <-done
+	require.NoError(t, res.err)
+	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, res.o)
+	n, err := unavailable()
+	require.NoError(t, err)
+	t.Logf("%s: %.0f requests answered 503", sdk, n)
 
 	rows := p.rows(t, tenant)
 	require.ElementsMatch(t, ids, keys(rows))
