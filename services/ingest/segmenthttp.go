@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
@@ -164,6 +165,9 @@ func segmentMsgID(tenant string, messages []segmentMessage) string {
 // it dead-lettered.
 func (s *Service) deadLetterSegment(ctx context.Context, tenant, msgID string, raws []json.RawMessage, messages []segmentMessage) (int, error) {
 	conn := s.conn.Load()
+	if conn == nil {
+		return 0, nats.ErrConnectionClosed // not reached: ingest serves only once connected
+	}
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.PublishTimeout)
 	defer cancel()
 	n := 0
