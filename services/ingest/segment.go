@@ -70,39 +70,38 @@ func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, re
 	}
 	m.MessageID, _ = text(msg["messageId"]) // checked as event_id
 
-	typ := call
-	if typ == "" {
-		typ, _ = text(msg["type"])
+	kind := call
+	if kind == "" {
+		kind, _ = text(msg["type"])
 	}
-	var wire struct{ eventID, userID, typ string }
+	var eventType string
 	m.PropsKey = "properties"
-	switch typ {
+	switch kind {
 	case "track":
 		name, ok := text(msg["event"])
 		if !ok || name == "" {
 			return fail("event", "required for track, a non-empty string")
 		}
-		wire.typ = name
+		eventType = name
 		delete(msg, "event")
 	case "identify", "group":
 		m.PropsKey = "traits"
-		wire.typ = "$" + typ
+		eventType = "$" + kind
 	case "page", "screen", "alias":
-		wire.typ = "$" + typ
+		eventType = "$" + kind
 	default:
 		return fail("type", "must be one of track, identify, page, screen, group, alias")
 	}
 
-	switch user, ok := userID(msg["userId"]); {
-	case ok:
-		wire.userID = user
-		delete(msg, "userId")
-	default:
-		if wire.userID, ok = userID(msg["anonymousId"]); !ok {
+	userKey := "userId"
+	user, ok := userID(msg[userKey])
+	if !ok {
+		userKey = "anonymousId"
+		if user, ok = userID(msg[userKey]); !ok {
 			return fail("userId", "userId or anonymousId required, a non-empty string or a number")
 		}
-		delete(msg, "anonymousId")
 	}
+	delete(msg, userKey)
 
 	props := msg[m.PropsKey]
 	if !absent(props) && bytes.TrimSpace(props)[0] != '{' {
@@ -133,8 +132,8 @@ func mapSegment(raw json.RawMessage, i int, call string, req *segmentRequest, re
 		b = appendString(append(b, `"event_id":`...), m.MessageID)
 		b = append(b, ',')
 	}
-	b = appendString(append(b, `"user_id":`...), wire.userID)
-	b = appendString(append(b, `,"type":`...), wire.typ)
+	b = appendString(append(b, `"user_id":`...), user)
+	b = appendString(append(b, `,"type":`...), eventType)
 	b = ts.AppendFormat(append(b, `,"ts":"`...), time.RFC3339Nano)
 	b = append(b, `","properties":`...)
 	if absent(props) {
