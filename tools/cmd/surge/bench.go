@@ -150,8 +150,13 @@ func bench(args []string) error {
 	} else {
 		r.tp, err = throughput(ctx, []string{st.IngestURL}, stackInserted(st), gen, f)
 	}
+	if err == nil {
+		// Rows per shard are the first load's: taken before a segment run adds its own.
+		err = rec.throughputDone(r.tp)
+	}
 	if f.via == "segment" && err == nil {
 		fmt.Printf("bench: the same load through POST /v1/batch\n")
+		rec.phase("segment")
 		r.segment, err = throughputSegment(ctx, st, gen, f)
 	}
 	r.peakHeap = heap()
@@ -164,9 +169,6 @@ func bench(args []string) error {
 		pprof.StopCPUProfile()
 	}
 	if err != nil {
-		return err
-	}
-	if err := rec.throughputDone(r.tp); err != nil {
 		return err
 	}
 	r.rate = f.rate
