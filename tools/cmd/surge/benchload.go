@@ -59,9 +59,14 @@ var client = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}, 
 // errRefused is an answer other than 202 Accepted.
 var errRefused = errors.New("ingest refused the request")
 
-// post sends one body to ingest; a nil error means 202 Accepted.
+// post sends one body to ingest's POST /v1/events; a nil error means 202 Accepted.
 func post(ctx context.Context, url string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/events", bytes.NewReader(body))
+	return postAs(ctx, url+"/v1/events", http.StatusAccepted, body)
+}
+
+// postAs posts a JSON body to url; a nil error means the answer was want.
+func postAs(ctx context.Context, url string, want int, body []byte) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
@@ -72,7 +77,7 @@ func post(ctx context.Context, url string, body []byte) error {
 	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
+	if resp.StatusCode != want {
 		return fmt.Errorf("%w: %s", errRefused, resp.Status)
 	}
 	return nil

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"sync/atomic"
 
@@ -77,21 +76,7 @@ func (l *segmentLoad) body() []byte {
 
 // postSegment sends one batch; a nil error means 200 {"success":true}.
 func postSegment(ctx context.Context, url string, body []byte) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/batch", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%w: %s", errRefused, resp.Status)
-	}
-	return nil
+	return postAs(ctx, url+"/v1/batch", http.StatusOK, body)
 }
 
 // segmentReport puts the two throughput phases side by side.
