@@ -25,6 +25,7 @@ const (
 	msgBatchPublished = "batch published"
 	msgBatchInserted  = "batch inserted"
 	msgSharing        = "sharing shards by leases"
+	msgRanOut         = "lease ran out without renewal; shard stopped"
 )
 
 // workSpan is one run of one shard's work in one process: from its
@@ -175,6 +176,26 @@ func leaseInstance(path string) (string, error) {
 	return id, nil
 }
 
+// countLines counts the JSON lines of the log at path whose msg is msg,
+// logged after since (Unix seconds).
+func countLines(path, msg string, since float64) (int, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for line := range strings.SplitSeq(string(data), "\n") {
+		if !strings.Contains(line, msg) {
+			continue
+		}
+		var l logLine
+		if json.Unmarshal([]byte(line), &l) == nil && l.Msg == msg && l.TS > since {
+			n++
+		}
+	}
+	return n, nil
+}
+
 // overlaps lists, per service and shard, every two work spans of
 // different processes that ran at once, and every output of one process
 // made while another process's span of the shard ran: the shard had two
@@ -262,6 +283,9 @@ func TestOwnershipSpans(t *testing.T) {
 	id, err := leaseInstance(a)
 	require.NoError(t, err)
 	require.Equal(t, "h-bbbbbb", id)
+	n, err := countLines(a, msgSharing, 10)
+	require.NoError(t, err)
+	require.Equal(t, 1, n, "lines after 10")
 
 	sa, err := readSpans("sink", "sink-0", a, []runEnd{{at: 15, killed: true}}, nil)
 	require.NoError(t, err)

@@ -40,11 +40,13 @@ const (
 	cfStopForGood       = "SIGTERM a batcher or sink for good"
 	cfAddInstance       = "add a batcher or sink"
 	cfFreeze            = "SIGSTOP a batcher or sink past its leases"
+	cfKillLeasesLeader  = "SIGKILL the lease bucket's leader node"
 )
 
 var clusterFaults = []string{
 	cfKillIngestLeader, cfKillBatchesLeader, cfKillIngest, cfKillPartitioner,
 	cfKillBatcher, cfKillSink, cfKillReplica, cfStopForGood, cfAddInstance, cfFreeze,
+	cfKillLeasesLeader,
 }
 
 // Bounds of the cluster chaos test, beside the lease-derived takeover
@@ -91,8 +93,7 @@ func loadClusterSettings(t *testing.T) clusterSettings {
 }
 
 // clusterPlan is the faults in a seeded order: each kind once, then
-// kinds drawn at random up to n. A stop for good never leaves a service
-// with fewer than two instances: one is added first when needed.
+// kinds drawn at random up to n.
 func clusterPlan(rng *rand.Rand, n int) []string {
 	kinds := slices.Clone(clusterFaults)
 	for len(kinds) < n {
@@ -106,9 +107,9 @@ func clusterPlan(rng *rand.Rand, n int) []string {
 // nodes with streams at R3, ZooKeeper, 2 ClickHouse shards of 2 replicas,
 // two processes of each service, batchers and sinks sharing the shards by
 // leases) under HTTP load on both ingest instances, and breaks it in a
-// seeded order: the INGEST and the BATCHES leader nodes SIGKILLed and
-// restarted, one instance of each service SIGKILLed and restarted, a
-// ClickHouse replica SIGKILLed and restarted, a batcher or sink stopped
+// seeded order: the INGEST, the BATCHES and the lease bucket's leader
+// nodes SIGKILLed and restarted, one instance of each service SIGKILLed
+// and restarted, a ClickHouse replica SIGKILLed and restarted, a batcher or sink stopped
 // for good and one added, a batcher or sink paused (SIGSTOP) until its
 // shards moved and then resumed. One fault at a time, each measured until
 // the cluster recovered from it. Then: every event that got a 202 is on both
@@ -123,7 +124,7 @@ func clusterPlan(rng *rand.Rand, n int) []string {
 // Settings (environment):
 //
 //	SURGE_CLUSTER_CHAOS_SEED    the order's seed (default: random, printed)
-//	SURGE_CLUSTER_CHAOS_FAULTS  faults in all (default 10, each kind once; `go tool task chaos:cluster:long` runs 30)
+//	SURGE_CLUSTER_CHAOS_FAULTS  faults in all (default 11, each kind once; `go tool task chaos:cluster:long` runs 30)
 //	SURGE_CLUSTER_CHAOS_EVENTS  events sent at least (default 100,000 at 2,000/s; the load lasts as long as the faults)
 func TestClusterChaos(t *testing.T) {
 	if testing.Short() {
@@ -368,6 +369,8 @@ func (ch *chaosCluster) run(ctx context.Context, plan []string) ([]faultReport, 
 			err = ch.addInstance(ctx, &rep)
 		case cfFreeze:
 			err = ch.freeze(ctx, &rep)
+		case cfKillLeasesLeader:
+			err = ch.killLeasesLeader(ctx, &rep)
 		}
 		rep.took = ch.since(time.Now()) - rep.at
 		out = append(out, rep)
@@ -428,6 +431,42 @@ func (ch *chaosCluster) streamLeader(ctx context.Context, stream string) (int, e
 	ctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	return ch.c.StreamLeader(ctx, ch.js, stream)
+}
+
+// killLeasesLeader SIGKILLs the node leading the lease bucket's stream:
+// no lease can be renewed or taken until the election ends. It waits
+// until every shard of the batchers and sinks has an owner again and
+// notes the owner changes meanwhile.
+func (ch *chaosCluster) killLeasesLeader(ctx context.Context, rep *faultReport) error {
+	start := time.Now()
+	if err := ch.killLeader(ctx, rep, "KV_"+lease.Bucket); err != nil {
+		return err
+	}
+	err := poll(ctx, takeoverBound(ch.leases.ttl), func() error {
+		for _, service := range []string{"batcher", "sink"} {
+			if n := ch.leases.held(service); n < shards {
+				return fmt.Errorf("%d %s shards have an owner", n, service)
+			}
+		}
+		return nil
+	})
+	took := time.Since(start)
+	if err != nil {
+		took = -1
+	}
+	rep.bounded["every shard owned after the restart"] = measure{took, takeoverBound(ch.leases.ttl)}
+	ranOut := 0
+	for _, in := range ch.c.Instances {
+		if in.Service == "batcher" || in.Service == "sink" {
+			n, err := countLines(in.LogPath, msgRanOut, unix(start))
+			if err != nil {
+				return err
+			}
+			ranOut += n
+		}
+	}
+	rep.notes = append(rep.notes, fmt.Sprintf("%d owner changes and %d leases run out meanwhile", ch.leases.changesSince(start), ranOut))
+	return nil
 }
 
 // liveInstances are the running instances of service.
@@ -908,6 +947,34 @@ func (lw *leaseWatch) ownedBy(service, id string) []int {
 		}
 	}
 	return out
+}
+
+// held counts the shards of service whose key names an owner.
+func (lw *leaseWatch) held(service string) int {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	n := 0
+	for k := range shards {
+		if lw.owners[service+".shard."+strconv.Itoa(k)].id != "" {
+			n++
+		}
+	}
+	return n
+}
+
+// changesSince counts the owner changes of every key after t.
+func (lw *leaseWatch) changesSince(t time.Time) int {
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	n := 0
+	for _, h := range lw.history {
+		for _, o := range h {
+			if o.since.After(t) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // movedFrom is the first owner of shard k of service after id's last
