@@ -108,18 +108,18 @@ func clusterPlan(rng *rand.Rand, n int) []string {
 // two processes of each service, batchers and sinks sharing the shards by
 // leases) under HTTP load on both ingest instances, and breaks it in a
 // seeded order: the INGEST, the BATCHES and the lease bucket's leader
-// nodes SIGKILLed and restarted, one instance of each service SIGKILLed
-// and restarted, a ClickHouse replica SIGKILLed and restarted, a batcher or sink stopped
-// for good and one added, a batcher or sink paused (SIGSTOP) until its
-// shards moved and then resumed. One fault at a time, each measured until
-// the cluster recovered from it. Then: every event that got a 202 is on both
-// replicas of its shard exactly once; no shard of the batchers or sinks
-// ever ran in two processes at once, nor had a batch published or
-// inserted by a process while another ran it, nor more than the one
-// output on its way by a paused owner after it resumed (from the
-// services' logs); and each shard of a killed, stopped or paused batcher
-// or sink moved to another owner within takeoverBound (from the lease
-// bucket).
+// nodes SIGKILLed and restarted; one instance of each service SIGKILLed
+// and restarted; a ClickHouse replica SIGKILLed and restarted; a batcher
+// or sink stopped for good and one added; a batcher or sink paused
+// (SIGSTOP) until its shards moved, then resumed. One fault at a time,
+// each measured until the cluster recovered from it. Then: every event
+// that got a 202 is on both replicas of its shard exactly once; no shard
+// of the batchers or sinks ever ran in two processes at once, nor had a
+// batch published or inserted by a process while another ran it, nor
+// more than the one output on its way by a paused owner after it resumed
+// (from the services' logs); and each shard of a killed, stopped or
+// paused batcher or sink moved to another owner within takeoverBound
+// (from the lease bucket).
 //
 // Settings (environment):
 //
@@ -314,8 +314,6 @@ type chaosCluster struct {
 	logf   func(format string, args ...any)
 	// ends records how each instance's runs ended, by instance name.
 	ends map[string][]runEnd
-	// stopped names the instances stopped for good.
-	stopped []string
 	// frozen records the pauses of each instance's runs, by name.
 	frozen map[string][]pause
 }
@@ -711,7 +709,6 @@ func (ch *chaosCluster) stopForGood(ctx context.Context, rep *faultReport) error
 			return err
 		}
 		ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(time.Now())})
-		ch.stopped = append(ch.stopped, in.Name)
 		rep.notes = append(rep.notes, fmt.Sprintf("drained and exited in %.1fs", time.Since(stopped).Seconds()))
 		ch.waitTakeovers(ctx, rep, service, id, owned, stopped)
 		return nil
