@@ -765,13 +765,19 @@ func (l *load) sendInvalid(ctx context.Context, r int) {
 }
 
 func (l *load) post(ctx context.Context, body, key string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, l.url, strings.NewReader(body))
+	return postEvents(ctx, l.httpc, l.url, body, key)
+}
+
+// postEvents posts one JSON body to ingest with an Idempotency-Key and
+// returns the status code as text, or "error" / "connection error".
+func postEvents(ctx context.Context, c *http.Client, url, body, key string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
 	if err != nil {
 		return "error"
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Idempotency-Key", key)
-	resp, err := l.httpc.Do(req)
+	resp, err := c.Do(req)
 	if err != nil {
 		return "connection error"
 	}

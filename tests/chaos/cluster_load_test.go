@@ -3,7 +3,6 @@ package chaos
 import (
 	"context"
 	"fmt"
-	"io"
 	"maps"
 	"math/rand/v2"
 	"net/http"
@@ -126,19 +125,7 @@ func (l *clusterLoad) send(ctx context.Context, r int, rng *rand.Rand) {
 }
 
 func (l *clusterLoad) post(ctx context.Context, url, body, key string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(body))
-	if err != nil {
-		return "error"
-	}
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Idempotency-Key", key)
-	resp, err := l.httpc.Do(req)
-	if err != nil {
-		return "connection error"
-	}
-	_, _ = io.Copy(io.Discard, resp.Body)
-	_ = resp.Body.Close()
-	return strconv.Itoa(resp.StatusCode)
+	return postEvents(ctx, l.httpc, url, body, key)
 }
 
 func (l *clusterLoad) fail(msg string) {
