@@ -79,10 +79,14 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Service{
+	s := &Service{
 		cfg: cfg, host: host, m: newMetrics(host.Registry), watchdogs: host.Watchdogs(cfg.StallTimeout),
 		instance: lease.NewInstanceID(),
-	}, nil
+	}
+	if cfg.Leased() {
+		lease.ExportInstance(host.Registry, "batcher", s.instance)
+	}
+	return s, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.

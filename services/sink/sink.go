@@ -90,7 +90,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, err
 	}
 	host.Admin().NotReady(checkClickHouse, "creating schema and consumers")
-	return &Service{
+	s := &Service{
 		cfg:          cfg,
 		host:         host,
 		log:          host.Logger,
@@ -99,7 +99,11 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		fetchWait:    time.Second,
 		pendingEvery: pollEvery(cfg.StallTimeout),
 		instance:     lease.NewInstanceID(),
-	}, nil
+	}
+	if cfg.Leased() {
+		lease.ExportInstance(host.Registry, "sink", s.instance)
+	}
+	return s, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.

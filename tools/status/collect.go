@@ -418,7 +418,13 @@ func (c *Collector) leases(ctx context.Context, st *jsState) error {
 // owner names who works on shard k of svc.
 func owner(mode map[string]string, leases map[string]string, metrics map[string]*instanceMetrics, svc string, k int) string {
 	if mode[svc] == "lease" {
-		return leases[svc+".shard."+strconv.Itoa(k)]
+		holder := leases[svc+".shard."+strconv.Itoa(k)]
+		for name, m := range metrics {
+			if holder != "" && m.service == svc && m.leaseID == holder {
+				return name // the admin name of the process holding it
+			}
+		}
+		return holder
 	}
 	var names []string
 	asked := false
@@ -465,6 +471,9 @@ type instanceMetrics struct {
 	shards map[int]bool
 	// watermark is the sink's surge_sink_watermark by shard.
 	watermark map[int]uint64
+	// leaseID is the id it writes into the lease bucket
+	// (surge_<service>_lease_instance_info{instance_id}), "" in static mode.
+	leaseID string
 }
 
 // instances asks every admin endpoint for /readyz, and the batchers and
@@ -546,6 +555,9 @@ func (c *Collector) metrics(ctx context.Context, ep Endpoint) *instanceMetrics {
 		if k, err := strconv.Atoi(label(series, "shard")); err == nil {
 			m.shards[k] = true
 		}
+	}
+	for _, series := range families["surge_"+ep.Service+"_lease_instance_info"].GetMetric() {
+		m.leaseID = label(series, "instance_id")
 	}
 	for _, series := range families["surge_sink_watermark"].GetMetric() {
 		if k, err := strconv.Atoi(label(series, "shard")); err == nil {

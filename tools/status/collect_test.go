@@ -131,6 +131,7 @@ func TestCollect(t *testing.T) {
 	})
 	sinkAdmin := admin(t, func(reg *prometheus.Registry, a *service.Admin) {
 		promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{Name: "surge_sink_watermark"}, []string{"shard"}).WithLabelValues("1").Set(42)
+		lease.ExportInstance(reg, "sink", "sink-test-1")
 		a.NotReady("stalled shard 1", "1 pending, no progress for 30s, waiting on insert into clickhouse 10.0.0.1:9000")
 	})
 
@@ -150,8 +151,8 @@ func TestCollect(t *testing.T) {
 	s0, s1 := r.Shards[0], r.Shards[1]
 	assert.Equal(t, "batcher-a", s0.BatcherOwner)
 	assert.Empty(t, s1.BatcherOwner, "no batcher runs shard 1")
-	assert.Equal(t, "sink-test-1", s0.SinkOwner)
-	assert.Equal(t, "sink-test-1", s1.SinkOwner)
+	assert.Equal(t, "sink-a", s0.SinkOwner, "the lease holder's id, mapped to its admin name")
+	assert.Equal(t, "sink-a", s1.SinkOwner)
 
 	assert.Equal(t, uint64(2), s0.Events.Pending, "the least pending of the two consumers")
 	if assert.NotNil(t, s0.Events.Oldest) {
@@ -217,4 +218,29 @@ func admin(t *testing.T, prepare func(*prometheus.Registry, *service.Admin)) str
 	stop := a.Start()
 	t.Cleanup(func() { assert.NoError(t, stop()) })
 	return a.Addr()
+}
+
+func TestOwner(t *testing.T) {
+	modes := map[string]string{"sink": "lease", "batcher": "static"}
+	leases := map[string]string{"sink.shard.0": "vm-1", "sink.shard.1": "vm-2"}
+	metrics := map[string]*instanceMetrics{
+		"sink-1":    {service: "sink", leaseID: "vm-1"},
+		"batcher-1": {service: "batcher", shards: map[int]bool{0: true}},
+		"batcher-2": {service: "batcher", shards: map[int]bool{0: true, 1: true}},
+	}
+	for _, tc := range []struct {
+		svc  string
+		k    int
+		want string
+	}{
+		{"sink", 0, "sink-1"},                 // a holder whose admin is known: its name
+		{"sink", 1, "vm-2"},                   // one whose admin is not: its lease id
+		{"sink", 2, ""},                       // nobody holds it
+		{"batcher", 0, "batcher-1,batcher-2"}, // static: every instance that runs it
+		{"batcher", 1, "batcher-2"},
+		{"batcher", 2, ""},
+	} {
+		assert.Equal(t, tc.want, owner(modes, leases, metrics, tc.svc, tc.k), "%s shard %d", tc.svc, tc.k)
+	}
+	assert.Equal(t, "static", owner(modes, leases, map[string]*instanceMetrics{}, "batcher", 0), "no admin asked")
 }
