@@ -225,7 +225,8 @@ func (c *Collector) jetStream(ctx context.Context, r *Report) (*jsState, error) 
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("stream %s: %w", name, err)
+			r.Streams = append(r.Streams, Stream{Name: name, Unreadable: err.Error()})
+			continue
 		}
 		r.Streams = append(r.Streams, streamOf(info))
 		var err2 error
@@ -240,11 +241,25 @@ func (c *Collector) jetStream(ctx context.Context, r *Report) (*jsState, error) 
 			maps.Copy(r.DeadLetters, info.State.Subjects)
 		}
 		if err2 != nil {
-			return nil, err2
+			r.Streams[len(r.Streams)-1].Unreadable = err2.Error()
 		}
 	}
+	if unreadable := func() bool {
+		for _, s := range r.Streams {
+			if s.Unreadable == "" {
+				return false
+			}
+		}
+		return true
+	}(); unreadable {
+		return nil, fmt.Errorf("no stream could be read: %s: %s", r.Streams[0].Name, r.Streams[0].Unreadable)
+	}
 	if err := c.leases(ctx, st); err != nil {
-		return nil, err
+		r.LeasesUnreadable = err.Error()
+		for _, svc := range []string{"batcher", "sink"} {
+			r.Ownership[svc] = "unknown"
+		}
+		return st, nil
 	}
 	for _, svc := range []string{"batcher", "sink"} {
 		r.Ownership[svc] = "static"
@@ -417,6 +432,9 @@ func (c *Collector) leases(ctx context.Context, st *jsState) error {
 
 // owner names who works on shard k of svc.
 func owner(mode map[string]string, leases map[string]string, metrics map[string]*instanceMetrics, svc string, k int) string {
+	if mode[svc] == "unknown" {
+		return "?"
+	}
 	if mode[svc] == "lease" {
 		holder := leases[svc+".shard."+strconv.Itoa(k)]
 		for name, m := range metrics {

@@ -26,6 +26,13 @@ func Assess(r Report, th Thresholds) []Problem {
 		out = append(out, Problem{Kind: KindNoConsumer, Subject: "shards", Shard: -1,
 			Detail: "no shard found: no consumer reads EVENTS or BATCHES, no lease is held, ClickHouse holds no rows (give --shards to name them)"})
 	}
+	if r.LeasesUnreadable != "" {
+		out = append(out, Problem{Kind: KindUnreadable, Subject: "leases", Shard: -1, Detail: r.LeasesUnreadable})
+	}
+	unreadable := map[string]bool{}
+	for _, st := range r.Streams {
+		unreadable[st.Name] = st.Unreadable != ""
+	}
 	for _, s := range r.Shards {
 		subject := "shard " + strconv.Itoa(s.Shard)
 		hops := []struct {
@@ -36,6 +43,9 @@ func Assess(r Report, th Thresholds) []Problem {
 			{"sink", s.SinkOwner, "BATCHES", s.Batches},
 		}
 		for _, h := range hops {
+			if unreadable[h.stream] {
+				continue // its stream's problem says it
+			}
 			if h.owner == "" {
 				mode := r.Ownership[h.service]
 				out = append(out, Problem{Kind: KindUnowned, Subject: subject, Shard: s.Shard,
@@ -59,6 +69,12 @@ func Assess(r Report, th Thresholds) []Problem {
 		if st.Missing {
 			out = append(out, Problem{Kind: KindMissing, Subject: subject, Shard: -1, Detail: "the stream does not exist"})
 			continue
+		}
+		if st.Unreadable != "" {
+			out = append(out, Problem{Kind: KindUnreadable, Subject: subject, Shard: -1, Detail: st.Unreadable})
+			if st.Replicas == 0 {
+				continue // nothing but the error was read
+			}
 		}
 		if st.MaxBytes > 0 && float64(st.Bytes) >= th.StreamFull*float64(st.MaxBytes) {
 			out = append(out, Problem{Kind: KindStreamFull, Subject: subject, Shard: -1,

@@ -176,6 +176,32 @@ func TestAssess(t *testing.T) {
 			want: []string{"stream BATCHES missing: the stream does not exist"},
 		},
 		{
+			name: "unreadable stream: its shards' hops are not judged on what could not be read",
+			change: func(r *Report) {
+				r.Streams[2] = Stream{Name: "BATCHES", Unreadable: "context deadline exceeded"}
+				r.Shards[0].Batches, r.Shards[1].Batches = Backlog{}, Backlog{}
+			},
+			want: []string{"stream BATCHES unreadable: context deadline exceeded"},
+		},
+		{
+			name: "stream read, its consumers not",
+			change: func(r *Report) {
+				r.Streams[1].Unreadable = "consumers of EVENTS: context deadline exceeded"
+				r.Shards[0].Events, r.Shards[1].Events = Backlog{}, Backlog{}
+				r.Streams[1].Bytes = 900
+			},
+			want: []string{"stream EVENTS unreadable: consumers of EVENTS: context deadline exceeded", "stream EVENTS stream full: 900 B of its 1000 B limit (90%)"},
+		},
+		{
+			name: "lease bucket unreadable",
+			change: func(r *Report) {
+				r.Ownership = map[string]string{"batcher": "unknown", "sink": "unknown"}
+				r.LeasesUnreadable = "lease bucket SURGE_LEASES: context deadline exceeded"
+				r.Shards[0].BatcherOwner, r.Shards[0].SinkOwner = "?", "?"
+			},
+			want: []string{"leases unreadable: lease bucket SURGE_LEASES: context deadline exceeded"},
+		},
+		{
 			name: "dead letters waiting",
 			change: func(r *Report) {
 				r.DeadLetters = map[string]uint64{"deadletter.sink.shard.1": 2, "deadletter.partitioner.invalid.demo": 1, "deadletter.batcher.shard.0": 0}

@@ -39,6 +39,10 @@ func Render(w io.Writer, r *Report) error {
 			p("%s\tmissing\t\t\t\t\n", s.Name)
 			continue
 		}
+		if s.Unreadable != "" && s.Replicas == 0 {
+			p("%s\tunreadable\t\t\t\t%s\n", s.Name, s.Unreadable)
+			continue
+		}
 		limit, used := "none", "-"
 		if s.MaxBytes > 0 {
 			limit = Bytes(uint64(s.MaxBytes))

@@ -23,8 +23,11 @@ type Report struct {
 	Healthy  bool      `json:"healthy"`
 	Problems []Problem `json:"problems"`
 	// Ownership says, for the batcher and the sink, how shards are owned:
-	// "lease" (keys in the SURGE_LEASES bucket) or "static".
+	// "lease" (keys in the SURGE_LEASES bucket) or "static"; "unknown"
+	// while the lease bucket could not be read.
 	Ownership map[string]string `json:"ownership"`
+	// LeasesUnreadable says why the lease bucket could not be read.
+	LeasesUnreadable string `json:"leases_unreadable,omitempty"`
 	// Ingest is what waits in INGEST for the partitioner.
 	Ingest Backlog `json:"ingest"`
 	Shards []Shard `json:"shards"`
@@ -86,7 +89,10 @@ type Shard struct {
 type Stream struct {
 	Name string `json:"name"`
 	// Missing is true when the stream does not exist.
-	Missing  bool   `json:"missing,omitempty"`
+	Missing bool `json:"missing,omitempty"`
+	// Unreadable says why the stream, or its consumers, could not be read
+	// (a NATS node that stalls, an election); the rest of the look stands.
+	Unreadable string `json:"unreadable,omitempty"`
 	Messages uint64 `json:"messages"`
 	Bytes    uint64 `json:"bytes"`
 	// MaxBytes and MaxMsgs are the stream's limits; -1 or 0 is none.
@@ -131,6 +137,7 @@ const (
 	KindDeadLetters = "dead letters" // DEAD_LETTER holds messages
 	KindNotReady    = "not ready"    // an instance's /readyz fails or does not answer
 	KindUnreachable = "unreachable"  // no replica of a ClickHouse server answered
+	KindUnreadable  = "unreadable"   // a stream, its consumers or the lease bucket did not answer
 )
 
 // Problem is one reason a report is unhealthy.
