@@ -93,8 +93,8 @@ type Stream struct {
 	// Unreadable says why the stream, or its consumers, could not be read
 	// (a NATS node that stalls, an election); the rest of the look stands.
 	Unreadable string `json:"unreadable,omitempty"`
-	Messages uint64 `json:"messages"`
-	Bytes    uint64 `json:"bytes"`
+	Messages   uint64 `json:"messages"`
+	Bytes      uint64 `json:"bytes"`
 	// MaxBytes and MaxMsgs are the stream's limits; -1 or 0 is none.
 	MaxBytes int64 `json:"max_bytes"`
 	MaxMsgs  int64 `json:"max_msgs"`
