@@ -26,6 +26,7 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
 	"github.com/surge-events/surge/tools/stack"
+	"github.com/surge-events/surge/tools/status"
 )
 
 // The cluster faults. Every run has each of them at least once.
@@ -295,7 +296,60 @@ func TestClusterChaos(t *testing.T) {
 			assert.GreaterOrEqual(t, d.took, time.Duration(0), "%s %s: %s never happened", rep.kind, rep.target, what)
 		}
 	}
+	// surge status, after it all, sees a healthy cluster: each shard held
+	// by a running instance, named by its admin name, every stream on
+	// its three replicas, every instance ready.
+	checkStatus(t, ch)
 	t.Logf("cluster chaos: seed %d passed in %s: %d events, %d faults", cfg.seed, time.Since(started).Round(time.Second), want, len(reports))
+}
+
+// checkStatus takes `surge status` looks at the cluster's running
+// instances until one is healthy (leases spread again after the last
+// fault meanwhile), and checks what it says of owners and replicas.
+func checkStatus(t *testing.T, ch *chaosCluster) {
+	t.Helper()
+	info := ch.c.Info()
+	cfg := status.Config{NATSURL: info.NATSURL, NATSUser: info.NATSUser, NATSPassword: info.NATSPassword, Database: info.Database, Shards: shards}
+	for _, replicas := range info.ClickHouseReplicas {
+		cfg.ClickHouse = append(cfg.ClickHouse, strings.Join(replicas, "|"))
+	}
+	running := map[string]string{} // instance name -> service
+	for _, in := range ch.c.Instances {
+		if in.Running() {
+			cfg.Admin = append(cfg.Admin, status.Endpoint{Name: in.Name, Service: in.Service, Addr: in.AdminAddr})
+			running[in.Name] = in.Service
+		}
+	}
+	col, err := status.New(cfg)
+	require.NoError(t, err)
+	defer func() { assert.NoError(t, col.Close()) }()
+	var r *status.Report
+	require.NoError(t, poll(t.Context(), takeoverBound(ch.leases.ttl), func() error {
+		var err error
+		if r, err = col.Collect(t.Context()); err != nil {
+			return err
+		}
+		r.Judge(status.DefaultThresholds())
+		if !r.Healthy {
+			return fmt.Errorf("surge status: %v", r.Problems)
+		}
+		return nil
+	}), "surge status never saw the cluster healthy")
+	assert.Equal(t, map[string]string{"batcher": "lease", "sink": "lease"}, r.Ownership)
+	require.Len(t, r.Shards, shards)
+	for _, s := range r.Shards {
+		assert.Equal(t, "batcher", running[s.BatcherOwner], "shard %d: batcher owner %q is a running batcher", s.Shard, s.BatcherOwner)
+		assert.Equal(t, "sink", running[s.SinkOwner], "shard %d: sink owner %q is a running sink", s.Shard, s.SinkOwner)
+		assert.Zero(t, s.Batches.Pending, "shard %d: batches waiting", s.Shard)
+	}
+	for _, st := range r.Streams {
+		assert.Equal(t, 3, st.Replicas, "stream %s replicas", st.Name)
+		assert.Equal(t, 3, st.Current, "stream %s replicas current", st.Name)
+	}
+	assert.Len(t, r.Instances, len(running))
+	var b strings.Builder
+	require.NoError(t, status.Render(&b, r))
+	t.Logf("cluster chaos: surge status at the end:\n%s", b.String())
 }
 
 // takeoverBound bounds how long a SIGKILLed instance's shard waits for a
