@@ -132,7 +132,7 @@ func TestCollect(t *testing.T) {
 	sinkAdmin := admin(t, func(reg *prometheus.Registry, a *service.Admin) {
 		promauto.With(reg).NewGaugeVec(prometheus.GaugeOpts{Name: "surge_sink_watermark"}, []string{"shard"}).WithLabelValues("1").Set(42)
 		lease.ExportInstance(reg, "sink", "sink-test-1")
-		a.NotReady("stalled shard 1", "1 pending, no progress for 30s, waiting on insert into clickhouse 10.0.0.1:9000")
+		a.NotReady("stalled shard 1", "1 pending, no progress for 30s, waiting on insert into clickhouse 10.0.0.1:9440")
 	})
 
 	c, err := New(Config{NATSURL: ns.ClientURL(), Admin: []Endpoint{
@@ -189,7 +189,7 @@ func TestCollect(t *testing.T) {
 	require.Len(t, r.Instances, 3)
 	assert.True(t, r.Instances[0].Ready)
 	assert.False(t, r.Instances[1].Ready)
-	assert.Equal(t, []string{"stalled shard 1: 1 pending, no progress for 30s, waiting on insert into clickhouse 10.0.0.1:9000"}, r.Instances[1].Reasons)
+	assert.Equal(t, []string{"stalled shard 1: 1 pending, no progress for 30s, waiting on insert into clickhouse 10.0.0.1:9440"}, r.Instances[1].Reasons)
 	assert.False(t, r.Instances[2].Ready)
 
 	var got []string

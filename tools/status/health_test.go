@@ -41,7 +41,7 @@ func healthy() Report {
 			{Name: "batcher", Service: "batcher", Addr: "127.0.0.1:1", Ready: true},
 			{Name: "sink", Service: "sink", Addr: "127.0.0.1:2", Ready: true},
 		},
-		ClickHouse: []Server{{Addr: "127.0.0.1:9000"}},
+		ClickHouse: []Server{{Addr: "127.0.0.1:9440"}},
 	}
 }
 
@@ -91,11 +91,11 @@ func TestAssess(t *testing.T) {
 			change: func(r *Report) {
 				r.Shards[1].Batches = Backlog{Consumer: "sink-shard-1", Pending: 2, Oldest: at(5 * time.Second), LastProgress: at(6 * time.Second)}
 				r.Instances[1].Ready = false
-				r.Instances[1].Reasons = []string{"stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000"}
+				r.Instances[1].Reasons = []string{"stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9440"}
 			},
 			want: []string{
-				"shard 1 stalled: 2 waiting in BATCHES, oldest 5s, no progress for 5s (sink: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000)",
-				"sink not ready: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9000",
+				"shard 1 stalled: 2 waiting in BATCHES, oldest 5s, no progress for 5s (sink: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9440)",
+				"sink not ready: stalled shard 1: 2 pending, no progress for 3s, waiting on insert into clickhouse 127.0.0.1:9440",
 			},
 		},
 		{
@@ -218,9 +218,9 @@ func TestAssess(t *testing.T) {
 		{
 			name: "clickhouse server down",
 			change: func(r *Report) {
-				r.ClickHouse[0].Error = "dial tcp 127.0.0.1:9000: connect: connection refused"
+				r.ClickHouse[0].Error = "dial tcp 127.0.0.1:9440: connect: connection refused"
 			},
-			want: []string{"clickhouse 127.0.0.1:9000 unreachable: dial tcp 127.0.0.1:9000: connect: connection refused"},
+			want: []string{"clickhouse 127.0.0.1:9440 unreachable: dial tcp 127.0.0.1:9440: connect: connection refused"},
 		},
 	}
 	for _, tt := range tests {
