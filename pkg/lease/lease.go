@@ -664,3 +664,25 @@ func (o *Owner) key(k int) string { return o.cfg.Service + ".shard." + strconv.I
 
 // memberKey is this instance's member key.
 func (o *Owner) memberKey() string { return "members." + o.cfg.Service + "." + o.cfg.Instance }
+
+// Holders reads, from the lease bucket, which instance holds each of the
+// first shards shards of service: instance id -> its shards, ascending.
+// A shard nobody holds is in no list. For tools and tests that look at
+// the spread from outside.
+func Holders(ctx context.Context, js jetstream.JetStream, service string, shards int) (map[string][]int, error) {
+	kv, err := js.KeyValue(ctx, Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("lease bucket %s: %w", Bucket, err)
+	}
+	out := make(map[string][]int)
+	for k := range shards {
+		e, err := kv.Get(ctx, service+".shard."+strconv.Itoa(k))
+		switch {
+		case err == nil:
+			out[string(e.Value())] = append(out[string(e.Value())], k)
+		case !errors.Is(err, jetstream.ErrKeyNotFound):
+			return nil, fmt.Errorf("lease of %s shard %d: %w", service, k, err)
+		}
+	}
+	return out, nil
+}

@@ -155,6 +155,9 @@ func TestSharesMovesAndNeverOverlaps(t *testing.T) {
 	require.Equal(t, map[string][]int{"a": {3, 7}, "b": {4, 5, 6}, "c": {0, 1, 2}}, want, "the spread of this hash")
 	assertOwners(t, l, want, 10*time.Second)
 	require.Equal(t, want["a"], a.Owned())
+	holders, err := Holders(t.Context(), a.js, "batcher", shards)
+	require.NoError(t, err)
+	require.Equal(t, want, holders, "the bucket, read from outside")
 	require.Equal(t, want["b"], b.Owned())
 
 	// A clean stop hands its shards over at once: the others take them

@@ -9,16 +9,11 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/otel/trace/noop"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
 )
@@ -54,7 +49,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	cfg.Shards = clusterShards
 	cfg.Policy = batch.Policy{MaxRows: 200, MaxBytes: 1 << 20, MaxAge: 200 * time.Millisecond}
 	cfg.ShutdownTimeout = 5 * time.Second
-	runCluster(t, cfg)
+	start(t, cfg, nil)
 
 	feed, err := c.Feed(4*time.Millisecond, func(n int) *nats.Msg {
 		at := time.UnixMicro(1_700_000_000_000_000).UTC()
@@ -192,29 +187,6 @@ func TestClusterLeaderLoss(t *testing.T) {
 	}
 	require.Equal(t, len(acked)*clusterRows+extra, len(seen), "events in BATCHES")
 	t.Logf("%d EVENTS messages (%d events) in %d batches, each event once", len(acked), len(seen), batches)
-}
-
-// runCluster runs a batcher until the test ends; Run must return nil.
-func runCluster(t *testing.T, cfg Config) {
-	t.Helper()
-	s, err := New(cfg, service.Deps{
-		Logger:         zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-		Registry:       prometheus.NewRegistry(),
-		TracerProvider: noop.NewTracerProvider(),
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("batcher did not stop within 20s")
-		}
-	})
 }
 
 // leads lists the streams node i leads.

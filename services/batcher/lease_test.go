@@ -2,7 +2,6 @@ package batcher
 
 import (
 	"context"
-	"strconv"
 	"testing"
 	"time"
 
@@ -21,23 +20,12 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 )
 
-// leaseOwners reads which instance holds each shard's lease; a shard
+// leaseOwners reads which instance holds each batcher shard's lease; a shard
 // without one is missing.
 func leaseOwners(ctx context.Context, js jetstream.JetStream, shards int) (map[string][]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, lease.Bucket)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string][]int)
-	for k := range shards {
-		e, err := kv.Get(ctx, "batcher.shard."+strconv.Itoa(k))
-		if err == nil {
-			out[string(e.Value())] = append(out[string(e.Value())], k)
-		}
-	}
-	return out, nil
+	return lease.Holders(ctx, js, "batcher", shards)
 }
 
 func assertLeaseOwners(t *testing.T, js jetstream.JetStream, shards int, want map[string][]int) {

@@ -9,15 +9,10 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/otel/trace/noop"
-	"go.uber.org/zap"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
 )
@@ -55,7 +50,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	cfg.FetchBatch = 64
 	cfg.FetchMaxWait = 100 * time.Millisecond
 	cfg.InfoInterval = 500 * time.Millisecond
-	runCluster(t, cfg)
+	start(t, cfg)
 
 	feed, err := c.Feed(4*time.Millisecond, func(n int) *nats.Msg {
 		events := make([]event.Event, clusterEventsPerRequest)
@@ -181,29 +176,6 @@ func TestClusterLeaderLoss(t *testing.T) {
 	}
 	require.Equal(t, len(acked)*clusterEventsPerRequest+extra, len(seen), "events in EVENTS")
 	t.Logf("%d requests (%d events) partitioned, each event in EVENTS once", len(acked), len(seen))
-}
-
-// runCluster runs a partitioner until the test ends; Run must return nil.
-func runCluster(t *testing.T, cfg Config) {
-	t.Helper()
-	s, err := New(cfg, service.Deps{
-		Logger:         zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
-		Registry:       prometheus.NewRegistry(),
-		TracerProvider: noop.NewTracerProvider(),
-	})
-	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			assert.NoError(t, err)
-		case <-time.After(20 * time.Second):
-			t.Error("partitioner did not stop within 20s")
-		}
-	})
 }
 
 // readClusterEvents counts the events of the first msgs messages of EVENTS by id.

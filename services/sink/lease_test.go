@@ -22,18 +22,7 @@ import (
 func leaseOwners(ctx context.Context, js jetstream.JetStream, shards int) (map[string][]int, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	kv, err := js.KeyValue(ctx, lease.Bucket)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[string][]int)
-	for k := range shards {
-		e, err := kv.Get(ctx, "sink.shard."+strconv.Itoa(k))
-		if err == nil {
-			out[string(e.Value())] = append(out[string(e.Value())], k)
-		}
-	}
-	return out, nil
+	return lease.Holders(ctx, js, "sink", shards)
 }
 
 // waitLeaseOwners waits until the leases are want, within bound, and
