@@ -19,7 +19,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -28,8 +27,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -629,34 +626,14 @@ type load struct {
 	seed  uint64
 	httpc *http.Client
 
-	mu               sync.Mutex
-	accepted         map[string]struct{}
-	rejectedIDs      []string
-	failed           []string
-	status           map[string]int
-	acceptedRequests atomic.Int64
-	retries          atomic.Int64
+	tally
+	rejectedIDs []string // guarded by tally.mu
 }
 
 func newLoad(u string, cfg settings, seed uint64) *load {
-	return &load{
-		url: u, cfg: cfg, seed: seed,
-		httpc:    &http.Client{Timeout: 10 * time.Second},
-		accepted: make(map[string]struct{}, cfg.events),
-		status:   map[string]int{},
-	}
-}
-
-func (l *load) statuses() map[string]int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return maps.Clone(l.status)
-}
-
-func (l *load) failures() []string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return slices.Clone(l.failed)
+	l := &load{url: u, cfg: cfg, seed: seed, httpc: &http.Client{Timeout: 10 * time.Second}}
+	l.init(cfg.events)
+	return l
 }
 
 // run sends cfg.events events in requests of perRequest, paced evenly over
@@ -697,46 +674,10 @@ func (l *load) run(ctx context.Context, start time.Time) error {
 }
 
 func (l *load) send(ctx context.Context, r int, rng *rand.Rand) {
-	n := min(perRequest, l.cfg.events-r*perRequest)
-	ids := make([]string, n)
-	var b strings.Builder
-	b.WriteByte('[')
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		ids[i] = fmt.Sprintf("ev-%d-%d", r, i)
-		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":"chaos","properties":{"r":%d,"i":%d}}`, ids[i], rng.IntN(10_000), r, i)
-	}
-	b.WriteByte(']')
-	body := b.String()
+	body, ids := eventsBody("ev", "chaos", r, min(perRequest, l.cfg.events-r*perRequest), rng)
 	key := "chaos-" + strconv.Itoa(r)
-	deadline := time.Now().Add(retryFor)
-	for attempt := 1; ; attempt++ {
-		status := l.post(ctx, body, key)
-		l.count(status)
-		switch {
-		case status == "202":
-			l.mu.Lock()
-			for _, id := range ids {
-				l.accepted[id] = struct{}{}
-			}
-			l.mu.Unlock()
-			l.acceptedRequests.Add(1)
-			return
-		case strings.HasPrefix(status, "4") && status != "429":
-			l.fail(fmt.Sprintf("request %d: unexpected %s", r, status))
-			return
-		}
-		if time.Now().After(deadline) {
-			l.fail(fmt.Sprintf("request %d: no 202 after %d attempts, last %s", r, attempt, status))
-			return
-		}
-		l.retries.Add(1)
-		if sleep(ctx, min(time.Duration(attempt)*100*time.Millisecond, time.Second)) != nil {
-			return // the run was cancelled: its error is reported
-		}
-	}
+	l.untilAccepted(ctx, r, ids, func(int) string { return l.post(ctx, body, key) },
+		func(attempt int) time.Duration { return min(time.Duration(attempt)*100*time.Millisecond, time.Second) })
 }
 
 // sendInvalid posts a request with one event missing its user_id: the
@@ -784,16 +725,4 @@ func postEvents(ctx context.Context, c *http.Client, url, body, key string) stri
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	return strconv.Itoa(resp.StatusCode)
-}
-
-func (l *load) count(status string) {
-	l.mu.Lock()
-	l.status[status]++
-	l.mu.Unlock()
-}
-
-func (l *load) fail(msg string) {
-	l.mu.Lock()
-	l.failed = append(l.failed, msg)
-	l.mu.Unlock()
 }

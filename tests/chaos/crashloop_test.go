@@ -481,47 +481,13 @@ func (l *crashLoad) run(issue, abort context.Context) {
 
 // send posts request r until a 202, a refusal, retryFor, or ctx's end.
 func (l *crashLoad) send(ctx context.Context, r int, rng *rand.Rand) {
-	n := crashEventsMin + rng.IntN(crashEventsMax-crashEventsMin+1)
-	ids := make([]string, n)
-	var b strings.Builder
-	b.WriteByte('[')
-	for i := range n {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		ids[i] = fmt.Sprintf("cl-%d-%d", r, i)
-		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":"crashloop","properties":{"r":%d,"i":%d}}`, ids[i], rng.IntN(10_000), r, i)
-	}
-	b.WriteByte(']')
-	body, key := b.String(), "crashloop-"+strconv.Itoa(r)
-	deadline := time.Now().Add(retryFor)
-	for attempt := 1; ; attempt++ {
-		status := l.post(ctx, body, key)
-		l.count(status)
-		switch {
-		case status == "202":
-			l.mu.Lock()
-			for _, id := range ids {
-				l.accepted[id] = struct{}{}
-			}
-			l.mu.Unlock()
-			l.acceptedRequests.Add(1)
-			return
-		case strings.HasPrefix(status, "4") && status != "429":
-			l.fail(fmt.Sprintf("request %d: unexpected %s", r, status))
-			return
-		}
-		if time.Now().After(deadline) {
-			l.fail(fmt.Sprintf("request %d: no 202 after %d attempts, last %s", r, attempt, status))
-			return
-		}
-		l.retries.Add(1)
-		// While the stack is down every attempt fails at once: back off.
-		if sleep(ctx, min(time.Duration(attempt)*50*time.Millisecond, 500*time.Millisecond)) != nil {
-			l.fail(fmt.Sprintf("request %d: aborted after %d attempts, last %s", r, attempt, status))
-			return
-		}
-	}
+	body, ids := eventsBody("cl", "crashloop", r, crashEventsMin+rng.IntN(crashEventsMax-crashEventsMin+1), rng)
+	key := "crashloop-" + strconv.Itoa(r)
+	// While the stack is down every attempt fails at once: back off.
+	l.untilAccepted(ctx, r, ids, func(int) string { return l.post(ctx, body, key) },
+		func(attempt int) time.Duration {
+			return min(time.Duration(attempt)*50*time.Millisecond, 500*time.Millisecond)
+		})
 }
 
 func (l *crashLoad) acceptedEvents() int {
