@@ -87,14 +87,16 @@ func TestSinkClusterLeaderLoss(t *testing.T) {
 		var seqs [clusterShards]uint64
 		var at time.Time
 		require.EventuallyWithT(t, func(co *assert.CollectT) {
-			seqs, at = [clusterShards]uint64{}, time.Time{}
-			acked := feed.Acked()
-			for i := len(acked) - 1; i >= 0 && acked[i].At.After(t0); i-- {
-				seqs[acked[i].N%clusterShards] = uint64(acked[i].N/clusterShards + 1)
-				at = acked[i].At
+			first, ok := feed.FirstAckedAfter(t0, clusterShards, func(n int) int { return n % clusterShards })
+			if !assert.True(co, ok, "a batch of each shard stored after %s", t0.Format(time.TimeOnly)) {
+				return
 			}
-			for k, seq := range seqs {
-				assert.NotZero(co, seq, "shard %d: a batch stored after %s", k, t0.Format(time.TimeOnly))
+			at = first[0].At
+			for k, a := range first {
+				seqs[k] = uint64(a.N/clusterShards + 1)
+				if a.At.Before(at) {
+					at = a.At
+				}
 			}
 		}, bound, 10*time.Millisecond)
 		return seqs, at

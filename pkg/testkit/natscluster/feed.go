@@ -113,6 +113,50 @@ func (f *Feed) Acked() []Acked {
 	return append([]Acked(nil), f.acked...)
 }
 
+// FirstAckedAfter is, for each of groups groups (message n is in group
+// group(n)), the first message acked after t0; ok is false while a group
+// has none yet.
+func (f *Feed) FirstAckedAfter(t0 time.Time, groups int, group func(n int) int) (first []Acked, ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	first = make([]Acked, groups)
+	found := 0
+	for _, a := range f.acked {
+		if g := group(a.N); a.At.After(t0) && first[g].At.IsZero() {
+			first[g] = a
+			if found++; found == groups {
+				return first, true
+			}
+		}
+	}
+	return first, false
+}
+
+// Once checks what a test read back, seen (an id -> its copies), against
+// the feed: each id (ids(n)) of every acked message once, each of a
+// message Stop interrupted (stored or not) at most once, and no other.
+func (f *Feed) Once(seen map[string]int, ids func(n int) []string) error {
+	f.mu.Lock()
+	acked, sent := len(f.acked), f.sent
+	f.mu.Unlock()
+	want := 0
+	for n := range sent {
+		for _, id := range ids(n) {
+			switch c := seen[id]; {
+			case n < acked && c != 1:
+				return fmt.Errorf("id %s of acked message %d seen %d times, want once", id, n, c)
+			case c > 1:
+				return fmt.Errorf("id %s of interrupted message %d seen %d times, want at most once", id, n, c)
+			}
+			want += seen[id]
+		}
+	}
+	if len(seen) != want {
+		return fmt.Errorf("%d ids seen, %d of them the feed's", len(seen), want)
+	}
+	return nil
+}
+
 // Count is how many messages were acked so far.
 func (f *Feed) Count() int {
 	f.mu.Lock()
