@@ -7,7 +7,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -70,6 +69,8 @@ type clusterSettings struct {
 	seed   uint64
 	faults int // at least len(clusterFaults)
 	events int // the load goes on until the faults are done and this many were sent
+	// plan, when set, is the faults in their order instead of a seeded one.
+	plan []string
 }
 
 func loadClusterSettings(t *testing.T) clusterSettings {
@@ -89,6 +90,13 @@ func loadClusterSettings(t *testing.T) clusterSettings {
 		n, err := strconv.Atoi(v)
 		require.NoError(t, err, "SURGE_CLUSTER_CHAOS_EVENTS")
 		s.events = n
+	}
+	if v := os.Getenv("SURGE_CLUSTER_CHAOS_PLAN"); v != "" {
+		for _, f := range strings.Split(v, ",") {
+			f = strings.TrimSpace(f)
+			require.Contains(t, clusterFaults, f, "SURGE_CLUSTER_CHAOS_PLAN")
+			s.plan = append(s.plan, f)
+		}
 	}
 	return s
 }
@@ -127,6 +135,7 @@ func clusterPlan(rng *rand.Rand, n int) []string {
 //	SURGE_CLUSTER_CHAOS_SEED    the order's seed (default: random, printed)
 //	SURGE_CLUSTER_CHAOS_FAULTS  faults in all (default 11, each kind once; `go tool task chaos:cluster:long` runs 30)
 //	SURGE_CLUSTER_CHAOS_EVENTS  events sent at least (default 100,000 at 2,000/s; the load lasts as long as the faults)
+//	SURGE_CLUSTER_CHAOS_PLAN    the faults to run, by name, comma-separated, in order (default: the seeded order)
 func TestClusterChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("cluster chaos test skipped in -short mode")
@@ -137,11 +146,15 @@ func TestClusterChaos(t *testing.T) {
 	if _, err := natscluster.Binary(); err != nil {
 		t.Fatal(err)
 	}
+	a := failuresAtEnd(t)
 	cfg := loadClusterSettings(t)
 	t.Logf("cluster chaos: seed %d (replay with SURGE_CLUSTER_CHAOS_SEED=%d), %d faults, at least %d events",
 		cfg.seed, cfg.seed, cfg.faults, cfg.events)
 	rng := rand.New(rand.NewPCG(cfg.seed, cfg.seed^0x9e3779b97f4a7c15))
 	plan := clusterPlan(rng, cfg.faults)
+	if cfg.plan != nil {
+		plan = cfg.plan
+	}
 	t.Logf("cluster chaos: order %s", strings.Join(plan, ", "))
 	started := time.Now()
 
@@ -150,8 +163,9 @@ func TestClusterChaos(t *testing.T) {
 	wd, err := os.Getwd()
 	require.NoError(t, err)
 	debug := map[string]string{"SURGE_LOG_LEVEL": "debug"}
+	dir := keptOnFailure(t, "surge-cluster-chaos-")
 	c, err := stack.StartCluster(t.Context(), stack.ClusterOptions{
-		Dir:         filepath.Join(t.TempDir(), "cluster"),
+		Dir:         dir,
 		Shards:      shards,
 		IngestAddrs: [2]string{"127.0.0.1:" + strconv.Itoa(ports[0]), "127.0.0.1:" + strconv.Itoa(ports[1])},
 		SourceDir:   wd,
@@ -288,25 +302,29 @@ func TestClusterChaos(t *testing.T) {
 	bound := takeoverBound(watch.ttl)
 	for _, rep := range reports {
 		for k, d := range rep.takeovers {
-			assert.GreaterOrEqual(t, d, time.Duration(0), "%s %s: shard %d never moved", rep.kind, rep.target, k)
-			assert.LessOrEqual(t, d, bound, "%s %s: shard %d moved after %s", rep.kind, rep.target, k, d)
+			assert.GreaterOrEqual(a, d, time.Duration(0), "%s %s: shard %d never moved", rep.kind, rep.target, k)
+			assert.LessOrEqual(a, d, bound, "%s %s: shard %d moved after %s", rep.kind, rep.target, k, d)
 		}
 		for what, d := range rep.bounded {
-			assert.LessOrEqual(t, d.took, d.bound, "%s %s: %s", rep.kind, rep.target, what)
-			assert.GreaterOrEqual(t, d.took, time.Duration(0), "%s %s: %s never happened", rep.kind, rep.target, what)
+			assert.LessOrEqual(a, d.took, d.bound, "%s %s: %s", rep.kind, rep.target, what)
+			assert.GreaterOrEqual(a, d.took, time.Duration(0), "%s %s: %s never happened", rep.kind, rep.target, what)
 		}
 	}
 	// surge status, after it all, sees a healthy cluster: each shard held
 	// by a running instance, named by its admin name, every stream on
 	// its three replicas, every instance ready.
-	checkStatus(t, ch)
-	t.Logf("cluster chaos: seed %d passed in %s: %d events, %d faults", cfg.seed, time.Since(started).Round(time.Second), want, len(reports))
+	checkStatus(t, a, ch)
+	verdict := "passed"
+	if t.Failed() {
+		verdict = "FAILED"
+	}
+	t.Logf("cluster chaos: seed %d %s in %s: %d events, %d faults", cfg.seed, verdict, time.Since(started).Round(time.Second), want, len(reports))
 }
 
 // checkStatus takes `surge status` looks at the cluster's running
 // instances until one is healthy (leases spread again after the last
 // fault meanwhile), and checks what it says of owners and replicas.
-func checkStatus(t *testing.T, ch *chaosCluster) {
+func checkStatus(t *testing.T, a assert.TestingT, ch *chaosCluster) {
 	t.Helper()
 	info := ch.c.Info()
 	cfg := status.Config{NATSURL: info.NATSURL, NATSUser: info.NATSUser, NATSPassword: info.NATSPassword, Database: info.Database, Shards: shards}
@@ -322,7 +340,7 @@ func checkStatus(t *testing.T, ch *chaosCluster) {
 	}
 	col, err := status.New(cfg)
 	require.NoError(t, err)
-	defer func() { assert.NoError(t, col.Close()) }()
+	defer func() { assert.NoError(a, col.Close()) }()
 	var r *status.Report
 	require.NoError(t, poll(t.Context(), takeoverBound(ch.leases.ttl), func() error {
 		var err error
@@ -335,18 +353,18 @@ func checkStatus(t *testing.T, ch *chaosCluster) {
 		}
 		return nil
 	}), "surge status never saw the cluster healthy")
-	assert.Equal(t, map[string]string{"batcher": "lease", "sink": "lease"}, r.Ownership)
+	assert.Equal(a, map[string]string{"batcher": "lease", "sink": "lease"}, r.Ownership)
 	require.Len(t, r.Shards, shards)
 	for _, s := range r.Shards {
-		assert.Equal(t, "batcher", running[s.BatcherOwner], "shard %d: batcher owner %q is a running batcher", s.Shard, s.BatcherOwner)
-		assert.Equal(t, "sink", running[s.SinkOwner], "shard %d: sink owner %q is a running sink", s.Shard, s.SinkOwner)
-		assert.Zero(t, s.Batches.Pending, "shard %d: batches waiting", s.Shard)
+		assert.Equal(a, "batcher", running[s.BatcherOwner], "shard %d: batcher owner %q is a running batcher", s.Shard, s.BatcherOwner)
+		assert.Equal(a, "sink", running[s.SinkOwner], "shard %d: sink owner %q is a running sink", s.Shard, s.SinkOwner)
+		assert.Zero(a, s.Batches.Pending, "shard %d: batches waiting", s.Shard)
 	}
 	for _, st := range r.Streams {
-		assert.Equal(t, 3, st.Replicas, "stream %s replicas", st.Name)
-		assert.Equal(t, 3, st.Current, "stream %s replicas current", st.Name)
+		assert.Equal(a, 3, st.Replicas, "stream %s replicas", st.Name)
+		assert.Equal(a, 3, st.Current, "stream %s replicas current", st.Name)
 	}
-	assert.Len(t, r.Instances, len(running))
+	assert.Len(a, r.Instances, len(running))
 	var b strings.Builder
 	require.NoError(t, status.Render(&b, r))
 	t.Logf("cluster chaos: surge status at the end:\n%s", b.String())
@@ -589,7 +607,7 @@ func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, ser
 	if len(owned) == 0 {
 		return
 	}
-	_ = poll(ctx, takeoverBound(ch.leases.ttl)+10*time.Second, func() error {
+	err := poll(ctx, takeoverBound(ch.leases.ttl)+10*time.Second, func() error {
 		for _, k := range owned {
 			if _, at := ch.leases.movedFrom(service, k, id); at.IsZero() {
 				return fmt.Errorf("shard %d still with %s", k, id)
@@ -597,6 +615,9 @@ func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, ser
 		}
 		return nil
 	})
+	if err != nil {
+		rep.notes = append(rep.notes, err.Error())
+	}
 	for _, k := range owned {
 		owner, at := ch.leases.movedFrom(service, k, id)
 		rep.takeovers[k] = -1
@@ -787,12 +808,19 @@ func (ch *chaosCluster) addInstance(ctx context.Context, rep *faultReport) error
 	rep.target = in.Name
 	ready := time.Now()
 	rep.bounded["start to ready"] = measure{ready.Sub(start), restartBound}
-	id, err := leaseInstance(in.LogPath)
-	if err != nil {
-		return err
-	}
 	share := shards / len(ch.liveInstances(service))
+	var id string
 	err = poll(ctx, takeoverBound(ch.leases.ttl)+10*time.Second, func() error {
+		// Ready comes a moment before the instance logs its lease id.
+		if id == "" {
+			var err error
+			if id, err = leaseInstance(in.LogPath); err != nil {
+				return err
+			}
+			if id == "" {
+				return fmt.Errorf("%s has not logged its lease instance id", in.Name)
+			}
+		}
 		if n := len(ch.leases.ownedBy(service, id)); n < share {
 			return fmt.Errorf("%s holds %d shards of its %d", in.Name, n, share)
 		}
@@ -801,6 +829,7 @@ func (ch *chaosCluster) addInstance(ctx context.Context, rep *faultReport) error
 	took := time.Since(ready)
 	if err != nil {
 		took = -1
+		rep.notes = append(rep.notes, err.Error())
 	}
 	rep.bounded[fmt.Sprintf("holds its share (%d shards) after ready", share)] = measure{took, takeoverBound(ch.leases.ttl)}
 	rep.notes = append(rep.notes, fmt.Sprintf("holds %v as %s", ch.leases.ownedBy(service, id), id))
