@@ -137,7 +137,9 @@ func (l *shardLoop) setWatermark(wm uint64) {
 // ack confirms msg with the server: the shard made progress. A shard whose
 // lease is lost acks nothing (errNotOwner): the batch goes back to the next
 // owner, which finds the rows landed at or below the watermark. A lost ack
-// is harmless for the same reason, so its failure is only logged.
+// is harmless for the same reason: its failure is logged, and the loop,
+// unsure, has the batch handed out again after its next empty fetch
+// (redeliverLost) rather than after the ack wait.
 func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) error {
 	if !l.holds() {
 		return errNotOwner
@@ -147,6 +149,7 @@ func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) error {
 	defer cancel()
 	if err := msg.DoubleAck(actx); err != nil {
 		l.log.Warn("ack batch", zap.Error(err))
+		l.unsure = true
 		return nil
 	}
 	l.w.Progress()

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -187,11 +188,22 @@ func (p *fakePublisher) PublishMsg(_ context.Context, msg *nats.Msg, _ ...jetstr
 	return &jetstream.PubAck{Stream: streams.DeadLetter}, nil
 }
 
-// fakeJS is JetStream as a shard loop sees it, publishing to pub and
-// making consumers with create.
+// fakeJS is JetStream as a shard loop sees it, publishing to pub,
+// making consumers with create and resetting them with reset.
 type fakeJS struct {
 	*fakePublisher
 	create func(jetstream.ConsumerConfig) (jetstream.Consumer, error)
+	reset  func(consumer string) error
+}
+
+func (f fakeJS) ResetConsumer(_ context.Context, _, consumer string) (*jetstream.ConsumerResetResponse, error) {
+	if f.reset == nil {
+		panic("no consumer reset expected")
+	}
+	if err := f.reset(consumer); err != nil {
+		return nil, err
+	}
+	return &jetstream.ConsumerResetResponse{}, nil
 }
 
 func (f fakeJS) CreateOrUpdateConsumer(_ context.Context, _ string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
@@ -206,9 +218,23 @@ func (f fakeJS) CreateOrUpdateConsumer(_ context.Context, _ string, cfg jetstrea
 type fakeConsumer struct {
 	jetstream.Consumer
 	msgs chan jetstream.Msg
+	// ackPending is what Info reports (nil: nothing pending).
+	ackPending func() int
+	infos      atomic.Int32
+	fetches    atomic.Int32
+}
+
+func (c *fakeConsumer) Info(context.Context) (*jetstream.ConsumerInfo, error) {
+	c.infos.Add(1)
+	n := 0
+	if c.ackPending != nil {
+		n = c.ackPending()
+	}
+	return &jetstream.ConsumerInfo{NumAckPending: n}, nil
 }
 
 func (c *fakeConsumer) Fetch(int, ...jetstream.FetchOpt) (jetstream.MessageBatch, error) {
+	c.fetches.Add(1)
 	out := make(chan jetstream.Msg, 1)
 	select {
 	case m := <-c.msgs:
@@ -704,4 +730,66 @@ func TestStalledFetchRecreatesTheConsumer(t *testing.T) {
 # TYPE surge_sink_stalls_total counter
 surge_sink_stalls_total{shard="0"} 1
 `), "surge_sink_stalls_total"))
+}
+
+// TestLostDeliveryIsHandedOutAgain: a consumer that counts a batch as
+// delivered while the loop got none (a delivery or an ack lost with a
+// NATS node or a leader change) is reset after the first empty fetch, so
+// the batch comes again at once rather than after the ack wait; a
+// consumer with nothing pending is asked once and left alone.
+func TestLostDeliveryIsHandedOutAgain(t *testing.T) {
+	for _, lost := range []bool{true, false} {
+		t.Run(fmt.Sprintf("lost=%v", lost), func(t *testing.T) {
+			reg := prometheus.NewRegistry()
+			s := newTestService(t, reg, time.Hour)
+			msg := newFakeMsg(0, 1, batch.Encode(testBatch(0, 5, 7)))
+			var pending atomic.Int32
+			if lost {
+				pending.Store(1)
+			}
+			cons := &fakeConsumer{msgs: make(chan jetstream.Msg, 1), ackPending: func() int { return int(pending.Load()) }}
+			var resets atomic.Int32
+			js := fakeJS{reset: func(consumer string) error {
+				if consumer != ConsumerName(0) {
+					return fmt.Errorf("reset of %s", consumer)
+				}
+				resets.Add(1)
+				cons.msgs <- msg // handed out again
+				return nil
+			}}
+			l := s.newShardLoop(0, js, newFakeStore(seqs(1, 4)...))
+			l.cons = cons
+
+			ctx, cancel := context.WithCancel(t.Context())
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				l.run(ctx)
+			}()
+			if lost {
+				require.EventuallyWithT(t, func(c *assert.CollectT) {
+					settled, _, _ := msg.counts()
+					assert.Equal(c, []string{"ack"}, settled)
+				}, 10*time.Second, 5*time.Millisecond)
+			} else {
+				require.EventuallyWithT(t, func(c *assert.CollectT) {
+					assert.Equal(c, int32(1), cons.infos.Load())
+				}, 10*time.Second, 5*time.Millisecond)
+			}
+			// Many empty fetches later, nothing more was asked or reset.
+			after := cons.fetches.Load() + 20
+			require.EventuallyWithT(t, func(c *assert.CollectT) {
+				assert.GreaterOrEqual(c, cons.fetches.Load(), after)
+			}, 10*time.Second, time.Millisecond)
+			cancel()
+			<-done
+			want := 0
+			if lost {
+				want = 1
+			}
+			require.Equal(t, int32(want), resets.Load())
+			require.Equal(t, int32(1), cons.infos.Load())
+			require.Equal(t, float64(want), testutil.ToFloat64(l.m.resets))
+		})
+	}
 }

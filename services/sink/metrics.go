@@ -26,6 +26,7 @@ type metrics struct {
 	watermark      *prometheus.GaugeVec
 	pending        *prometheus.GaugeVec
 	ackPending     *prometheus.GaugeVec
+	resets         *prometheus.CounterVec
 	endToEnd       prometheus.Histogram
 }
 
@@ -75,6 +76,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_sink_consumer_ack_pending",
 			Help: "Batches delivered to the shard's consumer and not yet acked, by shard.",
 		}, []string{"shard"}),
+		resets: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_sink_consumer_resets_total",
+			Help: "Consumer resets that had a batch, delivered but never received or acked (lost with a NATS node, a leader change or the last owner), handed out again at once instead of after the ack wait, by shard.",
+		}, []string{"shard"}),
 		endToEnd: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_sink_end_to_end_seconds",
 			Help:    "Time from ingest's received_at to the row's insert.",
@@ -86,7 +91,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 // shardMetrics are one shard's series, looked up once per shard loop.
 type shardMetrics struct {
 	inserted, duplicates, deadLettered    prometheus.Counter // surge_sink_batches_total by outcome
-	rows, retries, deadLetters            prometheus.Counter
+	rows, retries, deadLetters, resets    prometheus.Counter
 	insertDuration, batchRows, batchBytes prometheus.Observer
 	watermark, pending, ackPending        prometheus.Gauge
 	endToEnd                              prometheus.Observer // shared by every shard
@@ -107,6 +112,7 @@ func (m *metrics) forShard(k int) shardMetrics {
 		watermark:      m.watermark.WithLabelValues(label),
 		pending:        m.pending.WithLabelValues(label),
 		ackPending:     m.ackPending.WithLabelValues(label),
+		resets:         m.resets.WithLabelValues(label),
 		endToEnd:       m.endToEnd,
 	}
 }

@@ -28,9 +28,10 @@ type publisher interface {
 }
 
 // consumers is what a shard loop needs of JetStream to (re)create its
-// consumer.
+// consumer and have it hand out a lost delivery again.
 type consumers interface {
 	CreateOrUpdateConsumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error)
+	ResetConsumer(ctx context.Context, stream, consumer string) (*jetstream.ConsumerResetResponse, error)
 }
 
 // shardLoop owns one shard: it pulls that shard's batches one at a time
@@ -66,6 +67,11 @@ type shardLoop struct {
 	// after any insert whose outcome is unknown.
 	watermark uint64
 	known     bool
+	// unsure is set when a delivery or an ack of the consumer may have
+	// been lost: at the start of a tenure (the last owner's batch in
+	// hand), after a failed fetch or a failed ack (a NATS node or a
+	// consumer leader gone). See redeliverLost.
+	unsure bool
 }
 
 // js is JetStream as a shard loop uses it.
@@ -144,6 +150,7 @@ func (l *shardLoop) createConsumer(ctx context.Context) error {
 // store) or when the watchdog finds the shard stalled while it fetches.
 func (l *shardLoop) run(ctx context.Context) {
 	bo := l.retry.NewBackOff()
+	l.unsure = true
 	for ctx.Err() == nil {
 		if l.w.Repair() {
 			l.log.Warn("shard stalled while fetching: recreating its consumer")
@@ -153,8 +160,10 @@ func (l *shardLoop) run(ctx context.Context) {
 		// what a stall looks like.
 		l.w.Waiting("fetch from BATCHES")
 		msgs, err := l.cons.Fetch(1, jetstream.FetchMaxWait(l.fetchWait))
+		got := false
 		if err == nil {
 			for msg := range msgs.Messages() {
+				got = true
 				l.handle(ctx, msg)
 			}
 			err = msgs.Error()
@@ -164,25 +173,74 @@ func (l *shardLoop) run(ctx context.Context) {
 		}
 		if err == nil {
 			bo.Reset()
+			if !got && l.unsure {
+				l.redeliverLost(ctx)
+			}
 			continue
 		}
 		if ctx.Err() != nil {
 			return
 		}
+		l.unsure = true
 		wait := bo.NextBackOff()
 		l.log.Warn("fetch batch", zap.Duration("wait", wait), zap.Error(err))
-		if consumerGone(err) {
+		if l.consumerGone(ctx, err) {
 			l.recreateConsumer(ctx)
 		}
 		retry.Sleep(ctx, wait)
 	}
 }
 
+// redeliverLost has the consumer hand out at once a batch it counts as
+// delivered but whose delivery or ack never completed here: one lost with
+// a NATS node or a consumer leader, or the batch the last owner had in
+// hand. Left alone, the consumer hands it out again only after its ack
+// wait, and with one batch in flight per shard the shard waits that long.
+// It is called after an empty fetch: the loop holds no batch, so a batch
+// still pending ack is such a lost one, and the consumer is reset to its
+// ack floor (the watermark keeps the batch from landing twice). A failed
+// look leaves the loop unsure, for the next empty fetch to ask again; a
+// failed reset (a server without the reset API, older than 2.14) is
+// logged, and the batch comes after the ack wait as it always did.
+func (l *shardLoop) redeliverLost(ctx context.Context) {
+	cctx, cancel := context.WithTimeout(ctx, natsTimeout)
+	defer cancel()
+	info, err := l.cons.Info(cctx)
+	if err != nil {
+		return
+	}
+	l.unsure = false
+	if info.NumAckPending == 0 {
+		return
+	}
+	if _, err := l.consumers.ResetConsumer(cctx, streams.Batches, l.consumerConfig.Durable); err != nil {
+		if ctx.Err() == nil {
+			l.log.Warn("reset consumer to hand out a lost batch again; it comes after the ack wait", zap.Error(err))
+		}
+		return
+	}
+	l.m.resets.Inc()
+	l.log.Info("a batch delivered but not received or not acked here is handed out again: consumer reset",
+		zap.Int("ack_pending", info.NumAckPending), zap.Uint64("ack_floor", info.AckFloor.Stream))
+}
+
 // consumerGone tells whether a fetch failed because the consumer is not
-// on the server (anymore).
-func consumerGone(err error) bool {
-	return errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) ||
-		errors.Is(err, nats.ErrNoResponders)
+// on the server (anymore). No responders means that, or that the
+// consumer has no leader for a moment (an election in a cluster), when
+// making it again would only wait out natsTimeout: the consumer is asked,
+// for at most a fetch's wait, and made again only if the server says it
+// does not exist.
+func (l *shardLoop) consumerGone(ctx context.Context, err error) bool {
+	if errors.Is(err, jetstream.ErrConsumerNotFound) || errors.Is(err, jetstream.ErrConsumerDeleted) {
+		return true
+	}
+	if !errors.Is(err, nats.ErrNoResponders) {
+		return false
+	}
+	ictx, cancel := context.WithTimeout(ctx, l.fetchWait)
+	defer cancel()
+	_, err = l.cons.Info(ictx)
+	return errors.Is(err, jetstream.ErrConsumerNotFound)
 }
 
 // recreateConsumer makes the shard's consumer again with the same
