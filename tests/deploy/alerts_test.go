@@ -45,6 +45,7 @@ var alertNames = []string{
 	"SurgeNoInsertsWhileWorkPending",
 	"SurgeNoRoutingWhileWorkPending",
 	"SurgeServiceDown",
+	"SurgeServiceMissing",
 	"SurgeServiceNotReady",
 	"SurgeStalled",
 	"SurgeStreamFull",
@@ -313,6 +314,24 @@ up{job="sink",instance="a"} 0x20
 up{job="ingest",instance="b"} 1x20
 up{job="grafana",instance="c"} 0x20`,
 			at: 15 * time.Minute, want: []string{`{instance="a", job="sink"}`},
+		},
+		{
+			name: "no sink at all", alert: "SurgeServiceMissing", metric: "absent(up",
+			load: `
+up{job="ingest",instance="a"} 1x20
+up{job="partitioner",instance="b"} 1x20
+up{job="batcher",instance="c"} 0x20
+up{job="grafana",instance="d"} 1x20`,
+			at: 15 * time.Minute, want: []string{`{job="sink"}`},
+		},
+		{
+			name: "every service has an instance", alert: "SurgeServiceMissing", metric: "absent(up",
+			load: `
+up{job="ingest",instance="a"} 1x20
+up{job="partitioner",instance="b"} 1x20
+up{job="batcher",instance="c"} 0x20
+up{job="sink",instance="d"} 1x20`,
+			at: 15 * time.Minute, want: nil,
 		},
 	}
 	engine := promqltest.NewTestEngine(t, false, 5*time.Minute, 1_000_000)
