@@ -141,38 +141,25 @@ func (s *Service) write(w http.ResponseWriter, rep reply) {
 	_ = json.NewEncoder(w).Encode(body) // a failed write means the client left
 }
 
-// ingest handles one POST: authenticate, take an in-flight slot, read and
-// validate the body, publish, and answer once JetStream acked.
+// ingest handles one POST: authenticate, check the body's type, admit it
+// (an in-flight slot, the body read), validate the body, publish, and
+// answer once JetStream acked.
 func (s *Service) ingest(ctx context.Context, w http.ResponseWriter, r *http.Request) reply {
 	tenant, ok := s.authenticate(r)
 	if !ok {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="surge"`)
 		return reject(http.StatusUnauthorized, reasonUnauthorized, "missing or invalid API key; send Authorization: Bearer <key>")
 	}
-	release, ok := s.acquire()
-	if !ok {
-		return reject(http.StatusTooManyRequests, reasonOverloaded, "too many requests in flight; retry later")
-	}
-	defer release()
-
-	idemKey, rep := idempotencyKey(r)
-	if rep.status != 0 {
-		return rep
-	}
 	format, ok := bodyFormat(r.Header.Get("Content-Type"))
 	if !ok {
 		return reject(http.StatusUnsupportedMediaType, reasonMediaType,
 			"Content-Type must be application/json, application/x-ndjson or application/ndjson")
 	}
-	gzipped, ok := bodyEncoding(r.Header.Get("Content-Encoding"))
-	if !ok {
-		return reject(http.StatusUnsupportedMediaType, reasonMediaType, "Content-Encoding must be gzip or identity")
-	}
-
-	body, rep := s.readBody(w, r, gzipped)
+	body, idemKey, release, rep := s.admit(w, r)
 	if rep.status != 0 {
 		return rep
 	}
+	defer release()
 
 	// Count the ids the parser makes up: a request whose events all carry
 	// the client's event_id is identified by its content.
@@ -199,6 +186,31 @@ func (s *Service) ingest(ctx context.Context, w http.ResponseWriter, r *http.Req
 		msgID = hex.EncodeToString(h.Sum(nil))
 	}
 	return s.publish(ctx, tenant, msgID, events)
+}
+
+// admit takes the steps of every POST once its tenant is known: an
+// in-flight slot (429 when none is free), the Idempotency-Key, the
+// Content-Encoding and the body, read within the size limits. It returns
+// the body and the key with the slot's release, to call once the request
+// is answered; or the reply of the first step that failed, the slot
+// already given back.
+func (s *Service) admit(w http.ResponseWriter, r *http.Request) (body []byte, idemKey string, release func(), rep reply) {
+	release, ok := s.acquire()
+	if !ok {
+		return nil, "", nil, reject(http.StatusTooManyRequests, reasonOverloaded, "too many requests in flight; retry later")
+	}
+	if idemKey, rep = idempotencyKey(r); rep.status == 0 {
+		if gzipped, ok := bodyEncoding(r.Header.Get("Content-Encoding")); ok {
+			body, rep = s.readBody(w, r, gzipped)
+		} else {
+			rep = reject(http.StatusUnsupportedMediaType, reasonMediaType, "Content-Encoding must be gzip or identity")
+		}
+	}
+	if rep.status != 0 {
+		release()
+		return nil, "", nil, rep
+	}
+	return body, idemKey, release, reply{}
 }
 
 // acquire takes an in-flight slot, or says at once that none is free.

@@ -40,25 +40,13 @@ func (s *Service) serveSegment(ctx context.Context, w http.ResponseWriter, r *ht
 	if !ok {
 		return segmentUnauthorized(w)
 	}
-	release, ok := s.acquire()
-	if !ok {
-		return reject(http.StatusTooManyRequests, reasonOverloaded, "too many requests in flight; retry later")
-	}
-	defer release()
-	idemKey, rep := idempotencyKey(r)
-	if rep.status != 0 {
-		return rep
-	}
 	// JSON whatever the Content-Type: the SDKs label it text/plain or
 	// application/x-www-form-urlencoded as often as application/json.
-	gzipped, ok := bodyEncoding(r.Header.Get("Content-Encoding"))
-	if !ok {
-		return reject(http.StatusUnsupportedMediaType, reasonMediaType, "Content-Encoding must be gzip or identity")
-	}
-	body, rep := s.readBody(w, r, gzipped)
+	body, idemKey, release, rep := s.admit(w, r)
 	if rep.status != 0 {
 		return rep
 	}
+	defer release()
 
 	var req segmentRequest
 	if err := json.Unmarshal(body, &req); err != nil {
