@@ -766,34 +766,44 @@ func shardRows(addr string) (map[int]uint64, error) {
 // stopForGood SIGTERMs a batcher or sink (of a service with at least two
 // live instances) and waits until each of its shards has another owner.
 func (ch *chaosCluster) stopForGood(ctx context.Context, rep *faultReport) error {
+	service, err := ch.spareService(ctx, rep)
+	if err != nil {
+		return err
+	}
+	in, id, err := ch.pick(service)
+	if err != nil {
+		return err
+	}
+	rep.target = in.Name
+	owned := ch.leases.ownedBy(service, id)
+	rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
+	stopped := time.Now()
+	if err := ch.c.StopInstance(in.Name); err != nil {
+		return err
+	}
+	ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(time.Now())})
+	rep.notes = append(rep.notes, fmt.Sprintf("drained and exited in %.1fs", time.Since(stopped).Seconds()))
+	ch.waitTakeovers(ctx, rep, service, id, owned, stopped)
+	return nil
+}
+
+// spareService draws the batcher or the sink service among those with at
+// least two live instances, so that another instance can take the
+// shards of the one a fault stops or pauses for good. When each runs one
+// (a long run stopped the others), it adds an instance first.
+func (ch *chaosCluster) spareService(ctx context.Context, rep *faultReport) (string, error) {
 	services := []string{"batcher", "sink"}
 	ch.rng.Shuffle(len(services), func(i, j int) { services[i], services[j] = services[j], services[i] })
 	for _, service := range services {
-		if len(ch.liveInstances(service)) < 2 {
-			continue
+		if len(ch.liveInstances(service)) >= 2 {
+			return service, nil
 		}
-		in, id, err := ch.pick(service)
-		if err != nil {
-			return err
-		}
-		rep.target = in.Name
-		owned := ch.leases.ownedBy(service, id)
-		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
-		stopped := time.Now()
-		if err := ch.c.StopInstance(in.Name); err != nil {
-			return err
-		}
-		ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(time.Now())})
-		rep.notes = append(rep.notes, fmt.Sprintf("drained and exited in %.1fs", time.Since(stopped).Seconds()))
-		ch.waitTakeovers(ctx, rep, service, id, owned, stopped)
-		return nil
 	}
-	// Each runs one instance (a long run stopped many): one more first.
 	rep.notes = append(rep.notes, "one added first")
 	if err := ch.addInstance(ctx, rep); err != nil {
-		return err
+		return "", err
 	}
-	return ch.stopForGood(ctx, rep)
+	return ch.spareService(ctx, rep)
 }
 
 // addInstance adds a batcher or sink and waits until it holds its share
@@ -836,12 +846,16 @@ func (ch *chaosCluster) addInstance(ctx context.Context, rep *faultReport) error
 	return nil
 }
 
-// freeze SIGSTOPs a batcher or sink holding shards, waits until each of
-// them has another owner (its leases ran out), then SIGCONTs it: a paused
-// owner that resumes must not publish or insert for the shards it lost
-// beyond the one output it had on its way (see overlaps).
+// freeze SIGSTOPs a batcher or sink holding shards (of a service with at
+// least two live instances), waits until each of them has another owner
+// (its leases ran out), then SIGCONTs it: a paused owner that resumes
+// must not publish or insert for the shards it lost beyond the one output
+// it had on its way (see overlaps).
 func (ch *chaosCluster) freeze(ctx context.Context, rep *faultReport) error {
-	service := []string{"batcher", "sink"}[ch.rng.IntN(2)]
+	service, err := ch.spareService(ctx, rep)
+	if err != nil {
+		return err
+	}
 	in, id, err := ch.pick(service)
 	if err != nil {
 		return err
