@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
+	"github.com/surge-events/surge/pkg/testkit/proc"
 	"github.com/surge-events/surge/pkg/testkit/zookeeper"
 )
 
@@ -74,21 +74,15 @@ type Instance struct {
 	// IngestURL is the base URL of an ingest instance's HTTP API.
 	IngestURL string
 	LogPath   string
-	proc      *proc
+	proc      *proc.Process
 	env       map[string]string
-}
-
-// proc is one child process.
-type proc struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
 }
 
 // natsNode is one nats-server process of the cluster.
 type natsNode struct {
 	name, dir               string
 	clientPort, monitorPort int
-	proc                    *proc
+	proc                    *proc.Process
 }
 
 // Cluster is a running local cluster.
@@ -411,18 +405,12 @@ func (in *Instance) spawn(dir string) error {
 // start of its process.
 const InstanceStartMarker = "===== start"
 
-// spawn starts cmd in its own process group (a Ctrl-C in the terminal
-// reaches only surge, which stops the children in order), killed should
-// surge die, with its output appended to logPath. env replaces the
-// inherited SURGE_* variables.
-func spawn(cmd *exec.Cmd, dir, logPath string, env map[string]string) (*proc, error) {
-	out, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("log: %w", err)
-	}
+// spawn starts cmd in dir with proc.Start (its own process group, so a
+// Ctrl-C in the terminal reaches only surge, which stops the children in
+// order; killed should surge die), its output appended to logPath. env
+// replaces the inherited SURGE_* variables.
+func spawn(cmd *exec.Cmd, dir, logPath string, env map[string]string) (*proc.Process, error) {
 	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if env != nil {
 		for _, kv := range os.Environ() {
 			if !strings.HasPrefix(kv, "SURGE_") {
@@ -433,36 +421,11 @@ func spawn(cmd *exec.Cmd, dir, logPath string, env map[string]string) (*proc, er
 			cmd.Env = append(cmd.Env, k+"="+v)
 		}
 	}
-	if err := cmd.Start(); err != nil {
-		out.Close()
-		return nil, err
-	}
-	p := &proc{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-// stop SIGTERMs p and waits for it to exit, SIGKILLing it after
-// ClusterStopTimeout.
-func (p *proc) stop() {
-	if p == nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(ClusterStopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
+	return proc.Start(cmd, logPath)
 }
 
 // waitHTTP polls url until it answers 200, p exits or timeout passes.
-func waitHTTP(ctx context.Context, url string, p *proc, timeout time.Duration) error {
+func waitHTTP(ctx context.Context, url string, p *proc.Process, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	last := "no answer"
 	for {
@@ -484,7 +447,7 @@ func waitHTTP(ctx context.Context, url string, p *proc, timeout time.Duration) e
 			return fmt.Errorf("not ready after %s: %s", timeout, last)
 		}
 		select {
-		case <-p.exited:
+		case <-p.Exited():
 			return errors.New("exited at start")
 		case <-ctx.Done():
 			return ctx.Err()
@@ -506,7 +469,7 @@ func (c *Cluster) waitReady(ctx context.Context) error {
 func (c *Cluster) PIDs() map[string]int {
 	out := map[string]int{}
 	for _, in := range c.Instances {
-		out[in.Name] = in.proc.cmd.Process.Pid
+		out[in.Name] = in.proc.PID()
 	}
 	if c.ClickHouse != nil {
 		for _, s := range c.ClickHouse.Servers {
@@ -517,7 +480,7 @@ func (c *Cluster) PIDs() map[string]int {
 		out["zookeeper"] = c.ZooKeeper.PID()
 	}
 	for _, nd := range c.nats {
-		out[nd.name] = nd.proc.cmd.Process.Pid
+		out[nd.name] = nd.proc.PID()
 	}
 	return out
 }
@@ -558,13 +521,13 @@ func (c *Cluster) Stop() error {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				in.proc.stop()
+				_ = in.proc.Stop(ClusterStopTimeout)
 			}()
 		}
 		wg.Wait()
 	}
 	for _, in := range c.Instances {
-		if st := in.proc.cmd.ProcessState; st != nil && !st.Success() {
+		if st := in.proc.ExitState(); st != nil && !st.Success() {
 			errs = append(errs, fmt.Errorf("%s exited with %s; log %s", in.Name, st, in.LogPath))
 		}
 	}
@@ -584,7 +547,7 @@ func (c *Cluster) Stop() error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			nd.proc.stop()
+			_ = nd.proc.Stop(ClusterStopTimeout)
 		}()
 	}
 	wg.Wait()
@@ -626,17 +589,10 @@ func (c *Cluster) Instance(name string) *Instance {
 }
 
 // PID is the instance's process id.
-func (in *Instance) PID() int { return in.proc.cmd.Process.Pid }
+func (in *Instance) PID() int { return in.proc.PID() }
 
 // Running reports whether the instance's process runs.
-func (in *Instance) Running() bool {
-	select {
-	case <-in.proc.exited:
-		return false
-	default:
-		return true
-	}
-}
+func (in *Instance) Running() bool { return in.proc.Running() }
 
 // KillInstance SIGKILLs the instance's process and waits for it to exit.
 func (c *Cluster) KillInstance(name string) error {
@@ -644,9 +600,7 @@ func (c *Cluster) KillInstance(name string) error {
 	if in == nil {
 		return fmt.Errorf("no instance %s", name)
 	}
-	_ = in.proc.cmd.Process.Kill()
-	<-in.proc.exited
-	return nil
+	return in.proc.Kill()
 }
 
 // StopInstance stops the instance's process for good with SIGTERM, so it
@@ -656,8 +610,8 @@ func (c *Cluster) StopInstance(name string) error {
 	if in == nil {
 		return fmt.Errorf("no instance %s", name)
 	}
-	in.proc.stop()
-	if st := in.proc.cmd.ProcessState; st != nil && !st.Success() {
+	_ = in.proc.Stop(ClusterStopTimeout)
+	if st := in.proc.ExitState(); st != nil && !st.Success() {
 		return fmt.Errorf("%s exited with %s; log %s", in.Name, st, in.LogPath)
 	}
 	return nil
@@ -729,9 +683,7 @@ func (c *Cluster) KillNATS(i int) error {
 	c.mu.Lock()
 	p := nd.proc
 	c.mu.Unlock()
-	_ = p.cmd.Process.Kill()
-	<-p.exited
-	return nil
+	return p.Kill()
 }
 
 // RestartNATS starts NATS node i again on its ports and store and waits
@@ -744,10 +696,8 @@ func (c *Cluster) RestartNATS(ctx context.Context, i int) error {
 	c.mu.Lock()
 	p := nd.proc
 	c.mu.Unlock()
-	select {
-	case <-p.exited:
-	default:
-		return fmt.Errorf("%s runs already (pid %d)", nd.name, p.cmd.Process.Pid)
+	if p.Running() {
+		return fmt.Errorf("%s runs already (pid %d)", nd.name, p.PID())
 	}
 	p, err := spawn(exec.Command(c.natsBin, "-c", filepath.Join(nd.dir, "nats.conf")), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
 	if err != nil {
@@ -808,20 +758,11 @@ func (c *Cluster) KillReplica(s, r int) error {
 	if err != nil {
 		return err
 	}
-	pid := srv.PID()
-	if pid == 0 {
+	if srv.PID() == 0 {
 		return fmt.Errorf("clickhouse %d-%d is not running", s, r)
 	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+	if err := srv.Kill(); err != nil {
 		return fmt.Errorf("kill clickhouse %d-%d: %w", s, r, err)
-	}
-	// The server's own goroutine reaps the process; it is gone then.
-	deadline := time.Now().Add(ClusterStopTimeout)
-	for syscall.Kill(pid, 0) == nil {
-		if time.Now().After(deadline) {
-			return fmt.Errorf("clickhouse %d-%d (pid %d) still runs %s after SIGKILL", s, r, pid, ClusterStopTimeout)
-		}
-		time.Sleep(10 * time.Millisecond) // polling the kernel's process table
 	}
 	return nil
 }

@@ -18,12 +18,18 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
+
+	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
 // Binary is where Debian installs the server.
 const Binary = "/usr/sbin/clickhouse-server"
+
+// StopTimeout bounds the wait for a server to exit after SIGTERM; it is
+// SIGKILLed then.
+const StopTimeout = 30 * time.Second
 
 // DefaultCluster is the cluster name the Distributed table uses.
 const DefaultCluster = "events_cluster"
@@ -66,18 +72,11 @@ type Server struct {
 	// cluster without replicas.
 	Shard, Replica int
 
-	// mu guards proc; it is never held while waiting for the process.
-	mu   sync.Mutex
-	proc *process // nil when stopped
-}
-
-// process is one run of clickhouse-server.
-type process struct {
-	cmd *exec.Cmd
-	// exited closes when the process has exited.
-	exited chan struct{}
-	// stopping is set (under Server.mu) once Stop has signalled it.
-	stopping bool
+	// mu serialises starts; it is never held while waiting for the
+	// process.
+	mu sync.Mutex
+	// proc is the current run of clickhouse-server, nil when stopped.
+	proc atomic.Pointer[proc.Process]
 }
 
 // Addr is the native protocol address.
@@ -317,8 +316,8 @@ func (s *Server) Start(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-p.exited:
-			s.forget(p)
+		case <-p.Exited():
+			s.proc.CompareAndSwap(p, nil)
 			return fmt.Errorf("clickhouse-server on %s exited at start; see %s", s.Addr(), filepath.Join(s.Dir, "log"))
 		case <-ctx.Done():
 			s.stop(p)
@@ -334,113 +333,71 @@ func (s *Server) Start(ctx context.Context) error {
 
 // launch starts the process and records it; nil when one runs already.
 // A process being stopped is waited for first, without holding mu.
-func (s *Server) launch(ctx context.Context) (*process, error) {
+func (s *Server) launch(ctx context.Context) (*proc.Process, error) {
 	for {
 		s.mu.Lock()
-		p := s.proc
-		if p != nil && isClosed(p.exited) {
-			p = nil // stopped or died: start anew
-		}
-		if p == nil {
-			p, err := s.spawnLocked()
+		p := s.proc.Load()
+		if p == nil || !p.Running() { // stopped or died: start anew
+			p, err := s.spawn()
 			s.mu.Unlock()
 			return p, err
 		}
-		stopping := p.stopping
 		s.mu.Unlock()
-		if !stopping {
+		if !p.Stopping() {
 			return nil, nil
 		}
 		select {
-		case <-p.exited:
+		case <-p.Exited():
 		case <-ctx.Done():
 			return nil, fmt.Errorf("wait for clickhouse-server to stop: %w", ctx.Err())
 		}
 	}
 }
 
-// spawnLocked starts clickhouse-server and makes it the server's process;
-// s.mu is held.
-func (s *Server) spawnLocked() (*process, error) {
-	out, err := os.OpenFile(filepath.Join(s.Dir, "log", "stdout.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("clickhouse stdout: %w", err)
-	}
+// spawn starts clickhouse-server, its output in log/stdout.log, and makes
+// it the server's process; s.mu is held.
+func (s *Server) spawn() (*proc.Process, error) {
 	cmd := exec.Command(Binary, "--config-file="+filepath.Join(s.Dir, "config.xml"))
 	cmd.Dir = s.Dir
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so a Ctrl-C in a terminal reaches the parent,
-	// which then stops the server in order.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		out.Close()
+	p, err := proc.Start(cmd, filepath.Join(s.Dir, "log", "stdout.log"))
+	if err != nil {
 		return nil, fmt.Errorf("start clickhouse-server: %w", err)
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		close(p.exited)
-	}()
-	s.proc = p
+	s.proc.Store(p)
 	return p, nil
 }
 
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
-}
-
-// Stop sends SIGTERM and waits for exit (SIGKILL after 30 s), so the data
-// folder can be reused at once.
+// Stop sends SIGTERM and waits for exit (SIGKILL after StopTimeout), so
+// the data folder can be reused at once.
 func (s *Server) Stop() error {
-	s.mu.Lock()
-	p := s.proc
-	s.mu.Unlock()
-	if p != nil {
+	if p := s.proc.Load(); p != nil {
 		s.stop(p)
 	}
 	return nil
 }
 
-// stop ends p and waits for it without holding mu, so PID and a
-// concurrent Stop or Start do not wait behind the 30 s grace period.
-func (s *Server) stop(p *process) {
-	s.mu.Lock()
-	p.stopping = true
-	s.mu.Unlock()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-	s.forget(p)
+// stop ends p and waits for it, holding no lock, so PID and a concurrent
+// Stop or Start do not wait behind the grace period (a Start waits for
+// the exit, then starts anew).
+func (s *Server) stop(p *proc.Process) {
+	_ = p.Stop(StopTimeout)
+	s.proc.CompareAndSwap(p, nil) // unless another run took its place
 }
 
-// forget clears p as the server's process unless another took its place.
-func (s *Server) forget(p *process) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == p {
-		s.proc = nil
+// Kill SIGKILLs the server and waits for it to exit; Start starts it
+// again. A stopped server is an error.
+func (s *Server) Kill() error {
+	p := s.proc.Load()
+	if p == nil {
+		return fmt.Errorf("clickhouse-server on %s is not running", s.Addr())
 	}
+	err := p.Kill()
+	s.proc.CompareAndSwap(p, nil)
+	return err
 }
 
 // PID is the process id, 0 when stopped.
-func (s *Server) PID() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return 0
-	}
-	return s.proc.cmd.Process.Pid
-}
+func (s *Server) PID() int { return s.proc.Load().PID() }
 
 // FreePorts returns n distinct free loopback TCP ports.
 func FreePorts(n int) ([]int, error) {

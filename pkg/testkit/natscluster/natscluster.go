@@ -23,12 +23,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
 // Version is the nats-server release the cluster runs.
@@ -101,13 +103,10 @@ type node struct {
 	clientPort  int
 	monitorPort int
 
-	mu   sync.Mutex
-	proc *process // nil while stopped
-}
-
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{}
+	// mu serialises starts.
+	mu sync.Mutex
+	// proc is the node's process, nil while stopped.
+	proc atomic.Pointer[proc.Process]
 }
 
 // Start runs n nodes on free loopback ports, each with its store under a
@@ -193,60 +192,41 @@ cluster {
 func (nd *node) spawn(bin string) error {
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
-	if nd.proc != nil {
-		return fmt.Errorf("node %s runs already (pid %d)", nd.name, nd.proc.cmd.Process.Pid)
-	}
-	out, err := os.OpenFile(nd.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("node %s log: %w", nd.name, err)
+	if p := nd.proc.Load(); p != nil {
+		return fmt.Errorf("node %s runs already (pid %d)", nd.name, p.PID())
 	}
 	cmd := exec.Command(bin, "-c", filepath.Join(nd.dir, "nats.conf"))
 	cmd.Dir = nd.dir
-	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so a Ctrl-C reaches only the test, which
-	// stops the nodes; killed with the test's thread should the test die.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		out.Close()
+	p, err := proc.Start(cmd, nd.logPath())
+	if err != nil {
 		return fmt.Errorf("start nats-server %s: %w", nd.name, err)
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		close(p.exited)
-	}()
-	nd.proc = p
+	nd.proc.Store(p)
 	return nil
 }
 
 func (nd *node) logPath() string { return filepath.Join(nd.dir, "nats.log") }
 
-// signal sends sig to the node's process and waits for it to exit, at most
-// wait (then it is SIGKILLed).
-func (nd *node) signal(sig syscall.Signal, wait time.Duration) error {
-	nd.mu.Lock()
-	p := nd.proc
-	nd.mu.Unlock()
+// end ends the node's process with how (Stop or Kill, which wait for the
+// exit) and forgets it.
+func (nd *node) end(how func(*proc.Process) error) error {
+	p := nd.proc.Load()
 	if p == nil {
 		return fmt.Errorf("node %s is not running", nd.name)
 	}
-	_ = p.cmd.Process.Signal(sig)
-	var err error
-	select {
-	case <-p.exited:
-	case <-time.After(wait):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-		err = fmt.Errorf("node %s did not exit within %s of %s; killed", nd.name, wait, sig)
+	err := how(p)
+	nd.proc.CompareAndSwap(p, nil)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", nd.name, err)
 	}
-	nd.mu.Lock()
-	if nd.proc == p {
-		nd.proc = nil
-	}
-	nd.mu.Unlock()
-	return err
+	return nil
 }
+
+func (nd *node) stop() error {
+	return nd.end(func(p *proc.Process) error { return p.Stop(StopTimeout) })
+}
+
+func (nd *node) kill() error { return nd.end((*proc.Process).Kill) }
 
 // shutdown stops every running node, SIGTERM first, and closes the
 // cluster's connection.
@@ -260,21 +240,14 @@ func (c *Cluster) shutdown() {
 	for _, nd := range c.nodes {
 		wg.Go(func() {
 			if nd.pid() != 0 {
-				_ = nd.signal(syscall.SIGTERM, StopTimeout)
+				_ = nd.stop()
 			}
 		})
 	}
 	wg.Wait()
 }
 
-func (nd *node) pid() int {
-	nd.mu.Lock()
-	defer nd.mu.Unlock()
-	if nd.proc == nil {
-		return 0
-	}
-	return nd.proc.cmd.Process.Pid
-}
+func (nd *node) pid() int { return nd.proc.Load().PID() }
 
 // N is the number of nodes.
 func (c *Cluster) N() int { return len(c.nodes) }
@@ -305,15 +278,11 @@ func (c *Cluster) LogPath(i int) string { return c.nodes[i].logPath() }
 
 // Kill SIGKILLs node i and waits for the process to be gone: no leader
 // hands over, raft elects a new one after its timeouts.
-func (c *Cluster) Kill(i int) error {
-	return c.nodes[i].signal(syscall.SIGKILL, StopTimeout)
-}
+func (c *Cluster) Kill(i int) error { return c.nodes[i].kill() }
 
 // Stop SIGTERMs node i and waits for it to exit: the node shuts down in
 // order, its leaders step down first.
-func (c *Cluster) Stop(i int) error {
-	return c.nodes[i].signal(syscall.SIGTERM, StopTimeout)
-}
+func (c *Cluster) Stop(i int) error { return c.nodes[i].stop() }
 
 // Restart starts a stopped or killed node i again on the same ports and
 // store, and waits until it is healthy (caught up with the cluster).
@@ -332,9 +301,7 @@ func (c *Cluster) waitHealthy(i int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	last := "no answer"
 	for {
-		nd.mu.Lock()
-		p := nd.proc
-		nd.mu.Unlock()
+		p := nd.proc.Load()
 		if p == nil {
 			return fmt.Errorf("node %s is not running", nd.name)
 		}
@@ -353,7 +320,7 @@ func (c *Cluster) waitHealthy(i int, timeout time.Duration) error {
 			return fmt.Errorf("node %s not healthy after %s: %s; log %s", nd.name, timeout, last, nd.logPath())
 		}
 		select {
-		case <-p.exited:
+		case <-p.Exited():
 			return fmt.Errorf("node %s exited at start; log %s", nd.name, nd.logPath())
 		case <-time.After(50 * time.Millisecond):
 		}

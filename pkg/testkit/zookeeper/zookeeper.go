@@ -18,8 +18,10 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
+
+	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
 // Jar is where Debian installs ZooKeeper; its manifest names the rest of
@@ -81,14 +83,11 @@ type Server struct {
 	Dir  string
 	Port int
 
-	// mu guards proc; it is never held while waiting for the process.
-	mu   sync.Mutex
-	proc *process // nil when stopped
-}
-
-type process struct {
-	cmd    *exec.Cmd
-	exited chan struct{} // closed when the process has exited
+	// mu serialises starts; it is never held while waiting for the
+	// process.
+	mu sync.Mutex
+	// proc is the current run of the server, nil when stopped.
+	proc atomic.Pointer[proc.Process]
 }
 
 // Start writes zoo.cfg under dir for a free loopback port and starts the
@@ -144,11 +143,11 @@ func (s *Server) writeConfig() error {
 // until it serves requests; it returns at once when the server runs already.
 func (s *Server) Start(ctx context.Context) error {
 	s.mu.Lock()
-	if s.proc != nil && !isClosed(s.proc.exited) {
+	if p := s.proc.Load(); p != nil && p.Running() {
 		s.mu.Unlock()
 		return nil
 	}
-	p, err := s.spawnLocked()
+	p, err := s.spawn()
 	s.mu.Unlock()
 	if err != nil {
 		return err
@@ -159,8 +158,8 @@ func (s *Server) Start(ctx context.Context) error {
 			return nil
 		}
 		select {
-		case <-p.exited:
-			s.forget(p)
+		case <-p.Exited():
+			s.proc.CompareAndSwap(p, nil)
 			return fmt.Errorf("zookeeper on %s exited at start; see %s", s.Addr(), s.logPath())
 		case <-ctx.Done():
 			s.stop(p)
@@ -176,12 +175,9 @@ func (s *Server) Start(ctx context.Context) error {
 
 func (s *Server) logPath() string { return filepath.Join(s.Dir, "zookeeper.log") }
 
-// spawnLocked starts the JVM; s.mu is held.
-func (s *Server) spawnLocked() (*process, error) {
-	out, err := os.OpenFile(s.logPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, fmt.Errorf("zookeeper log: %w", err)
-	}
+// spawn starts the JVM, its output in the log, and makes it the server's
+// process; s.mu is held.
+func (s *Server) spawn() (*proc.Process, error) {
 	cmd := exec.Command("java",
 		// A small heap and the serial collector: a test server holds a few
 		// thousand nodes and must not take a core from the rest.
@@ -189,62 +185,31 @@ func (s *Server) spawnLocked() (*process, error) {
 		"-Dzookeeper.log.dir="+s.Dir,
 		"-cp", Jar, mainClass, filepath.Join(s.Dir, "zoo.cfg"))
 	cmd.Dir = s.Dir
-	cmd.Stdout, cmd.Stderr = out, out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		out.Close()
+	p, err := proc.Start(cmd, s.logPath())
+	if err != nil {
 		return nil, fmt.Errorf("start zookeeper: %w", err)
 	}
-	p := &process{cmd: cmd, exited: make(chan struct{})}
-	go func() {
-		_ = cmd.Wait()
-		out.Close()
-		close(p.exited)
-	}()
-	s.proc = p
+	s.proc.Store(p)
 	return p, nil
 }
 
 // Stop sends SIGTERM and waits for exit (SIGKILL after StopTimeout), so
 // the port and data folder can be reused at once.
 func (s *Server) Stop() error {
-	s.mu.Lock()
-	p := s.proc
-	s.mu.Unlock()
-	if p != nil {
+	if p := s.proc.Load(); p != nil {
 		s.stop(p)
 	}
 	return nil
 }
 
-func (s *Server) stop(p *process) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.exited:
-	case <-time.After(StopTimeout):
-		_ = p.cmd.Process.Kill()
-		<-p.exited
-	}
-	s.forget(p)
-}
-
-func (s *Server) forget(p *process) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == p {
-		s.proc = nil
-	}
+// stop ends p and waits for it, holding no lock.
+func (s *Server) stop(p *proc.Process) {
+	_ = p.Stop(StopTimeout)
+	s.proc.CompareAndSwap(p, nil) // unless another run took its place
 }
 
 // PID is the process id, 0 when stopped.
-func (s *Server) PID() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.proc == nil {
-		return 0
-	}
-	return s.proc.cmd.Process.Pid
-}
+func (s *Server) PID() int { return s.proc.Load().PID() }
 
 // Ruok asks the server at addr whether it runs without error: nil when it
 // answers `imok`. A server answers so shortly before it serves requests;
@@ -289,15 +254,6 @@ func fourLetters(addr, cmd string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w", cmd, addr, err)
 	}
 	return string(answer), nil
-}
-
-func isClosed(c <-chan struct{}) bool {
-	select {
-	case <-c:
-		return true
-	default:
-		return false
-	}
 }
 
 func freePort() (int, error) {
