@@ -3,6 +3,8 @@
 // NATS JetStream server (natsserver, natstest), a cluster of standalone
 // nats-server processes (natscluster), clickhouse-server processes, alone
 // or as replicated shards (chserver), and ZooKeeper for them (zookeeper);
-// chserver and zookeeper install the Debian packages where missing.
+// chserver and zookeeper install the Debian packages where missing. The
+// harnesses that run child processes share proc (start, stop, kill, its
+// log) and ports (free ports below the kernel's ephemeral range).
 // They are development tooling: no service imports them.
 package testkit

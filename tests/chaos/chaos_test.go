@@ -38,6 +38,7 @@ import (
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/services/batcher"
 	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/services/partitioner"
@@ -159,9 +160,9 @@ func startPipeline(t *testing.T) *pipeline {
 	logs := filepath.Join(dir, "logs")
 	require.NoError(t, os.MkdirAll(logs, 0o755))
 
-	ports, err := chserver.FreePorts(7)
+	free, err := ports.Free(7)
 	require.NoError(t, err)
-	natsPort, monPort := ports[0], ports[1]
+	natsPort, monPort := free[0], free[1]
 	natsConf := filepath.Join(dir, "nats.conf")
 	require.NoError(t, os.WriteFile(natsConf, fmt.Appendf(nil, `
 host: 127.0.0.1
@@ -199,8 +200,8 @@ jetstream {
 		"SURGE_LOG_FORMAT=json",
 	}
 	shardsVar := "SURGE_SHARDS=" + strconv.Itoa(shards)
-	admin := map[string]int{"ingest": ports[2], "partitioner": ports[3], "batcher": ports[4], "sink": ports[5]}
-	httpPort := ports[6]
+	admin := map[string]int{"ingest": free[2], "partitioner": free[3], "batcher": free[4], "sink": free[5]}
+	httpPort := free[6]
 	p.ingestURL = fmt.Sprintf("http://127.0.0.1:%d/v1/events", httpPort)
 	extra := map[string][]string{
 		"ingest": {"SURGE_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(httpPort), "SURGE_INGEST_PUBLISH_TIMEOUT=3s"},

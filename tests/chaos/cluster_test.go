@@ -24,6 +24,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/tools/stack"
 	"github.com/surge-events/surge/tools/status"
 )
@@ -158,7 +159,7 @@ func TestClusterChaos(t *testing.T) {
 	t.Logf("cluster chaos: order %s", strings.Join(plan, ", "))
 	started := time.Now()
 
-	ports, err := chserver.FreePorts(2)
+	free, err := ports.Free(2)
 	require.NoError(t, err)
 	wd, err := os.Getwd()
 	require.NoError(t, err)
@@ -167,7 +168,7 @@ func TestClusterChaos(t *testing.T) {
 	c, err := stack.StartCluster(t.Context(), stack.ClusterOptions{
 		Dir:         dir,
 		Shards:      shards,
-		IngestAddrs: [2]string{"127.0.0.1:" + strconv.Itoa(ports[0]), "127.0.0.1:" + strconv.Itoa(ports[1])},
+		IngestAddrs: [2]string{"127.0.0.1:" + strconv.Itoa(free[0]), "127.0.0.1:" + strconv.Itoa(free[1])},
 		SourceDir:   wd,
 		LogLevel:    "info",
 		// The ownership check reads the batchers' and sinks' outputs.

@@ -27,6 +27,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/services/sink"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -81,11 +82,11 @@ func TestCrashLoop(t *testing.T) {
 
 	becomeSubreaper(t)
 	tmp := t.TempDir()
-	ports, err := chserver.FreePorts(1)
+	free, err := ports.Free(1)
 	require.NoError(t, err)
 	up := &surgeUp{
 		bin: buildSurge(t, tmp), dir: filepath.Join(tmp, "data"), logPath: filepath.Join(tmp, "surge.log"),
-		httpAddr: "127.0.0.1:" + strconv.Itoa(ports[0]),
+		httpAddr: "127.0.0.1:" + strconv.Itoa(free[0]),
 	}
 	if p := os.Getenv("SURGE_CRASHLOOP_LOG"); p != "" {
 		up.logPath = p

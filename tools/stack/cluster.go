@@ -20,6 +20,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/pkg/testkit/proc"
 	"github.com/surge-events/surge/pkg/testkit/zookeeper"
 )
@@ -251,26 +252,26 @@ authorization {
 
 func (c *Cluster) startNATS(ctx context.Context, bin string) error {
 	const n = 3
-	ports, err := chserver.FreePorts(3 * n)
+	free, err := ports.Free(3 * n)
 	if err != nil {
 		return err
 	}
 	var routes []string
 	for i := range n {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", free[3*i+1]))
 	}
 	for i := range n {
 		nd := &natsNode{
 			name:        fmt.Sprintf("nats-%d", i),
 			dir:         filepath.Join(c.opts.Dir, "nats", fmt.Sprintf("nats-%d", i)),
-			clientPort:  ports[3*i],
-			monitorPort: ports[3*i+2],
+			clientPort:  free[3*i],
+			monitorPort: free[3*i+2],
 		}
 		if err := os.MkdirAll(filepath.Join(nd.dir, "store"), 0o755); err != nil {
 			return fmt.Errorf("nats store: %w", err)
 		}
 		conf := filepath.Join(nd.dir, "nats.conf")
-		if err := os.WriteFile(conf, []byte(nd.config(ports[3*i+1], routes)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(nd.config(free[3*i+1], routes)), 0o644); err != nil {
 			return fmt.Errorf("nats config: %w", err)
 		}
 		p, err := spawn(exec.Command(bin, "-c", conf), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
@@ -310,7 +311,7 @@ func (c *Cluster) sinkAddrs() string {
 }
 
 func (c *Cluster) startServices() error {
-	ports, err := chserver.FreePorts(2 * len(ClusterServices))
+	free, err := ports.Free(2 * len(ClusterServices))
 	if err != nil {
 		return err
 	}
@@ -348,7 +349,7 @@ func (c *Cluster) startServices() error {
 			if svc == "ingest" {
 				httpAddr = c.opts.IngestAddrs[i]
 			}
-			in := c.newInstance(svc, i, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[2*si+i])), httpAddr)
+			in := c.newInstance(svc, i, net.JoinHostPort("127.0.0.1", strconv.Itoa(free[2*si+i])), httpAddr)
 			if err := in.spawn(c.opts.Dir); err != nil {
 				return err
 			}
@@ -640,7 +641,7 @@ func (c *Cluster) AddInstance(ctx context.Context, service string) (*Instance, e
 	if _, ok := c.perService[service]; !ok || service == "ingest" {
 		return nil, fmt.Errorf("cannot add an instance of %q", service)
 	}
-	ports, err := chserver.FreePorts(1)
+	free, err := ports.Free(1)
 	if err != nil {
 		return nil, err
 	}
@@ -651,7 +652,7 @@ func (c *Cluster) AddInstance(ctx context.Context, service string) (*Instance, e
 			n++
 		}
 	}
-	in := c.newInstance(service, n, net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[0])), "")
+	in := c.newInstance(service, n, net.JoinHostPort("127.0.0.1", strconv.Itoa(free[0])), "")
 	err = in.spawn(c.opts.Dir)
 	if err == nil {
 		c.Instances = append(c.Instances, in)

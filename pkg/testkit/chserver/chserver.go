@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
@@ -163,7 +164,7 @@ func Start(ctx context.Context, dir string, o Options) (*Cluster, error) {
 	}
 	c := &Cluster{Name: DefaultCluster, ZooKeeper: o.ZooKeeper}
 	n := o.Shards * o.Replicas
-	ports, err := FreePorts(3 * n)
+	free, err := ports.Free(3 * n)
 	if err != nil {
 		return nil, err
 	}
@@ -177,8 +178,8 @@ func Start(ctx context.Context, dir string, o Options) (*Cluster, error) {
 			}
 			s := &Server{
 				Dir:      filepath.Join(dir, name),
-				TCPPort:  ports[3*i],
-				HTTPPort: ports[3*i+1],
+				TCPPort:  free[3*i],
+				HTTPPort: free[3*i+1],
 				Shard:    shard,
 				Replica:  replica,
 			}
@@ -188,7 +189,7 @@ func Start(ctx context.Context, dir string, o Options) (*Cluster, error) {
 		c.Shards = append(c.Shards, replicas)
 	}
 	for i, s := range c.Servers {
-		if err := s.writeConfig(c, ports[3*i+2]); err != nil {
+		if err := s.writeConfig(c, free[3*i+2]); err != nil {
 			return nil, err
 		}
 	}
@@ -398,26 +399,6 @@ func (s *Server) Kill() error {
 
 // PID is the process id, 0 when stopped.
 func (s *Server) PID() int { return s.proc.Load().PID() }
-
-// FreePorts returns n distinct free loopback TCP ports.
-func FreePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for i := 0; i < n; i++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
-}
 
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -30,6 +29,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
@@ -122,7 +122,7 @@ func Start(t testing.TB, n int) *Cluster {
 	if err != nil {
 		t.Fatalf("natscluster: %v", err)
 	}
-	ports, err := freePorts(3 * n)
+	free, err := ports.Free(3 * n)
 	if err != nil {
 		t.Fatalf("natscluster: %v", err)
 	}
@@ -130,16 +130,16 @@ func Start(t testing.TB, n int) *Cluster {
 	c := &Cluster{bin: bin}
 	var routes []string
 	for i := range n {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", ports[3*i+1]))
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", free[3*i+1]))
 	}
 	for i := range n {
 		nd := &node{
 			name:        fmt.Sprintf("n%d", i),
 			dir:         filepath.Join(dir, fmt.Sprintf("n%d", i)),
-			clientPort:  ports[3*i],
-			monitorPort: ports[3*i+2],
+			clientPort:  free[3*i],
+			monitorPort: free[3*i+2],
 		}
-		if err := nd.writeConfig(ports[3*i+1], routes); err != nil {
+		if err := nd.writeConfig(free[3*i+1], routes); err != nil {
 			t.Fatalf("natscluster: %v", err)
 		}
 		c.nodes = append(c.nodes, nd)
@@ -420,24 +420,4 @@ func (c *Cluster) index(name string) (int, error) {
 		}
 	}
 	return -1, fmt.Errorf("leader %q is no node of the cluster", name)
-}
-
-// freePorts returns n distinct free loopback TCP ports.
-func freePorts(n int) ([]int, error) {
-	var lns []net.Listener
-	defer func() {
-		for _, ln := range lns {
-			ln.Close()
-		}
-	}()
-	ports := make([]int, 0, n)
-	for range n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, fmt.Errorf("free port: %w", err)
-		}
-		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }

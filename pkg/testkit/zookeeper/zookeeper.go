@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/pkg/testkit/proc"
 )
 
@@ -97,11 +98,11 @@ func Start(ctx context.Context, dir string) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper dir: %w", err)
 	}
-	port, err := freePort()
+	free, err := ports.Free(1)
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Dir: dir, Port: port}
+	s := &Server{Dir: dir, Port: free[0]}
 	if err := s.writeConfig(); err != nil {
 		return nil, err
 	}
@@ -254,15 +255,6 @@ func fourLetters(addr, cmd string) (string, error) {
 		return "", fmt.Errorf("%s %s: %w", cmd, addr, err)
 	}
 	return string(answer), nil
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 func lastLines(s string, n int) string {

@@ -14,7 +14,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 
-	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/ports"
 	"github.com/surge-events/surge/pkg/testkit/zookeeper"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -43,13 +43,13 @@ func benchCluster(ctx context.Context, f benchFlags, gen *generator, rate int) (
 	if err := zookeeper.EnsureInstalled(ctx, logf); err != nil {
 		return benchFigures{}, err
 	}
-	ports, err := chserver.FreePorts(2)
+	free, err := ports.Free(2)
 	if err != nil {
 		return benchFigures{}, err
 	}
 	c, err := stack.StartCluster(ctx, stack.ClusterOptions{
 		Dir: filepath.Join(f.dir, "cluster"), Fresh: true, Shards: f.shards,
-		IngestAddrs: [2]string{fmt.Sprintf("127.0.0.1:%d", ports[0]), fmt.Sprintf("127.0.0.1:%d", ports[1])},
+		IngestAddrs: [2]string{fmt.Sprintf("127.0.0.1:%d", free[0]), fmt.Sprintf("127.0.0.1:%d", free[1])},
 		Logf:        logf,
 	})
 	if err != nil {
