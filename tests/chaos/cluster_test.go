@@ -575,20 +575,15 @@ func (ch *chaosCluster) pick(service string) (*stack.Instance, string, error) {
 // 0.2-1.5 s; for a batcher or sink it then waits until each of its shards
 // has another owner.
 func (ch *chaosCluster) killRestart(ctx context.Context, rep *faultReport, service string) error {
-	in, id, err := ch.pick(service)
+	in, id, owned, err := ch.target(rep, service)
 	if err != nil {
 		return err
 	}
-	rep.target = in.Name
-	owned := ch.leases.ownedBy(service, id)
 	if err := ch.c.KillInstance(in.Name); err != nil {
 		return err
 	}
 	killed := time.Now()
 	ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(killed), killed: true})
-	if len(owned) > 0 {
-		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
-	}
 	if err := sleep(ctx, 200*time.Millisecond+randDuration(ch.rng, 1300*time.Millisecond)); err != nil {
 		return err
 	}
@@ -599,6 +594,21 @@ func (ch *chaosCluster) killRestart(ctx context.Context, rep *faultReport, servi
 	rep.bounded["restart to ready"] = measure{time.Since(restarted), restartBound}
 	ch.waitTakeovers(ctx, rep, service, id, owned, killed)
 	return nil
+}
+
+// target draws the instance of service a fault hits (see pick), names it
+// in rep, and returns its lease id and the shards it holds.
+func (ch *chaosCluster) target(rep *faultReport, service string) (*stack.Instance, string, []int, error) {
+	in, id, err := ch.pick(service)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	rep.target = in.Name
+	owned := ch.leases.ownedBy(service, id)
+	if len(owned) > 0 {
+		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
+	}
+	return in, id, owned, nil
 }
 
 // waitTakeovers waits until every shard in owned has an owner other than
@@ -771,13 +781,10 @@ func (ch *chaosCluster) stopForGood(ctx context.Context, rep *faultReport) error
 	if err != nil {
 		return err
 	}
-	in, id, err := ch.pick(service)
+	in, id, owned, err := ch.target(rep, service)
 	if err != nil {
 		return err
 	}
-	rep.target = in.Name
-	owned := ch.leases.ownedBy(service, id)
-	rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
 	stopped := time.Now()
 	if err := ch.c.StopInstance(in.Name); err != nil {
 		return err
@@ -857,13 +864,10 @@ func (ch *chaosCluster) freeze(ctx context.Context, rep *faultReport) error {
 	if err != nil {
 		return err
 	}
-	in, id, err := ch.pick(service)
+	in, id, owned, err := ch.target(rep, service)
 	if err != nil {
 		return err
 	}
-	rep.target = in.Name
-	owned := ch.leases.ownedBy(service, id)
-	rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
 	pid := in.PID()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		return fmt.Errorf("SIGSTOP %s: %w", in.Name, err)
