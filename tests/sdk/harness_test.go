@@ -116,6 +116,49 @@ func send(t *testing.T, j job) outcome {
 	return o
 }
 
+// sendInBackground starts send on j and returns a function that waits
+// for its outcome, so the test can act on ingest meanwhile.
+func sendInBackground(t *testing.T, j job) (wait func() outcome) {
+	t.Helper()
+	type result struct {
+		o   outcome
+		err error
+	}
+	done := make(chan result, 1)
+	dir := sdkDir(t)
+	go func() {
+		o, err := runNode(t.Context(), dir, j)
+		done <- result{o, err}
+	}()
+	return func() outcome {
+		t.Helper()
+		res := <-done
+		require.NoError(t, res.err)
+		return res.o
+	}
+}
+
+// answered is how many requests an ingest (its registry reg) answered
+// with the status code.
+func answered(t *testing.T, reg *prometheus.Registry, code string) float64 {
+	t.Helper()
+	n, err := metric(reg, "surge_ingest_requests_total", map[string]string{"code": code})
+	require.NoError(t, err)
+	return n
+}
+
+// untilAnswered waits, at most a minute, until an ingest answered at
+// least n requests with the status code.
+func untilAnswered(t *testing.T, reg *prometheus.Registry, code string, n float64) {
+	t.Helper()
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got, err := metric(reg, "surge_ingest_requests_total", map[string]string{"code": code})
+		if assert.NoError(c, err) {
+			assert.GreaterOrEqual(c, got, n)
+		}
+	}, time.Minute, 10*time.Millisecond, "requests answered %s", code)
+}
+
 // runNode is send returning its problems, for use off the test goroutine.
 func runNode(ctx context.Context, dir string, j job) (outcome, error) {
 	in, err := json.Marshal(j)

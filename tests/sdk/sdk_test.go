@@ -176,34 +176,13 @@ func testOverload(t *testing.T, p *pipeline, sdk string) {
 	}, 10*time.Second, 10*time.Millisecond)
 
 	msgs, ids := burst(sdk, "overload", 2000)
-	type result struct {
-		o   outcome
-		err error
-	}
-	done := make(chan result, 1)
-	dir := sdkDir(t)
-	go func() {
-		o, err := runNode(t.Context(), dir, job{SDK: sdk, Host: "http://" + svc.Addr(), WriteKey: writeKey(tenant), Messages: msgs, FlushAt: flushAt[sdk]})
-		done <- result{o, err}
-	}()
-	refused := func() float64 {
-		n, err := metric(reg, "surge_ingest_requests_total", map[string]string{"code": "429"})
-		require.NoError(t, err)
-		return n
-	}
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		n, err := metric(reg, "surge_ingest_requests_total", map[string]string{"code": "429"})
-		if assert.NoError(c, err) {
-			assert.GreaterOrEqual(c, n, 2.0)
-		}
-	}, time.Minute, 10*time.Millisecond)
+	wait := sendInBackground(t, job{SDK: sdk, Host: "http://" + svc.Addr(), WriteKey: writeKey(tenant), Messages: msgs, FlushAt: flushAt[sdk]})
+	untilAnswered(t, reg, "429", 2)
 	for _, c := range held {
 		require.NoError(t, c.Close())
 	}
-	res := <-done
-	require.NoError(t, res.err)
-	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, res.o)
-	t.Logf("%s: %.0f requests answered 429", sdk, refused())
+	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, wait())
+	t.Logf("%s: %.0f requests answered 429", sdk, answered(t, reg, "429"))
 
 	rows := p.rows(t, tenant)
 	require.ElementsMatch(t, ids, keys(rows))
@@ -219,32 +198,11 @@ func testOutage(t *testing.T, p *pipeline, sdk string) {
 	link.Cut()
 
 	msgs, ids := burst(sdk, "outage", 2000)
-	type result struct {
-		o   outcome
-		err error
-	}
-	done := make(chan result, 1)
-	dir := sdkDir(t)
-	go func() {
-		o, err := runNode(t.Context(), dir, job{SDK: sdk, Host: "http://" + svc.Addr(), WriteKey: writeKey(tenant), Messages: msgs, FlushAt: flushAt[sdk]})
-		done <- result{o, err}
-	}()
-	unavailable := func() (float64, error) {
-		return metric(reg, "surge_ingest_requests_total", map[string]string{"code": "503"})
-	}
-	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		n, err := unavailable()
-		if assert.NoError(c, err) {
-			assert.GreaterOrEqual(c, n, 2.0)
-		}
-	}, time.Minute, 10*time.Millisecond)
+	wait := sendInBackground(t, job{SDK: sdk, Host: "http://" + svc.Addr(), WriteKey: writeKey(tenant), Messages: msgs, FlushAt: flushAt[sdk]})
+	untilAnswered(t, reg, "503", 2)
 	link.Restore()
-	res := <-done
-	require.NoError(t, res.err)
-	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, res.o)
-	n, err := unavailable()
-	require.NoError(t, err)
-	t.Logf("%s: %.0f requests answered 503", sdk, n)
+	require.Equal(t, outcome{Delivered: len(ids), Errors: []string{}}, wait())
+	t.Logf("%s: %.0f requests answered 503", sdk, answered(t, reg, "503"))
 
 	rows := p.rows(t, tenant)
 	require.ElementsMatch(t, ids, keys(rows))
