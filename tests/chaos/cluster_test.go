@@ -575,10 +575,11 @@ func (ch *chaosCluster) pick(service string) (*stack.Instance, string, error) {
 // 0.2-1.5 s; for a batcher or sink it then waits until each of its shards
 // has another owner.
 func (ch *chaosCluster) killRestart(ctx context.Context, rep *faultReport, service string) error {
-	in, id, owned, err := ch.target(rep, service)
+	h, err := ch.target(rep, service)
 	if err != nil {
 		return err
 	}
+	in := h.in
 	if err := ch.c.KillInstance(in.Name); err != nil {
 		return err
 	}
@@ -592,29 +593,38 @@ func (ch *chaosCluster) killRestart(ctx context.Context, rep *faultReport, servi
 		return err
 	}
 	rep.bounded["restart to ready"] = measure{time.Since(restarted), restartBound}
-	ch.waitTakeovers(ctx, rep, service, id, owned, killed)
+	ch.waitTakeovers(ctx, rep, h, killed)
 	return nil
 }
 
-// target draws the instance of service a fault hits (see pick), names it
-// in rep, and returns its lease id and the shards it holds.
-func (ch *chaosCluster) target(rep *faultReport, service string) (*stack.Instance, string, []int, error) {
-	in, id, err := ch.pick(service)
-	if err != nil {
-		return nil, "", nil, err
-	}
-	rep.target = in.Name
-	owned := ch.leases.ownedBy(service, id)
-	if len(owned) > 0 {
-		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", owned, id))
-	}
-	return in, id, owned, nil
+// hit is the instance a fault hits: its service, its lease id and the
+// shards it held.
+type hit struct {
+	in          *stack.Instance
+	service, id string
+	owned       []int
 }
 
-// waitTakeovers waits until every shard in owned has an owner other than
-// id, at most takeoverBound plus a margin, and records each one's time
-// from since (-1 for a shard that never moved).
-func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, service, id string, owned []int, since time.Time) {
+// target draws the instance of service a fault hits (see pick) and names
+// it in rep.
+func (ch *chaosCluster) target(rep *faultReport, service string) (hit, error) {
+	in, id, err := ch.pick(service)
+	if err != nil {
+		return hit{}, err
+	}
+	h := hit{in: in, service: service, id: id, owned: ch.leases.ownedBy(service, id)}
+	rep.target = in.Name
+	if len(h.owned) > 0 {
+		rep.notes = append(rep.notes, fmt.Sprintf("held shards %v as %s", h.owned, id))
+	}
+	return h, nil
+}
+
+// waitTakeovers waits until every shard h held has another owner, at
+// most takeoverBound plus a margin, and records each one's time from
+// since (-1 for a shard that never moved).
+func (ch *chaosCluster) waitTakeovers(ctx context.Context, rep *faultReport, h hit, since time.Time) {
+	service, id, owned := h.service, h.id, h.owned
 	if len(owned) == 0 {
 		return
 	}
@@ -777,41 +787,38 @@ func shardRows(addr string) (map[int]uint64, error) {
 // stopForGood SIGTERMs a batcher or sink (of a service with at least two
 // live instances) and waits until each of its shards has another owner.
 func (ch *chaosCluster) stopForGood(ctx context.Context, rep *faultReport) error {
-	service, err := ch.spareService(ctx, rep)
+	h, err := ch.spareTarget(ctx, rep)
 	if err != nil {
 		return err
 	}
-	in, id, owned, err := ch.target(rep, service)
-	if err != nil {
-		return err
-	}
+	in := h.in
 	stopped := time.Now()
 	if err := ch.c.StopInstance(in.Name); err != nil {
 		return err
 	}
 	ch.ends[in.Name] = append(ch.ends[in.Name], runEnd{at: unix(time.Now())})
 	rep.notes = append(rep.notes, fmt.Sprintf("drained and exited in %.1fs", time.Since(stopped).Seconds()))
-	ch.waitTakeovers(ctx, rep, service, id, owned, stopped)
+	ch.waitTakeovers(ctx, rep, h, stopped)
 	return nil
 }
 
-// spareService draws the batcher or the sink service among those with at
-// least two live instances, so that another instance can take the
-// shards of the one a fault stops or pauses for good. When each runs one
-// (a long run stopped the others), it adds an instance first.
-func (ch *chaosCluster) spareService(ctx context.Context, rep *faultReport) (string, error) {
+// spareTarget is target in the batcher or the sink service, drawn among
+// those with at least two live instances, so that another instance can
+// take the shards of the one a fault stops or pauses for good. When each
+// runs one (a long run stopped the others), it adds an instance first.
+func (ch *chaosCluster) spareTarget(ctx context.Context, rep *faultReport) (hit, error) {
 	services := []string{"batcher", "sink"}
 	ch.rng.Shuffle(len(services), func(i, j int) { services[i], services[j] = services[j], services[i] })
 	for _, service := range services {
 		if len(ch.liveInstances(service)) >= 2 {
-			return service, nil
+			return ch.target(rep, service)
 		}
 	}
 	rep.notes = append(rep.notes, "one added first")
 	if err := ch.addInstance(ctx, rep); err != nil {
-		return "", err
+		return hit{}, err
 	}
-	return ch.spareService(ctx, rep)
+	return ch.spareTarget(ctx, rep)
 }
 
 // addInstance adds a batcher or sink and waits until it holds its share
@@ -860,14 +867,11 @@ func (ch *chaosCluster) addInstance(ctx context.Context, rep *faultReport) error
 // must not publish or insert for the shards it lost beyond the one output
 // it had on its way (see overlaps).
 func (ch *chaosCluster) freeze(ctx context.Context, rep *faultReport) error {
-	service, err := ch.spareService(ctx, rep)
+	h, err := ch.spareTarget(ctx, rep)
 	if err != nil {
 		return err
 	}
-	in, id, owned, err := ch.target(rep, service)
-	if err != nil {
-		return err
-	}
+	in := h.in
 	pid := in.PID()
 	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
 		return fmt.Errorf("SIGSTOP %s: %w", in.Name, err)
@@ -883,7 +887,7 @@ func (ch *chaosCluster) freeze(ctx context.Context, rep *faultReport) error {
 		return fmt.Errorf("freeze %s: %w", in.Name, err)
 	}
 	frozen := time.Now()
-	ch.waitTakeovers(ctx, rep, service, id, owned, frozen)
+	ch.waitTakeovers(ctx, rep, h, frozen)
 	// Before the signal: the resumed process logs within milliseconds.
 	thawed := time.Now()
 	if err := syscall.Kill(pid, syscall.SIGCONT); err != nil {
