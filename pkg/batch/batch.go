@@ -22,7 +22,22 @@ type Batch struct {
 	ReceivedAt []int64 // unix microseconds
 	Properties []string
 	Seq        []uint64
+
+	// Conflicts holds, per row, the property values that did not fit their
+	// typed column, as a compact JSON object keyed by JSON Pointer ("" when
+	// none); Unpromoted lists, per row, the paths of properties left out of
+	// the typed columns. Both are empty (nil) when the batch was not
+	// projected.
+	Conflicts  []string
+	Unpromoted [][]string
+	// Typed are the typed property columns, in name order: only columns
+	// with a value in some row of the batch.
+	Typed []Column
 }
+
+// Projected reports whether the batch carries the typed projection of its
+// properties (Conflicts, Unpromoted and Typed).
+func (b *Batch) Projected() bool { return b.Conflicts != nil }
 
 // ID names the batch by shard and sequence range: the same events always
 // make the same id, so a re-published batch is dropped as a duplicate.
@@ -71,16 +86,42 @@ func (b *Batch) After(watermark uint64) *Batch {
 	if len(out.Seq) > 0 {
 		out.FirstSeq = out.Seq[0]
 	}
+	if b.Projected() {
+		rows := make([]int, 0, len(b.Seq)-i)
+		for r := i; r < len(b.Seq); r++ {
+			rows = append(rows, r)
+		}
+		b.pickProjection(out, rows)
+	}
 	return out
+}
+
+// pickProjection copies the projection of rows into out.
+func (b *Batch) pickProjection(out *Batch, rows []int) {
+	out.Conflicts = make([]string, 0, len(rows))
+	out.Unpromoted = make([][]string, 0, len(rows))
+	for _, r := range rows {
+		out.Conflicts = append(out.Conflicts, b.Conflicts[r])
+		out.Unpromoted = append(out.Unpromoted, b.Unpromoted[r])
+	}
+	out.Typed = nil
+	for i := range b.Typed {
+		c := b.Typed[i].pick(rows)
+		if c.hasValue() {
+			out.Typed = append(out.Typed, c)
+		}
+	}
 }
 
 // Without returns the rows whose sequence is not in drop, as a new batch.
 func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
 	out := &Batch{Shard: b.Shard}
+	var kept []int
 	for i, seq := range b.Seq {
 		if _, ok := drop[seq]; ok {
 			continue
 		}
+		kept = append(kept, i)
 		out.EventID = append(out.EventID, b.EventID[i])
 		out.Tenant = append(out.Tenant, b.Tenant[i])
 		out.UserID = append(out.UserID, b.UserID[i])
@@ -92,6 +133,9 @@ func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
 	}
 	if len(out.Seq) > 0 {
 		out.FirstSeq, out.LastSeq = out.Seq[0], out.Seq[len(out.Seq)-1]
+	}
+	if b.Projected() {
+		b.pickProjection(out, kept)
 	}
 	return out
 }
