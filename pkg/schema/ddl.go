@@ -39,9 +39,9 @@ func DeclaredKind(chType string) (batch.Kind, error) {
 	switch t {
 	case "String":
 		return batch.String, nil
-	case "Int64", "Int32", "Int16", "Int8", "UInt32", "UInt16":
+	case "Int64":
 		return batch.Int64, nil
-	case "Float64", "Float32":
+	case "Float64":
 		return batch.Float64, nil
 	case "Bool", "UInt8":
 		return batch.Bool, nil
