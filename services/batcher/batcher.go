@@ -51,6 +51,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -64,11 +65,16 @@ type Service struct {
 	watchdogs *service.Watchdogs
 	// instance names this process in the lease bucket.
 	instance string
+	// typedMetrics are the schema series; nil when typed columns are off.
+	typedMetrics *typedMetrics
 }
 
 // New validates cfg and deps and opens the admin listener; it does no
 // network I/O to NATS.
 func New(cfg Config, deps service.Deps) (*Service, error) {
+	if err := cfg.Schema.Load(); err != nil {
+		return nil, fmt.Errorf("batcher config: %w", err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("batcher config: %w", err)
 	}
@@ -82,6 +88,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	s := &Service{
 		cfg: cfg, host: host, m: newMetrics(host.Registry), watchdogs: host.Watchdogs(cfg.StallTimeout),
 		instance: lease.NewInstanceID(),
+	}
+	if cfg.Schema.Mode != schema.Off {
+		s.typedMetrics = newTypedMetrics(host.Registry, cfg.Schema)
 	}
 	if cfg.Leased() {
 		lease.ExportInstance(host.Registry, "batcher", s.instance)
@@ -113,6 +122,16 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	if err != nil {
 		return err
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	var typer *typer
+	if s.typedMetrics != nil {
+		typer, err = newTyper(ctx, conn.JS, s.cfg.Schema, s.cfg.Streams.Replicas, s.cfg.PublishTimeout, s.cfg.Retry, s.typedMetrics, s.host.Logger)
+		if err != nil {
+			return err
+		}
+		wg.Go(func() { typer.watch(ctx, s.cfg.Retry) })
+	}
 	newLoop := func(k int, holds func() bool) *shardLoop {
 		return &shardLoop{
 			s:       s,
@@ -127,11 +146,10 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 			log:     s.host.Logger.With(zap.Int("shard", k)),
 			wd:      s.watchdogs.For(strconv.Itoa(k)),
 			holds:   holds,
+			typer:   typer,
 		}
 	}
 	loops := &shard.Running[*shardLoop]{}
-	var wg sync.WaitGroup
-	defer wg.Wait()
 
 	if !s.cfg.Leased() {
 		owned := s.cfg.OwnedShards()

@@ -8,6 +8,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -49,6 +50,9 @@ type Config struct {
 	// streams.duplicate_window keeps the partitioner's republished groups
 	// recognised as duplicates across a NATS restart.
 	PurgeDelay time.Duration `yaml:"purge_delay" env:"PURGE_DELAY"`
+	// Schema says how properties become typed columns (typed_columns:
+	// off, infer, declared) and bounds the columns they may add.
+	Schema schema.Config `yaml:"schema" env:"SCHEMA"`
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -63,6 +67,7 @@ func DefaultConfig() Config {
 		ShutdownTimeout: 20 * time.Second,
 		MaxLinks:        128,
 		PurgeDelay:      streams.DefaultConfig().DuplicateWindow,
+		Schema:          schema.DefaultConfig(),
 	}
 }
 
@@ -73,6 +78,7 @@ func (c Config) Validate() error {
 		c.Ownership.Validate(),
 		config.Section("batch", c.Policy.Validate()),
 		config.Section("retry", c.Retry.Validate()),
+		c.Schema.Validate(),
 	}
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.PublishTimeout <= 0 {

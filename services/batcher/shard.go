@@ -40,6 +40,9 @@ type shardLoop struct {
 	// static mode, while its lease holds in lease mode. Checked before
 	// every publish attempt.
 	holds func() bool
+	// typer projects each batch's properties into typed columns; nil when
+	// typed columns are off.
+	typer *typer
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
 	next atomic.Uint64
@@ -315,10 +318,19 @@ func (l *shardLoop) cut(ctx context.Context, reason batch.CutReason) {
 	if b == nil {
 		return
 	}
+	l.project(ctx, b)
 	c := &cutBatch{b: b, trace: l.trace, reason: reason}
 	l.trace = batchTrace{}
 	if err := l.publish(ctx, c); err != nil {
 		l.held = c
+	}
+}
+
+// project fills b's typed columns, when they are on. It happens once per
+// batch, before its first publish: a retry publishes the same bytes.
+func (l *shardLoop) project(ctx context.Context, b *batch.Batch) {
+	if l.typer != nil {
+		l.typer.project(ctx, b)
 	}
 }
 
@@ -336,6 +348,7 @@ func (l *shardLoop) finish(parent context.Context) {
 		l.held = nil
 	}
 	if b := l.builder.Cut(); b != nil {
+		l.project(ctx, b)
 		c := &cutBatch{b: b, trace: l.trace, reason: batch.CutShutdown}
 		l.trace = batchTrace{}
 		if err := l.publish(ctx, c); err != nil {

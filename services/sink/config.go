@@ -18,6 +18,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -48,6 +49,10 @@ type Config struct {
 	// because the watermark is cached) or shared with the other sinks by
 	// leases (lease).
 	shard.Ownership `yaml:",inline"`
+	// Schema is the typed columns' section, shared with the batcher: the
+	// sink creates the declared columns, keeps every agreed column present
+	// on every server (the reconciler) and adopts a type an operator set.
+	Schema schema.Config `yaml:"schema" env:"SCHEMA"`
 }
 
 // ClickHouseConfig says how to reach the shard servers.
@@ -101,6 +106,7 @@ func DefaultConfig() Config {
 		AckWait:      5 * time.Second,
 		StallTimeout: 30 * time.Second,
 		Ownership:    shard.DefaultOwnership(),
+		Schema:       schema.DefaultConfig(),
 	}
 }
 
@@ -112,6 +118,7 @@ func (c Config) Validate() error {
 		config.Section("retry", c.Retry.Validate()),
 		c.validateLiveness(),
 		c.Ownership.Validate(),
+		c.Schema.Validate(),
 	}
 	return errors.Join(errs...)
 }

@@ -79,6 +79,9 @@ func pollEvery(stallTimeout time.Duration) time.Duration {
 
 // New checks cfg and deps and opens the admin listener; it does no other I/O.
 func New(cfg Config, deps service.Deps) (*Service, error) {
+	if err := cfg.Schema.Load(); err != nil {
+		return nil, fmt.Errorf("sink config: %w", err)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("sink config: %w", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
@@ -60,6 +61,9 @@ type Options struct {
 	Database string
 	// APIKeys maps API keys to tenants; empty turns auth off.
 	APIKeys map[string]string
+	// Schema is the typed columns' configuration of the batcher and the
+	// sink; schema.DefaultConfig() when nil.
+	Schema *schema.Config
 	// Logger receives every service's logs; a no-op logger when nil.
 	Logger *zap.Logger
 	// TracerProvider traces the services; a no-op provider when nil.
@@ -217,6 +221,9 @@ func (s *Stack) startServices(ctx context.Context) error {
 	bcfg.Admin.Addr = admin
 	bcfg.Shards = s.opts.Shards
 	bcfg.Policy = s.opts.Policy
+	if s.opts.Schema != nil {
+		bcfg.Schema = *s.opts.Schema
+	}
 
 	scfg := sink.DefaultConfig()
 	scfg.NATS = s.NATSAuth
@@ -225,6 +232,9 @@ func (s *Stack) startServices(ctx context.Context) error {
 	scfg.ClickHouse.Addrs = s.ClickHouse.Addrs()
 	scfg.ClickHouse.Database = s.opts.Database
 	scfg.ClickHouse.Cluster = s.ClickHouse.Name
+	if s.opts.Schema != nil {
+		scfg.Schema = *s.opts.Schema
+	}
 
 	for _, c := range []interface{ Validate() error }{icfg, pcfg, bcfg, scfg} {
 		if err := c.Validate(); err != nil {

@@ -1,0 +1,178 @@
+package batcher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promauto"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
+)
+
+// typer projects each cut batch's properties into typed columns, against
+// the schema every batcher agrees on: the batch's new keys are proposed
+// to the schema bucket by compare-and-swap (one writer wins a change, the
+// others adopt it), then the batch is projected on the schema in force.
+// The projection travels in the immutable BATCHES message, so every
+// retry, failover or new owner of the sink inserts the identical block.
+type typer struct {
+	cfg     schema.Config
+	reg     *schema.Registry
+	proj    *schema.Projector
+	m       *typedMetrics
+	log     *zap.Logger
+	timeout time.Duration
+}
+
+// newTyper opens the schema bucket, retrying until it answers or ctx ends.
+func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, replicas int, timeout time.Duration,
+	rc retry.Config, m *typedMetrics, log *zap.Logger) (*typer, error) {
+	proj, err := schema.NewProjector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var reg *schema.Registry
+	err = retry.Do(ctx, rc, func() error {
+		reg, err = schema.OpenRegistry(ctx, js, cfg.Table, replicas, timeout)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		log.Warn("open schema bucket, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	if err != nil {
+		return nil, fmt.Errorf("schema registry: %w", err)
+	}
+	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout}
+	t.observe(reg.Current())
+	return t, nil
+}
+
+// watch keeps the schema current until ctx ends, starting the watch again
+// when it fails.
+func (t *typer) watch(ctx context.Context, rc retry.Config) {
+	b := rc.NewBackOff()
+	for {
+		err := t.reg.Watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := b.NextBackOff()
+		t.log.Warn("schema watch stopped, watching again", zap.Duration("wait", wait), zap.Error(err))
+		if !retry.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// project fills b's typed columns. A proposal that fails (NATS down, every
+// compare-and-swap lost) leaves the batch's new keys in _unpromoted: the
+// batch still moves, and a later batch proposes them again.
+func (t *typer) project(ctx context.Context, b *batch.Batch) {
+	parsed := t.proj.Parse(b)
+	now := time.Now().UTC()
+	snap := t.reg.Current()
+	if _, changed := t.proj.Plan(parsed, snap.Doc, now); changed {
+		uctx, cancel := context.WithTimeout(ctx, t.timeout)
+		next, err := t.reg.Update(uctx, func(d *schema.Doc) (*schema.Doc, bool) { return t.proj.Plan(parsed, d, now) })
+		cancel()
+		switch {
+		case err == nil:
+			if next.Rev != snap.Rev {
+				t.m.changes.Inc()
+				t.log.Info("schema changed", zap.Uint64("revision", next.Rev), zap.Int("columns", len(next.Doc.Columns)))
+			}
+			snap = next
+		case errors.Is(err, schema.ErrContended):
+			snap = next
+			t.log.Warn("schema proposal lost every compare-and-swap; new keys stay unpromoted in this batch", zap.String("batch", b.ID()))
+		default:
+			t.m.proposalErrors.Inc()
+			t.log.Warn("schema proposal failed; new keys stay unpromoted in this batch", zap.String("batch", b.ID()), zap.Error(err))
+		}
+	}
+	stats := t.proj.Project(parsed, snap.Doc, b)
+	t.m.count(stats)
+	t.observe(snap)
+}
+
+// observe exports the size of the schema in force.
+func (t *typer) observe(s schema.Snapshot) {
+	t.m.columns.Set(float64(len(s.Doc.Columns)))
+	t.m.revision.Set(float64(s.Rev))
+}
+
+// typedMetrics are the batcher's schema series, labelled by table.
+type typedMetrics struct {
+	columns, limit, revision  prometheus.Gauge
+	changes, proposalErrors   prometheus.Counter
+	conflicts, unpromoted     *prometheus.CounterVec
+	mu                        sync.Mutex
+	conflictsBy, unpromotedBy map[string]prometheus.Counter
+}
+
+func newTypedMetrics(reg prometheus.Registerer, cfg schema.Config) *typedMetrics {
+	f := promauto.With(reg)
+	table := prometheus.Labels{"table": cfg.Table}
+	m := &typedMetrics{
+		columns: f.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_schema_columns", ConstLabels: table,
+			Help: "Typed property columns in the agreed schema of the table.",
+		}),
+		limit: f.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_schema_column_limit", ConstLabels: table,
+			Help: "The most typed property columns the table may have (schema.max_columns).",
+		}),
+		revision: f.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_schema_revision", ConstLabels: table,
+			Help: "Revision of the agreed schema in force at this batcher.",
+		}),
+		changes: f.NewCounter(prometheus.CounterOpts{
+			Name: "surge_schema_changes_total", ConstLabels: table,
+			Help: "Schema changes this batcher wrote (compare-and-swap won).",
+		}),
+		proposalErrors: f.NewCounter(prometheus.CounterOpts{
+			Name: "surge_schema_proposal_errors_total", ConstLabels: table,
+			Help: "Schema proposals that failed (NATS unavailable); their keys stayed unpromoted in their batch.",
+		}),
+		conflicts: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_schema_conflicts_total", ConstLabels: table,
+			Help: "Property values that did not fit their column, kept in _conflicts, by reason (type, collision).",
+		}, []string{"reason"}),
+		unpromoted: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_schema_unpromoted_total", ConstLabels: table,
+			Help: "Property values left out of the typed columns, listed in _unpromoted, by reason (rate, table_limit, tenant_limit, deny, keys, declared, failed, pending).",
+		}, []string{"reason"}),
+		conflictsBy:  make(map[string]prometheus.Counter),
+		unpromotedBy: make(map[string]prometheus.Counter),
+	}
+	m.limit.Set(float64(cfg.MaxColumns))
+	return m
+}
+
+// count adds one batch's projection to the counters.
+func (m *typedMetrics) count(s schema.Stats) {
+	for reason, n := range s.Conflicts {
+		m.counter(m.conflicts, m.conflictsBy, reason).Add(float64(n))
+	}
+	for reason, n := range s.Unpromoted {
+		m.counter(m.unpromoted, m.unpromotedBy, reason).Add(float64(n))
+	}
+}
+
+func (m *typedMetrics) counter(vec *prometheus.CounterVec, by map[string]prometheus.Counter, reason string) prometheus.Counter {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, ok := by[reason]
+	if !ok {
+		c = vec.WithLabelValues(reason)
+		by[reason] = c
+	}
+	return c
+}
