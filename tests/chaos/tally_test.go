@@ -27,6 +27,9 @@ type tally struct {
 	retries          atomic.Int64
 }
 
+// newKeyEvery is how many requests of a load share a new property key.
+const newKeyEvery = 25
+
 // maxErrTimes bounds the error times a tally keeps.
 const maxErrTimes = 1 << 16
 
@@ -36,7 +39,9 @@ func (t *tally) init(events int) {
 }
 
 // eventsBody is request r of a load: n events with ids <prefix>-<r>-<i>
-// and type typ, as a JSON array, and those ids.
+// and type typ, as a JSON array, and those ids. Every newKeyEvery requests
+// bring a property key never seen before, so the schema keeps changing
+// (a new typed column, its ALTER on every server) under the faults.
 func eventsBody(prefix, typ string, r, n int, rng *rand.Rand) (string, []string) {
 	ids := make([]string, n)
 	var b strings.Builder
@@ -46,7 +51,8 @@ func eventsBody(prefix, typ string, r, n int, rng *rand.Rand) (string, []string)
 			b.WriteByte(',')
 		}
 		ids[i] = fmt.Sprintf("%s-%d-%d", prefix, r, i)
-		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":%q,"properties":{"r":%d,"i":%d}}`, ids[i], rng.IntN(10_000), typ, r, i)
+		fmt.Fprintf(&b, `{"event_id":%q,"user_id":"u%d","type":%q,"properties":{"r":%d,"i":%d,"g%d":%d}}`,
+			ids[i], rng.IntN(10_000), typ, r, i, r/newKeyEvery, r)
 	}
 	b.WriteByte(']')
 	return b.String(), ids
