@@ -18,6 +18,9 @@ Commands:
   setup   install clickhouse-server and mosquitto-clients where missing (apt-get, as root)
   deadletter list | show SEQ | replay SEQ... | replay --all
           inspect and replay what the pipeline could not process
+  schema  ls | conflicts | unpromoted
+          the typed columns agreed and in ClickHouse, with fill rates; the
+          property paths that conflict with their column or stay unpromoted
 
 Run "surge <command> -h" for the flags of a command.
 `
@@ -37,6 +40,8 @@ func main() {
 		err = query(os.Args[2:])
 	case "deadletter":
 		err = deadLetter(os.Args[2:])
+	case "schema":
+		err = schemaCmd(os.Args[2:])
 	case "status":
 		os.Exit(statusCmd(os.Args[2:]))
 	case "setup":
