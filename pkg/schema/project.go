@@ -1,0 +1,545 @@
+package schema
+
+import (
+	"cmp"
+	"fmt"
+	"regexp"
+	"slices"
+	"time"
+
+	"github.com/valyala/fastjson"
+
+	"github.com/surge-events/surge/pkg/batch"
+)
+
+// Projector projects batches' properties into typed columns under one
+// configuration: Parse a batch, Plan the columns it adds to the agreed
+// schema, then Project it onto the schema that was agreed. It holds no
+// state between batches and is safe for concurrent use.
+type Projector struct {
+	cfg    Config
+	deny   []*regexp.Regexp
+	ignore map[string]bool
+	// declared are the declared columns' names by path, and reserved the
+	// names: inference leaves both to the declared columns, even before the
+	// sink has written them into the schema.
+	declared map[string]string
+	reserved map[string]bool
+	parsers  fastjson.ParserPool
+}
+
+// NewProjector checks cfg and builds a Projector for it.
+func NewProjector(cfg Config) (*Projector, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	p := &Projector{cfg: cfg, ignore: make(map[string]bool), declared: make(map[string]string), reserved: make(map[string]bool)}
+	for _, d := range cfg.DenyKeys {
+		p.deny = append(p.deny, regexp.MustCompile(d)) // Validate compiled it
+	}
+	for _, path := range cfg.Ignore {
+		p.ignore[path] = true
+	}
+	for path, d := range cfg.Columns {
+		name := d.Name
+		if name == "" {
+			name = ColumnName(splitPointer(path))
+		}
+		p.declared[path], p.reserved[name] = name, true
+	}
+	return p, nil
+}
+
+// deniedSegment reports whether a key matches a deny pattern: keys that
+// are ids or addresses would add a column each.
+func (p *Projector) deniedSegment(seg string) bool {
+	for _, re := range p.deny {
+		if re.MatchString(seg) {
+			return true
+		}
+	}
+	return false
+}
+
+// Parse flattens the properties of every row of b once, for Plan and
+// Project. A row whose properties are not a JSON object has no fields
+// (ingest lets only objects in). Nothing is parsed when the mode is off.
+func (p *Projector) Parse(b *batch.Batch) *Parsed {
+	out := &Parsed{batch: b}
+	if p.cfg.Mode == Off {
+		return out
+	}
+	size := 0
+	for _, props := range b.Properties {
+		size += len(props)
+	}
+	f := newFlattener(p, out, size)
+	parser := p.parsers.Get()
+	defer p.parsers.Put(parser)
+	for row, props := range b.Properties {
+		f.addRow(parser, row, props)
+	}
+	f.finish()
+	return out
+}
+
+// Plan is doc with the columns the parsed batch adds, and whether it adds
+// any; doc (nil is empty) is never changed. Only inference adds columns:
+// declared ones are written by the sink. Candidates are the batch's typed
+// paths that doc lacks and no limit, deny pattern or ignore list keeps
+// out, taken by how many rows have them, then by name, while the table,
+// the introducing tenant and the hour have room. Each gets the join of
+// the batch's kinds for it.
+func (p *Projector) Plan(parsed *Parsed, doc *Doc, now time.Time) (*Doc, bool) {
+	if p.cfg.Mode != Infer {
+		return doc, false
+	}
+	cands := p.candidates(parsed, doc)
+	if len(cands) == 0 {
+		return doc, false
+	}
+	next := &Doc{Format: Format}
+	if doc != nil {
+		next = doc.Clone()
+	}
+	if next.Columns == nil {
+		next.Columns = make(map[string]*Col)
+	}
+	if added := p.admit(next, cands, now.UTC()); added == 0 {
+		return doc, false
+	}
+	return next, true
+}
+
+// candidate is a path Plan may add as a column.
+type candidate struct {
+	key    *key
+	tenant string
+}
+
+// candidates are the paths of parsed that may become columns of doc, in
+// the order they are admitted.
+func (p *Projector) candidates(parsed *Parsed, doc *Doc) []candidate {
+	var byPath map[string]string
+	var names map[string]bool
+	if doc != nil {
+		byPath = doc.Index()
+		names = make(map[string]bool, len(doc.Columns))
+		for name := range doc.Columns {
+			names[name] = true
+		}
+	}
+	var out []candidate
+	for i := range parsed.keys {
+		k := &parsed.keys[i]
+		if k.rows == 0 || k.denied || k.ignored || byPath[k.pointer] != "" || p.declared[k.pointer] != "" ||
+			names[k.name] || p.reserved[k.name] {
+			continue
+		}
+		out = append(out, candidate{key: k, tenant: parsed.tenant(k.firstRow)})
+	}
+	slices.SortFunc(out, func(a, b candidate) int {
+		return cmp.Or(cmp.Compare(b.key.rows, a.key.rows), cmp.Compare(a.key.name, b.key.name),
+			cmp.Compare(a.key.pointer, b.key.pointer))
+	})
+	return out
+}
+
+// admit adds candidates to doc while the limits allow, and counts them.
+// Of two paths with one name, the first admitted owns it.
+func (p *Projector) admit(doc *Doc, cands []candidate, now time.Time) int {
+	if doc.Rate.WindowStart.IsZero() || !now.Before(doc.Rate.WindowStart.Add(time.Hour)) {
+		doc.Rate = Rate{WindowStart: now}
+	}
+	perTenant := tenantColumns(doc)
+	added := 0
+	for _, c := range cands {
+		if len(doc.Columns) >= p.cfg.MaxColumns || doc.Rate.Added >= p.cfg.MaxNewColumnsPerHour {
+			break
+		}
+		if perTenant[c.tenant] >= p.cfg.MaxColumnsPerTenant || doc.Columns[c.key.name] != nil {
+			continue
+		}
+		doc.Columns[c.key.name] = &Col{Path: c.key.pointer, Type: c.key.kind.String(), Origin: Inferred, Tenant: c.tenant, Added: now}
+		perTenant[c.tenant]++
+		doc.Rate.Added++
+		added++
+	}
+	return added
+}
+
+// tenantColumns counts doc's columns by the tenant that introduced them.
+func tenantColumns(doc *Doc) map[string]int {
+	out := make(map[string]int)
+	if doc == nil {
+		return out
+	}
+	for _, c := range doc.Columns {
+		if c.Tenant != "" {
+			out[c.Tenant]++
+		}
+	}
+	return out
+}
+
+// The reasons a value is in _conflicts or a path in _unpromoted: the
+// reason label of the conflict and unpromoted counters.
+const (
+	// ReasonType: the value does not convert to its column's type without
+	// loss.
+	ReasonType = "type"
+	// ReasonCollision: another path owns the column of the path's name.
+	ReasonCollision = "collision"
+
+	ReasonDeny     = "deny"     // a segment matches a deny pattern
+	ReasonKeys     = "keys"     // beyond the event's first MaxKeysPerEvent keys
+	ReasonDeclared = "declared" // the mode is declared and the path is not
+	// ReasonTableLimit: the table has MaxColumns columns.
+	ReasonTableLimit = "table_limit"
+	// ReasonTenantLimit: the row's tenant introduced MaxColumnsPerTenant.
+	ReasonTenantLimit = "tenant_limit"
+	// ReasonRate: MaxNewColumnsPerHour were added in the schema's hour.
+	ReasonRate = "rate"
+	// ReasonFailed: the path's column failed for good in ClickHouse.
+	ReasonFailed = "failed"
+	// ReasonPending: the column is not agreed yet (a batch built before
+	// it was, or a declared column the sink has not written yet).
+	ReasonPending = "pending"
+)
+
+// Stats counts a projection's conflicting values and unpromoted paths by
+// reason, for the metrics. A nil map counts none.
+type Stats struct {
+	Conflicts  map[string]int
+	Unpromoted map[string]int
+}
+
+func (s *Stats) conflict(reason string) {
+	if s.Conflicts == nil {
+		s.Conflicts = make(map[string]int)
+	}
+	s.Conflicts[reason]++
+}
+
+func (s *Stats) unpromote(reason string) {
+	if s.Unpromoted == nil {
+		s.Unpromoted = make(map[string]int)
+	}
+	s.Unpromoted[reason]++
+}
+
+// Project fills b's typed columns, _conflicts and _unpromoted from parsed
+// (Parse(b)) and doc, the agreed schema (nil is empty). A field whose path
+// is a column goes into it when it converts without loss, else into
+// _conflicts; a field whose name another path's column holds goes into
+// _conflicts; other paths are listed in _unpromoted with the reason. The
+// same batch and doc always give the same projection. With the mode off, b
+// is left unprojected.
+func (p *Projector) Project(parsed *Parsed, doc *Doc, b *batch.Batch) Stats {
+	if p.cfg.Mode == Off {
+		return Stats{}
+	}
+	if parsed.batch != b {
+		panic(fmt.Sprintf("schema: Project of batch %s with another batch's Parse", b.ID()))
+	}
+	pr := p.newProjection(parsed, doc)
+	for row := range parsed.rows() {
+		pr.addRow(row)
+	}
+	pr.finish(b)
+	return pr.stats
+}
+
+// route is where a path's values go, decided once per batch.
+type route struct {
+	col int // the index of its column in projection.cols; -1 for none
+	// reason is why it has no column when it is known without the row:
+	// collision, deny, failed, declared, pending; "" when the limits and
+	// the row decide.
+	reason string
+}
+
+// projection is the state of one Project.
+type projection struct {
+	p      *Projector
+	parsed *Parsed
+	doc    *Doc
+	routes []route
+	cols   []column
+	// perTenant counts doc's columns by tenant, for tenant_limit.
+	perTenant map[string]int
+
+	// conflicts holds every row's _conflicts JSON, and conflictEnd where
+	// each row's ends; rowConflicts is the current row's, to sort.
+	conflicts    []byte
+	conflictEnd  []int
+	rowConflicts []field
+	// unpromoted holds every row's paths, and unpromotedEnd where each
+	// row's end.
+	unpromoted    []string
+	unpromotedEnd []int
+	stats         Stats
+}
+
+func (p *Projector) newProjection(parsed *Parsed, doc *Doc) *projection {
+	if doc == nil {
+		doc = &Doc{}
+	}
+	pr := &projection{p: p, parsed: parsed, doc: doc, perTenant: tenantColumns(doc)}
+	byPath, names := columnIndex(doc)
+	pr.routes = make([]route, len(parsed.keys))
+	for i := range parsed.keys {
+		pr.routes[i] = pr.route(&parsed.keys[i], byPath, names)
+	}
+	return pr
+}
+
+// columnIndex maps doc's columns by path and by name (to their path). Of
+// two columns of one path (which the schema never holds), the one of the
+// lower name counts, so every instance picks the same.
+func columnIndex(doc *Doc) (byPath map[string]string, names map[string]string) {
+	byPath = make(map[string]string, len(doc.Columns))
+	names = make(map[string]string, len(doc.Columns))
+	for name, c := range doc.Columns {
+		names[name] = c.Path
+		if cur, ok := byPath[c.Path]; !ok || name < cur {
+			byPath[c.Path] = name
+		}
+	}
+	return byPath, names
+}
+
+// route decides where k's values go.
+func (pr *projection) route(k *key, byPath, names map[string]string) route {
+	if !k.hasField {
+		return route{col: -1}
+	}
+	if name, ok := byPath[k.pointer]; ok {
+		c := pr.doc.Columns[name]
+		if _, failed := pr.doc.Failed[name]; failed || !c.Kind().Valid() {
+			return route{col: -1, reason: ReasonFailed}
+		}
+		pr.cols = append(pr.cols, newColumn(name, c))
+		return route{col: len(pr.cols) - 1}
+	}
+	switch {
+	case hasName(names, k.name):
+		return route{col: -1, reason: ReasonCollision}
+	case k.denied:
+		return route{col: -1, reason: ReasonDeny}
+	case pr.p.cfg.Mode == Declared:
+		return route{col: -1, reason: ReasonDeclared}
+	case pr.p.declared[k.pointer] != "":
+		return route{col: -1, reason: ReasonPending}
+	}
+	return route{col: -1}
+}
+
+func hasName(names map[string]string, name string) bool {
+	_, ok := names[name]
+	return ok
+}
+
+// addRow projects one row.
+func (pr *projection) addRow(row int) {
+	pr.rowConflicts = pr.rowConflicts[:0]
+	rowStart := len(pr.unpromoted)
+	for i, f := range pr.parsed.rowFields(row) {
+		r := pr.routes[f.key]
+		switch {
+		case r.col >= 0:
+			if !pr.cols[r.col].add(pr.parsed, row, f.v) {
+				pr.conflict(f, ReasonType)
+			}
+		case f.v.infer == 0: // null or [] at a path with no column: nothing to keep
+		case r.reason == ReasonCollision:
+			pr.conflict(f, ReasonCollision)
+		default:
+			reason := pr.unpromotedReason(r, i, pr.parsed.tenant(row))
+			pr.unpromoted = append(pr.unpromoted, pr.parsed.keys[f.key].pointer)
+			pr.stats.unpromote(reason)
+		}
+	}
+	slices.Sort(pr.unpromoted[rowStart:])
+	pr.unpromotedEnd = append(pr.unpromotedEnd, len(pr.unpromoted))
+	pr.writeConflicts()
+}
+
+// unpromotedReason is why the field at index i of a row of tenant, with
+// route r, has no column.
+func (pr *projection) unpromotedReason(r route, i int, tenant string) string {
+	switch {
+	case r.reason == ReasonDeny || r.reason == ReasonFailed:
+		return r.reason
+	case i >= pr.p.cfg.MaxKeysPerEvent:
+		return ReasonKeys
+	case r.reason != "":
+		return r.reason
+	case len(pr.doc.Columns) >= pr.p.cfg.MaxColumns:
+		return ReasonTableLimit
+	case pr.perTenant[tenant] >= pr.p.cfg.MaxColumnsPerTenant:
+		return ReasonTenantLimit
+	case pr.doc.Rate.Added >= pr.p.cfg.MaxNewColumnsPerHour:
+		return ReasonRate
+	}
+	return ReasonPending
+}
+
+func (pr *projection) conflict(f field, reason string) {
+	pr.rowConflicts = append(pr.rowConflicts, f)
+	pr.stats.conflict(reason)
+}
+
+// writeConflicts appends the row's _conflicts: a JSON object of the
+// values by pointer, keys sorted so the bytes are the same every time.
+func (pr *projection) writeConflicts() {
+	if len(pr.rowConflicts) > 0 {
+		keys := pr.parsed.keys
+		slices.SortFunc(pr.rowConflicts, func(a, b field) int {
+			return cmp.Compare(keys[a.key].pointer, keys[b.key].pointer)
+		})
+		pr.conflicts = append(pr.conflicts, '{')
+		for i, f := range pr.rowConflicts {
+			if i > 0 {
+				pr.conflicts = append(pr.conflicts, ',')
+			}
+			pr.conflicts = appendJSONString(pr.conflicts, keys[f.key].pointer)
+			pr.conflicts = append(pr.conflicts, ':')
+			pr.conflicts = pr.parsed.appendValueJSON(pr.conflicts, f.v)
+		}
+		pr.conflicts = append(pr.conflicts, '}')
+	}
+	pr.conflictEnd = append(pr.conflictEnd, len(pr.conflicts))
+}
+
+// finish writes the projection into b.
+func (pr *projection) finish(b *batch.Batch) {
+	rows := pr.parsed.rows()
+	conflicts := string(pr.conflicts)
+	b.Conflicts = make([]string, rows)
+	b.Unpromoted = make([][]string, rows)
+	cStart, uStart := 0, 0
+	for r := range rows {
+		b.Conflicts[r] = conflicts[cStart:pr.conflictEnd[r]]
+		if end := pr.unpromotedEnd[r]; end > uStart {
+			b.Unpromoted[r] = pr.unpromoted[uStart:end:end]
+		}
+		cStart, uStart = pr.conflictEnd[r], pr.unpromotedEnd[r]
+	}
+	b.Typed = nil
+	for i := range pr.cols {
+		c := &pr.cols[i]
+		if c.filled {
+			c.padTo(rows)
+			b.Typed = append(b.Typed, c.col)
+		}
+	}
+	slices.SortFunc(b.Typed, func(x, y batch.Column) int { return cmp.Compare(x.Name, y.Name) })
+}
+
+// column builds one typed column of a batch.
+type column struct {
+	col    batch.Column
+	digits int  // DateTime: the sub-second digits kept
+	filled bool // a row holds a value: columns without one are left out
+}
+
+func newColumn(name string, c *Col) column {
+	return column{col: batch.Column{Name: name, Kind: c.Kind()}, digits: timeDigits(c.CHType)}
+}
+
+// padTo fills the rows before row with NULLs.
+func (c *column) padTo(row int) {
+	for c.col.Rows() < row {
+		c.col.AppendNull()
+	}
+}
+
+// add puts row's value v into the column, or a NULL (an empty array) and
+// false when v does not convert without loss. null and [] are NULL.
+func (c *column) add(ps *Parsed, row int, v value) bool {
+	c.padTo(row)
+	if v.kind == vNull || (v.kind == vArray && v.elems.n == 0) {
+		c.col.AppendNull()
+		return true
+	}
+	if c.col.Kind.IsArray() {
+		return c.addArray(ps, v)
+	}
+	if !c.appendScalar(ps, v) {
+		c.col.AppendNull()
+		return false
+	}
+	c.col.Null = append(c.col.Null, false)
+	c.filled = true
+	return true
+}
+
+// addArray appends an array converting every element, or an empty array
+// and false when one does not convert.
+func (c *column) addArray(ps *Parsed, v value) bool {
+	if v.kind != vArray {
+		c.col.AppendNull()
+		return false
+	}
+	marks := [...]int{len(c.col.ElemNull), len(c.col.Ints), len(c.col.Floats), len(c.col.Strs)}
+	for _, e := range ps.elemsOf(v) {
+		if e.kind == vNull {
+			c.col.ElemNull = append(c.col.ElemNull, true)
+			c.appendZero()
+			continue
+		}
+		if !c.appendScalar(ps, e) {
+			c.col.ElemNull = c.col.ElemNull[:marks[0]]
+			c.col.Ints, c.col.Floats, c.col.Strs = c.col.Ints[:marks[1]], c.col.Floats[:marks[2]], c.col.Strs[:marks[3]]
+			c.col.AppendNull()
+			return false
+		}
+		c.col.ElemNull = append(c.col.ElemNull, false)
+	}
+	c.col.Lens = append(c.col.Lens, uint32(v.elems.n))
+	c.filled = true
+	return true
+}
+
+// appendScalar appends v converted to the column's scalar kind to the
+// values, and reports false, appending nothing, when it does not convert.
+func (c *column) appendScalar(ps *Parsed, v value) bool {
+	switch c.col.Kind.Elem() {
+	case batch.String:
+		c.col.Strs = append(c.col.Strs, ps.asString(v))
+		return true
+	case batch.Float64:
+		f, ok := ps.asFloat(v)
+		if ok {
+			c.col.Floats = append(c.col.Floats, f)
+		}
+		return ok
+	}
+	var i int64
+	var ok bool
+	switch c.col.Kind.Elem() {
+	case batch.Int64:
+		i, ok = ps.asInt(v)
+	case batch.Bool:
+		i, ok = asBool(v)
+	case batch.DateTime:
+		i, ok = ps.asTime(v, c.digits)
+	}
+	if ok {
+		c.col.Ints = append(c.col.Ints, i)
+	}
+	return ok
+}
+
+// appendZero appends the zero value of a NULL element.
+func (c *column) appendZero() {
+	switch c.col.Kind.Elem() {
+	case batch.Float64:
+		c.col.Floats = append(c.col.Floats, 0)
+	case batch.String:
+		c.col.Strs = append(c.col.Strs, "")
+	default:
+		c.col.Ints = append(c.col.Ints, 0)
+	}
+}
