@@ -2,6 +2,7 @@ package batch_test
 
 import (
 	"flag"
+	"math"
 	"os"
 	"path/filepath"
 	"testing"
@@ -47,6 +48,44 @@ func golden(t *testing.T, name string, got []byte) []byte {
 	require.Equal(t, want[:4], got[:4], "magic and version")
 	require.Equal(t, rawOf(t, want), rawOf(t, got), "columns of %s", path)
 	return want
+}
+
+// goldenV2 is a fixed projected batch with a column of every kind: NULL
+// rows, NULL elements, empty arrays, extreme integers, floats whose bits
+// must survive (a NaN with a payload, -0, infinities, the least
+// subnormal). Its rows came in three messages: seen_at has values only in
+// the first message's rows, name only in the second's.
+func goldenV2() *batch.Batch {
+	at := time.Date(2025, 6, 1, 8, 30, 0, 0, time.UTC)
+	b := &batch.Batch{Shard: 6}
+	row := func(id, typ string) event.Event {
+		return event.Event{EventID: id, Tenant: "acme", UserID: "u-" + id, Type: typ, TS: at, ReceivedAt: at.Add(time.Second), Properties: `{"k":1}`}
+	}
+	b.Append(41, []event.Event{row("e0", "page_view"), row("e1", "click")})
+	b.Append(44, []event.Event{row("e2", "click"), row("e3", "purchase")})
+	b.Append(47, []event.Event{row("e4", "signup")})
+	nan := math.Float64frombits(0x7ff8_0000_dead_beef)
+	b.Conflicts = []string{"", `{"/count":"many"}`, "", "", `{"/ratio":true}`}
+	b.Unpromoted = [][]string{nil, {"/deep/x"}, nil, {"/a", "/b"}, nil}
+	b.Typed = []batch.Column{
+		scalarCol("count", batch.Int64, int64(math.MinInt64), 0, nil, int64(math.MaxInt64), -1),
+		scalarCol("flag", batch.Bool, true, nil, false, true, nil),
+		arrayCol("flags", batch.Bool, []any{true, false}, []any{}, []any{nil}, nil, []any{false, nil, true}),
+		arrayCol("ids", batch.Int64, []any{1, 2, 3}, []any{nil}, nil, []any{int64(math.MinInt64), int64(math.MaxInt64)}, nil),
+		scalarCol("name", batch.String, nil, nil, "ключ 🎉", "a\x00b\xff", nil),
+		scalarCol("ratio", batch.Float64, nan, math.Copysign(0, -1), nil, math.Inf(1), math.SmallestNonzeroFloat64),
+		arrayCol("scores", batch.Float64, []any{nan, math.Inf(-1)}, nil, []any{nil, 0.5}, nil, []any{math.Copysign(0, -1)}),
+		scalarCol("seen_at", batch.DateTime, time.Date(1901, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, 0), nil, nil, nil),
+		arrayCol("tags", batch.String, []any{"a", ""}, []any{nil}, nil, []any{"日本"}, []any{}),
+	}
+	return b
+}
+
+func TestGoldenV2(t *testing.T) {
+	want := golden(t, "batch_v2.golden", batch.Encode(goldenV2()))
+	got, err := batch.Decode(want)
+	require.NoError(t, err)
+	requireSameBatch(t, goldenV2(), got)
 }
 
 func TestGoldenV1(t *testing.T) {
