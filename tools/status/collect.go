@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/model"
 
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/services/sink"
 )
@@ -59,6 +60,11 @@ type Config struct {
 	Shards int
 	// Timeout bounds each request; 5 s when zero.
 	Timeout time.Duration
+	// SchemaTable names the schema (key table.<SchemaTable> of the schema
+	// bucket) whose typed columns land in Database's events_local: its
+	// columns are looked for on every ClickHouse server. "events" when
+	// empty.
+	SchemaTable string
 }
 
 // Collector takes Reports of one deployment. It keeps its connections
@@ -82,6 +88,9 @@ func New(cfg Config) (*Collector, error) {
 	}
 	if cfg.Database == "" {
 		cfg.Database = "surge"
+	}
+	if cfg.SchemaTable == "" {
+		cfg.SchemaTable = schema.DefaultConfig().Table
 	}
 	opts := []nats.Option{nats.Name("surge-status"), nats.Timeout(cfg.Timeout), nats.MaxReconnects(-1)}
 	if cfg.NATSUser != "" {
@@ -132,15 +141,23 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 		metrics   map[string]*instanceMetrics
 		rows      map[int]shardRows
 		servers   []Server
+		columns   map[string]map[string]bool
 	)
 	wg.Go(func() { instances, metrics = c.instances(ctx) })
-	wg.Go(func() { rows, servers = c.clickHouse(ctx) })
+	wg.Go(func() { rows, servers, columns = c.clickHouse(ctx) })
 	js, err := c.jetStream(ctx, r)
+	var docs map[string]schema.Snapshot
+	if err == nil {
+		if docs, err = c.schemas(ctx); err != nil {
+			r.SchemaUnreadable, err = err.Error(), nil
+		}
+	}
 	wg.Wait()
 	if err != nil {
 		return nil, err
 	}
 	r.Instances, r.ClickHouse = instances, servers
+	r.Schemas = tableSchemas(docs, columns, metrics, c.cfg.SchemaTable)
 
 	n := c.cfg.Shards
 	if n == 0 {
@@ -187,11 +204,16 @@ func (c *Collector) Collect(ctx context.Context) (*Report, error) {
 	return r, nil
 }
 
-// Judge sets r's Problems and Healthy by Assess.
+// Judge sets r's Problems and Healthy by Assess, and its Warnings by
+// Warn.
 func (r *Report) Judge(th Thresholds) {
 	r.Problems = Assess(*r, th)
 	if r.Problems == nil {
 		r.Problems = []Problem{}
+	}
+	r.Warnings = Warn(*r, th)
+	if r.Warnings == nil {
+		r.Warnings = []Problem{}
 	}
 	r.Healthy = len(r.Problems) == 0
 }
@@ -492,6 +514,13 @@ type instanceMetrics struct {
 	// leaseID is the id it writes into the lease bucket
 	// (surge_<service>_lease_instance_info{instance_id}), "" in static mode.
 	leaseID string
+	// A batcher with typed columns reports, by table, its column limit
+	// (surge_schema_column_limit) and the values that conflicted with
+	// their column (surge_schema_conflicts_total, every reason), and the
+	// rows it published (surge_batcher_rows_total, every shard).
+	columnLimit map[string]int
+	conflicts   map[string]uint64
+	rows        uint64
 }
 
 // instances asks every admin endpoint for /readyz, and the batchers and
@@ -582,6 +611,16 @@ func (c *Collector) metrics(ctx context.Context, ep Endpoint) *instanceMetrics {
 			m.watermark[k] = uint64(math.Max(series.GetGauge().GetValue(), 0))
 		}
 	}
+	m.columnLimit, m.conflicts = map[string]int{}, map[string]uint64{}
+	for _, series := range families["surge_schema_column_limit"].GetMetric() {
+		m.columnLimit[label(series, "table")] = int(series.GetGauge().GetValue())
+	}
+	for _, series := range families["surge_schema_conflicts_total"].GetMetric() {
+		m.conflicts[label(series, "table")] += uint64(series.GetCounter().GetValue())
+	}
+	for _, series := range families["surge_batcher_rows_total"].GetMetric() {
+		m.rows += uint64(series.GetCounter().GetValue())
+	}
 	return m
 }
 
@@ -639,13 +678,15 @@ func (s *chServer) close() error {
 }
 
 // clickHouse asks every server, the first of its replicas that answers,
-// for each shard's watermark and row count.
-func (c *Collector) clickHouse(ctx context.Context) (map[int]shardRows, []Server) {
+// for each shard's watermark and row count; and every replica that
+// answers for the columns of its events_local, by address.
+func (c *Collector) clickHouse(ctx context.Context) (map[int]shardRows, []Server, map[string]map[string]bool) {
 	rows := map[int]shardRows{}
+	columns := map[string]map[string]bool{}
 	var servers []Server
 	for _, s := range c.ch {
 		srv := Server{Addr: s.entry}
-		got, err := c.queryServer(ctx, s)
+		got, failed, err := c.queryServer(ctx, s)
 		if err != nil {
 			srv.Error = err.Error()
 		}
@@ -654,39 +695,86 @@ func (c *Collector) clickHouse(ctx context.Context) (map[int]shardRows, []Server
 			rows[k] = shardRows{watermark: max(prev.watermark, r.watermark), rows: prev.rows + r.rows}
 		}
 		servers = append(servers, srv)
+		for i, addr := range s.replicas {
+			if failed[i] {
+				continue // not asked twice in one look
+			}
+			if cols, err := c.replicaColumns(ctx, s, i); err == nil {
+				columns[addr] = cols
+			}
+		}
 	}
-	return rows, servers
+	return rows, servers, columns
 }
 
-func (c *Collector) queryServer(ctx context.Context, s *chServer) (map[int]shardRows, error) {
-	if s.conns == nil {
-		s.conns = make([]driver.Conn, len(s.replicas))
-	}
+// queryServer reads the shards' rows from the first replica of s that
+// answers; failed are the replicas that did not.
+func (c *Collector) queryServer(ctx context.Context, s *chServer) (got map[int]shardRows, failed map[int]bool, err error) {
 	query := fmt.Sprintf("SELECT shard, max(seq), count() FROM %s.events_local GROUP BY shard", c.cfg.Database)
+	failed = map[int]bool{}
 	var errs []error
 	for i, addr := range s.replicas {
-		if s.conns[i] == nil {
-			conn, err := clickhouse.Open(&clickhouse.Options{
-				Addr:        []string{addr},
-				Auth:        clickhouse.Auth{Username: c.cfg.ClickHouseUser, Password: c.cfg.ClickHousePassword},
-				DialTimeout: c.cfg.Timeout,
-			})
-			if err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", addr, err))
-				continue
-			}
-			s.conns[i] = conn
+		conn, err := c.conn(s, i)
+		if err != nil {
+			failed[i] = true
+			errs = append(errs, fmt.Errorf("%s: %w", addr, err))
+			continue
 		}
-		got, err := queryRows(ctx, s.conns[i], query, c.cfg.Timeout)
+		got, err := queryRows(ctx, conn, query, c.cfg.Timeout)
 		if err == nil {
-			return got, nil
+			return got, failed, nil
 		}
+		failed[i] = true
 		if len(s.replicas) > 1 {
 			err = fmt.Errorf("%s: %w", addr, err)
 		}
 		errs = append(errs, err)
 	}
-	return nil, errors.Join(errs...)
+	return nil, failed, errors.Join(errs...)
+}
+
+// conn is the connection to replica i of s, opened at its first use.
+func (c *Collector) conn(s *chServer, i int) (driver.Conn, error) {
+	if s.conns == nil {
+		s.conns = make([]driver.Conn, len(s.replicas))
+	}
+	if s.conns[i] == nil {
+		conn, err := clickhouse.Open(&clickhouse.Options{
+			Addr:        []string{s.replicas[i]},
+			Auth:        clickhouse.Auth{Username: c.cfg.ClickHouseUser, Password: c.cfg.ClickHousePassword},
+			DialTimeout: c.cfg.Timeout,
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.conns[i] = conn
+	}
+	return s.conns[i], nil
+}
+
+// replicaColumns reads the column names of events_local on replica i of
+// s; none when the table does not exist there.
+func (c *Collector) replicaColumns(ctx context.Context, s *chServer, i int) (map[string]bool, error) {
+	conn, err := c.conn(s, i)
+	if err != nil {
+		return nil, err
+	}
+	qctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	rs, err := conn.Query(qctx, "SELECT name FROM system.columns WHERE database = ? AND table = 'events_local'", c.cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	defer rs.Close()
+	out := map[string]bool{}
+	for rs.Next() {
+		var name string
+		if err := rs.Scan(&name); err != nil {
+			return nil, err
+		}
+		out[name] = true
+	}
+	return out, rs.Err()
 }
 
 func queryRows(ctx context.Context, conn driver.Conn, query string, timeout time.Duration) (map[int]shardRows, error) {

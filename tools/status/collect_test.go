@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
@@ -205,6 +206,13 @@ func TestCollect(t *testing.T) {
 		"ingest not ready",
 	}, got)
 	assert.False(t, r.Healthy)
+
+	// No batcher with typed columns ran: no table, and the look did not
+	// create the schema bucket.
+	assert.Equal(t, []TableSchema{}, r.Schemas)
+	assert.Equal(t, []Problem{}, r.Warnings)
+	_, err = js.KeyValue(ctx, schema.Bucket)
+	assert.ErrorIs(t, err, jetstream.ErrBucketNotFound)
 }
 
 // admin serves a real admin endpoint (/readyz, /metrics) set up by prepare.

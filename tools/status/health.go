@@ -114,6 +114,46 @@ func Assess(r Report, th Thresholds) []Problem {
 	return out
 }
 
+// Warn lists what is worth a look in r and leaves it healthy (see the
+// warning kinds for why): per table, columns agreed longer than
+// th.PendingDDL ago and still missing on a ClickHouse server, columns
+// whose DDL failed for good and a column count at its limit; and a schema
+// bucket that did not answer. It reads nothing but r.
+func Warn(r Report, th Thresholds) []Problem {
+	var out []Problem
+	if r.SchemaUnreadable != "" {
+		out = append(out, Problem{Kind: KindSchemaUnreadable, Subject: "schema", Shard: -1, Detail: r.SchemaUnreadable})
+	}
+	for _, ts := range r.Schemas {
+		subject := "table " + ts.Table
+		var late []string
+		for _, p := range ts.Pending {
+			if age := r.Time.Sub(p.Added); age >= th.PendingDDL {
+				late = append(late, fmt.Sprintf("%s (%s) missing on %s, agreed %s ago", p.Name, p.Path, strings.Join(p.Missing, ", "), Age(age)))
+			}
+		}
+		if len(late) > 0 {
+			const shown = 5
+			detail := strings.Join(late[:min(len(late), shown)], "; ")
+			if len(late) > shown {
+				detail += fmt.Sprintf("; and %d more", len(late)-shown)
+			}
+			out = append(out, Problem{Kind: KindPendingDDL, Subject: subject, Shard: -1,
+				Detail: fmt.Sprintf("%d %s: %s; `surge schema ls` shows each server", len(late), plural(len(late), "column"), detail)})
+		}
+		if len(ts.Failed) > 0 {
+			out = append(out, Problem{Kind: KindDDLFailed, Subject: subject, Shard: -1,
+				Detail: fmt.Sprintf("%d %s whose DDL failed for good, no longer filled (the values stay in properties): %s",
+					len(ts.Failed), plural(len(ts.Failed), "column"), strings.Join(ts.Failed, ", "))})
+		}
+		if ts.Limit > 0 && ts.Columns >= ts.Limit {
+			out = append(out, Problem{Kind: KindColumnLimit, Subject: subject, Shard: -1,
+				Detail: fmt.Sprintf("%d of %d typed columns: new keys stay unpromoted (`surge schema unpromoted`)", ts.Columns, ts.Limit)})
+		}
+	}
+	return out
+}
+
 // assessBacklog judges one backlog: stalled when work waits and nothing
 // moved (no progress since the later of the last progress and the oldest
 // waiting message's arrival) for th.Stall, or when its service says so

@@ -2,6 +2,7 @@ package status
 
 import (
 	"bytes"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -42,6 +43,9 @@ func healthy() Report {
 			{Name: "sink", Service: "sink", Addr: "127.0.0.1:2", Ready: true},
 		},
 		ClickHouse: []Server{{Addr: "127.0.0.1:9440"}},
+		Schemas: []TableSchema{
+			{Table: "events", Revision: 3, Columns: 2, Limit: 200, LimitFrom: "batchers", Checked: true, Conflicts: u64(6), Rows: u64(1200)},
+		},
 	}
 }
 
@@ -241,6 +245,91 @@ func TestAssess(t *testing.T) {
 	}
 }
 
+func TestWarn(t *testing.T) {
+	th := DefaultThresholds()
+	pending := func(name string, ago time.Duration, missing ...string) PendingColumn {
+		return PendingColumn{Name: name, Path: "/" + strings.TrimPrefix(name, "p_"), Added: now.Add(-ago), Missing: missing}
+	}
+	tests := []struct {
+		name   string
+		change func(r *Report)
+		want   []string // Problem.String() of each warning, in order
+	}{
+		{name: "nothing to say", change: func(*Report) {}},
+		{
+			name: "a column pending DDL for less than the threshold is the sink at work",
+			change: func(r *Report) {
+				r.Schemas[0].Pending = []PendingColumn{pending("p_plan", 59*time.Second, "127.0.0.1:9440")}
+			},
+		},
+		{
+			name: "a column pending DDL from the threshold on",
+			change: func(r *Report) {
+				r.Schemas[0].Pending = []PendingColumn{
+					pending("p_plan", time.Minute, "127.0.0.1:9440", "127.0.0.1:9441"),
+					pending("p_new", 3*time.Second, "127.0.0.1:9440"),
+				}
+			},
+			want: []string{"table events pending DDL: 1 column: p_plan (/plan) missing on 127.0.0.1:9440, 127.0.0.1:9441, agreed 1m ago; `surge schema ls` shows each server"},
+		},
+		{
+			name: "many columns pending: the first five named",
+			change: func(r *Report) {
+				for i := range 7 {
+					r.Schemas[0].Pending = append(r.Schemas[0].Pending, pending(fmt.Sprintf("p_%d", i), 2*time.Minute, "127.0.0.1:9440"))
+				}
+			},
+			want: []string{"table events pending DDL: 7 columns: p_0 (/0) missing on 127.0.0.1:9440, agreed 2m ago; p_1 (/1) missing on 127.0.0.1:9440, agreed 2m ago; " +
+				"p_2 (/2) missing on 127.0.0.1:9440, agreed 2m ago; p_3 (/3) missing on 127.0.0.1:9440, agreed 2m ago; p_4 (/4) missing on 127.0.0.1:9440, agreed 2m ago; " +
+				"and 2 more; `surge schema ls` shows each server"},
+		},
+		{
+			name: "failed DDL",
+			change: func(r *Report) {
+				r.Schemas[0].Failed = []string{"p_huge", "p_wide"}
+			},
+			want: []string{"table events DDL failed: 2 columns whose DDL failed for good, no longer filled (the values stay in properties): p_huge, p_wide"},
+		},
+		{
+			name: "a table at its column limit",
+			change: func(r *Report) {
+				r.Schemas[0].Columns, r.Schemas[0].Limit = 200, 200
+			},
+			want: []string{"table events column limit: 200 of 200 typed columns: new keys stay unpromoted (`surge schema unpromoted`)"},
+		},
+		{
+			name: "one under the limit",
+			change: func(r *Report) {
+				r.Schemas[0].Columns, r.Schemas[0].Limit = 199, 200
+			},
+		},
+		{
+			name: "schema bucket unreadable",
+			change: func(r *Report) {
+				r.Schemas, r.SchemaUnreadable = nil, "schema bucket SURGE_SCHEMA: context deadline exceeded"
+			},
+			want: []string{"schema schema unreadable: schema bucket SURGE_SCHEMA: context deadline exceeded"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			r := healthy()
+			tt.change(&r)
+			r.Judge(th)
+			got := make([]string, len(r.Warnings))
+			for i, p := range r.Warnings {
+				got[i] = p.String()
+			}
+			if tt.want == nil {
+				tt.want = []string{}
+			}
+			assert.Equal(t, tt.want, got)
+			assert.True(t, r.Healthy, "warnings leave the report healthy")
+			assert.Equal(t, []Problem{}, r.Problems)
+		})
+	}
+}
+
 func TestShardsWith(t *testing.T) {
 	problems := []Problem{
 		{Kind: KindStalled, Shard: 5}, {Kind: KindLagging, Shard: 2}, {Kind: KindStalled, Shard: 1},
@@ -288,6 +377,7 @@ func TestRender(t *testing.T) {
 	assert.Regexp(t, `(?m)^DEAD_LETTER\s+0\s+0 B\s+none\s+-\s+1/1 current$`, out)
 	assert.Regexp(t, `(?m)^sink\s+127.0.0.1:2\s+ready$`, out)
 	assert.Contains(t, out, "PROBLEMS\n  shard 1 stalled: 3 waiting in BATCHES, oldest 40s, no progress for 40s\n")
+	assert.Regexp(t, `(?m)^events\s+3\s+2/200\s+none\s+0\s+0\.5 per 100 rows \(6 values in 1,200 rows\)$`, out)
 
 	buf.Reset()
 	r = healthy()
@@ -295,4 +385,26 @@ func TestRender(t *testing.T) {
 	require.NoError(t, Render(&buf, &r))
 	assert.Contains(t, buf.String(), ": HEALTHY\n")
 	assert.NotContains(t, buf.String(), "PROBLEMS")
+	assert.NotContains(t, buf.String(), "WARNINGS")
+
+	// Warnings: named in the verdict and listed last; the table of typed
+	// columns names what is pending.
+	buf.Reset()
+	r = healthy()
+	r.Schemas[0].Pending = []PendingColumn{
+		{Name: "p_plan", Path: "/plan", Added: now.Add(-2 * time.Minute), Missing: []string{"127.0.0.1:9440"}},
+		{Name: "p_new", Path: "/new", Added: now.Add(-3 * time.Second), Missing: []string{"127.0.0.1:9440", "127.0.0.1:9441"}},
+	}
+	r.Schemas[0].Failed = []string{"p_huge"}
+	r.Schemas = append(r.Schemas, TableSchema{Table: "clicks", Revision: 4, Columns: 1, Limit: 200, LimitFrom: "default"})
+	r.Judge(DefaultThresholds())
+	require.NoError(t, Render(&buf, &r))
+	out = buf.String()
+	assert.Contains(t, out, ": HEALTHY, 2 warnings\n")
+	assert.Regexp(t, `(?m)^TABLE\s+REVISION\s+COLUMNS\s+PENDING DDL\s+FAILED\s+CONFLICTS$`, out)
+	assert.Regexp(t, `(?m)^events\s+3\s+2/200\s+p_plan 2m \(1 server\), p_new 3s \(2 servers\)\s+1\s+0\.5 per 100 rows \(6 values in 1,200 rows\)$`, out)
+	assert.Regexp(t, `(?m)^clicks\s+4\s+1/200 \(default limit\)\s+\?\s+0\s+-$`, out)
+	assert.True(t, strings.HasSuffix(out, "\nWARNINGS\n"+
+		"  table events pending DDL: 1 column: p_plan (/plan) missing on 127.0.0.1:9440, agreed 2m ago; `surge schema ls` shows each server\n"+
+		"  table events DDL failed: 1 column whose DDL failed for good, no longer filled (the values stay in properties): p_huge\n"), out)
 }

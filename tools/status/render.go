@@ -12,8 +12,8 @@ import (
 )
 
 // Render writes r as one screen of aligned tables: the verdict, the
-// shards, the streams, the instances, the ClickHouse servers and, last,
-// the problems.
+// shards, the streams, the instances, the ClickHouse servers, the tables
+// of typed columns and, last, the problems and the warnings.
 func Render(w io.Writer, r *Report) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
@@ -21,6 +21,9 @@ func Render(w io.Writer, r *Report) error {
 	verdict := "HEALTHY"
 	if !r.Healthy {
 		verdict = fmt.Sprintf("UNHEALTHY (%d %s)", len(r.Problems), plural(len(r.Problems), "problem"))
+	}
+	if n := len(r.Warnings); n > 0 {
+		verdict += fmt.Sprintf(", %d %s", n, plural(n, "warning"))
 	}
 	p("surge status at %s, NATS %s: %s\n", r.Time.Format("2006-01-02 15:04:05 MST"), r.NATS, verdict)
 	p("ownership: batcher %s, sink %s; partitioner: %s\n\n", r.Ownership["batcher"], r.Ownership["sink"], backlogLine(r.Ingest, r.Time, "INGEST"))
@@ -81,13 +84,62 @@ func Render(w io.Writer, r *Report) error {
 			p("%s\t%s\n", s.Addr, answer)
 		}
 	}
+	if len(r.Schemas) > 0 {
+		p("\nTABLE\tREVISION\tCOLUMNS\tPENDING DDL\tFAILED\tCONFLICTS\n")
+		for _, ts := range r.Schemas {
+			columns := fmt.Sprintf("%d/%d", ts.Columns, ts.Limit)
+			if ts.LimitFrom != "batchers" {
+				columns += " (default limit)"
+			}
+			p("%s\t%d\t%s\t%s\t%d\t%s\n", ts.Table, ts.Revision, columns, pendingCell(ts, r.Time), len(ts.Failed), conflictsCell(ts))
+		}
+	}
 	if len(r.Problems) > 0 {
 		p("\nPROBLEMS\n")
 		for _, pr := range r.Problems {
 			p("  %s\n", pr)
 		}
 	}
+	if len(r.Warnings) > 0 {
+		p("\nWARNINGS\n")
+		for _, w := range r.Warnings {
+			p("  %s\n", w)
+		}
+	}
 	return tw.Flush()
+}
+
+// pendingCell names the columns missing on some server, with how long
+// ago each was agreed and on how many servers it is missing: "?" when
+// ClickHouse was not checked.
+func pendingCell(ts TableSchema, now time.Time) string {
+	if !ts.Checked {
+		return "?"
+	}
+	if len(ts.Pending) == 0 {
+		return "none"
+	}
+	const shown = 3
+	parts := make([]string, 0, shown+1)
+	for _, pc := range ts.Pending[:min(len(ts.Pending), shown)] {
+		parts = append(parts, fmt.Sprintf("%s %s (%d %s)", pc.Name, Age(now.Sub(pc.Added)), len(pc.Missing), plural(len(pc.Missing), "server")))
+	}
+	if len(ts.Pending) > shown {
+		parts = append(parts, fmt.Sprintf("+%d more", len(ts.Pending)-shown))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// conflictsCell is the conflicting values per 100 rows the batchers
+// published.
+func conflictsCell(ts TableSchema) string {
+	if ts.Conflicts == nil || ts.Rows == nil {
+		return "-"
+	}
+	if *ts.Rows == 0 {
+		return fmt.Sprintf("%s values in 0 rows", Count(*ts.Conflicts))
+	}
+	return fmt.Sprintf("%.1f per 100 rows (%s values in %s rows)", 100*float64(*ts.Conflicts)/float64(*ts.Rows), Count(*ts.Conflicts), Count(*ts.Rows))
 }
 
 // JSON writes r as one indented JSON object.

@@ -2,10 +2,12 @@
 // running Surge deployment: per shard who owns it, what waits in EVENTS
 // and BATCHES and for how long, what ClickHouse holds and how fast it
 // grows, and the dead letters; per stream its fill against its limit and
-// its replicas; per service instance whether it is ready and why not.
-// Collect gathers a Report from NATS JetStream, ClickHouse and the admin
-// endpoints; Assess, pure, decides what is unhealthy; Render and JSON
-// print it.
+// its replicas; per service instance whether it is ready and why not;
+// per table of typed columns its columns against their limit, the
+// columns agreed and not yet on every ClickHouse server, and the
+// conflicts. Collect gathers a Report from NATS JetStream, ClickHouse and
+// the admin endpoints; Assess, pure, decides what is unhealthy and Warn
+// what is worth a look; Render and JSON print it.
 package status
 
 import (
@@ -22,6 +24,8 @@ type Report struct {
 	// Healthy is true when Problems is empty.
 	Healthy  bool      `json:"healthy"`
 	Problems []Problem `json:"problems"`
+	// Warnings are worth a look and leave the report healthy.
+	Warnings []Problem `json:"warnings"`
 	// Ownership says, for the batcher and the sink, how shards are owned:
 	// "lease" (keys in the SURGE_LEASES bucket) or "static"; "unknown"
 	// while the lease bucket could not be read.
@@ -37,6 +41,53 @@ type Report struct {
 	DeadLetters map[string]uint64 `json:"dead_letters"`
 	Instances   []Instance        `json:"instances"`
 	ClickHouse  []Server          `json:"clickhouse"`
+	// Schemas are the tables of the schema bucket (SURGE_SCHEMA), by name;
+	// empty when no batcher with typed columns has started.
+	Schemas []TableSchema `json:"schemas"`
+	// SchemaUnreadable says why the schema bucket could not be read.
+	SchemaUnreadable string `json:"schema_unreadable,omitempty"`
+}
+
+// TableSchema is one table's typed columns.
+type TableSchema struct {
+	Table string `json:"table"`
+	// Revision is the schema document's revision in the bucket.
+	Revision uint64 `json:"revision"`
+	// Columns counts the agreed typed columns; Limit is the most the
+	// table may have: the lowest surge_schema_column_limit a batcher
+	// reports for it (LimitFrom "batchers"), else schema.max_columns'
+	// default (LimitFrom "default").
+	Columns   int    `json:"columns"`
+	Limit     int    `json:"limit"`
+	LimitFrom string `json:"limit_from"`
+	// Failed names, sorted, the columns whose DDL failed for good:
+	// batchers no longer fill them.
+	Failed []string `json:"failed,omitempty"`
+	// Checked says Pending was read: the table is the one whose rows land
+	// in events_local (Config.SchemaTable) and a ClickHouse server
+	// answered.
+	Checked bool `json:"checked"`
+	// Pending are the agreed columns (failed ones aside) that some
+	// answering ClickHouse server's events_local lacks: DDL the sink has
+	// still to run there. By name.
+	Pending []PendingColumn `json:"pending,omitempty"`
+	// Conflicts counts the property values that did not fit their column
+	// and Rows the rows published, both since the reporting batchers
+	// started (surge_schema_conflicts_total, surge_batcher_rows_total);
+	// nil when no batcher reports them.
+	Conflicts *uint64 `json:"conflicts,omitempty"`
+	Rows      *uint64 `json:"rows,omitempty"`
+}
+
+// PendingColumn is an agreed column missing on some server.
+type PendingColumn struct {
+	Name string `json:"name"`
+	Path string `json:"path"`
+	// Added is when the column was agreed.
+	Added time.Time `json:"added"`
+	// Missing lists the servers (replica addresses) whose events_local
+	// lacks it.
+	Missing []string `json:"missing"`
 }
 
 // Backlog is what waits for one consumer.
@@ -140,6 +191,25 @@ const (
 	KindUnreadable  = "unreadable"   // a stream, its consumers or the lease bucket did not answer
 )
 
+// Kinds of warning: worth a look, and the report stays healthy, since
+// none of them loses or holds up a row. A row keeps every property in
+// properties whatever its typed columns; the sink retries a column's DDL
+// until it lands; and when a missing column does hold inserts up, the
+// shard's stall or lag is the problem that says so.
+const (
+	// KindPendingDDL: a column agreed longer ago than Thresholds.PendingDDL
+	// is missing on some ClickHouse server.
+	KindPendingDDL = "pending DDL"
+	// KindDDLFailed: the registry gave up on columns' DDL; their values
+	// stay in properties only.
+	KindDDLFailed = "DDL failed"
+	// KindColumnLimit: a table holds its limit of typed columns, so new
+	// keys stay unpromoted.
+	KindColumnLimit = "column limit"
+	// KindSchemaUnreadable: the schema bucket did not answer.
+	KindSchemaUnreadable = "schema unreadable"
+)
+
 // Problem is one reason a report is unhealthy.
 type Problem struct {
 	Kind string `json:"kind"`
@@ -163,10 +233,14 @@ type Thresholds struct {
 	// StreamFull is the fraction of a stream's limit from which it is
 	// nearly full.
 	StreamFull float64
+	// PendingDDL is how long after it was agreed a column may be missing
+	// on a ClickHouse server before a warning names it: the sink adds
+	// columns within seconds.
+	PendingDDL time.Duration
 }
 
 // DefaultThresholds: lagging at 15 s, stalled after 30 s without
-// progress, a stream nearly full at 80 %.
+// progress, a stream nearly full at 80 %, DDL pending for a minute.
 func DefaultThresholds() Thresholds {
-	return Thresholds{MaxLag: 15 * time.Second, Stall: 30 * time.Second, StreamFull: 0.8}
+	return Thresholds{MaxLag: 15 * time.Second, Stall: 30 * time.Second, StreamFull: 0.8, PendingDDL: time.Minute}
 }

@@ -118,7 +118,7 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	cfg, err := statusConfig(set, *dir, map[string]string{
 		"nats": *natsURL, "user": *user, "password": *password,
 		"clickhouse": *chAddrs, "clickhouse-user": *chUser, "clickhouse-password": *chPassword,
-		"database": *database,
+		"database": *database, "table": *table,
 	})
 	if err != nil {
 		return err
@@ -129,11 +129,8 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if cfg.Database == "" {
 		cfg.Database = "surge"
 	}
-	if *table == "" {
-		*table = os.Getenv("SURGE_SCHEMA_TABLE")
-	}
-	if *table == "" {
-		*table = schema.DefaultConfig().Table
+	if cfg.SchemaTable == "" {
+		cfg.SchemaTable = schema.DefaultConfig().Table
 	}
 	var shards [][]string
 	for _, entry := range cfg.ClickHouse {
@@ -168,13 +165,13 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		} else if err != nil {
 			return schema.Snapshot{}, "", fmt.Errorf("schema bucket %s: %w", schema.Bucket, err)
 		}
-		reg, err := schema.OpenRegistry(rctx, js, *table, 1, *timeout)
+		reg, err := schema.OpenRegistry(rctx, js, cfg.SchemaTable, 1, *timeout)
 		if err != nil {
 			return schema.Snapshot{}, "", err
 		}
 		snap := reg.Current()
 		if snap.Rev == 0 {
-			return snap, fmt.Sprintf("no schema %s in %s yet", schema.Key(*table), schema.Bucket), nil
+			return snap, fmt.Sprintf("no schema %s in %s yet", schema.Key(cfg.SchemaTable), schema.Bucket), nil
 		}
 		return snap, "", nil
 	}
@@ -195,7 +192,7 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
-		cols, err := src.Columns(ctx, *table, snap, *tenant)
+		cols, err := src.Columns(ctx, cfg.SchemaTable, snap, *tenant)
 		if err != nil {
 			return err
 		}

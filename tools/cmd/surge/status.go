@@ -26,19 +26,29 @@ One screen of a running Surge: per shard its owners, what waits in EVENTS
 and BATCHES and how old the oldest waiting message is, the watermark, rows
 and rows/s in ClickHouse, the last insert and dead letters; per stream its
 messages, bytes against its limit and replicas; per service instance
-whether it is ready and why not.
+whether it is ready and why not; per table of typed columns (the
+SURGE_SCHEMA bucket) its columns against their limit (the batchers'
+schema.max_columns), the columns agreed and not yet on every ClickHouse
+server (pending DDL; --table's only, the one landing in events_local),
+the columns whose DDL failed and the conflicting values per 100 rows.
 
 Without --nats (or SURGE_NATS_URL) it reads the local stack's stack.json in
 --dir. Settings come from the flags, else the environment variables the
 services read (SURGE_NATS_URL, SURGE_NATS_USER, SURGE_NATS_PASSWORD,
 SURGE_CLICKHOUSE_ADDRS, SURGE_CLICKHOUSE_USERNAME, SURGE_CLICKHOUSE_PASSWORD,
-SURGE_CLICKHOUSE_DATABASE) and SURGE_STATUS_ADMIN, else stack.json.
+SURGE_CLICKHOUSE_DATABASE, SURGE_SCHEMA_TABLE) and SURGE_STATUS_ADMIN, else
+stack.json.
 
 Exit status: 0 healthy; 1 unhealthy (a stalled, lagging, unowned or unread
 shard, a stream over --stream-full of its limit or with replicas behind,
 dead letters waiting, an instance not ready, a ClickHouse server not
 answering), each reason named on stderr; 2 the status could not be read
 (bad flags, NATS unreachable). With --watch, the last refresh's.
+Warnings leave the status healthy: a column pending DDL longer than
+--pending-ddl, columns whose DDL failed, a table at its column limit, a
+schema bucket not answering. None loses or holds up a row (the values stay
+in properties; a missing column that holds inserts up shows as the
+shard's stall or lag).
 
 Flags:
 `
@@ -68,6 +78,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	chUser := flags.String("clickhouse-user", "", "ClickHouse user (env SURGE_CLICKHOUSE_USERNAME)")
 	chPassword := flags.String("clickhouse-password", "", "ClickHouse password (env SURGE_CLICKHOUSE_PASSWORD)")
 	database := flags.String("database", "", "ClickHouse database of events_local (env SURGE_CLICKHOUSE_DATABASE; default surge)")
+	table := flags.String("table", "", "the schema `name` whose typed columns land in events_local (env SURGE_SCHEMA_TABLE; default events)")
 	admin := flags.String("admin", "", "service instances' admin `addresses` as name=host:port, comma separated, the name starting with its service: sink=10.0.0.5:8084,sink-2=10.0.0.6:8084 (env SURGE_STATUS_ADMIN)")
 	shards := flags.Int("shards", 0, "number of shards (0: found from the consumers, leases and ClickHouse)")
 	watch := flags.Bool("watch", false, "refresh in place every --interval until Ctrl-C")
@@ -76,6 +87,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	maxLag := flags.Duration("max-lag", status.DefaultThresholds().MaxLag, "a shard whose oldest waiting message is older is lagging")
 	stall := flags.Duration("stall", status.DefaultThresholds().Stall, "a shard with work waiting and no progress for this long is stalled")
 	streamFull := flags.Float64("stream-full", status.DefaultThresholds().StreamFull, "a stream holding more than this fraction of its byte or message limit is nearly full")
+	pendingDDL := flags.Duration("pending-ddl", status.DefaultThresholds().PendingDDL, "warn of a typed column agreed this long ago and still missing on a ClickHouse server")
 	timeout := flags.Duration("timeout", 5*time.Second, "bound on each request")
 	flags.Usage = func() {
 		fmt.Fprint(stderr, statusUsage)
@@ -100,14 +112,14 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	cfg, err := statusConfig(set, *dir, map[string]string{
 		"nats": *natsURL, "user": *user, "password": *password,
 		"clickhouse": *chAddrs, "clickhouse-user": *chUser, "clickhouse-password": *chPassword,
-		"database": *database, "admin": *admin,
+		"database": *database, "table": *table, "admin": *admin,
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "surge status: %v\n", err)
 		return statusFailed
 	}
 	cfg.Shards, cfg.Timeout = *shards, *timeout
-	th := status.Thresholds{MaxLag: *maxLag, Stall: *stall, StreamFull: *streamFull}
+	th := status.Thresholds{MaxLag: *maxLag, Stall: *stall, StreamFull: *streamFull, PendingDDL: *pendingDDL}
 
 	c, err := status.New(cfg)
 	if err != nil {
@@ -176,7 +188,7 @@ var statusEnv = map[string]string{
 	"nats": "SURGE_NATS_URL", "user": "SURGE_NATS_USER", "password": "SURGE_NATS_PASSWORD",
 	"clickhouse": "SURGE_CLICKHOUSE_ADDRS", "clickhouse-user": "SURGE_CLICKHOUSE_USERNAME",
 	"clickhouse-password": "SURGE_CLICKHOUSE_PASSWORD", "database": "SURGE_CLICKHOUSE_DATABASE",
-	"admin": "SURGE_STATUS_ADMIN",
+	"table": "SURGE_SCHEMA_TABLE", "admin": "SURGE_STATUS_ADMIN",
 }
 
 // statusConfig resolves each setting from its flag, else its environment
@@ -207,6 +219,7 @@ func statusConfig(set map[string]bool, dir string, flags map[string]string) (sta
 	cfg := status.Config{
 		NATSURL: v["nats"], NATSUser: v["user"], NATSPassword: v["password"],
 		ClickHouseUser: v["clickhouse-user"], ClickHousePassword: v["clickhouse-password"], Database: v["database"],
+		SchemaTable: v["table"],
 	}
 	cfg.ClickHouse = splitList(v["clickhouse"])
 	eps, err := parseAdmin(v["admin"])
