@@ -615,6 +615,10 @@ func (c *Collector) metrics(ctx context.Context, ep Endpoint) *instanceMetrics {
 	for _, series := range families["surge_schema_column_limit"].GetMetric() {
 		m.columnLimit[label(series, "table")] = int(series.GetGauge().GetValue())
 	}
+	for table := range m.columnLimit {
+		// A counter vector shows no series before its first conflict.
+		m.conflicts[table] = 0
+	}
 	for _, series := range families["surge_schema_conflicts_total"].GetMetric() {
 		m.conflicts[label(series, "table")] += uint64(series.GetCounter().GetValue())
 	}

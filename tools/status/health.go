@@ -126,20 +126,9 @@ func Warn(r Report, th Thresholds) []Problem {
 	}
 	for _, ts := range r.Schemas {
 		subject := "table " + ts.Table
-		var late []string
-		for _, p := range ts.Pending {
-			if age := r.Time.Sub(p.Added); age >= th.PendingDDL {
-				late = append(late, fmt.Sprintf("%s (%s) missing on %s, agreed %s ago", p.Name, p.Path, strings.Join(p.Missing, ", "), Age(age)))
-			}
-		}
-		if len(late) > 0 {
-			const shown = 5
-			detail := strings.Join(late[:min(len(late), shown)], "; ")
-			if len(late) > shown {
-				detail += fmt.Sprintf("; and %d more", len(late)-shown)
-			}
-			out = append(out, Problem{Kind: KindPendingDDL, Subject: subject, Shard: -1,
-				Detail: fmt.Sprintf("%d %s: %s; `surge schema ls` shows each server", len(late), plural(len(late), "column"), detail)})
+		if p, ok := pendingDDL(ts, r.Time, th.PendingDDL); ok {
+			p.Subject = subject
+			out = append(out, p)
 		}
 		if len(ts.Failed) > 0 {
 			out = append(out, Problem{Kind: KindDDLFailed, Subject: subject, Shard: -1,
@@ -152,6 +141,48 @@ func Warn(r Report, th Thresholds) []Problem {
 		}
 	}
 	return out
+}
+
+// pendingDDL names the columns of ts agreed at least after ago and still
+// missing on some server, grouped by the servers that lack them (a server
+// behind lacks them all), at most eight names a group.
+func pendingDDL(ts TableSchema, now time.Time, after time.Duration) (Problem, bool) {
+	var (
+		late   int
+		oldest time.Duration
+		order  []string            // the groups' servers, as first seen
+		names  map[string][]string // by servers
+	)
+	for _, p := range ts.Pending {
+		age := now.Sub(p.Added)
+		if age < after {
+			continue
+		}
+		late, oldest = late+1, max(oldest, age)
+		servers := strings.Join(p.Missing, ", ")
+		if names == nil {
+			names = map[string][]string{}
+		}
+		if _, seen := names[servers]; !seen {
+			order = append(order, servers)
+		}
+		names[servers] = append(names[servers], p.Name)
+	}
+	if late == 0 {
+		return Problem{}, false
+	}
+	const shown = 8
+	groups := make([]string, len(order))
+	for i, servers := range order {
+		n := names[servers]
+		g := strings.Join(n[:min(len(n), shown)], ", ")
+		if len(n) > shown {
+			g += fmt.Sprintf(" and %d more", len(n)-shown)
+		}
+		groups[i] = g + " on " + servers
+	}
+	return Problem{Kind: KindPendingDDL, Shard: -1, Detail: fmt.Sprintf("%d %s agreed %s ago or more (the oldest %s) and still missing: %s; `surge schema ls` shows each server",
+		late, plural(late, "column"), Age(after), Age(oldest), strings.Join(groups, "; "))}, true
 }
 
 // assessBacklog judges one backlog: stalled when work waits and nothing

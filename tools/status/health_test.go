@@ -270,18 +270,18 @@ func TestWarn(t *testing.T) {
 					pending("p_new", 3*time.Second, "127.0.0.1:9440"),
 				}
 			},
-			want: []string{"table events pending DDL: 1 column: p_plan (/plan) missing on 127.0.0.1:9440, 127.0.0.1:9441, agreed 1m ago; `surge schema ls` shows each server"},
+			want: []string{"table events pending DDL: 1 column agreed 1m ago or more (the oldest 1m) and still missing: p_plan on 127.0.0.1:9440, 127.0.0.1:9441; `surge schema ls` shows each server"},
 		},
 		{
-			name: "many columns pending: the first five named",
+			name: "many columns pending: grouped by the servers lacking them, eight names a group",
 			change: func(r *Report) {
-				for i := range 7 {
+				for i := range 10 {
 					r.Schemas[0].Pending = append(r.Schemas[0].Pending, pending(fmt.Sprintf("p_%d", i), 2*time.Minute, "127.0.0.1:9440"))
 				}
+				r.Schemas[0].Pending = append(r.Schemas[0].Pending, pending("p_z", 5*time.Minute, "127.0.0.1:9440", "127.0.0.1:9441"))
 			},
-			want: []string{"table events pending DDL: 7 columns: p_0 (/0) missing on 127.0.0.1:9440, agreed 2m ago; p_1 (/1) missing on 127.0.0.1:9440, agreed 2m ago; " +
-				"p_2 (/2) missing on 127.0.0.1:9440, agreed 2m ago; p_3 (/3) missing on 127.0.0.1:9440, agreed 2m ago; p_4 (/4) missing on 127.0.0.1:9440, agreed 2m ago; " +
-				"and 2 more; `surge schema ls` shows each server"},
+			want: []string{"table events pending DDL: 11 columns agreed 1m ago or more (the oldest 5m) and still missing: " +
+				"p_0, p_1, p_2, p_3, p_4, p_5, p_6, p_7 and 2 more on 127.0.0.1:9440; p_z on 127.0.0.1:9440, 127.0.0.1:9441; `surge schema ls` shows each server"},
 		},
 		{
 			name: "failed DDL",
@@ -405,6 +405,6 @@ func TestRender(t *testing.T) {
 	assert.Regexp(t, `(?m)^events\s+3\s+2/200\s+p_plan 2m \(1 server\), p_new 3s \(2 servers\)\s+1\s+0\.5 per 100 rows \(6 values in 1,200 rows\)$`, out)
 	assert.Regexp(t, `(?m)^clicks\s+4\s+1/200 \(default limit\)\s+\?\s+0\s+-$`, out)
 	assert.True(t, strings.HasSuffix(out, "\nWARNINGS\n"+
-		"  table events pending DDL: 1 column: p_plan (/plan) missing on 127.0.0.1:9440, agreed 2m ago; `surge schema ls` shows each server\n"+
+		"  table events pending DDL: 1 column agreed 1m ago or more (the oldest 2m) and still missing: p_plan on 127.0.0.1:9440; `surge schema ls` shows each server\n"+
 		"  table events DDL failed: 1 column whose DDL failed for good, no longer filled (the values stay in properties): p_huge\n"), out)
 }

@@ -22,8 +22,8 @@ import (
 
 // TestCollectSchema reads the typed columns of two tables from a real
 // schema bucket against two real ClickHouse servers (replicas of one
-// entry) and two batchers' metrics: the lowest column limit, the summed
-// conflicts and rows, the failed column, and per column the replicas
+// entry) and three batchers' metrics: the lowest column limit, the summed
+// conflicts and rows (a batcher without a conflict yet counts its rows), the failed column, and per column the replicas
 // lacking it, for the table landing in events_local only. A column
 // pending for longer than a minute is a warning; the one agreed just now
 // and the failed one's missing DDL are not pending warnings.
@@ -86,14 +86,20 @@ func TestCollectSchema(t *testing.T) {
 			f := promauto.With(reg)
 			f.NewGaugeVec(prometheus.GaugeOpts{Name: "surge_schema_column_limit"}, []string{"table"}).WithLabelValues("events").Set(limit)
 			conflicts := f.NewCounterVec(prometheus.CounterOpts{Name: "surge_schema_conflicts_total"}, []string{"table", "reason"})
-			conflicts.WithLabelValues("events", "type").Add(typeConflicts)
-			conflicts.WithLabelValues("events", "collision").Add(collisions)
+			// A reason shows once it counted.
+			if typeConflicts > 0 {
+				conflicts.WithLabelValues("events", "type").Add(typeConflicts)
+			}
+			if collisions > 0 {
+				conflicts.WithLabelValues("events", "collision").Add(collisions)
+			}
 			f.NewCounterVec(prometheus.CounterOpts{Name: "surge_batcher_rows_total"}, []string{"shard"}).WithLabelValues(shard).Add(rows)
 		})
 	}
 	c, err := New(Config{NATSURL: ns.ClientURL(), ClickHouse: []string{s0 + "|" + s1}, Shards: 1, Admin: []Endpoint{
 		{Name: "batcher-a", Service: "batcher", Addr: batcher(150, 4, 2, "0", 100)},
 		{Name: "batcher-b", Service: "batcher", Addr: batcher(120, 3, 0, "1", 50)},
+		{Name: "batcher-c", Service: "batcher", Addr: batcher(130, 0, 0, "2", 30)}, // no conflict yet
 	}})
 	require.NoError(t, err)
 	t.Cleanup(func() { assert.NoError(t, c.Close()) })
@@ -109,12 +115,12 @@ func TestCollectSchema(t *testing.T) {
 				{Name: "p_b", Path: "/b", Added: now.Add(-5 * time.Minute), Missing: []string{s1}},
 				{Name: "p_c", Path: "/c", Added: now, Missing: both},
 			},
-			Conflicts: u64(9), Rows: u64(150)},
+			Conflicts: u64(9), Rows: u64(180)},
 	}, r.Schemas)
 	assert.Empty(t, r.SchemaUnreadable)
 	assert.Equal(t, []Problem{
 		{Kind: KindPendingDDL, Subject: "table events", Shard: -1,
-			Detail: "1 column: p_b (/b) missing on " + s1 + ", agreed " + Age(r.Time.Sub(now.Add(-5*time.Minute))) + " ago; `surge schema ls` shows each server"},
+			Detail: "1 column agreed 1m ago or more (the oldest " + Age(r.Time.Sub(now.Add(-5*time.Minute))) + ") and still missing: p_b on " + s1 + "; `surge schema ls` shows each server"},
 		{Kind: KindDDLFailed, Subject: "table events", Shard: -1,
 			Detail: "1 column whose DDL failed for good, no longer filled (the values stay in properties): p_f"},
 	}, r.Warnings)
