@@ -315,12 +315,13 @@ func (f *flattener) value(v *fastjson.Value) value {
 // number classifies a number by its text (see classifyNumber).
 func (f *flattener) number(v *fastjson.Value) value {
 	f.scratch = v.MarshalTo(f.scratch[:0])
-	if !isJSONNumber(f.scratch) {
+	ok, integer := scanNumber(f.scratch)
+	if !ok {
 		f.bad = true
 		return value{}
 	}
 	t := f.addText(f.scratch)
-	return classifyNumber(f.text.String()[t.at:t.at+t.n], t)
+	return classifyNumber(f.text.String()[t.at:t.at+t.n], integer, t)
 }
 
 // array flattens an array's elements: scalars as themselves, objects and
@@ -388,7 +389,7 @@ func (f *flattener) appendJSON(dst []byte, v *fastjson.Value) []byte {
 	case fastjson.TypeNumber:
 		at := len(dst)
 		dst = v.MarshalTo(dst)
-		if !isJSONNumber(dst[at:]) {
+		if ok, _ := scanNumber(dst[at:]); !ok {
 			f.bad = true
 		}
 		return dst
@@ -463,8 +464,9 @@ func appendJSONString(dst []byte, s string) []byte {
 	return append(dst, '"')
 }
 
-// isJSONNumber reports whether b is a number as JSON writes one.
-func isJSONNumber(b []byte) bool {
+// scanNumber reports whether b is a number as JSON writes one, and
+// whether it is an integer's text (no fraction, no exponent).
+func scanNumber(b []byte) (ok, integer bool) {
 	i := 0
 	if i < len(b) && b[i] == '-' {
 		i++
@@ -475,13 +477,14 @@ func isJSONNumber(b []byte) bool {
 	case i < len(b) && b[i] >= '1' && b[i] <= '9':
 		i = skipDigits(b, i)
 	default:
-		return false
+		return false, false
 	}
+	integer = true
 	if i < len(b) && b[i] == '.' {
 		if i++; i == len(b) || !isDigit(b[i]) {
-			return false
+			return false, false
 		}
-		i = skipDigits(b, i)
+		i, integer = skipDigits(b, i), false
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
 		i++
@@ -489,11 +492,11 @@ func isJSONNumber(b []byte) bool {
 			i++
 		}
 		if i == len(b) || !isDigit(b[i]) {
-			return false
+			return false, false
 		}
-		i = skipDigits(b, i)
+		i, integer = skipDigits(b, i), false
 	}
-	return i == len(b)
+	return i == len(b), integer
 }
 
 func skipDigits(b []byte, i int) int {

@@ -4,18 +4,17 @@ import (
 	"math"
 	"regexp"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/surge-events/surge/pkg/batch"
 )
 
 // classifyNumber types a number by its text s (at t in the text): an
-// integer that fits int64 is one; a larger one stays its exact text (a
-// float would round it); any other number is a float64 when finite, else
-// its text too.
-func classifyNumber(s string, t span) value {
-	if !strings.ContainsAny(s, ".eE") {
+// integer (no fraction or exponent) that fits int64 is one; a larger one
+// stays its exact text (a float would round it); any other number is a
+// float64 when finite, else its text too.
+func classifyNumber(s string, integer bool, t span) value {
+	if integer {
 		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return value{kind: vInt, infer: batch.Int64, i: i, text: t}
 		}

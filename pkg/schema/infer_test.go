@@ -18,7 +18,7 @@ func coerce(t *testing.T, raw string, kind batch.Kind, chType string) (batch.Col
 	parsed := p.Parse(newBatch("t1", `{"v":`+raw+`}`))
 	fields := parsed.rowFields(0)
 	require.Len(t, fields, 1)
-	c := newColumn("p_v", &Col{Type: kind.String(), CHType: chType})
+	c := newColumn("p_v", &Col{Type: kind.String(), CHType: chType}, 1)
 	ok := c.add(parsed, 0, fields[0].v)
 	return c.col, ok
 }
@@ -161,7 +161,7 @@ func withoutEmpty(c batch.Column) batch.Column {
 func TestCoerceArrayRollsBack(t *testing.T) {
 	p := newProjector(t, nil)
 	parsed := p.Parse(newBatch("t1", `{"v":[1,2]}`, `{"v":[3,"x"]}`, `{"v":[4]}`))
-	c := newColumn("p_v", &Col{Type: batch.ArrayOf(batch.Int64).String()})
+	c := newColumn("p_v", &Col{Type: batch.ArrayOf(batch.Int64).String()}, 3)
 	for row := range 3 {
 		c.add(parsed, row, parsed.rowFields(row)[0].v)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -69,10 +70,15 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	if p.cfg.Mode == Off {
 		return out
 	}
-	size := 0
+	size, members := 0, 0
 	for _, props := range b.Properties {
 		size += len(props)
+		// A member per colon, give or take colons in strings: sizing the
+		// fields once spares copying them while they grow.
+		members += strings.Count(props, ":")
 	}
+	out.rowEnd = make([]int, 0, len(b.Properties))
+	out.fields = make([]field, 0, members)
 	f := newFlattener(p, out, size)
 	parser := p.parsers.Get()
 	defer p.parsers.Put(parser)
@@ -319,7 +325,7 @@ func (pr *projection) route(k *key, byPath, names map[string]string) route {
 		if _, failed := pr.doc.Failed[name]; failed || !c.Kind().Valid() {
 			return route{col: -1, reason: ReasonFailed}
 		}
-		pr.cols = append(pr.cols, newColumn(name, c))
+		pr.cols = append(pr.cols, newColumn(name, c, pr.parsed.rows()))
 		return route{col: len(pr.cols) - 1}
 	}
 	switch {
@@ -444,8 +450,23 @@ type column struct {
 	filled bool // a row holds a value: columns without one are left out
 }
 
-func newColumn(name string, c *Col) column {
-	return column{col: batch.Column{Name: name, Kind: c.Kind()}, digits: timeDigits(c.CHType)}
+// newColumn starts the column name of c, sized for rows.
+func newColumn(name string, c *Col, rows int) column {
+	out := column{col: batch.Column{Name: name, Kind: c.Kind()}, digits: timeDigits(c.CHType)}
+	if out.col.Kind.IsArray() {
+		out.col.Lens = make([]uint32, 0, rows)
+		return out
+	}
+	out.col.Null = make([]bool, 0, rows)
+	switch out.col.Kind.Elem() {
+	case batch.Float64:
+		out.col.Floats = make([]float64, 0, rows)
+	case batch.String:
+		out.col.Strs = make([]string, 0, rows)
+	default:
+		out.col.Ints = make([]int64, 0, rows)
+	}
+	return out
 }
 
 // padTo fills the rows before row with NULLs.
