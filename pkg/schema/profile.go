@@ -144,7 +144,7 @@ func hostile(rng *rand.Rand, i int) []byte {
 		}
 	}
 	for n := range 10 {
-		w.int("x"+strconv.Itoa(100_000+(10*i+n)%10_000)[1:], rng.Int64N(1_000))
+		w.int("x"+strconv.Itoa(100_000 + (10*i+n)%10_000)[1:], rng.Int64N(1_000))
 	}
 	w.end()
 	return w.b
