@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -21,11 +22,13 @@ func JSON(w io.Writer, v any) error {
 //
 //	NAME  PATH  TYPE  CLICKHOUSE  ORIGIN  TENANT  ADDED  FILL
 //
-// CLICKHOUSE is the column's type when every server that answered agrees,
-// else each server's ("MISSING" where it lacks the column), flagged
-// DIFFERS when a type holds another kind than the registry's, DDL FAILED
-// when the registry gave up adding it; ORIGIN says "NOT IN REGISTRY" for
-// a column only ClickHouse holds. Notes and failed DDL follow the table.
+// CLICKHOUSE is each distinct type the servers that answered hold
+// ("MISSING" where one lacks the column), flagged DIFFERS when a type
+// holds another kind than the registry's, DDL FAILED when the registry
+// gave up adding it and "(not in events)" when a Distributed table lacks
+// it; ORIGIN says "NOT IN REGISTRY" for a column only ClickHouse holds.
+// After the table, a line per column says which server holds what where
+// they differ, and then come the failed DDL and the notes.
 func RenderColumns(w io.Writer, c *Columns) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format, args...) }
@@ -62,6 +65,9 @@ func RenderColumns(w io.Writer, c *Columns) error {
 	}
 	// After the table: a line without tabs would end its alignment.
 	for _, col := range c.Columns {
+		if line := serverLine(col); line != "" {
+			p("%s: %s\n", col.Name, line)
+		}
 		if col.Failed != "" {
 			p("%s: DDL failed for good, batchers no longer fill it: %s\n", col.Name, col.Failed)
 		}
@@ -72,41 +78,55 @@ func RenderColumns(w io.Writer, c *Columns) error {
 	return tw.Flush()
 }
 
-// clickHouseCell is a column's ClickHouse types, one when every server
-// agrees.
+// clickHouseCell is a column's ClickHouse types in short: each distinct
+// one in server order ("MISSING" for none), then its flags; the servers
+// behind them follow the table (serverLine).
 func clickHouseCell(col Column) string {
-	same := len(col.ClickHouse) > 0
-	for _, st := range col.ClickHouse {
-		same = same && st.Type == col.ClickHouse[0].Type
-	}
-	var s string
-	switch {
-	case len(col.ClickHouse) == 0:
+	if len(col.ClickHouse) == 0 {
 		return "?"
-	case same && col.ClickHouse[0].Type == "":
-		s = "MISSING"
-	case same:
-		s = col.ClickHouse[0].Type
-	default:
-		parts := make([]string, len(col.ClickHouse))
-		for i, st := range col.ClickHouse {
-			parts[i] = st.Addr + " " + orMissing(st.Type)
-		}
-		s = strings.Join(parts, ", ")
 	}
-	if len(col.Differs) > 0 {
-		s += " DIFFERS from " + col.Type
-		if !same {
-			s += " on " + strings.Join(col.Differs, ", ")
+	var types []string
+	for _, st := range col.ClickHouse {
+		if t := orMissing(st.Type); !slices.Contains(types, t) {
+			types = append(types, t)
 		}
+	}
+	s := strings.Join(types, " / ")
+	if len(col.Differs) > 0 {
+		s += " DIFFERS"
 	}
 	if col.Failed != "" {
 		s += " DDL FAILED"
 	}
 	if len(col.NotInDistributed) > 0 {
-		s += " (not in " + DistributedTable + " on " + strings.Join(col.NotInDistributed, ", ") + ")"
+		s += " (not in " + DistributedTable + ")"
 	}
 	return s
+}
+
+// serverLine says which server holds which type of col, when they do not
+// all hold the same, and which servers' Distributed table lacks it; ""
+// when there is nothing to say.
+func serverLine(col Column) string {
+	var parts []string
+	same := true
+	for _, st := range col.ClickHouse {
+		same = same && st.Type == col.ClickHouse[0].Type
+	}
+	if !same || len(col.Differs) > 0 {
+		types := make([]string, len(col.ClickHouse))
+		for i, st := range col.ClickHouse {
+			types[i] = st.Addr + " " + orMissing(st.Type)
+			if slices.Contains(col.Differs, st.Addr) {
+				types[i] += " (not " + col.Type + ")"
+			}
+		}
+		parts = append(parts, strings.Join(types, ", "))
+	}
+	if len(col.NotInDistributed) > 0 {
+		parts = append(parts, "not in "+DistributedTable+" on "+strings.Join(col.NotInDistributed, ", "))
+	}
+	return strings.Join(parts, "; ")
 }
 
 func fillCell(f *Fill) string {
