@@ -106,7 +106,7 @@ type Fill struct {
 // tenant's rows (every row when tenant is empty). Servers that do not
 // answer are part of the result; it fails only when none does.
 func (s *Source) Columns(ctx context.Context, table string, snap schema.Snapshot, tenant string) (*Columns, error) {
-	out := &Columns{Table: table, Revision: snap.Rev, Database: s.Database, Tenant: tenant}
+	out := &Columns{Table: table, Revision: snap.Rev, Database: s.Database, Tenant: tenant, Columns: []Column{}}
 	doc := snap.Doc
 	if doc == nil {
 		doc = &schema.Doc{}
