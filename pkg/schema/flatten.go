@@ -77,6 +77,10 @@ type key struct {
 
 	hasField bool // some row has a value at the path, not only below it
 	lastRow  int  // the row that last reached the path: a second time is a duplicate key
+	// first is the path of the first member of this object last time, and
+	// next the path of the member after this one: guesses that spare most
+	// lookups (see intern); -1 for none.
+	first, next int32
 }
 
 // vkind says what a flattened value is in JSON terms.
@@ -105,36 +109,55 @@ type value struct {
 	elems span    // vArray
 }
 
-// span is a range of Parsed.text or Parsed.elems.
-type span struct{ at, n int }
+// span is a range of Parsed.text or Parsed.elems. 32 bits are plenty for
+// a batch and keep a field at 48 bytes.
+type span struct{ at, n uint32 }
 
 // flattener turns a batch's properties into a Parsed, one row at a time.
 type flattener struct {
-	p       *Projector
-	out     *Parsed
-	ids     map[string]int32 // by pointer
-	ptr     []byte           // the pointer of the path being walked
-	text    strings.Builder
-	scratch []byte
-	row     int
+	p      *Projector
+	parser fastjson.Parser
+	out    *Parsed
+	ids    map[string]int32 // by pointer
+	ptr    []byte           // a pointer to look up
+	// rootFirst is the path of the first member of the last row: where
+	// the next row likely starts (see intern).
+	rootFirst int32
+	text      strings.Builder
+	scratch   []byte
+	row       int
 	// bad marks a row holding a number that is not JSON (the parser is
 	// lenient with NaN, Inf and +1): such a row gets no fields, as if it did
 	// not parse.
 	bad bool
 }
 
-func newFlattener(p *Projector, out *Parsed, sizeHint int) *flattener {
-	f := &flattener{p: p, out: out, ids: make(map[string]int32)}
+// getFlattener is a flattener for out, from the pool: its parser and map
+// keep their memory from batch to batch.
+func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
+	f, ok := p.flatteners.Get().(*flattener)
+	if !ok {
+		f = &flattener{ids: make(map[string]int32)}
+	}
+	f.p, f.out, f.rootFirst = p, out, -1
 	f.text.Grow(sizeHint)
 	return f
 }
 
+// putFlattener returns f to the pool, holding nothing of its batch but
+// its parser's copy of the last row.
+func (p *Projector) putFlattener(f *flattener) {
+	clear(f.ids)
+	f.out, f.text = nil, strings.Builder{} // the text is the Parsed's now
+	p.flatteners.Put(f)
+}
+
 // addRow flattens one row's properties. Properties that are not a JSON
 // object give no fields.
-func (f *flattener) addRow(parser *fastjson.Parser, row int, props string) {
+func (f *flattener) addRow(row int, props string) {
 	f.row, f.bad = row, false
 	start := len(f.out.fields)
-	if v, err := parser.Parse(props); err == nil && v.Type() == fastjson.TypeObject {
+	if v, err := f.parser.Parse(props); err == nil && v.Type() == fastjson.TypeObject {
 		obj, _ := v.Object()
 		f.walk(obj, -1, 0, nil)
 	}
@@ -148,29 +171,30 @@ func (f *flattener) addRow(parser *fastjson.Parser, row int, props string) {
 // walk flattens the members of obj, the object at path parent of the
 // given depth (segments). Below /_segment, tree lists the members followed.
 func (f *flattener) walk(obj *fastjson.Object, parent int32, depth int, tree segmentTree) {
+	prev := int32(-1)
 	obj.Visit(func(k []byte, v *fastjson.Value) {
-		f.member(parent, k, v, depth+1, tree)
+		if id := f.member(parent, prev, k, v, depth+1, tree); id >= 0 {
+			prev = id
+		}
 	})
 }
 
-// member flattens one member of an object: into its object's members
-// while the depth allows, else into a field.
-func (f *flattener) member(parent int32, k []byte, v *fastjson.Value, depth int, tree segmentTree) {
+// member flattens one member of an object, after the member prev (-1 for
+// the first): into its object's members while the depth allows, else into
+// a field. It returns the member's path, or -1 for a member not followed.
+func (f *flattener) member(parent, prev int32, k []byte, v *fastjson.Value, depth int, tree segmentTree) int32 {
 	inSegment := tree != nil
 	var sub segmentTree
 	if inSegment {
 		s, ok := tree[string(k)]
 		if !ok {
-			return
+			return -1
 		}
 		sub = s
 	}
-	mark := len(f.ptr)
-	f.ptr = appendPointerSegment(f.ptr, k)
-	defer func() { f.ptr = f.ptr[:mark] }()
-	id := f.intern(parent, k, inSegment)
+	id := f.intern(parent, prev, k, inSegment)
 	if f.out.keys[id].ignored {
-		return
+		return id
 	}
 	isObject := v.Type() == fastjson.TypeObject
 	switch {
@@ -190,17 +214,21 @@ func (f *flattener) member(parent int32, k []byte, v *fastjson.Value, depth int,
 	default:
 		f.addField(id, v)
 	}
+	return id
 }
 
-// intern is the id of the path in f.ptr, a member k of parent, adding it
-// to the batch's keys the first time. A path reached twice in one row is a
-// duplicate key: the last one wins, so what the first left is dropped.
-func (f *flattener) intern(parent int32, k []byte, inSegment bool) int32 {
-	id, ok := f.ids[string(f.ptr)]
-	if !ok {
-		id = int32(len(f.out.keys))
-		f.out.keys = append(f.out.keys, f.newKey(parent, string(k), inSegment))
-		f.ids[f.out.keys[id].pointer] = id
+// intern is the id of the path of member k of parent, after the member
+// prev, adding it to the batch's keys the first time. Events of a batch
+// mostly share their keys and order, so the member that followed prev
+// last time is tried before the map of every path.
+//
+// A path reached twice in one row is a duplicate key: the last one wins,
+// so what the first left is dropped.
+func (f *flattener) intern(parent, prev int32, k []byte, inSegment bool) int32 {
+	id := *f.hint(parent, prev)
+	if id < 0 || f.out.keys[id].parent != parent || f.out.keys[id].seg != string(k) {
+		id = f.lookup(parent, k, inSegment)
+		*f.hint(parent, prev) = id // lookup may have moved the keys
 	}
 	if f.out.keys[id].lastRow == f.row {
 		f.dropPath(f.out.keys[id].pointer)
@@ -209,16 +237,44 @@ func (f *flattener) intern(parent int32, k []byte, inSegment bool) int32 {
 	return id
 }
 
+// hint is where the guess of the member of parent after prev is kept.
+func (f *flattener) hint(parent, prev int32) *int32 {
+	switch {
+	case prev >= 0:
+		return &f.out.keys[prev].next
+	case parent >= 0:
+		return &f.out.keys[parent].first
+	}
+	return &f.rootFirst
+}
+
+// lookup is the id of the path of member k of parent by its pointer,
+// adding it when new.
+func (f *flattener) lookup(parent int32, k []byte, inSegment bool) int32 {
+	f.ptr = f.ptr[:0]
+	if parent >= 0 {
+		f.ptr = append(f.ptr, f.out.keys[parent].pointer...)
+	}
+	f.ptr = appendPointerSegment(f.ptr, k)
+	if id, ok := f.ids[string(f.ptr)]; ok {
+		return id
+	}
+	id := int32(len(f.out.keys))
+	f.out.keys = append(f.out.keys, f.newKey(parent, string(k), inSegment))
+	f.ids[f.out.keys[id].pointer] = id
+	return id
+}
+
+// newKey is the path in f.ptr, member seg of parent.
 func (f *flattener) newKey(parent int32, seg string, inSegment bool) key {
-	k := key{pointer: string(f.ptr), seg: seg, parent: parent, lastRow: -1}
+	k := key{pointer: string(f.ptr), seg: seg, parent: parent, lastRow: -1, first: -1, next: -1}
 	if parent >= 0 {
 		up := &f.out.keys[parent]
-		k.denied, k.ignored = up.denied, up.ignored
+		k.ignored = up.ignored
 		// Members of /_segment/context and below.
 		k.context = up.context || (inSegment && up.seg == "context" && up.parent >= 0 && f.out.keys[up.parent].parent == -1)
 	}
 	k.ignored = k.ignored || f.p.ignore[k.pointer]
-	k.denied = k.denied || (!inSegment && f.p.deniedSegment(seg))
 	return k
 }
 
@@ -262,33 +318,11 @@ func (f *flattener) count(fields []field) {
 	}
 }
 
-// finish hands the text over to the Parsed and names its paths.
+// finish hands the text over to the Parsed, and names its paths and
+// checks them against the deny patterns.
 func (f *flattener) finish() {
 	f.out.text = f.text.String()
-	for i := range f.out.keys {
-		if f.out.keys[i].hasField {
-			f.out.keys[i].name = f.name(int32(i))
-		}
-	}
-}
-
-// name is the column name of key id.
-func (f *flattener) name(id int32) string {
-	k := &f.out.keys[id]
-	var path []string
-	for at := id; at >= 0; at = f.out.keys[at].parent {
-		if k.context && f.out.keys[at].seg == "context" && !f.out.keys[at].context {
-			break
-		}
-		path = append(path, f.out.keys[at].seg)
-	}
-	for i, j := 0, len(path)-1; i < j; i, j = i+1, j-1 {
-		path[i], path[j] = path[j], path[i]
-	}
-	if k.context {
-		return contextName(path)
-	}
-	return ColumnName(path)
+	f.p.paths.resolve(f.out.keys, f.p.pathFacts)
 }
 
 // value flattens one JSON value. Objects here are at the depth limit and
@@ -339,12 +373,12 @@ func (f *flattener) array(v *fastjson.Value) value {
 		}
 		f.out.elems = append(f.out.elems, e)
 	}
-	elems := span{at: at, n: len(items)}
+	elems := span{at: uint32(at), n: uint32(len(items))}
 	return value{kind: vArray, infer: arrayKind(f.out.elems[at:]), elems: elems}
 }
 
 func (f *flattener) addText(b []byte) span {
-	s := span{at: f.text.Len(), n: len(b)}
+	s := span{at: uint32(f.text.Len()), n: uint32(len(b))}
 	f.text.Write(b)
 	return s
 }

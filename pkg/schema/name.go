@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 )
 
 // Pointer is the JSON Pointer (RFC 6901) of a property path: "/" before
@@ -194,4 +196,71 @@ func leaves(keys ...string) segmentTree {
 		t[k] = nil
 	}
 	return t
+}
+
+// pathFacts is what follows from a path alone.
+type pathFacts struct {
+	name   string
+	denied bool // the path or one above it matches a deny pattern
+}
+
+// pathFacts works out the facts of keys[i], whose parent's are known.
+func (p *Projector) pathFacts(keys []key, i int) pathFacts {
+	k := &keys[i]
+	var path []string
+	for at := int32(i); at >= 0; at = keys[at].parent {
+		if k.context && !keys[at].context { // /_segment/context: names start below
+			break
+		}
+		path = append(path, keys[at].seg)
+	}
+	slices.Reverse(path)
+	if k.context {
+		return pathFacts{name: contextName(path)}
+	}
+	denied := p.deniedSegment(k.seg) || (k.parent >= 0 && keys[k.parent].denied)
+	return pathFacts{name: ColumnName(path), denied: denied}
+}
+
+// pathCacheSize bounds the paths a pathCache remembers: beyond it, a key
+// explosion would hold memory for keys never seen again.
+const pathCacheSize = 1 << 16
+
+// pathCache remembers the facts of the paths batches saw, by pointer:
+// most batches have the paths the ones before had, and hashing names and
+// matching deny patterns is much of the cost of a new path. Safe for
+// concurrent use.
+type pathCache struct {
+	mu    sync.RWMutex
+	facts map[string]pathFacts
+}
+
+// resolve fills in the name and denied of every key, from the cache or by
+// work (parents come before their members in keys).
+func (c *pathCache) resolve(keys []key, work func(keys []key, i int) pathFacts) {
+	var missed []int
+	c.mu.RLock()
+	for i := range keys {
+		f, ok := c.facts[keys[i].pointer]
+		if !ok {
+			missed = append(missed, i)
+		}
+		keys[i].name, keys[i].denied = f.name, f.denied
+	}
+	c.mu.RUnlock()
+	for _, i := range missed {
+		f := work(keys, i)
+		keys[i].name, keys[i].denied = f.name, f.denied
+	}
+	if len(missed) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.facts == nil || len(c.facts)+len(missed) > pathCacheSize {
+		c.facts = make(map[string]pathFacts, min(len(missed), pathCacheSize))
+	}
+	for _, i := range missed[:min(len(missed), pathCacheSize)] {
+		c.facts[keys[i].pointer] = pathFacts{name: keys[i].name, denied: keys[i].denied}
+	}
 }

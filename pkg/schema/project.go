@@ -6,9 +6,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"time"
-
-	"github.com/valyala/fastjson"
 
 	"github.com/surge-events/surge/pkg/batch"
 )
@@ -26,7 +25,9 @@ type Projector struct {
 	// sink has written them into the schema.
 	declared map[string]string
 	reserved map[string]bool
-	parsers  fastjson.ParserPool
+	// flatteners are reused (each with its parser) by Parse.
+	flatteners sync.Pool
+	paths      pathCache
 }
 
 // NewProjector checks cfg and builds a Projector for it.
@@ -79,11 +80,10 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	}
 	out.rowEnd = make([]int, 0, len(b.Properties))
 	out.fields = make([]field, 0, members)
-	f := newFlattener(p, out, size)
-	parser := p.parsers.Get()
-	defer p.parsers.Put(parser)
+	f := p.getFlattener(out, size)
+	defer p.putFlattener(f)
 	for row, props := range b.Properties {
-		f.addRow(parser, row, props)
+		f.addRow(row, props)
 	}
 	f.finish()
 	return out
@@ -97,7 +97,7 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 // the introducing tenant and the hour have room. Each gets the join of
 // the batch's kinds for it.
 func (p *Projector) Plan(parsed *Parsed, doc *Doc, now time.Time) (*Doc, bool) {
-	if p.cfg.Mode != Infer {
+	if p.cfg.Mode != Infer || !p.hasRoom(doc, now) {
 		return doc, false
 	}
 	cands := p.candidates(parsed, doc)
@@ -115,6 +115,24 @@ func (p *Projector) Plan(parsed *Parsed, doc *Doc, now time.Time) (*Doc, bool) {
 		return doc, false
 	}
 	return next, true
+}
+
+// hasRoom reports whether doc may take a column at now: a full table or
+// hour spares looking at the batch's paths (a key explosion fills both).
+func (p *Projector) hasRoom(doc *Doc, now time.Time) bool {
+	if doc == nil {
+		return p.cfg.MaxColumns > 0 && p.cfg.MaxNewColumnsPerHour > 0
+	}
+	rate := doc.Rate
+	if windowOver(rate, now) {
+		rate = Rate{}
+	}
+	return len(doc.Columns) < p.cfg.MaxColumns && rate.Added < p.cfg.MaxNewColumnsPerHour
+}
+
+// windowOver reports whether rate's hour is over at now.
+func windowOver(rate Rate, now time.Time) bool {
+	return rate.WindowStart.IsZero() || !now.Before(rate.WindowStart.Add(time.Hour))
 }
 
 // candidate is a path Plan may add as a column.
@@ -154,7 +172,7 @@ func (p *Projector) candidates(parsed *Parsed, doc *Doc) []candidate {
 // admit adds candidates to doc while the limits allow, and counts them.
 // Of two paths with one name, the first admitted owns it.
 func (p *Projector) admit(doc *Doc, cands []candidate, now time.Time) int {
-	if doc.Rate.WindowStart.IsZero() || !now.Before(doc.Rate.WindowStart.Add(time.Hour)) {
+	if windowOver(doc.Rate, now) {
 		doc.Rate = Rate{WindowStart: now}
 	}
 	perTenant := tenantColumns(doc)
@@ -518,7 +536,7 @@ func (c *column) addArray(ps *Parsed, v value) bool {
 		}
 		c.col.ElemNull = append(c.col.ElemNull, false)
 	}
-	c.col.Lens = append(c.col.Lens, uint32(v.elems.n))
+	c.col.Lens = append(c.col.Lens, v.elems.n)
 	c.filled = true
 	return true
 }
