@@ -105,7 +105,7 @@ type value struct {
 	infer batch.Kind
 	i     int64   // vBool (0 or 1), vInt
 	f     float64 // vFloat
-	text  span    // vInt, vFloat, vNumber: the number's text; vString: the value; vJSON: the JSON
+	text  span    // vInt, vFloat, vNumber: the number's text; vString: the value; vJSON, vArray: the JSON
 	elems span    // vArray
 }
 
@@ -255,19 +255,26 @@ func (f *flattener) lookup(parent int32, k []byte, inSegment bool) int32 {
 	if parent >= 0 {
 		f.ptr = append(f.ptr, f.out.keys[parent].pointer...)
 	}
+	segAt := len(f.ptr) + 1 // after the "/"
 	f.ptr = appendPointerSegment(f.ptr, k)
 	if id, ok := f.ids[string(f.ptr)]; ok {
 		return id
 	}
 	id := int32(len(f.out.keys))
-	f.out.keys = append(f.out.keys, f.newKey(parent, string(k), inSegment))
+	f.out.keys = append(f.out.keys, f.newKey(parent, segAt, inSegment))
 	f.ids[f.out.keys[id].pointer] = id
 	return id
 }
 
-// newKey is the path in f.ptr, member seg of parent.
-func (f *flattener) newKey(parent int32, seg string, inSegment bool) key {
-	k := key{pointer: string(f.ptr), seg: seg, parent: parent, lastRow: -1, first: -1, next: -1}
+// newKey is the path in f.ptr, a member of parent whose segment starts at
+// segAt in f.ptr, escaped.
+func (f *flattener) newKey(parent int32, segAt int, inSegment bool) key {
+	pointer := string(f.ptr)
+	seg := pointer[segAt:] // the pointer's tail, shared, unless escaped
+	if strings.IndexByte(seg, '~') >= 0 {
+		seg = pointerUnescaper.Replace(seg)
+	}
+	k := key{pointer: pointer, seg: seg, parent: parent, lastRow: -1, first: -1, next: -1}
 	if parent >= 0 {
 		up := &f.out.keys[parent]
 		k.ignored = up.ignored
@@ -359,7 +366,8 @@ func (f *flattener) number(v *fastjson.Value) value {
 }
 
 // array flattens an array's elements: scalars as themselves, objects and
-// arrays as their JSON text.
+// arrays as their JSON text. The array's own JSON text is kept too: arrays
+// of objects or mixed kinds go to string columns whole.
 func (f *flattener) array(v *fastjson.Value) value {
 	items, _ := v.Array()
 	at := len(f.out.elems)
@@ -373,8 +381,12 @@ func (f *flattener) array(v *fastjson.Value) value {
 		}
 		f.out.elems = append(f.out.elems, e)
 	}
-	elems := span{at: uint32(at), n: uint32(len(items))}
-	return value{kind: vArray, infer: arrayKind(f.out.elems[at:]), elems: elems}
+	return value{
+		kind:  vArray,
+		infer: arrayKind(f.out.elems[at:]),
+		text:  f.addJSON(v),
+		elems: span{at: uint32(at), n: uint32(len(items))},
+	}
 }
 
 func (f *flattener) addText(b []byte) span {
@@ -444,19 +456,10 @@ func (ps *Parsed) appendValueJSON(dst []byte, v value) []byte {
 			return append(dst, "true"...)
 		}
 		return append(dst, "false"...)
-	case vInt, vFloat, vNumber, vJSON:
+	case vInt, vFloat, vNumber, vJSON, vArray:
 		return append(dst, ps.textOf(v.text)...)
 	case vString:
 		return appendJSONString(dst, ps.textOf(v.text))
-	case vArray:
-		dst = append(dst, '[')
-		for i, e := range ps.elemsOf(v) {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = ps.appendValueJSON(dst, e)
-		}
-		return append(dst, ']')
 	}
 	return append(dst, "null"...)
 }

@@ -127,15 +127,15 @@ func asBool(v value) (int64, bool) {
 // its JSON text (2.50 stays "2.50", true is "true").
 func (ps *Parsed) asString(v value) string {
 	switch v.kind {
-	case vString, vInt, vFloat, vNumber, vJSON:
-		return ps.textOf(v.text)
 	case vBool:
 		if v.i == 1 {
 			return "true"
 		}
 		return "false"
+	case vNull:
+		return "null"
 	}
-	return string(ps.appendValueJSON(nil, v))
+	return ps.textOf(v.text)
 }
 
 // asTime is v in a DateTime column of the given sub-second digits, in unix
