@@ -144,20 +144,13 @@ type candidate struct {
 // candidates are the paths of parsed that may become columns of doc, in
 // the order they are admitted.
 func (p *Projector) candidates(parsed *Parsed, doc *Doc) []candidate {
-	var byPath map[string]string
-	var names map[string]bool
-	if doc != nil {
-		byPath = doc.Index()
-		names = make(map[string]bool, len(doc.Columns))
-		for name := range doc.Columns {
-			names[name] = true
-		}
-	}
+	byPath, names := columnIndex(doc)
 	var out []candidate
 	for i := range parsed.keys {
 		k := &parsed.keys[i]
-		if k.rows == 0 || k.denied || k.ignored || byPath[k.pointer] != "" || p.declared[k.pointer] != "" ||
-			names[k.name] || p.reserved[k.name] {
+		_, inDoc := byPath[k.pointer]
+		if k.rows == 0 || k.denied || k.ignored || inDoc || p.declared[k.pointer] != "" || p.reserved[k.name] ||
+			hasName(names, k.name) || hasFailed(doc, k.name) {
 			continue
 		}
 		out = append(out, candidate{key: k, tenant: parsed.tenant(k.firstRow)})
@@ -318,10 +311,13 @@ func (p *Projector) newProjection(parsed *Parsed, doc *Doc) *projection {
 	return pr
 }
 
-// columnIndex maps doc's columns by path and by name (to their path). Of
-// two columns of one path (which the schema never holds), the one of the
-// lower name counts, so every instance picks the same.
+// columnIndex maps doc's columns (doc may be nil) by path and by name (to
+// their path). Of two columns of one path (which the schema never holds),
+// the one of the lower name counts, so every instance picks the same.
 func columnIndex(doc *Doc) (byPath map[string]string, names map[string]string) {
+	if doc == nil {
+		return nil, nil
+	}
 	byPath = make(map[string]string, len(doc.Columns))
 	names = make(map[string]string, len(doc.Columns))
 	for name, c := range doc.Columns {
@@ -340,13 +336,15 @@ func (pr *projection) route(k *key, byPath, names map[string]string) route {
 	}
 	if name, ok := byPath[k.pointer]; ok {
 		c := pr.doc.Columns[name]
-		if _, failed := pr.doc.Failed[name]; failed || !c.Kind().Valid() {
+		if hasFailed(pr.doc, name) || !c.Kind().Valid() {
 			return route{col: -1, reason: ReasonFailed}
 		}
 		pr.cols = append(pr.cols, newColumn(name, c, pr.parsed.rows()))
 		return route{col: len(pr.cols) - 1}
 	}
 	switch {
+	case hasFailed(pr.doc, k.name):
+		return route{col: -1, reason: ReasonFailed}
 	case hasName(names, k.name):
 		return route{col: -1, reason: ReasonCollision}
 	case k.denied:
@@ -361,6 +359,16 @@ func (pr *projection) route(k *key, byPath, names map[string]string) route {
 
 func hasName(names map[string]string, name string) bool {
 	_, ok := names[name]
+	return ok
+}
+
+// hasFailed reports whether the column name failed for good in
+// ClickHouse: it is never proposed again, even when no longer a column.
+func hasFailed(doc *Doc, name string) bool {
+	if doc == nil {
+		return false
+	}
+	_, ok := doc.Failed[name]
 	return ok
 }
 

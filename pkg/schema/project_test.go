@@ -486,6 +486,15 @@ func TestUnpromotedReasons(t *testing.T) {
 			}},
 		},
 		{
+			name: "failed column no longer in the schema is not proposed again",
+			doc:  &Doc{Failed: map[string]string{"p_x": "Code 44"}},
+			steps: []step{{
+				props:      []string{`{"x":1}`},
+				unpromoted: [][]string{{"/x"}},
+				stats:      Stats{Unpromoted: map[string]int{"failed": 1}},
+			}},
+		},
+		{
 			name:   "declared mode",
 			config: func(c *Config) { c.Mode = Declared },
 			steps: []step{{
