@@ -8,7 +8,8 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"sync"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
@@ -41,43 +43,24 @@ type benchFlags struct {
 	trace      bool
 	cluster    bool
 	natsSync   natsserver.Sync
+	// properties is the schema.Profile the events carry; "" for the
+	// bench's own three properties.
+	properties string
+	// modes are the typed columns modes --typed runs, one fresh stack
+	// each; nil for one run with the schema section's defaults.
+	modes []schema.Mode
 }
 
 // bench is `surge bench`: it starts a stack and runs, in order, a
 // throughput phase (benchload.go over HTTP, benchnats.go over NATS), a
 // latency phase (benchlatency.go) and a reference of ClickHouse alone
-// (benchref.go), then prints one report.
+// (benchref.go), then prints one report. With more than one --typed mode
+// it does so once per mode, each on a fresh stack, and prints the modes
+// side by side (benchtyped.go).
 func bench(args []string) error {
-	var f benchFlags
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.IntVar(&f.events, "events", 1_000_000, "events to send in the throughput phase")
-	fs.IntVar(&f.perRequest, "per-request", 500, "events per HTTP request")
-	fs.IntVar(&f.clients, "clients", 8, "concurrent HTTP clients")
-	fs.IntVar(&f.users, "users", 100_000, "distinct user ids")
-	fs.IntVar(&f.rate, "rate", 0, "events/s of the latency phase (0: half the measured throughput)")
-	fs.DurationVar(&f.rateFor, "rate-for", 20*time.Second, "length of the latency phase")
-	fs.IntVar(&f.shards, "shards", 8, "logical shards")
-	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
-	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
-	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
-	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
-	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`")
-	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`")
-	fs.StringVar(&f.report, "report", "", "write report.html (plots of the run, self-contained) and report.json (its raw figures) into `dir`")
-	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
-	natsSync := natsSyncFlag(fs)
-	if err := fs.Parse(args); err != nil {
+	f, err := parseBenchFlags(args)
+	if err != nil {
 		return err
-	}
-	var err error
-	if f.natsSync, err = natsserver.ParseSync(*natsSync); err != nil {
-		return err
-	}
-	if f.via != "http" && f.via != "nats" && f.via != "segment" {
-		return fmt.Errorf("--via must be http, nats or segment, got %q", f.via)
-	}
-	if f.cluster && f.via != "http" {
-		return errors.New("--cluster sends over HTTP only: drop --via nats")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -92,9 +75,132 @@ func bench(args []string) error {
 		defer os.RemoveAll(d)
 		f.dir = d
 	}
-	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s) in %s\n", f.shards, f.servers, f.natsSync, f.dir)
-	opts := stack.Options{Dir: f.dir, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
-		Producers: []natsserver.User{benchProducer}}
+	gen := newGenerator(f.users, f.perRequest, f.properties)
+	if f.properties != "" {
+		fmt.Printf("bench: events carry properties of profile %s\n", f.properties)
+	}
+
+	if len(f.modes) > 1 {
+		var runs []benchReport
+		for _, mode := range f.modes {
+			cfg := schema.DefaultConfig()
+			cfg.Mode = mode
+			// Each mode starts from an empty folder, so from an empty table.
+			r, err := benchStack(ctx, f, gen, stackRun{
+				dir: modeDir(f.dir, mode), fresh: true, schema: &cfg,
+				report: modeDir(f.report, mode), cpuProfile: modeFile(f.cpuProfile, mode), memProfile: modeFile(f.memProfile, mode),
+			})
+			if err != nil {
+				return fmt.Errorf("typed columns %s: %w", mode, err)
+			}
+			runs = append(runs, r)
+		}
+		fmt.Print(typedReport(f, gen, runs))
+		for _, r := range runs {
+			if len(r.queries) > 0 {
+				fmt.Print(queryReport(r))
+			}
+		}
+		return nil
+	}
+
+	run := stackRun{dir: f.dir, report: f.report, cpuProfile: f.cpuProfile, memProfile: f.memProfile}
+	if len(f.modes) == 1 {
+		cfg := schema.DefaultConfig()
+		cfg.Mode = f.modes[0]
+		run.schema = &cfg
+	}
+	r, err := benchStack(ctx, f, gen, run)
+	if err != nil {
+		return err
+	}
+	if len(r.queries) > 0 {
+		fmt.Print(queryReport(r))
+	}
+	if !f.cluster {
+		return nil
+	}
+	// The cluster gets the machine to itself: benchStack stopped the stack.
+	fmt.Println("bench: single-process stack stopped; starting the cluster")
+	cl, err := benchCluster(ctx, f, gen, r.rate)
+	if err != nil {
+		return fmt.Errorf("cluster: %w", err)
+	}
+	single := benchFigures{accepted: r.tp.accepted, inserted: r.tp.inserted, rate: r.rate, lat: r.lat, heap: r.peakHeap, processes: 1}
+	fmt.Print(compareReport(f, single, cl))
+	return nil
+}
+
+// parseBenchFlags parses and checks the flags of `surge bench`.
+func parseBenchFlags(args []string) (benchFlags, error) {
+	var f benchFlags
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.IntVar(&f.events, "events", 1_000_000, "events to send in the throughput phase")
+	fs.IntVar(&f.perRequest, "per-request", 500, "events per HTTP request")
+	fs.IntVar(&f.clients, "clients", 8, "concurrent HTTP clients")
+	fs.IntVar(&f.users, "users", 100_000, "distinct user ids")
+	fs.IntVar(&f.rate, "rate", 0, "events/s of the latency phase (0: half the measured throughput)")
+	fs.DurationVar(&f.rateFor, "rate-for", 20*time.Second, "length of the latency phase")
+	fs.IntVar(&f.shards, "shards", 8, "logical shards")
+	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
+	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
+	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
+	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
+	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file` (file-MODE.ext for each --typed mode when there are two)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file` (file-MODE.ext for each --typed mode when there are two)")
+	fs.StringVar(&f.report, "report", "", "write report.html (plots of the run, self-contained) and report.json (its raw figures) into `dir` (dir/MODE for each --typed mode when there are two)")
+	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
+	fs.StringVar(&f.properties, "properties", "", "the events' properties: a generated profile, "+strings.Join(schema.Profiles, ", ")+
+		" (seeded, the same every run); default: three keys, path, ref and ms")
+	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, then infer, each on a fresh stack, "+
+		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
+		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
+	natsSync := natsSyncFlag(fs)
+	if err := fs.Parse(args); err != nil {
+		return benchFlags{}, err
+	}
+	var err error
+	if f.natsSync, err = natsserver.ParseSync(*natsSync); err != nil {
+		return benchFlags{}, err
+	}
+	if f.via != "http" && f.via != "nats" && f.via != "segment" {
+		return benchFlags{}, fmt.Errorf("--via must be http, nats or segment, got %q", f.via)
+	}
+	if f.cluster && f.via != "http" {
+		return benchFlags{}, errors.New("--cluster sends over HTTP only: drop --via nats")
+	}
+	if f.properties != "" && !slices.Contains(schema.Profiles, f.properties) {
+		return benchFlags{}, fmt.Errorf("--properties must be one of %s, got %q", strings.Join(schema.Profiles, ", "), f.properties)
+	}
+	if f.modes, err = typedModes(*typed, f.properties, f.cluster); err != nil {
+		return benchFlags{}, err
+	}
+	return f, nil
+}
+
+// stackRun is how benchStack runs one stack: where, with which schema
+// section (nil: the default) and where its report and profiles go.
+type stackRun struct {
+	dir                    string
+	fresh                  bool
+	schema                 *schema.Config
+	report                 string
+	cpuProfile, memProfile string
+}
+
+// benchStack starts a stack as run says, runs the throughput, latency
+// and reference phases against it, prints its report, counts its typed
+// columns and, in infer mode with --properties, times the typed
+// queries; it stops the stack before it returns.
+func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun) (_ benchReport, err error) {
+	mode := schema.DefaultConfig().Mode
+	if run.schema != nil {
+		mode = run.schema.Mode
+	}
+	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s, typed columns %s) in %s\n",
+		f.shards, f.servers, f.natsSync, mode, run.dir)
+	opts := stack.Options{Dir: run.dir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
+		Producers: []natsserver.User{benchProducer}, Schema: run.schema}
 	tracing := "off"
 	var exported *discardExporter
 	if f.trace {
@@ -106,17 +212,21 @@ func bench(args []string) error {
 		tracing = "on (" + telemetry.DefaultSampler().Description() + ", spans discarded)"
 	}
 	fmt.Printf("bench: tracing %s\n", tracing)
+	load := loadAverage()
 	st, err := stack.Start(ctx, opts)
 	if err != nil {
-		return err
+		return benchReport{}, err
 	}
-	stopStack := sync.OnceValue(st.Stop)
-	defer stopStack()
+	defer func() {
+		if serr := st.Stop(); serr != nil && err == nil {
+			err = fmt.Errorf("stop the stack: %w", serr)
+		}
+	}()
 	send := func(body []byte) bool { return post(ctx, st.IngestURL, body) == nil }
 	if f.via == "nats" {
 		p, err := newNATSProducer(st)
 		if err != nil {
-			return err
+			return benchReport{}, err
 		}
 		defer p.close()
 		send = func(body []byte) bool { return p.send(ctx, body) }
@@ -124,33 +234,33 @@ func bench(args []string) error {
 
 	ch, err := clickhouse.Open(&clickhouse.Options{Addr: st.ClickHouse.Addrs()[:1], Settings: clickhouse.Settings{"max_execution_time": 60}})
 	if err != nil {
-		return err
+		return benchReport{}, err
 	}
-	closeCH := sync.OnceValue(ch.Close) // a second Close of a clickhouse-go conn blocks
-	defer closeCH()
+	defer ch.Close() // once, before the stack stops: a second Close of a clickhouse-go conn blocks
 
-	gen := newGenerator(f.users, f.perRequest)
 	fmt.Printf("bench: throughput phase: %d events, %d per request, %d clients\n", f.events, f.perRequest, f.clients)
-	if f.cpuProfile != "" {
-		pf, err := os.Create(f.cpuProfile)
+	if run.cpuProfile != "" {
+		pf, err := os.Create(run.cpuProfile)
 		if err != nil {
-			return err
+			return benchReport{}, err
 		}
 		defer pf.Close()
 		if err := pprof.StartCPUProfile(pf); err != nil {
-			return err
+			return benchReport{}, err
 		}
 	}
-	r := benchReport{flags: f}
-	rec := newRunRecord(f.report, st, gen)
+	r := benchReport{flags: f, mode: mode, loadAvg: load}
+	rec := newRunRecord(run.report, st, gen)
 	defer rec.stop()
 	heap := watchHeap()
+	cost := startCost(st)
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)
 	} else {
 		r.tp, err = throughput(ctx, []string{st.IngestURL}, stackInserted(st), gen, f)
 	}
 	if err == nil {
+		r.cost = cost(f.events / f.perRequest * f.perRequest)
 		// Rows per shard are the first load's: taken before a segment run adds its own.
 		err = rec.throughputDone(r.tp)
 	}
@@ -160,16 +270,16 @@ func bench(args []string) error {
 		r.segment, err = throughputSegment(ctx, st, gen, f)
 	}
 	r.peakHeap = heap()
-	if f.memProfile != "" {
-		if perr := writeHeapProfile(f.memProfile); perr != nil {
-			return perr
+	if run.memProfile != "" {
+		if perr := writeHeapProfile(run.memProfile); perr != nil {
+			return benchReport{}, perr
 		}
 	}
-	if f.cpuProfile != "" {
+	if run.cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	if err != nil {
-		return err
+		return benchReport{}, err
 	}
 	r.rate = f.rate
 	if r.rate == 0 {
@@ -178,12 +288,15 @@ func bench(args []string) error {
 	fmt.Printf("bench: latency phase: %d events/s for %s with probes\n", r.rate, f.rateFor)
 	rec.phase("latency")
 	if r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
-		return err
+		return benchReport{}, err
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
 	rec.phase("reference")
 	if r.bulk, r.single, err = clickhouseReference(ctx, ch, st.Database); err != nil {
-		return err
+		return benchReport{}, err
+	}
+	if r.columns, err = typedColumns(ctx, ch, st.Database); err != nil {
+		return benchReport{}, err
 	}
 
 	r.tracing = tracing
@@ -195,54 +308,60 @@ func bench(args []string) error {
 		fmt.Print(segmentReport(f, r.tp, r.segment))
 	}
 	if err := rec.write(r); err != nil {
-		return fmt.Errorf("report: %w", err)
+		return benchReport{}, fmt.Errorf("report: %w", err)
 	}
-	if !f.cluster {
-		return nil
+	if mode == schema.Infer && f.properties != "" {
+		fmt.Println("bench: queries over typed columns and over properties")
+		if r.queryRows, r.queries, err = typedQueries(ctx, ch, st.Database, gen); err != nil {
+			return benchReport{}, fmt.Errorf("queries: %w", err)
+		}
 	}
-	// The cluster gets the machine to itself.
-	_ = closeCH()
-	if err := stopStack(); err != nil {
-		return fmt.Errorf("stop the single-process stack: %w", err)
-	}
-	fmt.Println("bench: single-process stack stopped; starting the cluster")
-	cl, err := benchCluster(ctx, f, gen, r.rate)
-	if err != nil {
-		return fmt.Errorf("cluster: %w", err)
-	}
-	single := benchFigures{accepted: r.tp.accepted, inserted: r.tp.inserted, rate: r.rate, lat: r.lat, heap: r.peakHeap, processes: 1}
-	fmt.Print(compareReport(f, single, cl))
-	return nil
+	return r, nil
 }
 
 // benchReport is what the phases measured.
 type benchReport struct {
 	flags        benchFlags
+	mode         schema.Mode // typed columns mode of the stack
 	tracing      string
 	tp           throughputResult
-	rate         int // events/s of the latency phase
+	cost         runCost // CPU and BATCHES bytes of the throughput phase
+	rate         int     // events/s of the latency phase
 	lat          latencyResult
 	segment      throughputResult // --via segment: the load through /v1/batch
 	bulk, single float64          // ClickHouse reference, rows/s
 	peakHeap     uint64
+	columns      int     // typed columns of events_local at the end
+	loadAvg      float64 // the machine's 1-minute load average before the stack started
+	queryRows    uint64  // rows the queries read
+	queries      []queryTiming
 }
 
 // summary is the report the bench prints.
 func (r benchReport) summary() string {
 	f := r.flags
+	props := f.properties
+	if props == "" {
+		props = "path, ref, ms"
+	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
   ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
+  CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
+  BATCHES bytes per event       %10.0f            (encoded batches the batcher published)
+  typed columns in events_local %10d
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode,
+		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.bulk, r.single, r.bulk/r.single, float64(r.peakHeap)/(1<<20))
+		r.bulk, r.single, r.bulk/r.single, float64(r.peakHeap)/(1<<20),
+		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns)
 }
 
 // discardExporter counts the spans it is given and drops them: the cost

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -27,24 +28,44 @@ type generator struct {
 	accepted atomic.Int64
 }
 
-func newGenerator(users, perRequest int) *generator {
+// newGenerator makes the bodies. Events carry the bench's own three
+// properties, or, with a profile, schema.Profile's properties of event i
+// (i counting the events of all bodies), drawn from a source of their own
+// so the same flags give the same events every run.
+func newGenerator(users, perRequest int, profile string) *generator {
 	types := []string{"page_view", "click", "signup", "purchase", "scroll", "search"}
 	r := rand.New(rand.NewPCG(1, 2))
+	props := rand.New(rand.NewPCG(3, 4))
 	g := &generator{}
-	for range 64 {
+	for n := range 64 {
 		var b bytes.Buffer
 		b.WriteByte('[')
 		for i := range perRequest {
 			if i > 0 {
 				b.WriteByte(',')
 			}
-			fmt.Fprintf(&b, `{"user_id":"user-%d","type":%q,"properties":{"path":"/p/%d","ref":"campaign-%d","ms":%d}}`,
-				r.IntN(users), types[r.IntN(len(types))], r.IntN(1000), r.IntN(50), r.IntN(5000))
+			if profile == "" {
+				fmt.Fprintf(&b, `{"user_id":"user-%d","type":%q,"properties":{"path":"/p/%d","ref":"campaign-%d","ms":%d}}`,
+					r.IntN(users), types[r.IntN(len(types))], r.IntN(1000), r.IntN(50), r.IntN(5000))
+				continue
+			}
+			fmt.Fprintf(&b, `{"user_id":"user-%d","type":%q,"properties":%s}`,
+				r.IntN(users), types[r.IntN(len(types))], schema.Profile(profile, props, n*perRequest+i))
 		}
 		b.WriteByte(']')
 		g.bodies = append(g.bodies, b.Bytes())
 	}
 	return g
+}
+
+// size is the bytes of the bodies, which the bench process holds in its
+// heap for the whole run.
+func (g *generator) size() int {
+	n := 0
+	for _, b := range g.bodies {
+		n += len(b)
+	}
+	return n
 }
 
 func (g *generator) body() []byte { return g.bodies[g.next.Add(1)%uint64(len(g.bodies))] }

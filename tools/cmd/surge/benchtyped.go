@@ -1,0 +1,236 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/procfs"
+
+	"github.com/surge-events/surge/pkg/schema"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// `surge bench --typed both` runs the bench once with typed columns off
+// and once inferred, each on a fresh stack, and prints the two side by
+// side: what flattening properties into typed columns costs end to end.
+
+// typedModes turns --typed into the runs it asks for. Unset, it is both
+// when the events carry a profile's properties (what the flag is for)
+// and otherwise nil: one run with the schema section's default, the
+// stack as a deployment gets it. --cluster starts the cluster with the
+// services' defaults, so it takes no --typed.
+func typedModes(typed, properties string, cluster bool) ([]schema.Mode, error) {
+	if typed == "" {
+		if properties != "" && !cluster {
+			return []schema.Mode{schema.Off, schema.Infer}, nil
+		}
+		return nil, nil
+	}
+	if cluster {
+		return nil, fmt.Errorf("--cluster runs the schema section's default (%s): drop --typed", schema.DefaultConfig().Mode)
+	}
+	switch typed {
+	case string(schema.Off):
+		return []schema.Mode{schema.Off}, nil
+	case string(schema.Infer):
+		return []schema.Mode{schema.Infer}, nil
+	case "both":
+		return []schema.Mode{schema.Off, schema.Infer}, nil
+	}
+	return nil, fmt.Errorf("--typed must be off, infer or both, got %q", typed)
+}
+
+// modeDir is a mode's folder in dir when the bench runs several modes:
+// dir/MODE; "" stays "".
+func modeDir(dir string, mode schema.Mode) string {
+	if dir == "" {
+		return ""
+	}
+	return filepath.Join(dir, string(mode))
+}
+
+// modeFile is a mode's file when the bench runs several modes:
+// file-MODE.ext; "" stays "".
+func modeFile(file string, mode schema.Mode) string {
+	if file == "" {
+		return ""
+	}
+	ext := filepath.Ext(file)
+	return strings.TrimSuffix(file, ext) + "-" + string(mode) + ext
+}
+
+// runCost is what the throughput phase cost: CPU time of the bench
+// process and of ClickHouse, and the bytes of the batches published.
+type runCost struct {
+	events              int
+	process, clickhouse float64 // CPU seconds
+	batchBytes          float64 // encoded bytes of the batches the batcher published
+	batchRows           float64 // rows in those batches
+}
+
+func perMillion(v float64, events int) float64 {
+	if events == 0 {
+		return 0
+	}
+	return v / float64(events) * 1e6
+}
+
+// processPerM is the bench process's CPU seconds per 1M events.
+func (c runCost) processPerM() float64 { return perMillion(c.process, c.events) }
+
+// clickhousePerM is ClickHouse's CPU seconds per 1M events.
+func (c runCost) clickhousePerM() float64 { return perMillion(c.clickhouse, c.events) }
+
+// batchBytesPerEvent is BATCHES bytes per event.
+func (c runCost) batchBytesPerEvent() float64 {
+	if c.batchRows == 0 {
+		return 0
+	}
+	return c.batchBytes / c.batchRows
+}
+
+// startCost reads the counters now; the returned function reads them
+// again and returns the difference, for events events.
+func startCost(st *stack.Stack) func(events int) runCost {
+	p0, c0 := processCPU(), clickhouseCPU(st.ClickHouse)
+	b0, r0 := batchesPublished(st)
+	return func(events int) runCost {
+		p, c := processCPU(), clickhouseCPU(st.ClickHouse)
+		b, r := batchesPublished(st)
+		return runCost{events: events, process: p - p0, clickhouse: c - c0, batchBytes: b - b0, batchRows: r - r0}
+	}
+}
+
+// processCPU is the bench process's CPU seconds so far, from /proc; 0
+// where it cannot be read.
+func processCPU() float64 {
+	p, err := procfs.Self()
+	if err != nil {
+		return 0
+	}
+	s, err := p.Stat()
+	if err != nil {
+		return 0
+	}
+	return s.CPUTime()
+}
+
+// batchesPublished is the encoded bytes and the rows of every batch the
+// stack's batcher has published (surge_batcher_batch_bytes's sum and
+// surge_batcher_rows_total).
+func batchesPublished(st *stack.Stack) (bytes, rows float64) {
+	p := st.Part("batcher")
+	if p == nil {
+		return 0, 0
+	}
+	mfs, err := p.Registry.Gather()
+	if err != nil {
+		return 0, 0
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "surge_batcher_batch_bytes" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			bytes += m.GetHistogram().GetSampleSum()
+		}
+	}
+	return bytes, stack.Sum(p.Registry, "surge_batcher_rows_total")
+}
+
+// loadAverage is the machine's 1-minute load average; 0 where
+// /proc/loadavg cannot be read.
+func loadAverage() float64 {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return 0
+	}
+	l, err := fs.LoadAvg()
+	if err != nil {
+		return 0
+	}
+	return l.Load1
+}
+
+// typedColumns counts the typed property columns of events_local on the
+// server ch is connected to.
+func typedColumns(ctx context.Context, ch driver.Conn, db string) (int, error) {
+	var n uint64
+	err := ch.QueryRow(ctx, "SELECT count() FROM system.columns WHERE database = ? AND table = 'events_local' AND startsWith(name, 'p_')", db).Scan(&n)
+	if err != nil {
+		return 0, fmt.Errorf("count typed columns: %w", err)
+	}
+	return int(n), nil
+}
+
+// typedReport is the runs of each typed columns mode side by side, with
+// the last mode's figures over the first's.
+func typedReport(f benchFlags, gen *generator, runs []benchReport) string {
+	var b strings.Builder
+	first, last := runs[0], runs[len(runs)-1]
+	ratio := func(v func(benchReport) float64) string {
+		if v(first) == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", v(last)/v(first))
+	}
+	mib := func(v uint64) float64 { return float64(v) / (1 << 20) }
+	var modes []string
+	for _, r := range runs {
+		modes = append(modes, string(r.mode))
+	}
+	row := func(label string, value func(benchReport) string, ratio string) {
+		fmt.Fprintf(&b, "  %-30s", label)
+		for _, r := range runs {
+			fmt.Fprintf(&b, " %20s", value(r))
+		}
+		fmt.Fprintf(&b, " %12s\n", ratio)
+	}
+	accepted := map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via]
+	fmt.Fprintf(&b, "\nSurge bench, typed columns %s (properties %s; the same load in each: %d events, %d clients x %d events/request via %s, %d shards, %d ClickHouse servers)\n",
+		strings.Join(modes, " vs "), f.properties, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest, f.via, f.shards, f.servers)
+	row("", func(r benchReport) string { return string(r.mode) }, string(last.mode)+"/"+string(first.mode))
+	row(accepted, func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.accepted) }, ratio(func(r benchReport) float64 { return r.tp.accepted }))
+	row("inserted (queryable)", func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.inserted) }, ratio(func(r benchReport) float64 { return r.tp.inserted }))
+	row("ingest-to-queryable rate", func(r benchReport) string { return fmt.Sprintf("%d events/s", r.rate) }, "")
+	row("  p50", func(r benchReport) string { return r.lat.p50.String() }, ratio(func(r benchReport) float64 { return r.lat.p50.Seconds() }))
+	row("  p99", func(r benchReport) string { return r.lat.p99.String() }, ratio(func(r benchReport) float64 { return r.lat.p99.Seconds() }))
+	row("  probes", func(r benchReport) string { return fmt.Sprint(r.lat.n) }, "")
+	row("CPU per 1M events, bench", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.processPerM()) }, ratio(func(r benchReport) float64 { return r.cost.processPerM() }))
+	row("CPU per 1M events, ClickHouse", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.clickhousePerM()) }, ratio(func(r benchReport) float64 { return r.cost.clickhousePerM() }))
+	row("peak Go heap, full load", func(r benchReport) string { return fmt.Sprintf("%.0f MiB", mib(r.peakHeap)) }, ratio(func(r benchReport) float64 { return float64(r.peakHeap) }))
+	row("BATCHES bytes per event", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.batchBytesPerEvent()) }, ratio(func(r benchReport) float64 { return r.cost.batchBytesPerEvent() }))
+	row("typed columns in events_local", func(r benchReport) string { return fmt.Sprint(r.columns) }, "")
+	row("load average before the run", func(r benchReport) string { return fmt.Sprintf("%.2f", r.loadAvg) }, "")
+
+	rate := "half each mode's own inserted rate"
+	if f.rate != 0 {
+		rate = fmt.Sprintf("%d events/s (--rate)", f.rate)
+	}
+	def := schema.DefaultConfig()
+	fmt.Fprintf(&b, "  each mode on a fresh stack (empty data folder and table), one after the other; latency phase at %s\n", rate)
+	fmt.Fprintf(&b, "  CPU: seconds used in the throughput phase, from /proc. The bench process runs the four services, the embedded NATS\n")
+	fmt.Fprintf(&b, "       server and the load generator: the bench does not split it by service. ClickHouse: every clickhouse-server process\n")
+	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included\n", float64(gen.size())/(1<<20))
+	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows\n")
+	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)
+	return trimLines(b.String())
+}
+
+// trimLines drops the spaces at the end of each line.
+func trimLines(s string) string {
+	lines := strings.Split(s, "\n")
+	for i, l := range lines {
+		lines[i] = strings.TrimRight(l, " ")
+	}
+	return strings.Join(lines, "\n")
+}
+
+// fmtMillis prints a query time in milliseconds, to a tenth.
+func fmtMillis(d time.Duration) string {
+	return fmt.Sprintf("%.1f ms", float64(d)/float64(time.Millisecond))
+}

@@ -1,0 +1,212 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/schema"
+)
+
+func TestParseBenchFlagsTyped(t *testing.T) {
+	t.Setenv("SURGE_NATS_SYNC", "")
+	both := []schema.Mode{schema.Off, schema.Infer}
+	for _, tc := range []struct {
+		name       string
+		args       []string
+		properties string
+		modes      []schema.Mode
+		err        string
+	}{
+		{name: "neither: one run with the schema section's default", args: nil},
+		{name: "a profile runs both modes", args: []string{"--properties", "p20"}, properties: "p20", modes: both},
+		{name: "a profile and one mode", args: []string{"--properties", "hostile", "--typed", "infer"}, properties: "hostile", modes: []schema.Mode{schema.Infer}},
+		{name: "both modes of the bench's own properties", args: []string{"--typed", "both"}, modes: both},
+		{name: "off alone", args: []string{"--typed", "off"}, modes: []schema.Mode{schema.Off}},
+		{name: "the cluster runs its default", args: []string{"--cluster", "--properties", "nested"}, properties: "nested"},
+		{name: "declared is not a bench mode", args: []string{"--typed", "declared"}, err: `--typed must be off, infer or both, got "declared"`},
+		{name: "unknown profile", args: []string{"--properties", "p21"}, err: `--properties must be one of p20, sparse200, nested, hostile, got "p21"`},
+		{name: "the cluster takes no --typed", args: []string{"--cluster", "--typed", "off"}, err: "--cluster runs the schema section's default"},
+		{name: "other flags still checked", args: []string{"--via", "mqtt", "--typed", "both"}, err: "--via must be http, nats or segment"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := parseBenchFlags(tc.args)
+			if tc.err != "" {
+				require.ErrorContains(t, err, tc.err)
+				return
+			}
+			require.NoError(t, err)
+			assert.Equal(t, tc.properties, f.properties)
+			assert.Equal(t, tc.modes, f.modes)
+			assert.Equal(t, 1_000_000, f.events, "the other defaults are unchanged")
+		})
+	}
+}
+
+func TestModeDirAndFile(t *testing.T) {
+	assert.Empty(t, modeDir("", schema.Infer))
+	assert.Equal(t, "/tmp/bench.report/infer", modeDir("/tmp/bench.report", schema.Infer))
+	assert.Empty(t, modeFile("", schema.Off))
+	assert.Equal(t, "/tmp/cpu-off.pprof", modeFile("/tmp/cpu.pprof", schema.Off))
+	assert.Equal(t, "/tmp/heap-infer", modeFile("/tmp/heap", schema.Infer))
+}
+
+func TestRunCost(t *testing.T) {
+	c := runCost{events: 500_000, process: 10, clickhouse: 2.5, batchBytes: 90_000_000, batchRows: 500_000}
+	assert.InDelta(t, 20.0, c.processPerM(), 1e-9)
+	assert.InDelta(t, 5.0, c.clickhousePerM(), 1e-9)
+	assert.InDelta(t, 180.0, c.batchBytesPerEvent(), 1e-9)
+	assert.Zero(t, runCost{}.processPerM())
+	assert.Zero(t, runCost{}.batchBytesPerEvent())
+}
+
+func TestTypedReport(t *testing.T) {
+	f := benchFlags{events: 300_000, clients: 8, perRequest: 500, shards: 8, servers: 2, via: "http", properties: "p20"}
+	gen := &generator{bodies: [][]byte{make([]byte, 3<<20)}}
+	off := benchReport{mode: schema.Off, tp: throughputResult{accepted: 100_000, inserted: 80_000}, rate: 40_000,
+		lat:      latencyResult{p50: 200 * time.Millisecond, p99: 400 * time.Millisecond, n: 190},
+		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000},
+		peakHeap: 64 << 20, loadAvg: 0.5}
+	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
+		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
+		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000},
+		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25}
+	out := typedReport(f, gen, []benchReport{off, infer})
+	lines := strings.Split(out, "\n")
+	require.GreaterOrEqual(t, len(lines), 16)
+	assert.Equal(t, "Surge bench, typed columns off vs infer (properties p20; the same load in each: 300000 events, 8 clients x 500 events/request via http, 8 shards, 2 ClickHouse servers)", lines[1])
+	assert.Regexp(t, `^ +off +infer +infer/off$`, lines[2])
+	for i, re := range []string{
+		`^  accepted \(HTTP 202\) +100000 events/s +90000 events/s +0\.90x$`,
+		`^  inserted \(queryable\) +80000 events/s +60000 events/s +0\.75x$`,
+		`^  ingest-to-queryable rate +40000 events/s +30000 events/s$`,
+		`^    p50 +200ms +250ms +1\.25x$`,
+		`^    p99 +400ms +500ms +1\.25x$`,
+		`^    probes +190 +185$`,
+		`^  CPU per 1M events, bench +20\.0 s +30\.0 s +1\.50x$`,
+		`^  CPU per 1M events, ClickHouse +5\.0 s +10\.0 s +2\.00x$`,
+		`^  peak Go heap, full load +64 MiB +96 MiB +1\.50x$`,
+		`^  BATCHES bytes per event +100 +150 +1\.50x$`,
+		`^  typed columns in events_local +0 +20$`,
+		`^  load average before the run +0\.50 +1\.25$`,
+	} {
+		assert.Regexp(t, re, lines[3+i])
+	}
+	assert.Contains(t, out, "latency phase at half each mode's own inserted rate")
+	assert.Contains(t, out, "the load generator's 3 MiB of request bodies included")
+	assert.Contains(t, out, "the bench does not split it by service")
+	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
+	// Every row with a ratio is as wide as the header; no line ends in spaces.
+	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12} {
+		assert.Len(t, lines[i], len(lines[2]), lines[i])
+	}
+	for _, l := range lines {
+		assert.Equal(t, strings.TrimRight(l, " "), l)
+	}
+
+	// A zero figure of the first mode has no ratio; a fixed rate says so.
+	f.rate = 20_000
+	out = typedReport(f, gen, []benchReport{{mode: schema.Off}, infer})
+	assert.Regexp(t, `(?m)^  accepted \(HTTP 202\) +0 events/s +90000 events/s +-$`, out)
+	assert.Contains(t, out, "latency phase at 20000 events/s (--rate)")
+}
+
+func TestProfileKeys(t *testing.T) {
+	body := `[
+	{"user_id":"u1","type":"a","properties":{"i0":1,"i1":2,"f0":1.5,"s0":"pro","s1":"x","b0":true,"m":3,
+		"context":{"page":{"url":"/a","title":"A"}}}},
+	{"user_id":"u2","type":"a","properties":{"i0":7,"i1":8,"f0":2,"s0":"pro","s1":"y","b0":false,"m":"3",
+		"context":{"page":{"url":"/b","title":"B"}}}},
+	{"user_id":"u3","type":"a","properties":{"i0":9,"i1":10,"f0":2.5,"s0":"free","s1":"z","b0":true}}
+	]`
+	k, err := profileKeys([]byte(body))
+	require.NoError(t, err)
+	// i0 and i1 are always integers: the first by name; f0 and m are not.
+	assert.Equal(t, "i0", k.intKey)
+	// s0 has the fewer distinct values, pro the commonest.
+	assert.Equal(t, "s0", k.strKey)
+	assert.Equal(t, "pro", k.strValue)
+	assert.Equal(t, []string{"context", "page", "url"}, k.nested)
+
+	// The design's countIf(p_plan = 'pro') where the events have it.
+	k, err = profileKeys([]byte(`[{"properties":{"a":"x","plan":"free"}},{"properties":{"a":"x","plan":"pro"}},{"properties":{"a":"x","plan":"free"}}]`))
+	require.NoError(t, err)
+	assert.Equal(t, "plan", k.strKey)
+	assert.Equal(t, "pro", k.strValue)
+
+	k, err = profileKeys([]byte(`[{"properties":{"k_1":1.5,"context":{"page":{"title":"A","n":1}}}}]`))
+	require.NoError(t, err)
+	assert.Equal(t, sampleKeys{nested: []string{"context", "page", "title"}}, k)
+
+	_, err = profileKeys([]byte(`{`))
+	assert.Error(t, err)
+}
+
+func TestQueryPlans(t *testing.T) {
+	qs := queryPlans("surge", sampleKeys{intKey: "i0", strKey: "s0", strValue: "it's", nested: []string{"context", "page", "url"}})
+	require.Len(t, qs, 3)
+	assert.Equal(t, queryTiming{name: "sum of an int key (i0)",
+		typedSQL: "SELECT sum(p_i0) FROM surge.events",
+		rawSQL:   "SELECT sum(visitParamExtractInt(properties, 'i0')) FROM surge.events"}, qs[0])
+	assert.Equal(t, queryTiming{name: `count of a string value (s0 = 'it\'s')`,
+		typedSQL: `SELECT countIf(p_s0 = 'it\'s') FROM surge.events`,
+		rawSQL:   `SELECT countIf(visitParamExtractString(properties, 's0') = 'it\'s') FROM surge.events`}, qs[1])
+	assert.Equal(t, queryTiming{name: "uniq of a nested key per day (context.page.url)",
+		typedSQL: "SELECT toDate(ts) AS day, uniq(p_context_page_url) FROM surge.events GROUP BY day ORDER BY day",
+		rawSQL:   "SELECT toDate(ts) AS day, uniq(visitParamExtractString(properties, 'url')) FROM surge.events GROUP BY day ORDER BY day"}, qs[2])
+
+	// Keys the events do not have: the query says why it cannot run.
+	qs = queryPlans("surge", sampleKeys{intKey: "i0"})
+	assert.Empty(t, qs[0].skipped)
+	assert.Equal(t, queryTiming{name: "count of a string value", skipped: "no key is always a string"}, qs[1])
+	assert.Equal(t, queryTiming{name: "uniq of a nested key per day", skipped: "no string under context.page"}, qs[2])
+}
+
+func TestQueryReport(t *testing.T) {
+	r := benchReport{mode: schema.Infer, flags: benchFlags{properties: "nested"}, queryRows: 612_000, queries: []queryTiming{
+		{name: "sum of an int key (n)", typedSQL: "SELECT sum(p_n) FROM surge.events", rawSQL: "SELECT sum(visitParamExtractInt(properties, 'n')) FROM surge.events",
+			typed: 7900 * time.Microsecond, raw: 118500 * time.Microsecond, typedResult: "1234", rawResult: "1234"},
+		{name: "count of a string value (plan = 'pro')", skipped: "p_plan is Nullable(Int64), not Nullable(String)"},
+		{name: "uniq of a nested key per day (context.page.url)", typedSQL: "T", rawSQL: "R",
+			typed: 20 * time.Millisecond, raw: 300 * time.Millisecond, typedResult: "2026-05-01 1000", rawResult: "2026-05-01 1001"},
+	}}
+	out := queryReport(r)
+	lines := strings.Split(out, "\n")
+	assert.Equal(t, "Queries after the infer run (properties nested; 612000 rows, through the Distributed table; median of 5 runs each)", lines[1])
+	assert.Regexp(t, `^ +typed column +visitParam +speed-up$`, lines[2])
+	assert.Regexp(t, `^  sum of an int key \(n\) +7\.9 ms +118\.5 ms +15\.0x$`, lines[3])
+	assert.Regexp(t, `^  count of a string value \(plan = 'pro'\) +skipped: p_plan is Nullable\(Int64\), not Nullable\(String\)$`, lines[4])
+	assert.Regexp(t, `^  uniq of a nested key per day \(context\.page\.url\) +20\.0 ms +300\.0 ms +15\.0x$`, lines[5])
+	assert.Len(t, lines[3], len(lines[2]))
+	assert.Contains(t, out, "\n  sum of an int key (n)\n    SELECT sum(p_n) FROM surge.events\n      -> 1234\n    SELECT sum(visitParamExtractInt(properties, 'n')) FROM surge.events\n      -> 1234\n  uniq")
+	// Only the query whose forms disagree says so.
+	assert.Equal(t, 1, strings.Count(out, "the results differ"))
+	assert.NotContains(t, out, "p_plan\n")
+}
+
+// TestQueriesOfTheProfiles checks the keys picked from the generated
+// events: p20 gets the design's first two queries, nested the third.
+func TestQueriesOfTheProfiles(t *testing.T) {
+	for _, tc := range []struct {
+		profile string
+		run     []string // the queries that run
+	}{
+		{"p20", []string{"sum of an int key (duration_ms)", "count of a string value (plan = 'pro')"}},
+		{"nested", []string{"uniq of a nested key per day (context.page.url)"}},
+	} {
+		t.Run(tc.profile, func(t *testing.T) {
+			k, err := profileKeys(newGenerator(1000, 500, tc.profile).bodies[0])
+			require.NoError(t, err)
+			var run []string
+			for _, q := range queryPlans("surge", k) {
+				if q.skipped == "" {
+					run = append(run, q.name)
+				}
+			}
+			assert.Equal(t, tc.run, run)
+		})
+	}
+}
