@@ -4,9 +4,11 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/batch"
@@ -621,4 +623,22 @@ func TestProjectOtherBatchPanics(t *testing.T) {
 	p := newProjector(t, nil)
 	parsed := p.Parse(newBatch("t1", `{"a":1}`))
 	require.Panics(t, func() { p.Project(parsed, nil, newBatch("t1", `{"a":1}`)) })
+}
+
+// One Projector serves every shard at once (go test -race checks it).
+func TestProjectorConcurrentUse(t *testing.T) {
+	p := newProjector(t, nil)
+	var wg sync.WaitGroup
+	for _, name := range Profiles {
+		wg.Go(func() {
+			for range 5 {
+				b := profileBatch(name, 200)
+				parsed := p.Parse(b)
+				doc, _ := p.Plan(parsed, nil, now)
+				p.Project(parsed, doc, b)
+				assert.Len(t, b.Conflicts, 200)
+			}
+		})
+	}
+	wg.Wait()
 }
