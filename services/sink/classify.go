@@ -47,6 +47,20 @@ var permanentCodes = map[int32]string{
 	349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
 }
 
+// tableStateCodes are ClickHouse exception codes that may read like the
+// batch's fault but are about the table's state, which the sink repairs
+// before its next attempt: never permanent. A column the insert names is
+// missing (a replica that has not applied the column's ALTER yet, a
+// failover to one, a column dropped by hand): the sink reads the replica's
+// columns again and adds what is missing. The table or database is
+// missing: the sink makes them again.
+var tableStateCodes = map[int32]string{
+	16: "NO_SUCH_COLUMN_IN_TABLE",
+	47: "UNKNOWN_IDENTIFIER",
+	60: "UNKNOWN_TABLE",
+	81: "UNKNOWN_DATABASE",
+}
+
 // Classify sorts an error of decoding or inserting a batch. Only errors
 // known to be about the content are permanent; anything unknown is
 // transient, because retrying costs time while dead-lettering good rows
@@ -60,6 +74,9 @@ func Classify(err error) Class {
 	}
 	var ex *clickhouse.Exception
 	if errors.As(err, &ex) {
+		if _, ok := tableStateCodes[ex.Code]; ok {
+			return Transient
+		}
 		if _, ok := permanentCodes[ex.Code]; ok {
 			return Permanent
 		}

@@ -42,6 +42,14 @@ type server struct {
 	replicated bool
 	replicas   []*replica
 
+	// keeper makes sure the columns a batch names exist; shared by every
+	// server of the sink (see columnKeeper).
+	keeper *columnKeeper
+	// ddl serialises this process's column DDL on the shard's local
+	// tables: whoever holds it reads the columns again before altering, so
+	// a burst of batches naming a new column adds it once.
+	ddl sync.Mutex
+
 	mu sync.Mutex
 	// current is the index of the replica each sink shard writes to.
 	current map[int]int
@@ -60,6 +68,10 @@ type replica struct {
 	// failedAt is when an attempt on the replica last failed (unix nanos),
 	// so a failover prefers a replica that has not just failed.
 	failedAt atomic.Int64
+	// cols are the columns of the replica's events_local and events as
+	// last read; nil until read, and again when a query says a column is
+	// missing.
+	cols atomic.Pointer[tableColumns]
 }
 
 var _ store = (*server)(nil)
@@ -82,12 +94,14 @@ type store interface {
 const failoverCooldown = 10 * time.Second
 
 // openServer opens a connection pool to each replica of the Addrs entry
-// addr. It does no I/O: the driver dials on first use.
+// addr. It does no I/O: the driver dials on first use. Until shareKeeper
+// joins it to the sink's other servers, its column DDL only knows itself.
 func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	s := &server{
 		addr: addr, database: c.Database, cluster: c.Cluster, replicated: c.Replicated,
 		current: make(map[int]int), floor: make(map[int]uint64),
 	}
+	s.keeper = newColumnKeeper(c, []*server{s}, nil, nil, nil)
 	for _, a := range Replicas(addr) {
 		conn, err := openConn(c, a)
 		if err != nil {
@@ -197,9 +211,15 @@ func (s *server) raise(k int, seq uint64) uint64 {
 // CLUSTER` and reach every server.
 func (s *server) EnsureSchema(ctx context.Context) error {
 	var errs []error
-	for _, r := range s.replicas {
+	for i, r := range s.replicas {
 		err := s.ensureSchema(ctx, r, true)
 		if err == nil {
+			// The other replicas' tables (their Distributed table above
+			// all) are brought to the current version now where they
+			// answer, else before their first use.
+			for _, other := range s.replicas[i+1:] {
+				_ = s.ensureSchema(ctx, other, false)
+			}
 			return nil
 		}
 		errs = append(errs, err)
@@ -224,8 +244,7 @@ func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) erro
 				return fmt.Errorf("create schema on %s: %w", r.addr, err)
 			}
 		}
-		r.schemaOK.Store(true)
-		return nil
+		return s.migrated(ctx, r)
 	}
 	if !always {
 		ok, err := s.hasSchema(ctx, r)
@@ -233,8 +252,7 @@ func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) erro
 			return err
 		}
 		if ok {
-			r.schemaOK.Store(true)
-			return nil
+			return s.migrated(ctx, r)
 		}
 	}
 	// distributed_ddl_task_timeout 0 queues the statement and returns:
@@ -251,14 +269,23 @@ func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) erro
 			return err
 		}
 		if ok {
-			r.schemaOK.Store(true)
-			return nil
+			return s.migrated(ctx, r)
 		}
 		if !retry.Sleep(ctx, schemaPoll) {
 			return fmt.Errorf("create schema on %s: the server has not run the statements queued on cluster %s (is ZooKeeper up? see its error log): %w",
 				r.addr, s.cluster, ctx.Err())
 		}
 	}
+}
+
+// migrated brings replica r's tables, which exist, to the current table
+// version (see columnKeeper.migrate) and records that r holds the schema.
+func (s *server) migrated(ctx context.Context, r *replica) error {
+	if err := s.keeper.migrate(ctx, s, r); err != nil {
+		return err
+	}
+	r.schemaOK.Store(true)
+	return nil
 }
 
 // schemaPoll is how often a replica is checked for the tables queued `ON
@@ -346,7 +373,23 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 		return err
 	}
 	defer func() { r.noteSchemaLoss(err) }()
-	bt, err := r.conn.PrepareBatch(ctx, InsertQuery(s.database))
+	var typed []typedInsert
+	if len(b.Typed) > 0 {
+		cols, err := s.keeper.ensure(ctx, s, r, b.Typed)
+		if err != nil {
+			return err
+		}
+		var conflicts []string
+		typed, conflicts = convertTyped(b, cols.local, s.keeper.path)
+		view := *b
+		view.Conflicts = conflicts
+		b = &view
+	}
+	names := make([]string, len(typed))
+	for i, c := range typed {
+		names[i] = c.name
+	}
+	bt, err := r.conn.PrepareBatch(ctx, InsertQuery(s.database, names...))
 	if err != nil {
 		return fmt.Errorf("prepare insert on %s: %w", r.addr, err)
 	}
@@ -359,27 +402,58 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	if err := AppendBatch(bt, b); err != nil {
 		return err
 	}
+	for i, c := range typed {
+		if err := appendValues(bt.Column(len(Columns)+i), c.values); err != nil {
+			return fmt.Errorf("append column %s: %w", c.name, err)
+		}
+	}
 	if err := bt.Send(); err != nil {
 		return fmt.Errorf("send to %s: %w", r.addr, err)
 	}
 	return nil
 }
 
-// AppendBatch appends the rows of b to bt column by column, in the order
-// of Columns (the order of InsertQuery), as the sink inserts a batch.
+// AppendBatch appends the base columns of b's rows to bt column by
+// column, in the order of Columns (the order of InsertQuery), each with
+// its batch.BaseColumns Values, as the sink inserts a batch; the typed
+// columns named after them are the caller's.
 func AppendBatch(bt driver.Batch, b *batch.Batch) error {
-	shard := make([]uint16, b.Len())
-	for i := range shard {
-		shard[i] = uint16(b.Shard)
+	for i, c := range batch.BaseColumns {
+		if err := appendValues(bt.Column(i), c.Values(b)); err != nil {
+			return fmt.Errorf("append column %s: %w", c.Name, err)
+		}
 	}
-	cols := []any{
-		b.EventID, b.Tenant, b.UserID, b.Type,
-		batch.Times(b.TS), batch.Times(b.ReceivedAt),
-		b.Properties, shard, b.Seq,
+	return nil
+}
+
+// appendValues appends a column's values. Arrays go row by row: the
+// driver appends a typed row ([]string, []*int64...) without reflection,
+// a whole [][]T with reflection on every row.
+func appendValues(col driver.BatchColumn, values any) error {
+	switch v := values.(type) {
+	case [][]string:
+		return appendRows(col, v)
+	case [][]*string:
+		return appendRows(col, v)
+	case [][]*int64:
+		return appendRows(col, v)
+	case [][]*float64:
+		return appendRows(col, v)
+	case [][]*uint8:
+		return appendRows(col, v)
+	case [][]*bool:
+		return appendRows(col, v)
 	}
-	for i, col := range cols {
-		if err := bt.Column(i).Append(col); err != nil {
-			return fmt.Errorf("append column %s: %w", Columns[i], err)
+	return col.Append(values)
+}
+
+func appendRows[T any](col driver.BatchColumn, rows [][]T) error {
+	for _, row := range rows {
+		if row == nil {
+			row = []T{} // the driver wants a slice, empty or not
+		}
+		if err := col.AppendRow(row); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -387,16 +461,28 @@ func AppendBatch(bt driver.Batch, b *batch.Batch) error {
 
 // noteSchemaLoss clears schemaOK when err says the database or a table is
 // missing (someone dropped them, the server lost its data, or a replica has
-// not run the statements queued on cluster yet).
+// not run the statements queued on cluster yet), and forgets the columns
+// read when it says a column is (a replica that has not applied an ALTER
+// yet, a column dropped by hand): the next attempt reads them again and
+// adds what is missing.
 func (r *replica) noteSchemaLoss(err error) {
 	var ex *clickhouse.Exception
-	if errors.As(err, &ex) && (ex.Code == 60 || ex.Code == 81) { // UNKNOWN_TABLE, UNKNOWN_DATABASE
+	if !errors.As(err, &ex) {
+		return
+	}
+	switch ex.Code {
+	case 60, 81: // UNKNOWN_TABLE, UNKNOWN_DATABASE
 		r.schemaOK.Store(false)
+	case 16, 47: // NO_SUCH_COLUMN_IN_TABLE, UNKNOWN_IDENTIFIER
+		r.schemaOK.Store(false)
+		r.cols.Store(nil)
 	}
 }
 
-// Close closes every replica's connection pool.
+// Close stops the column DDL under way in the background (shared with the
+// sink's other servers) and closes every replica's connection pool.
 func (s *server) Close() error {
+	s.keeper.close()
 	var errs []error
 	for _, r := range s.replicas {
 		errs = append(errs, r.conn.Close())

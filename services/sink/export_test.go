@@ -26,3 +26,31 @@ func (s *Service) Series(k int) Series {
 
 // EndToEnd is surge_sink_end_to_end_seconds of s.
 func (s *Service) EndToEnd() prometheus.Histogram { return s.metrics.endToEnd }
+
+// UseRegistry has s's column DDL ask f what the schema registry knows of
+// a typed column, as the service will once it reads the registry; call it
+// before Run.
+func (s *Service) UseRegistry(f RegistryColumn) { s.registryColumn = f }
+
+// OpenStores opens every shard of c.Addrs as the sink does: one store a
+// shard, sharing the column DDL (a column added on one shard reaches every
+// shard's tables), with the DDL metrics in reg.
+func OpenStores(c ClickHouseConfig, reg prometheus.Registerer) ([]Store, error) {
+	var servers []*server
+	for _, addr := range c.Addrs {
+		s, err := openServer(c, addr)
+		if err != nil {
+			for _, s := range servers {
+				_ = s.Close()
+			}
+			return nil, err
+		}
+		servers = append(servers, s)
+	}
+	shareKeeper(c, servers, nil, newMetrics(reg), nil)
+	out := make([]Store, len(servers))
+	for i, s := range servers {
+		out[i] = s
+	}
+	return out, nil
+}

@@ -28,6 +28,11 @@ type metrics struct {
 	ackPending     *prometheus.GaugeVec
 	resets         *prometheus.CounterVec
 	endToEnd       prometheus.Histogram
+
+	// The typed columns' DDL (see columnKeeper).
+	ddlSeconds    prometheus.Histogram
+	ddlErrors     *prometheus.CounterVec
+	schemaColumns *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -85,6 +90,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Time from ingest's received_at to the row's insert.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}),
+		ddlSeconds: f.NewHistogram(prometheus.HistogramOpts{
+			Name:    "surge_schema_ddl_seconds",
+			Help:    "Duration of the ALTER TABLE ... ADD COLUMN statements the sink ran, whatever their outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14),
+		}),
+		ddlErrors: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_schema_ddl_errors_total",
+			Help: "ALTER TABLE ... ADD COLUMN statements that failed, by ClickHouse error code (timeout, network: no answer). Codes 341 (inactive replicas apply it later), 44 and 15 (column exists) are not failures.",
+		}, []string{"code"}),
+		schemaColumns: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "surge_sink_schema_columns",
+			Help: "Typed property columns of the table (events_local, events), the most any ClickHouse server has as last read.",
+		}, []string{"table"}),
 	}
 }
 

@@ -1,14 +1,32 @@
 package sink
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
 
-// Columns are the columns of events_local in the order the sink inserts them.
-var Columns = []string{"event_id", "tenant", "user_id", "type", "ts", "received_at", "properties", "shard", "seq"}
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/schema"
+)
 
-// columnsDDL are the columns of events_local.
-const columnsDDL = `event_id String, tenant String, user_id String, type String,
-  ts DateTime('UTC'), received_at DateTime('UTC'), properties String,
-  shard UInt16, seq UInt64`
+// Columns are the base columns of events_local in the order the sink
+// inserts them: batch.BaseColumns, the one list the table, its migrations
+// and the insert derive from.
+var Columns = batch.BaseColumnNames()
+
+// columnsDDL are the columns of events_local, one a line.
+func columnsDDL() string {
+	var b strings.Builder
+	for i, c := range batch.BaseColumns {
+		if i > 0 {
+			b.WriteString(",\n  ")
+		}
+		b.WriteString(c.Name + " " + c.Type)
+		if c.Default != "" {
+			b.WriteString(" DEFAULT " + c.Default)
+		}
+	}
+	return b.String()
+}
 
 // tableSettings follow the engine of events_local: ReplacingMergeTree keeps
 // one row per sorting key when parts merge.
@@ -25,7 +43,7 @@ func SchemaStatements(database, cluster string) []string {
 		fmt.Sprintf("CREATE DATABASE IF NOT EXISTS %s", database),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.events_local (
   %s
-) ENGINE = ReplacingMergeTree() %s`, database, columnsDDL, tableSettings),
+) ENGINE = ReplacingMergeTree() %s`, database, columnsDDL(), tableSettings),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.events AS %s.events_local
   ENGINE = Distributed(%s, %s, events_local, shard)`, database, database, cluster, database),
 	}
@@ -43,7 +61,7 @@ func ReplicatedSchemaStatements(database, cluster string) []string {
 		fmt.Sprintf("CREATE DATABASE IF NOT EXISTS %s ON CLUSTER %s", database, cluster),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.events_local ON CLUSTER %s (
   %s
-) ENGINE = ReplicatedReplacingMergeTree('%s', '{replica}') %s`, database, cluster, columnsDDL, TablePath(database), tableSettings),
+) ENGINE = ReplicatedReplacingMergeTree('%s', '{replica}') %s`, database, cluster, columnsDDL(), TablePath(database), tableSettings),
 		fmt.Sprintf(`CREATE TABLE IF NOT EXISTS %s.events ON CLUSTER %s AS %s.events_local
   ENGINE = Distributed(%s, %s, events_local, shard)`, database, cluster, database, cluster, database),
 	}
@@ -60,9 +78,49 @@ func TablePath(database string) string {
 // 2 once the schema is there.
 const SchemaTablesQuery = "SELECT count() FROM system.tables WHERE database = ? AND name IN ('events_local', 'events')"
 
-// InsertQuery is the statement PrepareBatch starts for one batch.
-func InsertQuery(database string) string {
-	return fmt.Sprintf("INSERT INTO %s.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq)", database)
+// InsertQuery is the statement PrepareBatch starts for one batch: every
+// base column, in the order of Columns, then the typed columns named.
+func InsertQuery(database string, typed ...string) string {
+	return "INSERT INTO " + database + ".events_local (" + strings.Join(Columns, ", ") + joinTyped(typed) + ")"
+}
+
+func joinTyped(typed []string) string {
+	if len(typed) == 0 {
+		return ""
+	}
+	return ", " + strings.Join(typed, ", ")
+}
+
+// ColumnsQuery lists the columns of events_local and events in database ?
+// on one server: table, name, type.
+const ColumnsQuery = "SELECT table, name, type FROM system.columns WHERE database = ? AND table IN ('events_local', 'events')"
+
+// VersionQuery asks a server its release.
+const VersionQuery = "SELECT version()"
+
+// baseDefs are the base columns a table lacking have misses, to add:
+// the migrations from an older table version.
+func baseDefs(have map[string]string) []schema.ColumnDef {
+	var out []schema.ColumnDef
+	for _, c := range batch.BaseColumns {
+		if _, ok := have[c.Name]; !ok {
+			out = append(out, schema.ColumnDef{Name: c.Name, Type: c.Type, Default: c.Default})
+		}
+	}
+	return out
+}
+
+// tableVersion is the version of a table holding the columns have: the
+// highest version whose base columns are all there (0: not even the
+// first's).
+func tableVersion(have map[string]string) int {
+	v := batch.TableVersion
+	for _, c := range batch.BaseColumns {
+		if _, ok := have[c.Name]; !ok && c.Since <= v {
+			v = c.Since - 1
+		}
+	}
+	return v
 }
 
 // WatermarkQuery reads the highest EVENTS sequence of shard ? held by a

@@ -64,6 +64,10 @@ type Service struct {
 	pendingEvery time.Duration
 	// instance names this process in the lease bucket (lease mode).
 	instance string
+	// registryColumn tells the column DDL what the schema registry knows
+	// of a typed column (its declared ClickHouse type, its path); nil
+	// while the sink reads no registry.
+	registryColumn RegistryColumn
 }
 
 // natsTimeout bounds one request to JetStream: an ack, a dead-letter
@@ -135,6 +139,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		}
 		servers = append(servers, srv)
 	}
+	shareKeeper(s.cfg.ClickHouse, servers, s.log, s.metrics, s.registryColumn)
 	if err := s.ensureSchemas(ctx, servers); err != nil {
 		return err
 	}

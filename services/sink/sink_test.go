@@ -119,6 +119,13 @@ func (r *runningSink) shard(k int) sink.Series { return r.svc.Series(k) }
 // startSink runs a sink until stop (or the end of the test) and waits
 // until it reports ready.
 func (e *testEnv) startSink(cfg sink.Config, tp ...trace.TracerProvider) *runningSink {
+	e.t.Helper()
+	return e.startSinkWith(cfg, nil, tp...)
+}
+
+// startSinkWith is startSink with setup, when not nil, given the service
+// before it runs.
+func (e *testEnv) startSinkWith(cfg sink.Config, setup func(*sink.Service), tp ...trace.TracerProvider) *runningSink {
 	t := e.t
 	t.Helper()
 	reg := prometheus.NewRegistry()
@@ -128,6 +135,9 @@ func (e *testEnv) startSink(cfg sink.Config, tp ...trace.TracerProvider) *runnin
 	}
 	s, err := sink.New(cfg, deps)
 	require.NoError(t, err)
+	if setup != nil {
+		setup(s)
+	}
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()

@@ -175,6 +175,10 @@ func TestClassify(t *testing.T) {
 		{"memory limit", &clickhouse.Exception{Code: 241}, Transient},
 		{"timeout exceeded", &clickhouse.Exception{Code: 159}, Transient},
 		{"unknown table", &clickhouse.Exception{Code: 60}, Transient},
+		// A replica that has not applied an ALTER yet, or a column dropped
+		// by hand: the sink reads the columns again and adds them.
+		{"no such column", fmt.Errorf("send: %w", &clickhouse.Exception{Code: 16, Message: "No such column p_x in table surge.events_local"}), Transient},
+		{"unknown identifier", &clickhouse.Exception{Code: 47, Message: "Unknown identifier: p_x"}, Transient},
 		{"readonly", &clickhouse.Exception{Code: 242}, Transient},
 		{"connection refused", errors.New("dial tcp 127.0.0.1:9000: connect: connection refused"), Transient},
 		{"eof", fmt.Errorf("send: %w", io.EOF), Transient},
@@ -199,14 +203,24 @@ func TestSchemaStatementsMatchContract(t *testing.T) {
 	require.Equal(t, []string{
 		"CREATE DATABASE IF NOT EXISTS surge",
 		`CREATE TABLE IF NOT EXISTS surge.events_local (
-  event_id String, tenant String, user_id String, type String,
-  ts DateTime('UTC'), received_at DateTime('UTC'), properties String,
-  shard UInt16, seq UInt64
+  event_id String,
+  tenant String,
+  user_id String,
+  type String,
+  ts DateTime('UTC'),
+  received_at DateTime('UTC'),
+  properties String,
+  shard UInt16,
+  seq UInt64,
+  _conflicts String DEFAULT '',
+  _unpromoted Array(String)
 ) ENGINE = ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, type, ts, event_id)`,
 		`CREATE TABLE IF NOT EXISTS surge.events AS surge.events_local
   ENGINE = Distributed(events_cluster, surge, events_local, shard)`,
 	}, stmts)
-	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq)", InsertQuery("surge"))
+	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted)", InsertQuery("surge"))
+	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted, p_n, p_plan)",
+		InsertQuery("surge", "p_n", "p_plan"))
 	require.Equal(t, "SELECT max(seq) FROM surge.events_local WHERE shard = ?", WatermarkQuery("surge"))
 }
 
