@@ -448,11 +448,17 @@ func appendValues(col driver.BatchColumn, values any) error {
 }
 
 func appendRows[T any](col driver.BatchColumn, rows [][]T) error {
+	// Most rows are empty (no unpromoted paths): one boxed empty slice
+	// for all of them spares an allocation a row.
+	var empty any = []T{}
 	for _, row := range rows {
-		if row == nil {
-			row = []T{} // the driver wants a slice, empty or not
+		var err error
+		if len(row) == 0 {
+			err = col.AppendRow(empty)
+		} else {
+			err = col.AppendRow(row)
 		}
-		if err := col.AppendRow(row); err != nil {
+		if err != nil {
 			return err
 		}
 	}
