@@ -13,6 +13,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
@@ -68,6 +69,11 @@ type Service struct {
 	// of a typed column (its declared ClickHouse type, its path); nil
 	// while the sink reads no registry.
 	registryColumn RegistryColumn
+	// schema is the registry of the agreed schema, once open.
+	schema schemaRegistry
+	// reconcileEvery is how often the reconciler runs; reconcileEvery
+	// when zero.
+	reconcileEvery time.Duration
 }
 
 // natsTimeout bounds one request to JetStream: an ack, a dead-letter
@@ -110,6 +116,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if cfg.Leased() {
 		lease.ExportInstance(host.Registry, "sink", s.instance)
 	}
+	if cfg.Schema.Mode != schema.Off {
+		s.registryColumn = s.schema.column
+	}
 	return s, nil
 }
 
@@ -147,6 +156,9 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	loops := &shard.Running[*shardLoop]{}
 	var wg sync.WaitGroup
 	defer wg.Wait() // before the servers close
+	if s.cfg.Schema.Mode != schema.Off {
+		wg.Go(func() { s.runSchema(ctx, conn.JS, servers) })
+	}
 
 	if !s.cfg.Leased() {
 		owned := s.cfg.OwnedShards()

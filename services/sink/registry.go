@@ -1,0 +1,244 @@
+package sink
+
+import (
+	"context"
+	"errors"
+	"maps"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/schema"
+)
+
+// The sink's part in the agreed schema (package schema): batchers agree on
+// the columns and the sink makes them real. It writes the operator's
+// declared columns into the schema at start, typed for the oldest server,
+// and creates them; and a reconciler compares the schema with every
+// replica's table every ReconcileEvery: a column agreed but missing (its
+// proposer's batches never reached this replica, or the DDL was lost with
+// a crash) is added, and a column whose type an operator changed by hand
+// is adopted, so batchers fill it as it now is.
+
+// reconcileEvery is how often the reconciler runs (Service.reconcileEvery
+// in tests).
+const reconcileEvery = time.Minute
+
+// reconcileGrace is how old an agreed column must be before the
+// reconciler adds it: younger ones are on their way with their batches.
+const reconcileGrace = 30 * time.Second
+
+// schemaRegistry is the registry the sink reads, once opened.
+type schemaRegistry struct {
+	reg atomic.Pointer[schema.Registry]
+}
+
+// column is what the registry knows of column name; nil before the
+// registry is open or when it knows nothing.
+func (r *schemaRegistry) column(name string) *schema.Col {
+	reg := r.reg.Load()
+	if reg == nil {
+		return nil
+	}
+	return reg.Current().Doc.Columns[name]
+}
+
+// runSchema opens the registry, declares the operator's columns, then
+// watches and reconciles until ctx ends. The sink inserts meanwhile: a
+// batch's own columns never wait for it.
+func (s *Service) runSchema(ctx context.Context, js jetstream.JetStream, servers []*server) {
+	var reg *schema.Registry
+	err := retry.Do(ctx, s.cfg.Retry, func() error {
+		var err error
+		reg, err = schema.OpenRegistry(ctx, js, s.cfg.Schema.Table, s.cfg.Streams.Replicas, natsTimeout)
+		return err
+	}, func(attempt int, err error, wait time.Duration) {
+		s.log.Warn("open schema bucket, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	if err != nil {
+		return // ctx ended
+	}
+	s.schema.reg.Store(reg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.watchSchema(ctx, reg)
+	}()
+	defer func() { <-done }()
+
+	if len(s.cfg.Schema.Columns) > 0 {
+		s.declare(ctx, reg, servers)
+	}
+	every := s.reconcileEvery
+	if every == 0 {
+		every = reconcileEvery
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		s.reconcile(ctx, reg, servers)
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// watchSchema keeps reg current until ctx ends.
+func (s *Service) watchSchema(ctx context.Context, reg *schema.Registry) {
+	b := s.cfg.Retry.NewBackOff()
+	for {
+		err := reg.Watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := b.NextBackOff()
+		s.log.Warn("schema watch stopped, watching again", zap.Duration("wait", wait), zap.Error(err))
+		if !retry.Sleep(ctx, wait) {
+			return
+		}
+	}
+}
+
+// declare writes the declared columns into the schema, typed for the
+// oldest server, and adds them to every server, retrying until done or
+// ctx ends.
+func (s *Service) declare(ctx context.Context, reg *schema.Registry, servers []*server) {
+	err := retry.Do(ctx, s.cfg.Retry, func() error {
+		oldest, err := s.oldestServer(ctx, servers)
+		if err != nil {
+			return err
+		}
+		now := time.Now().UTC()
+		var skipped []string
+		uctx, cancel := context.WithTimeout(ctx, natsTimeout)
+		snap, err := reg.Update(uctx, func(d *schema.Doc) (*schema.Doc, bool) {
+			next, changed, sk := schema.Declare(d, s.cfg.Schema, oldest, now)
+			skipped = sk
+			return next, changed
+		})
+		cancel()
+		if err != nil {
+			return err
+		}
+		for _, sk := range skipped {
+			s.log.Warn("declared column left as the schema has it", zap.String("column", sk))
+		}
+		return s.ensureColumns(ctx, servers, snap.Doc, func(*schema.Col) bool { return true })
+	}, func(attempt int, err error, wait time.Duration) {
+		s.log.Warn("declare columns, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+	})
+	if err == nil {
+		s.log.Info("declared columns in place", zap.Int("columns", len(s.cfg.Schema.Columns)))
+	}
+}
+
+// oldestServer is the release of the oldest server that answers.
+func (s *Service) oldestServer(ctx context.Context, servers []*server) (schema.Server, error) {
+	var oldest *schema.Server
+	var errs []error
+	for _, srv := range servers {
+		for _, r := range srv.replicas {
+			c, err := srv.keeper.refresh(ctx, r)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if oldest == nil || !c.server.AtLeast(oldest.Major, oldest.Minor) {
+				v := c.server
+				oldest = &v
+			}
+		}
+	}
+	if oldest == nil {
+		return schema.Server{}, errors.Join(errs...)
+	}
+	return *oldest, nil
+}
+
+// ensureColumns adds the columns of doc that want selects to every
+// server's events_local where missing (one replica per shard: a
+// replicated table carries the ALTER to the others), and from there to
+// every Distributed table.
+func (s *Service) ensureColumns(ctx context.Context, servers []*server, doc *schema.Doc, want func(*schema.Col) bool) error {
+	var cols []batch.Column
+	for _, name := range slices.Sorted(maps.Keys(doc.Columns)) {
+		c := doc.Columns[name]
+		if _, failed := doc.Failed[name]; failed || !want(c) || c.Kind() == 0 {
+			continue
+		}
+		cols = append(cols, batch.Column{Name: name, Kind: c.Kind()})
+	}
+	if len(cols) == 0 {
+		return nil
+	}
+	var errs []error
+	for _, srv := range servers {
+		i, r := srv.use(-1)
+		_, err := srv.keeper.ensure(ctx, srv, r, cols)
+		errs = append(errs, srv.done(-1, i, err))
+	}
+	return errors.Join(errs...)
+}
+
+// reconcile compares the schema with every replica's table: it adds the
+// agreed columns older than reconcileGrace that a replica lacks, and
+// adopts a type an operator set by hand.
+func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers []*server) {
+	snap := reg.Current()
+	if len(snap.Doc.Columns) == 0 {
+		return
+	}
+	now := time.Now().UTC()
+	var missing bool
+	for _, srv := range servers {
+		for _, r := range srv.replicas {
+			c, err := srv.keeper.refresh(ctx, r)
+			if err != nil {
+				s.log.Debug("reconcile: read columns", zap.String("addr", r.addr), zap.Error(err))
+				continue
+			}
+			for name, col := range snap.Doc.Columns {
+				have, ok := c.local[name]
+				if !ok {
+					missing = missing || now.Sub(col.Added) >= reconcileGrace
+					continue
+				}
+				if kind := col.Kind(); kind != 0 && have != schema.ColumnType(kind, col.CHType, c.server) {
+					s.adopt(ctx, reg, name, have)
+				}
+			}
+		}
+	}
+	if !missing {
+		return
+	}
+	err := s.ensureColumns(ctx, servers, snap.Doc, func(c *schema.Col) bool { return now.Sub(c.Added) >= reconcileGrace })
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("reconcile: add agreed columns a server lacks", zap.Error(err))
+	}
+}
+
+// adopt takes over the type an operator gave column name.
+func (s *Service) adopt(ctx context.Context, reg *schema.Registry, name, chType string) {
+	uctx, cancel := context.WithTimeout(ctx, natsTimeout)
+	defer cancel()
+	snap, err := reg.Update(uctx, func(d *schema.Doc) (*schema.Doc, bool) {
+		return schema.Adopt(d, name, chType, time.Now().UTC())
+	})
+	if err != nil {
+		s.log.Warn("reconcile: adopt a column's type", zap.String("column", name), zap.String("type", chType), zap.Error(err))
+		return
+	}
+	if reason, failed := snap.Doc.Failed[name]; failed {
+		s.log.Warn("column's type set by hand cannot be filled; its values stay in properties", zap.String("column", name), zap.String("reason", reason))
+		return
+	}
+	s.log.Info("adopted a column's type set by hand", zap.String("column", name), zap.String("type", chType))
+}
