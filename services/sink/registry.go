@@ -189,7 +189,9 @@ func (s *Service) ensureColumns(ctx context.Context, servers []*server, doc *sch
 
 // reconcile compares the schema with every replica's table: it adds the
 // agreed columns older than reconcileGrace that a replica lacks, and
-// adopts a type an operator set by hand.
+// adopts a type an operator set by hand, once every replica that holds
+// the column holds it with that type (an operator's ALTER half done on the
+// cluster is not adopted, and never flips back and forth).
 func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers []*server) {
 	snap := reg.Current()
 	if len(snap.Doc.Columns) == 0 {
@@ -197,6 +199,8 @@ func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers [
 	}
 	now := time.Now().UTC()
 	var missing bool
+	seen := make(map[string]map[string]bool) // column -> types held
+	var oldest *schema.Server
 	for _, srv := range servers {
 		for _, r := range srv.replicas {
 			c, err := srv.keeper.refresh(ctx, r)
@@ -204,15 +208,31 @@ func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers [
 				s.log.Debug("reconcile: read columns", zap.String("addr", r.addr), zap.Error(err))
 				continue
 			}
+			if oldest == nil || !c.server.AtLeast(oldest.Major, oldest.Minor) {
+				v := c.server
+				oldest = &v
+			}
 			for name, col := range snap.Doc.Columns {
 				have, ok := c.local[name]
 				if !ok {
 					missing = missing || now.Sub(col.Added) >= reconcileGrace
 					continue
 				}
-				if kind := col.Kind(); kind != 0 && have != schema.ColumnType(kind, col.CHType, c.server) {
-					s.adopt(ctx, reg, name, have)
+				if seen[name] == nil {
+					seen[name] = make(map[string]bool)
 				}
+				seen[name][have] = true
+			}
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(seen)) {
+		col := snap.Doc.Columns[name]
+		if len(seen[name]) != 1 || col.Kind() == 0 {
+			continue
+		}
+		for have := range seen[name] {
+			if have != schema.ColumnType(col.Kind(), col.CHType, *oldest) && have != col.CHType {
+				s.adopt(ctx, reg, name, have)
 			}
 		}
 	}
