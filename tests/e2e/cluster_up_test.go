@@ -15,9 +15,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"golang.org/x/sync/errgroup"
+
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -110,12 +115,14 @@ func TestClusterUpCommand(t *testing.T) {
 		assert.Equal(c, 2*perIngest, unique)
 	}, 60*time.Second, 250*time.Millisecond)
 
+	concurrentDiscovery(t, info)
+
 	// `surge query` finds the cluster through stack.json and reads the
 	// Distributed table over both shards.
 	q := exec.CommandContext(t.Context(), bin, "query", "--dir", dir, "SELECT count() AS n FROM surge.events")
 	out, err = q.CombinedOutput()
 	require.NoError(t, err, string(out))
-	require.Regexp(t, fmt.Sprintf(`\b%d\b`, 2*perIngest), string(out))
+	require.Regexp(t, fmt.Sprintf(`\b%d\b`, 2*perIngest+discoveryEvents), string(out))
 
 	require.NoError(t, up.Process.Signal(syscall.SIGTERM))
 	waitFor(t, lines, "stopped cleanly", 60*time.Second)
@@ -150,4 +157,105 @@ func chQuery(addr, sql string) (string, error) {
 		return "", errors.New(strings.TrimSpace(string(body)))
 	}
 	return strings.TrimSpace(string(body)), nil
+}
+
+// discoveryEvents is how many events concurrentDiscovery sends.
+const discoveryEvents = 16_000
+
+// concurrentDiscovery is the typed columns design's case 12: every shard
+// at once, through both ingest instances, two batchers and two sinks, sees
+// a property key nobody sent before. The schema changes once (one new
+// revision holds p_coupon), each server runs at most one ALTER per table
+// naming it per sink process, and every event lands once, with the value
+// in p_coupon or, for a batch built before the column was agreed, its path
+// in _unpromoted (at most one batch a shard).
+func concurrentDiscovery(t *testing.T, info stack.Info) {
+	nc, err := nats.Connect(info.NATSURL, nats.UserInfo(info.NATSUser, info.NATSPassword))
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	reg, err := schema.OpenRegistry(t.Context(), js, "events", 3, 10*time.Second)
+	require.NoError(t, err)
+	before := reg.Current().Rev
+
+	const perRequest = 1000
+	g, ctx := errgroup.WithContext(t.Context())
+	for r := range discoveryEvents / perRequest {
+		base := info.IngestURLs[r%len(info.IngestURLs)]
+		g.Go(func() error {
+			events := make([]string, perRequest)
+			for k := range events {
+				events[k] = fmt.Sprintf(`{"event_id":"cp-%d-%d","user_id":"c-%d-%d","type":"redeem","properties":{"coupon":"C1"}}`, r, k, r, k)
+			}
+			req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/events", strings.NewReader("["+strings.Join(events, ",")+"]"))
+			if err != nil {
+				return err
+			}
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := client.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			if resp.StatusCode != http.StatusAccepted {
+				body, _ := io.ReadAll(resp.Body)
+				return fmt.Errorf("status %d: %s", resp.StatusCode, body)
+			}
+			return nil
+		})
+	}
+	require.NoError(t, g.Wait())
+
+	// info.HTTP lists the servers shard by shard: 0-0, 0-1, 1-0, 1-1.
+	var filled, unpromoted int
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		filled, unpromoted = 0, 0
+		for shard := range 2 {
+			ans, err := chQuery(info.HTTP[2*shard], `SELECT count(), uniqExact(event_id), countIf(p_coupon = 'C1'),
+				countIf(has(_unpromoted, '/coupon'))
+				FROM surge.events_local WHERE startsWith(event_id, 'cp-') FORMAT TSV`)
+			if !assert.NoError(c, err) {
+				return
+			}
+			var n, u, f, un int
+			_, err = fmt.Sscanf(ans, "%d\t%d\t%d\t%d", &n, &u, &f, &un)
+			if !assert.NoError(c, err, ans) {
+				return
+			}
+			assert.Equal(c, n, u, "shard %d: an event stored twice", shard)
+			filled, unpromoted = filled+f, unpromoted+un
+		}
+		assert.Equal(c, discoveryEvents, filled+unpromoted, "events with the coupon in p_coupon or _unpromoted")
+	}, 60*time.Second, 250*time.Millisecond)
+	t.Logf("coupon: %d events in p_coupon, %d with /coupon unpromoted", filled, unpromoted)
+	// Left out only before the column was agreed: in each logical shard,
+	// no event with the path unpromoted comes after one with the column.
+	for shard := range 2 {
+		late, err := chQuery(info.HTTP[2*shard], `SELECT count() FROM (SELECT shard,
+			maxIf(seq, has(_unpromoted, '/coupon')) AS u, minIf(seq, p_coupon = 'C1') AS f
+			FROM surge.events_local WHERE startsWith(event_id, 'cp-') GROUP BY shard) WHERE u > 0 AND f > 0 AND u > f FORMAT TSV`)
+		require.NoError(t, err)
+		require.Equal(t, "0", late, "ClickHouse shard %d: logical shards with the coupon unpromoted after it had a column", shard)
+	}
+
+	after, err := reg.Read(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, before+1, after.Rev, "schema revisions for one new key")
+	require.Equal(t, "/coupon", after.Doc.Columns["p_coupon"].Path)
+	for i, addr := range info.HTTP {
+		_, err := chQuery(addr, "SYSTEM FLUSH LOGS")
+		require.NoError(t, err)
+		for _, table := range []string{"events_local", "events"} {
+			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM system.query_log WHERE type = 1
+				AND query LIKE 'ALTER TABLE surge.%s ADD COLUMN%%p_coupon%%'`, table))
+			require.NoError(t, err)
+			var alters int
+			_, err = fmt.Sscanf(n, "%d", &alters)
+			require.NoError(t, err)
+			// One per sink process at most; a replica usually gets the
+			// column through ZooKeeper, with no ALTER of its own.
+			assert.LessOrEqual(t, alters, 2, "server %d: ALTERs of %s naming p_coupon", i, table)
+		}
+	}
 }
