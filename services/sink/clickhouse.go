@@ -374,9 +374,9 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	}
 	defer func() { r.noteSchemaLoss(err) }()
 	var typed []typedInsert
+	var cols *tableColumns
 	if len(b.Typed) > 0 {
-		cols, err := s.keeper.ensure(ctx, s, r, b.Typed)
-		if err != nil {
+		if cols, err = s.keeper.ensure(ctx, s, r, b.Typed); err != nil {
 			return err
 		}
 		var conflicts []string
@@ -404,7 +404,7 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	}
 	for i, c := range typed {
 		if err := appendValues(bt.Column(len(Columns)+i), c.values); err != nil {
-			return fmt.Errorf("append column %s: %w", c.name, err)
+			return s.keeper.typeChanged(ctx, r, cols, c.name, err)
 		}
 	}
 	if err := bt.Send(); err != nil {

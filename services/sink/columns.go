@@ -390,6 +390,24 @@ func (k *columnKeeper) ensure(ctx context.Context, s *server, r *replica, typed 
 	return k.columns(ctx, r)
 }
 
+// typeChanged explains the driver refusing the values of typed column
+// name, converted for its type in cols: when the replica's table has
+// another type for it now (an operator changed it since the columns were
+// read), the attempt failed on stale knowledge, and the next one converts
+// to the new type: a transient error. Else the values do not fit the
+// type: err, as permanent as the driver says.
+func (k *columnKeeper) typeChanged(ctx context.Context, r *replica, cols *tableColumns, name string, err error) error {
+	fresh, rerr := k.refresh(ctx, r)
+	switch {
+	case rerr != nil: // the cause is unknown: transient
+		return fmt.Errorf("append column %s: %v; read columns again: %w", name, err, rerr)
+	case fresh.local[name] != cols.local[name]:
+		return fmt.Errorf("column %s of %s changed type from %s to %s; converting again (%v)",
+			name, r.addr, cols.local[name], fresh.local[name], err)
+	}
+	return fmt.Errorf("append column %s: %w", name, err)
+}
+
 // addLocal adds the columns defs events_local of replica r of server s
 // lacks, waits until r shows them, and has the rest of the cluster follow
 // in the background: every other shard's local table, then every server's

@@ -268,6 +268,56 @@ func TestSinkLandsEveryKind(t *testing.T) {
 	require.Equal(t, 9.0, testutilGauge(t, s, "surge_sink_schema_columns", "events_local"))
 }
 
+// TestSinkFollowsATypeChangedByHand: an operator changes a typed column's
+// type while the sink runs (Int64 to String); the next batch naming it is
+// converted to the new type after one failed attempt, never dead-lettered,
+// and a value the new type cannot hold goes to _conflicts.
+func TestSinkFollowsATypeChangedByHand(t *testing.T) {
+	e := newEnv(t)
+	s := e.startSink(e.config(2))
+	first := project(makeBatch(0, 1, 1), ints("p_n", 1, 2))
+	e.publish(first, first.ID())
+	e.waitRows(first.Len())
+
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	require.NoError(t, e.conns[0].Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN p_n Nullable(String)"))
+	second := project(makeBatch(0, 2, 2), ints("p_n", 30, 40, 50))
+	e.publish(second, second.ID())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.localRows(0, 0)
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(first.Len()+second.Len()), n)
+		}
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Equal(t, [][]string{
+		{eventID(0, 1, 0), "1"}, {eventID(0, 1, 1), "2"},
+		{eventID(0, 2, 0), "30"}, {eventID(0, 2, 1), "40"}, {eventID(0, 2, 2), "50"},
+	}, e.strs(0, "SELECT event_id, p_n FROM surge.events_local ORDER BY seq, event_id"))
+	require.Zero(t, value(s.shard(0).DeadLetters))
+	require.Equal(t, 1.0, value(s.shard(0).Retries), "one attempt on the old type")
+
+	// Back to a number type narrower than the values: those that do not
+	// fit go to _conflicts.
+	require.NoError(t, e.conns[0].Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN p_n Nullable(Int8)"))
+	third := project(makeBatch(0, 3, 3), ints("p_n", 127))
+	fourth := project(makeBatch(0, 4, 4), ints("p_n", 128, -128))
+	e.publish(third, third.ID())
+	e.publish(fourth, fourth.ID())
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.localRows(0, 0)
+		if assert.NoError(c, err) {
+			assert.Equal(c, uint64(rowsIn(1, 4)), n)
+		}
+	}, 30*time.Second, 20*time.Millisecond)
+	require.Equal(t, [][]string{
+		{eventID(0, 3, 0), "127", ""},
+		{eventID(0, 4, 0), "NULL", `{"p_n":128}`},
+		{eventID(0, 4, 1), "-128", ""},
+	}, e.strs(0, "SELECT event_id, ifNull(toString(p_n), 'NULL'), _conflicts FROM surge.events_local WHERE seq >= 3 ORDER BY seq, event_id"))
+	require.Zero(t, value(s.shard(0).DeadLetters))
+}
+
 // sinkWithRegistry starts a sink whose column DDL reads the registry's
 // columns from cols (the test fills it before publishing).
 func (e *testEnv) sinkWithRegistry(cfg sink.Config, cols map[string]*schema.Col) *runningSink {

@@ -244,8 +244,10 @@ func concurrentDiscovery(t *testing.T, info stack.Info) {
 	require.Equal(t, before+1, after.Rev, "schema revisions for one new key")
 	require.Equal(t, "/coupon", after.Doc.Columns["p_coupon"].Path)
 	for i, addr := range info.HTTP {
-		_, err := chQuery(addr, "SYSTEM FLUSH LOGS")
+		resp, err := client.Post("http://"+addr+"/", "text/plain", strings.NewReader("SYSTEM FLUSH LOGS"))
 		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, "SYSTEM FLUSH LOGS on server %d", i)
 		for _, table := range []string{"events_local", "events"} {
 			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM system.query_log WHERE type = 1
 				AND query LIKE 'ALTER TABLE surge.%s ADD COLUMN%%p_coupon%%'`, table))

@@ -71,6 +71,13 @@ func start(t *testing.T, shards int, cfg schema.Config) *harness {
 
 var client = &http.Client{Timeout: 30 * time.Second}
 
+// on is h reporting to t: a subtest's failures end the subtest.
+func (h *harness) on(t *testing.T) *harness {
+	c := *h
+	c.t = t
+	return &c
+}
+
 // send posts events (JSON objects, each with its event_id) in one request
 // and waits until every one of them is queryable through events.
 func (h *harness) send(events ...string) {
@@ -108,11 +115,15 @@ func (h *harness) send(events ...string) {
 // a row is stored twice or rows are missing after a minute.
 func (h *harness) waitRows(ids []string) {
 	h.t.Helper()
-	q := fmt.Sprintf("SELECT count(), uniqExact(event_id) FROM %s.events WHERE event_id IN (?)", h.db)
+	quoted := make([]string, len(ids))
+	for i, id := range ids {
+		quoted[i] = "'" + strings.ReplaceAll(id, "'", `\'`) + "'"
+	}
+	q := fmt.Sprintf("SELECT count(), uniqExact(event_id) FROM %s.events WHERE event_id IN (%s)", h.db, strings.Join(quoted, ","))
 	deadline := time.Now().Add(time.Minute)
 	for {
 		var n, uniq uint64
-		if err := h.conns[0].QueryRow(h.t.Context(), q, ids).Scan(&n, &uniq); err != nil {
+		if err := h.conns[0].QueryRow(h.t.Context(), q).Scan(&n, &uniq); err != nil {
 			h.t.Fatalf("count rows: %v", err)
 		}
 		if n > uniq {
