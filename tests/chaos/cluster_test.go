@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
@@ -280,6 +281,7 @@ func TestClusterChaos(t *testing.T) {
 	dead, err := streamMsgs(t.Context(), js, streams.DeadLetter)
 	require.NoError(t, err)
 	require.Zero(t, dead, "dead letters")
+	checkAgreedColumns(t, js, replicaSets)
 
 	// One owner at a time, from the batchers' and sinks' logs.
 	spans := ch.spans(t)
@@ -1101,4 +1103,45 @@ func (lw *leaseWatch) movedFrom(service string, k int, id string) (string, time.
 		}
 	}
 	return "", time.Time{}
+}
+
+// checkAgreedColumns checks that every column of the agreed schema (the
+// load brought a new key every few requests, under every fault) is in
+// events_local and events of every replica of every shard, with the type
+// the schema says, within a reconcile period.
+func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]string) {
+	t.Helper()
+	reg, err := schema.OpenRegistry(t.Context(), js, "events", 3, 10*time.Second)
+	require.NoError(t, err)
+	doc := reg.Current().Doc
+	require.NotEmpty(t, doc.Columns, "no typed column agreed under load")
+	var servers []string
+	for _, set := range replicaSets {
+		servers = append(servers, set...)
+	}
+	ok := assert.EventuallyWithT(t, func(col *assert.CollectT) {
+		for _, addr := range servers {
+			for _, table := range []string{"events_local", "events"} {
+				out, err := chQuery(addr, "SELECT name, type FROM system.columns WHERE database = 'surge' AND table = '"+table+"' FORMAT TabSeparated")
+				if !assert.NoError(col, err) {
+					return
+				}
+				have := map[string]string{}
+				for _, line := range strings.Split(out, "\n") {
+					if name, typ, found := strings.Cut(line, "\t"); found {
+						have[name] = typ
+					}
+				}
+				for name, c := range doc.Columns {
+					assert.Contains(col, have, name, "%s %s", addr, table)
+					if k := c.Kind(); k != 0 && have[name] != "" {
+						assert.Equal(col, schema.ColumnType(k, c.CHType, schema.Server{Major: 18, Minor: 16}), have[name], "%s %s %s", addr, table, name)
+					}
+				}
+			}
+		}
+	}, 90*time.Second, time.Second)
+	if ok {
+		t.Logf("cluster chaos: the %d agreed columns are on every replica's local and Distributed tables", len(doc.Columns))
+	}
 }
