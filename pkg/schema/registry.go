@@ -31,6 +31,9 @@ var ErrContended = errors.New("schema changed by others on every attempt")
 type Snapshot struct {
 	Doc *Doc
 	Rev uint64
+	// Wrote is set on the snapshot Update returns when this call wrote
+	// it (rather than found the change made by another writer).
+	Wrote bool
 }
 
 // Registry reads, watches and changes one table's schema in the bucket.
@@ -84,6 +87,7 @@ func (r *Registry) see(s Snapshot) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if s.Rev >= r.cur.Rev {
+		s.Wrote = false
 		r.cur = s
 	}
 }
@@ -170,7 +174,7 @@ func (r *Registry) Update(ctx context.Context, change func(*Doc) (*Doc, bool)) (
 			rev, err = r.kv.Update(ctx, r.key, data, cur.Rev)
 		}
 		if err == nil {
-			s := Snapshot{Doc: next, Rev: rev}
+			s := Snapshot{Doc: next, Rev: rev, Wrote: true}
 			r.see(s)
 			return s, nil
 		}

@@ -45,13 +45,20 @@ func TestRegistryConcurrentProposalsWriteOnce(t *testing.T) {
 		wg.Go(func() { snaps[i], errs[i] = r.Update(ctx, addColumn("coupon")) })
 	}
 	wg.Wait()
+	wrote := 0
 	for i := range n {
+		if snaps[i].Wrote {
+			wrote++
+		}
 		if errs[i] != nil {
 			t.Fatalf("instance %d: %v", i, errs[i])
 		}
 		if snaps[i].Rev != 1 || len(snaps[i].Doc.Columns) != 1 || snaps[i].Doc.Columns["p_coupon"] == nil {
 			t.Fatalf("instance %d ended with revision %d and columns %v, want revision 1 with p_coupon only", i, snaps[i].Rev, snaps[i].Doc.Columns)
 		}
+	}
+	if wrote != 1 {
+		t.Fatalf("%d instances say they wrote the change, want 1", wrote)
 	}
 	// A second, different column is one more revision.
 	s, err := regs[3].Update(ctx, addColumn("plan"))

@@ -84,7 +84,7 @@ func (t *typer) project(ctx context.Context, b *batch.Batch) {
 		cancel()
 		switch {
 		case err == nil:
-			if next.Rev != snap.Rev {
+			if next.Wrote {
 				t.m.changes.Inc()
 				t.log.Info("schema changed", zap.Uint64("revision", next.Rev), zap.Int("columns", len(next.Doc.Columns)))
 			}
