@@ -4,9 +4,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/schema"
 )
 
 func ptr[T any](v T) *T { return &v }
@@ -274,4 +276,14 @@ func TestTableVersion(t *testing.T) {
 	require.Equal(t, batch.TableVersion, tableVersion(v2))
 	require.Empty(t, baseDefs(v2))
 	require.Equal(t, 0, tableVersion(map[string]string{}))
+}
+
+func TestAlterSettings(t *testing.T) {
+	v1816, v253 := schema.Server{Major: 18, Minor: 16}, schema.Server{Major: 25, Minor: 3}
+	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_columns_timeout": 5}, alterSettings(v1816, 30*time.Second))
+	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_columns_timeout": 1}, alterSettings(v1816, 5*time.Second),
+		"the ALTER and the insert after it fit one insert's time")
+	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_columns_timeout": 1}, alterSettings(v1816, time.Second))
+	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_partitions_sync": 1}, alterSettings(schema.Server{Major: 22, Minor: 8}, 30*time.Second))
+	require.Equal(t, clickhouse.Settings{"log_queries": 1, "alter_sync": 1}, alterSettings(v253, 30*time.Second))
 }
