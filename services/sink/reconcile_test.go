@@ -40,6 +40,13 @@ func TestReconcilerRepairsAndAdopts(t *testing.T) {
 		}
 	}
 
+	// A sink that died between the local ALTER and the Distributed one
+	// left events without the column: it is added again.
+	require.NoError(t, e.conns[1].Exec(ctx, "ALTER TABLE surge.events DROP COLUMN p_lost"))
+	dist := "SELECT count() FROM system.columns WHERE database = 'surge' AND table = 'events' AND name = 'p_lost'"
+	require.Eventually(t, func() bool { n, err := e.tryCount(1, dist); return err == nil && n == 1 },
+		20*time.Second, 20*time.Millisecond, "server 1's events lacks p_lost")
+
 	for i, c := range e.conns {
 		require.NoError(t, c.Exec(ctx, "ALTER TABLE surge.events_local MODIFY COLUMN p_lost Nullable(String)"), "server %d", i)
 	}

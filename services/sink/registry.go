@@ -188,7 +188,9 @@ func (s *Service) ensureColumns(ctx context.Context, servers []*server, doc *sch
 }
 
 // reconcile compares the schema with every replica's table: it adds the
-// agreed columns older than reconcileGrace that a replica lacks, and
+// agreed columns older than reconcileGrace that a replica's local or
+// Distributed table lacks (a sink that crashed between the local ALTER and
+// the Distributed one), and
 // adopts a type an operator set by hand, once every replica that holds
 // the column holds it with that type (an operator's ALTER half done on the
 // cluster is not adopted, and never flips back and forth).
@@ -212,16 +214,29 @@ func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers [
 				v := c.server
 				oldest = &v
 			}
+			var dist []schema.ColumnDef
 			for name, col := range snap.Doc.Columns {
+				old := now.Sub(col.Added) >= reconcileGrace
+				if _, failed := snap.Doc.Failed[name]; failed || col.Kind() == 0 {
+					continue
+				}
+				if _, ok := c.dist[name]; !ok && old {
+					dist = append(dist, schema.ColumnDef{Name: name, Type: schema.ColumnType(col.Kind(), col.CHType, c.server), Path: col.Path})
+				}
 				have, ok := c.local[name]
 				if !ok {
-					missing = missing || now.Sub(col.Added) >= reconcileGrace
+					missing = missing || old
 					continue
 				}
 				if seen[name] == nil {
 					seen[name] = make(map[string]bool)
 				}
 				seen[name][have] = true
+			}
+			if len(dist) > 0 {
+				// The Distributed table follows the local ones: the
+				// keeper adds them in the background, local first.
+				srv.keeper.want(nil, map[*replica][]schema.ColumnDef{r: dist})
 			}
 		}
 	}
