@@ -98,8 +98,8 @@ const ColumnsQuery = "SELECT table, name, type FROM system.columns WHERE databas
 // VersionQuery asks a server its release.
 const VersionQuery = "SELECT version()"
 
-// baseDefs are the base columns a table lacking have misses, to add:
-// the migrations from an older table version.
+// baseDefs are the base columns missing from a table whose columns are
+// have, to add: the migration from an older table version.
 func baseDefs(have map[string]string) []schema.ColumnDef {
 	var out []schema.ColumnDef
 	for _, c := range batch.BaseColumns {
