@@ -102,15 +102,32 @@ func (t *typer) project(ctx context.Context, b *batch.Batch) {
 	t.observe(snap)
 }
 
-// observe exports the size of the schema in force.
+// observe exports the size of the schema in force: the columns against
+// their limits, per table, per tenant and in the hour's window.
 func (t *typer) observe(s schema.Snapshot) {
 	t.m.columns.Set(float64(len(s.Doc.Columns)))
 	t.m.revision.Set(float64(s.Rev))
+	perTenant := make(map[string]int)
+	for _, c := range s.Doc.Columns {
+		if c.Tenant != "" {
+			perTenant[c.Tenant]++
+		}
+	}
+	for tenant, n := range perTenant {
+		t.m.tenantColumns.WithLabelValues(tenant).Set(float64(n))
+	}
+	added := 0
+	if time.Since(s.Doc.Rate.WindowStart) < time.Hour {
+		added = s.Doc.Rate.Added
+	}
+	t.m.hourColumns.Set(float64(added))
 }
 
 // typedMetrics are the batcher's schema series, labelled by table.
 type typedMetrics struct {
 	columns, limit, revision  prometheus.Gauge
+	hourColumns               prometheus.Gauge
+	tenantColumns             *prometheus.GaugeVec
 	changes, proposalErrors   prometheus.Counter
 	conflicts, unpromoted     *prometheus.CounterVec
 	mu                        sync.Mutex
@@ -133,6 +150,14 @@ func newTypedMetrics(reg prometheus.Registerer, cfg schema.Config) *typedMetrics
 			Name: "surge_schema_revision", ConstLabels: table,
 			Help: "Revision of the agreed schema in force at this batcher.",
 		}),
+		hourColumns: f.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_schema_hour_columns", ConstLabels: table,
+			Help: "Typed columns added in the schema's current hour window; new keys are unpromoted (reason rate) once it reaches surge_schema_hour_column_limit.",
+		}),
+		tenantColumns: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "surge_schema_tenant_columns", ConstLabels: table,
+			Help: "Typed columns a tenant's events introduced; its new keys are unpromoted (reason tenant_limit) once it reaches surge_schema_tenant_column_limit.",
+		}, []string{"tenant"}),
 		changes: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_schema_changes_total", ConstLabels: table,
 			Help: "Schema changes this batcher wrote (compare-and-swap won).",
@@ -153,6 +178,17 @@ func newTypedMetrics(reg prometheus.Registerer, cfg schema.Config) *typedMetrics
 		unpromotedBy: make(map[string]prometheus.Counter),
 	}
 	m.limit.Set(float64(cfg.MaxColumns))
+	for _, l := range []struct {
+		name, help string
+		v          int
+	}{
+		{"surge_schema_hour_column_limit", "Typed columns the table may gain in an hour (schema.max_new_columns_per_hour).", cfg.MaxNewColumnsPerHour},
+		{"surge_schema_tenant_column_limit", "Typed columns one tenant's events may introduce (schema.max_columns_per_tenant).", cfg.MaxColumnsPerTenant},
+		{"surge_schema_keys_per_event_limit", "Flattened keys of one event considered for columns (schema.max_keys_per_event); the rest are unpromoted (reason keys).", cfg.MaxKeysPerEvent},
+		{"surge_schema_depth_limit", "How deep properties are flattened (schema.max_depth); deeper objects are one string column of JSON text.", cfg.MaxDepth},
+	} {
+		f.NewGauge(prometheus.GaugeOpts{Name: l.name, Help: l.help, ConstLabels: table}).Set(float64(l.v))
+	}
 	return m
 }
 
