@@ -49,6 +49,17 @@ func TestKeyExplosion(t *testing.T) {
 	if got := h.metric("batcher", "surge_schema_unpromoted_total", map[string]string{"reason": "rate"}); got != 9950 {
 		t.Errorf("surge_schema_unpromoted_total{reason=rate} = %v, want 9950", got)
 	}
+	for name, want := range map[string]float64{
+		"surge_schema_columns": 50, "surge_schema_hour_columns": 50, "surge_schema_hour_column_limit": 50,
+		"surge_schema_column_limit": 200, "surge_schema_tenant_column_limit": 100,
+	} {
+		if got := h.metric("batcher", name, nil); got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
+	if got := h.metric("batcher", "surge_schema_tenant_columns", map[string]string{"tenant": "t1"}); got != 50 {
+		t.Errorf("surge_schema_tenant_columns{tenant=t1} = %v, want 50", got)
+	}
 	// One ALTER of events_local per server (each is a shard here), and one
 	// of events per server.
 	if n := h.queryLog("ALTER TABLE %events_local% ADD COLUMN%p_k_000000%"); n != 2 {
