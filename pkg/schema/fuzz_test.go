@@ -13,7 +13,8 @@ import (
 
 // FuzzProject projects arbitrary properties (one row per line) under
 // limits drawn from the input: it never panics, leaves properties alone,
-// gives the same projection twice, and every projection is well formed.
+// gives the same projection twice (the same encoded block, byte for byte),
+// and every projection is well formed.
 func FuzzProject(f *testing.F) {
 	seeds := []string{
 		`{"plan":"pro","n":3,"price":9.99,"ok":true}`,
@@ -56,6 +57,12 @@ func FuzzProject(f *testing.F) {
 		statsA, statsB := p.Project(pa, docA, a), p.Project(pb, docB, b)
 		require.Equal(t, statsA, statsB)
 		require.Equal(t, a, b)
+		// The block BATCHES carries is byte-identical, and decodes back.
+		encA := batch.Encode(a)
+		require.Equal(t, encA, batch.Encode(b))
+		back, err := batch.Decode(encA)
+		require.NoError(t, err)
+		require.Equal(t, encA, batch.Encode(back))
 		require.Equal(t, kept, a.Properties)
 		checkProjection(t, a, docA)
 	})
