@@ -1108,7 +1108,8 @@ func (lw *leaseWatch) movedFrom(service string, k int, id string) (string, time.
 // checkAgreedColumns checks that every column of the agreed schema (the
 // load brought a new key every few requests, under every fault) is in
 // events_local and events of every replica of every shard, with the type
-// the schema says, within a reconcile period.
+// the schema says, within a reconcile period, and that every value is in
+// its column or accounted for.
 func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]string) {
 	t.Helper()
 	reg, err := schema.OpenRegistry(t.Context(), js, "events", 3, 10*time.Second)
@@ -1141,7 +1142,23 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 			}
 		}
 	}, 90*time.Second, time.Second)
-	if ok {
-		t.Logf("cluster chaos: the %d agreed columns are on every replica's local and Distributed tables", len(doc.Columns))
+	if !ok {
+		return
+	}
+	t.Logf("the %d agreed columns are on every replica's local and Distributed tables", len(doc.Columns))
+	// Values present: a row whose properties hold a key with a column has
+	// the value in it, or the path in _unpromoted (its batch was built
+	// before the column was agreed), or in _conflicts.
+	for _, addr := range servers {
+		for name, c := range doc.Columns {
+			key := strings.TrimPrefix(c.Path, "/")
+			if strings.Contains(key, "/") {
+				continue // the load's keys are top-level
+			}
+			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
+				AND %s IS NULL AND NOT has(_unpromoted, '%s') AND NOT visitParamHas(_conflicts, '%s') FORMAT TabSeparated`, key, name, c.Path, c.Path))
+			require.NoError(t, err)
+			require.Equal(t, "0", n, "%s: rows whose %s is in properties but neither in %s, _unpromoted nor _conflicts", addr, c.Path, name)
+		}
 	}
 }
