@@ -327,9 +327,12 @@ func (l *shardLoop) cut(ctx context.Context, reason batch.CutReason) {
 }
 
 // project fills b's typed columns, when they are on. It happens once per
-// batch, before its first publish: a retry publishes the same bytes.
+// batch, before its first publish: a retry publishes the same bytes. A
+// shard whose lease is lost publishes nothing more, so it proposes nothing
+// either: a proposal waiting on an unreachable NATS would hold up the
+// shard's handover to its next owner.
 func (l *shardLoop) project(ctx context.Context, b *batch.Batch) {
-	if l.typer != nil {
+	if l.typer != nil && l.holds() {
 		l.typer.project(ctx, b)
 	}
 }
