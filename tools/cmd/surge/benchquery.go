@@ -325,7 +325,8 @@ func queryReport(r benchReport) string {
 		}
 		fmt.Fprintf(&b, "  %s\n    %s\n      -> %s\n    %s\n      -> %s\n", q.name, q.typedSQL, q.typedResult, q.rawSQL, q.rawResult)
 		if q.typedResult != q.rawResult {
-			fmt.Fprintf(&b, "    the results differ: visitParam reads the first match of the key at any depth, and a typed column is NULL where a value conflicted\n")
+			fmt.Fprintf(&b, "    the results differ: visitParam reads 0 or '' where the key is missing (uniq counts '', the typed column is NULL),\n"+
+				"    the first match of the key at any depth, and a value the typed column holds as NULL with a conflict\n")
 		}
 	}
 	return trimLines(b.String())
