@@ -1158,7 +1158,7 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
 				AND %s IS NULL AND NOT has(_unpromoted, '%s') AND NOT visitParamHas(_conflicts, '%s') FORMAT TabSeparated`, key, name, c.Path, c.Path))
 			require.NoError(t, err)
-			require.Equal(t, "0", n, "%s: rows whose %s is in properties but neither in %s, _unpromoted nor _conflicts", addr, c.Path, name)
+			require.Equal(t, "0", strings.TrimSpace(n), "%s: rows whose %s is in properties but neither in %s, _unpromoted nor _conflicts", addr, c.Path, name)
 		}
 	}
 }
