@@ -7,6 +7,7 @@
 package chserver
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -299,6 +300,32 @@ func (s *Server) includeFile(c *Cluster) string {
     </macros>
 </yandex>
 `, host, port, s.Shard, filepath.Base(s.Dir))
+}
+
+// StructureTooDifferent reports whether the server's last start failed
+// because a Replicated table's columns in ZooKeeper differ from its own by
+// more than 2 (ClickHouse 18.16 refuses to start then: a replica that was
+// down while more than two columns were added, or killed in the middle of
+// such an ALTER).
+func (s *Server) StructureTooDifferent() bool {
+	data, err := os.ReadFile(filepath.Join(s.Dir, "log", "clickhouse-server.err.log"))
+	return err == nil && bytes.Contains(data, []byte("Table structure in ZooKeeper is too different from local table structure"))
+}
+
+// ForceRestore creates the force_restore_data flag: at its next start the
+// server skips its sanity checks once, takes a Replicated table's columns
+// from ZooKeeper and fetches what it lacks from the other replicas. It is
+// ClickHouse's documented recovery, and what an operator does for a
+// replica that refuses to start with StructureTooDifferent.
+func (s *Server) ForceRestore() error {
+	flags := filepath.Join(s.Dir, "data", "flags")
+	if err := os.MkdirAll(flags, 0o755); err != nil {
+		return fmt.Errorf("force restore: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(flags, "force_restore_data"), nil, 0o644); err != nil {
+		return fmt.Errorf("force restore: %w", err)
+	}
+	return nil
 }
 
 // Start runs the server and waits until its native port accepts. It
