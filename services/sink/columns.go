@@ -422,6 +422,7 @@ func (k *columnKeeper) addLocal(ctx context.Context, s *server, r *replica, defs
 	if err := k.await(ctx, r, defs); err != nil {
 		return err
 	}
+	k.awaitReplicas(ctx, s, r, defs)
 	local := make(map[*server][]schema.ColumnDef)
 	dist := make(map[*replica][]schema.ColumnDef)
 	for _, other := range k.servers {
@@ -558,6 +559,46 @@ func (k *columnKeeper) await(ctx context.Context, r *replica, defs []schema.Colu
 				err = wctx.Err()
 			}
 			return fmt.Errorf("wait for columns %s on %s: %w", strings.Join(defNames(defs), ", "), r.addr, err)
+		}
+	}
+}
+
+// awaitReplicas waits, within the DDL timeout, until every other replica
+// of s that answers shows the columns of defs, before the first batch that
+// fills them is inserted. ClickHouse 18.16 applies a Replicated table's
+// ALTER on each replica apart from its replication queue: a replica still
+// catching up could fetch a part holding the new column before its own
+// ALTER, then rewrite the part to the columns it had, and read NULL there
+// ever after (the cluster chaos test saw it after a replica restart). A
+// replica that does not answer is passed over: one that was down applies
+// the columns from ZooKeeper when it starts, before it fetches anything.
+// Past the timeout the insert goes on, logged: the values stay in
+// properties either way.
+func (k *columnKeeper) awaitReplicas(ctx context.Context, s *server, r *replica, defs []schema.ColumnDef) {
+	if !s.replicated {
+		return
+	}
+	wctx, cancel := k.ddlContext(ctx)
+	defer cancel()
+	for _, other := range s.replicas {
+		if other == r {
+			continue
+		}
+		for {
+			c, err := k.read(wctx, other)
+			if err != nil && wctx.Err() == nil {
+				break // down or unreachable
+			}
+			if err == nil && !missingAny(c.local, defs) {
+				break
+			}
+			if !retry.Sleep(wctx, columnPoll) {
+				if ctx.Err() == nil {
+					k.log.Warn("a replica has not shown new columns; inserting anyway (its rows may read NULL there, properties keep the values)",
+						zap.String("replica", other.addr), zap.Strings("columns", defNames(defs)))
+				}
+				return
+			}
 		}
 	}
 }
