@@ -38,22 +38,24 @@ type queryTiming struct {
 	rawResult   string
 }
 
-// sampleKeys are keys of the generated properties fit for the queries,
-// "" (nil) when the events have none.
+// sampleKeys are the keys of the generated properties fit for the
+// queries, the best first: the commonest, then the first by name.
 type sampleKeys struct {
-	// intKey is a top-level key whose every value is an integer.
-	intKey string
-	// strKey is a top-level key whose every value is a string: plan when
-	// a value is pro (the design's query), else the one with the fewest
-	// distinct values; strValue is pro or the key's commonest value.
-	strKey, strValue string
-	// nested is the path of a string leaf under context.page, url
-	// preferred.
-	nested []string
+	// ints are top-level keys whose every value is an integer.
+	ints []string
+	// strs are top-level keys whose every value is a string, each with
+	// its commonest value; plan = 'pro' (the design's query) first where
+	// the events have it, then the keys of fewer distinct values.
+	strs []stringKey
+	// nested are paths of string leaves under context.page, url first.
+	nested [][]string
 }
 
-// profileKeys picks the queries' keys from one request body of events:
-// among the keys of each kind, the commonest, then the first by name.
+// stringKey is a key and the value a query counts.
+type stringKey struct{ key, value string }
+
+// profileKeys lists the queries' candidate keys in one request body of
+// events.
 func profileKeys(body []byte) (sampleKeys, error) {
 	var events []struct {
 		Properties map[string]any `json:"properties"`
@@ -95,94 +97,98 @@ func profileKeys(body []byte) (sampleKeys, error) {
 			}
 		}
 	}
-	// best is the key ok keeps: the commonest, then the one of fewest
-	// distinct values, then the first by name.
-	best := func(ok func(k string, s *seen) bool) string {
-		var top string
-		for _, k := range slices.Sorted(maps.Keys(keys)) {
-			s := keys[k]
-			if !ok(k, s) || strings.ContainsAny(k, `"\'`) {
-				continue
-			}
-			if t := keys[top]; top == "" || s.n > t.n || (s.n == t.n && len(s.values) < len(t.values)) {
-				top = k
-			}
-		}
-		return top
+	// commonest orders names by count, highest first, then by name.
+	commonest := func(names []string, count func(string) int) []string {
+		slices.SortStableFunc(names, func(a, b string) int { return cmp.Compare(count(b), count(a)) })
+		return names
 	}
 	var out sampleKeys
-	out.intKey = best(func(_ string, s *seen) bool { return s.ints == s.n })
-	strs := func(_ string, s *seen) bool { return s.strs == s.n }
-	// The design's own query, countIf(p_plan = 'pro'), where the events
-	// allow it.
-	if s := keys["plan"]; s != nil && strs("plan", s) && s.values["pro"] > 0 {
-		out.strKey, out.strValue = "plan", "pro"
-	} else if out.strKey = best(strs); out.strKey != "" {
-		values := keys[out.strKey].values
-		out.strValue = slices.MaxFunc(slices.Sorted(maps.Keys(values)), func(a, b string) int {
-			// The commonest; of equals, the first by name.
-			return cmp.Or(cmp.Compare(values[a], values[b]), strings.Compare(b, a))
-		})
-	}
-	if len(leaves) > 0 {
-		leaf := "url"
-		if leaves[leaf] == 0 {
-			leaf = slices.MaxFunc(slices.Sorted(maps.Keys(leaves)), func(a, b string) int {
-				return cmp.Or(cmp.Compare(leaves[a], leaves[b]), strings.Compare(b, a))
-			})
+	var strs []string
+	for _, k := range slices.Sorted(maps.Keys(keys)) {
+		switch s := keys[k]; {
+		case strings.ContainsAny(k, `"\'`): // not worth quoting for visitParam
+		case s.ints == s.n:
+			out.ints = append(out.ints, k)
+		case s.strs == s.n:
+			strs = append(strs, k)
 		}
-		out.nested = []string{"context", "page", leaf}
+	}
+	out.ints = commonest(out.ints, func(k string) int { return keys[k].n })
+	slices.SortStableFunc(strs, func(a, b string) int {
+		return cmp.Or(cmp.Compare(keys[b].n, keys[a].n), cmp.Compare(len(keys[a].values), len(keys[b].values)))
+	})
+	for _, k := range strs {
+		values := keys[k].values
+		v := commonest(slices.Sorted(maps.Keys(values)), func(v string) int { return values[v] })[0]
+		if k == "plan" && values["pro"] > 0 {
+			out.strs = append([]stringKey{{"plan", "pro"}}, out.strs...)
+			continue
+		}
+		out.strs = append(out.strs, stringKey{k, v})
+	}
+	paths := commonest(slices.Sorted(maps.Keys(leaves)), func(k string) int { return leaves[k] })
+	if i := slices.Index(paths, "url"); i > 0 {
+		paths = append([]string{"url"}, slices.Delete(paths, i, i+1)...)
+	}
+	for _, leaf := range paths {
+		out.nested = append(out.nested, []string{"context", "page", leaf})
 	}
 	return out, nil
 }
 
-// queryPlans are the design's three queries over the keys k of table
-// db.events, or why one cannot run.
-func queryPlans(db string, k sampleKeys) []queryTiming {
+// queryPlans are the design's three queries over table db.events, each
+// on the first candidate key whose typed column cols (name: type) holds
+// with the type the query needs, or why none can run.
+func queryPlans(db string, k sampleKeys, cols map[string]string) []queryTiming {
 	table := db + ".events"
-	var out []queryTiming
-	// add names the query after its key when there is one.
-	add := func(name, key, why, typedSQL, rawSQL string) {
-		if key == "" {
-			out = append(out, queryTiming{name: name, skipped: why})
-			return
+	// first is the first of n candidates whose column is of type typ.
+	first := func(n int, path func(i int) []string, typ string) (int, string) {
+		for i := range n {
+			if cols[schema.ColumnName(path(i))] == typ {
+				return i, ""
+			}
 		}
-		out = append(out, queryTiming{name: name + " (" + key + ")", typedSQL: typedSQL, rawSQL: rawSQL})
+		if n == 0 {
+			return -1, ""
+		}
+		return -1, fmt.Sprintf("no %s column for any of %d keys (%s first)", typ, n, schema.ColumnName(path(0)))
 	}
-	col := func(path ...string) string { return schema.ColumnName(path) }
-	add("sum of an int key", k.intKey, "no key is always an integer",
-		fmt.Sprintf("SELECT sum(%s) FROM %s", col(k.intKey), table),
-		fmt.Sprintf("SELECT sum(visitParamExtractInt(properties, %s)) FROM %s", quote(k.intKey), table))
-	var strKey string
-	if k.strKey != "" {
-		strKey = k.strKey + " = " + quote(k.strValue)
-	}
-	add("count of a string value", strKey, "no key is always a string",
-		fmt.Sprintf("SELECT countIf(%s = %s) FROM %s", col(k.strKey), quote(k.strValue), table),
-		fmt.Sprintf("SELECT countIf(visitParamExtractString(properties, %s) = %s) FROM %s", quote(k.strKey), quote(k.strValue), table))
-	leaf := ""
-	if len(k.nested) > 0 {
-		leaf = k.nested[len(k.nested)-1]
-	}
-	add("uniq of a nested key per day", strings.Join(k.nested, "."), "no string under context.page",
-		fmt.Sprintf("SELECT toDate(ts) AS day, uniq(%s) FROM %s GROUP BY day ORDER BY day", col(k.nested...), table),
-		// visitParam finds the key at any depth: the first "url" of the
-		// text, wherever it is.
-		fmt.Sprintf("SELECT toDate(ts) AS day, uniq(visitParamExtractString(properties, %s)) FROM %s GROUP BY day ORDER BY day", quote(leaf), table))
-	return out
-}
+	var out []queryTiming
+	skip := func(name, why string) { out = append(out, queryTiming{name: name, skipped: why}) }
 
-// columnOf is the typed column a planned query reads and the type it
-// must have for the query to mean the same as its visitParam form.
-func columnOf(q queryTiming, k sampleKeys) (name, typ string) {
-	switch {
-	case strings.HasPrefix(q.name, "sum"):
-		return schema.ColumnName([]string{k.intKey}), "Nullable(Int64)"
-	case strings.HasPrefix(q.name, "count"):
-		return schema.ColumnName([]string{k.strKey}), "Nullable(String)"
-	default:
-		return schema.ColumnName(k.nested), "Nullable(String)"
+	const sum = "sum of an int key"
+	if i, why := first(len(k.ints), func(i int) []string { return []string{k.ints[i]} }, "Nullable(Int64)"); i < 0 {
+		skip(sum, cmp.Or(why, "no key is always an integer"))
+	} else {
+		key := k.ints[i]
+		out = append(out, queryTiming{name: sum + " (" + key + ")",
+			typedSQL: fmt.Sprintf("SELECT sum(%s) FROM %s", schema.ColumnName([]string{key}), table),
+			rawSQL:   fmt.Sprintf("SELECT sum(visitParamExtractInt(properties, %s)) FROM %s", quote(key), table)})
 	}
+
+	const count = "count of a string value"
+	if i, why := first(len(k.strs), func(i int) []string { return []string{k.strs[i].key} }, "Nullable(String)"); i < 0 {
+		skip(count, cmp.Or(why, "no key is always a string"))
+	} else {
+		s := k.strs[i]
+		out = append(out, queryTiming{name: count + " (" + s.key + " = " + quote(s.value) + ")",
+			typedSQL: fmt.Sprintf("SELECT countIf(%s = %s) FROM %s", schema.ColumnName([]string{s.key}), quote(s.value), table),
+			rawSQL:   fmt.Sprintf("SELECT countIf(visitParamExtractString(properties, %s) = %s) FROM %s", quote(s.key), quote(s.value), table)})
+	}
+
+	const uniq = "uniq of a nested key per day"
+	if i, why := first(len(k.nested), func(i int) []string { return k.nested[i] }, "Nullable(String)"); i < 0 {
+		skip(uniq, cmp.Or(why, "no string under context.page"))
+	} else {
+		path := k.nested[i]
+		out = append(out, queryTiming{name: uniq + " (" + strings.Join(path, ".") + ")",
+			typedSQL: fmt.Sprintf("SELECT toDate(ts) AS day, uniq(%s) FROM %s GROUP BY day ORDER BY day", schema.ColumnName(path), table),
+			// visitParam finds the key at any depth: the first "url" of
+			// the text, wherever it is.
+			rawSQL: fmt.Sprintf("SELECT toDate(ts) AS day, uniq(visitParamExtractString(properties, %s)) FROM %s GROUP BY day ORDER BY day",
+				quote(path[len(path)-1]), table)})
+	}
+	return out
 }
 
 // quote is s as a ClickHouse string literal.
@@ -217,19 +223,10 @@ func typedQueries(ctx context.Context, ch driver.Conn, db string, gen *generator
 	if err := rows.Err(); err != nil {
 		return 0, nil, err
 	}
-	qs := queryPlans(db, keys)
+	qs := queryPlans(db, keys, cols)
 	for i := range qs {
 		q := &qs[i]
 		if q.skipped != "" {
-			continue
-		}
-		name, want := columnOf(*q, keys)
-		if got, ok := cols[name]; !ok || got != want {
-			q.skipped = fmt.Sprintf("%s is not a column of type %s", name, want)
-			if ok {
-				q.skipped = fmt.Sprintf("%s is %s, not %s", name, got, want)
-			}
-			q.typedSQL, q.rawSQL = "", ""
 			continue
 		}
 		var typed, raw []time.Duration

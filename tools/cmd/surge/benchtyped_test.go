@@ -120,49 +120,60 @@ func TestProfileKeys(t *testing.T) {
 		"context":{"page":{"url":"/a","title":"A"}}}},
 	{"user_id":"u2","type":"a","properties":{"i0":7,"i1":8,"f0":2,"s0":"pro","s1":"y","b0":false,"m":"3",
 		"context":{"page":{"url":"/b","title":"B"}}}},
-	{"user_id":"u3","type":"a","properties":{"i0":9,"i1":10,"f0":2.5,"s0":"free","s1":"z","b0":true}}
+	{"user_id":"u3","type":"a","properties":{"i1":10,"f0":2.5,"s0":"free","s1":"z","b0":true,"i9":3}}
 	]`
 	k, err := profileKeys([]byte(body))
 	require.NoError(t, err)
-	// i0 and i1 are always integers: the first by name; f0 and m are not.
-	assert.Equal(t, "i0", k.intKey)
-	// s0 has the fewer distinct values, pro the commonest.
-	assert.Equal(t, "s0", k.strKey)
-	assert.Equal(t, "pro", k.strValue)
-	assert.Equal(t, []string{"context", "page", "url"}, k.nested)
+	assert.Equal(t, sampleKeys{
+		// Always integers, the commonest first; f0 and m are not.
+		ints: []string{"i1", "i0", "i9"},
+		// The key of fewer distinct values first, each with its commonest value.
+		strs:   []stringKey{{"s0", "pro"}, {"s1", "x"}},
+		nested: [][]string{{"context", "page", "url"}, {"context", "page", "title"}},
+	}, k)
 
-	// The design's countIf(p_plan = 'pro') where the events have it.
+	// The design's countIf(p_plan = 'pro') first where the events have it.
 	k, err = profileKeys([]byte(`[{"properties":{"a":"x","plan":"free"}},{"properties":{"a":"x","plan":"pro"}},{"properties":{"a":"x","plan":"free"}}]`))
 	require.NoError(t, err)
-	assert.Equal(t, "plan", k.strKey)
-	assert.Equal(t, "pro", k.strValue)
+	assert.Equal(t, []stringKey{{"plan", "pro"}, {"a", "x"}}, k.strs)
 
 	k, err = profileKeys([]byte(`[{"properties":{"k_1":1.5,"context":{"page":{"title":"A","n":1}}}}]`))
 	require.NoError(t, err)
-	assert.Equal(t, sampleKeys{nested: []string{"context", "page", "title"}}, k)
+	assert.Equal(t, sampleKeys{nested: [][]string{{"context", "page", "title"}}}, k)
 
 	_, err = profileKeys([]byte(`{`))
 	assert.Error(t, err)
 }
 
 func TestQueryPlans(t *testing.T) {
-	qs := queryPlans("surge", sampleKeys{intKey: "i0", strKey: "s0", strValue: "it's", nested: []string{"context", "page", "url"}})
-	require.Len(t, qs, 3)
-	assert.Equal(t, queryTiming{name: "sum of an int key (i0)",
-		typedSQL: "SELECT sum(p_i0) FROM surge.events",
-		rawSQL:   "SELECT sum(visitParamExtractInt(properties, 'i0')) FROM surge.events"}, qs[0])
-	assert.Equal(t, queryTiming{name: `count of a string value (s0 = 'it\'s')`,
-		typedSQL: `SELECT countIf(p_s0 = 'it\'s') FROM surge.events`,
-		rawSQL:   `SELECT countIf(visitParamExtractString(properties, 's0') = 'it\'s') FROM surge.events`}, qs[1])
-	assert.Equal(t, queryTiming{name: "uniq of a nested key per day (context.page.url)",
-		typedSQL: "SELECT toDate(ts) AS day, uniq(p_context_page_url) FROM surge.events GROUP BY day ORDER BY day",
-		rawSQL:   "SELECT toDate(ts) AS day, uniq(visitParamExtractString(properties, 'url')) FROM surge.events GROUP BY day ORDER BY day"}, qs[2])
+	keys := sampleKeys{ints: []string{"i0", "i1"}, strs: []stringKey{{"s0", "it's"}}, nested: [][]string{{"context", "page", "url"}}}
+	cols := map[string]string{"p_i0": "Nullable(Int64)", "p_i1": "Nullable(Int64)", "p_s0": "Nullable(String)", "p_context_page_url": "Nullable(String)"}
+	assert.Equal(t, []queryTiming{
+		{name: "sum of an int key (i0)",
+			typedSQL: "SELECT sum(p_i0) FROM surge.events",
+			rawSQL:   "SELECT sum(visitParamExtractInt(properties, 'i0')) FROM surge.events"},
+		{name: `count of a string value (s0 = 'it\'s')`,
+			typedSQL: `SELECT countIf(p_s0 = 'it\'s') FROM surge.events`,
+			rawSQL:   `SELECT countIf(visitParamExtractString(properties, 's0') = 'it\'s') FROM surge.events`},
+		{name: "uniq of a nested key per day (context.page.url)",
+			typedSQL: "SELECT toDate(ts) AS day, uniq(p_context_page_url) FROM surge.events GROUP BY day ORDER BY day",
+			rawSQL:   "SELECT toDate(ts) AS day, uniq(visitParamExtractString(properties, 'url')) FROM surge.events GROUP BY day ORDER BY day"},
+	}, queryPlans("surge", keys, cols))
 
-	// Keys the events do not have: the query says why it cannot run.
-	qs = queryPlans("surge", sampleKeys{intKey: "i0"})
-	assert.Empty(t, qs[0].skipped)
-	assert.Equal(t, queryTiming{name: "count of a string value", skipped: "no key is always a string"}, qs[1])
-	assert.Equal(t, queryTiming{name: "uniq of a nested key per day", skipped: "no string under context.page"}, qs[2])
+	// The first key with a column of the query's type: i0's is a string
+	// (a conflict in the batch that introduced it), i1's fits.
+	cols["p_i0"] = "Nullable(String)"
+	assert.Equal(t, "sum of an int key (i1)", queryPlans("surge", keys, cols)[0].name)
+	// None fits, or the events have no such key: the query says why.
+	delete(cols, "p_i1")
+	delete(cols, "p_context_page_url")
+	qs := queryPlans("surge", sampleKeys{ints: keys.ints, nested: keys.nested}, cols)
+	assert.Equal(t, []queryTiming{
+		{name: "sum of an int key", skipped: "no Nullable(Int64) column for any of 2 keys (p_i0 first)"},
+		{name: "count of a string value", skipped: "no key is always a string"},
+		{name: "uniq of a nested key per day", skipped: "no Nullable(String) column for any of 1 keys (p_context_page_url first)"},
+	}, qs)
+	assert.Equal(t, "no string under context.page", queryPlans("surge", sampleKeys{}, cols)[2].skipped)
 }
 
 func TestQueryReport(t *testing.T) {
@@ -200,8 +211,19 @@ func TestQueriesOfTheProfiles(t *testing.T) {
 		t.Run(tc.profile, func(t *testing.T) {
 			k, err := profileKeys(newGenerator(1000, 500, tc.profile).bodies[0])
 			require.NoError(t, err)
+			// As if every key had its column.
+			cols := map[string]string{}
+			for _, key := range k.ints {
+				cols[schema.ColumnName([]string{key})] = "Nullable(Int64)"
+			}
+			for _, s := range k.strs {
+				cols[schema.ColumnName([]string{s.key})] = "Nullable(String)"
+			}
+			for _, path := range k.nested {
+				cols[schema.ColumnName(path)] = "Nullable(String)"
+			}
 			var run []string
-			for _, q := range queryPlans("surge", k) {
+			for _, q := range queryPlans("surge", k, cols) {
 				if q.skipped == "" {
 					run = append(run, q.name)
 				}
