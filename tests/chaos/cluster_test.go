@@ -1148,17 +1148,41 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 	t.Logf("the %d agreed columns are on every replica's local and Distributed tables", len(doc.Columns))
 	// Values present: a row whose properties hold a key with a column has
 	// the value in it, or the path in _unpromoted (its batch was built
-	// before the column was agreed), or in _conflicts.
-	for _, addr := range servers {
+	// before the column was agreed), or in _conflicts, on some replica of
+	// its shard. On 18.16 a replica that was inactive while columns were
+	// added (restarted, its old ZooKeeper session not yet expired) can read
+	// NULL there for rows it got from the other replica before its own
+	// ALTER (README, "Typed columns"): such rows are counted and logged,
+	// and must be whole on another replica.
+	for shard := range replicaSets[0] {
 		for name, c := range doc.Columns {
 			key := strings.TrimPrefix(c.Path, "/")
 			if strings.Contains(key, "/") {
 				continue // the load's keys are top-level
 			}
-			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
-				AND %s IS NULL AND NOT has(_unpromoted, '%s') AND NOT visitParamHas(_conflicts, '%s') FORMAT TabSeparated`, key, name, c.Path, c.Path))
-			require.NoError(t, err)
-			require.Equal(t, "0", strings.TrimSpace(n), "%s: rows whose %s is in properties but neither in %s, _unpromoted nor _conflicts", addr, c.Path, name)
+			best := -1
+			var counts []string
+			for r := range replicaSets {
+				addr := replicaSets[r][shard]
+				n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
+					AND %s IS NULL AND NOT has(_unpromoted, '%s') AND NOT visitParamHas(_conflicts, '%s') FORMAT TabSeparated`, key, name, c.Path, c.Path))
+				require.NoError(t, err)
+				v, err := strconv.Atoi(strings.TrimSpace(n))
+				require.NoError(t, err)
+				counts = append(counts, fmt.Sprintf("%s: %d", addr, v))
+				if best < 0 || v < best {
+					best = v
+				}
+			}
+			require.Zero(t, best, "shard server %d: rows whose %s is in properties but neither in %s, _unpromoted nor _conflicts on any replica (%s)",
+				shard, c.Path, name, strings.Join(counts, ", "))
+			if len(replicaSets) > 1 {
+				for _, cnt := range counts {
+					if !strings.HasSuffix(cnt, ": 0") {
+						t.Logf("rows with %s NULL though in properties (a replica that was inactive while it was added): %s", name, cnt)
+					}
+				}
+			}
 		}
 	}
 }
