@@ -70,15 +70,7 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	flags := flag.NewFlagSet("schema "+sub, flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	dir := flags.String("dir", ".surge", "data `folder` of the local stack, whose stack.json says where it listens")
-	natsURL := flags.String("nats", "", "NATS `URLs`, comma separated (env SURGE_NATS_URL)")
-	user := flags.String("user", "", "NATS user (env SURGE_NATS_USER)")
-	password := flags.String("password", "", "NATS password (env SURGE_NATS_PASSWORD)")
-	chAddrs := flags.String("clickhouse", "", "ClickHouse shard servers' native `addresses`, comma separated, replicas joined by | (env SURGE_CLICKHOUSE_ADDRS)")
-	chUser := flags.String("clickhouse-user", "", "ClickHouse user (env SURGE_CLICKHOUSE_USERNAME)")
-	chPassword := flags.String("clickhouse-password", "", "ClickHouse password (env SURGE_CLICKHOUSE_PASSWORD)")
-	database := flags.String("database", "", "ClickHouse database of events_local (env SURGE_CLICKHOUSE_DATABASE; default surge)")
-	table := flags.String("table", "", "the schema's `name` in the registry (env SURGE_SCHEMA_TABLE; default "+schema.DefaultConfig().Table+")")
+	where := addStackFlags(flags, "the schema's `name` in the registry (env SURGE_SCHEMA_TABLE; default "+schema.DefaultConfig().Table+")")
 	tenant := flags.String("tenant", "", "count this tenant's rows only")
 	asJSON := flags.Bool("json", false, "print the result as JSON")
 	timeout := flags.Duration("timeout", 30*time.Second, "bound on each request")
@@ -113,13 +105,7 @@ func runSchema(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if sample != nil && *sample <= 0 {
 		return errors.New("--sample must be positive")
 	}
-	set := map[string]bool{}
-	flags.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	cfg, err := statusConfig(set, *dir, map[string]string{
-		"nats": *natsURL, "user": *user, "password": *password,
-		"clickhouse": *chAddrs, "clickhouse-user": *chUser, "clickhouse-password": *chPassword,
-		"database": *database, "table": *table,
-	})
+	cfg, err := where.config(flags, nil)
 	if err != nil {
 		return err
 	}

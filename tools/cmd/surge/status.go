@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"maps"
 	"os"
 	"os/signal"
 	"slices"
@@ -70,15 +71,7 @@ func statusCmd(args []string) int {
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("status", flag.ContinueOnError)
 	flags.SetOutput(stderr)
-	dir := flags.String("dir", ".surge", "data `folder` of the local stack, whose stack.json says where it listens")
-	natsURL := flags.String("nats", "", "NATS `URLs`, comma separated (env SURGE_NATS_URL)")
-	user := flags.String("user", "", "NATS user (env SURGE_NATS_USER)")
-	password := flags.String("password", "", "NATS password (env SURGE_NATS_PASSWORD)")
-	chAddrs := flags.String("clickhouse", "", "ClickHouse shard servers' native `addresses`, comma separated, replicas joined by | (env SURGE_CLICKHOUSE_ADDRS)")
-	chUser := flags.String("clickhouse-user", "", "ClickHouse user (env SURGE_CLICKHOUSE_USERNAME)")
-	chPassword := flags.String("clickhouse-password", "", "ClickHouse password (env SURGE_CLICKHOUSE_PASSWORD)")
-	database := flags.String("database", "", "ClickHouse database of events_local (env SURGE_CLICKHOUSE_DATABASE; default surge)")
-	table := flags.String("table", "", "the schema `name` whose typed columns land in events_local (env SURGE_SCHEMA_TABLE; default events)")
+	where := addStackFlags(flags, "the schema `name` whose typed columns land in events_local (env SURGE_SCHEMA_TABLE; default events)")
 	admin := flags.String("admin", "", "service instances' admin `addresses` as name=host:port, comma separated, the name starting with its service: sink=10.0.0.5:8084,sink-2=10.0.0.6:8084 (env SURGE_STATUS_ADMIN)")
 	shards := flags.Int("shards", 0, "number of shards (0: found from the consumers, leases and ClickHouse)")
 	watch := flags.Bool("watch", false, "refresh in place every --interval until Ctrl-C")
@@ -107,13 +100,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		fmt.Fprintln(stderr, "surge status: --interval must be positive")
 		return statusFailed
 	}
-	set := map[string]bool{}
-	flags.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	cfg, err := statusConfig(set, *dir, map[string]string{
-		"nats": *natsURL, "user": *user, "password": *password,
-		"clickhouse": *chAddrs, "clickhouse-user": *chUser, "clickhouse-password": *chPassword,
-		"database": *database, "table": *table, "admin": *admin,
-	})
+	cfg, err := where.config(flags, map[string]string{"admin": *admin})
 	if err != nil {
 		fmt.Fprintf(stderr, "surge status: %v\n", err)
 		return statusFailed
@@ -194,6 +181,47 @@ var statusEnv = map[string]string{
 // statusConfig resolves each setting from its flag, else its environment
 // variable, else the local stack's stack.json, read unless NATS was named
 // by flag or environment (and --dir was not given).
+// stackFlags are the flags that say where a stack's NATS and ClickHouse
+// are, shared by surge status and surge schema; each falls back to its
+// SURGE_* variable, then to the local stack's stack.json (statusConfig).
+type stackFlags struct {
+	dir    *string
+	values map[string]*string
+}
+
+// addStackFlags registers the stack flags on fs; tableUsage describes
+// --table for the command.
+func addStackFlags(fs *flag.FlagSet, tableUsage string) *stackFlags {
+	f := &stackFlags{values: map[string]*string{}}
+	f.dir = fs.String("dir", ".surge", "data `folder` of the local stack, whose stack.json says where it listens")
+	for _, d := range []struct{ name, usage string }{
+		{"nats", "NATS `URLs`, comma separated (env SURGE_NATS_URL)"},
+		{"user", "NATS user (env SURGE_NATS_USER)"},
+		{"password", "NATS password (env SURGE_NATS_PASSWORD)"},
+		{"clickhouse", "ClickHouse shard servers' native `addresses`, comma separated, replicas joined by | (env SURGE_CLICKHOUSE_ADDRS)"},
+		{"clickhouse-user", "ClickHouse user (env SURGE_CLICKHOUSE_USERNAME)"},
+		{"clickhouse-password", "ClickHouse password (env SURGE_CLICKHOUSE_PASSWORD)"},
+		{"database", "ClickHouse database of events_local (env SURGE_CLICKHOUSE_DATABASE; default surge)"},
+		{"table", tableUsage},
+	} {
+		f.values[d.name] = fs.String(d.name, "", d.usage)
+	}
+	return f
+}
+
+// config is where the parsed fs says the stack is; extra are the
+// command's own flags that statusConfig also resolves (admin).
+func (f *stackFlags) config(fs *flag.FlagSet, extra map[string]string) (status.Config, error) {
+	set := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	values := make(map[string]string, len(f.values)+len(extra))
+	for name, v := range f.values {
+		values[name] = *v
+	}
+	maps.Copy(values, extra)
+	return statusConfig(set, *f.dir, values)
+}
+
 func statusConfig(set map[string]bool, dir string, flags map[string]string) (status.Config, error) {
 	v := map[string]string{}
 	for name, val := range flags {
