@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/retry"
 )
 
 // Bucket is the key-value bucket of the agreed schemas, one key per table
@@ -222,4 +224,37 @@ func (d *Doc) Clone() *Doc {
 		}
 	}
 	return out
+}
+
+// OpenRegistryRetrying is OpenRegistry tried again, paced by rc, until it
+// answers or ctx ends; onRetry hears of each failed attempt.
+func OpenRegistryRetrying(ctx context.Context, js jetstream.JetStream, table string, replicas int, timeout time.Duration,
+	rc retry.Config, onRetry func(attempt int, err error, wait time.Duration)) (*Registry, error) {
+	var reg *Registry
+	err := retry.Do(ctx, rc, func() error {
+		var err error
+		reg, err = OpenRegistry(ctx, js, table, replicas, timeout)
+		return err
+	}, onRetry)
+	if err != nil {
+		return nil, err
+	}
+	return reg, nil
+}
+
+// Follow keeps Current up to date until ctx ends, watching again, paced by
+// rc, after the watch fails; onStop hears of each failure.
+func (r *Registry) Follow(ctx context.Context, rc retry.Config, onStop func(err error, wait time.Duration)) {
+	b := rc.NewBackOff()
+	for {
+		err := r.Watch(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := b.NextBackOff()
+		onStop(err, wait)
+		if !retry.Sleep(ctx, wait) {
+			return
+		}
+	}
 }

@@ -39,11 +39,7 @@ func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, re
 	if err != nil {
 		return nil, err
 	}
-	var reg *schema.Registry
-	err = retry.Do(ctx, rc, func() error {
-		reg, err = schema.OpenRegistry(ctx, js, cfg.Table, replicas, timeout)
-		return err
-	}, func(attempt int, err error, wait time.Duration) {
+	reg, err := schema.OpenRegistryRetrying(ctx, js, cfg.Table, replicas, timeout, rc, func(attempt int, err error, wait time.Duration) {
 		log.Warn("open schema bucket, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
 	if err != nil {
@@ -57,18 +53,9 @@ func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, re
 // watch keeps the schema current until ctx ends, starting the watch again
 // when it fails.
 func (t *typer) watch(ctx context.Context, rc retry.Config) {
-	b := rc.NewBackOff()
-	for {
-		err := t.reg.Watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		wait := b.NextBackOff()
+	t.reg.Follow(ctx, rc, func(err error, wait time.Duration) {
 		t.log.Warn("schema watch stopped, watching again", zap.Duration("wait", wait), zap.Error(err))
-		if !retry.Sleep(ctx, wait) {
-			return
-		}
-	}
+	})
 }
 
 // project fills b's typed columns. A proposal that fails (NATS down, every

@@ -52,14 +52,10 @@ func (r *schemaRegistry) column(name string) *schema.Col {
 // watches and reconciles until ctx ends. The sink inserts meanwhile: a
 // batch's own columns never wait for it.
 func (s *Service) runSchema(ctx context.Context, js jetstream.JetStream, servers []*server) {
-	var reg *schema.Registry
-	err := retry.Do(ctx, s.cfg.Retry, func() error {
-		var err error
-		reg, err = schema.OpenRegistry(ctx, js, s.cfg.Schema.Table, s.cfg.Streams.Replicas, natsTimeout)
-		return err
-	}, func(attempt int, err error, wait time.Duration) {
-		s.log.Warn("open schema bucket, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
-	})
+	reg, err := schema.OpenRegistryRetrying(ctx, js, s.cfg.Schema.Table, s.cfg.Streams.Replicas, natsTimeout, s.cfg.Retry,
+		func(attempt int, err error, wait time.Duration) {
+			s.log.Warn("open schema bucket, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		})
 	if err != nil {
 		return // ctx ended
 	}
@@ -67,7 +63,9 @@ func (s *Service) runSchema(ctx context.Context, js jetstream.JetStream, servers
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		s.watchSchema(ctx, reg)
+		reg.Follow(ctx, s.cfg.Retry, func(err error, wait time.Duration) {
+			s.log.Warn("schema watch stopped, watching again", zap.Duration("wait", wait), zap.Error(err))
+		})
 	}()
 	defer func() { <-done }()
 
@@ -86,22 +84,6 @@ func (s *Service) runSchema(ctx context.Context, js jetstream.JetStream, servers
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		}
-	}
-}
-
-// watchSchema keeps reg current until ctx ends.
-func (s *Service) watchSchema(ctx context.Context, reg *schema.Registry) {
-	b := s.cfg.Retry.NewBackOff()
-	for {
-		err := reg.Watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		wait := b.NextBackOff()
-		s.log.Warn("schema watch stopped, watching again", zap.Duration("wait", wait), zap.Error(err))
-		if !retry.Sleep(ctx, wait) {
-			return
 		}
 	}
 }
@@ -150,16 +132,21 @@ func (s *Service) oldestServer(ctx context.Context, servers []*server) (schema.S
 				errs = append(errs, err)
 				continue
 			}
-			if oldest == nil || !c.server.AtLeast(oldest.Major, oldest.Minor) {
-				v := c.server
-				oldest = &v
-			}
+			oldest = older(oldest, c.server)
 		}
 	}
 	if oldest == nil {
 		return schema.Server{}, errors.Join(errs...)
 	}
 	return *oldest, nil
+}
+
+// older is the older of *oldest (nil for none yet) and s.
+func older(oldest *schema.Server, s schema.Server) *schema.Server {
+	if oldest == nil || !s.AtLeast(oldest.Major, oldest.Minor) {
+		return &s
+	}
+	return oldest
 }
 
 // ensureColumns adds the columns of doc that want selects to every
@@ -210,10 +197,7 @@ func (s *Service) reconcile(ctx context.Context, reg *schema.Registry, servers [
 				s.log.Debug("reconcile: read columns", zap.String("addr", r.addr), zap.Error(err))
 				continue
 			}
-			if oldest == nil || !c.server.AtLeast(oldest.Major, oldest.Minor) {
-				v := c.server
-				oldest = &v
-			}
+			oldest = older(oldest, c.server)
 			var dist []schema.ColumnDef
 			for name, col := range snap.Doc.Columns {
 				old := now.Sub(col.Added) >= reconcileGrace
