@@ -414,7 +414,7 @@ func (f *flattener) appendJSON(dst []byte, v *fastjson.Value) []byte {
 				dst = append(dst, ',')
 			}
 			first = false
-			dst = appendJSONString(dst, string(k))
+			dst = AppendJSONString(dst, string(k))
 			dst = append(dst, ':')
 			dst = f.appendJSON(dst, m)
 		})
@@ -431,7 +431,7 @@ func (f *flattener) appendJSON(dst []byte, v *fastjson.Value) []byte {
 		return append(dst, ']')
 	case fastjson.TypeString:
 		s, _ := v.StringBytes()
-		return appendJSONString(dst, string(s))
+		return AppendJSONString(dst, string(s))
 	case fastjson.TypeNumber:
 		at := len(dst)
 		dst = v.MarshalTo(dst)
@@ -459,16 +459,16 @@ func (ps *Parsed) appendValueJSON(dst []byte, v value) []byte {
 	case vInt, vFloat, vNumber, vJSON, vArray:
 		return append(dst, ps.textOf(v.text)...)
 	case vString:
-		return appendJSONString(dst, ps.textOf(v.text))
+		return AppendJSONString(dst, ps.textOf(v.text))
 	}
 	return append(dst, "null"...)
 }
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString appends s as a JSON string, as encoding/json writes it
+// AppendJSONString appends s as a JSON string, as encoding/json writes it
 // without HTML escaping: invalid UTF-8 becomes U+FFFD.
-func appendJSONString(dst []byte, s string) []byte {
+func AppendJSONString(dst []byte, s string) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {
 		c := s[i]

@@ -435,7 +435,7 @@ func (pr *projection) writeConflicts() {
 			if i > 0 {
 				pr.conflicts = append(pr.conflicts, ',')
 			}
-			pr.conflicts = appendJSONString(pr.conflicts, keys[f.key].pointer)
+			pr.conflicts = AppendJSONString(pr.conflicts, keys[f.key].pointer)
 			pr.conflicts = append(pr.conflicts, ':')
 			pr.conflicts = pr.parsed.appendValueJSON(pr.conflicts, f.v)
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/schema"
 )
 
 // conflict is a value left out of its typed column, for its row's
@@ -35,7 +36,7 @@ func mergeConflicts(existing string, add []conflict) string {
 	if existing != "" {
 		fields, ok := objectFields(existing)
 		if !ok {
-			fields = []field{{key: "", raw: append(append(jsonString(nil, ""), ':'), jsonString(nil, existing)...)}}
+			fields = []field{{key: "", raw: append(append(schema.AppendJSONString(nil, ""), ':'), schema.AppendJSONString(nil, existing)...)}}
 		}
 		for _, f := range fields {
 			entries = append(entries, entry{key: f.key, raw: f.raw})
@@ -47,7 +48,7 @@ func mergeConflicts(existing string, add []conflict) string {
 			continue
 		}
 		have[c.key] = true
-		raw := append(jsonString(nil, c.key), ':')
+		raw := append(schema.AppendJSONString(nil, c.key), ':')
 		entries = append(entries, entry{key: c.key, raw: append(raw, c.value...)})
 	}
 	slices.SortStableFunc(entries, func(a, b entry) int { return cmp.Compare(a.key, b.key) })
@@ -180,9 +181,9 @@ func valueJSON(dst []byte, c *batch.Column, i int) []byte {
 	case batch.Float64:
 		return appendJSONFloat(dst, c.Floats[i])
 	case batch.DateTime:
-		return jsonString(dst, formatTime(c.Ints[i]))
+		return schema.AppendJSONString(dst, formatTime(c.Ints[i]))
 	}
-	return jsonString(dst, c.Strs[i])
+	return schema.AppendJSONString(dst, c.Strs[i])
 }
 
 // appendJSONFloat appends f as encoding/json writes it.
@@ -203,14 +204,4 @@ func appendJSONFloat(dst []byte, f float64) []byte {
 		}
 	}
 	return dst
-}
-
-// jsonString appends s as a JSON string, as encoding/json writes it
-// without HTML escaping (and as the batcher writes _conflicts).
-func jsonString(dst []byte, s string) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(s) // a string always encodes
-	return append(dst, bytes.TrimSuffix(b.Bytes(), []byte("\n"))...)
 }
