@@ -155,3 +155,46 @@ func TestPublishChecksTheLeaseFirst(t *testing.T) {
 	require.Len(t, readBatches(t, js, 0), 1)
 	require.Equal(t, 1, counter(s.m.batches, 0))
 }
+
+// TestBatchCutWithoutTheLeaseIsProjected: a batch cut while the shard's
+// lease looked lost is still projected on the agreed schema (it may be
+// published once the lease is renewed), and its new keys, which it may not
+// propose, are listed in _unpromoted rather than dropped from the typed side.
+func TestBatchCutWithoutTheLeaseIsProjected(t *testing.T) {
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL(), 1, batch.DefaultPolicy())
+	s, err := New(cfg, service.Deps{
+		Logger: zaptest.NewLogger(t), Registry: prometheus.NewRegistry(), TracerProvider: noop.NewTracerProvider(),
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = s.Close() })
+	ty, err := newTyper(t.Context(), js, cfg.Schema, 1, 5*time.Second, cfg.Retry, s.typedMetrics, zaptest.NewLogger(t))
+	require.NoError(t, err)
+	mine := true
+	l := &shardLoop{s: s, k: 0, typer: ty, holds: func() bool { return mine }}
+	cut := func(properties string) *batch.Batch {
+		_, rows := newMessage(0, 2)
+		for i := range rows {
+			rows[i].Properties = properties
+		}
+		builder := batch.NewBuilder(0, batch.DefaultPolicy())
+		builder.Add(1, rows, time.Now())
+		b := builder.Cut()
+		l.project(t.Context(), b)
+		return b
+	}
+
+	held := cut(`{"plan":"pro"}`)
+	require.Len(t, held.Typed, 1, "the shard's owner proposes plan")
+	require.Equal(t, "p_plan", held.Typed[0].Name)
+
+	mine = false
+	b := cut(`{"plan":"free","seats":3}`)
+	require.True(t, b.Projected())
+	require.Len(t, b.Typed, 1, "plan is agreed; seats is not and is not proposed")
+	require.Equal(t, "p_plan", b.Typed[0].Name)
+	require.Equal(t, []string{"free", "free"}, b.Typed[0].Strs)
+	require.Equal(t, [][]string{{"/seats"}, {"/seats"}}, b.Unpromoted)
+	require.Len(t, ty.reg.Current().Doc.Columns, 1, "nothing proposed without the lease")
+}

@@ -327,13 +327,16 @@ func (l *shardLoop) cut(ctx context.Context, reason batch.CutReason) {
 }
 
 // project fills b's typed columns, when they are on. It happens once per
-// batch, before its first publish: a retry publishes the same bytes. A
-// shard whose lease is lost publishes nothing more, so it proposes nothing
-// either: a proposal waiting on an unreachable NATS would hold up the
-// shard's handover to its next owner.
+// batch, before its first publish: a retry publishes the same bytes.
+// Every batch is projected, since a batch cut while the lease looked lost
+// may still be published when the lease is renewed, and must carry its
+// columns (or list its keys in _unpromoted) like any other. Only a shard
+// this instance holds proposes new keys: a proposal waiting on an
+// unreachable NATS would hold up the shard's handover to its next owner,
+// so without the lease new keys stay unpromoted (pending) in the batch.
 func (l *shardLoop) project(ctx context.Context, b *batch.Batch) {
-	if l.typer != nil && l.holds() {
-		l.typer.project(ctx, b)
+	if l.typer != nil {
+		l.typer.project(ctx, b, l.holds())
 	}
 }
 

@@ -58,13 +58,20 @@ func (t *typer) watch(ctx context.Context, rc retry.Config) {
 	})
 }
 
-// project fills b's typed columns. A proposal that fails (NATS down, every
-// compare-and-swap lost) leaves the batch's new keys in _unpromoted: the
-// batch still moves, and a later batch proposes them again.
-func (t *typer) project(ctx context.Context, b *batch.Batch) {
+// project fills b's typed columns, proposing the batch's new keys first
+// when propose is set. A proposal that fails (NATS down, every
+// compare-and-swap lost) or is not made leaves the batch's new keys in
+// _unpromoted: the batch still moves, and a later batch proposes them
+// again.
+func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 	parsed := t.proj.Parse(b)
 	now := time.Now().UTC()
 	snap := t.reg.Current()
+	if !propose {
+		stats := t.proj.Project(parsed, snap.Doc, b)
+		t.m.count(stats)
+		return
+	}
 	if _, changed := t.proj.Plan(parsed, snap.Doc, now); changed {
 		uctx, cancel := context.WithTimeout(ctx, t.timeout)
 		next, err := t.reg.Update(uctx, func(d *schema.Doc) (*schema.Doc, bool) { return t.proj.Plan(parsed, d, now) })
