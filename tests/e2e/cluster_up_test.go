@@ -28,7 +28,8 @@ import (
 
 // TestClusterUpCommand runs `surge up --cluster` as a user would: every
 // server and two processes of each service run as separate processes. It
-// sends events to both ingest instances, checks each lands exactly once on
+// checks its NATS nodes run from the surge binary itself, sends events to
+// both ingest instances, checks each lands exactly once on
 // both replicas of its ClickHouse shard, then stops the cluster with
 // SIGTERM and checks that every process it started is gone.
 func TestClusterUpCommand(t *testing.T) {
@@ -72,6 +73,16 @@ func TestClusterUpCommand(t *testing.T) {
 	require.Len(t, info.Admin, 8)
 	// 8 services, 4 ClickHouse servers, ZooKeeper, 3 NATS nodes.
 	require.Len(t, info.PIDs, 16)
+	// The NATS nodes run from the surge binary, which embeds nats-server:
+	// a fresh clone needs none installed.
+	realBin, err := filepath.EvalSymlinks(bin)
+	require.NoError(t, err)
+	for i := range 3 {
+		name := fmt.Sprintf("nats-%d", i)
+		exe, err := os.Readlink(fmt.Sprintf("/proc/%d/exe", info.PIDs[name]))
+		require.NoError(t, err, name)
+		require.Equal(t, realBin, exe, name)
+	}
 
 	for i, base := range info.IngestURLs {
 		for p := range perIngest / perPost {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,6 +65,11 @@ type ClusterOptions struct {
 	// ServiceEnv adds or overrides variables of one service's processes,
 	// by service name (e.g. a log level for the batchers only).
 	ServiceEnv map[string]map[string]string
+	// NATSServer is the command that runs one NATS node, to which
+	// `-c <config>` is appended: `surge up --cluster` passes its own
+	// binary and `nats-server`, since surge embeds nats-server. When
+	// empty, the released nats-server natscluster.Binary finds.
+	NATSServer []string
 }
 
 // Instance is one service process.
@@ -94,9 +100,10 @@ type Cluster struct {
 	Instances []*Instance
 	Database  string
 
-	nats    []*natsNode
-	natsBin string
-	opts    ClusterOptions
+	nats []*natsNode
+	// natsServer is ClusterOptions.NATSServer, or the released binary.
+	natsServer []string
+	opts       ClusterOptions
 	// common and perService are the services' environment, kept for
 	// instances added later.
 	common     map[string]string
@@ -128,15 +135,19 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 		return nil, fmt.Errorf("data folder: %w", err)
 	}
 	o.Dir = dir
-	natsBin, err := natscluster.Binary()
-	if err != nil {
-		return nil, err
+	natsServer := o.NATSServer
+	if len(natsServer) == 0 {
+		bin, err := natscluster.Binary()
+		if err != nil {
+			return nil, err
+		}
+		natsServer = []string{bin}
 	}
 	lock, err := Lock(o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{opts: o, lock: lock, Database: "surge", natsBin: natsBin}
+	c := &Cluster{opts: o, lock: lock, Database: "surge", natsServer: natsServer}
 	fail := func(err error) (*Cluster, error) {
 		_ = c.Stop()
 		return nil, err
@@ -161,7 +172,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (*Cluster, error) {
 	}
 
 	o.Logf("starting 3 NATS nodes")
-	if err := c.startNATS(ctx, natsBin); err != nil {
+	if err := c.startNATS(ctx); err != nil {
 		_ = waitBuilt()
 		return fail(err)
 	}
@@ -250,7 +261,13 @@ authorization {
 		DemoProducer.Tenant, DemoProducer.Tenant, DemoProducer.Tenant)
 }
 
-func (c *Cluster) startNATS(ctx context.Context, bin string) error {
+// natsCommand is the command running the node whose configuration is conf.
+func (c *Cluster) natsCommand(conf string) *exec.Cmd {
+	args := append(slices.Clone(c.natsServer[1:]), "-c", conf)
+	return exec.Command(c.natsServer[0], args...)
+}
+
+func (c *Cluster) startNATS(ctx context.Context) error {
 	const n = 3
 	free, err := ports.Free(3 * n)
 	if err != nil {
@@ -274,7 +291,7 @@ func (c *Cluster) startNATS(ctx context.Context, bin string) error {
 		if err := os.WriteFile(conf, []byte(nd.config(free[3*i+1], routes)), 0o644); err != nil {
 			return fmt.Errorf("nats config: %w", err)
 		}
-		p, err := spawn(exec.Command(bin, "-c", conf), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
+		p, err := spawn(c.natsCommand(conf), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
 		if err != nil {
 			return fmt.Errorf("start %s: %w", nd.name, err)
 		}
@@ -700,7 +717,7 @@ func (c *Cluster) RestartNATS(ctx context.Context, i int) error {
 	if p.Running() {
 		return fmt.Errorf("%s runs already (pid %d)", nd.name, p.PID())
 	}
-	p, err := spawn(exec.Command(c.natsBin, "-c", filepath.Join(nd.dir, "nats.conf")), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
+	p, err := spawn(c.natsCommand(filepath.Join(nd.dir, "nats.conf")), nd.dir, filepath.Join(nd.dir, "nats.log"), nil)
 	if err != nil {
 		return fmt.Errorf("start %s: %w", nd.name, err)
 	}

@@ -21,6 +21,9 @@ Commands:
   schema  ls | conflicts | unpromoted
           the typed columns agreed and in ClickHouse, with fill rates; the
           property paths that conflict with their column or stay unpromoted
+  nats-server
+          the nats-server surge embeds, with nats-server's own flags (-c FILE);
+          up --cluster runs its NATS nodes with it
 
 Run "surge <command> -h" for the flags of a command.
 `
@@ -46,6 +49,8 @@ func main() {
 		os.Exit(statusCmd(os.Args[2:]))
 	case "setup":
 		err = setup(context.Background())
+	case natsServerCommand:
+		err = natsServer(os.Args[2:])
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 		return

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
 	"os/signal"
 	"sort"
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/zookeeper"
@@ -39,10 +42,14 @@ func upCluster(dir string, fresh bool, shards int, httpAddrs, level string) erro
 	if err := zookeeper.EnsureInstalled(ctx, logf); err != nil {
 		return err
 	}
+	natsCmd, err := embeddedNATSServer()
+	if err != nil {
+		return err
+	}
 	started := time.Now()
 	c, err := stack.StartCluster(ctx, stack.ClusterOptions{
 		Dir: dir, Fresh: fresh, Shards: shards, IngestAddrs: [2]string{addrs[0], addrs[1]},
-		LogLevel: level, Logf: logf,
+		LogLevel: level, Logf: logf, NATSServer: natsCmd,
 	})
 	if err != nil {
 		return err
@@ -66,6 +73,16 @@ func upCluster(dir string, fresh bool, shards int, httpAddrs, level string) erro
 	return nil
 }
 
+// embeddedNATSServer is the command that runs a NATS node from this very
+// binary (its nats-server subcommand), for stack.ClusterOptions.NATSServer.
+func embeddedNATSServer() ([]string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find the surge binary to run the NATS nodes: %w", err)
+	}
+	return []string{exe, natsServerCommand}, nil
+}
+
 func printClusterBanner(c *stack.Cluster, info stack.Info, took time.Duration) {
 	fmt.Printf(`
 surge: cluster up in %s
@@ -73,10 +90,10 @@ surge: cluster up in %s
                   -d '[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]'
   ingest        %s
   query         go tool task query -- "SELECT type, count() FROM %s.events GROUP BY type"
-  NATS          %s (3 nodes, streams at 3 replicas; services log in as %s)
+  NATS          %s (3 nodes of the nats-server %s surge embeds, streams at 3 replicas; services log in as %s)
   ZooKeeper     %s
 `, took.Round(time.Millisecond), info.IngestURL, strings.Join(info.IngestURLs, " "), info.Database,
-		info.NATSURL, info.NATSUser, info.ZooKeeper)
+		info.NATSURL, server.VERSION, info.NATSUser, info.ZooKeeper)
 	for i, replicas := range info.ClickHouseReplicas {
 		fmt.Printf("  ClickHouse    shard %d: %s (native)\n", i, strings.Join(replicas, " "))
 	}
