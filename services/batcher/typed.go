@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/failpoint"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/schema"
 )
@@ -81,6 +82,7 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 			if next.Wrote {
 				t.m.changes.Inc()
 				t.log.Info("schema changed", zap.Uint64("revision", next.Rev), zap.Int("columns", len(next.Doc.Columns)))
+				failpoint.Stop(failpoint.BatcherSchemaWritten)
 			}
 			snap = next
 		case errors.Is(err, schema.ErrContended):

@@ -12,6 +12,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/failpoint"
 	"github.com/surge-events/surge/pkg/retry"
 )
 
@@ -375,8 +376,9 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	defer func() { r.noteSchemaLoss(err) }()
 	var typed []typedInsert
 	var cols *tableColumns
+	added := false
 	if len(b.Typed) > 0 {
-		if cols, err = s.keeper.ensure(ctx, s, r, b.Typed); err != nil {
+		if cols, added, err = s.keeper.ensure(ctx, s, r, b.Typed); err != nil {
 			return err
 		}
 		var conflicts []string
@@ -409,6 +411,9 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	}
 	if err := bt.Send(); err != nil {
 		return fmt.Errorf("send to %s: %w", r.addr, err)
+	}
+	if added {
+		failpoint.Stop(failpoint.SinkInsertedNewColumn)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sync/singleflight"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/failpoint"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/schema"
 )
@@ -349,21 +350,22 @@ func (k *columnKeeper) migrate(ctx context.Context, s *server, r *replica) error
 }
 
 // ensure makes sure events_local of replica r of server s holds every
-// column of typed, adding those it lacks, and returns r's columns then.
-func (k *columnKeeper) ensure(ctx context.Context, s *server, r *replica, typed []batch.Column) (*tableColumns, error) {
+// column of typed, adding those it lacks, and returns r's columns then,
+// and whether it added any.
+func (k *columnKeeper) ensure(ctx context.Context, s *server, r *replica, typed []batch.Column) (*tableColumns, bool, error) {
 	c, err := k.columns(ctx, r)
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	if len(lacks(c.local, typed)) == 0 {
-		return c, nil
+		return c, false, nil
 	}
 	if c, err = k.refresh(ctx, r); err != nil {
-		return nil, err
+		return nil, false, err
 	}
 	missing := lacks(c.local, typed)
 	if len(missing) == 0 {
-		return c, nil
+		return c, false, nil
 	}
 	var defs []schema.ColumnDef
 	for i := range typed {
@@ -379,15 +381,17 @@ func (k *columnKeeper) ensure(ctx context.Context, s *server, r *replica, typed 
 		})
 	}
 	if len(defs) == 0 {
-		return c, nil
+		return c, false, nil
 	}
 	key := "add " + r.addr + " " + strings.Join(missing, ",")
 	if err := k.shared(ctx, key, func(ctx context.Context) error {
 		return k.addLocal(ctx, s, r, defs)
 	}); err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return k.columns(ctx, r)
+	failpoint.Stop(failpoint.SinkColumnAdded)
+	c, err = k.columns(ctx, r)
+	return c, err == nil, err
 }
 
 // typeChanged explains the driver refusing the values of typed column

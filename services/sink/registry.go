@@ -168,7 +168,7 @@ func (s *Service) ensureColumns(ctx context.Context, servers []*server, doc *sch
 	var errs []error
 	for _, srv := range servers {
 		i, r := srv.use(-1)
-		_, err := srv.keeper.ensure(ctx, srv, r, cols)
+		_, _, err := srv.keeper.ensure(ctx, srv, r, cols)
 		errs = append(errs, srv.done(-1, i, err))
 	}
 	return errors.Join(errs...)

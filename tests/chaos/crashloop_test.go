@@ -25,6 +25,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/surge-events/surge/pkg/failpoint"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/ports"
@@ -58,8 +59,10 @@ const (
 
 // TestCrashLoop runs the stack as users run it, `surge up` (embedded NATS,
 // the four services and the clickhouse-server children), under HTTP load,
-// SIGKILLs all of it at random moments and restarts it in the same data
-// folder each time. After every restart each sink shard that has work
+// SIGKILLs all of it and restarts it in the same data folder each time.
+// Three kills in four come at an exact point of a schema change (the load
+// brings new property keys): the stack runs with a failpoint armed, stops
+// there, and is killed (crashPoints); the others at random moments. After every restart each sink shard that has work
 // pending must insert again within resumeWithin; at the end every event
 // that got a 202 must be in ClickHouse exactly once.
 //
@@ -99,9 +102,10 @@ func TestCrashLoop(t *testing.T) {
 			t.Errorf("stop surge up: %v", err)
 		}
 	})
-	require.NoError(t, up.start())
+	require.NoError(t, up.start(crashPoint(1, cycles)))
 	info, ready, err := up.waitReady(t.Context(), 2*time.Minute)
 	require.NoError(t, err)
+	require.False(t, ready.IsZero(), "surge up stopped at its failpoint before it was ready the first time")
 	t.Logf("crashloop: surge up ready in %s", time.Since(started).Round(time.Millisecond))
 
 	// The load runs across every kill: issue ends new requests, abort
@@ -122,20 +126,30 @@ func TestCrashLoop(t *testing.T) {
 	})
 	since := func(tm time.Time) float64 { return tm.Sub(loadStart).Seconds() }
 
-	quick := 1
-	if cycles > 1 {
-		quick = 2 + rng.IntN(cycles-1)
+	// The quick kill is one of the random kills after the first, when
+	// there are two of them at least.
+	var randomKills []int
+	for n := 2; n <= cycles; n++ {
+		if crashPoint(n, cycles) == "" {
+			randomKills = append(randomKills, n)
+		}
+	}
+	quick := 0
+	if len(randomKills) > 1 {
+		quick = randomKills[rng.IntN(len(randomKills))]
 	}
 	var restarts []restartReport
 	for n := 1; n <= cycles; n++ {
+		point := crashPoint(n, cycles) // armed in the stack running now
 		delay := killMin + randDuration(rng, killMax-killMin)
 		if n == quick {
 			delay = quickKillMin + randDuration(rng, quickKillMax-quickKillMin)
 		}
 		killAt := ready.Add(delay)
-		if n > 1 {
+		if n > 1 && point == "" {
 			// Only the quick kill may cut the watch short: the others wait
-			// for it, so every shard's resume is judged.
+			// for it, so every shard's resume is judged. A stack armed at a
+			// failpoint may stop any time: its resume is not judged.
 			watchUntil := ready.Add(resumeWithin)
 			if n == quick {
 				watchUntil = killAt
@@ -144,22 +158,38 @@ func TestCrashLoop(t *testing.T) {
 			require.NoError(t, err, "restart %d", n-1)
 			restarts = append(restarts, restartReport{n: n - 1, ready: since(ready), shards: shards})
 		}
-		require.NoError(t, sleep(t.Context(), time.Until(killAt)))
+		if point == "" {
+			require.NoError(t, sleep(t.Context(), time.Until(killAt)))
+		} else {
+			require.NoError(t, up.waitStopped(t.Context(), failpointWithin), "kill %d", n)
+		}
 		killed := time.Now()
 		groups, err := up.kill(goneWithin)
 		require.NoError(t, err, "kill %d", n)
 		kind := ""
-		if n == quick {
+		switch {
+		case n == quick:
 			kind = " (the quick one)"
+		case point != "":
+			kind = " (stopped at " + point + ")"
 		}
-		t.Logf("crashloop: kill %d%s at %7.2fs, %.2fs after the stack was ready: %d process groups gone in %s (%d events accepted so far)",
-			n, kind, since(killed), killed.Sub(ready).Seconds(), groups, time.Since(killed).Round(time.Millisecond), l.acceptedEvents())
+		after := "before it was ready"
+		if !ready.IsZero() {
+			after = fmt.Sprintf("%.2fs after the stack was ready", killed.Sub(ready).Seconds())
+		}
+		t.Logf("crashloop: kill %d%s at %7.2fs, %s: %d process groups gone in %s (%d events accepted so far)",
+			n, kind, since(killed), after, groups, time.Since(killed).Round(time.Millisecond), l.acceptedEvents())
 
 		pause := randDuration(rng, time.Second)
 		require.NoError(t, sleep(t.Context(), pause))
-		require.NoError(t, up.start())
+		next := crashPoint(n+1, cycles)
+		require.NoError(t, up.start(next))
 		info, ready, err = up.waitReady(t.Context(), restartReady)
 		require.NoError(t, err, "restart %d", n)
+		if ready.IsZero() {
+			t.Logf("crashloop: restart %d stopped at %s before it was ready", n, next)
+			continue
+		}
 		t.Logf("crashloop: restart %d ready at %7.2fs, %s after the kill (restarted after a %s pause)",
 			n, since(ready), ready.Sub(killed).Round(time.Millisecond), pause.Round(time.Millisecond))
 	}
@@ -208,6 +238,28 @@ func TestCrashLoop(t *testing.T) {
 	checkAgreedColumns(t, js, [][]string{info.HTTP})
 	t.Logf("crashloop: seed %d passed in %s: %d kills, %d events exactly once, slowest shard resumed %.2fs after ready",
 		seed, time.Since(started).Round(time.Second), cycles, want, maxResume.Seconds())
+}
+
+// crashPoints are the exact points of a schema change the crash loop
+// stops the stack at (failpoint), in turn, to kill it there: after the
+// schema change is written and before its ALTER, after the ALTER and
+// before the insert, after the insert and before the ack. Every fourth
+// kill comes at a random moment instead.
+var crashPoints = []string{failpoint.BatcherSchemaWritten, failpoint.SinkColumnAdded, failpoint.SinkInsertedNewColumn}
+
+// failpointWithin bounds the wait for an armed stack to reach its point:
+// the load brings a new property key every newKeyEvery requests, a few a
+// second.
+const failpointWithin = time.Minute
+
+// crashPoint is the failpoint armed for kill n of cycles, "" for a kill at
+// a random moment (and after the last kill: the stack then runs to the
+// end unarmed).
+func crashPoint(n, cycles int) string {
+	if n < 1 || n > cycles || n%4 == 0 {
+		return ""
+	}
+	return crashPoints[(n-1-(n-1)/4)%len(crashPoints)]
 }
 
 // randDuration is a random duration in [0, d).
@@ -512,8 +564,9 @@ type surgeUp struct {
 	done chan struct{} // closed once cmd has been waited for
 }
 
-// start runs surge up on the data folder.
-func (s *surgeUp) start() error {
+// start runs surge up on the data folder, with point armed (failpoint.Env)
+// unless it is "".
+func (s *surgeUp) start(point string) error {
 	// A stack.json left behind by a killed stack names ports nobody
 	// listens on any more: remove it, so the next one found is new.
 	if err := stack.RemoveInfo(s.dir); err != nil {
@@ -527,6 +580,11 @@ func (s *surgeUp) start() error {
 	cmd := exec.Command(s.bin, "up", "--dir", s.dir, "--shards", strconv.Itoa(shards), "--clickhouse-servers", "2",
 		"--http", s.httpAddr, "--nats-port", "-1", "--mqtt-port", "0", "--log-level", "info")
 	cmd.Stdout, cmd.Stderr = f, f
+	cmd.Env = os.Environ()
+	if point != "" {
+		fmt.Fprintf(f, "===== armed: %s=%s =====\n", failpoint.Env, point)
+		cmd.Env = append(cmd.Env, failpoint.Env+"="+point)
+	}
 	// Its own process group, killed as one; and killed if the test dies.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -546,6 +604,8 @@ func (s *surgeUp) start() error {
 // waitReady waits until the stack has written its stack.json (surge up
 // writes it once every service is ready) and ingest's /readyz answers
 // 200, for at most timeout, and returns the Info and when it was seen.
+// A stack stopped at its armed failpoint before it was ready returns a
+// zero time and no error.
 func (s *surgeUp) waitReady(ctx context.Context, timeout time.Duration) (stack.Info, time.Time, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -555,6 +615,9 @@ func (s *surgeUp) waitReady(ctx context.Context, timeout time.Duration) (stack.I
 		case <-s.done:
 			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.cmd.ProcessState, tailFile(s.logPath, 30))
 		default:
+		}
+		if stopped, err := s.stopped(); err != nil || stopped {
+			return stack.Info{}, time.Time{}, err
 		}
 		info, err := stack.ReadInfo(s.dir)
 		if err == nil {
@@ -588,6 +651,42 @@ func readyz(ctx context.Context, addr string) error {
 		return fmt.Errorf("ingest /readyz: %s", resp.Status)
 	}
 	return nil
+}
+
+// stopped says whether surge up is stopped (state T in /proc), as an
+// armed failpoint leaves it.
+func (s *surgeUp) stopped() (bool, error) {
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return false, fmt.Errorf("state of surge up: %w", err)
+	}
+	// pid (comm) state ...: comm may hold spaces, the state follows its ')'.
+	i := strings.LastIndexByte(string(stat), ')')
+	if i < 0 || i+2 >= len(stat) {
+		return false, fmt.Errorf("state of surge up: %q", stat)
+	}
+	return stat[i+2] == 'T', nil
+}
+
+// waitStopped waits, for at most timeout, until surge up stops at its
+// armed failpoint.
+func (s *surgeUp) waitStopped(ctx context.Context, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	for {
+		select {
+		case <-s.done:
+			return fmt.Errorf("surge up exited instead of stopping at its failpoint: %s\n%s", s.cmd.ProcessState, tailFile(s.logPath, 30))
+		default:
+		}
+		stopped, err := s.stopped()
+		if err != nil || stopped {
+			return err
+		}
+		if err := sleep(ctx, 10*time.Millisecond); err != nil {
+			return fmt.Errorf("surge up did not reach its failpoint within %s", timeout)
+		}
+	}
 }
 
 // kill SIGKILLs surge up's process group and the group of each of its
