@@ -33,6 +33,7 @@ import (
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/streams"
 )
 
 // ConsumerName is the durable INGEST consumer every partitioner shares.
@@ -107,6 +108,13 @@ func (s *Service) partition(ctx context.Context, conn service.Conn) error {
 		return err // ctx ended
 	}
 	s.host.Admin().Ready(checkConsumer)
+	// A failure leaves the acked messages where they are, which only
+	// costs stream space: say so and go on.
+	if n, err := src.removeAcked(ctx); err != nil {
+		s.logger.Warn("remove acked messages", zap.String("stream", streams.Ingest), zap.Error(err))
+	} else if n > 0 {
+		s.logger.Info("removed acked messages", zap.String("stream", streams.Ingest), zap.Uint64("messages", n))
+	}
 	s.wd.Idle() // the stall clock starts with the workers, not at New
 	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
 
