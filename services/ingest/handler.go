@@ -372,25 +372,15 @@ func (s *Service) publish(ctx context.Context, tenant, msgID string, events []ev
 			message: "event store unavailable; retry later"}
 	}
 
-	estimate := 16
-	for i := range events {
-		estimate += events[i].Size()
-	}
-	msg := nats.NewMsg(streams.IngestSubject(tenant))
-	msg.Data = event.AppendEncoded(make([]byte, 0, estimate), events)
-	msg.Header.Set(streams.HeaderRows, strconv.Itoa(n))
-	if msgID != "" {
-		msg.Header.Set(jetstream.MsgIDHeader, msgID)
-	}
-
-	ctx, span := s.tracer.Start(ctx, "publish "+msg.Subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
+	subject := streams.IngestSubject(tenant)
+	ctx, span := s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
 		attribute.String("messaging.system", "nats"),
-		attribute.String("messaging.destination.name", msg.Subject),
+		attribute.String("messaging.destination.name", subject),
 		attribute.Int("messaging.batch.message_count", n),
 		attribute.String("surge.tenant", tenant),
 	))
 	defer span.End()
-	telemetry.Inject(ctx, msg.Header)
+	msg := streams.IngestMsg{Tenant: tenant, ID: msgID, Events: events}.Msg(ctx)
 
 	// Both the connection and the stream bound a message, headers included.
 	maxSize := min(conn.NC.MaxPayload(), int64(s.cfg.Streams.MaxMsgSize))

@@ -21,10 +21,6 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// segmentInvalidSubject is where ingest dead-letters the messages of a
-// Segment request it cannot store; the request's other messages are stored.
-func segmentInvalidSubject(tenant string) string { return "deadletter.ingest.invalid." + tenant }
-
 type successBody struct {
 	Success bool `json:"success"`
 }
@@ -166,7 +162,7 @@ func (s *Service) deadLetterSegment(ctx context.Context, tenant, msgID string, r
 		problems, _ := json.Marshal(m.Problems) // a slice of plain structs cannot fail
 		dl := streams.DeadLetterMsg{
 			Service:  "ingest",
-			Subject:  segmentInvalidSubject(tenant),
+			Subject:  streams.IngestInvalidSubject(tenant),
 			Data:     raws[i],
 			Reason:   problemsReason(m.Problems),
 			Index:    i,
