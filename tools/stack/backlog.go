@@ -13,13 +13,12 @@ import (
 // own state, so it counts what earlier runs left as well as this one's.
 type Backlog struct {
 	// Ingest is INGEST's messages (ingest's requests, producers' messages)
-	// the partitioner has not acked: INGEST is a work queue.
+	// the partitioner has not acked.
 	Ingest uint64
 	// Events is EVENTS' messages the batcher has not read yet (the
 	// batcher's consumers' pending count, per shard).
 	Events uint64
-	// Batches is BATCHES' batches the sink has not acked: BATCHES is a work
-	// queue.
+	// Batches is BATCHES' batches the sink has not acked.
 	Batches uint64
 }
 
@@ -42,13 +41,16 @@ func (s *Stack) Backlog() (Backlog, error) {
 // BacklogOf computes the backlog from JetStream's state.
 //
 // INGEST and BATCHES are work queues: a message stays until its consumer
-// acks it, so a stream's message count is its backlog. EVENTS keeps
-// batched messages for a while (the batcher purges them later), so its
-// backlog is what its consumers have still to deliver. The batcher reads
-// each shard with an ordered consumer that a restart replaces; the one it
-// left behind lingers on the server until its inactivity threshold and
-// counts everything since it stopped, so per shard (filter subject) the
-// smallest count is the batcher's.
+// acks it, so their backlog is what their consumers have still to deliver
+// or have acked (all their messages while no consumer reads them). Not
+// their message count: a server killed between an ack and the removal can
+// keep messages whose consumer has acked them, which nothing will deliver
+// again. EVENTS keeps batched messages for a while (the batcher purges
+// them later), so its backlog is what its consumers have still to
+// deliver. The batcher reads each shard with an ordered consumer that a
+// restart replaces; the one it left behind lingers on the server until
+// its inactivity threshold and counts everything since it stopped, so per
+// shard (filter subject) the smallest count is the batcher's.
 func BacklogOf(info *server.JSInfo) Backlog {
 	var b Backlog
 	if info == nil {
@@ -61,15 +63,33 @@ func BacklogOf(info *server.JSInfo) Backlog {
 		for _, st := range acc.Streams {
 			switch st.Name {
 			case streams.Ingest:
-				b.Ingest += st.State.Msgs
+				b.Ingest += unacked(st)
 			case streams.Batches:
-				b.Batches += st.State.Msgs
+				b.Batches += unacked(st)
 			case streams.Events:
 				b.Events += unread(st.Consumer)
 			}
 		}
 	}
 	return b
+}
+
+// unacked is what a work queue's consumers have still to deliver or have
+// acked; with no consumer, every message of the stream.
+func unacked(st server.StreamDetail) uint64 {
+	var total uint64
+	read := false
+	for _, c := range st.Consumer {
+		if c == nil {
+			continue
+		}
+		read = true
+		total += c.NumPending + uint64(max(c.NumAckPending, 0))
+	}
+	if !read {
+		return st.State.Msgs
+	}
+	return total
 }
 
 // unread adds, over the subjects the consumers filter, the smallest

@@ -328,21 +328,44 @@ func streamOf(info *jetstream.StreamInfo) Stream {
 	return s
 }
 
-// ingestBacklog: INGEST is a work queue, so its messages are the
-// partitioner's backlog and its first message the oldest waiting.
+// ingestBacklog is what the partitioner's consumer has still to deliver
+// or have acked. INGEST is a work queue, yet its message count is not the
+// backlog: a server killed between an ack and the removal can keep
+// messages the consumer has acked (its ack floor past them), which
+// nothing will deliver again. Without a consumer, every message waits.
 func (c *Collector) ingestBacklog(ctx context.Context, s jetstream.Stream, info *jetstream.StreamInfo) (Backlog, error) {
-	b := Backlog{Pending: info.State.Msgs}
-	if b.Pending > 0 && !info.State.FirstTime.IsZero() {
-		t := info.State.FirstTime.UTC()
-		b.Oldest = &t
-	}
 	consumers, err := c.consumers(ctx, s)
 	if err != nil {
-		return b, err
+		return Backlog{Pending: info.State.Msgs}, err
 	}
+	if len(consumers) == 0 {
+		b := Backlog{Pending: info.State.Msgs}
+		if b.Pending > 0 && !info.State.FirstTime.IsZero() {
+			t := info.State.FirstTime.UTC()
+			b.Oldest = &t
+		}
+		return b, nil
+	}
+	var b Backlog
+	floor := uint64(math.MaxUint64)
 	for _, ci := range consumers {
 		b.Consumer = ci.Name
+		b.Pending += ci.NumPending + uint64(max(ci.NumAckPending, 0))
 		b.LastProgress = later(b.LastProgress, ci.AckFloor.Last)
+		floor = min(floor, ci.AckFloor.Stream)
+	}
+	if b.Pending > 0 {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		msg, err := s.GetMsg(rctx, floor+1, jetstream.WithGetMsgSubject(">"))
+		cancel()
+		switch {
+		case err == nil:
+			t := msg.Time.UTC()
+			b.Oldest = &t
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		default:
+			return b, fmt.Errorf("oldest waiting message of %s: %w", streams.Ingest, err)
+		}
 	}
 	return b, nil
 }

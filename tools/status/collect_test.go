@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,7 +20,9 @@ import (
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
+	"github.com/surge-events/surge/services/partitioner"
 	"github.com/surge-events/surge/services/sink"
+	"github.com/surge-events/surge/tools/stack"
 )
 
 // TestCollect builds a known state in a real JetStream server, with real
@@ -251,4 +254,93 @@ func TestOwner(t *testing.T) {
 		assert.Equal(t, tc.want, owner(modes, leases, metrics, tc.svc, tc.k), "%s shard %d", tc.svc, tc.k)
 	}
 	assert.Equal(t, "static", owner(modes, leases, map[string]*instanceMetrics{}, "batcher", 0), "no admin asked")
+}
+
+// TestCollectIngestAckedLeftBehind: a NATS server killed between a
+// work-queue ack and the removal comes back with INGEST holding messages
+// the partitioner's consumer has acked (ack floor past them, nothing
+// pending). Resetting the consumer past them makes that state. They are
+// no backlog: the look reports none and no stalled partitioner, and the
+// stack's backlog (the progress line's) counts none either.
+func TestCollectIngestAckedLeftBehind(t *testing.T) {
+	ctx := t.Context()
+	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+
+	const acked = 82
+	for range acked {
+		_, err := js.Publish(ctx, streams.IngestSubject("demo"), []byte("x"))
+		require.NoError(t, err)
+	}
+	ingest, err := js.Stream(ctx, streams.Ingest)
+	require.NoError(t, err)
+	cons, err := ingest.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: partitioner.ConsumerName, AckPolicy: jetstream.AckExplicitPolicy})
+	require.NoError(t, err)
+	_, err = ingest.ResetConsumerToSequence(ctx, partitioner.ConsumerName, acked+1)
+	require.NoError(t, err)
+
+	ci, err := cons.Info(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(acked), ci.AckFloor.Stream)
+	require.Zero(t, ci.NumPending)
+	require.Zero(t, ci.NumAckPending)
+
+	// Shard 0's batcher and sink read their streams, which are empty.
+	events, err := js.Stream(ctx, streams.Events)
+	require.NoError(t, err)
+	_, err = events.CreateConsumer(ctx, jetstream.ConsumerConfig{FilterSubject: streams.EventsSubject(0), AckPolicy: jetstream.AckNonePolicy, InactiveThreshold: time.Minute})
+	require.NoError(t, err)
+	batches, err := js.Stream(ctx, streams.Batches)
+	require.NoError(t, err)
+	_, err = batches.CreateOrUpdateConsumer(ctx, sink.DefaultConfig().ConsumerConfig(0))
+	require.NoError(t, err)
+
+	c, err := New(Config{NATSURL: ns.ClientURL(), Shards: 1})
+	require.NoError(t, err)
+	t.Cleanup(func() { assert.NoError(t, c.Close()) })
+	look := func() *Report {
+		t.Helper()
+		r, err := c.Collect(ctx)
+		require.NoError(t, err)
+		// Any wait is a stall at once: a false backlog could not hide.
+		r.Judge(Thresholds{MaxLag: time.Hour, Stall: 0, StreamFull: 0.8})
+		return r
+	}
+	backlog := func() stack.Backlog {
+		t.Helper()
+		info, err := ns.Jsz(&server.JSzOptions{Accounts: true, Streams: true, Consumer: true, Config: true})
+		require.NoError(t, err)
+		return stack.BacklogOf(info)
+	}
+
+	r := look()
+	assert.Equal(t, uint64(acked), r.Streams[0].Messages, "the acked messages are still stored")
+	assert.Equal(t, partitioner.ConsumerName, r.Ingest.Consumer)
+	assert.Zero(t, r.Ingest.Pending)
+	assert.Nil(t, r.Ingest.Oldest)
+	assert.Equal(t, []Problem{}, r.Problems)
+	assert.True(t, r.Healthy)
+	assert.True(t, backlog().Empty())
+
+	// A request after them waits, and is the oldest waiting.
+	ack, err := js.Publish(ctx, streams.IngestSubject("demo"), []byte("y"))
+	require.NoError(t, err)
+	m, err := ingest.GetMsg(ctx, ack.Sequence)
+	require.NoError(t, err)
+	r = look()
+	assert.Equal(t, uint64(1), r.Ingest.Pending)
+	if assert.NotNil(t, r.Ingest.Oldest) {
+		assert.Equal(t, m.Time.UTC(), *r.Ingest.Oldest)
+	}
+	require.Len(t, r.Problems, 1)
+	assert.Equal(t, "partitioner", r.Problems[0].Subject)
+	assert.Equal(t, KindStalled, r.Problems[0].Kind)
+	assert.Equal(t, stack.Backlog{Ingest: 1}, backlog())
 }
