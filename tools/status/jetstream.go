@@ -1,0 +1,261 @@
+package status
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/services/sink"
+)
+
+// jsState is what JetStream says about the shards.
+type jsState struct {
+	events, batches map[int]Backlog
+	// lastAck is when each shard's sink consumer last acked.
+	lastAck map[int]*time.Time
+	// leases maps <service>.shard.<k> to its holder.
+	leases   map[string]string
+	maxShard int
+}
+
+func (c *Collector) jetStream(ctx context.Context, r *Report) (*jsState, error) {
+	st := &jsState{events: map[int]Backlog{}, batches: map[int]Backlog{}, lastAck: map[int]*time.Time{}, leases: map[string]string{}, maxShard: -1}
+	for _, name := range []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter} {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		s, err := c.js.Stream(rctx, name)
+		var info *jetstream.StreamInfo
+		if err == nil {
+			if name == streams.DeadLetter {
+				info, err = s.Info(rctx, jetstream.WithSubjectFilter("deadletter.>"))
+			} else {
+				info = s.CachedInfo()
+			}
+		}
+		cancel()
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			r.Streams = append(r.Streams, Stream{Name: name, Missing: true})
+			continue
+		}
+		if err != nil {
+			r.Streams = append(r.Streams, Stream{Name: name, Unreadable: err.Error()})
+			continue
+		}
+		r.Streams = append(r.Streams, streamOf(info))
+		var err2 error
+		switch name {
+		case streams.Ingest:
+			r.Ingest, err2 = c.ingestBacklog(ctx, s, info)
+		case streams.Events:
+			err2 = c.shardBacklogs(ctx, s, "events.shard.", false, st)
+		case streams.Batches:
+			err2 = c.shardBacklogs(ctx, s, "batches.shard.", true, st)
+		case streams.DeadLetter:
+			maps.Copy(r.DeadLetters, info.State.Subjects)
+		}
+		if err2 != nil {
+			r.Streams[len(r.Streams)-1].Unreadable = err2.Error()
+		}
+	}
+	if unreadable := func() bool {
+		for _, s := range r.Streams {
+			if s.Unreadable == "" {
+				return false
+			}
+		}
+		return true
+	}(); unreadable {
+		return nil, fmt.Errorf("no stream could be read: %s: %s", r.Streams[0].Name, r.Streams[0].Unreadable)
+	}
+	if err := c.leases(ctx, st); err != nil {
+		r.LeasesUnreadable = err.Error()
+		for _, svc := range []string{"batcher", "sink"} {
+			r.Ownership[svc] = "unknown"
+		}
+		return st, nil
+	}
+	for _, svc := range []string{"batcher", "sink"} {
+		r.Ownership[svc] = "static"
+	}
+	for key := range st.leases {
+		svc, rest, _ := strings.Cut(key, ".")
+		if svc == "members" {
+			svc, _, _ = strings.Cut(rest, ".")
+		} else if k, ok := shardOf(key, svc+".shard."); ok {
+			st.maxShard = max(st.maxShard, k)
+		}
+		if _, known := r.Ownership[svc]; known {
+			r.Ownership[svc] = "lease"
+		}
+	}
+	return st, nil
+}
+
+func streamOf(info *jetstream.StreamInfo) Stream {
+	s := Stream{
+		Name: info.Config.Name, Messages: info.State.Msgs, Bytes: info.State.Bytes,
+		MaxBytes: info.Config.MaxBytes, MaxMsgs: info.Config.MaxMsgs, Replicas: max(info.Config.Replicas, 1),
+	}
+	ci := info.Cluster
+	if ci == nil {
+		// A server without clustering holds its one replica.
+		s.Current = 1
+		return s
+	}
+	s.Leader = ci.Leader
+	if ci.Leader != "" {
+		s.Current = 1
+	}
+	for _, p := range ci.Replicas {
+		switch {
+		case p.Current && !p.Offline:
+			s.Current++
+		case p.Offline:
+			s.Behind = append(s.Behind, p.Name+" (offline)")
+		default:
+			s.Behind = append(s.Behind, fmt.Sprintf("%s (%d behind)", p.Name, p.Lag))
+		}
+	}
+	return s
+}
+
+// ingestBacklog is what the partitioner's consumer has still to deliver
+// or have acked. INGEST is a work queue, yet its message count is not the
+// backlog: a server killed between an ack and the removal can keep
+// messages the consumer has acked (its ack floor past them), which
+// nothing will deliver again. Without a consumer, every message waits.
+func (c *Collector) ingestBacklog(ctx context.Context, s jetstream.Stream, info *jetstream.StreamInfo) (Backlog, error) {
+	consumers, err := c.consumers(ctx, s)
+	if err != nil {
+		return Backlog{Pending: info.State.Msgs}, err
+	}
+	if len(consumers) == 0 {
+		b := Backlog{Pending: info.State.Msgs}
+		if b.Pending > 0 && !info.State.FirstTime.IsZero() {
+			t := info.State.FirstTime.UTC()
+			b.Oldest = &t
+		}
+		return b, nil
+	}
+	var b Backlog
+	floor := uint64(math.MaxUint64)
+	for _, ci := range consumers {
+		b.Consumer = ci.Name
+		b.Pending += ci.NumPending + uint64(max(ci.NumAckPending, 0))
+		b.LastProgress = later(b.LastProgress, ci.AckFloor.Last)
+		floor = min(floor, ci.AckFloor.Stream)
+	}
+	if b.Pending > 0 {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		msg, err := s.GetMsg(rctx, floor+1, jetstream.WithGetMsgSubject(">"))
+		cancel()
+		switch {
+		case err == nil:
+			t := msg.Time.UTC()
+			b.Oldest = &t
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+		default:
+			return b, fmt.Errorf("oldest waiting message of %s: %w", streams.Ingest, err)
+		}
+	}
+	return b, nil
+}
+
+// shardBacklogs reads, per shard subject (prefix<k>), what its consumer
+// has still to deliver or have acked. EVENTS: the batcher reads each
+// shard with an ordered consumer that a restart replaces, and the old one
+// lingers until its inactivity threshold, so the least pending per
+// subject is the batcher's. BATCHES: each shard's durable sink consumer.
+func (c *Collector) shardBacklogs(ctx context.Context, s jetstream.Stream, prefix string, acked bool, st *jsState) error {
+	consumers, err := c.consumers(ctx, s)
+	if err != nil {
+		return err
+	}
+	chosen := map[int]*jetstream.ConsumerInfo{}
+	for _, ci := range consumers {
+		subjects := append([]string{ci.Config.FilterSubject}, ci.Config.FilterSubjects...)
+		for _, subj := range subjects {
+			k, ok := shardOf(subj, prefix)
+			if !ok {
+				continue
+			}
+			st.maxShard = max(st.maxShard, k)
+			prev, seen := chosen[k]
+			switch {
+			case !seen:
+				chosen[k] = ci
+			case acked && ci.Name == sink.ConsumerName(k):
+				chosen[k] = ci
+			case !acked && ci.NumPending < prev.NumPending:
+				chosen[k] = ci
+			}
+		}
+	}
+	for k, ci := range chosen {
+		b := Backlog{Consumer: ci.Name, Pending: ci.NumPending + uint64(max(ci.NumAckPending, 0))}
+		start := ci.Delivered.Stream + 1
+		b.LastProgress = later(nil, ci.Delivered.Last)
+		if acked {
+			start = ci.AckFloor.Stream + 1
+			b.LastProgress = later(nil, ci.AckFloor.Last)
+			st.lastAck[k] = b.LastProgress
+		}
+		if b.Pending > 0 {
+			rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+			msg, err := s.GetMsg(rctx, start, jetstream.WithGetMsgSubject(prefix+strconv.Itoa(k)))
+			cancel()
+			switch {
+			case err == nil:
+				t := msg.Time.UTC()
+				b.Oldest = &t
+			case errors.Is(err, jetstream.ErrMsgNotFound):
+			default:
+				return fmt.Errorf("oldest waiting message of %s%d: %w", prefix, k, err)
+			}
+		}
+		if acked {
+			st.batches[k] = b
+		} else {
+			st.events[k] = b
+		}
+	}
+	return nil
+}
+
+func (c *Collector) consumers(ctx context.Context, s jetstream.Stream) ([]*jetstream.ConsumerInfo, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	lister := s.ListConsumers(rctx)
+	var out []*jetstream.ConsumerInfo
+	for ci := range lister.Info() {
+		out = append(out, ci)
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("consumers of %s: %w", s.CachedInfo().Config.Name, err)
+	}
+	return out, nil
+}
+
+func shardOf(subject, prefix string) (int, bool) {
+	rest, ok := strings.CutPrefix(subject, prefix)
+	if !ok {
+		return 0, false
+	}
+	k, err := strconv.Atoi(rest)
+	return k, err == nil && k >= 0
+}
+
+func later(a, b *time.Time) *time.Time {
+	if b == nil || (a != nil && !b.After(*a)) {
+		return a
+	}
+	t := b.UTC()
+	return &t
+}
