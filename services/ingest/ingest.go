@@ -30,6 +30,8 @@ type Service struct {
 
 	ln  net.Listener
 	srv *http.Server
+	// mux routes each protocol's paths (routes).
+	mux *http.ServeMux
 
 	parser event.Parser
 	// tenants maps sha256(API key) to tenant: looking up a digest rather
@@ -76,7 +78,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		}},
 		tenants: make(map[[sha256.Size]byte]string, len(cfg.Ingest.APIKeys)),
 		slots:   make(chan struct{}, cfg.Ingest.MaxInFlight),
+		mux:     http.NewServeMux(),
 	}
+	s.routes()
 	for key, tenant := range cfg.Ingest.APIKeys {
 		s.tenants[sha256.Sum256([]byte(key))] = tenant
 	}

@@ -333,18 +333,3 @@ func segmentField(field, propsKey string) string {
 	}
 	return field
 }
-
-// problemsReason says in one line what is wrong: "userId: required; ...".
-func problemsReason(problems []event.Problem) string {
-	var b strings.Builder
-	for i, p := range problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		if p.Field != "" {
-			b.WriteString(p.Field + ": ")
-		}
-		b.WriteString(p.Reason)
-	}
-	return b.String()
-}

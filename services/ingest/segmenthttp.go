@@ -2,86 +2,98 @@ package ingest
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/oklog/ulid/v2"
-	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/pkg/telemetry"
 )
+
+// segmentAPI is Segment's Tracking API on one of its paths (segmentRoutes),
+// the way /v1/events is served, with Segment's auth forms, bodies and
+// answers: 200 {"success":true} once the valid messages are stored and
+// each invalid one is dead-lettered, since every SDK drops a whole batch
+// answered 400.
+type segmentAPI struct {
+	// s gives the parser, the API keys and the limits.
+	s *Service
+	// call is the path's call ("track"...), "" for a batch.
+	call string
+}
+
+var _ protocol = segmentAPI{}
 
 type successBody struct {
 	Success bool `json:"success"`
 }
 
-// serveSegment handles one POST of Segment's API the way ingest handles
-// /v1/events (credentials, an in-flight slot, the body, validation, one
-// INGEST message, an answer only after JetStream's ack), with Segment's
-// auth forms, bodies and answers: 200 {"success":true} once the valid
-// messages are stored and each invalid one is dead-lettered, since every
-// SDK drops a whole batch answered 400.
-func (s *Service) serveSegment(ctx context.Context, w http.ResponseWriter, r *http.Request, call string) reply {
-	tenant, fromHeader, ok := s.segmentTenant(r)
+// authorize reads the write key of the Authorization header: the Basic
+// user name (the SDKs' form) or a Bearer token (Surge's). Without the
+// header the key is the body's writeKey, which decode reads. Any
+// Content-Type is JSON: the SDKs label it text/plain or
+// application/x-www-form-urlencoded as often as application/json.
+func (p segmentAPI) authorize(r *http.Request) (string, reply) {
+	s := p.s
+	switch {
+	case len(s.tenants) == 0:
+		return s.cfg.Ingest.DefaultTenant, reply{}
+	case r.Header.Get("Authorization") == "":
+		return "", reply{}
+	}
+	var tenant string
+	var ok bool
+	if user, _, basic := r.BasicAuth(); basic {
+		tenant, ok = s.tenantOf(user)
+	} else {
+		tenant, ok = s.authenticate(r)
+	}
 	if !ok {
-		return segmentUnauthorized(w)
+		return "", segmentUnauthorized()
 	}
-	// JSON whatever the Content-Type: the SDKs label it text/plain or
-	// application/x-www-form-urlencoded as often as application/json.
-	body, idemKey, release, rep := s.admit(w, r)
-	if rep.status != 0 {
-		return rep
-	}
-	defer release()
+	return tenant, reply{}
+}
 
+// decode maps and validates every message; the request is refused only
+// when its body is unreadable or too many messages.
+func (p segmentAPI) decode(_ *http.Request, body []byte, tenant string) (decoded, reply) {
 	var req segmentRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return reject(http.StatusBadRequest, reasonBadRequest, "body must be a JSON object with batch, if any, an array: "+err.Error())
+		return decoded{}, reject(http.StatusBadRequest, reasonBadRequest, "body must be a JSON object with batch, if any, an array: "+err.Error())
 	}
-	if !fromHeader && len(s.tenants) > 0 {
-		if tenant, ok = s.tenantOf(req.WriteKey); !ok {
-			return segmentUnauthorized(w)
+	if tenant == "" {
+		var ok bool
+		if tenant, ok = p.s.tenantOf(req.WriteKey); !ok {
+			return decoded{}, segmentUnauthorized()
 		}
 	}
 	raws := req.Batch
-	if call != "" {
+	if p.call != "" {
 		raws = []json.RawMessage{body}
 	} else if raws == nil {
-		return reject(http.StatusBadRequest, reasonBadRequest, "batch must be a JSON array of messages")
+		return decoded{}, reject(http.StatusBadRequest, reasonBadRequest, "batch must be a JSON array of messages")
 	}
-	if limit := s.cfg.Ingest.MaxEvents; len(raws) > limit {
-		return reject(http.StatusRequestEntityTooLarge, reasonTooManyEvents, fmt.Sprintf("%s: limit is %d", event.ErrTooManyEvents, limit))
+	if limit := p.s.cfg.Ingest.MaxEvents; len(raws) > limit {
+		return decoded{}, reject(http.StatusRequestEntityTooLarge, reasonTooManyEvents, fmt.Sprintf("%s: limit is %d", event.ErrTooManyEvents, limit))
 	}
 
-	messages, events := s.segmentEvents(raws, call, &req, tenant)
-	msgID := segmentMsgID(tenant, messages)
-	if idemKey != "" {
-		msgID = tenant + ":" + idemKey
-	}
-	if len(events) > 0 {
-		if rep := s.publish(ctx, tenant, msgID, events); rep.status != http.StatusAccepted {
-			return rep
+	messages, events := p.s.segmentEvents(raws, p.call, &req, tenant)
+	d := decoded{tenant: tenant, events: events, msgID: segmentMsgID(tenant, messages), items: len(raws), partial: true}
+	for i, m := range messages {
+		if len(m.Problems) > 0 {
+			d.invalid = append(d.invalid, invalidItem{index: i, data: raws[i], problems: m.Problems})
 		}
 	}
-	invalid, err := s.deadLetterSegment(ctx, tenant, msgID, raws, messages)
-	if err != nil {
-		rep := publishReject(err, s.cfg.Ingest.PublishTimeout)
-		rep.events = len(raws)
-		s.logger.Warn("dead-letter messages", append(telemetry.TraceFields(ctx), zap.String("tenant", tenant), zap.Error(err))...)
-		return rep
-	}
-	s.metrics.eventsRejected.WithLabelValues(reasonInvalid).Add(float64(invalid))
-	return reply{status: http.StatusOK, accepted: len(events)}
+	return d, reply{}
+}
+
+// answer is Segment's 200 {"success":true}.
+func (segmentAPI) answer(stored) (int, any) {
+	return http.StatusOK, successBody{Success: true}
 }
 
 // segmentEvents maps every message and validates the results with the
@@ -143,68 +155,9 @@ func segmentMsgID(tenant string, messages []segmentMessage) string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
-// deadLetterSegment publishes each invalid message to DEAD_LETTER, body =
-// the message as sent, and waits for each ack. Ids derived from the
-// request's make a retry's dead letters duplicates. It returns how many
-// it dead-lettered.
-func (s *Service) deadLetterSegment(ctx context.Context, tenant, msgID string, raws []json.RawMessage, messages []segmentMessage) (int, error) {
-	conn := s.conn.Load()
-	if conn == nil {
-		return 0, nats.ErrConnectionClosed // not reached: ingest serves only once connected
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.Ingest.PublishTimeout)
-	defer cancel()
-	n := 0
-	for i, m := range messages {
-		if len(m.Problems) == 0 {
-			continue
-		}
-		problems, _ := json.Marshal(m.Problems) // a slice of plain structs cannot fail
-		dl := streams.DeadLetterMsg{
-			Service:  "ingest",
-			Subject:  streams.IngestInvalidSubject(tenant),
-			Data:     raws[i],
-			Reason:   problemsReason(m.Problems),
-			Index:    i,
-			HasIndex: true,
-			Tenant:   tenant,
-			Problems: string(problems),
-		}.Msg()
-		// No stream sequence to name it by: the request's id does.
-		dl.Header.Del(jetstream.MsgIDHeader)
-		if msgID != "" {
-			dl.Header.Set(jetstream.MsgIDHeader, "ingest:"+msgID+":"+strconv.Itoa(i))
-		}
-		telemetry.Inject(ctx, dl.Header)
-		if _, err := conn.JS.PublishMsg(ctx, dl, jetstream.WithExpectStream(streams.DeadLetter)); err != nil {
-			return n, fmt.Errorf("dead-letter message %d: %w", i, err)
-		}
-		n++
-	}
-	return n, nil
-}
-
-// segmentTenant authenticates a Segment request by its Authorization
-// header: the write key as Basic user name (the SDKs' form) or Bearer
-// token (Surge's). Without the header the key is the body's writeKey, read
-// later: fromHeader is false and so is ok only when a header is wrong.
-func (s *Service) segmentTenant(r *http.Request) (tenant string, fromHeader, ok bool) {
-	if len(s.tenants) == 0 {
-		return s.cfg.Ingest.DefaultTenant, true, true
-	}
-	if r.Header.Get("Authorization") == "" {
-		return "", false, true
-	}
-	if user, _, basic := r.BasicAuth(); basic {
-		tenant, ok = s.tenantOf(user)
-		return tenant, true, ok
-	}
-	tenant, ok = s.authenticate(r)
-	return tenant, true, ok
-}
-
-func segmentUnauthorized(w http.ResponseWriter) reply {
-	w.Header().Set("WWW-Authenticate", `Basic realm="surge"`)
-	return reject(http.StatusUnauthorized, reasonUnauthorized,
+func segmentUnauthorized() reply {
+	rep := reject(http.StatusUnauthorized, reasonUnauthorized,
 		"missing or invalid write key; send it as the Basic auth user name, the body's writeKey or Authorization: Bearer <key>")
+	rep.challenge = `Basic realm="surge"`
+	return rep
 }
