@@ -8,9 +8,9 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/propagation"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
@@ -145,15 +145,15 @@ func (s *Service) endpoint(route string, h handleFunc) http.Handler {
 			name += " " + route
 		}
 		ctx, span := s.tracer.Start(ctx, name, trace.WithSpanKind(trace.SpanKindServer), trace.WithAttributes(
-			attribute.String("http.request.method", r.Method),
-			attribute.String("url.path", r.URL.Path),
+			semconv.HTTPRequestMethodKey.String(r.Method),
+			semconv.URLPath(r.URL.Path),
 		))
 		defer span.End()
 
 		rep := h(ctx, w, r)
 		s.write(w, rep)
 
-		span.SetAttributes(attribute.Int("http.response.status_code", rep.status))
+		span.SetAttributes(semconv.HTTPResponseStatusCode(rep.status))
 		if rep.status >= 500 {
 			span.SetStatus(codes.Error, rep.message)
 		}

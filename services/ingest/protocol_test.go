@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	oteltrace "go.opentelemetry.io/otel/trace"
 
 	"github.com/surge-events/surge/pkg/event"
@@ -309,4 +310,33 @@ func TestProtocolSeamInFlightLimit(t *testing.T) {
 	require.Equal(t, `{"stored":1,"duplicate":false}`+"\n", r.resp.body)
 	require.Equal(t, http.StatusAccepted, h.post(`{"user_id":1,"type":"a"}`).status, "the slot is free again")
 	require.Equal(t, 0.0, gaugeValue(h.svc.metrics.inFlight))
+}
+
+// TestProtocolSeamSpans: a request's server span and its publish span
+// carry the semantic-convention attributes, whatever the protocol.
+func TestProtocolSeamSpans(t *testing.T) {
+	h := start(t, nil)
+	h.svc.register(fakePath, &fakeProtocol{})
+	resp, err := h.sendRaw(http.MethodPost, fakePath, map[string]string{"Fake-Tenant": "acme"}, strings.NewReader("u1 click\nu2 view"))
+	require.NoError(t, err)
+	require.Equal(t, http.StatusCreated, resp.status, resp.body)
+
+	attrs := func(s sdktrace.ReadOnlySpan) map[string]string {
+		out := map[string]string{}
+		for _, kv := range s.Attributes() {
+			out[string(kv.Key)] = kv.Value.Emit()
+		}
+		return out
+	}
+	assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		got := map[string]map[string]string{}
+		for _, s := range h.spans.Ended() {
+			got[s.Name()] = attrs(s)
+		}
+		assert.Equal(c, map[string]map[string]string{
+			"POST " + fakePath: {"http.request.method": "POST", "url.path": fakePath, "http.response.status_code": "201"},
+			"publish ingest.acme": {"messaging.system": "nats", "messaging.destination.name": "ingest.acme", "messaging.batch.message_count": "2",
+				"surge.tenant": "acme", "messaging.nats.stream_sequence": "1", "surge.duplicate": "false"},
+		}, got)
+	}, 5*time.Second, 10*time.Millisecond)
 }

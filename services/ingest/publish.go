@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
@@ -35,9 +36,9 @@ func (s *Service) publish(ctx context.Context, tenant, msgID string, events []ev
 
 	subject := streams.IngestSubject(tenant)
 	ctx, span := s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(
-		attribute.String("messaging.system", "nats"),
-		attribute.String("messaging.destination.name", subject),
-		attribute.Int("messaging.batch.message_count", n),
+		semconv.MessagingSystemKey.String("nats"),
+		semconv.MessagingDestinationName(subject),
+		semconv.MessagingBatchMessageCount(n),
 		attribute.String("surge.tenant", tenant),
 	))
 	defer span.End()
