@@ -72,7 +72,8 @@ type Cluster struct {
 	Instances []*Instance
 	Database  string
 
-	nats []*natsNode
+	// nats are the NATS nodes, nil until they run.
+	nats *natscluster.Cluster
 	// natsServer is ClusterOptions.NATSServer, or the released binary.
 	natsServer []string
 	opts       ClusterOptions
@@ -81,9 +82,9 @@ type Cluster struct {
 	common     map[string]string
 	perService map[string]map[string]string
 	lock       *DirLock
-	// mu guards Instances and each instance's and node's proc once the
-	// cluster runs: the fault methods (KillInstance, RestartNATS, ...)
-	// may be called from any goroutine.
+	// mu guards Instances once the cluster runs: the fault methods
+	// (KillInstance, AddInstance, ...) may be called from any goroutine.
+	// The NATS nodes guard their own processes.
 	mu sync.Mutex
 }
 
@@ -240,8 +241,10 @@ func (c *Cluster) PIDs() map[string]int {
 	if c.ZooKeeper != nil {
 		out["zookeeper"] = c.ZooKeeper.PID()
 	}
-	for _, nd := range c.nats {
-		out[nd.name] = nd.proc.PID()
+	if c.nats != nil {
+		for i := range c.nats.N() {
+			out[c.nats.Name(i)] = c.nats.PID(i)
+		}
 	}
 	return out
 }
@@ -303,16 +306,10 @@ func (c *Cluster) Stop() error {
 		}
 		c.ZooKeeper = nil
 	}
-	var wg sync.WaitGroup
-	for _, nd := range c.nats {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_ = nd.proc.Stop(ClusterStopTimeout)
-		}()
+	if c.nats != nil {
+		c.nats.Shutdown()
+		c.nats = nil
 	}
-	wg.Wait()
-	c.nats = nil
 	if err := c.lock.Unlock(); err != nil {
 		errs = append(errs, fmt.Errorf("unlock %s: %w", c.opts.Dir, err))
 	}

@@ -1,8 +1,10 @@
-// Package natscluster runs a real NATS JetStream cluster for tests: n
-// standalone nats-server processes (the released binary, not an embedded
-// server), joined by routes, each with its own ports and store folder, so
-// a test can SIGKILL a node, SIGTERM it, or restart it on the same ports
-// and store and watch what clients and streams do.
+// Package natscluster runs a real NATS JetStream cluster: n standalone
+// nats-server processes (the released binary, not an embedded server),
+// joined by routes, each with its own ports and store folder, so a test
+// can SIGKILL a node, SIGTERM it, or restart it on the same ports and
+// store and watch what clients and streams do. Start runs one for a test;
+// Launch runs one shaped by Options (limits, logins, the command), which
+// `surge up --cluster` uses for its NATS nodes.
 //
 // The binary is nats-server Version, found at $SURGE_NATS_SERVER or in
 // <user cache>/surge-tools/nats-server-<Version>/nats-server, where .ci/run
@@ -19,6 +21,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -85,9 +88,67 @@ func Binary() (string, error) {
 	return p, nil
 }
 
+// Options shape a cluster for Launch. The zero value of each field is the
+// test cluster's setting.
+type Options struct {
+	// Nodes is the number of nodes; 3 when 0.
+	Nodes int
+	// Dir holds each node's folder, <Dir>/<node name>: nats.conf, store/
+	// and nats.log. Required.
+	Dir string
+	// Name is the cluster's name; "surge-test" when empty.
+	Name string
+	// NodePrefix names node i <NodePrefix><i>; "n" when empty.
+	NodePrefix string
+	// Command runs one node, `-c <config>` appended; when empty, the
+	// released nats-server that Binary finds.
+	Command []string
+	// MaxPayload, MaxPending, MaxMemoryStore and MaxFileStore are the
+	// nodes' limits in nats-server's units ("16MB"); 8MB, the server's
+	// default, 64MB and 2GB when empty.
+	MaxPayload, MaxPending, MaxMemoryStore, MaxFileStore string
+	// Users are the logins the nodes accept; anyone may connect when
+	// there are none. The cluster's own connection logs in as the first.
+	Users []User
+	// StopTimeout bounds the wait for a node to exit after SIGTERM before
+	// it is SIGKILLed; StopTimeout when zero.
+	StopTimeout time.Duration
+}
+
+// User is a login the nodes accept. Publish and Subscribe, when set, are
+// the subjects it may publish to and subscribe to, and nothing else.
+type User struct {
+	Name, Password     string
+	Publish, Subscribe []string
+}
+
+func (o *Options) defaults() {
+	if o.Nodes == 0 {
+		o.Nodes = 3
+	}
+	if o.Name == "" {
+		o.Name = "surge-test"
+	}
+	if o.NodePrefix == "" {
+		o.NodePrefix = "n"
+	}
+	if o.MaxPayload == "" {
+		o.MaxPayload = "8MB"
+	}
+	if o.MaxMemoryStore == "" {
+		o.MaxMemoryStore = "64MB"
+	}
+	if o.MaxFileStore == "" {
+		o.MaxFileStore = "2GB"
+	}
+	if o.StopTimeout == 0 {
+		o.StopTimeout = StopTimeout
+	}
+}
+
 // Cluster is n nats-server processes forming one JetStream cluster.
 type Cluster struct {
-	bin   string
+	opts  Options
 	nodes []*node
 
 	// conn is the cluster's own client connection, for StreamLeader; made
@@ -118,84 +179,134 @@ func Start(t testing.TB, n int) *Cluster {
 	if n < 1 {
 		t.Fatalf("natscluster: need at least one node, got %d", n)
 	}
-	bin, err := Binary()
+	c, err := Launch(context.Background(), Options{Nodes: n, Dir: t.TempDir()})
 	if err != nil {
 		t.Fatalf("natscluster: %v", err)
 	}
-	free, err := ports.Free(3 * n)
-	if err != nil {
-		t.Fatalf("natscluster: %v", err)
-	}
-	dir := t.TempDir()
-	c := &Cluster{bin: bin}
-	var routes []string
-	for i := range n {
-		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", free[3*i+1]))
-	}
-	for i := range n {
-		nd := &node{
-			name:        fmt.Sprintf("n%d", i),
-			dir:         filepath.Join(dir, fmt.Sprintf("n%d", i)),
-			clientPort:  free[3*i],
-			monitorPort: free[3*i+2],
-		}
-		if err := nd.writeConfig(free[3*i+1], routes); err != nil {
-			t.Fatalf("natscluster: %v", err)
-		}
-		c.nodes = append(c.nodes, nd)
-	}
-	t.Cleanup(c.shutdown)
-	for _, nd := range c.nodes {
-		if err := nd.spawn(bin); err != nil {
-			t.Fatalf("natscluster: %v", err)
-		}
-	}
-	for i := range c.nodes {
-		if err := c.waitHealthy(i, ReadyTimeout); err != nil {
-			t.Fatalf("natscluster: %v", err)
-		}
-	}
+	t.Cleanup(c.Shutdown)
 	return c
 }
 
+// Launch runs the nodes o describes on free loopback ports and waits
+// until every node is healthy (JetStream current with an elected meta
+// leader), each for at most ReadyTimeout. Shutdown stops them; a failed
+// launch stops what it started.
+func Launch(ctx context.Context, o Options) (*Cluster, error) {
+	o.defaults()
+	if o.Dir == "" {
+		return nil, errors.New("a folder (Options.Dir) is required")
+	}
+	if len(o.Command) == 0 {
+		bin, err := Binary()
+		if err != nil {
+			return nil, err
+		}
+		o.Command = []string{bin}
+	}
+	free, err := ports.Free(3 * o.Nodes)
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{opts: o}
+	var routes []string
+	for i := range o.Nodes {
+		routes = append(routes, fmt.Sprintf("nats-route://127.0.0.1:%d", free[3*i+1]))
+	}
+	for i := range o.Nodes {
+		name := o.NodePrefix + strconv.Itoa(i)
+		nd := &node{
+			name:        name,
+			dir:         filepath.Join(o.Dir, name),
+			clientPort:  free[3*i],
+			monitorPort: free[3*i+2],
+		}
+		if err := nd.writeConfig(&o, free[3*i+1], routes); err != nil {
+			return nil, err
+		}
+		c.nodes = append(c.nodes, nd)
+	}
+	for _, nd := range c.nodes {
+		if err := nd.spawn(o.Command); err != nil {
+			c.Shutdown()
+			return nil, err
+		}
+	}
+	for i := range c.nodes {
+		if err := c.waitHealthy(ctx, i, ReadyTimeout); err != nil {
+			c.Shutdown()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
 // writeConfig writes the node's nats-server configuration.
-func (nd *node) writeConfig(routePort int, routes []string) error {
+func (nd *node) writeConfig(o *Options, routePort int, routes []string) error {
 	if err := os.MkdirAll(filepath.Join(nd.dir, "store"), 0o755); err != nil {
 		return fmt.Errorf("store dir: %w", err)
 	}
-	quoted := make([]string, len(routes))
-	for i, r := range routes {
-		quoted[i] = strconv.Quote(r)
-	}
-	conf := fmt.Sprintf(`server_name: %s
+	var b strings.Builder
+	fmt.Fprintf(&b, `server_name: %s
 listen: "127.0.0.1:%d"
 http: "127.0.0.1:%d"
-max_payload: 8MB
-jetstream {
+max_payload: %s
+`, nd.name, nd.clientPort, nd.monitorPort, o.MaxPayload)
+	if o.MaxPending != "" {
+		fmt.Fprintf(&b, "max_pending: %s\n", o.MaxPending)
+	}
+	fmt.Fprintf(&b, `jetstream {
   store_dir: %q
-  max_memory_store: 64MB
-  max_file_store: 2GB
+  max_memory_store: %s
+  max_file_store: %s
 }
 cluster {
-  name: surge-test
+  name: %s
   listen: "127.0.0.1:%d"
   routes: [%s]
 }
-`, nd.name, nd.clientPort, nd.monitorPort, filepath.Join(nd.dir, "store"), routePort, strings.Join(quoted, ", "))
-	if err := os.WriteFile(filepath.Join(nd.dir, "nats.conf"), []byte(conf), 0o644); err != nil {
+`, filepath.Join(nd.dir, "store"), o.MaxMemoryStore, o.MaxFileStore, o.Name, routePort, quoteAll(routes))
+	if len(o.Users) > 0 {
+		b.WriteString("authorization {\n  users = [\n")
+		for _, u := range o.Users {
+			if len(u.Publish) == 0 && len(u.Subscribe) == 0 {
+				fmt.Fprintf(&b, "    { user: %q, password: %q }\n", u.Name, u.Password)
+				continue
+			}
+			fmt.Fprintf(&b, "    {\n      user: %q, password: %q\n      permissions: {\n", u.Name, u.Password)
+			if len(u.Publish) > 0 {
+				fmt.Fprintf(&b, "        publish: { allow: [%s] }\n", quoteAll(u.Publish))
+			}
+			if len(u.Subscribe) > 0 {
+				fmt.Fprintf(&b, "        subscribe: { allow: [%s] }\n", quoteAll(u.Subscribe))
+			}
+			b.WriteString("      }\n    }\n")
+		}
+		b.WriteString("  ]\n}\n")
+	}
+	if err := os.WriteFile(filepath.Join(nd.dir, "nats.conf"), []byte(b.String()), 0o644); err != nil {
 		return fmt.Errorf("write config: %w", err)
 	}
 	return nil
 }
 
+// quoteAll quotes each string and joins them with ", ".
+func quoteAll(ss []string) string {
+	quoted := make([]string, len(ss))
+	for i, s := range ss {
+		quoted[i] = strconv.Quote(s)
+	}
+	return strings.Join(quoted, ", ")
+}
+
 // spawn starts the node's process; its output goes to nats.log.
-func (nd *node) spawn(bin string) error {
+func (nd *node) spawn(command []string) error {
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
 	if p := nd.proc.Load(); p != nil {
 		return fmt.Errorf("node %s runs already (pid %d)", nd.name, p.PID())
 	}
-	cmd := exec.Command(bin, "-c", filepath.Join(nd.dir, "nats.conf"))
+	args := append(slices.Clone(command[1:]), "-c", filepath.Join(nd.dir, "nats.conf"))
+	cmd := exec.Command(command[0], args...)
 	cmd.Dir = nd.dir
 	p, err := proc.Start(cmd, nd.logPath())
 	if err != nil {
@@ -222,15 +333,15 @@ func (nd *node) end(how func(*proc.Process) error) error {
 	return nil
 }
 
-func (nd *node) stop() error {
-	return nd.end(func(p *proc.Process) error { return p.Stop(StopTimeout) })
+func (nd *node) stop(grace time.Duration) error {
+	return nd.end(func(p *proc.Process) error { return p.Stop(grace) })
 }
 
 func (nd *node) kill() error { return nd.end((*proc.Process).Kill) }
 
-// shutdown stops every running node, SIGTERM first, and closes the
-// cluster's connection.
-func (c *Cluster) shutdown() {
+// Shutdown stops every running node, SIGTERM first (SIGKILL after
+// Options.StopTimeout), and closes the cluster's connection.
+func (c *Cluster) Shutdown() {
 	c.connMu.Lock()
 	if c.nc != nil {
 		c.nc.Close()
@@ -240,7 +351,7 @@ func (c *Cluster) shutdown() {
 	for _, nd := range c.nodes {
 		wg.Go(func() {
 			if nd.pid() != 0 {
-				_ = nd.stop()
+				_ = nd.stop(c.opts.StopTimeout)
 			}
 		})
 	}
@@ -282,19 +393,22 @@ func (c *Cluster) Kill(i int) error { return c.nodes[i].kill() }
 
 // Stop SIGTERMs node i and waits for it to exit: the node shuts down in
 // order, its leaders step down first.
-func (c *Cluster) Stop(i int) error { return c.nodes[i].stop() }
+func (c *Cluster) Stop(i int) error { return c.nodes[i].stop(c.opts.StopTimeout) }
 
 // Restart starts a stopped or killed node i again on the same ports and
 // store, and waits until it is healthy (caught up with the cluster).
-func (c *Cluster) Restart(i int) error {
-	if err := c.nodes[i].spawn(c.bin); err != nil {
+func (c *Cluster) Restart(i int) error { return c.RestartContext(context.Background(), i) }
+
+// RestartContext is Restart whose wait also ends with ctx.
+func (c *Cluster) RestartContext(ctx context.Context, i int) error {
+	if err := c.nodes[i].spawn(c.opts.Command); err != nil {
 		return err
 	}
-	return c.waitHealthy(i, ReadyTimeout)
+	return c.waitHealthy(ctx, i, ReadyTimeout)
 }
 
 // waitHealthy polls node i's /healthz until it answers 200.
-func (c *Cluster) waitHealthy(i int, timeout time.Duration) error {
+func (c *Cluster) waitHealthy(ctx context.Context, i int, timeout time.Duration) error {
 	nd := c.nodes[i]
 	client := &http.Client{Timeout: time.Second}
 	url := fmt.Sprintf("http://127.0.0.1:%d/healthz", nd.monitorPort)
@@ -305,7 +419,11 @@ func (c *Cluster) waitHealthy(i int, timeout time.Duration) error {
 		if p == nil {
 			return fmt.Errorf("node %s is not running", nd.name)
 		}
-		resp, err := client.Get(url)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := client.Do(req)
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -317,14 +435,29 @@ func (c *Cluster) waitHealthy(i int, timeout time.Duration) error {
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s not healthy after %s: %s; log %s", nd.name, timeout, last, nd.logPath())
+			return fmt.Errorf("node %s not healthy after %s: %s; log %s:\n%s", nd.name, timeout, last, nd.logPath(), logTail(nd.logPath(), 10))
 		}
 		select {
 		case <-p.Exited():
-			return fmt.Errorf("node %s exited at start; log %s", nd.name, nd.logPath())
+			return fmt.Errorf("node %s exited at start; log %s:\n%s", nd.name, nd.logPath(), logTail(nd.logPath(), 10))
+		case <-ctx.Done():
+			return fmt.Errorf("node %s: %w", nd.name, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+}
+
+// logTail is the last n lines of a log file, for an error.
+func logTail(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // JetStream is the cluster's own connection, made on first use and
@@ -336,8 +469,12 @@ func (c *Cluster) JetStream() (jetstream.JetStream, error) {
 	if c.js != nil {
 		return c.js, nil
 	}
-	nc, err := nats.Connect(c.URLs(), nats.Name("natscluster"), nats.MaxReconnects(-1),
-		nats.ReconnectWait(100*time.Millisecond), nats.Timeout(time.Second))
+	opts := []nats.Option{nats.Name("natscluster"), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond), nats.Timeout(time.Second)}
+	if len(c.opts.Users) > 0 {
+		opts = append(opts, nats.UserInfo(c.opts.Users[0].Name, c.opts.Users[0].Password))
+	}
+	nc, err := nats.Connect(c.URLs(), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to the cluster: %w", err)
 	}
@@ -364,6 +501,11 @@ func (c *Cluster) StreamLeader(stream string) (int, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), requestTimeout)
 	defer cancel()
+	return c.StreamLeaderVia(ctx, js, stream)
+}
+
+// StreamLeaderVia is StreamLeader asked through js, bounded by ctx.
+func (c *Cluster) StreamLeaderVia(ctx context.Context, js jetstream.JetStream, stream string) (int, error) {
 	s, err := js.Stream(ctx, stream)
 	if err != nil {
 		return -1, fmt.Errorf("stream %s: %w (%w)", stream, ErrNoLeader, err)
