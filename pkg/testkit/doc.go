@@ -2,7 +2,8 @@
 // tests and for the local stack (`surge up`, `surge bench`): an embedded
 // NATS JetStream server (natsserver, natstest), a cluster of standalone
 // nats-server processes (natscluster), clickhouse-server processes, alone
-// or as replicated shards (chserver), and ZooKeeper for them (zookeeper);
+// or as replicated shards (chserver), ZooKeeper for them (zookeeper), and
+// the surge command built for tests that run it (surgebin);
 // chserver and zookeeper install the Debian packages where missing. The
 // harnesses that run child processes share proc (start, stop, kill, its
 // log) and ports (free ports below the kernel's ephemeral range).

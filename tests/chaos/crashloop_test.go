@@ -29,6 +29,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/ports"
+	"github.com/surge-events/surge/pkg/testkit/surgebin"
 	"github.com/surge-events/surge/services/partitioner"
 	"github.com/surge-events/surge/services/sink"
 	"github.com/surge-events/surge/tools/stack"
@@ -89,7 +90,7 @@ func TestCrashLoop(t *testing.T) {
 	free, err := ports.Free(1)
 	require.NoError(t, err)
 	up := &surgeUp{
-		bin: buildSurge(t, tmp), dir: filepath.Join(tmp, "data"), logPath: filepath.Join(tmp, "surge.log"),
+		bin: surgebin.Build(t), dir: filepath.Join(tmp, "data"), logPath: filepath.Join(tmp, "surge.log"),
 		httpAddr: "127.0.0.1:" + strconv.Itoa(free[0]),
 	}
 	if p := os.Getenv("SURGE_CRASHLOOP_LOG"); p != "" {
@@ -816,13 +817,4 @@ func becomeSubreaper(t *testing.T) {
 		t.Fatalf("prctl(PR_SET_CHILD_SUBREAPER): %v", errno)
 	}
 	t.Cleanup(func() { _, _, _ = syscall.RawSyscall(syscall.SYS_PRCTL, prSetChildSubreaper, 0, 0) })
-}
-
-// buildSurge compiles the surge command into dir.
-func buildSurge(t *testing.T, dir string) string {
-	t.Helper()
-	bin := filepath.Join(dir, "surge")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge").CombinedOutput()
-	require.NoError(t, err, "go build: %s", out)
-	return bin
 }

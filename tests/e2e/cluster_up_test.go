@@ -23,6 +23,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/surge-events/surge/pkg/schema"
+	"github.com/surge-events/surge/pkg/testkit/surgebin"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -35,10 +36,7 @@ import (
 func TestClusterUpCommand(t *testing.T) {
 	const perIngest, perPost = 1500, 100
 
-	bin := filepath.Join(t.TempDir(), "surge")
-	build := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, string(out))
+	bin := surgebin.Build(t)
 
 	dir := t.TempDir()
 	addrs := []string{freeAddr(t), freeAddr(t)}
@@ -131,7 +129,7 @@ func TestClusterUpCommand(t *testing.T) {
 	// `surge query` finds the cluster through stack.json and reads the
 	// Distributed table over both shards.
 	q := exec.CommandContext(t.Context(), bin, "query", "--dir", dir, "SELECT count() AS n FROM surge.events")
-	out, err = q.CombinedOutput()
+	out, err := q.CombinedOutput()
 	require.NoError(t, err, string(out))
 	require.Regexp(t, fmt.Sprintf(`\b%d\b`, 2*perIngest+discoveryEvents), string(out))
 

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"syscall"
@@ -24,6 +23,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/surgebin"
 	"github.com/surge-events/surge/tools/stack"
 	"github.com/surge-events/surge/tools/status"
 )
@@ -77,9 +77,7 @@ func TestStatusCommand(t *testing.T) {
 		t.Skip("starts a whole stack")
 	}
 	const nShards = 4
-	bin := filepath.Join(t.TempDir(), "surge")
-	out, err := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge").CombinedOutput()
-	require.NoError(t, err, string(out))
+	bin := surgebin.Build(t)
 
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)

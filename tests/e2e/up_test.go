@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -17,15 +16,13 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/surge-events/surge/pkg/testkit/surgebin"
 )
 
 // TestLocalStackCommand runs `surge up` as a user would, posts the README's
 // curl body, reads it back with `surge query`, and stops it with Ctrl-C.
 func TestLocalStackCommand(t *testing.T) {
-	bin := filepath.Join(t.TempDir(), "surge")
-	build := exec.Command("go", "build", "-o", bin, "github.com/surge-events/surge/tools/cmd/surge")
-	out, err := build.CombinedOutput()
-	require.NoError(t, err, string(out))
+	bin := surgebin.Build(t)
 
 	dir := t.TempDir()
 	httpAddr := freeAddr(t)
