@@ -249,8 +249,9 @@ func (o *Owner) Owned() []int {
 // and lets the lease go only after work returned. When ctx ends it
 // cancels every shard's work, keeps renewing until all of it returned,
 // then deletes its keys and returns nil. It fails only when ctx ends
-// before the bucket could be opened.
-func (o *Owner) Run(ctx context.Context, work func(ctx context.Context, shard int)) error {
+// before the bucket could be opened. A work that fails is logged and run
+// again at the next round while the lease holds.
+func (o *Owner) Run(ctx context.Context, work func(ctx context.Context, shard int) error) error {
 	if !o.started.CompareAndSwap(false, true) {
 		return errors.New("lease: Run called twice")
 	}
@@ -338,7 +339,7 @@ func (o *Owner) open(ctx context.Context) error {
 
 // round is one pass of the protocol: heartbeat, renew, hand over, take.
 // Stopping, it only renews and lets go of shards whose work returned.
-func (o *Owner) round(ctx context.Context, stopping bool, work func(context.Context, int)) {
+func (o *Owner) round(ctx context.Context, stopping bool, work func(context.Context, int) error) {
 	o.drain()
 	// Requests outlive ctx: a stopping instance still renews and deletes.
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.request)
@@ -442,7 +443,7 @@ func (o *Owner) handOver(want []int) {
 // held lease whose work is not running, or a free key won with Create, or
 // a key still naming this instance (a write whose answer was lost),
 // adopted at its revision.
-func (o *Owner) take(ctx, rctx context.Context, want []int, work func(context.Context, int)) {
+func (o *Owner) take(ctx, rctx context.Context, want []int, work func(context.Context, int) error) {
 	for _, k := range want {
 		o.mu.Lock()
 		h, running := o.leases[k], o.runs[k] != nil
@@ -487,7 +488,7 @@ func (o *Owner) adopt(ctx context.Context, k int) (uint64, error) {
 }
 
 // start runs work for shard k in a goroutine of its own.
-func (o *Owner) start(ctx context.Context, k int, work func(context.Context, int)) {
+func (o *Owner) start(ctx context.Context, k int, work func(context.Context, int) error) {
 	wctx, cancel := context.WithCancel(ctx)
 	o.mu.Lock()
 	o.runs[k] = cancel
@@ -495,7 +496,9 @@ func (o *Owner) start(ctx context.Context, k int, work func(context.Context, int
 	o.wg.Go(func() {
 		defer func() { o.finished <- k }()
 		defer cancel()
-		work(wctx, k)
+		if err := work(wctx, k); err != nil && wctx.Err() == nil {
+			o.log.Error("shard work failed; it starts again at the next round while the lease holds", zap.Int("shard", k), zap.Error(err))
+		}
 	})
 }
 

@@ -112,7 +112,7 @@ func startOwner(t *testing.T, url, id string, shards int, log *zap.Logger, work 
 	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
-	go func() { done <- o.Run(ctx, work) }()
+	go func() { done <- o.Run(ctx, func(ctx context.Context, k int) error { work(ctx, k); return nil }) }()
 	var once sync.Once
 	var runErr error
 	stop := func() error {

@@ -1,4 +1,4 @@
-package service
+package liveness
 
 import (
 	"sync/atomic"

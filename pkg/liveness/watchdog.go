@@ -1,4 +1,11 @@
-package service
+// Package liveness notices work that stops moving and puts it back on its
+// feet: a Keepalive keeps the JetStream messages a worker holds from being
+// handed out again, a Watchdog per unit of work (a shard, the
+// partitioner's input) says when a backlog makes no progress, and a
+// Poller reads each unit's backlog on one rule and has a unit whose
+// consumer is gone or stalled repaired. The services keep only their
+// reads and fetches.
+package liveness
 
 import (
 	"fmt"
@@ -10,32 +17,42 @@ import (
 	"go.uber.org/zap"
 )
 
+// Readiness is where a stall shows: the service's /readyz.
+type Readiness interface {
+	Ready(check string)
+	NotReady(check, reason string)
+}
+
 // Watchdogs make the stall counter of a service,
 // surge_<service>_stalls_total{shard}, and one Watchdog per unit of work.
 type Watchdogs struct {
 	service string
 	timeout time.Duration
-	admin   *Admin
+	ready   Readiness
 	log     *zap.Logger
 	stalls  *prometheus.CounterVec
 	now     func() time.Time
 }
 
-// Watchdogs returns the watchdog factory of the service: a unit with work
-// pending and no progress for timeout is stalled.
-func (h *Host) Watchdogs(timeout time.Duration) *Watchdogs {
-	return newWatchdogs(h.spec.Name, timeout, h.admin, h.Logger, h.Registry, time.Now)
+// NewWatchdogs returns the watchdog factory of service: a unit with work
+// pending and no progress for timeout is stalled, counted in reg, logged
+// and shown on ready.
+func NewWatchdogs(service string, timeout time.Duration, ready Readiness, log *zap.Logger, reg prometheus.Registerer) *Watchdogs {
+	return newWatchdogs(service, timeout, ready, log, reg, time.Now)
 }
 
-func newWatchdogs(service string, timeout time.Duration, admin *Admin, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) *Watchdogs {
+func newWatchdogs(service string, timeout time.Duration, ready Readiness, log *zap.Logger, reg prometheus.Registerer, now func() time.Time) *Watchdogs {
 	return &Watchdogs{
-		service: service, timeout: timeout, admin: admin, log: log, now: now,
+		service: service, timeout: timeout, ready: ready, log: log, now: now,
 		stalls: promauto.With(reg).NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_" + service + "_stalls_total",
 			Help: "Times a unit of work (a shard, or the partitioner's input) had work pending and made no progress for the stall timeout, by shard.",
 		}, []string{"shard"}),
 	}
 }
+
+// Timeout is the stall timeout.
+func (ws *Watchdogs) Timeout() time.Duration { return ws.timeout }
 
 // For returns the watchdog of one unit: label is the shard number, or
 // "input" for the partitioner's shared consumer.
@@ -75,7 +92,7 @@ func (w *Watchdog) Progress() {
 	w.last = w.ws.now()
 	if w.stalled {
 		w.stalled, w.repair = false, false
-		w.ws.admin.Ready(w.check)
+		w.ws.ready.Ready(w.check)
 		w.ws.log.Info("progress resumed", zap.String("unit", w.unit))
 	}
 }
@@ -106,7 +123,7 @@ func (w *Watchdog) Check(backlog uint64) bool {
 		w.last = now
 		if w.stalled {
 			w.stalled, w.repair = false, false
-			w.ws.admin.Ready(w.check)
+			w.ws.ready.Ready(w.check)
 		}
 		return false
 	}
@@ -121,7 +138,7 @@ func (w *Watchdog) Check(backlog uint64) bool {
 			zap.String("unit", w.unit), zap.Uint64("backlog", backlog),
 			zap.Duration("since_progress", idle.Round(time.Second)), zap.String("waiting_on", w.waiting))
 	}
-	w.ws.admin.NotReady(w.check, fmt.Sprintf("%d pending, no progress for %s, waiting on %s", backlog, idle.Round(time.Second), w.waiting))
+	w.ws.ready.NotReady(w.check, fmt.Sprintf("%d pending, no progress for %s, waiting on %s", backlog, idle.Round(time.Second), w.waiting))
 	return true
 }
 

@@ -1,6 +1,7 @@
-package service
+package liveness
 
 import (
+	"slices"
 	"testing"
 	"time"
 
@@ -10,12 +11,26 @@ import (
 	"go.uber.org/zap/zaptest"
 )
 
+// readiness is a /readyz in memory: the failing checks and their reasons.
+type readiness map[string]string
+
+func (r readiness) Ready(check string)            { delete(r, check) }
+func (r readiness) NotReady(check, reason string) { r[check] = reason }
+
+// NotReadyReasons lists the failing checks as "check: reason", sorted, as
+// the admin server's /readyz does.
+func (r readiness) NotReadyReasons() []string {
+	out := []string{}
+	for check, reason := range r {
+		out = append(out, check+": "+reason)
+	}
+	slices.Sort(out)
+	return out
+}
+
 func TestWatchdog(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	admin, err := NewAdmin("127.0.0.1:0", reg, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = admin.Close() })
-	admin.Ready(CheckStarting)
+	admin := readiness{}
 	now := time.Unix(1000, 0)
 	ws := newWatchdogs("sink", 10*time.Second, admin, zaptest.NewLogger(t), reg, func() time.Time { return now })
 	w := ws.For("3")
@@ -60,10 +75,7 @@ func TestWatchdog(t *testing.T) {
 
 func TestWatchdogInputUnit(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	admin, err := NewAdmin("127.0.0.1:0", reg, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = admin.Close() })
-	admin.Ready(CheckStarting)
+	admin := readiness{}
 	now := time.Unix(0, 0)
 	ws := newWatchdogs("partitioner", time.Second, admin, zaptest.NewLogger(t), reg, func() time.Time { return now })
 	w := ws.For("input")
@@ -75,9 +87,7 @@ func TestWatchdogInputUnit(t *testing.T) {
 
 func TestWatchdogSeriesStartAtZero(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	admin, err := NewAdmin("127.0.0.1:0", reg, zaptest.NewLogger(t))
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = admin.Close() })
+	admin := readiness{}
 	ws := newWatchdogs("batcher", time.Second, admin, zaptest.NewLogger(t), reg, time.Now)
 	ws.For("0")
 	ws.For("1")

@@ -14,6 +14,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/streams"
 )
@@ -128,6 +129,13 @@ func (h *Host) AdminAddr() string { return h.admin.Addr() }
 
 // Admin is the admin server, for a body's own readiness checks.
 func (h *Host) Admin() *Admin { return h.admin }
+
+// Watchdogs returns the watchdog factory of the service: a unit with work
+// pending and no progress for timeout is stalled, counted, logged and
+// shown on /readyz.
+func (h *Host) Watchdogs(timeout time.Duration) *liveness.Watchdogs {
+	return liveness.NewWatchdogs(h.spec.Name, timeout, h.admin, h.Logger, h.Registry)
+}
 
 // Close releases the admin listener of a host whose Run was never called.
 func (h *Host) Close() error { return h.admin.Close() }

@@ -50,6 +50,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
@@ -62,7 +63,7 @@ type Service struct {
 	cfg       Config
 	host      *service.Host
 	m         *metrics
-	watchdogs *service.Watchdogs
+	watchdogs *liveness.Watchdogs
 	// instance names this process in the lease bucket.
 	instance string
 	// typedMetrics are the schema series; nil when typed columns are off.
@@ -132,65 +133,51 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		}
 		wg.Go(func() { typer.watch(ctx, s.cfg.Retry) })
 	}
-	newLoop := func(k int, holds func() bool) *shardLoop {
-		return &shardLoop{
-			s:       s,
-			k:       k,
-			js:      conn.JS,
-			events:  events,
-			batches: batches,
-			subject: streams.EventsSubject(k),
-			out:     streams.BatchesSubject(k),
-			builder: batch.NewBuilder(k, s.cfg.Policy),
-			m:       s.m.forShard(k),
-			log:     s.host.Logger.With(zap.Int("shard", k)),
-			wd:      s.watchdogs.For(strconv.Itoa(k)),
-			holds:   holds,
-			typer:   typer,
+	var owner shard.Owner = shard.Static(s.cfg.OwnedShards())
+	if s.cfg.Leased() {
+		leases, err := lease.NewOwner(conn.JS, lease.Config{
+			Service:  "batcher",
+			Instance: s.instance,
+			Shards:   s.cfg.Shards,
+			TTL:      s.cfg.LeaseTTL,
+			Replicas: s.cfg.Streams.Replicas,
+		}, s.host.Logger)
+		if err != nil {
+			return err
 		}
+		owner = leases
+		s.host.Logger.Info("batching the shards this instance leases", zap.String("instance", s.instance), zap.Int("shards", s.cfg.Shards))
+	} else {
+		s.host.Logger.Info("batching", zap.Ints("shards", s.cfg.OwnedShards()))
 	}
-	loops := &shard.Running[*shardLoop]{}
-
-	if !s.cfg.Leased() {
-		owned := s.cfg.OwnedShards()
-		s.host.Logger.Info("batching", zap.Ints("shards", owned))
-		wg.Go(func() { s.watch(ctx, loops) })
-		for _, k := range owned {
-			l := newLoop(k, func() bool { return true })
-			loops.Add(l.k, l)
-			wg.Go(func() { l.run(ctx) })
-		}
-		return nil
+	sup := &shard.Supervisor{
+		Owner: owner,
+		Start: func(_ context.Context, k int, holds func() bool) (shard.Loop, error) {
+			return &shardLoop{
+				s:       s,
+				k:       k,
+				js:      conn.JS,
+				events:  events,
+				batches: batches,
+				subject: streams.EventsSubject(k),
+				out:     streams.BatchesSubject(k),
+				builder: batch.NewBuilder(k, s.cfg.Policy),
+				m:       s.m.forShard(k),
+				log:     s.host.Logger.With(zap.Int("shard", k)),
+				wd:      s.watchdogs.For(strconv.Itoa(k)),
+				holds:   holds,
+				typer:   typer,
+			}, nil
+		},
+		Poller: liveness.Poller{
+			Every:     liveness.PollEvery(s.cfg.StallTimeout),
+			Timeout:   s.cfg.PublishTimeout,
+			Connected: conn.NC.IsConnected,
+			Log:       s.host.Logger,
+		},
+		Log: s.host.Logger,
 	}
-
-	owner, err := lease.NewOwner(conn.JS, lease.Config{
-		Service:  "batcher",
-		Instance: s.instance,
-		Shards:   s.cfg.Shards,
-		TTL:      s.cfg.LeaseTTL,
-		Replicas: s.cfg.Streams.Replicas,
-	}, s.host.Logger)
-	if err != nil {
-		return err
-	}
-	s.host.Logger.Info("batching the shards this instance leases", zap.String("instance", s.instance), zap.Int("shards", s.cfg.Shards))
-	wg.Go(func() { s.watch(ctx, loops) })
-	return owner.Run(ctx, func(ctx context.Context, k int) {
-		l := newLoop(k, func() bool { return owner.Holds(k) })
-		loops.Add(l.k, l)
-		defer stopped(loops, l)
-		l.log.Info("shard started")
-		l.run(ctx)
-		l.log.Info("shard stopped")
-	})
-}
-
-// stopped forgets a loop that stopped: its stall, if any, is over, and
-// its backlog is the next owner's to report.
-func stopped(loops *shard.Running[*shardLoop], l *shardLoop) {
-	loops.Remove(l.k, l)
-	l.wd.Check(0)
-	l.m.pending.Set(0)
+	return sup.Run(ctx)
 }
 
 // stream looks a stream up, each try bounded by PublishTimeout, until it

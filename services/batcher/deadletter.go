@@ -8,6 +8,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -30,7 +31,7 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 	defer l.inFlight.Store(0)
 	l.wd.Waiting("PubAck of dead letter of " + msg.Subject() + ":" + strconv.FormatUint(seq, 10))
 	if err := l.publishRetry(dctx, dl, l.log); err != nil {
-		if errors.Is(err, errNotOwner) {
+		if errors.Is(err, shard.ErrNotOwner) {
 			l.log.Warn("dead letter not published: the shard's lease is lost; its next owner reads the message again", zap.Uint64("seq", seq))
 			return
 		}

@@ -145,7 +145,7 @@ func TestPublishChecksTheLeaseFirst(t *testing.T) {
 	builder.Add(ack.Sequence, rows, time.Now())
 	c := &cutBatch{b: builder.Cut(), reason: batch.CutShutdown}
 
-	require.ErrorIs(t, l.publish(t.Context(), c), errNotOwner)
+	require.ErrorIs(t, l.publish(t.Context(), c), shard.ErrNotOwner)
 	require.Empty(t, readBatches(t, js, 0))
 	require.Zero(t, counter(s.m.batches, 0))
 	require.Equal(t, uint64(1), subjectMsgs(t, js, streams.EventsSubject(0)), "EVENTS keeps the events")

@@ -336,17 +336,3 @@ func TestStopUnderLoadResumesExactlyOnce(t *testing.T) {
 	require.Equal(t, 450, total)
 	require.Equal(t, uint64(0), subjectMsgs(t, js, streams.EventsSubject(0)))
 }
-
-func TestPollInterval(t *testing.T) {
-	for _, tc := range []struct {
-		name        string
-		stall, want time.Duration
-	}{
-		{"default: every 5 s", 30 * time.Second, 5 * time.Second},
-		{"a quarter of the timeout", 2 * time.Second, 500 * time.Millisecond},
-		{"at most every 10 ms", time.Millisecond, 10 * time.Millisecond},
-		{"at least every 5 s", time.Hour, 5 * time.Second},
-	} {
-		t.Run(tc.name, func(t *testing.T) { require.Equal(t, tc.want, pollInterval(tc.stall)) })
-	}
-}

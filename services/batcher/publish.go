@@ -2,7 +2,6 @@ package batcher
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -89,18 +89,15 @@ func messages(b *batch.Batch) uint64 {
 	return n
 }
 
-// errNotOwner stops the publish of a shard this instance no longer owns.
-var errNotOwner = errors.New("shard lease lost")
-
 // publishRetry publishes msg synchronously until a PubAck or the end of
 // ctx, each attempt bounded by PublishTimeout and paced by Retry. The
 // message id makes a retry of a publish that did land a duplicate. Each
 // attempt first checks that the shard is still this instance's, and stops
-// with errNotOwner when it is not.
+// with shard.ErrNotOwner when it is not.
 func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg, log *zap.Logger) error {
 	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
 		if !l.holds() {
-			return retry.Permanent(errNotOwner)
+			return retry.Permanent(shard.ErrNotOwner)
 		}
 		pctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
 		defer cancel()

@@ -15,8 +15,9 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
-	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -35,7 +36,7 @@ type shardLoop struct {
 	trace   batchTrace // trace context of the open batch
 	m       shardMetrics
 	log     *zap.Logger
-	wd      *service.Watchdog
+	wd      *liveness.Watchdog
 	// holds reports whether this instance still owns the shard: always in
 	// static mode, while its lease holds in lease mode. Checked before
 	// every publish attempt.
@@ -71,9 +72,9 @@ type cutBatch struct {
 	reason batch.CutReason
 }
 
-// run resumes the shard and consumes it until ctx ends, re-creating the
+// Run resumes the shard and consumes it until ctx ends, re-creating the
 // consumer when it stops; then it publishes what it holds.
-func (l *shardLoop) run(ctx context.Context) {
+func (l *shardLoop) Run(ctx context.Context) {
 	next, ok := l.resume(ctx)
 	if !ok {
 		return
@@ -260,16 +261,6 @@ func (l *shardLoop) setStopConsumer(stop context.CancelCauseFunc) {
 	l.stopConsumer = stop
 }
 
-// repair stops the running events consumer, if any, with errStalled: run
-// then recreates it from l.next. Called by the poller.
-func (l *shardLoop) repair() {
-	l.stopMu.Lock()
-	defer l.stopMu.Unlock()
-	if l.stopConsumer != nil {
-		l.stopConsumer(errStalled)
-	}
-}
-
 // until is ctx ending at d too; ctx itself when d is zero.
 func until(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
 	if d.IsZero() {
@@ -365,7 +356,7 @@ func (l *shardLoop) finish(parent context.Context) {
 
 // unpublished logs a batch finish could not publish.
 func (l *shardLoop) unpublished(id string, err error) {
-	if errors.Is(err, errNotOwner) {
+	if errors.Is(err, shard.ErrNotOwner) {
 		l.log.Warn("batch not published: the shard's lease is lost; its next owner batches these events", zap.String("batch", id))
 		return
 	}

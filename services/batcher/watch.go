@@ -3,56 +3,43 @@ package batcher
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
-	"go.uber.org/zap"
 
-	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/liveness"
 )
 
-// watch checks the backlog of every owned shard every pollInterval until
-// ctx ends: it keeps surge_batcher_consumer_pending current, hands the
-// backlog to each shard's watchdog and stops the events consumer of a
-// shard the watchdog wants repaired.
-func (s *Service) watch(ctx context.Context, loops *shard.Running[*shardLoop]) {
-	t := time.NewTicker(pollInterval(s.cfg.StallTimeout))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		// One bound for the whole round: an unreachable server delays the
-		// checks and never piles them up.
-		rctx, cancel := context.WithTimeout(ctx, s.cfg.PublishTimeout)
-		for _, l := range loops.All() {
-			l.check(rctx)
-		}
-		cancel()
-	}
-}
+// Watchdog is the shard's stall watchdog.
+func (l *shardLoop) Watchdog() *liveness.Watchdog { return l.wd }
 
-// pollInterval is how often the backlog is checked: a quarter of the
-// stall timeout, at most every 5 s.
-func pollInterval(stall time.Duration) time.Duration {
-	return min(max(stall/4, 10*time.Millisecond), 5*time.Second)
-}
-
-// check reads the shard's backlog (events to read plus the messages of a
-// batch waiting for its PubAck) and reports it to the watchdog. A failed
-// read skips the shard until the next round: the stall timer goes on.
-func (l *shardLoop) check(ctx context.Context) {
+// Backlog is the shard's events to read plus the messages of a batch
+// waiting for its PubAck; it keeps surge_batcher_consumer_pending current.
+func (l *shardLoop) Backlog(ctx context.Context) (uint64, error) {
 	unread, err := l.unread(ctx)
 	if err != nil {
-		l.log.Debug("backlog check", zap.Error(err))
-		return
+		return 0, err
 	}
 	l.m.pending.Set(float64(unread))
-	if l.wd.Check(unread+l.inFlight.Load()) && l.wd.Repair() {
-		l.repair()
+	return unread + l.inFlight.Load(), nil
+}
+
+// Repair stops the shard's events consumer; the loop makes a new one at
+// once. The batcher reads EVENTS with an ordered consumer, which the loop
+// makes again whenever it stops, so a stall is its only cause.
+func (l *shardLoop) Repair(context.Context, string) error {
+	l.stopMu.Lock()
+	defer l.stopMu.Unlock()
+	if l.stopConsumer != nil {
+		l.stopConsumer(errStalled)
 	}
+	return nil
+}
+
+// Stopped forgets the loop's stall, if any, and its backlog, which is the
+// next owner's to report.
+func (l *shardLoop) Stopped() {
+	l.wd.Check(0)
+	l.m.pending.Set(0)
 }
 
 // unread is the number of the shard's EVENTS messages at or after l.next.
@@ -69,7 +56,8 @@ func (l *shardLoop) unread(ctx context.Context) (uint64, error) {
 		return 0, nil
 	case err != nil:
 		return 0, err
-	case raw.Sequence < next:
+	}
+	if raw.Sequence < next {
 		return 0, nil
 	}
 	return max(l.lastPending.Load(), 1), nil

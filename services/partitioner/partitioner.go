@@ -31,6 +31,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
@@ -49,7 +50,7 @@ type Service struct {
 	// parser validates the JSON of NATS and MQTT producers.
 	parser *event.Parser
 	// wd watches the input for stalls.
-	wd *service.Watchdog
+	wd *liveness.Watchdog
 	// failure is the last error that kept a request from being settled,
 	// cleared by the next ack: the stall report says why.
 	failure atomic.Pointer[string]
@@ -119,9 +120,10 @@ func (s *Service) partition(ctx context.Context, conn service.Conn) error {
 	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
 
 	var wg sync.WaitGroup
-	wg.Go(func() { s.pollLag(ctx, src) })
+	poller := liveness.Poller{Every: s.cfg.InfoInterval, Timeout: 2 * apiTimeout, Connected: conn.NC.IsConnected, Log: s.logger}
+	wg.Go(func() { poller.Run(ctx, func() []liveness.Unit { return []liveness.Unit{inputUnit{s: s, src: src}} }) })
 	for range s.cfg.Workers {
-		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards), keep: service.Keepalive{Every: s.cfg.AckWait / 3}}
+		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards), keep: liveness.Keepalive{Every: s.cfg.AckWait / 3}}
 		wg.Go(func() { w.run(ctx, src) })
 	}
 	wg.Wait()

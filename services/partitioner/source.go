@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -59,59 +60,42 @@ func (src *source) create(ctx context.Context) error {
 // consumer is the current handle.
 func (src *source) consumer() jetstream.Consumer { return *src.cons.Load() }
 
-// pollLag reads the consumer's state every InfoInterval: it sets the lag
-// metrics and gives the watchdog the backlog. It recreates the consumer
-// when the server no longer has it, and when the watchdog calls for a
-// repair; a failed re-creation is tried again at the next tick.
-func (s *Service) pollLag(ctx context.Context, src *source) {
-	t := time.NewTicker(s.cfg.InfoInterval)
-	defer t.Stop()
-	recreate := "" // why the consumer must be recreated
-	failures := 0  // reads failed in a row
-	for {
-		ictx, cancel := context.WithTimeout(ctx, apiTimeout)
-		info, err := src.consumer().Info(ictx)
-		cancel()
-		if err != nil {
-			failures++
-		} else {
-			failures = 0
-		}
-		switch {
-		case err == nil:
-			s.m.consumerPending.Set(float64(info.NumPending))
-			s.m.ackPending.Set(float64(info.NumAckPending))
-			s.wd.Check(info.NumPending + uint64(info.NumAckPending))
-			if s.wd.Repair() {
-				recreate = "stalled"
-			}
-		case errors.Is(err, jetstream.ErrConsumerNotFound):
-			recreate = "gone"
-			s.host.Admin().NotReady(checkConsumer, "gone, recreating")
-		case !src.js.Conn().IsConnected():
-			// Readiness says NATS is down (check nats); the stall clock
-			// restarts once it is back.
-			s.wd.Idle()
-		case ctx.Err() == nil && failures&(failures-1) == 0: // the 1st, 2nd, 4th... in a row
-			// Unread, the backlog escapes the watchdog: say so.
-			s.logger.Warn("consumer info", zap.Int("failures", failures), zap.Error(err))
-		}
-		if recreate != "" && ctx.Err() == nil {
-			if err := src.create(ctx); err != nil {
-				s.host.Admin().NotReady(checkConsumer, recreate+", recreating: "+err.Error())
-				s.logger.Warn("recreate consumer", zap.String("why", recreate), zap.Error(err))
-			} else {
-				s.host.Admin().Ready(checkConsumer)
-				s.logger.Warn("consumer recreated", zap.String("consumer", ConsumerName), zap.String("why", recreate))
-				recreate = ""
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+// inputUnit is the shared consumer as the liveness poller watches it, every
+// InfoInterval: its lag sets the metrics and feeds the watchdog, and it
+// is made again when the server no longer has it or the watchdog finds
+// it stalled; a failed re-creation is tried again at the next round.
+type inputUnit struct {
+	s   *Service
+	src *source
+}
+
+// Watchdog is the input's stall watchdog.
+func (in inputUnit) Watchdog() *liveness.Watchdog { return in.s.wd }
+
+// Backlog is the requests waiting in INGEST or unacked.
+func (in inputUnit) Backlog(ctx context.Context) (uint64, error) {
+	info, err := in.src.consumer().Info(ctx)
+	if errors.Is(err, jetstream.ErrConsumerNotFound) {
+		in.s.host.Admin().NotReady(checkConsumer, "gone, recreating")
+		return 0, fmt.Errorf("consumer %s: %w", ConsumerName, liveness.ErrGone)
 	}
+	if err != nil {
+		return 0, fmt.Errorf("consumer %s: %w", ConsumerName, err)
+	}
+	in.s.m.consumerPending.Set(float64(info.NumPending))
+	in.s.m.ackPending.Set(float64(info.NumAckPending))
+	return info.NumPending + uint64(info.NumAckPending), nil
+}
+
+// Repair makes the consumer again and hands the new handle to the workers.
+func (in inputUnit) Repair(ctx context.Context, why string) error {
+	if err := in.src.create(ctx); err != nil {
+		in.s.host.Admin().NotReady(checkConsumer, why+", recreating: "+err.Error())
+		return err
+	}
+	in.s.host.Admin().Ready(checkConsumer)
+	in.s.logger.Warn("consumer recreated", zap.String("consumer", ConsumerName), zap.String("why", why))
+	return nil
 }
 
 // waitingOn is what a worker waits on, with the last failure to settle a

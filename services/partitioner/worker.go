@@ -15,8 +15,8 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
-	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
@@ -26,9 +26,9 @@ import (
 type worker struct {
 	s        *Service
 	js       jetstream.JetStream
-	groups   [][]event.Event   // by shard, reused
-	inflight []input           // the fetched batch, reused
-	keep     service.Keepalive // keeps the fetched batch alive
+	groups   [][]event.Event    // by shard, reused
+	inflight []input            // the fetched batch, reused
+	keep     liveness.Keepalive // keeps the fetched batch alive
 	// timedOut is the first publish of the batch that timed out: the
 	// rest of the batch is naked without a try, so a batch waits out
 	// publish_timeout once, not once per message.

@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -46,7 +47,7 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string
 	l.w.Waiting("dead letter publish")
 	err := retry.Do(ctx, l.retry, func() error {
 		if !l.holds() {
-			return retry.Permanent(errNotOwner)
+			return retry.Permanent(shard.ErrNotOwner)
 		}
 		pctx, cancel := context.WithTimeout(work, natsTimeout)
 		defer cancel()
@@ -57,10 +58,10 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, id string
 		log.Warn("publish dead letter failed, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
 	if err == nil && !l.holds() {
-		err = errNotOwner
+		err = shard.ErrNotOwner
 	}
 	l.release()
-	if errors.Is(err, errNotOwner) {
+	if errors.Is(err, shard.ErrNotOwner) {
 		log.Warn("shard lease lost while dead-lettering the batch; releasing it to the next owner")
 		_ = msg.Nak()
 		return

@@ -13,12 +13,13 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // land inserts the part of b above the watermark and acks msg. An error
-// leaves msg unacked; errNotOwner says the shard's lease is lost, and
+// leaves msg unacked; shard.ErrNotOwner says the shard's lease is lost, and
 // nothing was inserted or acked after that was known.
 func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
 	if msg.Headers().Get(streams.HeaderReplay) != "" {
@@ -56,7 +57,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	// insert sent just before the lease ran out and landing after the next
 	// owner read the watermark is caught by ClickHouse (see Service).
 	if !l.holds() {
-		return errNotOwner
+		return shard.ErrNotOwner
 	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
@@ -110,7 +111,7 @@ func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.
 	defer cancel()
 	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
 	if !l.holds() { // fencing, as in land
-		return errNotOwner
+		return shard.ErrNotOwner
 	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
@@ -135,14 +136,14 @@ func (l *shardLoop) setWatermark(wm uint64) {
 }
 
 // ack confirms msg with the server: the shard made progress. A shard whose
-// lease is lost acks nothing (errNotOwner): the batch goes back to the next
+// lease is lost acks nothing (shard.ErrNotOwner): the batch goes back to the next
 // owner, which finds the rows landed at or below the watermark. A lost ack
 // is harmless for the same reason: its failure is logged, and the loop,
 // unsure, has the batch handed out again after its next empty fetch
 // (redeliverLost) rather than after the ack wait.
 func (l *shardLoop) ack(ctx context.Context, msg jetstream.Msg) error {
 	if !l.holds() {
-		return errNotOwner
+		return shard.ErrNotOwner
 	}
 	l.release()
 	actx, cancel := context.WithTimeout(ctx, natsTimeout)

@@ -707,12 +707,15 @@ func TestStalledFetchRecreatesTheConsumer(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		l.run(ctx)
+		l.Run(ctx)
 	}()
-	// The poller's view: a batch waits and none lands.
+	// The poller's view: a batch waits and none lands. It asks the loop
+	// to repair the stall, once (liveness.Poller).
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.True(c, l.w.Check(1))
 	}, 10*time.Second, 10*time.Millisecond)
+	require.True(t, l.w.Repair())
+	require.NoError(t, l.Repair(ctx, "stalled"))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		settled, _, _ := msg.counts()
 		assert.Equal(c, []string{"ack"}, settled)
@@ -764,7 +767,7 @@ func TestLostDeliveryIsHandedOutAgain(t *testing.T) {
 			done := make(chan struct{})
 			go func() {
 				defer close(done)
-				l.run(ctx)
+				l.Run(ctx)
 			}()
 			if lost {
 				require.EventuallyWithT(t, func(c *assert.CollectT) {

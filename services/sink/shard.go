@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -15,8 +16,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
-	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -46,8 +48,12 @@ type shardLoop struct {
 	tracer trace.Tracer
 	m      shardMetrics
 	retry  retry.Config
-	// w is the shard's progress watchdog, checked by the pending poller.
-	w *service.Watchdog
+	// w is the shard's progress watchdog, checked by the poller.
+	w *liveness.Watchdog
+	// info reads the shard's backlog for the poller; repair is set by the
+	// poller for the loop to make its consumer again.
+	info   streamInfo
+	repair atomic.Bool
 	// consumers and consumerConfig make the shard's consumer.
 	consumers      consumers
 	consumerConfig jetstream.ConsumerConfig
@@ -56,7 +62,7 @@ type shardLoop struct {
 	// fetchWait bounds one pull.
 	fetchWait time.Duration
 	// alive keeps the batch in hand from being handed out again.
-	alive service.Keepalive
+	alive liveness.Keepalive
 	// holds reports whether this instance still owns the shard: always in
 	// static mode, while its lease holds in lease mode. Checked before
 	// every insert attempt, dead-letter publish and ack.
@@ -92,15 +98,10 @@ func (s *Service) newShardLoop(k int, js js, st store) *shardLoop {
 		consumerConfig: s.cfg.ConsumerConfig(k),
 		insertTimeout:  s.cfg.ClickHouse.InsertTimeout,
 		fetchWait:      s.fetchWait,
-		alive:          service.Keepalive{Every: s.cfg.KeepaliveEvery()},
+		alive:          liveness.Keepalive{Every: s.cfg.KeepaliveEvery()},
 		holds:          func() bool { return true },
 	}
 }
-
-// errNotOwner stops the work on a batch of a shard this instance no longer
-// owns: its lease is lost. The batch is released unacked for the next
-// owner.
-var errNotOwner = errors.New("shard lease lost")
 
 // fenced is the context of the work on one batch: unlike ctx it does not
 // end at shutdown or hand-over (a batch in hand is finished, under a lease
@@ -144,15 +145,15 @@ func (l *shardLoop) createConsumer(ctx context.Context) error {
 	return err
 }
 
-// run pulls batches until ctx ends. A batch fetched before that is handled
+// Run pulls batches until ctx ends. A batch fetched before that is handled
 // to the end. Failed pulls (NATS down) are retried with the retry policy.
 // The consumer is made again when it is gone (a NATS server that lost its
 // store) or when the watchdog finds the shard stalled while it fetches.
-func (l *shardLoop) run(ctx context.Context) {
+func (l *shardLoop) Run(ctx context.Context) {
 	bo := l.retry.NewBackOff()
 	l.unsure = true
 	for ctx.Err() == nil {
-		if l.w.Repair() {
+		if l.repair.Swap(false) {
 			l.log.Warn("shard stalled while fetching: recreating its consumer")
 			l.recreateConsumer(ctx)
 		}
@@ -313,7 +314,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 		if err != nil && !l.holds() {
 			// Lost before or while the attempt ran (an insert under way
 			// is cut): whatever the error, nothing more is sent.
-			return retry.Permanent(errNotOwner)
+			return retry.Permanent(shard.ErrNotOwner)
 		}
 		if err != nil && Classify(err) == Permanent {
 			permanent = err
@@ -327,7 +328,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	switch {
 	case err == nil:
-	case errors.Is(err, errNotOwner):
+	case errors.Is(err, shard.ErrNotOwner):
 		log.Warn("shard lease lost with the batch unacked; releasing it to the next owner")
 		span.SetStatus(codes.Error, "shard lease lost")
 		l.release()

@@ -2,21 +2,20 @@ package sink
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
-	"github.com/surge-events/surge/pkg/streams"
 )
 
 // TracerName names the sink's tracer.
@@ -55,7 +54,7 @@ type Service struct {
 	log     *zap.Logger
 	metrics *metrics
 
-	watchdogs *service.Watchdogs
+	watchdogs *liveness.Watchdogs
 
 	// fetchWait bounds one pull: the longest a shard loop takes to notice
 	// shutdown when its shard is idle.
@@ -80,13 +79,6 @@ type Service struct {
 // publish, a consumer info or create.
 const natsTimeout = 5 * time.Second
 
-// pollEvery is how often the shard consumers' state is read: often enough
-// that a stall is noticed within a fifth of the stall timeout, at most
-// every 5s (the pending gauges), at least every 100ms.
-func pollEvery(stallTimeout time.Duration) time.Duration {
-	return min(5*time.Second, max(stallTimeout/5, 100*time.Millisecond))
-}
-
 // New checks cfg and deps and opens the admin listener; it does no other I/O.
 func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err := cfg.Schema.Load(); err != nil {
@@ -110,7 +102,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		metrics:      newMetrics(host.Registry),
 		watchdogs:    host.Watchdogs(cfg.StallTimeout),
 		fetchWait:    time.Second,
-		pendingEvery: pollEvery(cfg.StallTimeout),
+		pendingEvery: liveness.PollEvery(cfg.StallTimeout),
 		instance:     lease.NewInstanceID(),
 	}
 	if cfg.Leased() {
@@ -153,85 +145,70 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		return err
 	}
 
-	loops := &shard.Running[*shardLoop]{}
 	var wg sync.WaitGroup
 	defer wg.Wait() // before the servers close
 	if s.cfg.Schema.Mode != schema.Off {
 		wg.Go(func() { s.runSchema(ctx, conn.JS, servers) })
 	}
 
-	if !s.cfg.Leased() {
-		owned := s.cfg.OwnedShards()
-		started := make([]*shardLoop, 0, len(owned))
-		for _, k := range owned {
-			l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
-			if err := l.createConsumer(ctx); err != nil {
-				return err
-			}
-			started = append(started, l)
-		}
+	running := func() {
 		s.host.Admin().Ready(checkClickHouse)
-		s.log.Info("sink running", zap.Ints("shards", owned), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
-		for _, l := range started {
-			loops.Add(l.k, l)
-			wg.Go(func() { l.run(ctx) })
-		}
-		wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
-		wg.Wait()
-		s.log.Info("sink drained")
-		return nil
-	}
-
-	owner, err := lease.NewOwner(conn.JS, lease.Config{
-		Service:  "sink",
-		Instance: s.instance,
-		Shards:   s.cfg.Shards,
-		TTL:      s.cfg.LeaseTTL,
-		Replicas: s.cfg.Streams.Replicas,
-	}, s.log)
-	if err != nil {
-		return err
-	}
-	// Ready once the schema is there: an instance that holds no shard yet
-	// (or none at all, with more sinks than shards) is healthy.
-	s.host.Admin().Ready(checkClickHouse)
-	s.log.Info("sink running on the shards this instance leases", zap.String("instance", s.instance),
-		zap.Int("shards", s.cfg.Shards), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
-	wg.Go(func() { s.pollPending(ctx, conn.JS, loops) })
-	err = owner.Run(ctx, func(ctx context.Context, k int) {
-		// A new loop for every tenure: its watermark is read again from
-		// ClickHouse, never kept from an earlier one (another sink may have
-		// landed batches meanwhile).
-		l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
-		l.holds = func() bool { return owner.Holds(k) }
-		// A failure here ends the run; the owner starts it again at its
-		// next round while it holds the lease.
-		if err := l.createConsumer(ctx); err != nil {
-			if ctx.Err() == nil {
-				l.log.Error("shard not started: its consumer could not be made", zap.Error(err))
-			}
+		if s.cfg.Leased() {
+			s.log.Info("sink running on the shards this instance leases", zap.String("instance", s.instance),
+				zap.Int("shards", s.cfg.Shards), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
 			return
 		}
-		loops.Add(l.k, l)
-		defer stopped(loops, l)
-		l.log.Info("shard started")
-		l.run(ctx)
-		l.log.Info("shard stopped")
-	})
-	if err != nil {
+		s.log.Info("sink running", zap.Ints("shards", s.cfg.OwnedShards()), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
+	}
+	owned := s.cfg.OwnedShards()
+	var owner shard.Owner = shard.Static(owned)
+	if s.cfg.Leased() {
+		leases, err := lease.NewOwner(conn.JS, lease.Config{
+			Service:  "sink",
+			Instance: s.instance,
+			Shards:   s.cfg.Shards,
+			TTL:      s.cfg.LeaseTTL,
+			Replicas: s.cfg.Streams.Replicas,
+		}, s.log)
+		if err != nil {
+			return err
+		}
+		owner = leases
+		// Ready once the schema is there: an instance that holds no shard
+		// yet (or none at all, with more sinks than shards) is healthy.
+		running()
+	}
+	var started atomic.Int64
+	sup := &shard.Supervisor{
+		Owner: owner,
+		// A new loop for every tenure: its watermark is read again from
+		// ClickHouse, never kept from an earlier one (another sink may
+		// have landed batches meanwhile). Static shards are ready once
+		// every one has its consumer.
+		Start: func(ctx context.Context, k int, holds func() bool) (shard.Loop, error) {
+			l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
+			l.holds, l.info = holds, conn.JS
+			if err := l.createConsumer(ctx); err != nil {
+				return nil, err
+			}
+			if !s.cfg.Leased() && started.Add(1) == int64(len(owned)) {
+				running()
+			}
+			return l, nil
+		},
+		Poller: liveness.Poller{
+			Every:     s.pendingEvery,
+			Timeout:   natsTimeout,
+			Connected: conn.NC.IsConnected,
+			Log:       s.log,
+		},
+		Log: s.log,
+	}
+	if err := sup.Run(ctx); err != nil {
 		return err
 	}
 	s.log.Info("sink drained")
 	return nil
-}
-
-// stopped forgets a loop that stopped: its stall, if any, is over, and
-// its backlog is the next owner's to report.
-func stopped(loops *shard.Running[*shardLoop], l *shardLoop) {
-	loops.Remove(l.k, l)
-	l.w.Check(0)
-	l.m.pending.Set(0)
-	l.m.ackPending.Set(0)
 }
 
 // ensureSchemas creates the schema on every server, retrying while a
@@ -256,59 +233,4 @@ func (s *Service) ensureSchemas(ctx context.Context, servers []*server) error {
 		}
 	}
 	return nil
-}
-
-// pollPending keeps surge_sink_consumer_pending and _ack_pending current
-// and hands each shard's backlog to its watchdog.
-func (s *Service) pollPending(ctx context.Context, js jetstream.JetStream, loops *shard.Running[*shardLoop]) {
-	t := time.NewTicker(s.pendingEvery)
-	defer t.Stop()
-	for {
-		for _, l := range loops.All() {
-			backlog, err := s.backlog(ctx, js, l)
-			if err != nil {
-				if ctx.Err() == nil {
-					s.log.Debug("shard backlog", zap.Int("shard", l.k), zap.Error(err))
-				}
-				continue
-			}
-			l.w.Check(backlog)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
-// backlog is the number of batches of shard l.k waiting or unacked. While
-// the shard's consumer is missing (a NATS server that lost its store), it
-// is the number of the shard's batches in BATCHES, a work queue.
-func (s *Service) backlog(ctx context.Context, js jetstream.JetStream, l *shardLoop) (uint64, error) {
-	ictx, cancel := context.WithTimeout(ctx, natsTimeout)
-	defer cancel()
-	cons, err := js.Consumer(ictx, streams.Batches, ConsumerName(l.k))
-	if err == nil {
-		info := cons.CachedInfo()
-		l.m.pending.Set(float64(info.NumPending))
-		l.m.ackPending.Set(float64(info.NumAckPending))
-		return info.NumPending + uint64(info.NumAckPending), nil
-	}
-	if !errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return 0, fmt.Errorf("consumer %s: %w", ConsumerName(l.k), err)
-	}
-	stream, err := js.Stream(ictx, streams.Batches)
-	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", streams.Batches, err)
-	}
-	subject := streams.BatchesSubject(l.k)
-	info, err := stream.Info(ictx, jetstream.WithSubjectFilter(subject))
-	if err != nil {
-		return 0, fmt.Errorf("stream %s: %w", streams.Batches, err)
-	}
-	n := info.State.Subjects[subject]
-	l.m.pending.Set(float64(n))
-	l.m.ackPending.Set(0)
-	return n, nil
 }

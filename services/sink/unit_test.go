@@ -152,12 +152,6 @@ func TestConsumerConfig(t *testing.T) {
 	require.Equal(t, -1, got.MaxDeliver)
 }
 
-func TestPollEvery(t *testing.T) {
-	require.Equal(t, 5*time.Second, pollEvery(30*time.Second))
-	require.Equal(t, 400*time.Millisecond, pollEvery(2*time.Second))
-	require.Equal(t, 100*time.Millisecond, pollEvery(time.Millisecond))
-}
-
 func TestClassify(t *testing.T) {
 	tests := []struct {
 		name string

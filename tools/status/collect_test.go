@@ -118,7 +118,7 @@ func TestCollect(t *testing.T) {
 	runCtx, stopLeases := context.WithCancel(context.Background())
 	leasesDone := make(chan error, 1)
 	go func() {
-		leasesDone <- owner.Run(runCtx, func(ctx context.Context, _ int) { <-ctx.Done() })
+		leasesDone <- owner.Run(runCtx, func(ctx context.Context, _ int) error { <-ctx.Done(); return nil })
 	}()
 	t.Cleanup(func() {
 		stopLeases()
