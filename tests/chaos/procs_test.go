@@ -19,12 +19,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	testkitproc "github.com/surge-events/surge/pkg/testkit/proc"
 )
 
 // proc is one OS process of the pipeline that the test starts, kills with
-// SIGKILL and starts again on the same ports and data. Its methods return
-// errors rather than fail the test: the fault schedule calls them off the
-// test goroutine.
+// SIGKILL and starts again on the same ports and data, run by
+// testkit/proc. Its methods return errors rather than fail the test: the
+// fault schedule calls them off the test goroutine.
 type proc struct {
 	name    string
 	bin     string
@@ -34,9 +36,9 @@ type proc struct {
 	// ready is polled after a start; empty means "the process runs".
 	ready string
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	done chan struct{}
+	mu sync.Mutex
+	// p is the running process, nil while stopped.
+	p *testkitproc.Process
 }
 
 func (p *proc) start() error {
@@ -46,23 +48,20 @@ func (p *proc) start() error {
 	if err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
-	fmt.Fprintf(f, "\n===== start %s at %s =====\n", p.name, time.Now().Format(time.RFC3339Nano))
-	cmd := exec.Command(p.bin, p.args...)
-	cmd.Env = append(os.Environ(), p.env...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// If the test binary dies, its children die with it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = f.Close()
+	_, err = fmt.Fprintf(f, "\n===== start %s at %s =====\n", p.name, time.Now().Format(time.RFC3339Nano))
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return fmt.Errorf("start %s: %w", p.name, err)
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = f.Close()
-		close(done)
-	}()
-	p.cmd, p.done = cmd, done
+	cmd := exec.Command(p.bin, p.args...)
+	cmd.Env = append(os.Environ(), p.env...)
+	started, err := testkitproc.Start(cmd, p.logPath)
+	if err != nil {
+		return fmt.Errorf("start %s: %w", p.name, err)
+	}
+	p.p = started
 	return nil
 }
 
@@ -100,27 +99,23 @@ func (p *proc) waitReady(ctx context.Context, timeout time.Duration) error {
 func (p *proc) pid() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
-		return 0
-	}
-	return p.cmd.Process.Pid
+	return p.p.PID()
 }
 
-// stop sends sig and waits for the exit (SIGKILL after 30 s).
+// stop ends the process with SIGKILL, or with sig and SIGKILL after 30 s,
+// and waits for the exit.
 func (p *proc) stop(sig syscall.Signal) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
+	if p.p == nil {
 		return
 	}
-	_ = p.cmd.Process.Signal(sig)
-	select {
-	case <-p.done:
-	case <-time.After(30 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
+	if sig == syscall.SIGKILL {
+		_ = p.p.Kill()
+	} else {
+		_ = p.p.StopWith(sig, 30*time.Second)
 	}
-	p.cmd = nil
+	p.p = nil
 }
 
 // freeze stops the process with SIGSTOP and returns once the kernel reports
@@ -128,13 +123,13 @@ func (p *proc) stop(sig syscall.Signal) {
 func (p *proc) freeze() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
+	if p.p == nil {
 		return fmt.Errorf("freeze %s: not running", p.name)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := p.p.Signal(syscall.SIGSTOP); err != nil {
 		return fmt.Errorf("freeze %s: %w", p.name, err)
 	}
-	pid := p.cmd.Process.Pid
+	pid := p.p.PID()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		ok, err := stopped(pid)
@@ -183,10 +178,10 @@ func stopped(pid int) (bool, error) {
 func (p *proc) thaw() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cmd == nil {
+	if p.p == nil {
 		return fmt.Errorf("thaw %s: not running", p.name)
 	}
-	if err := p.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := p.p.Signal(syscall.SIGCONT); err != nil {
 		return fmt.Errorf("thaw %s: %w", p.name, err)
 	}
 	return nil

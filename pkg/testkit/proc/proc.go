@@ -91,9 +91,12 @@ func (p *Process) ExitState() *os.ProcessState {
 // Stop sends SIGTERM and waits for the process to exit. A process still
 // running after grace is sent SIGKILL and waited for; Stop then returns an
 // error saying so. A process that has exited already returns nil at once.
-func (p *Process) Stop(grace time.Duration) error {
+func (p *Process) Stop(grace time.Duration) error { return p.StopWith(syscall.SIGTERM, grace) }
+
+// StopWith is Stop with sig in place of SIGTERM.
+func (p *Process) StopWith(sig os.Signal, grace time.Duration) error {
 	p.stopping.Store(true)
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.cmd.Process.Signal(sig)
 	timer := time.NewTimer(grace)
 	defer timer.Stop()
 	select {
@@ -104,7 +107,20 @@ func (p *Process) Stop(grace time.Duration) error {
 	if err := p.Kill(); err != nil {
 		return err
 	}
-	return fmt.Errorf("pid %d did not exit within %s of SIGTERM; killed", p.PID(), grace)
+	name := sig.String()
+	if sig == syscall.SIGTERM {
+		name = "SIGTERM"
+	}
+	return fmt.Errorf("pid %d did not exit within %s of %s; killed", p.PID(), grace, name)
+}
+
+// Signal sends sig to the process alone, e.g. SIGSTOP and SIGCONT to
+// freeze and thaw it; it does not wait.
+func (p *Process) Signal(sig os.Signal) error {
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		return fmt.Errorf("signal pid %d: %w", p.PID(), err)
+	}
+	return nil
 }
 
 // Kill sends SIGKILL and waits for the process to exit.
