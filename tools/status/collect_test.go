@@ -34,17 +34,9 @@ import (
 // stream's fill, and a sink's watchdog naming a stalled shard.
 func TestCollect(t *testing.T) {
 	ctx := t.Context()
-	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
 	sc := streams.DefaultConfig()
 	sc.MaxBytes, sc.MaxMsgSize = 1<<20, 64<<10
-	require.NoError(t, streams.Ensure(ctx, js, sc))
+	ns, js := startJetStream(t, sc)
 
 	publish := func(subject string, n, size int) []uint64 {
 		t.Helper()
@@ -218,6 +210,22 @@ func TestCollect(t *testing.T) {
 	assert.ErrorIs(t, err, jetstream.ErrBucketNotFound)
 }
 
+// startJetStream runs an embedded JetStream server for the test, with
+// Surge's streams as sc shapes them, and connects to it.
+func startJetStream(t *testing.T, sc streams.Config) (*server.Server, jetstream.JetStream) {
+	t.Helper()
+	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	require.NoError(t, streams.Ensure(t.Context(), js, sc))
+	return ns, js
+}
+
 // admin serves a real admin endpoint (/readyz, /metrics) set up by prepare.
 func admin(t *testing.T, prepare func(*prometheus.Registry, *service.Admin)) string {
 	t.Helper()
@@ -264,15 +272,7 @@ func TestOwner(t *testing.T) {
 // stack's backlog (the progress line's) counts none either.
 func TestCollectIngestAckedLeftBehind(t *testing.T) {
 	ctx := t.Context()
-	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
-	require.NoError(t, err)
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	nc, err := nats.Connect(ns.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
-	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+	ns, js := startJetStream(t, streams.DefaultConfig())
 
 	const acked = 82
 	for range acked {

@@ -153,19 +153,27 @@ func (c *Collector) ingestBacklog(ctx context.Context, s jetstream.Stream, info 
 		floor = min(floor, ci.AckFloor.Stream)
 	}
 	if b.Pending > 0 {
-		rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-		msg, err := s.GetMsg(rctx, floor+1, jetstream.WithGetMsgSubject(">"))
-		cancel()
-		switch {
-		case err == nil:
-			t := msg.Time.UTC()
-			b.Oldest = &t
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-		default:
-			return b, fmt.Errorf("oldest waiting message of %s: %w", streams.Ingest, err)
-		}
+		b.Oldest, err = c.oldest(ctx, s, floor+1, ">", streams.Ingest)
 	}
-	return b, nil
+	return b, err
+}
+
+// oldest is the stream time of the first message of s on subject from
+// sequence start on; nil when there is none. what names the backlog in
+// an error.
+func (c *Collector) oldest(ctx context.Context, s jetstream.Stream, start uint64, subject, what string) (*time.Time, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	defer cancel()
+	msg, err := s.GetMsg(ctx, start, jetstream.WithGetMsgSubject(subject))
+	switch {
+	case err == nil:
+		t := msg.Time.UTC()
+		return &t, nil
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return nil, nil
+	default:
+		return nil, fmt.Errorf("oldest waiting message of %s: %w", what, err)
+	}
 }
 
 // shardBacklogs reads, per shard subject (prefix<k>), what its consumer
@@ -208,16 +216,9 @@ func (c *Collector) shardBacklogs(ctx context.Context, s jetstream.Stream, prefi
 			st.lastAck[k] = b.LastProgress
 		}
 		if b.Pending > 0 {
-			rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-			msg, err := s.GetMsg(rctx, start, jetstream.WithGetMsgSubject(prefix+strconv.Itoa(k)))
-			cancel()
-			switch {
-			case err == nil:
-				t := msg.Time.UTC()
-				b.Oldest = &t
-			case errors.Is(err, jetstream.ErrMsgNotFound):
-			default:
-				return fmt.Errorf("oldest waiting message of %s%d: %w", prefix, k, err)
+			subject := prefix + strconv.Itoa(k)
+			if b.Oldest, err = c.oldest(ctx, s, start, subject, subject); err != nil {
+				return err
 			}
 		}
 		if acked {
