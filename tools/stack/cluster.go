@@ -316,16 +316,3 @@ func (c *Cluster) Stop() error {
 	c.lock = nil
 	return errors.Join(errs...)
 }
-
-// logTail is the last n lines of a log file, for an error.
-func logTail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}

@@ -157,7 +157,7 @@ const InstanceStartMarker = "===== start"
 func (c *Cluster) waitReady(ctx context.Context) error {
 	for _, in := range c.Instances {
 		if err := waitHTTP(ctx, "http://"+in.AdminAddr+"/readyz", in.proc, ClusterReadyTimeout); err != nil {
-			return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, logTail(in.LogPath, 10))
+			return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, proc.Tail(in.LogPath, 10))
 		}
 	}
 	return nil
@@ -259,7 +259,7 @@ func (c *Cluster) AddInstance(ctx context.Context, service string) (*Instance, e
 // waitReady waits for the instance's /readyz.
 func (in *Instance) waitReady(ctx context.Context) error {
 	if err := waitHTTP(ctx, "http://"+in.AdminAddr+"/readyz", in.proc, ClusterReadyTimeout); err != nil {
-		return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, logTail(in.LogPath, 10))
+		return fmt.Errorf("%s: %w; log %s:\n%s", in.Name, err, in.LogPath, proc.Tail(in.LogPath, 10))
 	}
 	return nil
 }

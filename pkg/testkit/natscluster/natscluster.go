@@ -435,29 +435,16 @@ func (c *Cluster) waitHealthy(ctx context.Context, i int, timeout time.Duration)
 			last = err.Error()
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s not healthy after %s: %s; log %s:\n%s", nd.name, timeout, last, nd.logPath(), logTail(nd.logPath(), 10))
+			return fmt.Errorf("node %s not healthy after %s: %s; log %s:\n%s", nd.name, timeout, last, nd.logPath(), proc.Tail(nd.logPath(), 10))
 		}
 		select {
 		case <-p.Exited():
-			return fmt.Errorf("node %s exited at start; log %s:\n%s", nd.name, nd.logPath(), logTail(nd.logPath(), 10))
+			return fmt.Errorf("node %s exited at start; log %s:\n%s", nd.name, nd.logPath(), proc.Tail(nd.logPath(), 10))
 		case <-ctx.Done():
 			return fmt.Errorf("node %s: %w", nd.name, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-}
-
-// logTail is the last n lines of a log file, for an error.
-func logTail(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }
 
 // JetStream is the cluster's own connection, made on first use and
