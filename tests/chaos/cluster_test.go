@@ -20,6 +20,7 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natscluster"
 	"github.com/surge-events/surge/pkg/testkit/ports"
+	testkitproc "github.com/surge-events/surge/pkg/testkit/proc"
 	"github.com/surge-events/surge/tools/stack"
 	"github.com/surge-events/surge/tools/status"
 )
@@ -508,7 +509,7 @@ func (ch *chaosCluster) printReports(t *testing.T, reports []faultReport, l *clu
 func (ch *chaosCluster) dumpLogs(t *testing.T) {
 	t.Helper()
 	for _, in := range ch.c.Instances {
-		t.Logf("---- %s log (last lines) ----\n%s", in.Name, tailFile(in.LogPath, 15))
+		t.Logf("---- %s log (last lines) ----\n%s", in.Name, testkitproc.Tail(in.LogPath, 15))
 	}
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/ports"
+	testkitproc "github.com/surge-events/surge/pkg/testkit/proc"
 	"github.com/surge-events/surge/pkg/testkit/surgebin"
 	"github.com/surge-events/surge/services/partitioner"
 	"github.com/surge-events/surge/services/sink"
@@ -98,7 +99,7 @@ func TestCrashLoop(t *testing.T) {
 	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			t.Logf("---- surge up output (last lines) ----\n%s", tailFile(up.logPath, 60))
+			t.Logf("---- surge up output (last lines) ----\n%s", testkitproc.Tail(up.logPath, 60))
 		}
 		if _, err := up.kill(goneWithin); err != nil {
 			t.Errorf("stop surge up: %v", err)
@@ -625,7 +626,7 @@ func (s *surgeUp) waitReady(ctx context.Context, timeout time.Duration) (stack.I
 	for {
 		select {
 		case <-s.done:
-			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.cmd.ProcessState, tailFile(s.logPath, 30))
+			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.cmd.ProcessState, testkitproc.Tail(s.logPath, 30))
 		default:
 		}
 		if stopped, err := s.stopped(); err != nil || stopped {
@@ -688,7 +689,7 @@ func (s *surgeUp) waitStopped(ctx context.Context, timeout time.Duration) error 
 	for {
 		select {
 		case <-s.done:
-			return fmt.Errorf("surge up exited instead of stopping at its failpoint: %s\n%s", s.cmd.ProcessState, tailFile(s.logPath, 30))
+			return fmt.Errorf("surge up exited instead of stopping at its failpoint: %s\n%s", s.cmd.ProcessState, testkitproc.Tail(s.logPath, 30))
 		default:
 		}
 		stopped, err := s.stopped()

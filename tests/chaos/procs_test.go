@@ -11,7 +11,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -188,20 +187,7 @@ func (p *proc) thaw() error {
 }
 
 // tail is the end of the process's log, for failure messages.
-func (p *proc) tail(n int) string { return tailFile(p.logPath, n) }
-
-// tailFile is the last n lines of the file at path.
-func tailFile(path string, n int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(string(bytes.TrimSpace(data)), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
+func (p *proc) tail(n int) string { return testkitproc.Tail(p.logPath, n) }
 
 // sleep waits d or until ctx ends, whichever comes first; it returns
 // ctx.Err() when ctx ended.
