@@ -18,30 +18,28 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// land inserts the part of b above the watermark and acks msg. An error
-// leaves msg unacked; shard.ErrNotOwner says the shard's lease is lost, and
-// nothing was inserted or acked after that was known.
+// land inserts the rows of b that ClickHouse does not hold yet and acks
+// msg. An error leaves msg unacked; shard.ErrNotOwner says the shard's
+// lease is lost, and nothing was inserted or acked after that was known.
+//
+// What is left to insert is chosen by strategy (remaining), then every
+// batch takes the same path: fence, insert, metrics, ack.
 func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	if msg.Headers().Get(streams.HeaderReplay) != "" {
-		return l.landReplay(ctx, msg, b, id, attempt)
+	replay := msg.Headers().Get(streams.HeaderReplay)
+	span := trace.SpanFromContext(ctx)
+	if replay != "" {
+		span.SetAttributes(attribute.Bool("surge.replay", true))
 	}
-	if !l.known {
-		l.w.Waiting("watermark from clickhouse " + l.store.Addr())
-		wctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-		wm, err := l.store.Watermark(wctx, l.k)
-		cancel()
-		if err != nil {
-			return err
-		}
-		l.setWatermark(wm)
+	rest, err := l.remaining(ctx, b, replay != "")
+	if err != nil {
+		return err
 	}
-	rest := b.After(l.watermark)
 	if rest.Len() == 0 {
 		if err := l.ack(ctx, msg); err != nil {
 			return err
 		}
 		l.m.duplicates.Inc()
-		trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("surge.duplicate", true))
+		span.SetAttributes(attribute.Bool("surge.duplicate", true))
 		return nil
 	}
 
@@ -52,7 +50,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	// package's) still record the insert in system.query_log: one row a batch.
 	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(qid), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
 	// The last attempt's id stays: find the insert in system.query_log by it.
-	trace.SpanFromContext(ctx).SetAttributes(attribute.String(AttrQueryID, qid))
+	span.SetAttributes(attribute.String(AttrQueryID, qid))
 	// Fencing: a shard whose lease is lost inserts nothing more. The one
 	// insert sent just before the lease ran out and landing after the next
 	// owner read the watermark is caught by ClickHouse (see Service).
@@ -61,73 +59,75 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
-	if err := l.store.Insert(qctx, rest); err != nil {
+	err = l.store.Insert(qctx, rest)
+	switch {
+	case replay != "":
+		// A replay never lowers the watermark but may raise it: read it
+		// again, whatever the outcome.
+		l.known = false
+	case err != nil:
 		// The block may or may not have landed: read the watermark again
 		// before the next attempt.
 		l.known = false
+	default:
+		l.setWatermark(b.LastSeq)
+	}
+	if err != nil {
 		return fmt.Errorf("insert batch %s: %w", id, err)
 	}
 	now := time.Now()
-	l.setWatermark(b.LastSeq)
 	l.m.insertDuration.Observe(now.Sub(start).Seconds())
 	l.m.rows.Add(float64(rest.Len()))
 	l.m.inserted.Inc()
-	l.m.observeEndToEnd(rest.ReceivedAt, now)
-	trace.SpanFromContext(ctx).SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
-	l.log.Debug("batch inserted", append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
-		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))...)
+	if replay == "" {
+		// A replayed dead letter's rows are as old as its failure: they
+		// would only blur how long events take to become queryable.
+		l.m.observeEndToEnd(rest.ReceivedAt, now)
+	}
+	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
+	fields := append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
+		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))
+	if replay != "" {
+		fields = append(fields, zap.String("replay", replay))
+	}
+	l.log.Debug("batch inserted", fields...)
 	// The rows are in; a lease lost meanwhile leaves the batch unacked,
 	// and the next owner finds it at or below the watermark.
 	return l.ack(ctx, msg)
 }
 
-// landReplay inserts the rows of a replayed dead letter that ClickHouse
-// does not hold yet, and acks msg. The watermark cannot tell: batches after
-// the dead-lettered one have usually landed meanwhile. The sequences can:
-// an EVENTS message always lands whole in one block, so a sequence present
-// means all of its rows are. The check is made before every attempt, so an
-// insert whose outcome is unknown is never repeated blindly, and replaying
-// a dead letter twice inserts nothing the second time.
-func (l *shardLoop) landReplay(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
-	l.w.Waiting("sequences from clickhouse " + l.store.Addr())
-	pctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
-	present, err := l.store.Present(pctx, l.k, b.FirstSeq, b.LastSeq)
-	cancel()
-	if err != nil {
-		return err
-	}
-	rest := b.Without(present)
-	span := trace.SpanFromContext(ctx)
-	span.SetAttributes(attribute.Bool("surge.replay", true))
-	if rest.Len() == 0 {
-		if err := l.ack(ctx, msg); err != nil {
-			return err
-		}
-		l.m.duplicates.Inc()
-		span.SetAttributes(attribute.Bool("surge.duplicate", true))
-		return nil
-	}
-	qctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
+// remaining is the part of b that ClickHouse does not hold yet.
+//
+// A batch from the batcher is cut after the last one and lands in order:
+// its rows above the shard's watermark are left, the watermark read once
+// per tenure and again after an insert whose outcome is unknown.
+//
+// A replayed dead letter cannot go by the watermark: batches after it
+// have usually landed meanwhile. The sequences can: an EVENTS message
+// always lands whole in one block, so a sequence present means all of its
+// rows are. They are read before every attempt, so an insert whose
+// outcome is unknown is never repeated blindly, and replaying a dead
+// letter twice inserts nothing the second time.
+func (l *shardLoop) remaining(ctx context.Context, b *batch.Batch, replay bool) (*batch.Batch, error) {
+	rctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
-	qctx = clickhouse.Context(qctx, clickhouse.WithQueryID(queryID(id, trace.SpanContextFromContext(ctx), attempt)))
-	if !l.holds() { // fencing, as in land
-		return shard.ErrNotOwner
+	if replay {
+		l.w.Waiting("sequences from clickhouse " + l.store.Addr())
+		present, err := l.store.Present(rctx, l.k, b.FirstSeq, b.LastSeq)
+		if err != nil {
+			return nil, err
+		}
+		return b.Without(present), nil
 	}
-	l.w.Waiting("insert into clickhouse " + l.store.Addr())
-	start := time.Now()
-	err = l.store.Insert(qctx, rest)
-	// A replay never lowers the watermark but may raise it: read it again.
-	l.known = false
-	if err != nil {
-		return fmt.Errorf("insert replayed batch %s: %w", id, err)
+	if !l.known {
+		l.w.Waiting("watermark from clickhouse " + l.store.Addr())
+		wm, err := l.store.Watermark(rctx, l.k)
+		if err != nil {
+			return nil, err
+		}
+		l.setWatermark(wm)
 	}
-	now := time.Now()
-	l.m.insertDuration.Observe(now.Sub(start).Seconds())
-	l.m.rows.Add(float64(rest.Len()))
-	l.m.inserted.Inc()
-	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
-	l.log.Info("replayed batch inserted", zap.String("batch_id", id), zap.Int("rows", rest.Len()), zap.String("replay", msg.Headers().Get(streams.HeaderReplay)))
-	return l.ack(ctx, msg)
+	return b.After(l.watermark), nil
 }
 
 func (l *shardLoop) setWatermark(wm uint64) {
