@@ -573,8 +573,8 @@ func (l *crashLoad) acceptedEvents() int {
 type surgeUp struct {
 	bin, dir, logPath, httpAddr string
 
-	cmd  *exec.Cmd
-	done chan struct{} // closed once cmd has been waited for
+	// p is the running surge up, nil once killed.
+	p *testkitproc.Process
 }
 
 // start runs surge up on the data folder, with point armed (failpoint.Env)
@@ -592,25 +592,20 @@ func (s *surgeUp) start(point string) error {
 	fmt.Fprintf(f, "\n===== start surge up at %s =====\n", time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(s.bin, "up", "--dir", s.dir, "--shards", strconv.Itoa(shards), "--clickhouse-servers", "2",
 		"--http", s.httpAddr, "--nats-port", "-1", "--mqtt-port", "0", "--log-level", "info")
-	cmd.Stdout, cmd.Stderr = f, f
 	cmd.Env = os.Environ()
 	if point != "" {
 		fmt.Fprintf(f, "===== armed: %s=%s =====\n", failpoint.Env, point)
 		cmd.Env = append(cmd.Env, failpoint.Env+"="+point)
 	}
+	if err := f.Close(); err != nil {
+		return err
+	}
 	// Its own process group, killed as one; and killed if the test dies.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		_ = f.Close()
+	p, err := testkitproc.Start(cmd, s.logPath)
+	if err != nil {
 		return fmt.Errorf("start surge up: %w", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		_ = f.Close()
-		close(done)
-	}()
-	s.cmd, s.done = cmd, done
+	s.p = p
 	return nil
 }
 
@@ -625,8 +620,8 @@ func (s *surgeUp) waitReady(ctx context.Context, timeout time.Duration) (stack.I
 	last := errors.New("no " + stack.InfoFile + " yet")
 	for {
 		select {
-		case <-s.done:
-			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.cmd.ProcessState, testkitproc.Tail(s.logPath, 30))
+		case <-s.p.Exited():
+			return stack.Info{}, time.Time{}, fmt.Errorf("surge up exited before it was ready: %s\n%s", s.p.ExitState(), testkitproc.Tail(s.logPath, 30))
 		default:
 		}
 		if stopped, err := s.stopped(); err != nil || stopped {
@@ -669,7 +664,7 @@ func readyz(ctx context.Context, addr string) error {
 // stopped says whether surge up is stopped (state T in /proc), as an
 // armed failpoint leaves it.
 func (s *surgeUp) stopped() (bool, error) {
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.p.PID()))
 	if err != nil {
 		return false, fmt.Errorf("state of surge up: %w", err)
 	}
@@ -688,8 +683,8 @@ func (s *surgeUp) waitStopped(ctx context.Context, timeout time.Duration) error 
 	defer cancel()
 	for {
 		select {
-		case <-s.done:
-			return fmt.Errorf("surge up exited instead of stopping at its failpoint: %s\n%s", s.cmd.ProcessState, testkitproc.Tail(s.logPath, 30))
+		case <-s.p.Exited():
+			return fmt.Errorf("surge up exited instead of stopping at its failpoint: %s\n%s", s.p.ExitState(), testkitproc.Tail(s.logPath, 30))
 		default:
 		}
 		stopped, err := s.stopped()
@@ -707,10 +702,10 @@ func (s *surgeUp) waitStopped(ctx context.Context, timeout time.Duration) error 
 // process of them is gone (kill(-pgid, 0) fails with ESRCH), for at most
 // timeout. It does nothing when surge up is not running.
 func (s *surgeUp) kill(timeout time.Duration) (int, error) {
-	if s.cmd == nil {
+	if s.p == nil {
 		return 0, nil
 	}
-	pid := s.cmd.Process.Pid
+	pid := s.p.PID()
 	desc, err := descendants(pid)
 	if err != nil {
 		return 0, err
@@ -745,11 +740,11 @@ func (s *surgeUp) kill(timeout time.Duration) (int, error) {
 			// surge up itself has been reaped (its group is empty): its
 			// waiter is closing its log.
 			select {
-			case <-s.done:
+			case <-s.p.Exited():
 			case <-time.After(time.Until(deadline)):
 				return 0, fmt.Errorf("surge up (pid %d) gone but not waited for within %s", pid, timeout)
 			}
-			s.cmd = nil
+			s.p = nil
 			return len(groups), nil
 		}
 		if time.Now().After(deadline) {
