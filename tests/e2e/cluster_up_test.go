@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -42,25 +41,7 @@ func TestClusterUpCommand(t *testing.T) {
 	addrs := []string{freeAddr(t), freeAddr(t)}
 	// Run from the source tree (this package's folder), where surge builds
 	// the service binaries.
-	up := exec.Command(bin, "up", "--cluster", "--dir", dir, "--http", strings.Join(addrs, ","))
-	stdout, err := up.StdoutPipe()
-	require.NoError(t, err)
-	up.Stderr = os.Stderr
-	require.NoError(t, up.Start())
-	t.Cleanup(func() { _ = up.Process.Kill(); _ = up.Wait() })
-
-	lines := make(chan string, 100)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			fmt.Fprintln(os.Stderr, sc.Text())
-			select {
-			case lines <- sc.Text():
-			default: // progress lines nobody reads are dropped
-			}
-		}
-	}()
+	up, lines := startSurgeUp(t, bin, "", true, "--cluster", "--dir", dir, "--http", strings.Join(addrs, ","))
 	waitFor(t, lines, "Press Ctrl-C to stop.", 120*time.Second)
 
 	info, err := stack.ReadInfo(dir)

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -19,16 +20,14 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/surgebin"
 )
 
-// TestLocalStackCommand runs `surge up` as a user would, posts the README's
-// curl body, reads it back with `surge query`, and stops it with Ctrl-C.
-func TestLocalStackCommand(t *testing.T) {
-	bin := surgebin.Build(t)
-
-	dir := t.TempDir()
-	httpAddr := freeAddr(t)
-	// Run from a project folder with the default data folder (.surge,
-	// relative), as the README's `go tool task up` does.
-	up := exec.Command(bin, "up", "--http", httpAddr, "--nats-port", "-1", "--mqtt-port", "-1")
+// startSurgeUp runs `surge up args...` from bin in dir (this package's
+// folder when empty), its stderr to the test's, and returns it with its
+// stdout lines; lines nobody reads are dropped, and echo copies each to
+// stderr as well. The reading goroutine ends with the process, which is
+// killed when the test ends.
+func startSurgeUp(t *testing.T, bin, dir string, echo bool, args ...string) (*exec.Cmd, <-chan string) {
+	t.Helper()
+	up := exec.Command(bin, append([]string{"up"}, args...)...)
 	up.Dir = dir
 	stdout, err := up.StdoutPipe()
 	require.NoError(t, err)
@@ -41,12 +40,28 @@ func TestLocalStackCommand(t *testing.T) {
 		defer close(lines)
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			if echo {
+				fmt.Fprintln(os.Stderr, sc.Text())
+			}
 			select {
 			case lines <- sc.Text():
 			default: // progress lines nobody reads are dropped
 			}
 		}
 	}()
+	return up, lines
+}
+
+// TestLocalStackCommand runs `surge up` as a user would, posts the README's
+// curl body, reads it back with `surge query`, and stops it with Ctrl-C.
+func TestLocalStackCommand(t *testing.T) {
+	bin := surgebin.Build(t)
+
+	dir := t.TempDir()
+	httpAddr := freeAddr(t)
+	// Run from a project folder with the default data folder (.surge,
+	// relative), as the README's `go tool task up` does.
+	up, lines := startSurgeUp(t, bin, dir, false, "--http", httpAddr, "--nats-port", "-1", "--mqtt-port", "-1")
 	waitFor(t, lines, "Press Ctrl-C to stop.", 90*time.Second)
 
 	body := `[{"user_id":"u1","type":"page_view","properties":{"path":"/"}}]`
