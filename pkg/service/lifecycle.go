@@ -54,6 +54,10 @@ type Spec struct {
 	Common
 	// JetStream are options of the JetStream context handed to the body.
 	JetStream []jetstream.JetStreamOpt
+	// Shards is the service's number of logical shards, checked against
+	// the streams' at start (streams.CheckShards); 0 for a service that
+	// does not shard (ingest).
+	Shards int
 }
 
 // Conn is the NATS connection the lifecycle hands a service's body.
@@ -225,7 +229,17 @@ func (h *Host) ensureStreams(ctx context.Context, js jetstream.JetStream) error 
 	return retry.Do(ctx, ensureRetry, func() error {
 		actx, cancel := context.WithTimeout(ctx, ensureAttemptTimeout)
 		defer cancel()
-		return streams.Ensure(actx, js, h.spec.Streams)
+		if err := streams.Ensure(actx, js, h.spec.Streams); err != nil {
+			return err
+		}
+		if h.spec.Shards == 0 {
+			return nil
+		}
+		err := streams.CheckShards(actx, js, h.spec.Shards)
+		if errors.Is(err, streams.ErrShardsMismatch) {
+			return retry.Permanent(err)
+		}
+		return err
 	}, func(attempt int, err error, wait time.Duration) {
 		h.Logger.Warn("ensure streams, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})

@@ -185,12 +185,85 @@ func Definitions(c Config) []jetstream.StreamConfig {
 }
 
 // Ensure creates every stream or updates it to the configuration, so every
-// service can call it at start in any order.
+// service can call it at start in any order. The metadata a stream holds
+// (the shard count, see CheckShards) is kept.
 func Ensure(ctx context.Context, js jetstream.JetStream, c Config) error {
 	for _, sc := range Definitions(c) {
+		st, err := js.Stream(ctx, sc.Name)
+		switch {
+		case err == nil:
+			sc.Metadata = ownMetadata(st.CachedInfo().Config.Metadata)
+		case !errors.Is(err, jetstream.ErrStreamNotFound):
+			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
+		}
 		if _, err := js.CreateOrUpdateStream(ctx, sc); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", sc.Name, err)
 		}
 	}
 	return nil
+}
+
+// MetaShards is the EVENTS stream's metadata key that records the number
+// of logical shards the streams' subjects are laid out for.
+const MetaShards = "surge.shards"
+
+// ErrShardsMismatch refuses a service configured with another shard count
+// than the streams were laid out for: its events would go to, or be read
+// from, the wrong shards.
+var ErrShardsMismatch = errors.New("shard count differs from the streams'")
+
+// CheckShards records shards in the EVENTS stream's metadata when it has
+// none, and fails with ErrShardsMismatch when it records another count:
+// partitioner, batcher and sink must agree, and SURGE_SHARDS set
+// differently on one of them is refused at its start instead of splitting
+// the shards silently. Changing the shard count of a running deployment
+// means new streams (or removing the key by hand, knowing what it does).
+func CheckShards(ctx context.Context, js jetstream.JetStream, shards int) error {
+	st, err := js.Stream(ctx, Events)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", Events, err)
+	}
+	cfg := st.CachedInfo().Config
+	want := strconv.Itoa(shards)
+	if got, ok := cfg.Metadata[MetaShards]; ok {
+		if got != want {
+			return fmt.Errorf("%w: this service has %d shards, stream %s was laid out for %s (metadata %s); set the same SURGE_SHARDS on every partitioner, batcher and sink",
+				ErrShardsMismatch, shards, Events, got, MetaShards)
+		}
+		return nil
+	}
+	cfg.Metadata = ownMetadata(cfg.Metadata)
+	if cfg.Metadata == nil {
+		cfg.Metadata = map[string]string{}
+	}
+	cfg.Metadata[MetaShards] = want
+	if _, err := js.UpdateStream(ctx, cfg); err != nil {
+		return fmt.Errorf("record shard count on stream %s: %w", Events, err)
+	}
+	// Two services recording different counts at once: one of them reads
+	// the other's back and is refused.
+	st, err = js.Stream(ctx, Events)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", Events, err)
+	}
+	if got := st.CachedInfo().Config.Metadata[MetaShards]; got != want {
+		return fmt.Errorf("%w: this service has %d shards, stream %s was laid out for %s", ErrShardsMismatch, shards, Events, got)
+	}
+	return nil
+}
+
+// ownMetadata is a stream's metadata without the keys the server sets
+// itself (_nats.*), which a stream update must not send back.
+func ownMetadata(m map[string]string) map[string]string {
+	var out map[string]string
+	for k, v := range m {
+		if strings.HasPrefix(k, "_nats.") {
+			continue
+		}
+		if out == nil {
+			out = make(map[string]string)
+		}
+		out[k] = v
+	}
+	return out
 }

@@ -59,3 +59,28 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	}
 	require.NoError(t, streams.DefaultConfig().Validate())
 }
+
+func TestCheckShardsRecordsTheCountAndRefusesAnother(t *testing.T) {
+	s := natstest.Start(t)
+	nc, err := nats.Connect(s.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+
+	require.NoError(t, streams.CheckShards(ctx, js, 8), "the first service records its count")
+	require.NoError(t, streams.CheckShards(ctx, js, 8), "the same count passes")
+	// A service that ensures the streams again (ingest, which has no shard
+	// count, or any service after a reconnect) keeps the record.
+	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+	st, err := js.Stream(ctx, streams.Events)
+	require.NoError(t, err)
+	require.Equal(t, "8", st.CachedInfo().Config.Metadata[streams.MetaShards])
+
+	err = streams.CheckShards(ctx, js, 4)
+	require.ErrorIs(t, err, streams.ErrShardsMismatch)
+	require.EqualError(t, err, "shard count differs from the streams': this service has 4 shards, stream EVENTS was laid out for 8 (metadata surge.shards); set the same SURGE_SHARDS on every partitioner, batcher and sink")
+}

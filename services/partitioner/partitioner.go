@@ -65,6 +65,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	host, err := service.NewHost(service.Spec{
 		Name:   "partitioner",
 		Common: cfg.Common,
+		Shards: cfg.Shards,
 		JetStream: []jetstream.JetStreamOpt{
 			jetstream.WithPublishAsyncMaxPending(cfg.MaxPublishPending),
 			jetstream.WithPublishAsyncTimeout(cfg.PublishTimeout),

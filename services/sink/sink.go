@@ -90,6 +90,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	host, err := service.NewHost(service.Spec{
 		Name:   "sink",
 		Common: cfg.Common,
+		Shards: cfg.Shards,
 	}, deps)
 	if err != nil {
 		return nil, err
