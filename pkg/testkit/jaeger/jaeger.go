@@ -256,10 +256,17 @@ func (s Span) Tag(key string) any {
 // ErrNoTrace reports that the query API holds no span of a trace (yet).
 var ErrNoTrace = errors.New("jaeger has no such trace")
 
-// Trace reads the spans of trace id (32 hex digits) from the HTTP query
-// API, each with its service name; ErrNoTrace while Jaeger has none.
+// Trace reads the spans of trace id (32 hex digits) from the server's
+// HTTP query API: ReadTrace at UIURL.
 func (s *Server) Trace(ctx context.Context, id string) ([]Span, error) {
-	url := s.UIURL() + "/api/traces/" + id
+	return ReadTrace(ctx, s.UIURL(), id)
+}
+
+// ReadTrace reads the spans of trace id (32 hex digits) from the HTTP
+// query API at base (a Jaeger's UI address), each with its service name;
+// ErrNoTrace while Jaeger has none.
+func ReadTrace(ctx context.Context, base, id string) ([]Span, error) {
+	url := base + "/api/traces/" + id
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, err

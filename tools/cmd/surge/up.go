@@ -28,6 +28,7 @@ func up(args []string) error {
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT port of NATS (-1 for any free port, 0 for none)")
 	level := fs.String("log-level", "warn", "service log level")
 	natsSync := natsSyncFlag(fs)
+	withJaeger := fs.Bool("jaeger", false, "also run a local Jaeger (v2, all-in-one, spans in memory; built into the tools cache on first use, minutes) on free ports, send every service's spans to it over OTLP and trace every request (unless OTEL_TRACES_SAMPLER is set); the banner shows its address")
 	cluster := fs.Bool("cluster", false, "run a local cluster of separate processes instead: 3 NATS nodes (streams at 3 replicas), ZooKeeper, 2 ClickHouse shards x 2 replicas and two processes of each service (built from the source tree into <dir>/bin); --http then takes the two ingest addresses, comma separated (default "+defaultClusterHTTP+"); --clickhouse-servers, --nats-port, --mqtt-port and --nats-sync do not apply")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -39,7 +40,7 @@ func up(args []string) error {
 		if httpSet {
 			addrs = *httpAddr
 		}
-		return upCluster(*dir, *fresh, *shards, addrs, *level)
+		return upCluster(*dir, *fresh, *shards, addrs, *level, *withJaeger)
 	}
 	sync, err := natsserver.ParseSync(*natsSync)
 	if err != nil {
@@ -48,8 +49,22 @@ func up(args []string) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	if err := chserver.EnsureInstalled(ctx, func(f string, a ...any) { fmt.Printf("surge: "+f+"\n", a...) }); err != nil {
+	logf := func(f string, a ...any) { fmt.Printf("surge: "+f+"\n", a...) }
+	if err := chserver.EnsureInstalled(ctx, logf); err != nil {
 		return err
+	}
+	// Jaeger starts before the tracer providers read the OTEL_* variables
+	// it sets, and stops after they have flushed.
+	var j *localJaeger
+	if *withJaeger {
+		if j, err = startJaeger(ctx, logf); err != nil {
+			return err
+		}
+		defer func() {
+			if err := j.Stop(); err != nil {
+				logf("%v", err)
+			}
+		}()
 	}
 	logger, err := telemetry.NewLogger(telemetry.LogConfig{Level: *level, Format: "console"}, "")
 	if err != nil {
@@ -57,8 +72,8 @@ func up(args []string) error {
 	}
 	defer func() { _ = logger.Sync() }()
 	// One provider per service, as in a deployment, so traces name each
-	// service: OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318 sends them
-	// to a local Jaeger; unset, tracing is off.
+	// service: --jaeger, or OTEL_EXPORTER_OTLP_ENDPOINT=http://localhost:4318
+	// for a Jaeger of one's own, sends them to Jaeger; else tracing is off.
 	providers := map[string]trace.TracerProvider{}
 	for _, name := range []string{"ingest", "partitioner", "batcher", "sink"} {
 		tp, shutdownTracing, err := telemetry.SetupTracing(ctx, "surge-"+name)
@@ -83,7 +98,7 @@ func up(args []string) error {
 	if err := stack.WriteInfo(*dir, info); err != nil {
 		fmt.Printf("surge: %v; `surge query` and `surge deadletter` will not find this stack\n", err)
 	}
-	printBanner(st, info, sync, time.Since(started))
+	printBanner(st, info, sync, time.Since(started), j)
 
 	progress(ctx, st)
 
@@ -97,7 +112,7 @@ func up(args []string) error {
 	return nil
 }
 
-func printBanner(st *stack.Stack, info stack.Info, sync natsserver.Sync, took time.Duration) {
+func printBanner(st *stack.Stack, info stack.Info, sync natsserver.Sync, took time.Duration, j *localJaeger) {
 	fmt.Printf(`
 surge: up in %s
   send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
@@ -115,6 +130,7 @@ surge: up in %s
 		fmt.Printf("  MQTT          mosquitto_pub -p %d -u %s -P %s -q 1 -t surge/in/%s/device1 -m '{\"user_id\":\"d1\",\"type\":\"reading\"}'\n",
 			st.MQTTPort, stack.DemoProducer.Name, stack.DemoProducer.Password, stack.DemoProducer.Tenant)
 	}
+	fmt.Print(j.banner())
 	for _, p := range st.Parts {
 		fmt.Printf("  %-13s http://%s/metrics\n", p.Name, p.AdminAddr)
 	}

@@ -23,7 +23,7 @@ const defaultClusterHTTP = "127.0.0.1:8080,127.0.0.1:8090"
 
 // upCluster is `surge up --cluster`: every server and service a separate
 // process, two of each service, until Ctrl-C or SIGTERM.
-func upCluster(dir string, fresh bool, shards int, httpAddrs, level string) error {
+func upCluster(dir string, fresh bool, shards int, httpAddrs, level string, withJaeger bool) error {
 	addrs := strings.Split(httpAddrs, ",")
 	if len(addrs) != 2 {
 		return fmt.Errorf("--http: --cluster wants two ingest addresses, comma separated, got %q", httpAddrs)
@@ -46,6 +46,19 @@ func upCluster(dir string, fresh bool, shards int, httpAddrs, level string) erro
 	if err != nil {
 		return err
 	}
+	// The service processes inherit the OTEL_* variables Jaeger sets;
+	// it stops after they have drained and flushed their spans.
+	var j *localJaeger
+	if withJaeger {
+		if j, err = startJaeger(ctx, logf); err != nil {
+			return err
+		}
+		defer func() {
+			if err := j.Stop(); err != nil {
+				logf("%v", err)
+			}
+		}()
+	}
 	started := time.Now()
 	c, err := stack.StartCluster(ctx, stack.ClusterOptions{
 		Dir: dir, Fresh: fresh, Shards: shards, IngestAddrs: [2]string{addrs[0], addrs[1]},
@@ -58,7 +71,7 @@ func upCluster(dir string, fresh bool, shards int, httpAddrs, level string) erro
 	if err := stack.WriteInfo(dir, info); err != nil {
 		fmt.Printf("surge: %v; `surge query` and `surge deadletter` will not find this cluster\n", err)
 	}
-	printClusterBanner(c, info, time.Since(started))
+	printClusterBanner(c, info, time.Since(started), j)
 
 	<-ctx.Done()
 	stop()
@@ -83,7 +96,7 @@ func embeddedNATSServer() ([]string, error) {
 	return []string{exe, natsServerCommand}, nil
 }
 
-func printClusterBanner(c *stack.Cluster, info stack.Info, took time.Duration) {
+func printClusterBanner(c *stack.Cluster, info stack.Info, took time.Duration, j *localJaeger) {
 	fmt.Printf(`
 surge: cluster up in %s
   send events   curl -X POST %s/v1/events -H 'Content-Type: application/json' \
@@ -112,5 +125,6 @@ surge: cluster up in %s
 		}
 	}
 	fmt.Printf("  servers       %s\n", strings.Join(servers, " "))
+	fmt.Print(j.banner())
 	fmt.Println("\nPress Ctrl-C to stop.")
 }
