@@ -2,7 +2,8 @@
 // tests and for the local stack (`surge up`, `surge bench`): an embedded
 // NATS JetStream server (natsserver, natstest), a cluster of standalone
 // nats-server processes (natscluster), clickhouse-server processes, alone
-// or as replicated shards (chserver), ZooKeeper for them (zookeeper), and
+// or as replicated shards (chserver), ZooKeeper for them (zookeeper), the
+// real Jaeger v2 with its query API (jaeger, its binary from gotools), and
 // the surge command built for tests that run it (surgebin);
 // chserver and zookeeper install the Debian packages where missing. The
 // harnesses that run child processes share proc (start, stop, kill, its
