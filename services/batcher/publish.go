@@ -3,11 +3,9 @@ package batcher
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
@@ -43,19 +41,7 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	log := l.log.With(zap.String("batch_id", id))
 	log = log.With(telemetry.TraceFields(spanCtx)...)
 
-	first, last := strconv.FormatUint(b.FirstSeq, 10), strconv.FormatUint(b.LastSeq, 10)
-	msg := &nats.Msg{
-		Subject: l.out,
-		Data:    data,
-		Header: nats.Header{
-			jetstream.MsgIDHeader:  []string{id},
-			streams.HeaderBatchID:  []string{id},
-			streams.HeaderFirstSeq: []string{first},
-			streams.HeaderLastSeq:  []string{last},
-			streams.HeaderRows:     []string{strconv.Itoa(b.Len())},
-		},
-	}
-	telemetry.Inject(spanCtx, msg.Header)
+	msg := streams.BatchMsg{Batch: b, Data: data}.Msg(spanCtx)
 	start := time.Now()
 	l.inFlight.Store(messages(b))
 	defer l.inFlight.Store(0)

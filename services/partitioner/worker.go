@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -164,35 +163,23 @@ func (w *worker) publish(in *input) {
 	if in.span.IsRecording() {
 		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
 	}
-	seq := strconv.FormatUint(in.seq, 10)
 	for k, group := range w.groups {
 		if len(group) == 0 {
 			continue
 		}
-		size := 2
-		for i := range group {
-			size += group[i].Size() + 16
-		}
-		m := &nats.Msg{
-			Subject: streams.EventsSubject(k),
-			Data:    event.AppendEncoded(make([]byte, 0, size), group),
-			Header: nats.Header{
-				jetstream.MsgIDHeader: []string{seq + ":" + strconv.Itoa(k)},
-				streams.HeaderRows:    []string{strconv.Itoa(len(group))},
-			},
-		}
 		// The message carries its publish span, which the batcher links
 		// its batch span to. Unsampled, the span records nothing.
-		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+m.Subject, trace.WithSpanKind(trace.SpanKindProducer))
+		subject := streams.EventsSubject(k)
+		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer))
 		if pubSpan.IsRecording() {
 			pubSpan.SetAttributes(
 				attribute.String("messaging.system", "nats"),
-				attribute.String("messaging.destination.name", m.Subject),
+				attribute.String("messaging.destination.name", subject),
 				attribute.Int("messaging.batch.message_count", len(group)),
 				attribute.Int("surge.shard", k),
 			)
 		}
-		telemetry.Inject(pubCtx, m.Header)
+		m := streams.EventsMsg{Shard: k, IngestSeq: in.seq, Events: group}.Msg(pubCtx)
 		f, err := w.publishAsync(m)
 		if err != nil {
 			// The groups already sent are republished with the same ids
