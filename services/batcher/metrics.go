@@ -7,6 +7,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 type metrics struct {
@@ -36,12 +37,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		batchRows: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_batcher_batch_rows",
 			Help:    "Rows per published batch, by shard.",
-			Buckets: prometheus.ExponentialBuckets(10, 2, 14),
+			Buckets: telemetry.BatchRowsBuckets,
 		}, []string{"shard"}),
 		batchBytes: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_batcher_batch_bytes",
 			Help:    "Encoded bytes per published batch, by shard.",
-			Buckets: prometheus.ExponentialBuckets(1024, 2, 14),
+			Buckets: telemetry.BatchBytesBuckets,
 		}, []string{"shard"}),
 		cuts: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_batcher_cut_total",

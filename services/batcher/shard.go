@@ -162,7 +162,7 @@ func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 			zap.Uint64("batch_seq", raw.Sequence), zap.Error(err))
 		return 0, true
 	}
-	l.log.Info("resuming after last batch", zap.String("batch", raw.Header.Get(streams.HeaderBatchID)))
+	l.log.Info("resuming after last batch", zap.String("batch_id", raw.Header.Get(streams.HeaderBatchID)))
 	// A purge that was due before a crash is done in its time.
 	l.schedulePurge(ctx, last)
 	return last + 1, true
@@ -357,8 +357,8 @@ func (l *shardLoop) finish(parent context.Context) {
 // unpublished logs a batch finish could not publish.
 func (l *shardLoop) unpublished(id string, err error) {
 	if errors.Is(err, shard.ErrNotOwner) {
-		l.log.Warn("batch not published: the shard's lease is lost; its next owner batches these events", zap.String("batch", id))
+		l.log.Warn("batch not published: the shard's lease is lost; its next owner batches these events", zap.String("batch_id", id))
 		return
 	}
-	l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch", id), zap.Error(err))
+	l.log.Error("batch not published at shutdown; EVENTS keeps its events", zap.String("batch_id", id), zap.Error(err))
 }

@@ -87,10 +87,10 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 			snap = next
 		case errors.Is(err, schema.ErrContended):
 			snap = next
-			t.log.Warn("schema proposal lost every compare-and-swap; new keys stay unpromoted in this batch", zap.String("batch", b.ID()))
+			t.log.Warn("schema proposal lost every compare-and-swap; new keys stay unpromoted in this batch", zap.String("batch_id", b.ID()))
 		default:
 			t.m.proposalErrors.Inc()
-			t.log.Warn("schema proposal failed; new keys stay unpromoted in this batch", zap.String("batch", b.ID()), zap.Error(err))
+			t.log.Warn("schema proposal failed; new keys stay unpromoted in this batch", zap.String("batch_id", b.ID()), zap.Error(err))
 		}
 	}
 	stats := t.proj.Project(parsed, snap.Doc, b)

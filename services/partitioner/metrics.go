@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		}),
 		deadLetters: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",
-			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON).",
+			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON): the count of surge_partitioner_messages_total{outcome=\"dead_letter\"}, kept under its own name for the alerts and dashboards that read it.",
 		}),
 		redelivered: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_redeliveries_total",

@@ -6,6 +6,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promauto"
+
+	"github.com/surge-events/surge/pkg/telemetry"
 )
 
 // Outcomes of a batch, the outcome label of surge_sink_batches_total.
@@ -54,12 +56,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		batchRows: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_rows",
 			Help:    "Rows per batch received, by shard.",
-			Buckets: prometheus.ExponentialBuckets(1, 4, 10),
+			Buckets: telemetry.BatchRowsBuckets,
 		}, []string{"shard"}),
 		batchBytes: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_bytes",
 			Help:    "Encoded bytes per batch received, by shard.",
-			Buckets: prometheus.ExponentialBuckets(256, 4, 10),
+			Buckets: telemetry.BatchBytesBuckets,
 		}, []string{"shard"}),
 		retries: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_retries_total",
@@ -67,7 +69,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		}, []string{"shard"}),
 		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_sink_dead_letters_total",
-			Help: "Batches moved to the dead-letter stream, by shard.",
+			Help: "Batches moved to the dead-letter stream, by shard: the count of surge_sink_batches_total{outcome=\"dead_letter\"}, kept under its own name for the alerts and dashboards that read it.",
 		}, []string{"shard"}),
 		watermark: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_sink_watermark",
