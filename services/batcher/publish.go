@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
 	"github.com/nats-io/nats.go"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -28,8 +30,8 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithLinks(c.trace.links...),
 		trace.WithAttributes(
-			attribute.String("messaging.system", "nats"),
-			attribute.String("messaging.destination.name", l.out),
+			semconv.MessagingSystemKey.String("nats"),
+			semconv.MessagingDestinationName(l.out),
 			attribute.Int("surge.shard", l.k),
 			attribute.String("surge.batch.id", id),
 			attribute.Int("surge.batch.rows", b.Len()),

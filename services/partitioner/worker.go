@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -124,7 +126,7 @@ func (w *worker) publish(in *input) {
 	in.start = time.Now()
 	ctx := telemetry.Extract(context.Background(), in.msg.Headers())
 	ctx, in.span = s.tracer.Start(ctx, "partition", trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.source.name", in.msg.Subject())))
+		trace.WithAttributes(semconv.MessagingSystemKey.String("nats"), attribute.String("messaging.source.name", in.msg.Subject())))
 	meta, err := in.msg.Metadata()
 	if err != nil {
 		in.err = fmt.Errorf("message metadata: %w", err)
@@ -173,9 +175,9 @@ func (w *worker) publish(in *input) {
 		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer))
 		if pubSpan.IsRecording() {
 			pubSpan.SetAttributes(
-				attribute.String("messaging.system", "nats"),
-				attribute.String("messaging.destination.name", subject),
-				attribute.Int("messaging.batch.message_count", len(group)),
+				semconv.MessagingSystemKey.String("nats"),
+				semconv.MessagingDestinationName(subject),
+				semconv.MessagingBatchMessageCount(len(group)),
 				attribute.Int("surge.shard", k),
 			)
 		}

@@ -8,6 +8,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	semconv "go.opentelemetry.io/otel/semconv/v1.43.0"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/attribute"
@@ -294,7 +296,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 		trace.WithAttributes(
 			attribute.String("db.system", "clickhouse"),
 			attribute.String("db.operation", "INSERT"),
-			attribute.String("server.address", l.store.Addr()),
+			semconv.ServerAddress(l.store.Addr()),
 			attribute.Int("surge.shard", l.k),
 			attribute.Int("surge.rows", b.Len()),
 			attribute.Int("surge.bytes", len(msg.Data())),
