@@ -446,7 +446,7 @@ func (p *pipeline) killDuringInsert(ctx context.Context, window time.Duration) (
 func (p *pipeline) runningInsert() (*chserver.Server, string, error) {
 	var last error
 	for _, srv := range p.clickhouse.Servers {
-		out, err := chQuery(srv.HTTPAddr(), "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT') LIMIT 1")
+		out, err := chserver.Query(srv.HTTPAddr(), "SELECT query_id FROM system.processes WHERE startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT') LIMIT 1")
 		if err != nil {
 			last = err
 			continue
@@ -463,7 +463,7 @@ func insertRunning(srv *chserver.Server, qid string) (bool, error) {
 	if strings.ContainsAny(qid, `'\`) {
 		return false, fmt.Errorf("unexpected query id %q", qid)
 	}
-	out, err := chQuery(srv.HTTPAddr(), "SELECT count() FROM system.processes WHERE query_id = '"+qid+"'")
+	out, err := chserver.Query(srv.HTTPAddr(), "SELECT count() FROM system.processes WHERE query_id = '"+qid+"'")
 	if err != nil {
 		return false, err
 	}
@@ -472,24 +472,6 @@ func insertRunning(srv *chserver.Server, qid string) (bool, error) {
 
 // httpc serves the test's own requests to ClickHouse and the NATS monitor.
 var httpc = &http.Client{Timeout: 30 * time.Second}
-
-// chQuery runs SQL over the HTTP interface of the ClickHouse server at addr
-// and returns the TSV answer.
-func chQuery(addr, sql string) (string, error) {
-	resp, err := httpc.Post("http://"+addr+"/?database=surge", "text/plain", strings.NewReader(sql))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("clickhouse %s: %s", resp.Status, strings.TrimSpace(string(body)))
-	}
-	return string(body), nil
-}
 
 // totals sums uniqExact(event_id) and count() over the servers, 0 when a
 // server does not answer.
@@ -501,7 +483,7 @@ func (p *pipeline) totals() (uniq, total uint64) {
 // servers (HTTP addresses), 0 when a server does not answer.
 func chTotals(servers []string) (uniq, total uint64) {
 	for _, srv := range servers {
-		out, err := chQuery(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
+		out, err := chserver.Query(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
 		if err != nil {
 			return 0, 0
 		}
@@ -570,14 +552,14 @@ func checkExactlyOnce(t *testing.T, servers []string, accepted map[string]struct
 	t.Helper()
 	seen := make(map[string]int, len(accepted))
 	for i, srv := range servers {
-		out, err := chQuery(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local")
+		out, err := chserver.Query(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local")
 		require.NoError(t, err)
 		var c, u uint64
 		_, err = fmt.Sscan(out, &c, &u)
 		require.NoError(t, err)
 		require.Equal(t, u, c, "server %d: count() != uniqExact(event_id) without FINAL: duplicates", i)
 
-		out, err = chQuery(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local FORMAT TabSeparated")
+		out, err = chserver.Query(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local FORMAT TabSeparated")
 		require.NoError(t, err)
 		sc := bufio.NewScanner(strings.NewReader(out))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)

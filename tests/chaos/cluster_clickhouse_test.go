@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 )
 
 // killReplica SIGKILLs a ClickHouse replica, measures how soon rows of
@@ -90,7 +92,7 @@ func (ch *chaosCluster) busyReplica(ctx context.Context, s int) (int, error) {
 	inserts := func() ([2]uint64, error) {
 		var out [2]uint64
 		for r, srv := range ch.c.ClickHouse.Shards[s] {
-			v, err := chQuery(srv.HTTPAddr(), "SELECT value FROM system.events WHERE event = 'InsertQuery'")
+			v, err := chserver.Query(srv.HTTPAddr(), "SELECT value FROM system.events WHERE event = 'InsertQuery'")
 			if err != nil {
 				return out, err
 			}
@@ -126,7 +128,7 @@ func (ch *chaosCluster) busyReplica(ctx context.Context, s int) (int, error) {
 // shardRows is count() of events_local per logical shard on the server at
 // addr.
 func shardRows(addr string) (map[int]uint64, error) {
-	out, err := chQuery(addr, "SELECT shard, count() FROM surge.events_local GROUP BY shard FORMAT TabSeparated")
+	out, err := chserver.Query(addr, "SELECT shard, count() FROM surge.events_local GROUP BY shard FORMAT TabSeparated")
 	if err != nil {
 		return nil, err
 	}

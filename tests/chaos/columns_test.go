@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/schema"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 )
 
 // checkAgreedColumns checks that every column of the agreed schema (the
@@ -32,7 +33,7 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 	ok := assert.EventuallyWithT(t, func(col *assert.CollectT) {
 		for _, addr := range servers {
 			for _, table := range []string{"events_local", "events"} {
-				out, err := chQuery(addr, "SELECT name, type FROM system.columns WHERE database = 'surge' AND table = '"+table+"' FORMAT TabSeparated")
+				out, err := chserver.Query(addr, "SELECT name, type FROM system.columns WHERE database = 'surge' AND table = '"+table+"' FORMAT TabSeparated")
 				if !assert.NoError(col, err) {
 					return
 				}
@@ -73,7 +74,7 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 			var counts []string
 			for r := range replicaSets {
 				addr := replicaSets[r][shard]
-				n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
+				n, err := chserver.Query(addr, fmt.Sprintf(`SELECT count() FROM surge.events_local WHERE visitParamHas(properties, '%s')
 					AND %s IS NULL AND NOT has(_unpromoted, '%s') AND NOT visitParamHas(_conflicts, '%s') FORMAT TabSeparated`, key, name, c.Path, c.Path))
 				require.NoError(t, err)
 				v, err := strconv.Atoi(strings.TrimSpace(n))

@@ -1,11 +1,9 @@
 package e2e
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +20,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/surge-events/surge/pkg/schema"
+	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/surgebin"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -82,7 +81,7 @@ func TestClusterUpCommand(t *testing.T) {
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		var counts []string
 		for _, addr := range info.HTTP {
-			n, err := chQuery(addr, "SELECT count(), uniqExact(user_id) FROM surge.events_local FORMAT TSV")
+			n, err := chserver.Query(addr, "SELECT count(), uniqExact(user_id) FROM surge.events_local FORMAT TSV")
 			if !assert.NoError(c, err) {
 				return
 			}
@@ -130,23 +129,6 @@ func TestClusterUpCommand(t *testing.T) {
 	}
 	_, err = os.Stat(filepath.Join(dir, stack.InfoFile))
 	assert.ErrorIs(t, err, os.ErrNotExist)
-}
-
-// chQuery runs sql on a ClickHouse HTTP interface and returns the answer.
-func chQuery(addr, sql string) (string, error) {
-	resp, err := client.Get("http://" + addr + "/?query=" + url.QueryEscape(sql))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", errors.New(strings.TrimSpace(string(body)))
-	}
-	return strings.TrimSpace(string(body)), nil
 }
 
 // discoveryEvents is how many events concurrentDiscovery sends.
@@ -202,7 +184,7 @@ func concurrentDiscovery(t *testing.T, info stack.Info) {
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		filled, unpromoted = 0, 0
 		for shard := range 2 {
-			ans, err := chQuery(info.HTTP[2*shard], `SELECT count(), uniqExact(event_id), countIf(p_coupon = 'C1'),
+			ans, err := chserver.Query(info.HTTP[2*shard], `SELECT count(), uniqExact(event_id), countIf(p_coupon = 'C1'),
 				countIf(has(_unpromoted, '/coupon'))
 				FROM surge.events_local WHERE startsWith(event_id, 'cp-') FORMAT TSV`)
 			if !assert.NoError(c, err) {
@@ -222,7 +204,7 @@ func concurrentDiscovery(t *testing.T, info stack.Info) {
 	// Left out only before the column was agreed: in each logical shard,
 	// no event with the path unpromoted comes after one with the column.
 	for shard := range 2 {
-		late, err := chQuery(info.HTTP[2*shard], `SELECT count() FROM (SELECT shard,
+		late, err := chserver.Query(info.HTTP[2*shard], `SELECT count() FROM (SELECT shard,
 			maxIf(seq, has(_unpromoted, '/coupon')) AS u, minIf(seq, p_coupon = 'C1') AS f
 			FROM surge.events_local WHERE startsWith(event_id, 'cp-') GROUP BY shard) WHERE u > 0 AND f > 0 AND u > f FORMAT TSV`)
 		require.NoError(t, err)
@@ -239,7 +221,7 @@ func concurrentDiscovery(t *testing.T, info stack.Info) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, "SYSTEM FLUSH LOGS on server %d", i)
 		for _, table := range []string{"events_local", "events"} {
-			n, err := chQuery(addr, fmt.Sprintf(`SELECT count() FROM system.query_log WHERE type = 1
+			n, err := chserver.Query(addr, fmt.Sprintf(`SELECT count() FROM system.query_log WHERE type = 1
 				AND query LIKE 'ALTER TABLE surge.%s ADD COLUMN%%p_coupon%%'`, table))
 			require.NoError(t, err)
 			var alters int

@@ -11,7 +11,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -433,4 +435,29 @@ func lastLines(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// queryClient bounds the harness's own queries; it keeps no idle
+// connections, so no goroutine of it outlives a test (goleak).
+var queryClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+
+// Query runs one SQL statement on the ClickHouse server whose HTTP
+// interface is at addr and returns its answer, white space around it
+// trimmed (a TSV answer's last newline). An answer other than 200 is an
+// error with the server's message. It fails no test, so it may run off
+// the test goroutine.
+func Query(addr, sql string) (string, error) {
+	resp, err := queryClient.Post("http://"+addr+"/", "text/plain", strings.NewReader(sql))
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("clickhouse %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	return strings.TrimSpace(string(body)), nil
 }

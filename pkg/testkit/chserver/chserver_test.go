@@ -100,24 +100,6 @@ func TestStopThenStartOnSameDir(t *testing.T) {
 	require.Equal(t, "3", query(t, s, "SELECT count() FROM default.kept"), "data survives a restart")
 }
 
-// queryErr runs one statement over HTTP, for conditions polled off the
-// test goroutine.
-func queryErr(s *chserver.Server, sql string) (string, error) {
-	resp, err := httpClient.Post("http://"+s.HTTPAddr()+"/", "text/plain", strings.NewReader(sql))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s: %s", sql, body)
-	}
-	return strings.TrimSpace(string(body)), nil
-}
-
 func TestReplicatedCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -158,7 +140,7 @@ func TestReplicatedCluster(t *testing.T) {
 	for _, s := range c.Servers {
 		want := map[int]string{0: "1000", 1: "10"}[s.Shard]
 		require.EventuallyWithT(t, func(ct *assert.CollectT) {
-			got, err := queryErr(s, "SELECT count() FROM r.t_local")
+			got, err := chserver.Query(s.HTTPAddr(), "SELECT count() FROM r.t_local")
 			assert.NoError(ct, err)
 			assert.Equal(ct, want, got)
 		}, 20*time.Second, 100*time.Millisecond, "replica %s", s.Addr())

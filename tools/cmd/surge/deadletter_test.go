@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
-	"strings"
 	"testing"
 	"time"
 
@@ -31,28 +29,10 @@ import (
 // httpClient bounds every request of the tests.
 var httpClient = &http.Client{Timeout: 10 * time.Second}
 
-// chQuery runs a statement on a ClickHouse server over HTTP and returns
-// its answer; safe off the test goroutine.
-func chQuery(srv *chserver.Server, sql string) (string, error) {
-	resp, err := httpClient.Post("http://"+srv.HTTPAddr()+"/", "text/plain", strings.NewReader(sql))
-	if err != nil {
-		return "", err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return "", err
-	}
-	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s: %s: %s", sql, resp.Status, body)
-	}
-	return strings.TrimSpace(string(body)), nil
-}
-
-// chSQL is chQuery on the test goroutine.
+// chSQL is chserver.Query on the test goroutine.
 func chSQL(t *testing.T, srv *chserver.Server, sql string) string {
 	t.Helper()
-	out, err := chQuery(srv, sql)
+	out, err := chserver.Query(srv.HTTPAddr(), sql)
 	require.NoError(t, err)
 	return out
 }
@@ -125,7 +105,7 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	awaitRows := func(want string) {
 		t.Helper()
 		require.EventuallyWithT(t, func(c *assert.CollectT) {
-			got, err := chQuery(ch.Servers[0], countRows)
+			got, err := chserver.Query(ch.Servers[0].HTTPAddr(), countRows)
 			if assert.NoError(c, err) {
 				assert.Equal(c, want, got)
 			}

@@ -36,7 +36,7 @@ func TestSchemaCommand(t *testing.T) {
 		`INSERT INTO demo.events_local (event_id, tenant, received_at, _conflicts, _unpromoted, p_plan) VALUES
 		 ('a', 'acme', now(), '{"/plan":7}', ['/x'], 'pro'), ('b', 'acme', now(), '', ['/x', '/y'], NULL)`,
 	} {
-		_, err := chQuery(srv, sql)
+		_, err := chserver.Query(srv.HTTPAddr(), sql)
 		require.NoError(t, err)
 	}
 	ns := natstest.Start(t)
