@@ -3,8 +3,8 @@
 // NATS JetStream server (natsserver, natstest), a cluster of standalone
 // nats-server processes (natscluster), clickhouse-server processes, alone
 // or as replicated shards (chserver), ZooKeeper for them (zookeeper), the
-// real Jaeger v2 with its query API (jaeger, its binary from gotools), and
-// the surge command built for tests that run it (surgebin);
+// real Jaeger v2 with its query API (jaeger, jaegertest; its binary from
+// gotools), and the surge command built for tests that run it (surgebin);
 // chserver and zookeeper install the Debian packages where missing. The
 // harnesses that run child processes share proc (start, stop, kill, its
 // log) and ports (free ports below the kernel's ephemeral range).

@@ -2,9 +2,7 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"net/http"
-	"os"
 	"regexp"
 	"sort"
 	"strconv"
@@ -16,8 +14,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/surge-events/surge/pkg/testkit/gotools"
 	"github.com/surge-events/surge/pkg/testkit/jaeger"
+	"github.com/surge-events/surge/pkg/testkit/jaeger/jaegertest"
 	"github.com/surge-events/surge/pkg/testkit/surgebin"
 )
 
@@ -30,14 +28,7 @@ var jaegerLine = regexp.MustCompile(`^  Jaeger +(http://127\.0\.0\.1:\d+) \(pid 
 // that Jaeger with the stack. tests/observability reads the trace's
 // spans and links in detail.
 func TestLocalStackCommandWithJaeger(t *testing.T) {
-	if os.Getenv(gotools.Jaeger.Env) == "" && os.Getenv("CI") == "" {
-		p, err := gotools.Jaeger.Cached()
-		require.NoError(t, err)
-		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-			t.Skipf("Jaeger %s is not built at %s: .ci/run builds it once (about 4 minutes), or set %s to a jaeger binary; CI always runs this test",
-				gotools.Jaeger.Version, p, gotools.Jaeger.Env)
-		}
-	}
+	jaegertest.Binary(t) // surge up finds the same binary
 	bin := surgebin.Build(t)
 	httpAddr := freeAddr(t)
 	// Traces of this stack go to its own Jaeger, whatever the caller's

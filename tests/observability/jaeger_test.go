@@ -2,10 +2,8 @@ package observability
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -17,29 +15,11 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/surge-events/surge/pkg/telemetry"
-	"github.com/surge-events/surge/pkg/testkit/gotools"
 	"github.com/surge-events/surge/pkg/testkit/jaeger"
+	"github.com/surge-events/surge/pkg/testkit/jaeger/jaegertest"
 	"github.com/surge-events/surge/services/sink"
 	"github.com/surge-events/surge/tools/stack"
 )
-
-// jaegerBinary is the real Jaeger: $SURGE_JAEGER, or the build .ci/run
-// leaves in the tools cache. Outside CI a missing build skips the test
-// (building it takes minutes); in CI the test builds it if it must.
-func jaegerBinary(t *testing.T) string {
-	t.Helper()
-	if os.Getenv(gotools.Jaeger.Env) == "" && os.Getenv("CI") == "" {
-		p, err := gotools.Jaeger.Cached()
-		require.NoError(t, err)
-		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
-			t.Skipf("Jaeger %s is not built at %s: .ci/run builds it once (about 4 minutes), or set %s to a jaeger binary; CI always runs this test",
-				gotools.Jaeger.Version, p, gotools.Jaeger.Env)
-		}
-	}
-	bin, err := gotools.Jaeger.Path(t.Context())
-	require.NoError(t, err)
-	return bin
-}
 
 // TestJaegerShowsTheTrace runs the pipeline with each service's spans
 // exported over OTLP to a real Jaeger, as `surge up --jaeger` does, and
@@ -49,10 +29,7 @@ func jaegerBinary(t *testing.T) string {
 // Then Jaeger stops, and the events sent while it is down all land in
 // ClickHouse, exactly once: spans are dropped, events never.
 func TestJaegerShowsTheTrace(t *testing.T) {
-	bin := jaegerBinary(t)
-	j, err := jaeger.Start(t.Context(), bin, t.TempDir())
-	require.NoError(t, err)
-	t.Cleanup(func() { require.NoError(t, j.Stop()) })
+	j := jaegertest.Start(t)
 	setOTEL(t, j.OTLPHTTPEndpoint(), "http/protobuf")
 	// An export to a Jaeger that is down gives up after a second, so the
 	// providers' shutdown at the end does not wait out the default 10 s.
