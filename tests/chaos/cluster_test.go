@@ -208,19 +208,8 @@ func TestClusterChaos(t *testing.T) {
 	}), "the shards did not spread over the two instances of each service")
 	t.Logf("cluster chaos: shards spread over both batchers and both sinks %s after ready", time.Since(spread).Round(time.Millisecond))
 	l := newClusterLoad([]string{c.Instance("ingest-0").IngestURL, c.Instance("ingest-1").IngestURL}, rng.Uint64())
-	issue, stopIssuing := context.WithCancel(t.Context())
-	abort, stopAll := context.WithCancel(t.Context())
-	loadDone := make(chan struct{})
 	ch.start = time.Now()
-	go func() {
-		defer close(loadDone)
-		l.run(issue, abort)
-	}()
-	t.Cleanup(func() {
-		stopIssuing()
-		stopAll()
-		<-loadDone
-	})
+	stopIssuing, loadDone := startLoad(t, l.run)
 
 	reports, runErr := ch.run(t.Context(), plan)
 	// The load goes on until it sent cfg.events.

@@ -114,19 +114,8 @@ func TestCrashLoop(t *testing.T) {
 	// The load runs across every kill: issue ends new requests, abort
 	// (the test's end) ends the requests in flight too.
 	l := &crashLoad{load: newLoad("http://"+up.httpAddr+"/v1/events", settings{}, rng.Uint64())}
-	issue, stopIssuing := context.WithCancel(t.Context())
-	abort, stopAll := context.WithCancel(t.Context())
-	loadDone := make(chan struct{})
 	loadStart := time.Now()
-	go func() {
-		defer close(loadDone)
-		l.run(issue, abort)
-	}()
-	t.Cleanup(func() {
-		stopIssuing()
-		stopAll()
-		<-loadDone
-	})
+	stopIssuing, loadDone := startLoad(t, l.run)
 	since := func(tm time.Time) float64 { return tm.Sub(loadStart).Seconds() }
 
 	// The quick kill is one of the random kills after the first, when

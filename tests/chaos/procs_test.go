@@ -189,6 +189,27 @@ func (p *proc) thaw() error {
 // tail is the end of the process's log, for failure messages.
 func (p *proc) tail(n int) string { return testkitproc.Tail(p.logPath, n) }
 
+// startLoad runs load on a goroutine of its own: stopIssuing ends its
+// issue context (no new requests), the test's end its abort context too
+// (the requests in flight), and the test waits for it to return, which
+// done tells.
+func startLoad(t *testing.T, load func(issue, abort context.Context)) (stopIssuing context.CancelFunc, done <-chan struct{}) {
+	t.Helper()
+	issue, stopIssuing := context.WithCancel(t.Context())
+	abort, stopAll := context.WithCancel(t.Context())
+	loadDone := make(chan struct{})
+	go func() {
+		defer close(loadDone)
+		load(issue, abort)
+	}()
+	t.Cleanup(func() {
+		stopIssuing()
+		stopAll()
+		<-loadDone
+	})
+	return stopIssuing, loadDone
+}
+
 // sleep waits d or until ctx ends, whichever comes first; it returns
 // ctx.Err() when ctx ended.
 func sleep(ctx context.Context, d time.Duration) error {
