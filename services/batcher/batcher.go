@@ -155,7 +155,8 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		Owner: owner,
 		Start: func(_ context.Context, k int, holds func() bool) (shard.Loop, error) {
 			return &shardLoop{
-				s:       s,
+				cfg:     &s.cfg,
+				tracer:  s.host.Tracer,
 				k:       k,
 				js:      conn.JS,
 				events:  events,

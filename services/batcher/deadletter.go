@@ -25,7 +25,7 @@ func (l *shardLoop) deadLetter(ctx context.Context, msg jetstream.Msg, seq uint6
 		Source:    msg.Subject(),
 		SourceSeq: seq,
 	}.Msg()
-	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.cfg.ShutdownTimeout)
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.ShutdownTimeout)
 	defer cancel()
 	l.inFlight.Store(1)
 	defer l.inFlight.Store(0)

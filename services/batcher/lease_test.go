@@ -134,7 +134,7 @@ func TestPublishChecksTheLeaseFirst(t *testing.T) {
 	require.NoError(t, err)
 	mine := false
 	l := &shardLoop{
-		s: s, k: 0, js: js, events: events, subject: streams.EventsSubject(0), out: streams.BatchesSubject(0),
+		cfg: &s.cfg, tracer: s.host.Tracer, k: 0, js: js, events: events, subject: streams.EventsSubject(0), out: streams.BatchesSubject(0),
 		m: s.m.forShard(0), log: zaptest.NewLogger(t), wd: s.watchdogs.For("0"),
 		holds: func() bool { return mine },
 	}
@@ -172,7 +172,7 @@ func TestBatchCutWithoutTheLeaseIsProjected(t *testing.T) {
 	ty, err := newTyper(t.Context(), js, cfg.Schema, 1, 5*time.Second, cfg.Retry, s.typedMetrics, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	mine := true
-	l := &shardLoop{s: s, k: 0, typer: ty, holds: func() bool { return mine }}
+	l := &shardLoop{cfg: &s.cfg, k: 0, typer: ty, holds: func() bool { return mine }}
 	cut := func(properties string) *batch.Batch {
 		_, rows := newMessage(0, 2)
 		for i := range rows {

@@ -78,7 +78,7 @@ type shardMetrics struct {
 	batches, rows, retries, deadLetters, purgeFailures prometheus.Counter
 	cuts                                               map[batch.CutReason]prometheus.Counter
 	pending                                            prometheus.Gauge
-	batchRows, batchBytes                              prometheus.Observer
+	batchRows, batchBytes, publishDuration             prometheus.Observer
 }
 
 func (m *metrics) forShard(k int) shardMetrics {
@@ -92,7 +92,9 @@ func (m *metrics) forShard(k int) shardMetrics {
 		pending:       m.pending.WithLabelValues(label),
 		batchRows:     m.batchRows.WithLabelValues(label),
 		batchBytes:    m.batchBytes.WithLabelValues(label),
-		cuts:          make(map[batch.CutReason]prometheus.Counter, len(batch.CutReasons)),
+		// One histogram for the service: a PubAck's wait is the stream's.
+		publishDuration: m.publishDuration,
+		cuts:            make(map[batch.CutReason]prometheus.Counter, len(batch.CutReasons)),
 	}
 	// Every reason is a series from the start, at zero.
 	for _, r := range batch.CutReasons {

@@ -26,7 +26,7 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	b := c.b
 	id := b.ID()
 	data := batch.Encode(b)
-	spanCtx, span := l.s.host.Tracer.Start(c.trace.context(), "batch",
+	spanCtx, span := l.tracer.Start(c.trace.context(), "batch",
 		trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithLinks(c.trace.links...),
 		trace.WithAttributes(
@@ -54,7 +54,7 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 		return err
 	}
 	l.wd.Progress()
-	l.s.m.publishDuration.Observe(time.Since(start).Seconds())
+	l.m.publishDuration.Observe(time.Since(start).Seconds())
 	l.m.batchRows.Observe(float64(b.Len()))
 	l.m.batchBytes.Observe(float64(len(data)))
 	l.m.batches.Inc()
@@ -83,11 +83,11 @@ func messages(b *batch.Batch) uint64 {
 // attempt first checks that the shard is still this instance's, and stops
 // with shard.ErrNotOwner when it is not.
 func (l *shardLoop) publishRetry(ctx context.Context, msg *nats.Msg, log *zap.Logger) error {
-	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
+	err := retry.Do(ctx, l.cfg.Retry, func() error {
 		if !l.holds() {
 			return retry.Permanent(shard.ErrNotOwner)
 		}
-		pctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
+		pctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 		defer cancel()
 		_, err := l.js.PublishMsg(pctx, msg)
 		return err

@@ -17,7 +17,7 @@ type purgeMark struct {
 // schedulePurge marks EVENTS up to last for a purge after PurgeDelay and
 // purges what is due.
 func (l *shardLoop) schedulePurge(ctx context.Context, last uint64) {
-	l.unpurged = append(l.unpurged, purgeMark{last: last, at: time.Now().Add(l.s.cfg.PurgeDelay)})
+	l.unpurged = append(l.unpurged, purgeMark{last: last, at: time.Now().Add(l.cfg.PurgeDelay)})
 	l.purgeDue(ctx)
 }
 
@@ -50,7 +50,7 @@ func (l *shardLoop) wakeAt() time.Time {
 // even when shutdown starts meanwhile, bounded by PublishTimeout. A failure
 // is only logged: the purge after the next batch covers these messages too.
 func (l *shardLoop) purge(ctx context.Context, last uint64) {
-	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.s.cfg.PublishTimeout)
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.PublishTimeout)
 	defer cancel()
 	err := l.events.Purge(pctx, jetstream.WithPurgeSubject(l.subject), jetstream.WithPurgeSequence(last+1))
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/zap"
@@ -22,14 +23,35 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
+// publisher is what a shard loop needs of JetStream: publishing batches
+// and dead letters, and reading its shard of EVENTS in order.
+type publisher interface {
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+	OrderedConsumer(ctx context.Context, stream string, cfg jetstream.OrderedConsumerConfig) (jetstream.Consumer, error)
+}
+
+// lastMsgReader reads a subject's last message: BATCHES' tells where the
+// shard's batching stopped.
+type lastMsgReader interface {
+	GetLastMsgForSubject(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error)
+}
+
+// eventsStream is what a shard loop needs of EVENTS besides its consumer:
+// the subject's last message (the backlog) and purging what is batched.
+type eventsStream interface {
+	lastMsgReader
+	Purge(ctx context.Context, opts ...jetstream.StreamPurgeOpt) error
+}
+
 // shardLoop batches one shard. It is owned by one goroutine; the
 // service's poller (watch.go) reads the atomics and may stop its consumer.
 type shardLoop struct {
-	s       *Service
+	cfg     *Config
+	tracer  trace.Tracer
 	k       int
-	js      jetstream.JetStream
-	events  jetstream.Stream
-	batches jetstream.Stream
+	js      publisher
+	events  eventsStream
+	batches lastMsgReader
 	subject string // events.shard.<k>
 	out     string // batches.shard.<k>
 	builder *batch.Builder
@@ -81,7 +103,7 @@ func (l *shardLoop) Run(ctx context.Context) {
 	}
 	l.next.Store(next)
 	defer l.finish(ctx)
-	restarts := newRestarts(l.s.cfg.Retry)
+	restarts := newRestarts(l.cfg.Retry)
 	for {
 		from := l.next.Load()
 		err := l.consume(ctx)
@@ -133,8 +155,8 @@ func (r *restarts) wait(progressed bool) time.Duration {
 func (l *shardLoop) resume(ctx context.Context) (uint64, bool) {
 	l.wd.Waiting("last batch of " + l.out + " in " + streams.Batches)
 	var raw *jetstream.RawStreamMsg
-	err := retry.Do(ctx, l.s.cfg.Retry, func() error {
-		rctx, cancel := context.WithTimeout(ctx, l.s.cfg.PublishTimeout)
+	err := retry.Do(ctx, l.cfg.Retry, func() error {
+		rctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 		defer cancel()
 		var err error
 		raw, err = l.batches.GetLastMsgForSubject(rctx, l.out)
@@ -198,7 +220,7 @@ func (l *shardLoop) consume(ctx context.Context) error {
 		cc.DeliverPolicy = jetstream.DeliverByStartSequencePolicy
 		cc.OptStartSeq = next
 	}
-	octx, cancel := context.WithTimeout(cctx, l.s.cfg.PublishTimeout)
+	octx, cancel := context.WithTimeout(cctx, l.cfg.PublishTimeout)
 	cons, err := l.js.OrderedConsumer(octx, streams.Events, cc)
 	cancel()
 	if err != nil {
@@ -295,7 +317,7 @@ func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
 	if reason := l.builder.Admit(len(events), size); reason != "" {
 		l.cut(ctx, reason)
 	}
-	l.trace.add(trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())), l.s.cfg.MaxLinks)
+	l.trace.add(trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())), l.cfg.MaxLinks)
 	if reason := l.builder.Add(seq, events, time.Now()); reason != "" {
 		l.cut(ctx, reason)
 	}
@@ -335,7 +357,7 @@ func (l *shardLoop) project(ctx context.Context, b *batch.Batch) {
 // with a fresh context bounded by ShutdownTimeout. What it cannot publish
 // stays in EVENTS and is read again by the next owner of the shard.
 func (l *shardLoop) finish(parent context.Context) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), l.s.cfg.ShutdownTimeout)
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(parent), l.cfg.ShutdownTimeout)
 	defer cancel()
 	if l.held != nil {
 		if err := l.publish(ctx, l.held); err != nil {
