@@ -13,7 +13,7 @@ import (
 )
 
 // The encoded form: "SGB", a version byte, then one zstd frame of columns.
-// Simpler and faster than Arrow IPC for these columns (see README).
+// Simpler and faster than Arrow IPC for these columns (docs/architecture.md).
 //
 // Version 1, an unprojected batch: the header (shard, first and last
 // sequence, rows, as uvarints), then event_id, tenant, user_id, type and

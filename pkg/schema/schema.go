@@ -6,7 +6,7 @@
 // It also maps the logical types to ClickHouse DDL per server version.
 //
 // The rules (flattening, naming, inference, widening, lossless coercion,
-// limits) are in the README's "Typed columns" section.
+// limits) are in docs/TYPED-COLUMNS.md.
 package schema
 
 import (

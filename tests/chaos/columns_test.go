@@ -62,7 +62,7 @@ func checkAgreedColumns(t *testing.T, js jetstream.JetStream, replicaSets [][]st
 	// its shard. On 18.16 a replica that was inactive while columns were
 	// added (restarted, its old ZooKeeper session not yet expired) can read
 	// NULL there for rows it got from the other replica before its own
-	// ALTER (README, "Typed columns"): such rows are counted and logged,
+	// ALTER (docs/TYPED-COLUMNS.md, "In brief"): such rows are counted and logged,
 	// and must be whole on another replica.
 	for shard := range replicaSets[0] {
 		for name, c := range doc.Columns {

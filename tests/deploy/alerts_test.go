@@ -34,7 +34,8 @@ func loadRules(t *testing.T) []rulefmt.Rule {
 	return out
 }
 
-// The alerts, each documented in README's alert table.
+// The alerts, each documented in the alert table of docs/observability.md
+// (TestDocsAlerts).
 var alertNames = []string{
 	"SurgeBacklogGrowing",
 	"SurgeDeadLetters",

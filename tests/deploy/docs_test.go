@@ -62,20 +62,28 @@ func docTable(t *testing.T, doc, name, header string) [][]string {
 	return rows
 }
 
-// The README's table of base columns is batch.BaseColumns, in order, with
-// the same types, defaults and versions.
-func TestReadmeBaseColumns(t *testing.T) {
-	rows := docTable(t, readDoc(t, "README.md"), "README.md", baseColumnsHeader)
+// The documentation files that hold the tables these tests check.
+var (
+	baseColumnsDoc  = filepath.Join("docs", "architecture.md")
+	typedColumnsDoc = filepath.Join("docs", "TYPED-COLUMNS.md")
+	alertsDoc       = filepath.Join("docs", "observability.md")
+)
+
+// The table of base columns (docs/architecture.md) is batch.BaseColumns, in
+// order, with the same types, defaults and versions.
+func TestDocsBaseColumns(t *testing.T) {
+	doc := baseColumnsDoc
+	rows := docTable(t, readDoc(t, doc), doc, baseColumnsHeader)
 	var want, got []string
 	for _, c := range batch.BaseColumns {
 		want = append(want, fmt.Sprintf("%s | %s | %s | %d", c.Name, c.Type, c.Default, c.Since))
 	}
 	for _, r := range rows {
-		require.Len(t, r, 5, "README.md base column row %q: name, type, default, since, holds", r)
-		require.NotEmpty(t, r[4], "README.md: base column %s says what it holds", r[0])
+		require.Len(t, r, 5, "%s base column row %q: name, type, default, since, holds", doc, r)
+		require.NotEmpty(t, r[4], "%s: base column %s says what it holds", doc, r[0])
 		got = append(got, strings.Join([]string{unquote(r[0]), unquote(r[1]), unquote(r[2]), r[3]}, " | "))
 	}
-	require.Equal(t, want, got, "README.md's base columns must be batch.BaseColumns (pkg/batch/columns.go)")
+	require.Equal(t, want, got, "%s: the base columns must be batch.BaseColumns (pkg/batch/columns.go)", doc)
 	last := 0
 	for _, c := range batch.BaseColumns {
 		last = max(last, c.Since)
@@ -123,9 +131,9 @@ func schemaSettings(t *testing.T) []schemaSetting {
 	return out
 }
 
-// The typed columns' settings tables (the README's and the reference's)
-// name every schema variable with its YAML key and default, as the code
-// has them; the batcher and the sink read the same variables.
+// The typed columns' settings table (docs/TYPED-COLUMNS.md) names every
+// schema variable with its YAML key and default, as the code has them; the
+// batcher and the sink read the same variables.
 func TestDocsSchemaSettings(t *testing.T) {
 	settings := schemaSettings(t)
 	var names []string
@@ -153,7 +161,7 @@ func TestDocsSchemaSettings(t *testing.T) {
 		}
 	}
 
-	for _, doc := range []string{"README.md", filepath.Join("docs", "TYPED-COLUMNS.md")} {
+	for _, doc := range []string{typedColumnsDoc} {
 		rows := docTable(t, readDoc(t, doc), doc, schemaSettingsHeader)
 		byEnv := make(map[string][]string)
 		for _, r := range rows {
@@ -171,7 +179,7 @@ func TestDocsSchemaSettings(t *testing.T) {
 			switch {
 			case s.def != "":
 				require.Equal(t, s.def, unquote(row[1]), "%s: the default of %s", doc, s.env)
-			case doc != "README.md": // the README names the default patterns in words
+			default:
 				for _, d := range s.list {
 					require.Contains(t, row[1], "`"+d+"`", "%s: the default of %s", doc, s.env)
 				}
@@ -191,4 +199,29 @@ func TestDocsSchemaSettings(t *testing.T) {
 // unquote is a table cell without the backticks around it.
 func unquote(cell string) string {
 	return strings.TrimSuffix(strings.TrimPrefix(cell, "`"), "`")
+}
+
+// The alert table (docs/observability.md) has one row per alert of
+// alerts.yml, and each row's severity names every severity its rules carry.
+func TestDocsAlerts(t *testing.T) {
+	severities := make(map[string][]string)
+	for _, r := range loadRules(t) {
+		if !slices.Contains(severities[r.Alert], r.Labels["severity"]) {
+			severities[r.Alert] = append(severities[r.Alert], r.Labels["severity"])
+		}
+	}
+	rows := docTable(t, readDoc(t, alertsDoc), alertsDoc, "| alert | severity |")
+	var names []string
+	for _, r := range rows {
+		require.Len(t, r, 4, "%s: alert row %q: alert, severity, what it means, what to do", alertsDoc, r)
+		name := unquote(r[0])
+		names = append(names, name)
+		for _, sev := range severities[name] {
+			require.Contains(t, r[1], sev, "%s: the severity of %s", alertsDoc, name)
+		}
+		require.NotEmpty(t, r[2], "%s: what %s means", alertsDoc, name)
+		require.NotEmpty(t, r[3], "%s: what to do on %s", alertsDoc, name)
+	}
+	slices.Sort(names)
+	require.Equal(t, alertNames, names, "%s: one row per alert of %s", alertsDoc, alertsFile)
 }

@@ -239,7 +239,7 @@ func testWrongKey(t *testing.T, p *pipeline, sdk string) {
 	require.Equal(t, seq, p.ingestSeq(t), "nothing stored")
 }
 
-// testHTTP sends what the README's curl examples send: the three auth
+// testHTTP sends what the curl examples of docs/sdks.md send: the three auth
 // forms and the bodies browsers and SDKs label in different ways.
 func testHTTP(t *testing.T, p *pipeline) {
 	key := writeKey("http")

@@ -28,8 +28,8 @@ func (c *Cluster) KillReplica(s, r int) error {
 // again and waits until it accepts connections. A replica that refuses to
 // start because columns were added while it was down (ClickHouse 18.16
 // takes at most two missed columns on its own) is started once more with
-// force_restore_data, the recovery an operator runs (README, "Typed
-// columns").
+// force_restore_data, the recovery an operator runs (docs/TYPED-COLUMNS.md,
+// "In brief").
 func (c *Cluster) RestartReplica(ctx context.Context, s, r int) error {
 	srv, err := c.replica(s, r)
 	if err != nil {
