@@ -3,6 +3,7 @@ package natscluster_test
 import (
 	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -98,4 +99,52 @@ func TestMissingBinary(t *testing.T) {
 	_, err := natscluster.Binary()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "go install github.com/nats-io/nats-server/v2@"+natscluster.Version)
+}
+
+// TestLaunchWithLogins: a cluster launched with logins (3 nodes, the
+// default) refuses a client without one, lets each user in with its own,
+// keeps a user with permissions to its subjects, and its own connection
+// logs in as the first user.
+func TestLaunchWithLogins(t *testing.T) {
+	dir := t.TempDir()
+	c, err := natscluster.Launch(t.Context(), natscluster.Options{
+		Dir: dir, Name: "logins", NodePrefix: "node-",
+		Users: []natscluster.User{
+			{Name: "svc", Password: "svc-pw"},
+			{Name: "producer", Password: "producer-pw", Publish: []string{"in.demo.>"}, Subscribe: []string{"_INBOX_demo.>"}},
+		},
+	})
+	require.NoError(t, err)
+	t.Cleanup(c.Shutdown)
+	assert.Equal(t, "node-0", c.Name(0))
+	assert.FileExists(t, filepath.Join(dir, "node-0", "nats.conf"))
+
+	_, err = nats.Connect(c.URL(0))
+	require.ErrorIs(t, err, nats.ErrAuthorization)
+
+	js, err := c.JetStream()
+	require.NoError(t, err)
+	_, err = js.AccountInfo(t.Context())
+	require.NoError(t, err, "the cluster's own connection logs in as the first user")
+
+	denied := make(chan error, 1)
+	nc, err := nats.Connect(c.URL(0), nats.UserInfo("producer", "producer-pw"), nats.CustomInboxPrefix("_INBOX_demo"),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			select {
+			case denied <- err:
+			default:
+			}
+		}))
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	require.NoError(t, nc.Publish("in.demo.x", []byte("ok")))
+	require.NoError(t, nc.Flush())
+	require.NoError(t, nc.Publish("elsewhere", []byte("no")))
+	require.NoError(t, nc.Flush())
+	select {
+	case err := <-denied:
+		require.ErrorIs(t, err, nats.ErrPermissionViolation)
+	case <-time.After(5 * time.Second):
+		t.Fatal("a publish outside the user's subjects was not refused")
+	}
 }
