@@ -110,6 +110,7 @@ func TestChaos(t *testing.T) {
 
 	p := startPipeline(t)
 	t.Logf("chaos: pipeline up in %s", time.Since(started).Round(time.Millisecond))
+	installAudit(t, p.chHTTP())
 
 	schedule := makeSchedule(rng, cfg)
 	for _, f := range schedule {
@@ -528,10 +529,13 @@ func (p *pipeline) streamMsgs(stream string) int64 {
 	return -1
 }
 
-// check asserts exactly once (checkExactlyOnce) and that DEAD_LETTER is empty.
+// check asserts exactly once, from events_local (checkExactlyOnce) and
+// from the audit of inserts, which no merge folds (checkInsertedOnce; the
+// ClickHouse outage is a graceful stop), and that DEAD_LETTER is empty.
 func (p *pipeline) check(t *testing.T, load *load) {
 	t.Helper()
 	checkExactlyOnce(t, p.chHTTP(), load.accepted, load.rejectedIDs)
+	checkInsertedOnce(t, p.chHTTP(), load.accepted, false)
 	require.Equal(t, int64(0), p.streamMsgs("DEAD_LETTER"), "dead letters")
 }
 

@@ -178,6 +178,11 @@ func TestClusterChaos(t *testing.T) {
 		}
 	})
 	t.Logf("cluster chaos: cluster up in %s", time.Since(started).Round(time.Millisecond))
+	var chServers []string // every replica of every shard
+	for _, srv := range c.ClickHouse.Servers {
+		chServers = append(chServers, srv.HTTPAddr())
+	}
+	installAudit(t, chServers)
 
 	nc, err := c.Connect("cluster-chaos")
 	require.NoError(t, err)
@@ -262,6 +267,7 @@ func TestClusterChaos(t *testing.T) {
 		t.Logf("cluster chaos: checking replica %d of each shard (%s)", r, strings.Join(servers, ", "))
 		checkExactlyOnce(t, servers, accepted, nil)
 	}
+	checkInsertedOnce(t, chServers, accepted, slices.Contains(plan, cfKillReplica))
 	dead, err := streamMsgs(t.Context(), js, streams.DeadLetter)
 	require.NoError(t, err)
 	require.Zero(t, dead, "dead letters")

@@ -110,6 +110,8 @@ func TestCrashLoop(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ready.IsZero(), "surge up stopped at its failpoint before it was ready the first time")
 	t.Logf("crashloop: surge up ready in %s", time.Since(started).Round(time.Millisecond))
+	// The audit persists in the servers' data folders across the kills.
+	installAudit(t, info.HTTP)
 
 	// The load runs across every kill: issue ends new requests, abort
 	// (the test's end) ends the requests in flight too.
@@ -221,6 +223,8 @@ func TestCrashLoop(t *testing.T) {
 	t.Logf("crashloop: drained in %s (clickhouse uniq=%d count=%d want=%d)", time.Since(drainStart).Round(time.Millisecond), uniq, total, want)
 
 	checkExactlyOnce(t, info.HTTP, l.accepted, nil)
+	// Every kill SIGKILLs the ClickHouse servers too.
+	checkInsertedOnce(t, info.HTTP, l.accepted, true)
 	// A kill between a work-queue ack and its removal can leave acked
 	// messages in INGEST: the partitioner removes them at start (the drain
 	// above saw INGEST empty), and status reads the backlog from the
