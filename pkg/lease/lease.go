@@ -689,3 +689,13 @@ func Holders(ctx context.Context, js jetstream.JetStream, service string, shards
 	}
 	return out, nil
 }
+
+// OwnerFor is the shard.Owner of an instance of service under o: the
+// shards o lists (shard.Static) in static mode, a lease Owner named
+// instance in lease mode, its bucket with replicas replicas.
+func OwnerFor(js jetstream.JetStream, service, instance string, o shard.Ownership, replicas int, log *zap.Logger) (shard.Owner, error) {
+	if !o.Leased() {
+		return shard.Static(o.OwnedShards()), nil
+	}
+	return NewOwner(js, Config{Service: service, Instance: instance, Shards: o.Shards, TTL: o.LeaseTTL, Replicas: replicas}, log)
+}

@@ -134,19 +134,11 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		}
 		wg.Go(func() { typer.watch(ctx, s.cfg.Retry) })
 	}
-	var owner shard.Owner = shard.Static(s.cfg.OwnedShards())
+	owner, err := lease.OwnerFor(conn.JS, "batcher", s.instance, s.cfg.Ownership, s.cfg.Streams.Replicas, s.host.Logger)
+	if err != nil {
+		return err
+	}
 	if s.cfg.Leased() {
-		leases, err := lease.NewOwner(conn.JS, lease.Config{
-			Service:  "batcher",
-			Instance: s.instance,
-			Shards:   s.cfg.Shards,
-			TTL:      s.cfg.LeaseTTL,
-			Replicas: s.cfg.Streams.Replicas,
-		}, s.host.Logger)
-		if err != nil {
-			return err
-		}
-		owner = leases
 		s.host.Logger.Info("batching the shards this instance leases", zap.String("instance", s.instance), zap.Int("shards", s.cfg.Shards))
 	} else {
 		s.host.Logger.Info("batching", zap.Ints("shards", s.cfg.OwnedShards()))

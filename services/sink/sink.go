@@ -162,19 +162,11 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		s.log.Info("sink running", zap.Ints("shards", s.cfg.OwnedShards()), zap.Strings("clickhouse", s.cfg.ClickHouse.Addrs))
 	}
 	owned := s.cfg.OwnedShards()
-	var owner shard.Owner = shard.Static(owned)
+	owner, err := lease.OwnerFor(conn.JS, "sink", s.instance, s.cfg.Ownership, s.cfg.Streams.Replicas, s.log)
+	if err != nil {
+		return err
+	}
 	if s.cfg.Leased() {
-		leases, err := lease.NewOwner(conn.JS, lease.Config{
-			Service:  "sink",
-			Instance: s.instance,
-			Shards:   s.cfg.Shards,
-			TTL:      s.cfg.LeaseTTL,
-			Replicas: s.cfg.Streams.Replicas,
-		}, s.log)
-		if err != nil {
-			return err
-		}
-		owner = leases
 		// Ready once the schema is there: an instance that holds no shard
 		// yet (or none at all, with more sinks than shards) is healthy.
 		running()
