@@ -62,6 +62,8 @@ func TestClusterUpCommand(t *testing.T) {
 		require.Equal(t, realBin, exe, name)
 	}
 
+	installAudit(t, info.HTTP, info.Database)
+
 	for i, base := range info.IngestURLs {
 		for p := range perIngest / perPost {
 			var events []string
@@ -105,6 +107,15 @@ func TestClusterUpCommand(t *testing.T) {
 	}, 60*time.Second, 250*time.Millisecond)
 
 	concurrentDiscovery(t, info)
+	// Exactly once, from the audit of every replica.
+	inserted := requireEachInsertedOnce(t, info.HTTP, info.Database, 2*perIngest+discoveryEvents)
+	discovery := 0
+	for id := range inserted {
+		if strings.HasPrefix(id, "cp-") {
+			discovery++
+		}
+	}
+	require.Equal(t, discoveryEvents, discovery)
 
 	// `surge query` finds the cluster through stack.json and reads the
 	// Distributed table over both shards.

@@ -114,6 +114,8 @@ func postEvents(ctx context.Context, url string, body []byte, want int) error {
 func TestHundredThousandEvents(t *testing.T) {
 	st := startStack(t)
 	conns := openServers(t, st)
+	servers := chHTTP(st)
+	installAudit(t, servers, st.Database)
 
 	const (
 		total      = 100_000
@@ -189,4 +191,5 @@ func TestHundredThousandEvents(t *testing.T) {
 		rows.Close()
 	}
 	require.Len(t, seen, total)
+	requireInsertedOnce(t, servers, st.Database, "", want)
 }

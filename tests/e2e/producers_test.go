@@ -92,6 +92,8 @@ func TestProducers(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, st.Stop()) })
 	ch := openServers(t, st)[0]
+	servers := chHTTP(st)
+	installAudit(t, servers, st.Database)
 	url := st.NATS.ClientURL()
 
 	// natsCmd runs the nats CLI as user u and returns its combined output;
@@ -126,7 +128,7 @@ func TestProducers(t *testing.T) {
 		require.NoError(t, err, out)
 
 		want := map[string]string{"cli-1": "u1", "cli-2": "u2", "cli-3": "3", "cli-4": "u4", "cli-5": "u5", "cli-6": "u6"}
-		requireStoredOnce(t, ch, st.Database, "demo", want)
+		requireStoredOnce(t, ch, servers, st.Database, "demo", want)
 	})
 
 	t.Run("nats CLI with another tenant's subject or a stream is refused", func(t *testing.T) {
@@ -183,7 +185,7 @@ func TestProducers(t *testing.T) {
 		badOut, err := bad.CombinedOutput()
 		require.Error(t, err, string(badOut))
 
-		requireStoredOnce(t, ch, st.Database, "iot", want)
+		requireStoredOnce(t, ch, servers, st.Database, "iot", want)
 	})
 
 	t.Run("mixed message stores the valid events and dead-letters the invalid ones", func(t *testing.T) {
@@ -205,7 +207,7 @@ func TestProducers(t *testing.T) {
 		_, err = js.Publish(ctx, "surge.in.acme.checkout", []byte("definitely not json"))
 		require.NoError(t, err)
 
-		requireStoredOnce(t, ch, st.Database, "acme", map[string]string{"mix-1": "a1", "mix-4": "a4"})
+		requireStoredOnce(t, ch, servers, st.Database, "acme", map[string]string{"mix-1": "a1", "mix-4": "a4"})
 
 		svc, err := nats.Connect(url, nats.UserInfo(st.NATSAuth.User, st.NATSAuth.Password))
 		require.NoError(t, err)
@@ -250,11 +252,13 @@ func TestProducers(t *testing.T) {
 	n, err := count(t.Context(), ch, fmt.Sprintf("SELECT count() FROM %s.events", st.Database))
 	require.NoError(t, err)
 	require.Equal(t, uint64(6+21+2), n)
+	requireEachInsertedOnce(t, servers, st.Database, 6+21+2)
 }
 
 // requireStoredOnce waits until tenant's rows in ClickHouse are exactly
-// want (event_id -> user_id), each once.
-func requireStoredOnce(t *testing.T, ch driver.Conn, db, tenant string, want map[string]string) {
+// want (event_id -> user_id), each once, and each inserted once by the
+// audit of the servers at servers.
+func requireStoredOnce(t *testing.T, ch driver.Conn, servers []string, db, tenant string, want map[string]string) {
 	t.Helper()
 	requireCount(t, ch, fmt.Sprintf("SELECT count() FROM %s.events WHERE tenant = '%s'", db, tenant), uint64(len(want)), time.Minute)
 	rows, err := ch.Query(t.Context(), fmt.Sprintf("SELECT event_id, user_id FROM %s.events WHERE tenant = '%s'", db, tenant))
@@ -272,4 +276,5 @@ func requireStoredOnce(t *testing.T, ch driver.Conn, db, tenant string, want map
 	}
 	require.NoError(t, rows.Err())
 	require.Equal(t, want, got, "rows of tenant %s: %s", tenant, buf.String())
+	requireInsertedOnce(t, servers, db, tenant, want)
 }
