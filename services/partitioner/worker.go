@@ -23,10 +23,18 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
+// asyncPublisher is what a worker needs of JetStream: publishing the
+// shard groups without waiting for each PubAck, and a whole message's
+// dead letter synchronously.
+type asyncPublisher interface {
+	PublishMsgAsync(msg *nats.Msg, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error)
+	PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error)
+}
+
 // worker is one fetch-publish-ack loop. Not safe for concurrent use.
 type worker struct {
 	s        *Service
-	js       jetstream.JetStream
+	js       asyncPublisher
 	groups   [][]event.Event    // by shard, reused
 	inflight []input            // the fetched batch, reused
 	keep     liveness.Keepalive // keeps the fetched batch alive
@@ -121,7 +129,25 @@ func (w *worker) handle(mb jetstream.MessageBatch) {
 	}
 }
 
+// publish decodes one INGEST message, routes its events to their shards
+// and starts the publish of each shard's group; settle waits for them.
 func (w *worker) publish(in *input) {
+	ctx, events, ok := w.decode(in)
+	if !ok {
+		return
+	}
+	w.route(events)
+	if in.span.IsRecording() {
+		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
+	}
+	w.publishGroups(ctx, in)
+}
+
+// decode starts the message's span, reads its metadata and its events:
+// ingest's encoded request, or a producer's JSON. It reports false when
+// the message is done with here: dead-lettered, or failed (in.err) for a
+// retry of the whole message.
+func (w *worker) decode(in *input) (context.Context, []event.Event, bool) {
 	s := w.s
 	in.start = time.Now()
 	ctx := telemetry.Extract(context.Background(), in.msg.Headers())
@@ -130,7 +156,7 @@ func (w *worker) publish(in *input) {
 	meta, err := in.msg.Metadata()
 	if err != nil {
 		in.err = fmt.Errorf("message metadata: %w", err)
-		return
+		return ctx, nil, false
 	}
 	in.seq, in.delivered = meta.Sequence.Stream, meta.NumDelivered
 	if in.delivered > 1 {
@@ -138,33 +164,43 @@ func (w *worker) publish(in *input) {
 	}
 	if w.timedOut != nil {
 		in.err = fmt.Errorf("not published, an earlier publish of the batch timed out: %w", w.timedOut)
-		return
+		return ctx, nil, false
 	}
-
-	var events []event.Event
 	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
-		events, err = w.parseProducerMessage(ctx, in, tenant, meta.Timestamp)
+		events, err := w.parseProducerMessage(ctx, in, tenant, meta.Timestamp)
 		if in.err != nil {
-			return // a dead letter could not be published: retried whole
+			return ctx, nil, false // a dead letter could not be published: retried whole
 		}
 		if err != nil {
 			w.deadLetter(in, streams.InvalidSubject(tenant), err)
-			return
+			return ctx, nil, false
 		}
-	} else if events, err = event.Decode(in.msg.Data()); err != nil {
-		w.deadLetter(in, streams.DeadLetterSubject("partitioner", 0), err)
-		return
+		return ctx, events, true
 	}
+	events, err := event.Decode(in.msg.Data())
+	if err != nil {
+		w.deadLetter(in, streams.DeadLetterSubject("partitioner", 0), err)
+		return ctx, nil, false
+	}
+	return ctx, events, true
+}
+
+// route groups events by shard into w.groups, in their order.
+func (w *worker) route(events []event.Event) {
 	for k := range w.groups {
 		w.groups[k] = w.groups[k][:0]
 	}
 	for i := range events {
-		k := shard.Of(events[i].Tenant, events[i].UserID, s.cfg.Shards)
+		k := shard.Of(events[i].Tenant, events[i].UserID, w.s.cfg.Shards)
 		w.groups[k] = append(w.groups[k], events[i])
 	}
-	if in.span.IsRecording() {
-		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
-	}
+}
+
+// publishGroups starts the publish of each shard's group of in, each with
+// its publish span. A publish that cannot start fails the message (in.err);
+// the groups already sent are republished with the same ids on
+// redelivery, and dropped as duplicates.
+func (w *worker) publishGroups(ctx context.Context, in *input) {
 	for k, group := range w.groups {
 		if len(group) == 0 {
 			continue
@@ -172,7 +208,7 @@ func (w *worker) publish(in *input) {
 		// The message carries its publish span, which the batcher links
 		// its batch span to. Unsampled, the span records nothing.
 		subject := streams.EventsSubject(k)
-		pubCtx, pubSpan := s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer))
+		pubCtx, pubSpan := w.s.tracer.Start(ctx, "publish "+subject, trace.WithSpanKind(trace.SpanKindProducer))
 		if pubSpan.IsRecording() {
 			pubSpan.SetAttributes(
 				semconv.MessagingSystemKey.String("nats"),
@@ -181,11 +217,8 @@ func (w *worker) publish(in *input) {
 				attribute.Int("surge.shard", k),
 			)
 		}
-		m := streams.EventsMsg{Shard: k, IngestSeq: in.seq, Events: group}.Msg(pubCtx)
-		f, err := w.publishAsync(m)
+		f, err := w.publishAsync(streams.EventsMsg{Shard: k, IngestSeq: in.seq, Events: group}.Msg(pubCtx))
 		if err != nil {
-			// The groups already sent are republished with the same ids
-			// on redelivery, and dropped as duplicates.
 			in.err = err
 			pubSpan.RecordError(err)
 			pubSpan.SetStatus(codes.Error, "publish")
