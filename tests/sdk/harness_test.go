@@ -35,6 +35,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/chaudit"
 	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -190,6 +191,8 @@ type pipeline struct {
 	ch   driver.Conn
 	js   jetstream.JetStream
 	keys map[string]string // write key -> tenant
+	// chHTTP is the HTTP address of every ClickHouse server.
+	chHTTP []string
 }
 
 // writeKey returns the write key of a tenant, registered before the stack starts.
@@ -218,7 +221,13 @@ func startPipeline(t *testing.T, tenants ...string) *pipeline {
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
-	return &pipeline{st: st, ch: ch, js: js, keys: keys}
+	p := &pipeline{st: st, ch: ch, js: js, keys: keys}
+	for _, srv := range st.ClickHouse.Servers {
+		p.chHTTP = append(p.chHTTP, srv.HTTPAddr())
+	}
+	// The audit of inserts (chaudit), before any event is sent.
+	require.NoError(t, chaudit.Install(ctx, p.chHTTP, st.Database))
+	return p
 }
 
 // row is one stored event.
@@ -231,7 +240,10 @@ type row struct {
 // rows waits until the pipeline is idle (INGEST and BATCHES hold nothing
 // and ClickHouse holds every shard's last EVENTS message, so every accepted
 // event is in ClickHouse) and returns the tenant's rows by event id; an
-// event stored twice fails the test.
+// event stored twice fails the test, and so does one the audit of inserts
+// (chaudit) does not count exactly once: events_local is a
+// ReplacingMergeTree, whose merges may fold a doubled insert before the
+// rows are read.
 func (p *pipeline) rows(t *testing.T, tenant string) map[string]row {
 	t.Helper()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -253,6 +265,9 @@ func (p *pipeline) rows(t *testing.T, tenant string) map[string]row {
 		out[r.EventID] = r
 	}
 	require.NoError(t, q.Err())
+	inserted, err := chaudit.Inserted(p.chHTTP, p.st.Database, tenant)
+	require.NoError(t, err)
+	require.NoError(t, chaudit.Compare(inserted, out).Err(), "tenant %s", tenant)
 	return out
 }
 
