@@ -115,19 +115,7 @@ func valuesOf(t *testing.T, file string) common.Values {
 // groups known, and decodes every object strictly.
 func render(t *testing.T, vals common.Values) *rendered {
 	t.Helper()
-	cfg := action.NewConfiguration()
-	cfg.Releases = storage.Init(driver.NewMemory())
-	cfg.KubeClient = &kubefake.PrintingKubeClient{Out: io.Discard}
-	install := action.NewInstall(cfg)
-	install.DryRunStrategy = action.DryRunClient
-	install.ReleaseName = releaseName
-	install.Namespace = namespace
-	install.Replace = true
-	install.APIVersions = common.VersionSet{"keda.sh/v1alpha1", "monitoring.coreos.com/v1"}
-	ri, err := install.RunWithContext(t.Context(), loadChart(t), vals)
-	require.NoError(t, err)
-	rel, ok := ri.(*release.Release)
-	require.True(t, ok, "release type %T", ri)
+	rel := renderRelease(t, loadChart(t), releaseName, vals, "keda.sh/v1alpha1", "monitoring.coreos.com/v1")
 	require.Empty(t, rel.Hooks)
 
 	r := &rendered{
@@ -169,6 +157,27 @@ func render(t *testing.T, vals common.Values) *rendered {
 		}
 	}
 	return r
+}
+
+// renderRelease renders a chart as `helm template` does: an install dry
+// run on the client, no cluster, into namespace, with the API groups
+// apiVersions known besides Kubernetes' own.
+func renderRelease(t *testing.T, ch *chart.Chart, name string, vals common.Values, apiVersions ...string) *release.Release {
+	t.Helper()
+	cfg := action.NewConfiguration()
+	cfg.Releases = storage.Init(driver.NewMemory())
+	cfg.KubeClient = &kubefake.PrintingKubeClient{Out: io.Discard}
+	install := action.NewInstall(cfg)
+	install.DryRunStrategy = action.DryRunClient
+	install.ReleaseName = name
+	install.Namespace = namespace
+	install.Replace = true
+	install.APIVersions = common.VersionSet(apiVersions)
+	ri, err := install.RunWithContext(t.Context(), ch, vals)
+	require.NoError(t, err)
+	rel, ok := ri.(*release.Release)
+	require.True(t, ok, "release type %T", ri)
+	return rel
 }
 
 // deployment is the Deployment of one service.
