@@ -6,6 +6,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+
+	"github.com/surge-events/surge/tools/bench"
 )
 
 const usage = `Usage: surge <command> [flags]
@@ -38,7 +40,7 @@ func main() {
 	case "up":
 		err = up(os.Args[2:])
 	case "bench":
-		err = bench(os.Args[2:])
+		err = bench.Run(os.Args[2:])
 	case "query":
 		err = query(os.Args[2:])
 	case "deadletter":

@@ -4,7 +4,6 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"os"
 	"os/signal"
 	"syscall"
 	"time"
@@ -27,7 +26,7 @@ func up(args []string) error {
 	natsPort := fs.Int("nats-port", 4222, "NATS client port (-1 for any free port)")
 	mqttPort := fs.Int("mqtt-port", 1883, "MQTT port of NATS (-1 for any free port, 0 for none)")
 	level := fs.String("log-level", "warn", "service log level")
-	natsSync := natsSyncFlag(fs)
+	natsSync := stack.NATSSyncFlag(fs)
 	withJaeger := fs.Bool("jaeger", false, "also run a local Jaeger (v2, all-in-one, spans in memory; built into the tools cache on first use, minutes) on free ports, send every service's spans to it over OTLP and trace every request (unless OTEL_TRACES_SAMPLER is set); the banner shows its address")
 	cluster := fs.Bool("cluster", false, "run a local cluster of separate processes instead: 3 NATS nodes (streams at 3 replicas), ZooKeeper, 2 ClickHouse shards x 2 replicas and two processes of each service (built from the source tree into <dir>/bin); --http then takes the two ingest addresses, comma separated (default "+defaultClusterHTTP+"); --clickhouse-servers, --nats-port, --mqtt-port and --nats-sync do not apply")
 	if err := fs.Parse(args); err != nil {
@@ -135,15 +134,6 @@ surge: up in %s
 		fmt.Printf("  %-13s http://%s/metrics\n", p.Name, p.AdminAddr)
 	}
 	fmt.Println("\nPress Ctrl-C to stop.")
-}
-
-// natsSyncFlag is --nats-sync, SURGE_NATS_SYNC by default.
-func natsSyncFlag(fs *flag.FlagSet) *string {
-	def := os.Getenv("SURGE_NATS_SYNC")
-	if def == "" {
-		def = string(natsserver.SyncInterval)
-	}
-	return fs.String("nats-sync", def, "when JetStream flushes to disk: `interval` (every 2 minutes, nats-server's default) or always (before every acknowledgement); default $SURGE_NATS_SYNC or interval")
 }
 
 // durability says what a 202 survives under sync.

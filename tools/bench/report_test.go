@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -43,7 +43,7 @@ func TestBenchReport(t *testing.T) {
 	const events, shards = 20_000, 4
 	dir := filepath.Join(t.TempDir(), "report")
 	out, err := captureStdout(t, func() error {
-		return bench([]string{"--events", strconv.Itoa(events), "--rate", "5000", "--rate-for", "3s",
+		return Run([]string{"--events", strconv.Itoa(events), "--rate", "5000", "--rate-for", "3s",
 			"--shards", strconv.Itoa(shards), "--clickhouse-servers", "1", "--dir", t.TempDir(), "--report", dir})
 	})
 	t.Log(out)

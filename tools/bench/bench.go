@@ -1,4 +1,8 @@
-package main
+// Package bench is `surge bench`: it starts a local stack (or a local
+// cluster), drives load into it over HTTP, NATS or Segment's API, and
+// reports throughput, latency, a reference of ClickHouse alone and, with
+// --report, a page of plots. The surge command calls Run.
+package bench
 
 import (
 	"context"
@@ -51,13 +55,13 @@ type benchFlags struct {
 	modes []schema.Mode
 }
 
-// bench is `surge bench`: it starts a stack and runs, in order, a
-// throughput phase (benchload.go over HTTP, benchnats.go over NATS), a
-// latency phase (benchlatency.go) and a reference of ClickHouse alone
-// (benchref.go), then prints one report. With more than one --typed mode
+// Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
+// throughput phase (load.go over HTTP, nats.go over NATS), a
+// latency phase (latency.go) and a reference of ClickHouse alone
+// (ref.go), then prints one report. With more than one --typed mode
 // it does so once per mode, each on a fresh stack, and prints the modes
-// side by side (benchtyped.go).
-func bench(args []string) error {
+// side by side (typed.go).
+func Run(args []string) error {
 	f, err := parseBenchFlags(args)
 	if err != nil {
 		return err
@@ -155,7 +159,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, then infer, each on a fresh stack, "+
 		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
-	natsSync := natsSyncFlag(fs)
+	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return benchFlags{}, err
 	}
