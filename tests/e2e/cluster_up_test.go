@@ -124,16 +124,7 @@ func TestClusterUpCommand(t *testing.T) {
 	require.NoError(t, err, string(out))
 	require.Regexp(t, fmt.Sprintf(`\b%d\b`, 2*perIngest+discoveryEvents), string(out))
 
-	require.NoError(t, up.Process.Signal(syscall.SIGTERM))
-	waitFor(t, lines, "stopped cleanly", 60*time.Second)
-	done := make(chan error, 1)
-	go func() { done <- up.Wait() }()
-	select {
-	case err := <-done:
-		require.NoError(t, err)
-	case <-time.After(30 * time.Second):
-		t.Fatal("surge up did not exit after SIGTERM")
-	}
+	stopSurgeUp(t, up, lines, syscall.SIGTERM)
 	// surge waited for each child, so none lingers even as a zombie.
 	for name, pid := range info.PIDs {
 		assert.ErrorIs(t, syscall.Kill(pid, 0), syscall.ESRCH, "%s (pid %d) still runs", name, pid)

@@ -82,7 +82,14 @@ func TestLocalStackCommand(t *testing.T) {
 		}
 	}, 30*time.Second, 200*time.Millisecond)
 
-	require.NoError(t, up.Process.Signal(syscall.SIGINT))
+	stopSurgeUp(t, up, lines, syscall.SIGINT)
+}
+
+// stopSurgeUp sends sig to surge up, waits for its "stopped cleanly" and
+// for it to exit with status 0.
+func stopSurgeUp(t *testing.T, up *exec.Cmd, lines <-chan string, sig syscall.Signal) {
+	t.Helper()
+	require.NoError(t, up.Process.Signal(sig))
 	waitFor(t, lines, "stopped cleanly", 60*time.Second)
 	done := make(chan error, 1)
 	go func() { done <- up.Wait() }()
@@ -90,7 +97,7 @@ func TestLocalStackCommand(t *testing.T) {
 	case err := <-done:
 		require.NoError(t, err)
 	case <-time.After(30 * time.Second):
-		t.Fatal("surge up did not exit after Ctrl-C")
+		t.Fatalf("surge up did not exit after %s", sig)
 	}
 }
 
