@@ -79,11 +79,12 @@ var _ store = (*server)(nil)
 
 // store is what a shard loop needs of its ClickHouse shard.
 type store interface {
-	// Watermark is the highest EVENTS sequence of shard held by the server.
-	Watermark(ctx context.Context, shard int) (uint64, error)
-	// Present is the set of EVENTS sequences of shard in [first, last] the
-	// server holds.
-	Present(ctx context.Context, shard int, first, last uint64) (map[uint64]struct{}, error)
+	// Present is the set of b's EVENTS sequences the server holds, read
+	// at a cost bounded by b, whatever the table holds.
+	Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error)
+	// Floor is the highest EVENTS sequence of shard known inserted on the
+	// server by this process (replicated servers; 0 otherwise).
+	Floor(shard int) uint64
 	// Insert writes b as one block.
 	Insert(ctx context.Context, b *batch.Batch) error
 	// Addr names the server, for spans and logs.
@@ -302,60 +303,79 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 	return n == 2, nil
 }
 
-// Watermark reads the highest EVENTS sequence of shard on the replica the
-// shard writes to; with replication, never lower than one seen committed.
-func (s *server) Watermark(ctx context.Context, shard int) (uint64, error) {
+// Present is the set of b's EVENTS sequences the replica b's shard writes
+// to holds. An EVENTS message always lands whole in one block, so one row
+// of it tells: its sorting key is looked up (PresenceQuery), presenceChunk
+// messages a query, which bounds the read by the batch, not the table.
+func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	i, r := s.use(shard)
-	wm, err := s.watermark(ctx, r, shard)
-	if err != nil {
-		return 0, s.done(shard, i, err)
-	}
-	return s.raise(shard, wm), nil
-}
-
-func (s *server) watermark(ctx context.Context, r *replica, shard int) (uint64, error) {
-	if err := s.ensureSchema(ctx, r, false); err != nil {
-		return 0, err
-	}
-	var wm uint64
-	if err := r.conn.QueryRow(ctx, WatermarkQuery(s.database), shard).Scan(&wm); err != nil {
-		r.noteSchemaLoss(err)
-		return 0, fmt.Errorf("read watermark of shard %d on %s: %w", shard, r.addr, err)
-	}
-	return wm, nil
-}
-
-// Present is the set of EVENTS sequences of shard in [first, last] the
-// replica the shard writes to holds.
-func (s *server) Present(ctx context.Context, shard int, first, last uint64) (map[uint64]struct{}, error) {
-	i, r := s.use(shard)
-	present, err := s.present(ctx, r, shard, first, last)
+	present, err := s.present(ctx, r, shard, b)
 	return present, s.done(shard, i, err)
 }
 
-func (s *server) present(ctx context.Context, r *replica, shard int, first, last uint64) (map[uint64]struct{}, error) {
+// presenceChunk is the most messages one presence query asks about: its
+// text stays well under max_query_size (256 KiB by default) with ids of a
+// hundred bytes, and its read under presenceChunk granules a part.
+const presenceChunk = 500
+
+func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	if err := s.ensureSchema(ctx, r, false); err != nil {
 		return nil, err
 	}
-	rows, err := r.conn.Query(ctx, PresentQuery(s.database), shard, first, last)
-	if err != nil {
-		r.noteSchemaLoss(err)
-		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
-	}
-	defer rows.Close()
 	present := make(map[uint64]struct{})
-	for rows.Next() {
-		var seq uint64
-		if err := rows.Scan(&seq); err != nil {
-			return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+	keys := make([]clickhouse.GroupSet, 0, min(presenceChunk, b.Len()))
+	ask := func(first, last uint64) error {
+		if len(keys) == 0 {
+			return nil
 		}
-		present[seq] = struct{}{}
+		// log_queries: the read is in system.query_log, with its read_rows,
+		// even on servers that log no queries by default.
+		qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": 4 << 20, "log_queries": 1}))
+		rows, err := r.conn.Query(qctx, PresenceQuery(s.database), shard, first, last, keys)
+		if err != nil {
+			r.noteSchemaLoss(err)
+			return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var seq uint64
+			if err := rows.Scan(&seq); err != nil {
+				return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+			}
+			present[seq] = struct{}{}
+		}
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+		}
+		keys = keys[:0]
+		return nil
 	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+	var first uint64
+	for i := 0; i < b.Len(); i++ {
+		if i > 0 && b.Seq[i] == b.Seq[i-1] {
+			continue // one row of each message
+		}
+		if len(keys) == 0 {
+			first = b.Seq[i]
+		}
+		ts := time.UnixMicro(b.TS[i]).UTC().Format(time.DateTime)
+		keys = append(keys, clickhouse.GroupSet{Value: []any{b.Tenant[i], b.Type[i], ts, b.EventID[i]}})
+		if len(keys) == presenceChunk {
+			if err := ask(first, b.Seq[i]); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := ask(first, b.LastSeq); err != nil {
+		return nil, err
 	}
 	return present, nil
 }
+
+// Floor is the highest EVENTS sequence of shard this process saw inserted
+// on a replicated server: a replica that has not fetched those parts yet
+// must not make them look missing. 0 without replication.
+func (s *server) Floor(shard int) uint64 { return s.raise(shard, 0) }
 
 // Insert writes b into events_local of the replica b's shard writes to, as
 // one block, column by column. ctx carries the query id

@@ -35,6 +35,9 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 		return err
 	}
 	if rest.Len() == 0 {
+		if replay == "" {
+			l.landed(b.LastSeq)
+		}
 		if err := l.ack(ctx, msg); err != nil {
 			return err
 		}
@@ -53,7 +56,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	span.SetAttributes(attribute.String(AttrQueryID, qid))
 	// Fencing: a shard whose lease is lost inserts nothing more. The one
 	// insert sent just before the lease ran out and landing after the next
-	// owner read the watermark is caught by ClickHouse (see Service).
+	// owner asked the server is caught by ClickHouse (see Service).
 	if !l.holds() {
 		return shard.ErrNotOwner
 	}
@@ -62,15 +65,15 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	err = l.store.Insert(qctx, rest)
 	switch {
 	case replay != "":
-		// A replay never lowers the watermark but may raise it: read it
-		// again, whatever the outcome.
+		// A replayed batch's rows sit below or among the watermark's: the
+		// next batch asks the server again, whatever the outcome.
 		l.known = false
 	case err != nil:
-		// The block may or may not have landed: read the watermark again
-		// before the next attempt.
+		// The block may or may not have landed: ask the server before the
+		// next attempt.
 		l.known = false
 	default:
-		l.setWatermark(b.LastSeq)
+		l.landed(b.LastSeq)
 	}
 	if err != nil {
 		return fmt.Errorf("insert batch %s: %w", id, err)
@@ -99,35 +102,45 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 // remaining is the part of b that ClickHouse does not hold yet.
 //
 // A batch from the batcher is cut after the last one and lands in order:
-// its rows above the shard's watermark are left, the watermark read once
-// per tenure and again after an insert whose outcome is unknown.
+// while the shard's watermark is known (the last sequence this tenure
+// landed), the rows above it are left, with no read at all.
 //
-// A replayed dead letter cannot go by the watermark: batches after it
-// have usually landed meanwhile. The sequences can: an EVENTS message
-// always lands whole in one block, so a sequence present means all of its
-// rows are. They are read before every attempt, so an insert whose
-// outcome is unknown is never repeated blindly, and replaying a dead
-// letter twice inserts nothing the second time.
+// At the start of a tenure and after an insert whose outcome is unknown,
+// the watermark is not known: the server is asked which of b's EVENTS
+// messages it holds (store.Present, a read bounded by the batch whatever
+// the table holds), and the rows of the others are left, above the floor
+// of what this process saw inserted on a replicated server. An EVENTS
+// message always lands whole in one block, so a message present means all
+// of its rows are.
+//
+// A replayed dead letter always goes by presence: batches after it have
+// usually landed meanwhile. The check is made before every attempt, so
+// an insert whose outcome is unknown is never repeated blindly, and
+// replaying a dead letter twice inserts nothing the second time.
 func (l *shardLoop) remaining(ctx context.Context, b *batch.Batch, replay bool) (*batch.Batch, error) {
+	if l.known && !replay {
+		return b.After(l.watermark), nil
+	}
 	rctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
+	l.w.Waiting("sequences from clickhouse " + l.store.Addr())
+	present, err := l.store.Present(rctx, l.k, b)
+	if err != nil {
+		return nil, err
+	}
 	if replay {
-		l.w.Waiting("sequences from clickhouse " + l.store.Addr())
-		present, err := l.store.Present(rctx, l.k, b.FirstSeq, b.LastSeq)
-		if err != nil {
-			return nil, err
-		}
 		return b.Without(present), nil
 	}
-	if !l.known {
-		l.w.Waiting("watermark from clickhouse " + l.store.Addr())
-		wm, err := l.store.Watermark(rctx, l.k)
-		if err != nil {
-			return nil, err
-		}
-		l.setWatermark(wm)
+	return b.After(l.store.Floor(l.k)).Without(present), nil
+}
+
+// landed records that every row of a batch up to seq is in ClickHouse:
+// the watermark is known from here on.
+func (l *shardLoop) landed(seq uint64) {
+	if l.known {
+		seq = max(seq, l.watermark)
 	}
-	return b.After(l.watermark), nil
+	l.setWatermark(seq)
 }
 
 func (l *shardLoop) setWatermark(wm uint64) {

@@ -36,7 +36,10 @@ type fakeStore struct {
 	store
 	held map[uint64]bool
 	// The next calls of each method fail with these errors, in order.
-	watermarkErrs, presentErrs, insertErrs []error
+	presentErrs, insertErrs []error
+	// floor is what Floor answers: the highest sequence this process saw
+	// inserted on a replicated server.
+	floor uint64
 	// landAnyway makes a failed insert land all the same: its outcome is
 	// unknown to the sink, as when a connection breaks after the server
 	// took the block.
@@ -65,31 +68,21 @@ func pop(errs *[]error) error {
 	return err
 }
 
-func (f *fakeStore) Watermark(_ context.Context, _ int) (uint64, error) {
-	f.calls = append(f.calls, "watermark")
-	if err := pop(&f.watermarkErrs); err != nil {
-		return 0, err
-	}
-	var wm uint64
-	for seq := range f.held {
-		wm = max(wm, seq)
-	}
-	return wm, nil
-}
-
-func (f *fakeStore) Present(_ context.Context, _ int, first, last uint64) (map[uint64]struct{}, error) {
-	f.calls = append(f.calls, fmt.Sprintf("present %d-%d", first, last))
+func (f *fakeStore) Present(_ context.Context, _ int, b *batch.Batch) (map[uint64]struct{}, error) {
+	f.calls = append(f.calls, fmt.Sprintf("present %d-%d", b.FirstSeq, b.LastSeq))
 	if err := pop(&f.presentErrs); err != nil {
 		return nil, err
 	}
 	out := map[uint64]struct{}{}
-	for seq := range f.held {
-		if seq >= first && seq <= last {
+	for _, seq := range b.Seq {
+		if f.held[seq] {
 			out[seq] = struct{}{}
 		}
 	}
 	return out, nil
 }
+
+func (f *fakeStore) Floor(int) uint64 { return f.floor }
 
 func (f *fakeStore) Insert(ctx context.Context, b *batch.Batch) error {
 	seqs := slices.Compact(slices.Clone(b.Seq))
@@ -320,7 +313,8 @@ func TestLand(t *testing.T) {
 		watermark uint64
 		// The sequences ClickHouse holds, and the failures it answers with.
 		held                                   []uint64
-		watermarkErr, presentErr, insertErr    error
+		floor                                  uint64
+		presentErr, insertErr                  error
 		replay                                 bool
 		first, last                            uint64
 		wantErr                                error
@@ -331,21 +325,21 @@ func TestLand(t *testing.T) {
 		wantInserted, wantDuplicates, wantRows float64
 	}{
 		{
-			name: "unknown watermark is read first",
+			name: "unknown watermark: the batch's messages are looked up",
 			held: seqs(1, 5), first: 6, last: 8,
-			wantCalls:   []string{"watermark", "insert [6 7 8]"},
+			wantCalls:   []string{"present 6-8", "insert [6 7 8]"},
 			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 8,
 			wantInserted: 1, wantRows: rowsFrom(6, 8),
 		},
 		{
-			name:  "empty shard has watermark zero",
+			name:  "empty shard: everything is left",
 			first: 1, last: 3,
-			wantCalls:   []string{"watermark", "insert [1 2 3]"},
+			wantCalls:   []string{"present 1-3", "insert [1 2 3]"},
 			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 3,
 			wantInserted: 1, wantRows: rowsFrom(1, 3),
 		},
 		{
-			name:  "known watermark is not read again",
+			name:  "known watermark: no read",
 			known: true, watermark: 5, held: seqs(1, 5), first: 6, last: 7,
 			wantCalls:   []string{"insert [6 7]"},
 			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 7,
@@ -359,11 +353,25 @@ func TestLand(t *testing.T) {
 			wantDuplicates: 1,
 		},
 		{
-			name: "watermark read back shows the batch landed",
+			name: "the lookup shows the batch landed",
 			held: seqs(1, 8), first: 6, last: 8,
-			wantCalls:   []string{"watermark"},
+			wantCalls:   []string{"present 6-8"},
 			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 8,
 			wantDuplicates: 1,
+		},
+		{
+			name: "the lookup finds an earlier batch's overlap: only the rest goes",
+			held: seqs(1, 4), first: 3, last: 6,
+			wantCalls:   []string{"present 3-6", "insert [5 6]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantInserted: 1, wantRows: rowsFrom(5, 6),
+		},
+		{
+			name: "a replica behind the floor does not make rows look missing",
+			held: nil, floor: 4, first: 3, last: 6,
+			wantCalls:   []string{"present 3-6", "insert [5 6]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantInserted: 1, wantRows: rowsFrom(5, 6),
 		},
 		{
 			name:  "partial overlap inserts only the rows above the watermark",
@@ -373,17 +381,17 @@ func TestLand(t *testing.T) {
 			wantInserted: 1, wantRows: rowsFrom(5, 6),
 		},
 		{
-			name: "watermark read error inserts nothing",
-			held: seqs(1, 4), watermarkErr: errBroken, first: 5, last: 6,
+			name: "lookup error inserts nothing",
+			held: seqs(1, 4), presentErr: errBroken, first: 5, last: 6,
 			wantErr:   errBroken,
-			wantCalls: []string{"watermark"},
+			wantCalls: []string{"present 5-6"},
 		},
 		{
 			name:  "insert error forgets the watermark",
 			known: true, watermark: 4, held: seqs(1, 4), insertErr: errBroken, first: 5, last: 6,
 			wantErr:   errBroken,
 			wantCalls: []string{"insert [5 6]"},
-			// The insert may have landed: the next attempt reads the watermark.
+			// The insert may have landed: the next attempt looks it up.
 			wantKnown: false, wantWatermark: 4,
 		},
 		{
@@ -391,7 +399,8 @@ func TestLand(t *testing.T) {
 			known: true, watermark: 10, held: []uint64{1, 2, 3, 6, 7, 8, 9, 10}, replay: true, first: 3, last: 6,
 			wantCalls:   []string{"present 3-6", "insert [4 5]"},
 			wantSettled: []string{"ack"},
-			// A replay may raise the watermark: it is read again next time.
+			// A replay may land above the watermark: the next batch is
+			// looked up.
 			wantKnown: false, wantWatermark: 10,
 			wantInserted: 1, wantRows: rowsFrom(4, 5),
 		},
@@ -419,7 +428,7 @@ func TestLand(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			st := newFakeStore(tc.held...)
-			st.watermarkErrs = []error{tc.watermarkErr}
+			st.floor = tc.floor
 			st.presentErrs = []error{tc.presentErr}
 			st.insertErrs = []error{tc.insertErr}
 			l := newTestLoop(t, st, nil)
@@ -449,7 +458,7 @@ func TestLand(t *testing.T) {
 }
 
 // TestLandAfterUnknownOutcome: an insert that failed but landed is not
-// repeated: the next attempt reads the watermark and finds it.
+// repeated: the next attempt looks the batch up and finds it.
 func TestLandAfterUnknownOutcome(t *testing.T) {
 	st := newFakeStore(seqs(1, 4)...)
 	st.insertErrs = []error{errBroken}
@@ -462,7 +471,7 @@ func TestLandAfterUnknownOutcome(t *testing.T) {
 	require.ErrorIs(t, l.land(t.Context(), msg, b, b.ID(), 1), errBroken)
 	require.NoError(t, l.land(t.Context(), msg, b, b.ID(), 2))
 
-	require.Equal(t, []string{"insert [5 6]", "watermark"}, st.calls)
+	require.Equal(t, []string{"insert [5 6]", "present 5-6"}, st.calls)
 	require.Equal(t, []string{"ack"}, msg.settled)
 	require.Equal(t, uint64(6), l.watermark)
 	require.Equal(t, 1.0, testutil.ToFloat64(l.m.duplicates))
@@ -492,17 +501,17 @@ func TestHandle(t *testing.T) {
 		{
 			name:        "lands at the first attempt",
 			data:        batch.Encode(good),
-			wantCalls:   []string{"watermark", "insert [5 6 7]"},
+			wantCalls:   []string{"present 5-7", "insert [5 6 7]"},
 			wantSettled: []string{"ack"},
 		},
 		{
-			name:       "transient failures are retried, the watermark read again each time",
+			name:       "transient failures are retried, the batch looked up again each time",
 			data:       batch.Encode(good),
 			insertErrs: []error{errBroken, errBroken},
 			wantCalls: []string{
-				"watermark", "insert [5 6 7]",
-				"watermark", "insert [5 6 7]",
-				"watermark", "insert [5 6 7]",
+				"present 5-7", "insert [5 6 7]",
+				"present 5-7", "insert [5 6 7]",
+				"present 5-7", "insert [5 6 7]",
 			},
 			wantSettled: []string{"ack"},
 			wantRetries: 2,
@@ -511,7 +520,7 @@ func TestHandle(t *testing.T) {
 			name:            "permanent failure is dead-lettered at once",
 			data:            batch.Encode(good),
 			insertErrs:      []error{fmt.Errorf("send: %w", typeMismatch)},
-			wantCalls:       []string{"watermark", "insert [5 6 7]"},
+			wantCalls:       []string{"present 5-7", "insert [5 6 7]"},
 			wantSettled:     []string{"term"},
 			wantPublishes:   1,
 			wantDeadLetters: 1,
@@ -547,7 +556,7 @@ func TestHandle(t *testing.T) {
 			name:        "shutdown lets a fetched batch land",
 			data:        batch.Encode(good),
 			stopped:     true,
-			wantCalls:   []string{"watermark", "insert [5 6 7]"},
+			wantCalls:   []string{"present 5-7", "insert [5 6 7]"},
 			wantSettled: []string{"ack"},
 		},
 		{
@@ -555,7 +564,7 @@ func TestHandle(t *testing.T) {
 			data:       batch.Encode(good),
 			stopped:    true,
 			insertErrs: []error{errBroken},
-			wantCalls:  []string{"watermark", "insert [5 6 7]"},
+			wantCalls:  []string{"present 5-7", "insert [5 6 7]"},
 			// Naked for the next owner of the shard.
 			wantSettled: []string{"nak"},
 		},

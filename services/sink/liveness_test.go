@@ -82,7 +82,7 @@ func TestKeepaliveHoldsABatchPastItsAckWait(t *testing.T) {
 		redelivered++
 	}
 
-	require.Equal(t, []string{"watermark", "insert [5 6 7]"}, st.calls)
+	require.Equal(t, []string{"present 5-7", "insert [5 6 7]"}, st.calls)
 	require.Equal(t, 1.0, testutil.ToFloat64(l.m.inserted))
 	require.Zero(t, redelivered, "the batch was handed out again while the sink worked on it")
 	info, err := cons.Info(ctx)

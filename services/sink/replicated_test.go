@@ -287,15 +287,16 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"), "deduplicated, not stored")
 
 	// The first replica stops: the next attempt goes to the lagging one,
-	// whose own watermark (0) is below what was committed. The store
-	// answers the committed floor, so the sink cuts the batch in hand
-	// where it did before and sends the identical block.
+	// which holds none of b1. The store answers the committed floor, so
+	// the sink cuts the batch in hand where it did before and sends the
+	// identical block.
 	require.NoError(t, e.ch.Servers[first].Stop())
-	_, err = st.Watermark(ctx, 0)
+	_, err = st.Present(ctx, 0, b1)
 	require.ErrorContains(t, err, "next attempt on replica "+e.ch.Servers[second].Addr())
-	wm, err := st.Watermark(ctx, 0)
+	present, err := st.Present(ctx, 0, b1)
 	require.NoError(t, err)
-	require.Equal(t, b1.LastSeq, wm, "a lagging replica does not lower the watermark")
+	require.Empty(t, present, "the lagging replica has not fetched b1")
+	require.Equal(t, b1.LastSeq, st.Floor(0), "a lagging replica does not lower the floor")
 	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"))
 
 	b2 := makeBatch(0, 6, 9)

@@ -123,14 +123,13 @@ func tableVersion(have map[string]string) int {
 	return v
 }
 
-// WatermarkQuery reads the highest EVENTS sequence of shard ? held by a
-// server; 0 when the shard has no rows.
-func WatermarkQuery(database string) string {
-	return fmt.Sprintf("SELECT max(seq) FROM %s.events_local WHERE shard = ?", database)
-}
-
-// PresentQuery lists the EVENTS sequences of shard ? between ? and ? held
-// by a server.
-func PresentQuery(database string) string {
-	return fmt.Sprintf("SELECT DISTINCT seq FROM %s.events_local WHERE shard = ? AND seq >= ? AND seq <= ?", database)
+// PresenceQuery lists the EVENTS sequences of shard ? between ? and ? a
+// server holds, among the rows whose sorting key is one of the tuples
+// bound to the last ? (tenant, type, ts as 'YYYY-MM-DD hh:mm:ss' UTC,
+// event_id): one row of each EVENTS message asked about. The sorting key,
+// ORDER BY (tenant, type, ts, event_id), narrows the read to the
+// granules holding those rows in each part, so its cost follows the
+// tuples and the parts, never the table's rows (see presenceChunk).
+func PresenceQuery(database string) string {
+	return fmt.Sprintf("SELECT DISTINCT seq FROM %s.events_local WHERE shard = ? AND seq >= ? AND seq <= ? AND (tenant, type, ts, event_id) IN (?)", database)
 }

@@ -42,12 +42,13 @@ const checkClickHouse = "clickhouse"
 // holds, and an insert under way is cut when the lease is lost, so a sink
 // that lost a shard (paused, partitioned) inserts nothing more for it. The
 // one insert that may race with the takeover (sent just before the lease
-// ran out, landing after the next owner read the watermark) is caught by
+// ran out, landing after the next owner looked the batch up) is caught by
 // ClickHouse: on replicated tables the next owner sends the identical
-// block (the rows above the same watermark), which block deduplication
-// stores once, and ReplacingMergeTree folds rows of equal key on merge.
-// A batch the old owner inserted but could not ack comes back to the next
-// owner at or below the watermark and is acked as a duplicate.
+// block (the batch's rows ClickHouse did not hold), which block
+// deduplication stores once, and ReplacingMergeTree folds rows of equal
+// key on merge. A batch the old owner inserted but could not ack comes
+// back to the next owner, which finds its messages present and acks it
+// as a duplicate.
 type Service struct {
 	cfg     Config
 	host    *service.Host
@@ -174,8 +175,8 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	var started atomic.Int64
 	sup := &shard.Supervisor{
 		Owner: owner,
-		// A new loop for every tenure: its watermark is read again from
-		// ClickHouse, never kept from an earlier one (another sink may
+		// A new loop for every tenure: it looks its first batch up in
+		// ClickHouse, never keeps a watermark from an earlier one (another sink may
 		// have landed batches meanwhile). Static shards are ready once
 		// every one has its consumer.
 		Start: func(ctx context.Context, k int, holds func() bool) (shard.Loop, error) {

@@ -812,7 +812,7 @@ func TestSinkWatchdogNamesAStalledShard(t *testing.T) {
 		}
 		assert.Equal(c, http.StatusServiceUnavailable, code)
 		assert.Contains(c, body, "stalled shard 1: ")
-		assert.Regexp(c, `(insert into|watermark from) clickhouse `+server.Addr(), body)
+		assert.Regexp(c, `(insert into|sequences from) clickhouse `+server.Addr(), body)
 		assert.NotContains(c, body, "stalled shard 0")
 		n, err := s.stalls(1)
 		if assert.NoError(c, err) {

@@ -215,7 +215,7 @@ func TestSchemaStatementsMatchContract(t *testing.T) {
 	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted)", InsertQuery("surge"))
 	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted, p_n, p_plan)",
 		InsertQuery("surge", "p_n", "p_plan"))
-	require.Equal(t, "SELECT max(seq) FROM surge.events_local WHERE shard = ?", WatermarkQuery("surge"))
+	require.Equal(t, "SELECT DISTINCT seq FROM surge.events_local WHERE shard = ? AND seq >= ? AND seq <= ? AND (tenant, type, ts, event_id) IN (?)", PresenceQuery("surge"))
 }
 
 func TestQueryID(t *testing.T) {
