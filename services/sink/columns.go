@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"maps"
@@ -500,6 +501,12 @@ func (k *columnKeeper) alter(ctx context.Context, r *replica, server schema.Serv
 	stmt := schema.AddColumnsSQL(k.database, table, defs, server)
 	actx, cancel := k.ddlContext(ctx)
 	defer cancel()
+	if table == "events_local" {
+		if err := k.caughtUp(actx, r); err != nil {
+			k.m.ddlErrors.WithLabelValues("replica_behind").Inc()
+			return false, err
+		}
+	}
 	actx = clickhouse.Context(actx, clickhouse.WithSettings(alterSettings(server, k.timeout)))
 	start := time.Now()
 	err = r.conn.Exec(actx, stmt)
@@ -518,6 +525,71 @@ func (k *columnKeeper) alter(ctx context.Context, r *replica, server schema.Serv
 	}
 	k.m.ddlErrors.WithLabelValues(errorCode(err)).Inc()
 	return false, fmt.Errorf("add columns to %s.%s on %s: %w", k.database, table, r.addr, err)
+}
+
+// errReplicaBehind refuses a column ALTER on a replica that lags its
+// shard's schema or cannot replicate now; the insert that wanted it fails
+// over to another replica of the shard.
+var errReplicaBehind = errors.New("replica behind its shard's schema in ZooKeeper")
+
+// caughtUp checks, on a replicated events_local, that replica r may run a
+// column ALTER: it replicates (not read-only, as a restarted replica is
+// while its old ZooKeeper session lives on), and its table has every
+// column of the shard's table in ZooKeeper. On ClickHouse 18.16 an ALTER
+// writes the replica's own columns plus the new ones over ZooKeeper's
+// list, so a lagging replica's ALTER drops, on every replica, the columns
+// it has not applied yet, with their values. A table without replication
+// passes.
+func (k *columnKeeper) caughtUp(ctx context.Context, r *replica) error {
+	var (
+		path              string
+		readonly, expired uint8
+	)
+	err := r.conn.QueryRow(ctx, "SELECT zookeeper_path, is_readonly, is_session_expired FROM system.replicas WHERE database = ? AND table = 'events_local'", k.database).
+		Scan(&path, &readonly, &expired)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return nil
+	case err != nil:
+		return fmt.Errorf("read replication state of %s: %w", r.addr, err)
+	case readonly != 0 || expired != 0:
+		return fmt.Errorf("%w: %s is read-only (its ZooKeeper session is not up)", errReplicaBehind, r.addr)
+	}
+	var list string
+	if err := r.conn.QueryRow(ctx, "SELECT value FROM system.zookeeper WHERE path = ? AND name = 'columns'", path).Scan(&list); err != nil {
+		return fmt.Errorf("read the shard's columns in ZooKeeper from %s: %w", r.addr, err)
+	}
+	c, err := k.refresh(ctx, r)
+	if err != nil {
+		return err
+	}
+	var behind []string
+	for _, name := range zooKeeperColumns(list) {
+		if _, ok := c.local[name]; !ok {
+			behind = append(behind, name)
+		}
+	}
+	if len(behind) > 0 {
+		return fmt.Errorf("%w: %s lacks %s", errReplicaBehind, r.addr, strings.Join(behind, ", "))
+	}
+	return nil
+}
+
+// zooKeeperColumns are the column names of a replicated table's columns
+// node ("columns format version: 1", "N columns:", then "`name` Type" a
+// line).
+func zooKeeperColumns(list string) []string {
+	var out []string
+	for _, line := range strings.Split(list, "\n") {
+		rest, ok := strings.CutPrefix(line, "`")
+		if !ok {
+			continue
+		}
+		if name, _, ok := strings.Cut(rest, "`"); ok {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // alterSettings are the settings of a column ALTER on server: its query

@@ -236,3 +236,9 @@ func TestNewRejectsMissingDeps(t *testing.T) {
 	require.ErrorContains(t, err, "registry is required")
 	require.ErrorContains(t, err, "tracer provider is required")
 }
+
+func TestZooKeeperColumns(t *testing.T) {
+	list := "columns format version: 1\n4 columns:\n`event_id` String\n`ts` DateTime('UTC')\n`_unpromoted` Array(String)\n`p_g5` Nullable(Int64)\n"
+	require.Equal(t, []string{"event_id", "ts", "_unpromoted", "p_g5"}, zooKeeperColumns(list))
+	require.Empty(t, zooKeeperColumns(""))
+}
