@@ -805,3 +805,52 @@ func TestLostDeliveryIsHandedOutAgain(t *testing.T) {
 		})
 	}
 }
+
+// TestPolledAckPendingHandsALostDeliveryOutAgain: mid-tenure, with no
+// failed fetch or ack to make the loop unsure (a delivery lost in a
+// leader's graceful handover raises no error), the poller's reading of an
+// ack pending batch has the loop, at its next empty fetch, reset the
+// consumer: the batch comes again at once, not after the ack wait.
+func TestPolledAckPendingHandsALostDeliveryOutAgain(t *testing.T) {
+	s := newTestService(t, prometheus.NewRegistry(), time.Hour)
+	msg := newFakeMsg(0, 1, batch.Encode(testBatch(0, 5, 7)))
+	var pending atomic.Int32
+	cons := &fakeConsumer{msgs: make(chan jetstream.Msg, 1), ackPending: func() int { return int(pending.Load()) }}
+	var resets atomic.Int32
+	js := fakeJS{reset: func(string) error {
+		resets.Add(1)
+		pending.Store(0)
+		cons.msgs <- msg // handed out again
+		return nil
+	}}
+	l := s.newShardLoop(0, js, newFakeStore(seqs(1, 4)...))
+	l.cons = cons
+
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		l.Run(ctx)
+	}()
+	// The tenure's first empty fetch asks once and finds nothing pending.
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, int32(1), cons.infos.Load())
+	}, 10*time.Second, time.Millisecond)
+	after := cons.fetches.Load() + 20
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.GreaterOrEqual(c, cons.fetches.Load(), after)
+	}, 10*time.Second, time.Millisecond)
+	require.Equal(t, int32(1), cons.infos.Load(), "idle and sure: no more asking")
+
+	// A delivery is lost: the consumer counts it pending, the poller sees it.
+	pending.Store(1)
+	l.ackPending.Store(true)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		settled, _, _ := msg.counts()
+		assert.Equal(c, []string{"ack"}, settled)
+	}, 10*time.Second, 5*time.Millisecond)
+	cancel()
+	<-done
+	require.Equal(t, int32(1), resets.Load())
+	require.Equal(t, int32(2), cons.infos.Load())
+}

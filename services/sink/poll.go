@@ -32,6 +32,9 @@ func (l *shardLoop) Backlog(ctx context.Context) (uint64, error) {
 		info := cons.CachedInfo()
 		l.m.pending.Set(float64(info.NumPending))
 		l.m.ackPending.Set(float64(info.NumAckPending))
+		if info.NumAckPending > 0 {
+			l.ackPending.Store(true)
+		}
 		return info.NumPending + uint64(info.NumAckPending), nil
 	}
 	if !errors.Is(err, jetstream.ErrConsumerNotFound) {

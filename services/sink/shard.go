@@ -80,6 +80,12 @@ type shardLoop struct {
 	// hand), after a failed fetch or a failed ack (a NATS node or a
 	// consumer leader gone). See redeliverLost.
 	unsure bool
+	// ackPending is set by the poller when the shard's consumer counts a
+	// batch delivered and not acked: after the loop's next empty fetch,
+	// when it holds no batch, that one was lost on its way (a delivery
+	// lost in a leader's handover raises no error here) and is handed
+	// out again (redeliverLost) rather than after the ack wait.
+	ackPending atomic.Bool
 }
 
 // js is JetStream as a shard loop uses it.
@@ -176,7 +182,7 @@ func (l *shardLoop) Run(ctx context.Context) {
 		}
 		if err == nil {
 			bo.Reset()
-			if !got && l.unsure {
+			if !got && (l.ackPending.Swap(false) || l.unsure) {
 				l.redeliverLost(ctx)
 			}
 			continue
