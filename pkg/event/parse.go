@@ -8,6 +8,7 @@ import (
 	"io"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -26,6 +27,34 @@ type Problem struct {
 	Index  int    `json:"index"`
 	Field  string `json:"field,omitempty"`
 	Reason string `json:"reason"`
+}
+
+// Problems are what is wrong with a request or one of its items, in order.
+type Problems []Problem
+
+// String says in one line what is wrong, each problem with its event's
+// index where known (>= 0) and its field: "event 1: type: required; ...".
+func (ps Problems) String() string { return ps.format(true) }
+
+// Reasons is String without the events' indexes, for one item whose index
+// is said elsewhere: "type: required; ...".
+func (ps Problems) Reasons() string { return ps.format(false) }
+
+func (ps Problems) format(index bool) string {
+	var b strings.Builder
+	for i, p := range ps {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		if index && p.Index >= 0 {
+			b.WriteString("event " + strconv.Itoa(p.Index) + ": ")
+		}
+		if p.Field != "" {
+			b.WriteString(p.Field + ": ")
+		}
+		b.WriteString(p.Reason)
+	}
+	return b.String()
 }
 
 // ValidationError lists every problem found in a request.

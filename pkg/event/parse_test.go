@@ -260,3 +260,10 @@ func TestValidationErrorMessage(t *testing.T) {
 	require.Equal(t, "2 invalid event field(s), first: event 2 type: required", err.Error())
 	require.Equal(t, "invalid events", (&event.ValidationError{}).Error())
 }
+
+func TestProblemsString(t *testing.T) {
+	ps := event.Problems{{Index: 1, Field: "type", Reason: "required"}, {Index: -1, Reason: "body is not JSON"}, {Index: 0, Field: "properties.a", Reason: "invalid UTF-8"}}
+	require.Equal(t, "event 1: type: required; body is not JSON; event 0: properties.a: invalid UTF-8", ps.String())
+	require.Equal(t, "type: required; body is not JSON; properties.a: invalid UTF-8", ps.Reasons())
+	require.Empty(t, event.Problems(nil).String())
+}

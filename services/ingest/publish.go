@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -87,7 +86,7 @@ func (s *Service) deadLetter(ctx context.Context, tenant, msgID string, invalid 
 			Service:  "ingest",
 			Subject:  streams.IngestInvalidSubject(tenant),
 			Data:     it.data,
-			Reason:   problemsReason(it.problems),
+			Reason:   event.Problems(it.problems).Reasons(),
 			Index:    it.index,
 			HasIndex: true,
 			Tenant:   tenant,
@@ -104,21 +103,6 @@ func (s *Service) deadLetter(ctx context.Context, tenant, msgID string, invalid 
 		}
 	}
 	return len(invalid), nil
-}
-
-// problemsReason says in one line what is wrong: "userId: required; ...".
-func problemsReason(problems []event.Problem) string {
-	var b strings.Builder
-	for i, p := range problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		if p.Field != "" {
-			b.WriteString(p.Field + ": ")
-		}
-		b.WriteString(p.Reason)
-	}
-	return b.String()
 }
 
 func publishReject(err error, timeout time.Duration) reply {

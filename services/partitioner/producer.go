@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/surge-events/surge/pkg/event"
@@ -39,7 +38,7 @@ func (w *worker) parseProducerMessage(ctx context.Context, in *input, tenant str
 	if err != nil {
 		var ve *event.ValidationError
 		if errors.As(err, &ve) && len(ve.Problems) > 0 {
-			return nil, errors.New(reason(ve.Problems))
+			return nil, errors.New(event.Problems(ve.Problems).String())
 		}
 		return nil, err
 	}
@@ -66,7 +65,7 @@ func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, 
 		Service:   "partitioner",
 		Subject:   streams.InvalidSubject(tenant),
 		Data:      it.Raw,
-		Reason:    reason(it.Problems),
+		Reason:    event.Problems(it.Problems).String(),
 		Source:    in.msg.Subject(),
 		SourceSeq: in.seq,
 		Index:     it.Index,
@@ -83,22 +82,4 @@ func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, 
 	in.deadLetters = append(in.deadLetters, f)
 	in.invalid++
 	return nil
-}
-
-// reason says in one line what is wrong: "event 1: type: required; ...".
-func reason(problems []event.Problem) string {
-	var b strings.Builder
-	for i, p := range problems {
-		if i > 0 {
-			b.WriteString("; ")
-		}
-		if p.Index >= 0 {
-			fmt.Fprintf(&b, "event %d: ", p.Index)
-		}
-		if p.Field != "" {
-			b.WriteString(p.Field + ": ")
-		}
-		b.WriteString(p.Reason)
-	}
-	return b.String()
 }
