@@ -225,6 +225,12 @@ func concurrentDiscovery(t *testing.T, info stack.Info) {
 		for _, table := range []string{"events_local", "events"} {
 			n, err := chserver.Query(addr, fmt.Sprintf(`SELECT count() FROM system.query_log WHERE type = 1
 				AND query LIKE 'ALTER TABLE surge.%s ADD COLUMN%%p_coupon%%'`, table))
+			if err != nil && strings.Contains(err.Error(), "Code: 60") && strings.Contains(err.Error(), "system.query_log") {
+				// 18.16 makes system.query_log at its first logged
+				// query: a replica that got every column through
+				// ZooKeeper and was never asked a logged query has none.
+				n, err = "0", nil
+			}
 			require.NoError(t, err)
 			var alters int
 			_, err = fmt.Sscanf(n, "%d", &alters)
