@@ -334,6 +334,14 @@ func TestCollectIngestAckedLeftBehind(t *testing.T) {
 	require.NoError(t, err)
 	m, err := ingest.GetMsg(ctx, ack.Sequence)
 	require.NoError(t, err)
+	// The consumer counts a new message pending a moment after the stream
+	// stores it (its own signal loop): read until it does, within a bound.
+	require.EventuallyWithT(t, func(co *assert.CollectT) {
+		info, err := cons.Info(ctx)
+		if assert.NoError(co, err) {
+			assert.Equal(co, uint64(1), info.NumPending)
+		}
+	}, 10*time.Second, 5*time.Millisecond)
 	r = look()
 	assert.Equal(t, uint64(1), r.Ingest.Pending)
 	if assert.NotNil(t, r.Ingest.Oldest) {
