@@ -61,12 +61,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 }
 
 func TestCheckShardsRecordsTheCountAndRefusesAnother(t *testing.T) {
-	s := natstest.Start(t)
-	nc, err := nats.Connect(s.ClientURL())
-	require.NoError(t, err)
-	t.Cleanup(nc.Close)
-	js, err := jetstream.New(nc)
-	require.NoError(t, err)
+	js := natstest.JetStream(t, natstest.Start(t).ClientURL())
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
