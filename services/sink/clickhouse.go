@@ -42,6 +42,8 @@ type server struct {
 	cluster    string
 	replicated bool
 	replicas   []*replica
+	// timeout bounds the schema work on one replica (EnsureSchema).
+	timeout time.Duration
 
 	// keeper makes sure the columns a batch names exist; shared by every
 	// server of the sink (see columnKeeper).
@@ -101,7 +103,7 @@ const failoverCooldown = 10 * time.Second
 func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	s := &server{
 		addr: addr, database: c.Database, cluster: c.Cluster, replicated: c.Replicated,
-		current: make(map[int]int), floor: make(map[int]uint64),
+		timeout: c.InsertTimeout, current: make(map[int]int), floor: make(map[int]uint64),
 	}
 	s.keeper = newColumnKeeper(c, []*server{s}, nil, nil, nil)
 	for _, a := range Replicas(addr) {
@@ -208,20 +210,35 @@ func (s *server) raise(k int, seq uint64) uint64 {
 	return s.floor[k]
 }
 
-// EnsureSchema creates the database and both tables where missing, on
-// the first replica that answers; with replication the statements go `ON
-// CLUSTER` and reach every server.
+// EnsureSchema makes sure the shard holds the database and both tables at
+// the current version. The first replica that holds them is brought to
+// the version; only when every replica that answers lacks them are they
+// created, through the first of those (with replication `ON CLUSTER`,
+// reaching every server). A replica that lacks them while another holds
+// them (a new one, or one that cannot attach its table after a crash)
+// does not hold the start up: it is seen to before its first use. Each
+// replica has a timeout of its own (the server's), so one that hangs
+// leaves the next its whole turn.
 func (s *server) EnsureSchema(ctx context.Context) error {
 	var errs []error
-	for i, r := range s.replicas {
-		err := s.ensureSchema(ctx, r, true)
+	var lacking []*replica
+	for _, r := range s.replicas {
+		ok, err := s.holdsSchema(ctx, r)
+		if err == nil && !ok {
+			lacking = append(lacking, r)
+			continue
+		}
 		if err == nil {
-			// The other replicas' tables (their Distributed table above
-			// all) are brought to the current version now where they
-			// answer, else before their first use.
-			for _, other := range s.replicas[i+1:] {
-				_ = s.ensureSchema(ctx, other, false)
-			}
+			return nil
+		}
+		errs = append(errs, err)
+		if Classify(err) == Permanent || ctx.Err() != nil {
+			return errors.Join(errs...)
+		}
+	}
+	for _, r := range lacking {
+		err := s.within(ctx, func(ctx context.Context) error { return s.ensureSchema(ctx, r) })
+		if err == nil {
 			return nil
 		}
 		errs = append(errs, err)
@@ -232,12 +249,34 @@ func (s *server) EnsureSchema(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// holdsSchema tells whether replica r holds both tables and, when it
+// does, brings them to the current version; within the server's timeout.
+func (s *server) holdsSchema(ctx context.Context, r *replica) (ok bool, err error) {
+	err = s.within(ctx, func(ctx context.Context) error {
+		if ok, err = s.hasSchema(ctx, r); err != nil || !ok {
+			return err
+		}
+		return s.migrated(ctx, r)
+	})
+	return ok, err
+}
+
+// within runs f with the server's timeout for one replica.
+func (s *server) within(ctx context.Context, f func(context.Context) error) error {
+	if s.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.timeout)
+		defer cancel()
+	}
+	return f(ctx)
+}
+
 // ensureSchema makes sure replica r holds the schema. Without replication
 // it runs the statements on r. With replication it queues them `ON
-// CLUSTER`, when always is set or r lacks a table, and waits until r's DDL
+// CLUSTER`, when r lacks a table, and waits until r's DDL
 // worker has run them.
-func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) error {
-	if r.schemaOK.Load() && !always {
+func (s *server) ensureSchema(ctx context.Context, r *replica) error {
+	if r.schemaOK.Load() {
 		return nil
 	}
 	if !s.replicated {
@@ -248,14 +287,12 @@ func (s *server) ensureSchema(ctx context.Context, r *replica, always bool) erro
 		}
 		return s.migrated(ctx, r)
 	}
-	if !always {
-		ok, err := s.hasSchema(ctx, r)
-		if err != nil {
-			return err
-		}
-		if ok {
-			return s.migrated(ctx, r)
-		}
+	ok, err := s.hasSchema(ctx, r)
+	if err != nil {
+		return err
+	}
+	if ok {
+		return s.migrated(ctx, r)
 	}
 	// distributed_ddl_task_timeout 0 queues the statement and returns:
 	// waiting for every server would wait out one that is down.
@@ -319,7 +356,7 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 const presenceChunk = 500
 
 func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
-	if err := s.ensureSchema(ctx, r, false); err != nil {
+	if err := s.ensureSchema(ctx, r); err != nil {
 		return nil, err
 	}
 	present := make(map[uint64]struct{})
@@ -390,7 +427,7 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 }
 
 func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err error) {
-	if err := s.ensureSchema(ctx, r, false); err != nil {
+	if err := s.ensureSchema(ctx, r); err != nil {
 		return err
 	}
 	defer func() { r.noteSchemaLoss(err) }()

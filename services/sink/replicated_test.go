@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -317,4 +318,45 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 		}, 30*time.Second, 20*time.Millisecond, "server %s", e.ch.Servers[i].Addr())
 		require.Equal(t, expectedRows(0, 1, 9), e.rowsOfShard(i, 0))
 	}
+}
+
+// A replica that hangs mid-query (SIGSTOPped here, over a connection the
+// store already holds; a restarted replica waiting on ZooKeeper or a lock
+// looks the same from the client) has its own timeout: the schema is
+// found through the next replica, and the hung one does not eat the
+// caller's whole attempt.
+func TestReplicatedStoreFindsSchemaPastAHungReplica(t *testing.T) {
+	e := newReplicatedEnv(t)
+	cfg := e.replicatedConfig(2).ClickHouse
+	cfg.InsertTimeout = 2 * time.Second
+	st, err := sink.OpenStore(cfg, shardAddrs(e.ch)[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	require.NoError(t, st.EnsureSchema(ctx))
+	cancel()
+
+	hung, next := server(0, 0), server(0, 1)
+	pid := e.ch.Servers[hung].PID()
+	require.NoError(t, syscall.Kill(pid, syscall.SIGSTOP))
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	st.ForgetSchema()
+
+	// One replica timeout and the next replica's look-up fit; the whole
+	// bound is what the hung replica took when it had no timeout of its
+	// own.
+	ctx, cancel = context.WithTimeout(t.Context(), 3*cfg.InsertTimeout)
+	require.NoError(t, st.EnsureSchema(ctx))
+	cancel()
+
+	// Inserts, each bounded as the shard loop bounds them: the first
+	// waits out the hung replica, the next lands on the other.
+	b := makeBatch(0, 1, 5)
+	ctx, cancel = context.WithTimeout(t.Context(), cfg.InsertTimeout)
+	require.ErrorContains(t, st.Insert(ctx, b), "next attempt on replica "+e.ch.Servers[next].Addr())
+	cancel()
+	ctx, cancel = context.WithTimeout(t.Context(), cfg.InsertTimeout)
+	require.NoError(t, st.Insert(ctx, b))
+	cancel()
+	require.Equal(t, uint64(b.Len()), e.count(next, "SELECT count() FROM surge.events_local"))
 }
