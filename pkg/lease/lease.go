@@ -285,24 +285,41 @@ func (o *Owner) Run(ctx context.Context, work func(ctx context.Context, shard in
 // open looks the bucket up, creating it when missing, and takes its TTL,
 // retrying until it answers or ctx ends.
 func (o *Owner) open(ctx context.Context) error {
+	kv, ttl, err := openBucket(ctx, o.js, o.cfg.TTL, o.cfg.Replicas, o.log)
+	if err != nil {
+		return err
+	}
+	o.kv = kv
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.ttl = ttl
+	o.renewEvery = ttl / 3
+	o.valid = ttl - ttl/4
+	o.request = ttl / 4
+	return nil
+}
+
+// openBucket looks the bucket up, creating it with ttl when missing, and
+// returns it with its own TTL, retrying until it answers or ctx ends.
+func openBucket(ctx context.Context, js jetstream.JetStream, want time.Duration, replicas int, log *zap.Logger) (jetstream.KeyValue, time.Duration, error) {
 	var kv jetstream.KeyValue
 	var ttl time.Duration
-	err := retry.Do(ctx, retry.DefaultConfig(o.cfg.TTL), func() error {
-		rctx, cancel := context.WithTimeout(ctx, o.cfg.TTL)
+	err := retry.Do(ctx, retry.DefaultConfig(want), func() error {
+		rctx, cancel := context.WithTimeout(ctx, want)
 		defer cancel()
 		var err error
-		kv, err = o.js.KeyValue(rctx, Bucket)
+		kv, err = js.KeyValue(rctx, Bucket)
 		if errors.Is(err, jetstream.ErrBucketNotFound) {
-			kv, err = o.js.CreateKeyValue(rctx, jetstream.KeyValueConfig{
+			kv, err = js.CreateKeyValue(rctx, jetstream.KeyValueConfig{
 				Bucket:      Bucket,
 				Description: "Surge shard leases and live instances",
 				History:     1,
-				TTL:         o.cfg.TTL,
+				TTL:         want,
 				Storage:     jetstream.FileStorage,
-				Replicas:    o.cfg.Replicas,
+				Replicas:    replicas,
 			})
 			if errors.Is(err, jetstream.ErrBucketExists) { // created meanwhile
-				kv, err = o.js.KeyValue(rctx, Bucket)
+				kv, err = js.KeyValue(rctx, Bucket)
 			}
 		}
 		if err != nil {
@@ -318,23 +335,16 @@ func (o *Owner) open(ctx context.Context) error {
 		}
 		return nil
 	}, func(attempt int, err error, wait time.Duration) {
-		o.log.Warn("open lease bucket, retrying", zap.String("bucket", Bucket), zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		log.Warn("open lease bucket, retrying", zap.String("bucket", Bucket), zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
 	if err != nil {
-		return fmt.Errorf("lease bucket %s: %w", Bucket, err)
+		return nil, 0, fmt.Errorf("lease bucket %s: %w", Bucket, err)
 	}
-	if ttl != o.cfg.TTL {
-		o.log.Warn("the lease bucket keeps the TTL it was created with", zap.String("bucket", Bucket),
-			zap.Duration("bucket_ttl", ttl), zap.Duration("configured_ttl", o.cfg.TTL))
+	if ttl != want {
+		log.Warn("the lease bucket keeps the TTL it was created with", zap.String("bucket", Bucket),
+			zap.Duration("bucket_ttl", ttl), zap.Duration("configured_ttl", want))
 	}
-	o.kv = kv
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	o.ttl = ttl
-	o.renewEvery = ttl / 3
-	o.valid = ttl - ttl/4
-	o.request = ttl / 4
-	return nil
+	return kv, ttl, nil
 }
 
 // round is one pass of the protocol: heartbeat, renew, hand over, take.
@@ -574,13 +584,21 @@ func (o *Owner) idle() bool {
 
 // members lists the live instances of the service, this one included.
 func (o *Owner) members(ctx context.Context) ([]string, error) {
-	prefix := "members." + o.cfg.Service + "."
-	w, err := o.kv.WatchFiltered(ctx, []string{prefix + "*"}, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
+	return listMembers(ctx, o.kv, o.cfg.Service, o.cfg.Instance)
+}
+
+// memberKey is the key an instance of a service rewrites while it lives.
+func memberKey(service, instance string) string { return "members." + service + "." + instance }
+
+// listMembers lists the live instances of service in kv, self included.
+func listMembers(ctx context.Context, kv jetstream.KeyValue, service, self string) ([]string, error) {
+	prefix := memberKey(service, "")
+	w, err := kv.WatchFiltered(ctx, []string{prefix + "*"}, jetstream.IgnoreDeletes(), jetstream.MetaOnly())
 	if err != nil {
 		return nil, err
 	}
 	defer func() { _ = w.Stop() }()
-	out := []string{o.cfg.Instance}
+	out := []string{self}
 	for {
 		select {
 		case e := <-w.Updates():
@@ -590,7 +608,9 @@ func (o *Owner) members(ctx context.Context) ([]string, error) {
 				}
 				return out, nil
 			}
-			out = append(out, strings.TrimPrefix(e.Key(), prefix))
+			if m := strings.TrimPrefix(e.Key(), prefix); m != self {
+				out = append(out, m)
+			}
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -666,7 +686,7 @@ func (o *Owner) expired(k int, h *held) {
 func (o *Owner) key(k int) string { return o.cfg.Service + ".shard." + strconv.Itoa(k) }
 
 // memberKey is this instance's member key.
-func (o *Owner) memberKey() string { return "members." + o.cfg.Service + "." + o.cfg.Instance }
+func (o *Owner) memberKey() string { return memberKey(o.cfg.Service, o.cfg.Instance) }
 
 // Holders reads, from the lease bucket, which instance holds each of the
 // first shards shards of service: instance id -> its shards, ascending.
