@@ -164,7 +164,7 @@ func TestRunServesBodyThenDrains(t *testing.T) {
 	got := make(chan seen, 1)
 	err = h.Run(ctx, func(ctx context.Context, conn Conn) error {
 		var s seen
-		for _, name := range []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter} {
+		for _, name := range []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter, streams.Problems} {
 			if _, err := conn.JS.Stream(ctx, name); err == nil {
 				s.streams = append(s.streams, name)
 			}
@@ -178,7 +178,7 @@ func TestRunServesBodyThenDrains(t *testing.T) {
 	require.NoError(t, err)
 	s := <-got
 	require.NoError(t, s.err)
-	require.Equal(t, []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter}, s.streams)
+	require.Equal(t, []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter, streams.Problems}, s.streams)
 	require.Equal(t, http.StatusOK, s.code)
 	require.Equal(t, "ready\n", s.body)
 	_, _, err = readyz(h.AdminAddr())

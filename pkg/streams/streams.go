@@ -19,6 +19,7 @@ const (
 	Events     = "EVENTS"
 	Batches    = "BATCHES"
 	DeadLetter = "DEAD_LETTER"
+	Problems   = "PROBLEMS"
 )
 
 // Headers Surge sets on its messages, besides Nats-Msg-Id and traceparent.
@@ -95,6 +96,13 @@ func DeadLetterSubject(service string, shard int) string {
 	return "deadletter." + service + ".shard." + strconv.Itoa(shard)
 }
 
+// ProblemsSubject is where the aggregated problems of a tenant's events
+// are kept (pkg/problems), for the tenant's GET /v1/problems.
+func ProblemsSubject(tenant string) string { return "problems." + tenant }
+
+// ProblemsAll is every tenant's problems subject.
+const ProblemsAll = "problems.>"
+
 // Config sizes the streams. Sizes are per stream.
 type Config struct {
 	// Replicas is the stream replica count: 1 for one server, 3 in a cluster.
@@ -104,6 +112,15 @@ type Config struct {
 	MaxBytes int64 `yaml:"max_bytes" env:"MAX_BYTES"`
 	// DeadLetterMaxAge is how long dead letters are kept.
 	DeadLetterMaxAge time.Duration `yaml:"dead_letter_max_age" env:"DEAD_LETTER_MAX_AGE"`
+	// ProblemsMaxAge is how long the aggregated problems of tenants'
+	// events are kept in PROBLEMS.
+	ProblemsMaxAge time.Duration `yaml:"problems_max_age" env:"PROBLEMS_MAX_AGE"`
+	// ProblemsMaxBytes bounds PROBLEMS; when full, its oldest problems go.
+	ProblemsMaxBytes int64 `yaml:"problems_max_bytes" env:"PROBLEMS_MAX_BYTES"`
+	// ProblemsMaxPerTenant bounds the problems kept per tenant (messages
+	// per subject); past it a tenant's oldest go, so one noisy tenant
+	// cannot push the others' out.
+	ProblemsMaxPerTenant int64 `yaml:"problems_max_per_tenant" env:"PROBLEMS_MAX_PER_TENANT"`
 	// DuplicateWindow is how long JetStream remembers message ids: the
 	// window in which a client retry with the same Idempotency-Key is dropped.
 	DuplicateWindow time.Duration `yaml:"duplicate_window" env:"DUPLICATE_WINDOW"`
@@ -120,6 +137,10 @@ func DefaultConfig() Config {
 		DeadLetterMaxAge: 14 * 24 * time.Hour,
 		DuplicateWindow:  2 * time.Minute,
 		MaxMsgSize:       8 << 20,
+
+		ProblemsMaxAge:       7 * 24 * time.Hour,
+		ProblemsMaxBytes:     256 << 20,
+		ProblemsMaxPerTenant: 10000,
 	}
 }
 
@@ -138,6 +159,15 @@ func (c Config) Validate() error {
 	if c.DeadLetterMaxAge < time.Minute {
 		errs = append(errs, fmt.Errorf("dead_letter_max_age must be at least 1m, got %s", c.DeadLetterMaxAge))
 	}
+	if c.ProblemsMaxAge < time.Minute {
+		errs = append(errs, fmt.Errorf("problems_max_age must be at least 1m, got %s", c.ProblemsMaxAge))
+	}
+	if c.ProblemsMaxBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("problems_max_bytes must be at least 1 MiB, got %d", c.ProblemsMaxBytes))
+	}
+	if c.ProblemsMaxPerTenant < 1 {
+		errs = append(errs, fmt.Errorf("problems_max_per_tenant must be at least 1, got %d", c.ProblemsMaxPerTenant))
+	}
 	if c.MaxMsgSize < 64<<10 {
 		errs = append(errs, fmt.Errorf("max_msg_size must be at least 64 KiB, got %d", c.MaxMsgSize))
 	}
@@ -155,9 +185,13 @@ func (c Config) Validate() error {
 //   - BATCHES is a work queue: each shard's sink consumer acks a batch once
 //     ClickHouse holds it.
 //   - DEAD_LETTER keeps what could not be processed, for inspection and replay.
+//   - PROBLEMS keeps the problems of tenants' events, aggregated by the
+//     services (problems.<tenant>), for GET /v1/problems: bounded in age,
+//     bytes and messages per tenant, it drops its oldest when full.
 //
-// All use file storage and refuse new messages when full, so a slow stage
-// pushes back rather than dropping what was acknowledged.
+// All use file storage. INGEST, EVENTS and BATCHES refuse new messages
+// when full, so a slow stage pushes back rather than dropping what was
+// acknowledged; DEAD_LETTER and PROBLEMS drop their oldest instead.
 func Definitions(c Config) []jetstream.StreamConfig {
 	base := func(name, desc string, subjects []string, retention jetstream.RetentionPolicy) jetstream.StreamConfig {
 		return jetstream.StreamConfig{
@@ -176,13 +210,24 @@ func Definitions(c Config) []jetstream.StreamConfig {
 	dl := base(DeadLetter, "Surge messages that could not be processed", []string{"deadletter.>"}, jetstream.LimitsPolicy)
 	dl.MaxAge = c.DeadLetterMaxAge
 	dl.Discard = jetstream.DiscardOld
+	pr := base(Problems, "Surge problems of tenants' events, aggregated", []string{ProblemsAll}, jetstream.LimitsPolicy)
+	pr.MaxAge = c.ProblemsMaxAge
+	pr.MaxBytes = c.ProblemsMaxBytes
+	pr.MaxMsgsPerSubject = c.ProblemsMaxPerTenant
+	pr.MaxMsgSize = problemsMaxMsgSize
+	pr.Discard = jetstream.DiscardOld
 	return []jetstream.StreamConfig{
 		base(Ingest, "Surge requests as accepted by ingest and published by producers", []string{"ingest.>", ProducerPrefix + ">"}, jetstream.WorkQueuePolicy),
 		base(Events, "Surge events grouped per shard", []string{"events.shard.*"}, jetstream.LimitsPolicy),
 		base(Batches, "Surge columnar batches per shard", []string{"batches.shard.*"}, jetstream.WorkQueuePolicy),
 		dl,
+		pr,
 	}
 }
+
+// problemsMaxMsgSize bounds one aggregate: its samples are bounded well
+// below it.
+const problemsMaxMsgSize = 64 << 10
 
 // Ensure creates every stream or updates it to the configuration, so every
 // service can call it at start in any order. The metadata a stream holds

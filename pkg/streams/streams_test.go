@@ -39,9 +39,28 @@ func TestEnsureIsIdempotentAndUpdates(t *testing.T) {
 		require.Equal(t, want.Retention, got.Retention, want.Name)
 		require.Equal(t, jetstream.FileStorage, got.Storage, want.Name)
 		require.Equal(t, want.Discard, got.Discard, want.Name)
+		require.Equal(t, want.MaxBytes, got.MaxBytes, want.Name)
+		require.Equal(t, want.MaxMsgSize, got.MaxMsgSize, want.Name)
+		require.Equal(t, want.MaxAge, got.MaxAge, want.Name)
+		if want.Name == streams.Problems {
+			// PROBLEMS has bounds of its own, in size, age and per tenant.
+			require.Equal(t, cfg.ProblemsMaxBytes, got.MaxBytes)
+			require.Equal(t, cfg.ProblemsMaxAge, got.MaxAge)
+			require.Equal(t, cfg.ProblemsMaxPerTenant, got.MaxMsgsPerSubject)
+			require.Equal(t, jetstream.DiscardOld, got.Discard)
+			continue
+		}
 		require.Equal(t, int64(1<<30), got.MaxBytes, "%s picked up the new limit", want.Name)
 		require.Equal(t, cfg.MaxMsgSize, got.MaxMsgSize, want.Name)
 	}
+}
+
+func TestDefinitionsNameEveryStream(t *testing.T) {
+	var names []string
+	for _, sc := range streams.Definitions(streams.DefaultConfig()) {
+		names = append(names, sc.Name)
+	}
+	require.Equal(t, []string{streams.Ingest, streams.Events, streams.Batches, streams.DeadLetter, streams.Problems}, names)
 }
 
 func TestSubjects(t *testing.T) {
@@ -49,12 +68,14 @@ func TestSubjects(t *testing.T) {
 	require.Equal(t, "events.shard.7", streams.EventsSubject(7))
 	require.Equal(t, "batches.shard.0", streams.BatchesSubject(0))
 	require.Equal(t, "deadletter.sink.shard.3", streams.DeadLetterSubject("sink", 3))
+	require.Equal(t, "problems.acme", streams.ProblemsSubject("acme"))
 }
 
 func TestValidateReportsEveryProblem(t *testing.T) {
 	err := streams.Config{Replicas: 0, MaxBytes: 1, DuplicateWindow: 0, DeadLetterMaxAge: 0, MaxMsgSize: 1}.Validate()
 	require.Error(t, err)
-	for _, want := range []string{"replicas", "max_bytes", "duplicate_window", "dead_letter_max_age", "max_msg_size"} {
+	for _, want := range []string{"replicas", "max_bytes", "duplicate_window", "dead_letter_max_age", "max_msg_size",
+		"problems_max_age", "problems_max_bytes", "problems_max_per_tenant"} {
 		require.Contains(t, err.Error(), want)
 	}
 	require.NoError(t, streams.DefaultConfig().Validate())
