@@ -13,15 +13,15 @@ import (
 // Limits are one tenant's quotas. A zero rate is no limit.
 type Limits struct {
 	// EventsPerSecond is the sustained rate of events accepted.
-	EventsPerSecond float64 `json:"events_per_second,omitempty"`
+	EventsPerSecond float64 `json:"events_per_second,omitempty" yaml:"events_per_second" env:"EVENTS_PER_SECOND"`
 	// Burst is how many events may be accepted at once above the rate
 	// (the bucket's size); 0 is one second's worth.
-	Burst float64 `json:"burst,omitempty"`
+	Burst float64 `json:"burst,omitempty" yaml:"burst" env:"BURST"`
 	// BytesPerSecond is the sustained rate of request bytes (after
 	// decompression) accepted.
-	BytesPerSecond float64 `json:"bytes_per_second,omitempty"`
+	BytesPerSecond float64 `json:"bytes_per_second,omitempty" yaml:"bytes_per_second" env:"BYTES_PER_SECOND"`
 	// BytesBurst is the byte bucket's size; 0 is one second's worth.
-	BytesBurst float64 `json:"bytes_burst,omitempty"`
+	BytesBurst float64 `json:"bytes_burst,omitempty" yaml:"bytes_burst" env:"BYTES_BURST"`
 }
 
 // Unlimited says no quota applies.

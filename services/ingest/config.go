@@ -10,6 +10,8 @@ import (
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/tenants"
 )
 
 // Config is everything ingest can be configured with.
@@ -62,6 +64,14 @@ type Settings struct {
 	APIKeys map[string]string `yaml:"api_keys" env:"API_KEYS"`
 	// DefaultTenant owns the events when APIKeys is empty.
 	DefaultTenant string `yaml:"default_tenant" env:"DEFAULT_TENANT"`
+	// Quota is every tenant's default limits (none by default) until the
+	// SURGE_TENANTS bucket says otherwise: `surge tenants set` changes a
+	// tenant's or the default's at run time (see docs/tenants.md).
+	Quota tenants.Limits `yaml:"quota" env:"QUOTA"`
+	// InstanceTTL is how long this instance counts as live without
+	// renewing its member key: a tenant's quota is divided over the live
+	// instances. An existing lease bucket keeps its own TTL.
+	InstanceTTL time.Duration `yaml:"instance_ttl" env:"INSTANCE_TTL"`
 }
 
 // DefaultConfig listens on :8080 (admin :8081) with the documented limits.
@@ -84,6 +94,7 @@ func DefaultConfig() Config {
 			PublishTimeout: 5 * time.Second,
 			RetryAfter:     time.Second,
 			DefaultTenant:  "default",
+			InstanceTTL:    shard.DefaultLeaseTTL,
 		},
 	}
 }
@@ -155,6 +166,12 @@ func (c Settings) Validate() error {
 	}
 	if c.RetryAfter < time.Second {
 		errs = append(errs, fmt.Errorf("retry_after must be at least 1s, got %s", c.RetryAfter))
+	}
+	if err := c.Quota.Validate(); err != nil {
+		errs = append(errs, fmt.Errorf("quota: %w", err))
+	}
+	if c.InstanceTTL < shard.MinLeaseTTL {
+		errs = append(errs, fmt.Errorf("instance_ttl must be at least %s, got %s", shard.MinLeaseTTL, c.InstanceTTL))
 	}
 	if len(c.APIKeys) == 0 && !event.ValidTenant(c.DefaultTenant) {
 		errs = append(errs, fmt.Errorf("default_tenant %q %s", c.DefaultTenant, tenantRule))

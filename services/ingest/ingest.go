@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/lease"
 	"github.com/surge-events/surge/pkg/service"
 )
 
@@ -45,6 +46,11 @@ type Service struct {
 
 	// conn is set once the lifecycle has connected NATS; nil before.
 	conn atomic.Pointer[service.Conn]
+
+	// instance names this process among the live ingest instances;
+	// quotas applies each tenant's share of its limits.
+	instance string
+	quotas   *quotas
 }
 
 // New builds the service and opens its listeners, so Addr and AdminAddr
@@ -79,7 +85,10 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		tenants: make(map[[sha256.Size]byte]string, len(cfg.Ingest.APIKeys)),
 		slots:   make(chan struct{}, cfg.Ingest.MaxInFlight),
 		mux:     http.NewServeMux(),
+
+		instance: lease.NewInstanceID(),
 	}
+	s.quotas = s.newQuotas()
 	s.routes()
 	for key, tenant := range cfg.Ingest.APIKeys {
 		s.tenants[sha256.Sum256([]byte(key))] = tenant
@@ -124,6 +133,11 @@ func (s *Service) Run(ctx context.Context) error {
 // serve is the body of the lifecycle: it answers HTTP until ctx ends.
 func (s *Service) serve(ctx context.Context, conn service.Conn) error {
 	s.conn.Store(&conn)
+	var wg sync.WaitGroup
+	defer wg.Wait() // after shutdown: no request applies the quotas any more
+	qctx, stopQuotas := context.WithCancel(ctx)
+	defer stopQuotas()
+	s.runQuotas(qctx, &wg)
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- s.srv.Serve(s.ln) }()
 	s.logger.Info("serving", zap.String("addr", s.Addr()), zap.String("admin_addr", s.AdminAddr()))

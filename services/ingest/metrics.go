@@ -33,6 +33,7 @@ type metrics struct {
 	requestDuration  prometheus.Histogram
 	publishDuration  prometheus.Histogram
 	inFlight         prometheus.Gauge
+	quotaRefused     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -68,5 +69,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_ingest_in_flight",
 			Help: "Requests holding an in-flight slot.",
 		}),
+		// The tenant label is bounded by the tenants the API keys name:
+		// only authenticated requests meet a quota.
+		quotaRefused: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_ingest_quota_refused_total",
+			Help: "Requests refused with 429 by their tenant's quota, by tenant and quota (events, bytes).",
+		}, []string{"tenant", "reason"}),
 	}
 }

@@ -184,6 +184,12 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if rep.status != 0 {
 		return rep
 	}
+	// A tenant whose quota is spent is refused before its body is read.
+	if tenant != "" {
+		if q := s.quotas.Check(tenant); !q.Allowed {
+			return s.overQuota(tenant, q, 0)
+		}
+	}
 	body, idemKey, release, rep := s.admit(w, r)
 	if rep.status != 0 {
 		return rep
@@ -196,11 +202,19 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if idemKey != "" {
 		d.msgID = d.tenant + ":" + idemKey
 	}
+	// The quota takes the request whole or refuses it: a request over
+	// quota stores nothing.
+	quota := s.quotas.Take(d.tenant, len(d.events), len(body))
+	if !quota.Allowed {
+		return s.overQuota(d.tenant, quota, d.items)
+	}
 
 	var done stored
 	if len(d.events) > 0 {
 		dup, rep := s.publish(ctx, d.tenant, d.msgID, d.events)
 		if rep.status != 0 {
+			s.quotas.Refund(d.tenant, len(d.events), len(body))
+			rep.quota = quota
 			return rep
 		}
 		done = stored{events: len(d.events), duplicate: dup}
@@ -216,7 +230,7 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 		s.metrics.eventsRejected.WithLabelValues(reasonInvalid).Add(float64(n))
 	}
 	status, answer := p.answer(done)
-	return reply{status: status, accepted: done.events, answer: answer}
+	return reply{status: status, accepted: done.events, answer: answer, quota: quota}
 }
 
 func notFound(context.Context, http.ResponseWriter, *http.Request) reply {

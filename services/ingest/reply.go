@@ -7,6 +7,7 @@ import (
 	"strconv"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/tenants"
 )
 
 // reply is the outcome of one request.
@@ -25,6 +26,8 @@ type reply struct {
 	// the rejected request held, when known.
 	reason string
 	events int
+	// quota is the tenant's quota decision, for the RateLimit-* headers.
+	quota tenants.Decision
 }
 
 func reject(status int, reason, message string) reply {
@@ -46,7 +49,10 @@ func (s *Service) write(w http.ResponseWriter, rep reply) {
 	if rep.challenge != "" {
 		h.Set("WWW-Authenticate", rep.challenge)
 	}
-	if rep.status == http.StatusTooManyRequests || rep.status == http.StatusServiceUnavailable {
+	switch {
+	case rep.quota.Limited:
+		quotaHeaders(h, rep.quota, rep.reason == reasonOverQuota)
+	case rep.status == http.StatusTooManyRequests || rep.status == http.StatusServiceUnavailable:
 		h.Set("Retry-After", strconv.Itoa(int(math.Ceil(s.cfg.Ingest.RetryAfter.Seconds()))))
 	}
 	body := rep.answer

@@ -1,0 +1,99 @@
+package ingest
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/tenants"
+)
+
+// reasonOverQuota labels a request refused by its tenant's quota.
+const reasonOverQuota = "over_quota"
+
+// quotas are the tenants' limits as ingest applies them: the watcher of
+// the SURGE_TENANTS bucket, the presence that counts the live ingest
+// instances (each applies its share) and the token buckets.
+type quotas struct {
+	*tenants.Quota
+	mu       sync.Mutex
+	watcher  *tenants.Watcher
+	presence *lease.Presence
+}
+
+func (s *Service) newQuotas() *quotas {
+	q := &quotas{}
+	q.Quota = tenants.NewQuota(func(tenant string) tenants.Limits {
+		if w := q.current(); w != nil {
+			return w.Limits(tenant)
+		}
+		return s.cfg.Ingest.Quota
+	}, func() int {
+		q.mu.Lock()
+		defer q.mu.Unlock()
+		if q.presence == nil {
+			return 1
+		}
+		return q.presence.Live()
+	})
+	return q
+}
+
+func (q *quotas) current() *tenants.Watcher {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.watcher
+}
+
+// runQuotas watches the limits and keeps this instance's presence until
+// ctx ends; serve owns it.
+func (s *Service) runQuotas(ctx context.Context, wg *sync.WaitGroup) {
+	conn := s.conn.Load()
+	w := tenants.NewWatcher(conn.JS, s.cfg.Streams.Replicas, s.cfg.Ingest.Quota, s.logger)
+	p := lease.NewPresence(conn.JS, "ingest", s.instance, s.cfg.Ingest.InstanceTTL, s.cfg.Streams.Replicas, s.logger)
+	s.quotas.mu.Lock()
+	s.quotas.watcher, s.quotas.presence = w, p
+	s.quotas.mu.Unlock()
+	wg.Go(func() { w.Run(ctx) })
+	wg.Go(func() {
+		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Warn("presence stopped; the quotas count this instance alone")
+		}
+	})
+}
+
+// overQuota is the 429 of a request its tenant's quota refused.
+func (s *Service) overQuota(tenant string, d tenants.Decision, events int) reply {
+	s.metrics.quotaRefused.WithLabelValues(tenant, d.Reason).Inc()
+	rep := reject(http.StatusTooManyRequests, reasonOverQuota, fmt.Sprintf(
+		"tenant %s is over its quota of %s; retry after %s", tenant, quotaName(d.Reason), d.RetryAfter.Round(time.Millisecond)))
+	rep.quota, rep.events = d, events
+	return rep
+}
+
+func quotaName(reason string) string {
+	if reason == "bytes" {
+		return "bytes per second"
+	}
+	return "events per second"
+}
+
+// quotaHeaders sets the RateLimit-* headers of a limited tenant's answer
+// (the IETF draft's fields, as most APIs send them): its events per
+// second, the events it may still send at once, and the seconds until its
+// bucket is full; Retry-After on a refusal.
+func quotaHeaders(h http.Header, d tenants.Decision, refused bool) {
+	h.Set("RateLimit-Limit", strconv.FormatFloat(math.Floor(d.Limit), 'f', -1, 64))
+	h.Set("RateLimit-Remaining", strconv.FormatFloat(math.Floor(d.Remaining), 'f', -1, 64))
+	h.Set("RateLimit-Reset", strconv.FormatInt(ceilSeconds(d.Reset), 10))
+	if refused {
+		h.Set("Retry-After", strconv.FormatInt(max(ceilSeconds(d.RetryAfter), 1), 10))
+	}
+}
+
+func ceilSeconds(d time.Duration) int64 { return int64(math.Ceil(d.Seconds())) }
