@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/liveness"
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/streams"
 )
@@ -90,6 +91,8 @@ type Body func(ctx context.Context, conn Conn) error
 //  5. /metrics carries surge_<name>_ready (1 while /readyz answers 200)
 //     and, while connected, every stream's surge_stream_bytes,
 //     surge_stream_max_bytes and surge_stream_messages, read every 5 s.
+//  6. Problems, the service's problems.Recorder, publishes to PROBLEMS
+//     every second while the body runs, and once more after it returns.
 //
 // Close is safe without Run, and after it (the collector's Start/Shutdown
 // contract): it releases what New opened.
@@ -99,6 +102,10 @@ type Host struct {
 	Logger   *zap.Logger
 	Registry *prometheus.Registry
 	Tracer   trace.Tracer
+	// Problems records the problems of tenants' events the service meets;
+	// Run publishes them to PROBLEMS every second and once more after the
+	// body returns, before the connection drains.
+	Problems *problems.Recorder
 	admin    *Admin
 	streams  *streamGauges
 	ran      atomic.Bool
@@ -117,7 +124,13 @@ func NewHost(spec Spec, deps Deps) (*Host, error) {
 		return nil, err
 	}
 	registerReady(deps.Registry, spec.Name, admin)
+	rec, err := problems.NewRecorder(spec.Name, deps.Registry, problems.WithLogger(deps.Logger))
+	if err != nil {
+		_ = admin.Close()
+		return nil, fmt.Errorf("%s: %w", spec.Name, err)
+	}
 	return &Host{
+		Problems:    rec,
 		spec:        spec,
 		Logger:      deps.Logger,
 		Registry:    deps.Registry,
@@ -177,9 +190,13 @@ func (h *Host) Run(ctx context.Context, body Body) (err error) {
 	wg.Go(func() { h.streams.poll(watchCtx, conn.JS, h.spec.Streams, h.Logger) })
 	h.admin.Ready(CheckStarting)
 
+	problemsCtx, stopProblems := context.WithCancel(context.WithoutCancel(ctx))
+	wg.Go(func() { h.Problems.Run(problemsCtx, conn.JS) })
+
 	err = body(ctx, conn)
 
 	stopWatch()
+	stopProblems() // after the body: its last problems are flushed
 	wg.Wait()
 	if err != nil && ctx.Err() != nil && errors.Is(err, ctx.Err()) {
 		return nil // the body passed the shutdown on: a clean stop
