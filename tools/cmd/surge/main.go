@@ -20,6 +20,8 @@ Commands:
   setup   install clickhouse-server and mosquitto-clients where missing (apt-get, as root)
   deadletter list | show SEQ | replay SEQ... | replay --all
           inspect and replay what the pipeline could not process
+  tenants list | set TENANT|--default [limits] | unset TENANT|--default
+          per-tenant quotas (events/s, burst, bytes/s), applied at run time
   schema  ls | conflicts | unpromoted
           the typed columns agreed and in ClickHouse, with fill rates; the
           property paths that conflict with their column or stay unpromoted
@@ -47,6 +49,8 @@ func main() {
 		err = deadLetter(os.Args[2:])
 	case "schema":
 		err = schemaCmd(os.Args[2:])
+	case "tenants":
+		err = tenantsCmd(os.Args[2:])
 	case "status":
 		os.Exit(statusCmd(os.Args[2:]))
 	case "setup":
