@@ -15,6 +15,7 @@
 package problems
 
 import (
+	"encoding/json"
 	"slices"
 	"strings"
 	"time"
@@ -160,6 +161,17 @@ func EventReason(p event.Problem) string {
 // is the event as sent, of which the sample keeps an excerpt.
 func FromEvent(p event.Problem, id string, raw []byte) (reason, field string, s Sample) {
 	return EventReason(p), p.Field, Sample{ID: id, Detail: p.Reason, Excerpt: Excerpt(raw)}
+}
+
+// ID is the string the JSON object raw holds at key (the event_id of an
+// event, the messageId of a Segment message), "" when it holds none.
+func ID(raw []byte, key string) string {
+	var fields map[string]json.RawMessage
+	var id string
+	if json.Unmarshal(raw, &fields) != nil || json.Unmarshal(fields[key], &id) != nil {
+		return ""
+	}
+	return id
 }
 
 // Excerpt is a copy of the start of b, at most MaxExcerpt bytes, cut on a

@@ -82,6 +82,7 @@ func (s *Service) routes() {
 	for path, call := range segmentRoutes {
 		s.register(path, segmentAPI{s: s, call: call})
 	}
+	s.registerProblems()
 	s.mux.Handle("/", s.endpoint("", notFound))
 }
 
@@ -165,6 +166,9 @@ func (s *Service) endpoint(route string, h handleFunc) http.Handler {
 			return
 		}
 		m.requestsRejected.WithLabelValues(rep.reason).Inc()
+		if rep.reason == reasonUnauthorized {
+			s.recordUnauthorized(r)
+		}
 		if rep.events > 0 {
 			m.eventsRejected.WithLabelValues(rep.reason).Add(float64(rep.events))
 		}
@@ -228,6 +232,7 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return rep
 		}
 		s.metrics.eventsRejected.WithLabelValues(reasonInvalid).Add(float64(n))
+		s.recordInvalid(d.tenant, d.invalid)
 	}
 	status, answer := p.answer(done)
 	return reply{status: status, accepted: done.events, answer: answer, quota: quota}
