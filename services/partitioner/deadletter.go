@@ -7,6 +7,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.uber.org/zap"
 
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -45,6 +46,12 @@ func (w *worker) deadLetter(in *input, subject string, cause error) {
 	s.logger.Warn("dead-lettered message", append(traceFields(in.span), zap.Uint64("seq", in.seq), zap.String("subject", in.msg.Subject()), zap.Error(cause))...)
 	if err := in.msg.Term(); err != nil {
 		s.logger.Warn("term", zap.Uint64("seq", in.seq), zap.Error(err))
+	}
+	if tenant, ok := streams.ProducerTenant(in.msg.Subject()); ok {
+		// A producer's message: its tenant sees why it went.
+		s.host.Problems.Add(tenant, problems.ReasonMalformedMessage, "", problems.Sample{
+			Detail: cause.Error(), Excerpt: problems.Excerpt(in.msg.Data()),
+		})
 	}
 	s.m.deadLetters.Inc()
 	s.m.messages.WithLabelValues(outcomeDeadLetter).Inc()

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
@@ -81,5 +82,17 @@ func (w *worker) deadLetterEvent(ctx context.Context, in *input, tenant string, 
 	}
 	in.deadLetters = append(in.deadLetters, f)
 	in.invalid++
+	w.s.recordInvalid(tenant, it)
 	return nil
+}
+
+// recordInvalid records the problems of an invalid producer event for its
+// tenant (GET /v1/problems). A message naked after this, and redelivered,
+// records them again: problems are counted at least once.
+func (s *Service) recordInvalid(tenant string, it *event.Item) {
+	id := problems.ID(it.Raw, "event_id")
+	for _, p := range it.Problems {
+		reason, field, sample := problems.FromEvent(p, id, it.Raw)
+		s.host.Problems.Add(tenant, reason, field, sample)
+	}
 }
