@@ -47,6 +47,12 @@ type HTTPConfig struct {
 type Settings struct {
 	// MaxBodyBytes is the largest request body after decompression.
 	MaxBodyBytes int64 `yaml:"max_body_bytes" env:"MAX_BODY_BYTES"`
+	// SegmentMaxBodyBytes is the hard ceiling of a Segment batch body
+	// after decompression. A batch between MaxBodyBytes and it is read as a
+	// stream: its messages over MaxEventBytes are dead-lettered, the others
+	// (at most MaxBodyBytes of them) stored, since the SDKs drop a whole
+	// batch answered 413 and their size checks let a huge message through.
+	SegmentMaxBodyBytes int64 `yaml:"segment_max_body_bytes" env:"SEGMENT_MAX_BODY_BYTES"`
 	// MaxEvents is the most events in one request.
 	MaxEvents int `yaml:"max_events" env:"MAX_EVENTS"`
 	// MaxEventBytes is the largest single event, as sent.
@@ -87,6 +93,9 @@ func DefaultConfig() Config {
 			ShutdownTimeout:   15 * time.Second,
 		},
 		Ingest: Settings{
+			// Far above any SDK's batch (Segment's caps one at ~500 KB).
+			SegmentMaxBodyBytes: 64 << 20,
+
 			MaxBodyBytes:   4 << 20,
 			MaxEvents:      10000,
 			MaxEventBytes:  64 << 10,
@@ -149,6 +158,9 @@ func (c Settings) Validate() error {
 	var errs []error
 	if c.MaxBodyBytes < 1<<10 {
 		errs = append(errs, fmt.Errorf("max_body_bytes must be at least 1024, got %d", c.MaxBodyBytes))
+	}
+	if c.SegmentMaxBodyBytes < c.MaxBodyBytes {
+		errs = append(errs, fmt.Errorf("segment_max_body_bytes %d is below max_body_bytes %d", c.SegmentMaxBodyBytes, c.MaxBodyBytes))
 	}
 	if c.MaxEvents < 1 {
 		errs = append(errs, fmt.Errorf("max_events must be at least 1, got %d", c.MaxEvents))

@@ -23,6 +23,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 	cfg.HTTP.ReadTimeout = 0
 	cfg.Ingest.MaxEvents = 0
 	cfg.Ingest.MaxBodyBytes = 16 << 20
+	cfg.Ingest.SegmentMaxBodyBytes = 8 << 20
 	cfg.Ingest.MaxInFlight = -1
 	cfg.Ingest.APIKeys = map[string]string{"k1": "ok", "k2": "not ok!", "": "x"}
 	cfg.NATS.URL = ""
@@ -34,6 +35,7 @@ func TestValidateReportsEveryProblem(t *testing.T) {
 		`log: format must be json or console, got "xml"`,
 		"http: addr: address nope: missing port in address",
 		"http: read_timeout must be positive, got 0s",
+		"ingest: segment_max_body_bytes 8388608 is below max_body_bytes 16777216",
 		"ingest: max_events must be at least 1, got 0",
 		"ingest: max_in_flight must be at least 1, got -1",
 		"ingest: api_keys: key 1 is empty",

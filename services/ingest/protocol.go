@@ -194,7 +194,7 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 			return s.overQuota(tenant, q, 0)
 		}
 	}
-	body, idemKey, release, rep := s.admit(w, r)
+	body, idemKey, release, rep := s.admit(w, r, p)
 	if rep.status != 0 {
 		return rep
 	}

@@ -288,7 +288,7 @@ func BenchmarkSegmentEvents(b *testing.B) {
 	b.SetBytes(int64(sb.Len()))
 	b.ReportAllocs()
 	for b.Loop() {
-		if _, events := s.segmentEvents(raws, "", &req, "t"); len(events) != 500 {
+		if _, events := s.segmentEvents(raws, "", &req, "t", nil); len(events) != 500 {
 			b.Fatalf("%d events", len(events))
 		}
 	}

@@ -26,7 +26,10 @@ type segmentAPI struct {
 	call string
 }
 
-var _ protocol = segmentAPI{}
+var (
+	_ protocol = segmentAPI{}
+	_ streamer = segmentAPI{}
+)
 
 type successBody struct {
 	Success bool `json:"success"`
@@ -59,12 +62,21 @@ func (p segmentAPI) authorize(r *http.Request) (string, reply) {
 }
 
 // decode maps and validates every message; the request is refused only
-// when its body is unreadable or too many messages.
-func (p segmentAPI) decode(_ *http.Request, body []byte, tenant string) (decoded, reply) {
-	var req segmentRequest
-	if err := json.Unmarshal(body, &req); err != nil {
+// when its body is unreadable or too many messages. A batch is read as a
+// stream (readSegmentBatch): a message over max_event_bytes is
+// dead-lettered as an excerpt, so a batch past max_body_bytes because of
+// a few huge messages stores the others, up to segment_max_body_bytes.
+func (p segmentAPI) decode(r *http.Request, body []byte, tenant string) (decoded, reply) {
+	var b segmentBatch
+	if p.call == "" {
+		var rep reply
+		if b, rep = readSegmentBatch(p.s.wholeBody(r, body), p.s.batchLimits()); rep.status != 0 {
+			return decoded{}, rep
+		}
+	} else if err := json.Unmarshal(body, &b.req); err != nil {
 		return decoded{}, reject(http.StatusBadRequest, reasonBadRequest, "body must be a JSON object with batch, if any, an array: "+err.Error())
 	}
+	req := &b.req
 	if tenant == "" {
 		var ok bool
 		if tenant, ok = p.s.tenantOf(req.WriteKey); !ok {
@@ -81,7 +93,7 @@ func (p segmentAPI) decode(_ *http.Request, body []byte, tenant string) (decoded
 		return decoded{}, reject(http.StatusRequestEntityTooLarge, reasonTooManyEvents, fmt.Sprintf("%s: limit is %d", event.ErrTooManyEvents, limit))
 	}
 
-	messages, events := p.s.segmentEvents(raws, p.call, &req, tenant)
+	messages, events := p.s.segmentEvents(raws, p.call, req, tenant, b.tooLarge)
 	d := decoded{tenant: tenant, events: events, msgID: segmentMsgID(tenant, messages), items: len(raws), partial: true}
 	for i, m := range messages {
 		if len(m.Problems) > 0 {
@@ -91,6 +103,15 @@ func (p segmentAPI) decode(_ *http.Request, body []byte, tenant string) (decoded
 	return d, reply{}
 }
 
+// streamLimit makes a batch a stream read up to segment_max_body_bytes;
+// a call path's one message is read whole within max_body_bytes.
+func (p segmentAPI) streamLimit() int64 {
+	if p.call != "" {
+		return 0
+	}
+	return p.s.cfg.Ingest.SegmentMaxBodyBytes
+}
+
 // answer is Segment's 200 {"success":true}.
 func (segmentAPI) answer(stored) (int, any) {
 	return http.StatusOK, successBody{Success: true}
@@ -98,13 +119,18 @@ func (segmentAPI) answer(stored) (int, any) {
 
 // segmentEvents maps every message and validates the results with the
 // rules of /v1/events; a message with problems has them in its
-// segmentMessage, the others are returned as events.
-func (s *Service) segmentEvents(raws []json.RawMessage, call string, req *segmentRequest, tenant string) ([]segmentMessage, []event.Event) {
+// segmentMessage, the others are returned as events. A message in
+// tooLarge is not mapped: it is refused as it is there.
+func (s *Service) segmentEvents(raws []json.RawMessage, call string, req *segmentRequest, tenant string, tooLarge map[int]segmentMessage) ([]segmentMessage, []event.Event) {
 	received := time.Now().UTC().Truncate(time.Microsecond)
 	messages := make([]segmentMessage, len(raws))
 	wire := bytes.NewBufferString("[")
 	var positions []int // the message of each wire event
 	for i, raw := range raws {
+		if m, ok := tooLarge[i]; ok {
+			messages[i] = m
+			continue
+		}
 		messages[i] = mapSegment(raw, i, call, req, received)
 		if len(messages[i].Problems) > 0 {
 			continue
