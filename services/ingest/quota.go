@@ -16,6 +16,9 @@ import (
 // reasonOverQuota labels a request refused by its tenant's quota.
 const reasonOverQuota = "over_quota"
 
+// checkQuotas is the readiness check of the tenants' limits.
+const checkQuotas = "quotas"
+
 // quotas are the tenants' limits as ingest applies them: the watcher of
 // the SURGE_TENANTS bucket, the presence that counts the live ingest
 // instances (each applies its share) and the token buckets.
@@ -59,7 +62,17 @@ func (s *Service) runQuotas(ctx context.Context, wg *sync.WaitGroup) {
 	s.quotas.mu.Lock()
 	s.quotas.watcher, s.quotas.presence = w, p
 	s.quotas.mu.Unlock()
+	// Not ready until the limits were read once: a load balancer sends
+	// nothing that the quotas would not see.
+	s.host.Admin().NotReady(checkQuotas, "reading the tenants' limits from "+tenants.Bucket)
 	wg.Go(func() { w.Run(ctx) })
+	wg.Go(func() {
+		select {
+		case <-w.Ready():
+			s.host.Admin().Ready(checkQuotas)
+		case <-ctx.Done():
+		}
+	})
 	wg.Go(func() {
 		if err := p.Run(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Warn("presence stopped; the quotas count this instance alone")

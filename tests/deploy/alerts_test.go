@@ -51,6 +51,7 @@ var alertNames = []string{
 	"SurgeStalled",
 	"SurgeStreamFull",
 	"SurgeStreamNearFull",
+	"SurgeTenantOverQuota",
 }
 
 // TestAlertRules checks every rule is an alert an operator can act on: a
@@ -270,8 +271,25 @@ surge_ingest_requests_total{job="ingest",instance="a",code="503"} 0+100x20`,
 			name: "10% of requests answered 429", alert: "SurgeIngestOverloaded", metric: "surge_ingest_requests_total",
 			load: `
 surge_ingest_requests_total{job="ingest",instance="a",code="202"} 0+90x20
-surge_ingest_requests_total{job="ingest",instance="b",code="429"} 0+10x20`,
+surge_ingest_requests_total{job="ingest",instance="b",code="429"} 0+10x20
+surge_ingest_requests_rejected_total{job="ingest",instance="b",reason="overloaded"} 0+10x20`,
 			at: 15 * time.Minute, want: []string{`{}`},
+		},
+		{
+			name: "10% of requests answered 429 for a tenant's quota", alert: "SurgeIngestOverloaded", metric: "surge_ingest_requests_total",
+			load: `
+surge_ingest_requests_total{job="ingest",instance="a",code="202"} 0+90x20
+surge_ingest_requests_total{job="ingest",instance="b",code="429"} 0+10x20
+surge_ingest_requests_rejected_total{job="ingest",instance="b",reason="over_quota"} 0+10x20`,
+			at: 15 * time.Minute,
+		},
+		{
+			name: "one tenant over its quota, seen by two instances", alert: "SurgeTenantOverQuota", metric: "surge_ingest_quota_refused_total",
+			load: `
+surge_ingest_quota_refused_total{job="ingest",instance="a",tenant="acme",reason="events"} 0+10x30
+surge_ingest_quota_refused_total{job="ingest",instance="b",tenant="acme",reason="bytes"} 0+1x30
+surge_ingest_quota_refused_total{job="ingest",instance="a",tenant="calm",reason="events"} 0x30`,
+			at: 25 * time.Minute, want: []string{`{tenant="acme"}`},
 		},
 		{
 			name: "BATCHES at 85% of its limit, seen by two services", alert: "SurgeStreamNearFull", metric: "surge_stream_bytes",

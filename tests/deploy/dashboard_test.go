@@ -17,6 +17,8 @@ import (
 	"github.com/grafana/grafana-foundation-sdk/go/cog"
 	"github.com/grafana/grafana-foundation-sdk/go/cog/plugins"
 	grafana "github.com/grafana/grafana-foundation-sdk/go/dashboard"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	dto "github.com/prometheus/client_model/go"
@@ -28,6 +30,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/tenants"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -453,10 +456,32 @@ func liveMetrics(t *testing.T) (bySvc map[string]exported, runtime exported) {
 		fmt.Fprintf(&b, `{"user_id":"u%d","type":"t"}`, i)
 	}
 	b.WriteByte(']')
-	require.Equal(t, http.StatusAccepted, postEvents(t, st.IngestURL, b.String()))
 	require.Equal(t, http.StatusBadRequest, postEvents(t, st.IngestURL, `[{"user_id":"u1"}]`))
+	// A default quota of one request's events, barely refilled: the
+	// request that finds the bucket spent is refused, so the quota's
+	// series appear.
+	nc, err := nats.Connect(st.NATS.ClientURL(), nats.UserInfo(st.NATSAuth.User, st.NATSAuth.Password))
+	require.NoError(t, err)
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	limits, err := tenants.Open(ctx, js, 1)
+	require.NoError(t, err)
+	require.NoError(t, limits.Set(ctx, "", tenants.Limits{EventsPerSecond: 0.001, Burst: events}))
+	accepted := 0
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, float64(events), stack.Sum(st.Part("sink").Registry, "surge_sink_rows_inserted_total"))
+		resp, err := scrapeClient.Post(st.IngestURL+"/v1/events", "application/json", strings.NewReader(b.String()))
+		if !assert.NoError(c, err) {
+			return
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode == http.StatusAccepted {
+			accepted += events
+		}
+		assert.Equal(c, http.StatusTooManyRequests, resp.StatusCode)
+	}, 30*time.Second, 20*time.Millisecond)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, float64(accepted), stack.Sum(st.Part("sink").Registry, "surge_sink_rows_inserted_total"))
 	}, 30*time.Second, 20*time.Millisecond)
 
 	bySvc = map[string]exported{}

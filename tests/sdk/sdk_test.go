@@ -31,7 +31,7 @@ func TestSDKs(t *testing.T) {
 	sdkDir(t) // install first, so no case's time includes npm
 	var tenants []string
 	for _, sdk := range sdks {
-		for _, c := range []string{"calls", "invalid", "overload", "outage", "lost"} {
+		for _, c := range []string{"calls", "invalid", "overload", "outage", "lost", "quota"} {
 			tenants = append(tenants, sdk+"-"+c)
 		}
 	}
@@ -44,6 +44,7 @@ func TestSDKs(t *testing.T) {
 			t.Run("a burst through 429s lands once", func(t *testing.T) { testOverload(t, p, sdk) })
 			t.Run("a burst through 503s lands once", func(t *testing.T) { testOutage(t, p, sdk) })
 			t.Run("a burst whose answers are lost lands once", func(t *testing.T) { testLostAnswers(t, p, sdk) })
+			t.Run("a burst over its tenant's quota lands once", func(t *testing.T) { testQuota(t, p, sdk) })
 			t.Run("a wrong write key stores nothing", func(t *testing.T) { testWrongKey(t, p, sdk) })
 		})
 	}
