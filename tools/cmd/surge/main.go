@@ -22,6 +22,9 @@ Commands:
           inspect and replay what the pipeline could not process
   tenants list | set TENANT|--default [limits] | unset TENANT|--default
           per-tenant quotas (events/s, burst, bytes/s), applied at run time
+  problems [--tenant T] [--since 1h]
+          each tenant's problems (GET /v1/problems): dead-lettered events,
+          typed-column conflicts, unpromoted keys, unknown keys
   schema  ls | conflicts | unpromoted
           the typed columns agreed and in ClickHouse, with fill rates; the
           property paths that conflict with their column or stay unpromoted
@@ -49,6 +52,8 @@ func main() {
 		err = deadLetter(os.Args[2:])
 	case "schema":
 		err = schemaCmd(os.Args[2:])
+	case "problems":
+		err = problemsCmd(os.Args[2:])
 	case "tenants":
 		err = tenantsCmd(os.Args[2:])
 	case "status":
