@@ -32,7 +32,7 @@ func ExampleProjector() {
 		for _, c := range b.Typed {
 			fmt.Printf("%s %s %d rows\n", c.Name, c.Kind, c.Rows())
 		}
-		fmt.Printf("_conflicts %q _unpromoted %q %v\n", b.Conflicts, b.Unpromoted, stats)
+		fmt.Printf("_conflicts %q _unpromoted %q {%v %v}\n", b.Conflicts, b.Unpromoted, stats.Conflicts, stats.Unpromoted)
 	}
 	// Output:
 	// p_n int64 2 rows

@@ -229,6 +229,51 @@ const (
 type Stats struct {
 	Conflicts  map[string]int
 	Unpromoted map[string]int
+	// Paths counts, per tenant, reason and path, what a tenant's events
+	// ran into: every conflicting value, and the paths left unpromoted by
+	// a limit (keys, tenant_limit, table_limit, rate). Paths that wait for
+	// their column (pending), are denied, declared out or failed are the
+	// schema's doing, not the tenant's, and not counted here.
+	Paths map[PathKey]PathCount
+}
+
+// PathKey is one tenant's problem with one property path.
+type PathKey struct {
+	Tenant string
+	// Conflict says a value conflicted with a column (Reason ReasonType
+	// or ReasonCollision); else the path was unpromoted for Reason.
+	Conflict bool
+	Reason   string
+	// Path is the property's JSON Pointer ("/plan").
+	Path string
+}
+
+// PathCount is how many values of a PathKey a batch had, and the row of
+// the first, for a sample.
+type PathCount struct {
+	N, Row int
+}
+
+func (s *Stats) path(k PathKey, row int) {
+	if s.Paths == nil {
+		s.Paths = make(map[PathKey]PathCount)
+	}
+	c, ok := s.Paths[k]
+	if !ok {
+		c.Row = row
+	}
+	c.N++
+	s.Paths[k] = c
+}
+
+// tenantLimit reports whether an unpromoted reason is a limit a tenant's
+// events reached.
+func tenantLimit(reason string) bool {
+	switch reason {
+	case ReasonKeys, ReasonTenantLimit, ReasonTableLimit, ReasonRate:
+		return true
+	}
+	return false
 }
 
 func (s *Stats) conflict(reason string) {
@@ -381,15 +426,20 @@ func (pr *projection) addRow(row int) {
 		switch {
 		case r.col >= 0:
 			if !pr.cols[r.col].add(pr.parsed, row, f.v) {
-				pr.conflict(f, ReasonType)
+				pr.conflict(row, f, ReasonType)
 			}
 		case f.v.infer == 0: // null or [] at a path with no column: nothing to keep
 		case r.reason == ReasonCollision:
-			pr.conflict(f, ReasonCollision)
+			pr.conflict(row, f, ReasonCollision)
 		default:
-			reason := pr.unpromotedReason(r, i, pr.parsed.tenant(row))
-			pr.unpromoted = append(pr.unpromoted, pr.parsed.keys[f.key].pointer)
+			tenant := pr.parsed.tenant(row)
+			reason := pr.unpromotedReason(r, i, tenant)
+			pointer := pr.parsed.keys[f.key].pointer
+			pr.unpromoted = append(pr.unpromoted, pointer)
 			pr.stats.unpromote(reason)
+			if tenantLimit(reason) {
+				pr.stats.path(PathKey{Tenant: tenant, Reason: reason, Path: pointer}, row)
+			}
 		}
 	}
 	slices.Sort(pr.unpromoted[rowStart:])
@@ -417,9 +467,10 @@ func (pr *projection) unpromotedReason(r route, i int, tenant string) string {
 	return ReasonPending
 }
 
-func (pr *projection) conflict(f field, reason string) {
+func (pr *projection) conflict(row int, f field, reason string) {
 	pr.rowConflicts = append(pr.rowConflicts, f)
 	pr.stats.conflict(reason)
+	pr.stats.path(PathKey{Tenant: pr.parsed.tenant(row), Conflict: true, Reason: reason, Path: pr.parsed.keys[f.key].pointer}, row)
 }
 
 // writeConflicts appends the row's _conflicts: a JSON object of the

@@ -128,7 +128,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	defer wg.Wait()
 	var typer *typer
 	if s.typedMetrics != nil {
-		typer, err = newTyper(ctx, conn.JS, s.cfg.Schema, s.cfg.Streams.Replicas, s.cfg.PublishTimeout, s.cfg.Retry, s.typedMetrics, s.host.Logger)
+		typer, err = newTyper(ctx, conn.JS, s.cfg.Schema, s.cfg.Streams.Replicas, s.cfg.PublishTimeout, s.cfg.Retry, s.typedMetrics, s.host.Problems, s.host.Logger)
 		if err != nil {
 			return err
 		}

@@ -169,7 +169,7 @@ func TestBatchCutWithoutTheLeaseIsProjected(t *testing.T) {
 	})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = s.Close() })
-	ty, err := newTyper(t.Context(), js, cfg.Schema, 1, 5*time.Second, cfg.Retry, s.typedMetrics, zaptest.NewLogger(t))
+	ty, err := newTyper(t.Context(), js, cfg.Schema, 1, 5*time.Second, cfg.Retry, s.typedMetrics, s.host.Problems, zaptest.NewLogger(t))
 	require.NoError(t, err)
 	mine := true
 	l := &shardLoop{cfg: &s.cfg, k: 0, typer: ty, holds: func() bool { return mine }}

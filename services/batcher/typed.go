@@ -14,6 +14,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/failpoint"
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/schema"
 )
@@ -31,11 +32,14 @@ type typer struct {
 	m       *typedMetrics
 	log     *zap.Logger
 	timeout time.Duration
+	// problems records what each tenant's events ran into: conflicts and
+	// keys a limit left unpromoted.
+	problems *problems.Recorder
 }
 
 // newTyper opens the schema bucket, retrying until it answers or ctx ends.
 func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, replicas int, timeout time.Duration,
-	rc retry.Config, m *typedMetrics, log *zap.Logger) (*typer, error) {
+	rc retry.Config, m *typedMetrics, rec *problems.Recorder, log *zap.Logger) (*typer, error) {
 	proj, err := schema.NewProjector(cfg)
 	if err != nil {
 		return nil, err
@@ -46,7 +50,7 @@ func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, re
 	if err != nil {
 		return nil, fmt.Errorf("schema registry: %w", err)
 	}
-	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout}
+	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout, problems: rec}
 	t.observe(reg.Current())
 	return t, nil
 }
@@ -69,8 +73,7 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 	now := time.Now().UTC()
 	snap := t.reg.Current()
 	if !propose {
-		stats := t.proj.Project(parsed, snap.Doc, b)
-		t.m.count(stats)
+		t.count(t.proj.Project(parsed, snap.Doc, b), b)
 		return
 	}
 	if _, changed := t.proj.Plan(parsed, snap.Doc, now); changed {
@@ -93,9 +96,45 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 			t.log.Warn("schema proposal failed; new keys stay unpromoted in this batch", zap.String("batch_id", b.ID()), zap.Error(err))
 		}
 	}
-	stats := t.proj.Project(parsed, snap.Doc, b)
-	t.m.count(stats)
+	t.count(t.proj.Project(parsed, snap.Doc, b), b)
 	t.observe(snap)
+}
+
+// count adds a batch's projection to the metrics and its tenants'
+// problems: one Add per (tenant, reason, path) of the batch, with the
+// event_id of its first row.
+func (t *typer) count(stats schema.Stats, b *batch.Batch) {
+	t.m.count(stats)
+	for k, c := range stats.Paths {
+		reason := problems.ReasonUnpromotedKey
+		if k.Conflict {
+			reason = problems.ReasonTypeConflict
+		}
+		var id string
+		if c.Row < len(b.EventID) {
+			id = b.EventID[c.Row]
+		}
+		t.problems.AddN(k.Tenant, reason, k.Path, c.N, problems.Sample{ID: id, Detail: t.pathDetail(k)})
+	}
+}
+
+// pathDetail says in words why a path is a problem.
+func (t *typer) pathDetail(k schema.PathKey) string {
+	switch k.Reason {
+	case schema.ReasonType:
+		return "value does not fit the type of the path's column; kept in _conflicts"
+	case schema.ReasonCollision:
+		return "another path's column has this path's name; value kept in _conflicts"
+	case schema.ReasonKeys:
+		return fmt.Sprintf("past the first %d keys of an event (schema.max_keys_per_event)", t.cfg.MaxKeysPerEvent)
+	case schema.ReasonTenantLimit:
+		return fmt.Sprintf("the tenant's events introduced %d columns (schema.max_columns_per_tenant)", t.cfg.MaxColumnsPerTenant)
+	case schema.ReasonTableLimit:
+		return fmt.Sprintf("the table has %d columns (schema.max_columns)", t.cfg.MaxColumns)
+	case schema.ReasonRate:
+		return fmt.Sprintf("%d columns were added this hour (schema.max_new_columns_per_hour)", t.cfg.MaxNewColumnsPerHour)
+	}
+	return k.Reason
 }
 
 // observe exports the size of the schema in force: the columns against
