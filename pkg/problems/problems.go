@@ -150,7 +150,8 @@ func EventReason(p event.Problem) string {
 		return ReasonInvalidUTF8
 	case strings.HasPrefix(r, "malformed JSON"), p.Field == "" && strings.HasSuffix(r, "must be a JSON object"):
 		return ReasonMalformedEvent
-	case strings.HasPrefix(r, "event is ") && strings.Contains(r, "limit is"):
+	case strings.HasPrefix(r, "event is ") && strings.Contains(r, "limit is"),
+		strings.HasPrefix(r, "message_too_large"): // a Segment message past max_event_bytes
 		return ReasonEventTooLarge
 	}
 	return ReasonInvalidValue

@@ -289,6 +289,8 @@ func TestEventReasons(t *testing.T) {
 		problems.ReasonEventTooLarge:  {""},
 		problems.ReasonInvalidUTF8:    {"type"},
 	}, got)
+	require.Equal(t, problems.ReasonEventTooLarge, problems.EventReason(event.Problem{
+		Reason: `message_too_large: messageId "big1" is 5000 bytes, more than max_event_bytes 200`}), "ingest's huge Segment message")
 }
 
 func TestFold(t *testing.T) {
