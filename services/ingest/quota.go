@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/lease"
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/tenants"
 )
 
@@ -83,8 +84,10 @@ func (s *Service) runQuotas(ctx context.Context, wg *sync.WaitGroup) {
 // overQuota is the 429 of a request its tenant's quota refused.
 func (s *Service) overQuota(tenant string, d tenants.Decision, events int) reply {
 	s.metrics.quotaRefused.WithLabelValues(tenant, d.Reason).Inc()
-	rep := reject(http.StatusTooManyRequests, reasonOverQuota, fmt.Sprintf(
-		"tenant %s is over its quota of %s; retry after %s", tenant, quotaName(d.Reason), d.RetryAfter.Round(time.Millisecond)))
+	msg := fmt.Sprintf("tenant %s is over its quota of %s; retry after %s", tenant, quotaName(d.Reason), d.RetryAfter.Round(time.Millisecond))
+	// The tenant sees its refusals with GET /v1/problems too.
+	s.host.Problems.Add(tenant, problems.ReasonOverQuota, d.Reason, problems.Sample{Detail: msg})
+	rep := reject(http.StatusTooManyRequests, reasonOverQuota, msg)
 	rep.quota, rep.events = d, events
 	return rep
 }

@@ -19,6 +19,7 @@ import (
 	"go.opentelemetry.io/otel/trace/noop"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/surge-events/surge/pkg/problems"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/tenants"
 )
@@ -95,6 +96,12 @@ func TestQuotaIsSetAtRunTimeAndRefusesOnlyItsTenant(t *testing.T) {
 	require.Equal(t, stored+5, h.streamMsgs())
 	require.Equal(t, float64(2), testutil.ToFloat64(h.svc.metrics.quotaRefused.WithLabelValues("a", "events")))
 	require.Equal(t, float64(2), testutil.ToFloat64(h.svc.metrics.requestsRejected.WithLabelValues(reasonOverQuota)))
+	// a sees its refusals among its problems.
+	h.flushProblems()
+	got := h.problemsOf("key-a")
+	require.Len(t, got.Problems, 1)
+	require.Equal(t, problems.ReasonOverQuota, got.Problems[0].Reason)
+	require.Equal(t, int64(2), got.Problems[0].Count)
 
 	// A default quota in the bucket applies to b, which has none of its
 	// own; bytes are limited too.
