@@ -53,6 +53,9 @@ type benchFlags struct {
 	// modes are the typed columns modes --typed runs, one fresh stack
 	// each; nil for one run with the schema section's defaults.
 	modes []schema.Mode
+	// tenants spreads the load over that many tenants, quotas off and
+	// then on (tenants.go); 0 for the one default tenant.
+	tenants int
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -84,6 +87,9 @@ func Run(args []string) error {
 		fmt.Printf("bench: events carry properties of profile %s\n", f.properties)
 	}
 
+	if f.tenants > 0 {
+		return benchTenants(ctx, f, gen)
+	}
 	if len(f.modes) > 1 {
 		var runs []benchReport
 		for _, mode := range f.modes {
@@ -159,6 +165,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, then infer, each on a fresh stack, "+
 		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
+	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on two fresh stacks: quotas off, then every tenant under a quota it never reaches; prints both and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return benchFlags{}, err
@@ -173,6 +180,9 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	if f.cluster && f.via != "http" {
 		return benchFlags{}, errors.New("--cluster sends over HTTP only: drop --via nats")
 	}
+	if f.tenants > 0 && (f.via != "http" || f.cluster || len(f.modes) > 1) {
+		return benchFlags{}, errors.New("--tenants sends over HTTP to one stack: drop --via, --cluster and a second --typed mode")
+	}
 	if f.properties != "" && !slices.Contains(schema.Profiles, f.properties) {
 		return benchFlags{}, fmt.Errorf("--properties must be one of %s, got %q", strings.Join(schema.Profiles, ", "), f.properties)
 	}
@@ -185,8 +195,12 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 // stackRun is how benchStack runs one stack: where, with which schema
 // section (nil: the default) and where its report and profiles go.
 type stackRun struct {
-	dir                    string
-	fresh                  bool
+	dir   string
+	fresh bool
+	// apiKeys turns authentication on (tenants.go); quotas sets every
+	// tenant's quota (benchQuota) once the stack runs.
+	apiKeys                map[string]string
+	quotas                 bool
 	schema                 *schema.Config
 	report                 string
 	cpuProfile, memProfile string
@@ -204,7 +218,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s, typed columns %s) in %s\n",
 		f.shards, f.servers, f.natsSync, mode, run.dir)
 	opts := stack.Options{Dir: run.dir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
-		Producers: []natsserver.User{benchProducer}, Schema: run.schema}
+		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys}
 	tracing := "off"
 	var exported *discardExporter
 	if f.trace {
@@ -226,7 +240,14 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			err = fmt.Errorf("stop the stack: %w", serr)
 		}
 	}()
-	send := func(body []byte) bool { return post(ctx, st.IngestURL, body) == nil }
+	poster := newPoster(run.apiKeys)
+	if run.quotas {
+		if err := applyQuotas(ctx, st, poster.keys[0]); err != nil {
+			return benchReport{}, fmt.Errorf("quotas: %w", err)
+		}
+		fmt.Printf("bench: every tenant under a quota of %.0g events/s\n", benchQuota.EventsPerSecond)
+	}
+	send := func(body []byte) bool { return poster.post(ctx, st.IngestURL, body) == nil }
 	if f.via == "nats" {
 		p, err := newNATSProducer(st)
 		if err != nil {
@@ -261,7 +282,8 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)
 	} else {
-		r.tp, err = throughput(ctx, []string{st.IngestURL}, stackInserted(st), gen, f)
+		r.tp, err = throughputOf(ctx, []string{st.IngestURL}, stackInserted(st), gen, f,
+			func(ctx context.Context, url string) error { return poster.post(ctx, url, gen.body()) })
 	}
 	if err == nil {
 		r.cost = cost(f.events / f.perRequest * f.perRequest)

@@ -87,11 +87,19 @@ func post(ctx context.Context, url string, body []byte) error {
 
 // postAs posts a JSON body to url; a nil error means the answer was want.
 func postAs(ctx context.Context, url string, want int, body []byte) error {
+	return postKey(ctx, url, "", want, body)
+}
+
+// postKey is postAs with an API key ("" for none).
+func postKey(ctx context.Context, url, key string, want int, body []byte) error {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
 	resp, err := client.Do(req)
 	if err != nil {
 		return err
