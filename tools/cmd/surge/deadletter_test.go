@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
+	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/services/sink"
 )
 
@@ -193,4 +195,110 @@ func TestDeadLetterListShowReplay(t *testing.T) {
 	var out bytes.Buffer
 	require.ErrorContains(t, runDeadLetter(ctx, []string{"--nats", ns.ClientURL(), "show", "99"}, &out), "dead letter 99")
 	require.Equal(t, "24,24", chSQL(t, ch.Servers[0], countRows), "every row once, none twice")
+}
+
+// TestDeadLetterListShowEveryKind makes dead letters as each service makes
+// them (ingest's for real, from a Segment batch with an invalid and a huge
+// message; the batcher's and the partitioner's with their constructors)
+// and checks that list names each one's service, shard or tenant and
+// origin, and that show prints each body with the id its sender gave.
+func TestDeadLetterListShowEveryKind(t *testing.T) {
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+	defer cancel()
+	ns, err := natsserver.Start(natsserver.Options{Port: -1, StoreDir: t.TempDir()})
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+
+	cfg := ingest.DefaultConfig()
+	cfg.NATS.URL = ns.ClientURL()
+	cfg.HTTP.Addr, cfg.Admin.Addr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Streams.MaxBytes = 64 << 20
+	cfg.Ingest.APIKeys = map[string]string{"wk-acme": "acme"}
+	cfg.Ingest.MaxBodyBytes, cfg.Ingest.MaxEventBytes, cfg.Ingest.SegmentMaxBodyBytes = 64<<10, 4<<10, 1<<20
+	svc, err := ingest.New(cfg, service.Deps{Logger: zaptest.NewLogger(t, zaptest.Level(zap.WarnLevel)),
+		Registry: prometheus.NewRegistry(), TracerProvider: noop.NewTracerProvider()})
+	require.NoError(t, err)
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(runCtx) }()
+	t.Cleanup(func() {
+		stop()
+		require.NoError(t, <-done)
+	})
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		resp, err := httpClient.Get("http://" + svc.AdminAddr() + "/readyz")
+		if assert.NoError(c, err) {
+			_ = resp.Body.Close()
+			assert.Equal(c, http.StatusOK, resp.StatusCode)
+		}
+	}, 30*time.Second, 20*time.Millisecond)
+
+	// Dead letters 1 and 2: ingest's, an invalid message and one too large
+	// whose messageId comes after its huge property.
+	batch := `{"batch":[{"type":"track","event":"ok","userId":"u","messageId":"m-1"},` +
+		`{"type":"track","userId":"u","messageId":"m-2"},` +
+		`{"type":"track","event":"big","userId":"u","properties":{"blob":"` + strings.Repeat("x", 100<<10) + `"},"messageId":"m-3"}]}`
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+svc.Addr()+"/v1/batch", strings.NewReader(batch))
+	require.NoError(t, err)
+	req.SetBasicAuth("wk-acme", "")
+	resp, err := httpClient.Do(req)
+	require.NoError(t, err)
+	require.NoError(t, resp.Body.Close())
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+
+	// Dead letters 3 and 4: the batcher's corrupt EVENTS message and the
+	// partitioner's invalid producer event.
+	nc, err := nats.Connect(ns.ClientURL())
+	require.NoError(t, err)
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	require.NoError(t, err)
+	for _, dl := range []streams.DeadLetterMsg{
+		{Service: "batcher", Subject: streams.DeadLetterSubject("batcher", 3), Data: []byte("not\x00events"),
+			Reason: "decode: bad magic", Source: streams.EventsSubject(3), SourceSeq: 42},
+		{Service: "partitioner", Subject: streams.InvalidSubject("acme"), Data: []byte(`{"event_id":"e-9","user_id":"u","type":""}`),
+			Reason: "type: required", Source: "surge.in.acme.orders", SourceSeq: 7, Index: 0, HasIndex: true, Tenant: "acme"},
+	} {
+		_, err := js.PublishMsg(ctx, dl.Msg())
+		require.NoError(t, err)
+	}
+
+	cli := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		require.NoError(t, runDeadLetter(ctx, append([]string{"--nats", ns.ClientURL(), "--dir", t.TempDir()}, args...), &out), out.String())
+		return out.String()
+	}
+	list := cli("list")
+	for _, want := range []string{
+		"ingest tenant acme: HTTP request item 1",
+		"ingest tenant acme: HTTP request item 2",
+		"batcher shard 3: events.shard.3:42",
+		"partitioner tenant acme: surge.in.acme.orders:7 item 0",
+		"4 dead letters",
+	} {
+		require.Contains(t, list, want)
+	}
+	require.NotContains(t, list, " :0", "no dead letter without a source")
+
+	show := cli("show", "1")
+	require.Contains(t, show, "messageId: m-2\n")
+	require.Contains(t, show, "Surge-Reason: event: required for track, a non-empty string")
+	require.Contains(t, show, `  {"type":"track","userId":"u","messageId":"m-2"}`+"\n")
+
+	show = cli("show", "2")
+	require.Contains(t, show, "messageId: m-3\n", "named by its reason: its excerpt ends before its messageId")
+	require.Contains(t, show, `Surge-Reason: message_too_large: messageId "m-3" is`)
+	require.Contains(t, show, `  {"type":"track","event":"big","userId":"u","properties":{"blob":"xxxx`)
+
+	show = cli("show", "3")
+	require.Contains(t, show, "body: not readable as encoded events")
+	require.Contains(t, show, `  not\x00events`+"\n")
+
+	show = cli("show", "4")
+	require.Contains(t, show, "event_id: e-9\n")
+	require.Contains(t, show, `  {"event_id":"e-9","user_id":"u","type":""}`+"\n")
 }
