@@ -60,6 +60,10 @@ type Settings struct {
 	// MaxInFlight is how many requests are handled at once; more are
 	// rejected with 429 at once rather than queued.
 	MaxInFlight int `yaml:"max_in_flight" env:"MAX_IN_FLIGHT"`
+	// MaxInFlightPerTenant is how many of those one tenant may hold, so
+	// one tenant's burst or slow uploads leave the others slots; 0 is no
+	// bound but MaxInFlight.
+	MaxInFlightPerTenant int `yaml:"max_in_flight_per_tenant" env:"MAX_IN_FLIGHT_PER_TENANT"`
 	// PublishTimeout bounds the wait for JetStream's ack; past it the
 	// client gets 503 and retries.
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
@@ -172,6 +176,9 @@ func (c Settings) Validate() error {
 	}
 	if c.MaxInFlight < 1 {
 		errs = append(errs, fmt.Errorf("max_in_flight must be at least 1, got %d", c.MaxInFlight))
+	}
+	if c.MaxInFlightPerTenant < 0 || (c.MaxInFlight > 0 && c.MaxInFlightPerTenant > c.MaxInFlight) {
+		errs = append(errs, fmt.Errorf("max_in_flight_per_tenant must be 0 to max_in_flight (%d), got %d", c.MaxInFlight, c.MaxInFlightPerTenant))
 	}
 	if c.PublishTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("publish_timeout must be positive, got %s", c.PublishTimeout))

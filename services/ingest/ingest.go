@@ -51,6 +51,8 @@ type Service struct {
 	// quotas applies each tenant's share of its limits.
 	instance string
 	quotas   *quotas
+	// perTenant bounds each tenant's share of the in-flight slots.
+	perTenant *tenantSlots
 }
 
 // New builds the service and opens its listeners, so Addr and AdminAddr
@@ -89,6 +91,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		instance: lease.NewInstanceID(),
 	}
 	s.quotas = s.newQuotas()
+	s.perTenant = &tenantSlots{limit: cfg.Ingest.MaxInFlightPerTenant, held: map[string]int{}}
 	s.routes()
 	for key, tenant := range cfg.Ingest.APIKeys {
 		s.tenants[sha256.Sum256([]byte(key))] = tenant

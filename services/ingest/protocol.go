@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"path"
 	"strconv"
@@ -188,11 +189,18 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if rep.status != 0 {
 		return rep
 	}
-	// A tenant whose quota is spent is refused before its body is read.
+	// A tenant whose quota is spent, or that holds its share of the
+	// in-flight slots, is refused before its body is read.
 	if tenant != "" {
 		if q := s.quotas.Check(tenant); !q.Allowed {
 			return s.overQuota(tenant, q, 0)
 		}
+		releaseTenant, ok := s.perTenant.acquire(tenant)
+		if !ok {
+			return reject(http.StatusTooManyRequests, reasonOverloaded, fmt.Sprintf(
+				"tenant %s has %d requests in flight, its most; retry later", tenant, s.cfg.Ingest.MaxInFlightPerTenant))
+		}
+		defer releaseTenant()
 	}
 	body, idemKey, release, rep := s.admit(w, r, p)
 	if rep.status != 0 {

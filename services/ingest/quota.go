@@ -113,3 +113,33 @@ func quotaHeaders(h http.Header, d tenants.Decision, refused bool) {
 }
 
 func ceilSeconds(d time.Duration) int64 { return int64(math.Ceil(d.Seconds())) }
+
+// tenantSlots bounds the in-flight requests of each tenant
+// (MaxInFlightPerTenant), beside the service's bound: one tenant whose
+// requests are slow to upload or come in a burst leaves the others slots.
+type tenantSlots struct {
+	limit int // 0: no bound
+	mu    sync.Mutex
+	held  map[string]int
+}
+
+// acquire takes one of tenant's slots, or says at once that it holds
+// them all.
+func (t *tenantSlots) acquire(tenant string) (release func(), ok bool) {
+	if t.limit == 0 {
+		return func() {}, true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.held[tenant] >= t.limit {
+		return nil, false
+	}
+	t.held[tenant]++
+	return func() {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		if t.held[tenant]--; t.held[tenant] == 0 {
+			delete(t.held, tenant) // the map holds only tenants with requests in flight
+		}
+	}, true
+}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -220,4 +221,32 @@ func TestQuotaIsSharedByTheLiveInstances(t *testing.T) {
 	want := float64(burst) + rate*elapsed.Seconds()
 	t.Logf("a accepted %d events in %s (quota %.0f), refused %d; b accepted %d", a.accepted, elapsed.Round(time.Millisecond), want, a.refused, b.accepted)
 	require.InEpsilon(t, want, float64(a.accepted), 0.10)
+}
+
+// A tenant holding its share of the in-flight slots (two requests whose
+// bodies never finish) is refused a third; another tenant is not.
+func TestTenantInFlightShare(t *testing.T) {
+	h := start(t, func(c *Config) {
+		c.Ingest.APIKeys = map[string]string{"key-a": "a", "key-b": "b"}
+		c.Ingest.MaxInFlight = 8
+		c.Ingest.MaxInFlightPerTenant = 2
+	})
+	for range 2 {
+		c, err := net.Dial("tcp", h.svc.Addr())
+		require.NoError(t, err)
+		t.Cleanup(func() { _ = c.Close() })
+		_, err = fmt.Fprintf(c, "POST /v1/events HTTP/1.1\r\nHost: ingest\r\nAuthorization: Bearer key-a\r\n"+
+			"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n[")
+		require.NoError(t, err)
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, float64(2), testutil.ToFloat64(h.svc.metrics.inFlight))
+	}, 10*time.Second, 5*time.Millisecond)
+
+	r := h.post(eventsBody(1, "u"), "Authorization", "Bearer key-a")
+	require.Equal(t, http.StatusTooManyRequests, r.status)
+	require.Equal(t, "tenant a has 2 requests in flight, its most; retry later", r.errorBody.Error)
+	require.Equal(t, "1", r.header.Get("Retry-After"))
+	r = h.post(eventsBody(1, "u"), "Authorization", "Bearer key-b")
+	require.Equal(t, http.StatusAccepted, r.status)
 }
