@@ -82,7 +82,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 			if !assert.NoError(co, err) {
 				return
 			}
-			cons, err := js.Consumer(ctx, streams.Ingest, ConsumerName)
+			cons, err := js.Consumer(ctx, streams.Ingest, ConsumerName("acme"))
 			if !assert.NoError(co, err) {
 				return
 			}
@@ -119,7 +119,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 	} {
 		leader, err := c.StreamLeader(fault.stream)
 		require.NoError(t, err)
-		consumerLeader, err := c.ConsumerLeader(streams.Ingest, ConsumerName)
+		consumerLeader, err := c.ConsumerLeader(streams.Ingest, ConsumerName("acme"))
 		require.NoError(t, err)
 		led := leads(c, leader)
 		faultAt := time.Now()

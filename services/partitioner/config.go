@@ -23,8 +23,11 @@ type Config struct {
 	FetchBatch int `yaml:"fetch_batch" env:"FETCH_BATCH"`
 	// FetchMaxWait is how long a fetch waits to fill its batch.
 	FetchMaxWait time.Duration `yaml:"fetch_max_wait" env:"FETCH_MAX_WAIT"`
-	// MaxAckPending bounds the INGEST messages handed out and not yet acked,
-	// across every partitioner process sharing the consumer.
+	// FetchBatch is also a tenant's turn: the workers take turns round-robin
+	// over the tenants with work, each turn at most FetchBatch messages.
+	// MaxAckPending bounds the INGEST messages of one tenant handed out
+	// and not yet acked, across every partitioner process sharing its
+	// consumer.
 	MaxAckPending int `yaml:"max_ack_pending" env:"MAX_ACK_PENDING"`
 	// AckWait is how long JetStream waits for an ack, or a sign of life,
 	// before it hands a message to another worker. It is short, so a
@@ -41,9 +44,18 @@ type Config struct {
 	// and it should outlast a NATS cluster election (4-7 s): a PubAck that
 	// times out is a NAK and a redelivery.
 	PublishTimeout time.Duration `yaml:"publish_timeout" env:"PUBLISH_TIMEOUT"`
-	// InfoInterval is how often the consumer's state is read: for the lag
-	// metrics, the stall watchdog and to recreate a lost consumer.
+	// InfoInterval is how often the consumers' state is read (for the lag
+	// metrics and the stall watchdog) and the tenants with work are
+	// discovered: the longest a new tenant's first request waits to be
+	// found while other tenants keep the workers busy (idle workers ask
+	// for discovery at once).
 	InfoInterval time.Duration `yaml:"info_interval" env:"INFO_INTERVAL"`
+	// TenantIdle is the inactive threshold of a tenant's consumer: the
+	// server removes a consumer no partitioner pulled from for this long,
+	// so tenants that went quiet leave no consumers behind. A partitioner
+	// stops long-polling a tenant TenantIdle/2 after its last message;
+	// discovery makes the consumer again when the tenant sends more.
+	TenantIdle time.Duration `yaml:"tenant_idle" env:"TENANT_IDLE"`
 	// StallTimeout is how long the input may have work pending without a
 	// request being settled before it counts as stalled: the stall is
 	// logged, counted in surge_partitioner_stalls_total{shard="input"},
@@ -82,6 +94,7 @@ func DefaultConfig() Config {
 		MaxPublishPending: 4096,
 		PublishTimeout:    10 * time.Second,
 		InfoInterval:      2 * time.Second,
+		TenantIdle:        time.Minute,
 		StallTimeout:      30 * time.Second,
 		Retry:             retry.DefaultConfig(30 * time.Second),
 		Producers:         ProducerLimits{MaxEvents: 10000, MaxEventBytes: 64 << 10},
@@ -132,6 +145,11 @@ func (c Config) Validate() error {
 	// that is no stall.
 	if c.StallTimeout <= c.holdTime() {
 		add("stall_timeout must exceed fetch_max_wait+2*publish_timeout (%s), got %s", c.holdTime(), c.StallTimeout)
+	}
+	// A worker holding a tenant's requests sends InProgress, which keeps
+	// the consumer active; the threshold must outlast a hold between them.
+	if c.TenantIdle <= c.holdTime() {
+		add("tenant_idle must exceed fetch_max_wait+2*publish_timeout (%s), got %s", c.holdTime(), c.TenantIdle)
 	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)

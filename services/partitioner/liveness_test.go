@@ -84,26 +84,27 @@ func waitPartitioning(t *testing.T, logs *observer.ObservedLogs) {
 func TestCrashedHolderIsRedeliveredInSeconds(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
-	inputs := publishInputs(t, js, 40, 50)
+	inputs := publishInputs(t, js, 40, 50) // 14 of tenant0
 	cfg := testConfig(ns.ClientURL())
 	require.Equal(t, DefaultConfig().AckWait, cfg.AckWait, "the default AckWait is under test")
 
-	// The crashed partitioner: its own connection, a fetch, no ack, gone.
+	// The crashed partitioner: its own connection, a fetch from tenant0's
+	// consumer, no ack, gone.
 	nc, err := nats.Connect(ns.ClientURL())
 	require.NoError(t, err)
 	defer nc.Close()
 	cjs, err := jetstream.New(nc)
 	require.NoError(t, err)
-	cons, err := cjs.CreateOrUpdateConsumer(t.Context(), streams.Ingest, cfg.consumerConfig())
+	cons, err := cjs.CreateOrUpdateConsumer(t.Context(), streams.Ingest, cfg.consumerConfig("tenant0"))
 	require.NoError(t, err)
-	mb, err := cons.Fetch(25, jetstream.FetchMaxWait(5*time.Second))
+	mb, err := cons.Fetch(10, jetstream.FetchMaxWait(5*time.Second))
 	require.NoError(t, err)
 	held := 0
 	for range mb.Messages() {
 		held++
 	}
 	require.NoError(t, mb.Error())
-	require.Equal(t, 25, held)
+	require.Equal(t, 10, held)
 	nc.Close()
 	killed := time.Now()
 
@@ -116,7 +117,7 @@ func TestCrashedHolderIsRedeliveredInSeconds(t *testing.T) {
 	waitDrained(t, js)
 	perShard := requireExactlyOnce(t, inputs, readEvents(t, js))
 	require.Equal(t, perShard, eventsMetric(p))
-	require.Equal(t, 25, redeliveries(p), "the requests the dead partitioner held, each once")
+	require.Equal(t, 10, redeliveries(p), "the requests the dead partitioner held, each once")
 	require.Equal(t, 0, messagesMetric(p, outcomeNaked))
 }
 
@@ -188,8 +189,9 @@ func TestStallIsReportedAndRepaired(t *testing.T) {
 	_, body, err := readyz(p.AdminAddr())
 	require.NoError(t, err)
 	t.Logf("readyz while stalled: %s", body)
+	// Every tenant's consumer (tenant0, tenant1, tenant2), once.
 	assert.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, 1, logs.FilterMessage("consumer recreated").FilterField(zap.String("why", "stalled")).Len())
+		assert.Equal(c, 3, logs.FilterMessage("consumer recreated").FilterField(zap.String("why", "stalled")).Len())
 	}, 5*time.Second, 20*time.Millisecond)
 	require.Equal(t, 1, logs.FilterMessage("stalled: work pending, no progress").FilterField(zap.String("unit", "input")).Len())
 	require.Equal(t, 0, messagesMetric(p, outcomeAcked))
@@ -212,15 +214,23 @@ func TestStallIsReportedAndRepaired(t *testing.T) {
 }
 
 // TestConsumerLostInNATSRestartIsRecreated: NATS restarts with an empty
-// store, so the consumer is gone. The partitioner recreates it at once
-// (no stall to wait out) and partitions what arrives on the new server.
+// store, so the tenants' consumers are gone. The partitioner recreates
+// each at its first fetch (no stall to wait out) and partitions what
+// arrives on the new server.
 func TestConsumerLostInNATSRestartIsRecreated(t *testing.T) {
 	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
 	port := ns.Addr().(*net.TCPAddr).Port
 	cfg := testConfig(ns.ClientURL())
 	logger, logs := observed(t)
 	p := startWith(t, cfg, logger)
 	waitPartitioning(t, logs)
+	before := publishInputs(t, js, 6, 10) // the three tenants' consumers are made
+	waitDrained(t, js)
+	requireExactlyOnce(t, before, readEvents(t, js))
+	assert.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 6, messagesMetric(p, outcomeAcked))
+	}, 15*time.Second, 20*time.Millisecond)
 
 	ns.Shutdown()
 	ns.WaitForShutdown()
@@ -234,11 +244,11 @@ func TestConsumerLostInNATSRestartIsRecreated(t *testing.T) {
 	inputs := publishInputs(t, js2, 10, 50)
 
 	assert.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, 10, messagesMetric(p, outcomeAcked))
+		assert.Equal(c, 6+10, messagesMetric(p, outcomeAcked))
 	}, 15*time.Second, 20*time.Millisecond)
 	waitDrained(t, js2)
 	requireExactlyOnce(t, inputs, readEvents(t, js2))
-	require.Equal(t, 1, logs.FilterMessage("consumer recreated").FilterField(zap.String("why", "gone")).Len())
+	require.Equal(t, 3, logs.FilterMessage("consumer recreated").FilterField(zap.String("why", "gone")).Len(), "each tenant's, once")
 	n, err := stalls(p)
 	require.NoError(t, err)
 	require.Zero(t, n)
@@ -283,44 +293,50 @@ func TestDefaultsAreLive(t *testing.T) {
 	require.Equal(t, 30*time.Second, cfg.StallTimeout)
 	require.Equal(t, 2*time.Second, cfg.InfoInterval)
 	require.Less(t, cfg.AckWait, cfg.PublishTimeout, "a PubAck slower than AckWait (an election) is waited for, the request kept alive")
+	require.Equal(t, time.Minute, cfg.TenantIdle)
 	require.Equal(t, jetstream.ConsumerConfig{
-		Durable:       ConsumerName,
-		Description:   "Surge partitioners, shared",
-		DeliverPolicy: jetstream.DeliverAllPolicy,
-		AckPolicy:     jetstream.AckExplicitPolicy,
-		AckWait:       5 * time.Second,
-		MaxDeliver:    -1,
-		MaxAckPending: 1024,
-	}, cfg.consumerConfig())
+		Durable:           "partitioner-acme",
+		Description:       "Surge partitioners, tenant acme",
+		DeliverPolicy:     jetstream.DeliverAllPolicy,
+		AckPolicy:         jetstream.AckExplicitPolicy,
+		AckWait:           5 * time.Second,
+		MaxDeliver:        -1,
+		MaxAckPending:     1024,
+		FilterSubjects:    []string{"ingest.acme", "ingest.acme.>", "surge.in.acme", "surge.in.acme.>"},
+		InactiveThreshold: time.Minute,
+		Metadata:          map[string]string{"surge.tenant": "acme"},
+	}, cfg.consumerConfig("acme"))
 }
 
-// TestRefusedConsumerKeepsNotReady: while the server refuses the
-// consumer (here one of the same name with a setting that cannot be
-// updated), the partitioner retries and /readyz gives the server's
-// reason; once the obstacle is gone it partitions.
+// TestRefusedConsumerKeepsNotReady: while the server refuses a tenant's
+// consumer (here another consumer filters one of its subjects, which a
+// work queue does not allow), the partitioner retries and /readyz gives
+// the server's reason, and the other tenants are partitioned meanwhile;
+// once the obstacle is gone it partitions that tenant too.
 func TestRefusedConsumerKeepsNotReady(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
 	cfg.Retry.Max = 500 * time.Millisecond
-	other := cfg.consumerConfig()
-	other.ReplayPolicy = jetstream.ReplayOriginalPolicy
-	_, err := js.CreateConsumer(t.Context(), streams.Ingest, other)
+	_, err := js.CreateConsumer(t.Context(), streams.Ingest, jetstream.ConsumerConfig{
+		Durable: "other", FilterSubject: streams.IngestSubject("tenant0"), AckPolicy: jetstream.AckExplicitPolicy,
+	})
 	require.NoError(t, err)
-	inputs := publishInputs(t, js, 5, 20)
+	inputs := publishInputs(t, js, 6, 20) // 2 of each tenant
 
 	p := start(t, cfg)
 	assert.EventuallyWithT(t, func(c *assert.CollectT) {
 		code, body, err := readyz(p.AdminAddr())
 		assert.NoError(c, err)
 		assert.Equal(c, http.StatusServiceUnavailable, code)
-		assert.Contains(c, body, "consumer: create consumer partitioner: ")
-		assert.Contains(c, body, "replay policy can not be updated")
+		assert.Contains(c, body, "consumer: create consumer partitioner-tenant0: ")
+		assert.Contains(c, body, "filtered consumer not unique on workqueue stream")
+		assert.Equal(c, 4, messagesMetric(p, outcomeAcked), "tenant1's and tenant2's")
 	}, 10*time.Second, 20*time.Millisecond)
 
-	require.NoError(t, js.DeleteConsumer(t.Context(), streams.Ingest, ConsumerName))
+	require.NoError(t, js.DeleteConsumer(t.Context(), streams.Ingest, "other"))
 	assert.EventuallyWithT(t, func(c *assert.CollectT) {
-		assert.Equal(c, 5, messagesMetric(p, outcomeAcked))
+		assert.Equal(c, 6, messagesMetric(p, outcomeAcked))
 		code, body, err := readyz(p.AdminAddr())
 		assert.NoError(c, err)
 		assert.Equal(c, http.StatusOK, code, body)

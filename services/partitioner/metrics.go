@@ -1,6 +1,8 @@
 package partitioner
 
 import (
+	"cmp"
+	"slices"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,6 +22,7 @@ type metrics struct {
 	publishDuration prometheus.Histogram
 	consumerPending prometheus.Gauge
 	ackPending      prometheus.Gauge
+	tenantPending   *prometheus.GaugeVec
 	deadLetters     prometheus.Counter
 	invalid         prometheus.Counter
 	redelivered     prometheus.Counter
@@ -39,12 +42,16 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		}),
 		consumerPending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_partitioner_consumer_pending",
-			Help: "INGEST messages not yet delivered to the partitioner consumer.",
+			Help: "INGEST messages not yet delivered to a partitioner, summed over the tenants' consumers.",
 		}),
 		ackPending: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_partitioner_consumer_ack_pending",
-			Help: "INGEST messages delivered to the partitioner consumer and not yet acked.",
+			Help: "INGEST messages delivered to a partitioner and not yet acked, summed over the tenants' consumers.",
 		}),
+		tenantPending: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "surge_partitioner_tenant_pending",
+			Help: "INGEST messages of a tenant not yet delivered or not yet acked, for the tenants with the most (at most 10, so the series stay few).",
+		}, []string{"tenant"}),
 		deadLetters: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",
 			Help: "INGEST messages published to DEAD_LETTER whole (undecodable, or a producer message that is not JSON): the count of surge_partitioner_messages_total{outcome=\"dead_letter\"}, kept under its own name for the alerts and dashboards that read it.",
@@ -70,4 +77,18 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		m.messages.WithLabelValues(o)
 	}
 	return m
+}
+
+// tenantSeries is the most tenants surge_partitioner_tenant_pending shows.
+const tenantSeries = 10
+
+// setLag sets the lag gauges: the sums, and the tenants with the most.
+func (m *metrics) setLag(l lag) {
+	m.consumerPending.Set(float64(l.pending))
+	m.ackPending.Set(float64(l.ackPending))
+	slices.SortFunc(l.tenants, func(a, b tenantLag) int { return cmp.Or(cmp.Compare(b.n, a.n), cmp.Compare(a.tenant, b.tenant)) })
+	m.tenantPending.Reset()
+	for _, t := range l.tenants[:min(len(l.tenants), tenantSeries)] {
+		m.tenantPending.WithLabelValues(t.tenant).Set(float64(t.n))
+	}
 }

@@ -7,16 +7,31 @@
 // straight to surge.in.<tenant>.<anything>, which the partitioner
 // validates itself (see parseProducerMessage).
 //
-// Every partitioner process pulls from one shared durable consumer, so
-// adding processes adds throughput. A redelivered request republishes the
-// same message ids (<ingest seq>:<shard>), which EVENTS drops as duplicates.
+// Fairness between tenants: every tenant with work has its own durable
+// consumer of INGEST (ConsumerName, filtering FilterSubjects), shared by
+// every partitioner process, so adding processes adds throughput. The
+// workers take turns round-robin over the tenants with work, each turn at
+// most fetch_batch messages (see scheduler), so one tenant's backlog
+// delays another tenant's requests by about one round of turns, not by
+// the backlog. Discovery (see discover.go) finds the tenants with work
+// from INGEST's per-subject counts and makes their consumers; a consumer
+// nobody pulls from for tenant_idle is removed by the server. Within a
+// tenant, requests are taken in stream order.
 //
-// Liveness: the consumer's AckWait is short (seconds), so the requests a
+// A redelivered request republishes the same message ids
+// (<ingest seq>:<shard>), which EVENTS drops as duplicates. A request's
+// shard groups are published together, without waiting for one another,
+// so a hot key that makes one shard's groups large holds back no other
+// shard's.
+//
+// Liveness: the consumers' AckWait is short (seconds), so the requests a
 // crashed or cut-off partitioner held are redelivered within seconds, and
 // a worker keeps the requests it holds alive with InProgress while it
 // waits for PubAcks. A watchdog on the input names any stall (work
-// pending, nothing settled for stall_timeout) and recreates the consumer,
-// as the lag poller does at once when the consumer is gone.
+// pending, nothing settled for stall_timeout) and recreates the
+// consumers; a worker recreates a consumer it finds gone, and discovery
+// one whose tenant's messages wait unfetched for stall_timeout while
+// other tenants flow.
 package partitioner
 
 import (
@@ -34,11 +49,7 @@ import (
 	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
-	"github.com/surge-events/surge/pkg/streams"
 )
-
-// ConsumerName is the durable INGEST consumer every partitioner shares.
-const ConsumerName = "partitioner"
 
 // Service is a partitioner.
 type Service struct {
@@ -74,7 +85,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
-	host.Admin().NotReady(checkConsumer, "not created yet")
+	host.Admin().NotReady(checkConsumer, "INGEST not open yet")
 	return &Service{
 		cfg:    cfg,
 		host:   host,
@@ -96,33 +107,28 @@ func (s *Service) Run(ctx context.Context) error {
 	return s.host.Run(ctx, s.partition)
 }
 
-// partition is the body of the lifecycle: it creates the shared consumer
-// and runs the workers and the lag poller until ctx ends.
+// partition is the body of the lifecycle: it readies INGEST for the
+// tenants' consumers and runs the workers, discovery and the lag poller
+// until ctx ends.
 func (s *Service) partition(ctx context.Context, conn service.Conn) error {
-	src := &source{js: conn.JS, cfg: s.cfg.consumerConfig()}
+	src := newSource(s, conn.JS)
 	// A fresh cluster may still be electing the stream's leader. The
-	// server's reason shows on /readyz until the consumer is there.
-	err := retry.Do(ctx, s.cfg.Retry, func() error { return src.create(ctx) }, func(attempt int, err error, wait time.Duration) {
+	// server's reason shows on /readyz until INGEST can be read.
+	err := retry.Do(ctx, s.cfg.Retry, func() error { return src.open(ctx) }, func(attempt int, err error, wait time.Duration) {
 		s.host.Admin().NotReady(checkConsumer, err.Error())
-		s.logger.Warn("create consumer, retrying", zap.String("consumer", ConsumerName), zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
+		s.logger.Warn("open INGEST, retrying", zap.Int("attempt", attempt), zap.Duration("wait", wait), zap.Error(err))
 	})
 	if err != nil {
 		return err // ctx ended
 	}
-	s.host.Admin().Ready(checkConsumer)
-	// A failure leaves the acked messages where they are, which only
-	// costs stream space: say so and go on.
-	if n, err := src.removeAcked(ctx); err != nil {
-		s.logger.Warn("remove acked messages", zap.String("stream", streams.Ingest), zap.Error(err))
-	} else if n > 0 {
-		s.logger.Info("removed acked messages", zap.String("stream", streams.Ingest), zap.Uint64("messages", n))
-	}
+	src.ready() // unless the server refuses a tenant's consumer
 	s.wd.Idle() // the stall clock starts with the workers, not at New
 	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
 
 	var wg sync.WaitGroup
 	poller := liveness.Poller{Every: s.cfg.InfoInterval, Timeout: 2 * apiTimeout, Connected: conn.NC.IsConnected, Log: s.logger}
 	wg.Go(func() { poller.Run(ctx, func() []liveness.Unit { return []liveness.Unit{inputUnit{s: s, src: src}} }) })
+	wg.Go(func() { src.runDiscovery(ctx) })
 	for range s.cfg.Workers {
 		w := &worker{s: s, js: conn.JS, groups: make([][]event.Event, s.cfg.Shards), keep: liveness.Keepalive{Every: s.cfg.AckWait / 3}}
 		wg.Go(func() { w.run(ctx, src) })

@@ -107,7 +107,8 @@ func publishInputs(t *testing.T, js jetstream.JetStream, n, perInput int) map[ui
 	return out
 }
 
-// waitDrained waits until INGEST holds nothing and nothing is unacked.
+// waitDrained waits until INGEST holds nothing and no consumer has
+// anything pending or unacked.
 func waitDrained(t *testing.T, js jetstream.JetStream) {
 	t.Helper()
 	drained := assert.EventuallyWithT(t, func(c *assert.CollectT) {
@@ -122,16 +123,12 @@ func waitDrained(t *testing.T, js jetstream.JetStream) {
 			return
 		}
 		assert.Zero(c, info.State.Msgs, "INGEST messages")
-		cons, err := st.Consumer(ctx, ConsumerName)
-		if !assert.NoError(c, err) {
-			return
+		lister := st.ListConsumers(ctx)
+		for ci := range lister.Info() {
+			assert.Zero(c, ci.NumPending, "pending of %s", ci.Name)
+			assert.Zero(c, ci.NumAckPending, "ack pending of %s", ci.Name)
 		}
-		ci, err := cons.Info(ctx)
-		if !assert.NoError(c, err) {
-			return
-		}
-		assert.Zero(c, ci.NumPending, "pending")
-		assert.Zero(c, ci.NumAckPending, "ack pending")
+		assert.NoError(c, lister.Err())
 	}, 30*time.Second, 20*time.Millisecond)
 	if !drained {
 		t.FailNow()
@@ -292,14 +289,12 @@ func TestFailedPublishIsRetriedWithoutDuplicates(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
-	p := start(t, cfg)
-
+	logger, logs := observed(t)
+	p := startWith(t, cfg, logger)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	require.Eventually(t, func() bool {
-		_, err := js.Consumer(ctx, streams.Ingest, ConsumerName)
-		return err == nil
-	}, 10*time.Second, 10*time.Millisecond)
+	// The partitioner has ensured the streams: EVENTS' update below stays.
+	waitPartitioning(t, logs)
 
 	// EVENTS refuses all but 3 messages: most publishes fail, inputs are
 	// naked and redelivered, and the groups already stored are dropped as

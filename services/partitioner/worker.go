@@ -78,11 +78,27 @@ func (w *worker) run(ctx context.Context, src *source) {
 	failures := 0
 	for ctx.Err() == nil {
 		w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
-		if err := w.fetch(src.consumer()); err != nil {
+		tr, ok := src.sched.take(ctx, w.s.cfg.FetchMaxWait)
+		if !ok {
+			continue // no tenant has work
+		}
+		n, err := w.fetch(tr)
+		src.sched.done(tr, n, n == 0 && err != nil)
+		if err != nil && gone(err) && ctx.Err() == nil {
+			// Deleted, or lost in a NATS restart: made again at once.
+			rctx, cancel := context.WithTimeout(ctx, apiTimeout)
+			if rerr := src.recreate(rctx, tr.t.name, "gone", tr.cons); rerr == nil {
+				err = nil
+			} else {
+				err = fmt.Errorf("%w; %w", err, rerr)
+			}
+			cancel()
+		}
+		if err != nil {
 			failures++
 			wait := b.NextBackOff()
 			if failures&(failures-1) == 0 { // the 1st, 2nd, 4th, 8th... failure in a row
-				w.s.logger.Warn("fetch", zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
+				w.s.logger.Warn("fetch", zap.String("tenant", tr.t.name), zap.Error(err), zap.Int("failures", failures), zap.Duration("wait", wait))
 			}
 			retry.Sleep(ctx, wait)
 			continue
@@ -92,25 +108,34 @@ func (w *worker) run(ctx context.Context, src *source) {
 	}
 }
 
-// fetch fetches one batch, bounded by FetchMaxWait, and handles what it
-// got. The fetch is not bound to the service's context: once asked for,
+// fetch fetches one batch of the turn's tenant, at most fetch_batch
+// messages, waiting up to fetch_max_wait for it to fill when the turn
+// says so, and handles what it got. It returns how many messages it got.
+// The fetch is not bound to the service's context: once asked for,
 // messages are handled to the end, so a shutdown leaves none to
 // redeliver. An empty fetch is no error; what is (no responders while the
 // consumer is gone, the consumer deleted) paces the next fetch.
-func (w *worker) fetch(cons jetstream.Consumer) error {
-	mb, err := cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
-	if err != nil {
-		return err
+func (w *worker) fetch(tr turn) (int, error) {
+	var mb jetstream.MessageBatch
+	var err error
+	if tr.wait {
+		mb, err = tr.cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
+	} else {
+		mb, err = tr.cons.FetchNoWait(w.s.cfg.FetchBatch)
 	}
-	w.handle(mb)
-	return mb.Error()
+	if err != nil {
+		return 0, err
+	}
+	n := w.handle(mb)
+	return n, mb.Error()
 }
 
 // handle publishes the groups of every message of the batch as they
 // arrive, then waits for the PubAcks and settles each message in turn:
 // the publishes of a whole batch are in flight together. The batch is
-// kept alive (InProgress) until every message of it is settled.
-func (w *worker) handle(mb jetstream.MessageBatch) {
+// kept alive (InProgress) until every message of it is settled. It
+// returns how many messages the batch had.
+func (w *worker) handle(mb jetstream.MessageBatch) int {
 	defer w.keep.Stop()
 	w.inflight = w.inflight[:0]
 	w.timedOut = nil
@@ -119,14 +144,16 @@ func (w *worker) handle(mb jetstream.MessageBatch) {
 		w.inflight = append(w.inflight, input{msg: msg})
 		w.publish(&w.inflight[len(w.inflight)-1])
 	}
-	if len(w.inflight) == 0 {
-		return
+	n := len(w.inflight)
+	if n == 0 {
+		return 0
 	}
 	w.s.wd.Waiting(w.s.waitingOn("PubAcks from " + streams.Events))
 	for i := range w.inflight {
 		w.settle(&w.inflight[i])
 		w.inflight[i] = input{} // drop references for the collector
 	}
+	return n
 }
 
 // publish decodes one INGEST message, routes its events to their shards

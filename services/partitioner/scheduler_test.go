@@ -1,0 +1,175 @@
+package partitioner
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// fakeFetcher stands for a tenant's consumer: the scheduler only hands it
+// to the workers.
+type fakeFetcher struct {
+	fetcher
+	name string
+}
+
+// clockScheduler is a scheduler on a clock the test moves.
+func clockScheduler(idle time.Duration, coldMax int) (*scheduler, *time.Time) {
+	now := time.Unix(1000, 0)
+	s := newScheduler(idle, coldMax)
+	s.now = func() time.Time { return now }
+	return s, &now
+}
+
+// hot makes tenants known with their consumer, and hot (discovery saw
+// messages of them).
+func hot(s *scheduler, names ...string) {
+	for _, n := range names {
+		if !s.known(n) {
+			s.setConsumer(n, &fakeFetcher{name: n})
+		}
+		s.pending(n)
+	}
+}
+
+// turns takes n turns, each reported done with what got says the tenant
+// had (default: a full batch), and returns the tenants in turn order.
+func turns(t *testing.T, s *scheduler, n int, got map[string]int) []string {
+	t.Helper()
+	var out []string
+	for range n {
+		tr, ok := s.pick()
+		require.True(t, ok)
+		out = append(out, tr.t.name)
+		k, set := got[tr.t.name]
+		if !set {
+			k = 10
+		}
+		s.done(tr, k, false)
+	}
+	return out
+}
+
+func TestSchedulerServesHotTenantsRoundRobin(t *testing.T) {
+	s, _ := clockScheduler(time.Minute, 4)
+	hot(s, "A")
+	tr, ok := s.pick()
+	require.True(t, ok)
+	require.True(t, tr.wait, "one tenant alone waits to fill its batch, as before")
+	require.False(t, tr.poll)
+	require.Same(t, tr.cons.(*fakeFetcher), s.consumer("A"))
+	s.done(tr, 10, false)
+
+	// B arrives while A has a backlog: from now on every other turn is
+	// B's, and no turn waits on a tenant.
+	hot(s, "B")
+	require.Equal(t, []string{"A", "B"}, s.hotNames())
+	tr, ok = s.pick()
+	require.True(t, ok)
+	require.Equal(t, "A", tr.t.name)
+	require.False(t, tr.wait, "with two tenants with work a turn takes only what is there")
+	s.done(tr, 10, false)
+	require.Equal(t, []string{"B", "A", "B", "A"}, turns(t, s, 4, nil))
+
+	// C is discovered: it takes its turn within one round.
+	hot(s, "C")
+	require.Equal(t, []string{"B", "C", "A", "B", "C", "A"}, turns(t, s, 6, nil))
+
+	// Discovery seeing A again changes nothing: it keeps its place.
+	hot(s, "A")
+	require.Equal(t, []string{"B", "C", "A"}, s.hotNames())
+}
+
+// A tenant whose turn brings nothing leaves the ring; when none has work
+// the workers long-poll the cold ones, most recent ones, each in turn,
+// and ask discovery for a round.
+func TestSchedulerLongPollsColdTenantsWhenNoneHasWork(t *testing.T) {
+	s, now := clockScheduler(time.Minute, 2)
+	hot(s, "A", "B", "C")
+	require.Equal(t, []string{"A", "B", "C", "B"}, turns(t, s, 4, map[string]int{"A": 0, "C": 0}))
+	require.Equal(t, []string{"B"}, s.hotNames())
+
+	// B's turn brings nothing either: every tenant is cold. Only the
+	// coldMax most recently active stay, B and C; A is forgotten.
+	*now = now.Add(time.Second)
+	tr, ok := s.pick()
+	require.True(t, ok)
+	s.done(tr, 0, false)
+	require.Empty(t, s.hotNames())
+	require.False(t, s.known("A"))
+
+	for _, want := range []string{"C", "B", "C"} {
+		tr, ok := s.take(t.Context(), time.Hour)
+		require.True(t, ok)
+		require.Equal(t, want, tr.t.name)
+		require.True(t, tr.wait)
+		require.True(t, tr.poll)
+		select {
+		case <-s.kick:
+		default:
+			t.Fatal("a worker with no tenant with work asks for discovery")
+		}
+	}
+
+	// A long poll that brings messages makes the tenant hot again.
+	tr, ok = s.pick()
+	require.True(t, ok)
+	s.done(tr, 3, false)
+	require.Equal(t, []string{tr.t.name}, s.hotNames())
+}
+
+// Cold tenants are forgotten idle after their last message, so the
+// server removes their consumers; a failed fetch changes nothing.
+func TestSchedulerForgetsIdleTenants(t *testing.T) {
+	s, now := clockScheduler(time.Minute, 4)
+	hot(s, "A", "B")
+	tr, _ := s.pick() // A
+	s.done(tr, 0, true)
+	require.Equal(t, []string{"B", "A"}, s.hotNames(), "a failed fetch keeps the tenant where it is")
+	*now = now.Add(30 * time.Second)
+	require.Equal(t, []string{"B", "A"}, turns(t, s, 2, map[string]int{"A": 0})) // B's last message is now
+	require.Equal(t, []string{"B"}, turns(t, s, 1, map[string]int{"B": 0}))
+	require.Empty(t, s.hotNames())
+
+	*now = now.Add(30 * time.Second) // A's last message a minute ago, B's 30 s
+	tr, ok := s.pick()
+	require.True(t, ok)
+	require.Equal(t, "B", tr.t.name)
+	require.False(t, s.known("A"))
+	*now = now.Add(30 * time.Second)
+	_, ok = s.pick()
+	require.False(t, ok)
+	require.False(t, s.known("B"))
+
+	// A worker holding a forgotten tenant's turn changes nothing.
+	s.done(tr, 5, false)
+	require.Empty(t, s.hotNames())
+
+	// With no tenant known, take waits for one to turn hot.
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	_, ok = s.take(ctx, time.Hour)
+	require.False(t, ok)
+	hot(s, "C")
+	tr, ok = s.take(t.Context(), time.Hour)
+	require.True(t, ok, "woken by C")
+	require.Equal(t, "C", tr.t.name)
+}
+
+// pending measures how long discovery has seen a tenant's messages
+// without a fetch bringing any, for the per-tenant stall check.
+func TestSchedulerMeasuresHowLongMessagesWait(t *testing.T) {
+	s, now := clockScheduler(time.Minute, 4)
+	hot(s, "A", "B")
+	*now = now.Add(10 * time.Second)
+	require.Equal(t, 10*time.Second, s.pending("A"))
+	turns(t, s, 1, nil) // A's turn brings messages
+	require.Zero(t, s.pending("A"))
+	require.Equal(t, 10*time.Second, s.pending("B"))
+	*now = now.Add(5 * time.Second)
+	s.setConsumer("B", &fakeFetcher{name: "B2"}) // recreated: its clock starts again
+	require.Zero(t, s.pending("B"))
+	require.Equal(t, "B2", s.consumer("B").(*fakeFetcher).name)
+}
