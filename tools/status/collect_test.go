@@ -266,10 +266,11 @@ func TestOwner(t *testing.T) {
 
 // TestCollectIngestAckedLeftBehind: a NATS server killed between a
 // work-queue ack and the removal comes back with INGEST holding messages
-// the partitioner's consumer has acked (ack floor past them, nothing
-// pending). Resetting the consumer past them makes that state. They are
-// no backlog: the look reports none and no stalled partitioner, and the
-// stack's backlog (the progress line's) counts none either.
+// the partitioner's consumer of their tenant has acked (ack floor past
+// them, nothing pending). Resetting the consumer past them makes that
+// state. They are no backlog: the look reports none and no stalled
+// partitioner, and the stack's backlog (the progress line's) counts none
+// either. A tenant no consumer reads yet has all its messages waiting.
 func TestCollectIngestAckedLeftBehind(t *testing.T) {
 	ctx := t.Context()
 	ns, js := startJetStream(t, streams.DefaultConfig())
@@ -281,9 +282,10 @@ func TestCollectIngestAckedLeftBehind(t *testing.T) {
 	}
 	ingest, err := js.Stream(ctx, streams.Ingest)
 	require.NoError(t, err)
-	cons, err := ingest.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: partitioner.ConsumerName, AckPolicy: jetstream.AckExplicitPolicy})
+	demo := partitioner.ConsumerName("demo")
+	cons, err := ingest.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{Durable: demo, FilterSubjects: partitioner.FilterSubjects("demo"), AckPolicy: jetstream.AckExplicitPolicy})
 	require.NoError(t, err)
-	_, err = ingest.ResetConsumerToSequence(ctx, partitioner.ConsumerName, acked+1)
+	_, err = ingest.ResetConsumerToSequence(ctx, demo, acked+1)
 	require.NoError(t, err)
 
 	ci, err := cons.Info(ctx)
@@ -322,7 +324,7 @@ func TestCollectIngestAckedLeftBehind(t *testing.T) {
 
 	r := look()
 	assert.Equal(t, uint64(acked), r.Streams[0].Messages, "the acked messages are still stored")
-	assert.Equal(t, partitioner.ConsumerName, r.Ingest.Consumer)
+	assert.Equal(t, demo, r.Ingest.Consumer)
 	assert.Zero(t, r.Ingest.Pending)
 	assert.Nil(t, r.Ingest.Oldest)
 	assert.Equal(t, []Problem{}, r.Problems)
@@ -351,4 +353,16 @@ func TestCollectIngestAckedLeftBehind(t *testing.T) {
 	assert.Equal(t, "partitioner", r.Problems[0].Subject)
 	assert.Equal(t, KindStalled, r.Problems[0].Kind)
 	assert.Equal(t, stack.Backlog{Ingest: 1}, backlog())
+
+	// Another tenant's requests, before a partitioner made its consumer:
+	// they wait too.
+	for range 2 {
+		_, err = js.Publish(ctx, "surge.in.other.app", []byte("z"))
+		require.NoError(t, err)
+	}
+	r = look()
+	assert.Equal(t, uint64(3), r.Ingest.Pending)
+	if assert.NotNil(t, r.Ingest.Oldest) {
+		assert.Equal(t, m.Time.UTC(), *r.Ingest.Oldest)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/services/partitioner"
 	"github.com/surge-events/surge/services/sink"
 )
 
@@ -126,15 +128,23 @@ func streamOf(info *jetstream.StreamInfo) Stream {
 	return s
 }
 
-// ingestBacklog is what the partitioner's consumer has still to deliver
-// or have acked. INGEST is a work queue, yet its message count is not the
-// backlog: a server killed between an ack and the removal can keep
-// messages the consumer has acked (its ack floor past them), which
+// ingestBacklog is what the partitioners' consumers (one per tenant with
+// work) have still to deliver or have acked, plus the messages of tenants
+// no consumer reads yet (a partitioner makes a tenant's consumer when it
+// finds its first message). INGEST is a work queue, yet its message count
+// is not the backlog: a server killed between an ack and the removal can
+// keep messages a consumer has acked (its ack floor past them), which
 // nothing will deliver again. Without a consumer, every message waits.
 func (c *Collector) ingestBacklog(ctx context.Context, s jetstream.Stream, info *jetstream.StreamInfo) (Backlog, error) {
-	consumers, err := c.consumers(ctx, s)
+	all, err := c.consumers(ctx, s)
 	if err != nil {
 		return Backlog{Pending: info.State.Msgs}, err
+	}
+	var consumers []*jetstream.ConsumerInfo
+	for _, ci := range all {
+		if ci.Name == partitioner.LegacyConsumerName || strings.HasPrefix(ci.Name, partitioner.ConsumerPrefix) {
+			consumers = append(consumers, ci)
+		}
 	}
 	if len(consumers) == 0 {
 		b := Backlog{Pending: info.State.Msgs}
@@ -146,16 +156,69 @@ func (c *Collector) ingestBacklog(ctx context.Context, s jetstream.Stream, info 
 	}
 	var b Backlog
 	floor := uint64(math.MaxUint64)
+	read := map[string]bool{} // the consumers' names
 	for _, ci := range consumers {
-		b.Consumer = ci.Name
+		read[ci.Name] = true
 		b.Pending += ci.NumPending + uint64(max(ci.NumAckPending, 0))
 		b.LastProgress = later(b.LastProgress, ci.AckFloor.Last)
 		floor = min(floor, ci.AckFloor.Stream)
 	}
-	if b.Pending > 0 {
-		b.Oldest, err = c.oldest(ctx, s, floor+1, ">", streams.Ingest)
+	b.Consumer = consumers[0].Name
+	if len(consumers) > 1 {
+		b.Consumer = fmt.Sprintf("%s* (%d)", partitioner.ConsumerPrefix, len(consumers))
 	}
-	return b, err
+	if b.Pending > 0 {
+		if b.Oldest, err = c.oldest(ctx, s, floor+1, ">", streams.Ingest); err != nil {
+			return b, err
+		}
+	}
+	if !read[partitioner.LegacyConsumerName] && b.Pending < info.State.Msgs {
+		unread, oldest, err := c.unreadTenants(ctx, s, read)
+		if err != nil {
+			return b, err
+		}
+		b.Pending += unread
+		if oldest != nil && (b.Oldest == nil || oldest.Before(*b.Oldest)) {
+			b.Oldest = oldest
+		}
+	}
+	return b, nil
+}
+
+// unreadSubjectsLooked bounds the subjects whose first message the look
+// reads to find the oldest message no consumer reads yet.
+const unreadSubjectsLooked = 16
+
+// unreadTenants counts the INGEST messages of tenants whose consumer is
+// not among read, and finds the oldest of them (among the first
+// unreadSubjectsLooked subjects).
+func (c *Collector) unreadTenants(ctx context.Context, s jetstream.Stream, read map[string]bool) (uint64, *time.Time, error) {
+	rctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+	info, err := s.Info(rctx, jetstream.WithSubjectFilter(">"))
+	cancel()
+	if err != nil {
+		return 0, nil, fmt.Errorf("subjects of %s: %w", streams.Ingest, err)
+	}
+	var n uint64
+	var subjects []string
+	for subject, msgs := range info.State.Subjects {
+		if t, ok := partitioner.TenantOf(subject); ok && msgs > 0 && !read[partitioner.ConsumerName(t)] {
+			n += msgs
+			subjects = append(subjects, subject)
+		}
+	}
+	slices.Sort(subjects)
+	var oldest *time.Time
+	for _, subject := range subjects[:min(len(subjects), unreadSubjectsLooked)] {
+		t, err := c.oldest(ctx, s, 1, subject, streams.Ingest)
+		if err != nil {
+			return n, oldest, err
+		}
+		if t != nil && (oldest == nil || t.Before(*oldest)) {
+			oldest = t
+		}
+	}
+	return n, oldest, nil
 }
 
 // oldest is the stream time of the first message of s on subject from
