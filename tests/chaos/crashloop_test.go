@@ -394,14 +394,23 @@ func watchResume(ctx context.Context, info stack.Info, ready, until time.Time) (
 func pendingWork(ctx context.Context, js jetstream.JetStream) ([]shardResume, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	// INGEST's backlog is its consumer's, not its message count: a kill
-	// can leave messages the partitioner has acked.
-	part, err := js.Consumer(ctx, streams.Ingest, partitioner.ConsumerName)
+	// INGEST's backlog is its consumers', not its message count: a kill
+	// can leave messages the partitioner has acked. There is one consumer
+	// per tenant with work; a ready partitioner has made every one.
+	st, err := js.Stream(ctx, streams.Ingest)
 	if err != nil {
-		return nil, fmt.Errorf("consumer %s: %w", partitioner.ConsumerName, err)
+		return nil, fmt.Errorf("stream %s: %w", streams.Ingest, err)
 	}
-	pi := part.CachedInfo()
-	ingest := pi.NumPending + uint64(pi.NumAckPending)
+	var ingest uint64
+	lister := st.ListConsumers(ctx)
+	for ci := range lister.Info() {
+		if strings.HasPrefix(ci.Name, partitioner.ConsumerPrefix) {
+			ingest += ci.NumPending + uint64(max(ci.NumAckPending, 0))
+		}
+	}
+	if err := lister.Err(); err != nil {
+		return nil, fmt.Errorf("consumers of %s: %w", streams.Ingest, err)
+	}
 	unread, err := eventsUnread(ctx, js)
 	if err != nil {
 		return nil, err
