@@ -52,6 +52,9 @@ type decoded struct {
 	msgID string
 	// items is how many items the request held, valid or not.
 	items int
+	// size is the body's bytes when the protocol read more of it than
+	// admit held (a streamed Segment batch); 0 when the body is all.
+	size int
 	// partial says the format stores a request's valid items and
 	// dead-letters the others (invalid) rather than refuse it whole:
 	// Segment's SDKs drop a whole batch answered 400.
@@ -216,7 +219,8 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	// The quota takes the request whole or refuses it: a request over
 	// quota stores nothing.
-	quota := s.quotas.Take(d.tenant, len(d.events), len(body))
+	size := max(len(body), d.size)
+	quota := s.quotas.Take(d.tenant, len(d.events), size)
 	if !quota.Allowed {
 		return s.overQuota(d.tenant, quota, d.items)
 	}
@@ -225,7 +229,7 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if len(d.events) > 0 {
 		dup, rep := s.publish(ctx, d.tenant, d.msgID, d.events)
 		if rep.status != 0 {
-			s.quotas.Refund(d.tenant, len(d.events), len(body))
+			s.quotas.Refund(d.tenant, len(d.events), size)
 			rep.quota = quota
 			return rep
 		}

@@ -250,3 +250,29 @@ func TestTenantInFlightShare(t *testing.T) {
 	r = h.post(eventsBody(1, "u"), "Authorization", "Bearer key-b")
 	require.Equal(t, http.StatusAccepted, r.status)
 }
+
+// A Segment batch streamed past max_body_bytes (a huge message beside a
+// small one) is charged its whole size, not the part admission held.
+func TestQuotaChargesAStreamedBatchWhole(t *testing.T) {
+	h := start(t, func(c *Config) { c.Ingest.APIKeys = map[string]string{"key-c": "c"} })
+	setLimits(t, h, "c", tenants.Limits{BytesPerSecond: 1, BytesBurst: 5 << 20}, h.svc)
+	huge := strings.Repeat("x", 6<<20)
+	body := `{"batch":[{"type":"track","event":"e","userId":"u","messageId":"small"},` +
+		`{"type":"track","event":"e","userId":"u","messageId":"huge","properties":{"blob":"` + huge + `"}}]}`
+	seg := func(b string) response {
+		// A Segment 200 is {"success":true}, which send does not decode.
+		r, err := h.send(http.MethodPost, "/v1/batch", map[string]string{"Authorization": basic("key-c")}, strings.NewReader(b))
+		if r.status != http.StatusOK {
+			require.NoError(t, err)
+		}
+		return r
+	}
+	r := seg(body)
+	require.Equal(t, http.StatusOK, r.status, r.rawBody)
+	require.Equal(t, success, r.rawBody)
+	// 6 MiB taken from a full bucket of 5: in debt, so the next small
+	// batch waits. Charged only the 4 MiB held, it would have passed.
+	r = seg(`{"batch":[{"type":"track","event":"e","userId":"u","messageId":"next"}]}`)
+	require.Equal(t, http.StatusTooManyRequests, r.status)
+	require.Contains(t, r.errorBody.Error, "over its quota of bytes per second")
+}

@@ -94,7 +94,7 @@ func (p segmentAPI) decode(r *http.Request, body []byte, tenant string) (decoded
 	}
 
 	messages, events := p.s.segmentEvents(raws, p.call, req, tenant, b.tooLarge)
-	d := decoded{tenant: tenant, events: events, msgID: segmentMsgID(tenant, messages), items: len(raws), partial: true}
+	d := decoded{tenant: tenant, events: events, msgID: segmentMsgID(tenant, messages), items: len(raws), partial: true, size: int(b.size)}
 	for i, m := range messages {
 		if len(m.Problems) > 0 {
 			d.invalid = append(d.invalid, invalidItem{index: i, data: raws[i], problems: m.Problems})

@@ -42,6 +42,9 @@ type segmentBatch struct {
 	// tooLarge is, by index, each message over batchLimits.messageBytes:
 	// its messageId and its problem.
 	tooLarge map[int]segmentMessage
+	// size is the bytes of the whole body (after decompression), which
+	// the quota charges: the body readBody held is its first part only.
+	size int64
 }
 
 // readSegmentBatch reads a batch body as a stream, one message at a time,
@@ -100,6 +103,7 @@ func readSegmentBatch(body io.Reader, limits batchLimits) (segmentBatch, reply) 
 		}
 		return b, malformedBatch(err)
 	}
+	b.size = dec.InputOffset()
 	return b, reply{}
 }
 
