@@ -1,6 +1,7 @@
 package event_test
 
 import (
+	"encoding/binary"
 	"testing"
 	"time"
 
@@ -83,4 +84,39 @@ func TestCodecCorrupt(t *testing.T) {
 func TestEventSize(t *testing.T) {
 	e := event.Event{EventID: "id", Tenant: "t", UserID: "u", Type: "ty", Properties: "{}"}
 	require.Equal(t, 2+1+1+2+2+16, e.Size())
+}
+
+func TestCodecIDGenerated(t *testing.T) {
+	events := []event.Event{
+		{EventID: "m-1", Tenant: "acme", UserID: "u", Type: "t", Properties: "{}"},
+		{EventID: "01J0000000000000000000000", IDGenerated: true, Tenant: "acme", UserID: "u", Type: "t", Properties: "{}"},
+	}
+	got, err := event.Decode(event.AppendEncoded(nil, events))
+	require.NoError(t, err)
+	require.False(t, got[0].IDGenerated)
+	require.True(t, got[1].IDGenerated)
+}
+
+// TestCodecDecodesV1 reads a list written by version 1 (no flags byte):
+// messages in flight during an upgrade. Every id counts as generated, so
+// none is deduplicated: at worst a duplicate passes, never a distinct
+// event is dropped.
+func TestCodecDecodesV1(t *testing.T) {
+	at := time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC)
+	// version 1, one event: id "m-1", tenant "acme", user "u", type "t",
+	// ts and received_at at, properties "{}".
+	v1 := []byte{1, 1, 3, 'm', '-', '1', 4, 'a', 'c', 'm', 'e', 1, 'u', 1, 't'}
+	v1 = binary.AppendVarint(v1, at.UnixMicro())
+	v1 = binary.AppendVarint(v1, at.UnixMicro())
+	v1 = append(v1, 2, '{', '}')
+	got, err := event.Decode(v1)
+	require.NoError(t, err)
+	require.Equal(t, []event.Event{{EventID: "m-1", IDGenerated: true, Tenant: "acme", UserID: "u", Type: "t", TS: at, ReceivedAt: at, Properties: "{}"}}, got)
+}
+
+func TestCodecUnknownFlags(t *testing.T) {
+	b := event.AppendEncoded(nil, sampleEvents()[:1])
+	b[2] = 0x80 // the first event's flags
+	_, err := event.Decode(b)
+	require.ErrorIs(t, err, event.ErrCorrupt)
 }

@@ -67,7 +67,7 @@ func (p *Parser) ParseEach(data []byte, format Format, tenant string, received t
 		}
 		ev.Tenant = tenant
 		if ev.EventID == "" {
-			ev.EventID = id(i)
+			ev.EventID, ev.IDGenerated = id(i), true
 		}
 		it.Event = ev
 	}

@@ -54,7 +54,7 @@ func TestParseEachKeepsValidEventsBesideInvalidOnes(t *testing.T) {
 	require.Len(t, items, 6)
 
 	require.Empty(t, items[0].Problems)
-	require.Equal(t, event.Event{EventID: "gen-0", Tenant: "acme", UserID: "u1", Type: "click", TS: receivedMicro, ReceivedAt: receivedMicro, Properties: "{}"}, items[0].Event)
+	require.Equal(t, event.Event{EventID: "gen-0", IDGenerated: true, Tenant: "acme", UserID: "u1", Type: "click", TS: receivedMicro, ReceivedAt: receivedMicro, Properties: "{}"}, items[0].Event)
 	require.Equal(t, []event.Problem{{Index: 1, Field: "type", Reason: "required"}}, items[1].Problems)
 	require.Equal(t, `{"user_id":"u2"}`, string(items[1].Raw))
 	require.Empty(t, items[2].Problems)

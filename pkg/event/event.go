@@ -8,6 +8,9 @@ import "time"
 type Event struct {
 	// EventID identifies the event; a ULID when the client sent none.
 	EventID string
+	// IDGenerated reports that Surge made EventID up (the client sent
+	// none): such an id is never a key for deduplication.
+	IDGenerated bool
 	// Tenant owns the event; it comes from the credentials, never the payload.
 	Tenant string
 	// UserID is the shard key within a tenant.

@@ -55,7 +55,7 @@ func (p *Parser) parseFast(data []byte, format Format, tenant string, received t
 	}
 	for i := range events {
 		if events[i].EventID == "" {
-			events[i].EventID = newID(received)
+			events[i].EventID, events[i].IDGenerated = newID(received), true
 		}
 	}
 	return events, true

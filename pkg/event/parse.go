@@ -191,7 +191,7 @@ func (p *Parser) parseGeneral(data []byte, format Format, tenant string, receive
 		}
 		ev.Tenant = tenant
 		if ev.EventID == "" {
-			ev.EventID = newID(received)
+			ev.EventID, ev.IDGenerated = newID(received), true
 		}
 		events = append(events, ev)
 	}

@@ -31,8 +31,10 @@ func newParser(limits event.Limits) *event.Parser {
 	}
 }
 
+// ev is an expected event; an id the test parser made up ("gen-") is
+// marked generated.
 func ev(id, user, typ string, ts time.Time, props string) event.Event {
-	return event.Event{EventID: id, Tenant: "acme", UserID: user, Type: typ, TS: ts, ReceivedAt: receivedMicro, Properties: props}
+	return event.Event{EventID: id, IDGenerated: strings.HasPrefix(id, "gen-"), Tenant: "acme", UserID: user, Type: typ, TS: ts, ReceivedAt: receivedMicro, Properties: props}
 }
 
 func TestParseAccepts(t *testing.T) {
