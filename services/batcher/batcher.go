@@ -68,6 +68,8 @@ type Service struct {
 	instance string
 	// typedMetrics are the schema series; nil when typed columns are off.
 	typedMetrics *typedMetrics
+	// dedupMetrics are the deduplication series; nil when dedup is off.
+	dedupMetrics *dedupMetrics
 }
 
 // New validates cfg and deps and opens the admin listener; it does no
@@ -93,6 +95,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 	}
 	if cfg.Schema.Mode != schema.Off {
 		s.typedMetrics = newTypedMetrics(host.Registry, cfg.Schema)
+	}
+	if cfg.Dedup.Enabled {
+		s.dedupMetrics = newDedupMetrics(host.Registry)
 	}
 	if cfg.Leased() {
 		lease.ExportInstance(host.Registry, "batcher", s.instance)
@@ -124,6 +129,12 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	if err != nil {
 		return err
 	}
+	var dedupStream jetstream.Stream
+	if s.cfg.Dedup.Enabled {
+		if dedupStream, err = s.ensureDedup(ctx, conn.JS); err != nil {
+			return err
+		}
+	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var typer *typer
@@ -146,6 +157,10 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	sup := &shard.Supervisor{
 		Owner: owner,
 		Start: func(_ context.Context, k int, holds func() bool) (shard.Loop, error) {
+			var d *dedup
+			if dedupStream != nil {
+				d = newDedup(s.cfg.Dedup, dedupStream, s.dedupMetrics, strconv.Itoa(k))
+			}
 			return &shardLoop{
 				cfg:     &s.cfg,
 				tracer:  s.host.Tracer,
@@ -161,6 +176,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 				wd:      s.watchdogs.For(strconv.Itoa(k)),
 				holds:   holds,
 				typer:   typer,
+				dedup:   d,
 			}, nil
 		},
 		Poller: liveness.Poller{

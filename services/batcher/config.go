@@ -53,6 +53,9 @@ type Config struct {
 	// Schema says how properties become typed columns (typed_columns:
 	// off, infer, declared) and bounds the columns they may add.
 	Schema schema.Config `yaml:"schema" env:"SCHEMA"`
+	// Dedup drops copies of an event by (tenant, client event_id) within
+	// a window (dedup.go).
+	Dedup DedupConfig `yaml:"dedup" env:"DEDUP"`
 }
 
 // DefaultConfig returns the defaults of every setting.
@@ -68,6 +71,7 @@ func DefaultConfig() Config {
 		MaxLinks:        128,
 		PurgeDelay:      streams.DefaultConfig().DuplicateWindow,
 		Schema:          schema.DefaultConfig(),
+		Dedup:           DefaultDedupConfig(),
 	}
 }
 
@@ -79,6 +83,7 @@ func (c Config) Validate() error {
 		config.Section("batch", c.Policy.Validate()),
 		config.Section("retry", c.Retry.Validate()),
 		c.Schema.Validate(),
+		config.Section("dedup", c.Dedup.Validate()),
 	}
 	add := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
 	if c.PublishTimeout <= 0 {

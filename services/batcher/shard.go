@@ -66,6 +66,8 @@ type shardLoop struct {
 	// typer projects each batch's properties into typed columns; nil when
 	// typed columns are off.
 	typer *typer
+	// dedup drops copies of published events (dedup.go); nil when off.
+	dedup *dedup
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
 	next atomic.Uint64
@@ -92,6 +94,9 @@ type cutBatch struct {
 	b      *batch.Batch
 	trace  batchTrace
 	reason batch.CutReason
+	// dedup are the keys of the batch's client ids, remembered once it is
+	// published.
+	dedup []dedupKey
 }
 
 // Run resumes the shard and consumes it until ctx ends, re-creating the
@@ -101,6 +106,7 @@ func (l *shardLoop) Run(ctx context.Context) {
 	if !ok {
 		return
 	}
+	l.rebuildDedup(ctx)
 	l.next.Store(next)
 	defer l.finish(ctx)
 	restarts := newRestarts(l.cfg.Retry)
@@ -317,6 +323,9 @@ func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
 	if reason := l.builder.Admit(len(events), size); reason != "" {
 		l.cut(ctx, reason)
 	}
+	// After the cut: a copy may be dropped for an original in the open
+	// batch only when both go out in the same batch (dedup.go).
+	events = l.dedup.dropDuplicates(events, time.Now())
 	l.trace.add(trace.SpanContextFromContext(telemetry.Extract(context.Background(), msg.Headers())), l.cfg.MaxLinks)
 	if reason := l.builder.Add(seq, events, time.Now()); reason != "" {
 		l.cut(ctx, reason)
@@ -332,7 +341,7 @@ func (l *shardLoop) cut(ctx context.Context, reason batch.CutReason) {
 		return
 	}
 	l.project(ctx, b)
-	c := &cutBatch{b: b, trace: l.trace, reason: reason}
+	c := &cutBatch{b: b, trace: l.trace, reason: reason, dedup: l.dedup.cutKeys()}
 	l.trace = batchTrace{}
 	if err := l.publish(ctx, c); err != nil {
 		l.held = c
@@ -368,7 +377,7 @@ func (l *shardLoop) finish(parent context.Context) {
 	}
 	if b := l.builder.Cut(); b != nil {
 		l.project(ctx, b)
-		c := &cutBatch{b: b, trace: l.trace, reason: batch.CutShutdown}
+		c := &cutBatch{b: b, trace: l.trace, reason: batch.CutShutdown, dedup: l.dedup.cutKeys()}
 		l.trace = batchTrace{}
 		if err := l.publish(ctx, c); err != nil {
 			l.unpublished(b.ID(), err)

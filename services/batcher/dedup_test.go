@@ -1,0 +1,263 @@
+package batcher
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
+)
+
+func dedupKeyOf(tenant, id string) dedupKey {
+	k, _ := keyOf(nil, tenant, id)
+	return k
+}
+
+func TestSeenSetExpiresByWindow(t *testing.T) {
+	window := 24 * time.Hour
+	s := newSeenSet(window, 100)
+	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	s.add(dedupKeyOf("acme", "m1"), t0)
+	for _, tc := range []struct {
+		after time.Duration
+		has   bool
+	}{
+		{0, true},
+		{window - time.Minute, true},
+		{window, true}, // kept at least the window, at most one bucket longer
+		{window + 2*window/seenBuckets, false},
+	} {
+		s.advance(t0.Add(tc.after))
+		require.Equal(t, tc.has, s.has(dedupKeyOf("acme", "m1")), "after %s", tc.after)
+	}
+	require.Zero(t, s.len(), "expired keys leave the map")
+	// A record older than the window adds nothing.
+	s.add(dedupKeyOf("acme", "old"), t0)
+	require.False(t, s.has(dedupKeyOf("acme", "old")))
+}
+
+func TestSeenSetEvictsTheOldestBucketBeyondItsBound(t *testing.T) {
+	s := newSeenSet(24*time.Hour, 4)
+	t0 := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
+	s.add(dedupKeyOf("a", "1"), t0)
+	s.add(dedupKeyOf("a", "2"), t0)
+	s.add(dedupKeyOf("a", "3"), t0.Add(time.Hour))
+	s.add(dedupKeyOf("a", "4"), t0.Add(2*time.Hour))
+	require.Equal(t, 4, s.len())
+	s.add(dedupKeyOf("a", "5"), t0.Add(2*time.Hour)) // the fifth: the oldest hour goes
+	require.Equal(t, 3, s.len())
+	require.False(t, s.has(dedupKeyOf("a", "1")))
+	require.False(t, s.has(dedupKeyOf("a", "2")))
+	for _, id := range []string{"3", "4", "5"} {
+		require.True(t, s.has(dedupKeyOf("a", id)), id)
+	}
+	// Re-adding a key moves it to its newer bucket.
+	s.add(dedupKeyOf("a", "3"), t0.Add(3*time.Hour))
+	s.add(dedupKeyOf("a", "6"), t0.Add(3*time.Hour))
+	s.add(dedupKeyOf("a", "7"), t0.Add(3*time.Hour)) // 5 keys: hour 2 goes, 3 stays
+	require.True(t, s.has(dedupKeyOf("a", "3")))
+	require.False(t, s.has(dedupKeyOf("a", "4")))
+}
+
+func TestKeysSeparateTenantsAndIDs(t *testing.T) {
+	require.NotEqual(t, dedupKeyOf("acme", "m1"), dedupKeyOf("other", "m1"))
+	// The separator keeps "ab"+"c" apart from "a"+"bc".
+	require.NotEqual(t, dedupKeyOf("ab", "c"), dedupKeyOf("a", "bc"))
+	require.Equal(t, dedupKeyOf("acme", "m1"), dedupKeyOf("acme", "m1"))
+}
+
+// dedupLoop is newFakeLoop with deduplication on.
+func dedupLoop(t *testing.T) (*shardLoop, *fakeJS, *dedupMetrics) {
+	t.Helper()
+	l, _, js, _, _ := newFakeLoop(t, time.Hour)
+	m := newDedupMetrics(prometheus.NewRegistry())
+	l.dedup = newDedup(DefaultDedupConfig(), &fakeStream{}, m, "3")
+	return l, js, m
+}
+
+func dedupEvent(tenant, id string, generated bool) event.Event {
+	return event.Event{EventID: id, IDGenerated: generated, Tenant: tenant, UserID: "u", Type: "t", Properties: "{}"}
+}
+
+func dedupIDs(events []event.Event) []string {
+	out := make([]string, len(events))
+	for i, e := range events {
+		out[i] = e.Tenant + "/" + e.EventID
+	}
+	return out
+}
+
+// dedupTake is the shard loop's take without a JetStream message.
+func dedupTake(l *shardLoop, seq uint64, events []event.Event) []event.Event {
+	events = l.dedup.dropDuplicates(events, time.Now())
+	l.builder.Add(seq, events, time.Now())
+	return events
+}
+
+func TestDropsCopiesOfClientIDsOnly(t *testing.T) {
+	l, js, m := dedupLoop(t)
+	kept := dedupTake(l, 1, []event.Event{dedupEvent("acme", "m1", false), dedupEvent("acme", "m1", false), dedupEvent("acme", "g1", true), dedupEvent("acme", "g1", true), dedupEvent("other", "m1", false)})
+	require.Equal(t, []string{"acme/m1", "acme/g1", "acme/g1", "other/m1"}, dedupIDs(kept),
+		"a copy in the same message goes; generated ids never; the same id of another tenant stays")
+	// A copy in a later message of the open batch goes too: the original
+	// is published in the same batch.
+	require.Empty(t, dedupTake(l, 2, []event.Event{dedupEvent("acme", "m1", false)}))
+	l.cut(t.Context(), batch.CutAge)
+	require.Len(t, js.published, 2, "the batch, then its dedup record")
+	b, err := batch.Decode(js.published[0].Data)
+	require.NoError(t, err)
+	require.Equal(t, []uint64{1, 1, 1, 1}, b.Seq, "message 2 contributes no rows")
+	require.Equal(t, uint64(1), b.LastSeq)
+	rec := js.published[1]
+	require.Equal(t, streams.DedupSubject(3), rec.Subject)
+	require.Equal(t, b.ID(), rec.Header.Get(jetstream.MsgIDHeader))
+	want := dedupKeyOf("acme", "m1")
+	other := dedupKeyOf("other", "m1")
+	require.Equal(t, string(want[:])+string(other[:]), string(rec.Data), "client ids only")
+
+	// After the PubAck a copy in the next batch goes.
+	require.Equal(t, []string{"acme/m2"}, dedupIDs(dedupTake(l, 3, []event.Event{dedupEvent("acme", "m1", false), dedupEvent("acme", "m2", false)})))
+	require.Equal(t, 3.0, testutil.ToFloat64(m.dropped.WithLabelValues("3")))
+}
+
+// recordFailJS fails every publish to DEDUP.
+type recordFailJS struct{ *fakeJS }
+
+func (f recordFailJS) PublishMsg(ctx context.Context, msg *nats.Msg, opts ...jetstream.PublishOpt) (*jetstream.PubAck, error) {
+	if strings.HasPrefix(msg.Subject, "dedup.") {
+		return nil, fmt.Errorf("nats: timeout")
+	}
+	return f.fakeJS.PublishMsg(ctx, msg, opts...)
+}
+
+func TestRecordFailureOnlyForgets(t *testing.T) {
+	l, js, m := dedupLoop(t)
+	l.js = recordFailJS{js}
+	dedupTake(l, 1, []event.Event{dedupEvent("acme", "m1", false)})
+	l.cut(t.Context(), batch.CutAge)
+	require.Len(t, js.published, 1, "the batch only")
+	require.Equal(t, 1.0, testutil.ToFloat64(m.recordFailures.WithLabelValues("3")))
+	// This tenure remembers the id from the PubAck...
+	require.Empty(t, dedupTake(l, 2, []event.Event{dedupEvent("acme", "m1", false)}))
+	// ...the next one, rebuilt from DEDUP without the record, lets the copy
+	// through: a duplicate, never a loss.
+	next, _, _ := dedupLoop(t)
+	next.rebuildDedup(t.Context())
+	require.Len(t, dedupTake(next, 3, []event.Event{dedupEvent("acme", "m1", false)}), 1)
+}
+
+func TestHeldBatchIsNotSeen(t *testing.T) {
+	l, js, _ := dedupLoop(t)
+	owned := true
+	l.holds = func() bool { return owned }
+	dedupTake(l, 1, []event.Event{dedupEvent("acme", "m1", false)})
+	owned = false // the lease is lost: the batch is held, not published
+	l.cut(t.Context(), batch.CutRows)
+	require.NotNil(t, l.held)
+	require.Empty(t, js.published)
+	// A copy in the next batch passes: its original is not published.
+	require.Len(t, dedupTake(l, 2, []event.Event{dedupEvent("acme", "m1", false)}), 1)
+}
+
+// TestDedupSurvivesRestartAndWipe runs batchers one after the other over
+// one NATS: the second drops copies of what the first published (its set
+// rebuilt from DEDUP), and once DEDUP is wiped a third stores the copies
+// again: duplicates, never a loss.
+func TestDedupSurvivesRestartAndWipe(t *testing.T) {
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: 50 * time.Millisecond})
+	ctx := t.Context()
+
+	publish := func(ids ...string) {
+		t.Helper()
+		events := make([]event.Event, len(ids))
+		for i, id := range ids {
+			events[i] = dedupEvent("acme", id, false)
+		}
+		_, err := js.PublishMsg(ctx, &nats.Msg{Subject: streams.EventsSubject(0), Data: event.AppendEncoded(nil, events), Header: nats.Header{}})
+		require.NoError(t, err)
+	}
+	// rows are the rows of the batches since the last call, which then
+	// consumes them as the sink would.
+	rows := func() []string {
+		var out []string
+		for _, b := range readBatches(t, js, 0) {
+			out = append(out, b.b.EventID...)
+		}
+		st, err := js.Stream(ctx, streams.Batches)
+		require.NoError(t, err)
+		require.NoError(t, st.Purge(ctx))
+		return out
+	}
+	run := func(wantRows int) {
+		t.Helper()
+		b := start(t, cfg, nil)
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			assert.Equal(c, wantRows, counter(b.m.rows, 0))
+			assert.Zero(c, testutil.ToFloat64(b.m.pending.WithLabelValues("0")))
+		}, 10*time.Second, 10*time.Millisecond)
+		b.stop()
+	}
+
+	publish("a", "b", "a")
+	publish("c", "b")
+	run(3)
+	require.Equal(t, []string{"a", "b", "c"}, rows())
+
+	publish("c", "a", "d") // resent reordered, in a superset
+	run(1)
+	require.Equal(t, []string{"d"}, rows())
+
+	st, err := js.Stream(ctx, streams.Dedup)
+	require.NoError(t, err)
+	require.NoError(t, st.Purge(ctx))
+	publish("a", "e")
+	run(2)
+	require.Equal(t, []string{"a", "e"}, rows(), "the wiped state lets the copy through")
+}
+
+// BenchmarkSeenSet measures the memory of a shard's set per id (bytes/id)
+// and the time of a lookup of a new id plus its add.
+func BenchmarkSeenSet(b *testing.B) {
+	for _, n := range []int{100_000, 1_000_000} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			now := time.Now()
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			s := newSeenSet(24*time.Hour, 2*n) // room for the timed adds
+			var buf []byte
+			var k dedupKey
+			for i := range n {
+				k, buf = keyOf(buf, "acme", fmt.Sprintf("message-%012d", i))
+				s.add(k, now)
+			}
+			runtime.GC()
+			runtime.ReadMemStats(&after)
+			perID := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+			b.ResetTimer()
+			for i := 0; b.Loop(); i++ {
+				k, buf = keyOf(buf, "acme", fmt.Sprintf("fresh-%012d", i))
+				if !s.has(k) {
+					s.add(k, now)
+				}
+			}
+			b.ReportMetric(perID, "bytes/id") // after the loop: ResetTimer clears metrics
+			runtime.KeepAlive(s)
+		})
+	}
+}
