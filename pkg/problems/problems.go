@@ -61,6 +61,9 @@ const (
 	// ReasonOverflow: problems past the Recorder's key bound in one
 	// interval, recorded under tenant Overflow.
 	ReasonOverflow = "overflow"
+	// ReasonErasedUser: an event of a user whose data an erasure request
+	// erased, dropped (docs/erasure.md).
+	ReasonErasedUser = "erased_user"
 )
 
 // Reasons lists every reason, in the order the docs explain them.
@@ -68,6 +71,7 @@ var Reasons = []string{
 	ReasonMissingField, ReasonUnknownField, ReasonInvalidValue, ReasonInvalidUTF8,
 	ReasonMalformedEvent, ReasonEventTooLarge, ReasonMalformedMessage,
 	ReasonTypeConflict, ReasonUnpromotedKey, ReasonOverQuota, ReasonUnauthorized, ReasonOverflow,
+	ReasonErasedUser,
 }
 
 // otherReason labels the metric of a reason not in Reasons.
