@@ -27,6 +27,7 @@ import (
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
+	"github.com/surge-events/surge/services/batcher"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -56,6 +57,8 @@ type benchFlags struct {
 	// tenants spreads the load over that many tenants, quotas off and
 	// then on (tenants.go); 0 for the one default tenant.
 	tenants int
+	// dedup runs the load with event ids, dedup off and then on (dedup.go).
+	dedup bool
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -89,6 +92,9 @@ func Run(args []string) error {
 
 	if f.tenants > 0 {
 		return benchTenants(ctx, f, gen)
+	}
+	if f.dedup {
+		return benchDedup(ctx, f, gen)
 	}
 	if len(f.modes) > 1 {
 		var runs []benchReport
@@ -166,6 +172,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on two fresh stacks: quotas off, then every tenant under a quota it never reaches; prints both and their ratio")
+	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on two fresh stacks: event-level deduplication off, then on; prints both and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
 		return benchFlags{}, err
@@ -183,6 +190,9 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	if f.tenants > 0 && (f.via != "http" || f.cluster || len(f.modes) > 1) {
 		return benchFlags{}, errors.New("--tenants sends over HTTP to one stack: drop --via, --cluster and a second --typed mode")
 	}
+	if f.dedup && (f.via != "http" || f.cluster || f.tenants > 0 || len(f.modes) > 1) {
+		return benchFlags{}, errors.New("--dedup sends over HTTP to one stack: drop --via, --cluster, --tenants and a second --typed mode")
+	}
 	if f.properties != "" && !slices.Contains(schema.Profiles, f.properties) {
 		return benchFlags{}, fmt.Errorf("--properties must be one of %s, got %q", strings.Join(schema.Profiles, ", "), f.properties)
 	}
@@ -199,9 +209,11 @@ type stackRun struct {
 	fresh bool
 	// apiKeys turns authentication on (tenants.go); quotas sets every
 	// tenant's quota (benchQuota) once the stack runs.
-	apiKeys                map[string]string
-	quotas                 bool
-	schema                 *schema.Config
+	apiKeys map[string]string
+	quotas  bool
+	schema  *schema.Config
+	// dedup is the batcher's dedup section; nil: the default.
+	dedup                  *batcher.DedupConfig
 	report                 string
 	cpuProfile, memProfile string
 }
@@ -218,7 +230,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s, typed columns %s) in %s\n",
 		f.shards, f.servers, f.natsSync, mode, run.dir)
 	opts := stack.Options{Dir: run.dir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
-		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys}
+		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup}
 	tracing := "off"
 	var exported *discardExporter
 	if f.trace {

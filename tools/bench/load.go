@@ -26,6 +26,9 @@ type generator struct {
 	// accepted counts the events the stack accepted (HTTP 202 or
 	// PubAck) from any phase, for the report's time series.
 	accepted atomic.Int64
+	// idAt are, per body, where its event ids take the request number;
+	// nil when the events carry no event_id (dedup.go).
+	idAt [][]int
 }
 
 // newGenerator makes the bodies. Events carry the bench's own three
@@ -68,7 +71,14 @@ func (g *generator) size() int {
 	return n
 }
 
-func (g *generator) body() []byte { return g.bodies[g.next.Add(1)%uint64(len(g.bodies))] }
+func (g *generator) body() []byte {
+	req := g.next.Add(1)
+	n := int(req % uint64(len(g.bodies)))
+	if g.idAt != nil {
+		return g.stamp(n, req)
+	}
+	return g.bodies[n]
+}
 
 // resend paces a load generator's resends of what the stack refused under
 // pressure (HTTP 503/429, a failed publish): short waits, so the pipeline

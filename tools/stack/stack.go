@@ -64,6 +64,9 @@ type Options struct {
 	// Schema is the typed columns' configuration of the batcher and the
 	// sink; schema.DefaultConfig() when nil.
 	Schema *schema.Config
+	// Dedup is the batcher's event-level deduplication; the default (on)
+	// when nil.
+	Dedup *batcher.DedupConfig
 	// Logger receives every service's logs; a no-op logger when nil.
 	Logger *zap.Logger
 	// TracerProvider traces the services; a no-op provider when nil.
@@ -223,6 +226,9 @@ func (s *Stack) startServices(ctx context.Context) error {
 	bcfg.Policy = s.opts.Policy
 	if s.opts.Schema != nil {
 		bcfg.Schema = *s.opts.Schema
+	}
+	if s.opts.Dedup != nil {
+		bcfg.Dedup = *s.opts.Dedup
 	}
 
 	scfg := sink.DefaultConfig()
