@@ -120,9 +120,7 @@ func newDedupMetrics(reg prometheus.Registerer) *dedupMetrics {
 // dedup is one shard loop's deduplication state.
 type dedup struct {
 	seen *seenSet
-	// open holds the keys of the open batch; keys lists them in order for
-	// its record.
-	open map[dedupKey]struct{}
+	// keys are the open batch's, in order, for its record.
 	keys []dedupKey
 	buf  []byte
 
@@ -131,10 +129,16 @@ type dedup struct {
 	ids                     prometheus.Gauge
 }
 
+// dedupCut is what a cut batch carries for dedup: its generation in the
+// set and its keys.
+type dedupCut struct {
+	gen  uint32
+	keys []dedupKey
+}
+
 func newDedup(c DedupConfig, stream lastMsgReader, m *dedupMetrics, label string) *dedup {
 	return &dedup{
 		seen:           newSeenSet(c.Window, c.MaxIDsPerShard),
-		open:           make(map[dedupKey]struct{}),
 		stream:         stream,
 		dropped:        m.dropped.WithLabelValues(label),
 		recordFailures: m.recordFailures.WithLabelValues(label),
@@ -156,11 +160,10 @@ func (d *dedup) dropDuplicates(events []event.Event, now time.Time) []event.Even
 		if !e.IDGenerated {
 			var k dedupKey
 			k, d.buf = keyOf(d.buf, e.Tenant, e.EventID)
-			if _, ok := d.open[k]; ok || d.seen.has(k) {
+			if d.seen.check(k) {
 				d.dropped.Inc()
 				continue
 			}
-			d.open[k] = struct{}{}
 			d.keys = append(d.keys, k)
 		}
 		kept = append(kept, *e)
@@ -168,32 +171,31 @@ func (d *dedup) dropDuplicates(events []event.Event, now time.Time) []event.Even
 	return kept
 }
 
-// cutKeys hands over the open batch's keys with the batch being cut.
-func (d *dedup) cutKeys() []dedupKey {
-	if d == nil || len(d.keys) == 0 {
-		return nil
+// cutKeys hands over the open batch's generation and keys with the batch
+// being cut.
+func (d *dedup) cutKeys() dedupCut {
+	if d == nil {
+		return dedupCut{}
 	}
-	keys := d.keys
+	c := dedupCut{gen: d.seen.cut(), keys: d.keys}
 	d.keys = nil
-	clear(d.open)
-	return keys
+	return c
 }
 
-// published remembers the keys of a batch that got its PubAck, and writes
-// them to DEDUP for the shard's next start. One attempt: a record lost
-// only forgets keys.
+// dedupPublished remembers the keys of a batch that got its PubAck, and
+// writes them to DEDUP for the shard's next start. One attempt: a record
+// lost only forgets keys.
 func (l *shardLoop) dedupPublished(ctx context.Context, c *cutBatch) {
 	d := l.dedup
-	if d == nil || len(c.dedup) == 0 {
+	if d == nil || len(c.dedup.keys) == 0 {
 		return
 	}
-	now := time.Now()
-	data := make([]byte, 0, len(c.dedup)*streams.DedupKeySize)
-	for _, k := range c.dedup {
-		d.seen.add(k, now)
+	d.seen.commit(c.dedup.gen, time.Now())
+	d.ids.Set(float64(d.seen.len()))
+	data := make([]byte, 0, len(c.dedup.keys)*streams.DedupKeySize)
+	for _, k := range c.dedup.keys {
 		data = append(data, k[:]...)
 	}
-	d.ids.Set(float64(d.seen.len()))
 	pctx, cancel := context.WithTimeout(ctx, l.cfg.PublishTimeout)
 	defer cancel()
 	if _, err := l.js.PublishMsg(pctx, streams.DedupMsg(l.k, c.b.ID(), data)); err != nil {
@@ -257,10 +259,12 @@ func (l *shardLoop) readDedup(ctx context.Context) (int, error) {
 		if err != nil {
 			return n, fmt.Errorf("record metadata: %w", err)
 		}
+		// A record is a batch published before: a generation of its own.
 		data := msg.Data()
 		for i := 0; i+streams.DedupKeySize <= len(data); i += streams.DedupKeySize {
-			d.seen.add(dedupKey(data[i:i+streams.DedupKeySize]), meta.Timestamp)
+			d.seen.put(dedupKey(data[i : i+streams.DedupKeySize]))
 		}
+		d.seen.commit(d.seen.cut(), meta.Timestamp)
 		n++
 		if meta.Sequence.Stream >= last.Sequence {
 			return n, nil

@@ -22,113 +22,142 @@ func keyOf(buf []byte, tenant, eventID string) (dedupKey, []byte) {
 	return dedupKey(sum[:streams.DedupKeySize]), buf
 }
 
-// seenBuckets is how many buckets the window is split into: an id is
-// remembered for at least the window and at most one bucket (1/24 of
+// seenBuckets is how many time buckets the window is split into: an id
+// is remembered for at least the window and at most one bucket (1/24 of
 // it, an hour by default) longer.
 const seenBuckets = 24
 
-// seenSet is the set of keys a shard has published, each remembered for
-// a window, bounded in size. It is one map from key to the time bucket
-// it was added in; expiring a bucket scans the map (once a bucket, an
-// hour by default), which keeps memory at one map entry per key (see
-// BenchmarkSeenSet). Not safe for concurrent use: one shard loop owns it.
+// seenSet holds the keys of a shard's events with client ids: those of
+// published batches, remembered for a window, and those of the open
+// batch. Not safe for concurrent use: one shard loop owns it.
+//
+// Each key maps to the generation of the batch that holds it: the open
+// batch's generation (open), or one that was published (committed, with
+// the time bucket of its PubAck). A generation cut but never committed (a
+// batch held at shutdown or when the lease was lost) is neither, so its
+// keys count as absent: copies of them pass. Checking an event is one map
+// access, and publishing a batch touches no key: memory is one map entry
+// per key (see BenchmarkSeenSet) and time one cache miss per event (see
+// BenchmarkDedupPerEvent).
+//
+// Generations are committed in increasing order (batches are published in
+// order, one at a time), with non-decreasing buckets, so the oldest
+// committed generations are the lowest: expiring a bucket and evicting
+// beyond maxIDs drop every key of generation at or below a bound in one
+// scan of the map (once a bucket, an hour by default).
 type seenSet struct {
 	width  time.Duration // one bucket
 	maxIDs int
-	ids    map[dedupKey]uint32 // key -> its bucket number, mod 2^32
-	counts map[int64]int       // live bucket number -> keys in it
-	cur    int64               // the newest bucket number seen
+	ids    map[dedupKey]uint32 // key -> generation
+	open   uint32              // the open batch's generation
+	// committed are the published generations not yet expired, oldest
+	// first; buckets their PubAck's bucket.
+	committed []committedGen
+	buckets   map[uint32]int64
+	// floor is the highest generation dropped: keys at or below it are gone
+	// or going.
+	floor uint32
+	cur   int64 // the newest bucket number seen
+}
+
+type committedGen struct {
+	gen    uint32
+	bucket int64
 }
 
 func newSeenSet(window time.Duration, maxIDs int) *seenSet {
 	return &seenSet{
-		width:  max(window/seenBuckets, time.Millisecond),
-		maxIDs: maxIDs,
-		ids:    make(map[dedupKey]uint32),
-		counts: make(map[int64]int),
+		width:   max(window/seenBuckets, time.Millisecond),
+		maxIDs:  maxIDs,
+		ids:     make(map[dedupKey]uint32),
+		buckets: make(map[uint32]int64),
+		open:    1, // 0 is below every floor
 	}
 }
 
 func (s *seenSet) bucket(t time.Time) int64 { return t.UnixNano() / int64(s.width) }
 
-// live reports whether bucket number b (mod 2^32) is within the window
-// ending at the current bucket.
-func (s *seenSet) live(b uint32) bool { return uint32(s.cur)-b <= seenBuckets }
+// held reports whether generation g is the open batch's or published
+// within the window.
+func (s *seenSet) held(g uint32) bool {
+	if g == s.open {
+		return true
+	}
+	_, ok := s.buckets[g]
+	return ok
+}
+
+// check reports whether k is held (a copy: drop it); when it is not, k
+// joins the open batch.
+func (s *seenSet) check(k dedupKey) bool {
+	g, ok := s.ids[k]
+	if ok && s.held(g) {
+		return true
+	}
+	s.ids[k] = s.open
+	return false
+}
+
+// put adds k to the open batch whatever holds it: a rebuild's newer
+// record moves a key to its later time.
+func (s *seenSet) put(k dedupKey) { s.ids[k] = s.open }
+
+// has reports whether k is held, without adding it.
+func (s *seenSet) has(k dedupKey) bool {
+	g, ok := s.ids[k]
+	return ok && s.held(g)
+}
+
+// cut closes the open batch's generation and returns it; the keys of the
+// next batch join a new one.
+func (s *seenSet) cut() uint32 {
+	g := s.open
+	s.open++
+	return g
+}
+
+// commit marks generation g published at t (its PubAck, or its record's
+// time when rebuilding); a t already out of the window only expires it.
+func (s *seenSet) commit(g uint32, t time.Time) {
+	b := s.bucket(t)
+	if n := len(s.committed); n > 0 {
+		b = max(b, s.committed[n-1].bucket) // keep buckets in order
+	}
+	s.committed = append(s.committed, committedGen{gen: g, bucket: b})
+	s.buckets[g] = b
+	s.advance(t)
+	for len(s.ids) > s.maxIDs && len(s.committed) > 0 {
+		s.drop(s.committed[0].bucket) // only lets duplicates through
+	}
+}
 
 // advance moves the current bucket to now's, expiring what leaves the
 // window.
 func (s *seenSet) advance(now time.Time) {
-	b := s.bucket(now)
-	if b <= s.cur {
-		return
+	if b := s.bucket(now); b > s.cur {
+		s.cur = b
 	}
-	s.cur = b
-	expired := false
-	for old := range s.counts {
-		if old < s.cur-seenBuckets {
-			delete(s.counts, old)
-			expired = true
-		}
-	}
-	if expired {
-		for k, v := range s.ids {
-			if !s.live(v) {
-				delete(s.ids, k)
-			}
-		}
+	if len(s.committed) > 0 && s.committed[0].bucket < s.cur-seenBuckets {
+		s.drop(s.cur - seenBuckets - 1)
 	}
 }
 
-// has reports whether k was added within the window. Call advance first.
-func (s *seenSet) has(k dedupKey) bool {
-	v, ok := s.ids[k]
-	return ok && s.live(v)
-}
-
-// add remembers k as published at t (now, or a record's time when
-// rebuilding); a t already out of the window is ignored. Beyond maxIDs the
-// oldest bucket is forgotten: that only lets duplicates through.
-func (s *seenSet) add(k dedupKey, t time.Time) {
-	s.advance(t)
-	b := s.bucket(t)
-	if b < s.cur-seenBuckets {
-		return
+// drop forgets every committed generation of bucket upto or older, and
+// the keys of every generation at or below the newest of them.
+func (s *seenSet) drop(upto int64) {
+	i := 0
+	for i < len(s.committed) && s.committed[i].bucket <= upto {
+		delete(s.buckets, s.committed[i].gen)
+		s.floor = s.committed[i].gen
+		i++
 	}
-	if v, ok := s.ids[k]; ok {
-		if s.live(v) {
-			ob := s.cur - int64(uint32(s.cur)-v)
-			if ob >= b {
-				return
-			}
-			s.counts[ob]--
-		}
-	}
-	s.ids[k] = uint32(b)
-	s.counts[b]++
-	for len(s.ids) > s.maxIDs {
-		s.evictOldest()
-	}
-}
-
-// evictOldest forgets the oldest live bucket.
-func (s *seenSet) evictOldest() {
-	oldest, found := int64(0), false
-	for b := range s.counts {
-		if !found || b < oldest {
-			oldest, found = b, true
-		}
-	}
-	if !found {
-		clear(s.ids)
-		return
-	}
-	delete(s.counts, oldest)
-	for k, v := range s.ids {
-		if v == uint32(oldest) {
+	s.committed = append(s.committed[:0], s.committed[i:]...)
+	for k, g := range s.ids {
+		if g <= s.floor {
 			delete(s.ids, k)
 		}
 	}
 }
 
-// len is the number of keys held.
+// len is the number of keys in the map.
 func (s *seenSet) len() int { return len(s.ids) }

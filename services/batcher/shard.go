@@ -94,9 +94,9 @@ type cutBatch struct {
 	b      *batch.Batch
 	trace  batchTrace
 	reason batch.CutReason
-	// dedup are the keys of the batch's client ids, remembered once it is
-	// published.
-	dedup []dedupKey
+	// dedup are the batch's generation and the keys of its client ids,
+	// remembered once it is published.
+	dedup dedupCut
 }
 
 // Run resumes the shard and consumes it until ctx ends, re-creating the
