@@ -96,6 +96,7 @@ func (src *source) discover(ctx context.Context) error {
 		tenants = append(tenants, t)
 	}
 	sort.Strings(tenants)
+	src.forgetRefused(counts)
 	for _, t := range tenants {
 		if ctx.Err() != nil {
 			return nil

@@ -190,6 +190,25 @@ func (src *source) ready() {
 	src.setReadyLocked()
 }
 
+// forgetRefused drops the refusals of tenants that have no messages any
+// more (with), so that none keeps the service not ready for good.
+func (src *source) forgetRefused(with map[string]uint64) {
+	src.mu.Lock()
+	defer src.mu.Unlock()
+	n := len(src.refused)
+	for t := range src.refused {
+		if with[t] == 0 {
+			delete(src.refused, t)
+		}
+	}
+	if len(src.refused) != n {
+		src.setReadyLocked()
+	}
+}
+
+// refusedShown is the most refusals /readyz lists.
+const refusedShown = 3
+
 func (src *source) setReadyLocked() {
 	if len(src.refused) == 0 {
 		src.s.host.Admin().Ready(checkConsumer)
@@ -200,6 +219,9 @@ func (src *source) setReadyLocked() {
 		reasons = append(reasons, r)
 	}
 	sort.Strings(reasons)
+	if len(reasons) > refusedShown {
+		reasons = append(reasons[:refusedShown], fmt.Sprintf("and %d more", len(reasons)-refusedShown))
+	}
 	src.s.host.Admin().NotReady(checkConsumer, strings.Join(reasons, "; "))
 }
 
