@@ -11,15 +11,16 @@ package batcher
 // published, in one of two ways:
 //
 //   - the original is in a batch this shard published and got the PubAck
-//     for (seen: filled at the PubAck, or at start-up from the DEDUP
-//     records, each written only after its batch's PubAck); or
-//   - the original is in the open batch (open), before the copy. Batches
-//     are cut at message boundaries in sequence order, so the batch that
-//     holds the copy's message holds the original's too, and is published
-//     whole or not at all. When a cut batch cannot be published (held at
-//     shutdown, lease lost) its keys are not added to seen, so a copy in a
-//     later batch passes; finish publishes the partial batch only after
-//     the held one.
+//     for (its generation in the seenSet committed at the PubAck, or at
+//     start-up from the DEDUP records, each written only after its
+//     batch's PubAck); or
+//   - the original is in the open batch (the open generation), before the
+//     copy. Batches are cut at message boundaries in sequence order, so
+//     the batch that holds the copy's message holds the original's too,
+//     and is published whole or not at all. When a cut batch cannot be
+//     published (held at shutdown, lease lost) its generation is never
+//     committed, so a copy in a later batch passes; finish publishes the
+//     partial batch only after the held one.
 //
 // A crash re-reads EVENTS after the last batch in BATCHES (or from the
 // first message EVENTS keeps): the new tenure starts from the records, and
