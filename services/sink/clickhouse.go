@@ -341,17 +341,26 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 }
 
 // Present is the set of b's EVENTS sequences the replica b's shard writes
-// to holds. An EVENTS message always lands whole in one block, so one row
-// of it tells: its sorting key is looked up (PresenceQuery), presenceChunk
-// messages a query, which bounds the read by the batch, not the table.
+// to holds. An EVENTS message always lands whole in one block, so a row
+// of it tells: the sorting keys of b's rows are looked up (PresenceQuery),
+// presenceChunk rows a query, which bounds the read by the batch, not the
+// table.
+//
+// Every row is asked, not one per message: the batcher's dedup may cut a
+// message differently after a restart (an event it dropped as a copy one
+// time, its state lost, it keeps the next), so the landed version of a
+// message may lack the row this batch has first, and asking for that row
+// alone would take the message for missing and insert its other rows
+// twice. One row the two versions share is enough, and they share one
+// whenever one knew at least every copy the other knew.
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	i, r := s.use(shard)
 	present, err := s.present(ctx, r, shard, b)
 	return present, s.done(shard, i, err)
 }
 
-// presenceChunk is the most messages one presence query asks about: its
-// text stays well under max_query_size (256 KiB by default) with ids of a
+// presenceChunk is the most rows one presence query asks about: its text
+// stays well under max_query_size (256 KiB by default) with ids of a
 // hundred bytes, and its read under presenceChunk granules a part.
 const presenceChunk = 500
 
@@ -389,9 +398,6 @@ func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Ba
 	}
 	var first uint64
 	for i := 0; i < b.Len(); i++ {
-		if i > 0 && b.Seq[i] == b.Seq[i-1] {
-			continue // one row of each message
-		}
 		if len(keys) == 0 {
 			first = b.Seq[i]
 		}
