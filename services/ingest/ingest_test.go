@@ -120,7 +120,7 @@ func TestAcceptsValidRequests(t *testing.T) {
 					require.Equal(t, ulid.Timestamp(received), id.Time())
 					require.Greater(t, got[j].EventID, lastID, "ULIDs grow within a request")
 					lastID = got[j].EventID
-					w.EventID = got[j].EventID
+					w.EventID, w.IDGenerated = got[j].EventID, true
 				}
 			}
 			require.Equal(t, tt.want, got)
