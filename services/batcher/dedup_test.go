@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
@@ -365,4 +366,19 @@ func BenchmarkDedupPerEvent(b *testing.B) {
 			d.seen.commit(d.cutKeys().gen, now)
 		}
 	}
+}
+
+func TestDedupConfig(t *testing.T) {
+	cfg := DefaultConfig()
+	require.NoError(t, config.ApplyEnv(&cfg, func(k string) (string, bool) {
+		v, ok := map[string]string{"SURGE_DEDUP_WINDOW": "1h", "SURGE_DEDUP_MAX_IDS_PER_SHARD": "5000"}[k]
+		return v, ok
+	}))
+	require.Equal(t, DedupConfig{Enabled: true, Window: time.Hour, MaxIDsPerShard: 5000}, cfg.Dedup)
+	cfg.Dedup = DedupConfig{Enabled: true, Window: time.Millisecond}
+	err := cfg.Validate()
+	require.ErrorContains(t, err, "dedup: window must be at least 1s, got 1ms")
+	require.ErrorContains(t, err, "dedup: max_ids_per_shard must be at least 1, got 0")
+	cfg.Dedup.Enabled = false
+	require.NoError(t, cfg.Validate(), "off: nothing else is checked")
 }
