@@ -145,6 +145,8 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		}
 		wg.Go(func() { typer.watch(ctx, s.cfg.Retry) })
 	}
+	erased := newErased(conn.JS, s.cfg.Streams.Replicas, s.host.Registry, s.host.Logger)
+	wg.Go(func() { erased.run(ctx) })
 	owner, err := lease.OwnerFor(conn.JS, "batcher", s.instance, s.cfg.Ownership, s.cfg.Streams.Replicas, s.host.Logger)
 	if err != nil {
 		return err
@@ -171,6 +173,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 				subject: streams.EventsSubject(k),
 				out:     streams.BatchesSubject(k),
 				builder: batch.NewBuilder(k, s.cfg.Policy),
+				erased:  erased,
 				m:       s.m.forShard(k),
 				log:     s.host.Logger.With(zap.Int("shard", k)),
 				wd:      s.watchdogs.For(strconv.Itoa(k)),

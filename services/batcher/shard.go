@@ -68,6 +68,9 @@ type shardLoop struct {
 	typer *typer
 	// dedup drops copies of published events (dedup.go); nil when off.
 	dedup *dedup
+	// erased drops the events of users being erased (erasure.go); nil
+	// drops nothing.
+	erased *erased
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
 	next atomic.Uint64
@@ -313,6 +316,7 @@ func (l *shardLoop) take(ctx context.Context, msg jetstream.Msg) error {
 		l.deadLetter(ctx, msg, seq, err)
 		return nil
 	}
+	events = l.erased.drop(ctx, events)
 	if len(events) == 0 {
 		return nil
 	}

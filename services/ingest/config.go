@@ -74,6 +74,10 @@ type Settings struct {
 	APIKeys map[string]string `yaml:"api_keys" env:"API_KEYS"`
 	// DefaultTenant owns the events when APIKeys is empty.
 	DefaultTenant string `yaml:"default_tenant" env:"DEFAULT_TENANT"`
+	// AdminKey, when set, turns on the operators' erasure route
+	// (/v1/admin/erasure, erasure.go), which takes it as a bearer token;
+	// it is never a tenant's key.
+	AdminKey string `yaml:"admin_key" env:"ADMIN_KEY"`
 	// Quota is every tenant's default limits (none by default) until the
 	// SURGE_TENANTS bucket says otherwise: `surge tenants set` changes a
 	// tenant's or the default's at run time (see docs/tenants.md).
@@ -209,5 +213,6 @@ func (c Settings) Validate() error {
 			errs = append(errs, fmt.Errorf("api_keys: tenant %q of key %d %s", t, i+1, tenantRule))
 		}
 	}
+	errs = append(errs, c.validateAdminKey())
 	return errors.Join(errs...)
 }

@@ -53,6 +53,8 @@ type Service struct {
 	quotas   *quotas
 	// perTenant bounds each tenant's share of the in-flight slots.
 	perTenant *tenantSlots
+	// erased refuses the events of erased users (erasure.go).
+	erased erasedUsers
 }
 
 // New builds the service and opens its listeners, so Addr and AdminAddr
@@ -141,6 +143,7 @@ func (s *Service) serve(ctx context.Context, conn service.Conn) error {
 	qctx, stopQuotas := context.WithCancel(ctx)
 	defer stopQuotas()
 	s.runQuotas(qctx, &wg)
+	s.runErasure(qctx, &wg)
 	serveDone := make(chan error, 1)
 	go func() { serveDone <- s.srv.Serve(s.ln) }()
 	s.logger.Info("serving", zap.String("addr", s.Addr()), zap.String("admin_addr", s.AdminAddr()))

@@ -87,6 +87,7 @@ func (s *Service) routes() {
 		s.register(path, segmentAPI{s: s, call: call})
 	}
 	s.registerProblems()
+	s.registerErasure()
 	s.mux.Handle("/", s.endpoint("", notFound))
 }
 
@@ -214,6 +215,7 @@ func (s *Service) handle(ctx context.Context, w http.ResponseWriter, r *http.Req
 	if rep.status != 0 {
 		return rep
 	}
+	d.events = s.dropErased(d.tenant, d.events)
 	if idemKey != "" {
 		d.msgID = d.tenant + ":" + idemKey
 	}

@@ -65,6 +65,8 @@ type Service struct {
 	// failure is the last error that kept a request from being settled,
 	// cleared by the next ack: the stall report says why.
 	failure atomic.Pointer[string]
+	// erased refuses producers' events of erased users (erasure.go).
+	erased *erased
 }
 
 // New builds a partitioner and opens its admin listener; it does no
@@ -126,6 +128,8 @@ func (s *Service) partition(ctx context.Context, conn service.Conn) error {
 	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
 
 	var wg sync.WaitGroup
+	s.erased = newErased(conn.JS, s.cfg.Streams.Replicas, s.host.Registry, s)
+	wg.Go(func() { s.erased.w.Run(ctx) })
 	poller := liveness.Poller{Every: s.cfg.InfoInterval, Timeout: 2 * apiTimeout, Connected: conn.NC.IsConnected, Log: s.logger}
 	wg.Go(func() { poller.Run(ctx, func() []liveness.Unit { return []liveness.Unit{inputUnit{s: s, src: src}} }) })
 	wg.Go(func() { src.runDiscovery(ctx) })

@@ -54,7 +54,7 @@ func (w *worker) parseProducerMessage(ctx context.Context, in *input, tenant str
 			return nil, err // not a property of the message: in.err is set
 		}
 	}
-	return events, nil
+	return w.s.dropErased(tenant, events), nil
 }
 
 // deadLetterEvent publishes one invalid producer event to DEAD_LETTER,
