@@ -53,6 +53,9 @@ type Config struct {
 	// sink creates the declared columns, keeps every agreed column present
 	// on every server (the reconciler) and adopts a type an operator set.
 	Schema schema.Config `yaml:"schema" env:"SCHEMA"`
+	// Erasure is the eraser, which carries out erasure requests (see
+	// erasure.go and docs/erasure.md).
+	Erasure ErasureConfig `yaml:"erasure" env:"ERASURE"`
 }
 
 // ClickHouseConfig says how to reach the shard servers.
@@ -107,6 +110,7 @@ func DefaultConfig() Config {
 		StallTimeout: 30 * time.Second,
 		Ownership:    shard.DefaultOwnership(),
 		Schema:       schema.DefaultConfig(),
+		Erasure:      DefaultErasureConfig(),
 	}
 }
 
@@ -119,6 +123,7 @@ func (c Config) Validate() error {
 		c.validateLiveness(),
 		c.Ownership.Validate(),
 		c.Schema.Validate(),
+		config.Section("erasure", c.Erasure.validate()),
 	}
 	return errors.Join(errs...)
 }

@@ -152,6 +152,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	if s.cfg.Schema.Mode != schema.Off {
 		wg.Go(func() { s.runSchema(ctx, conn.JS, servers) })
 	}
+	wg.Go(func() { s.runEraser(ctx, conn.JS, servers) })
 
 	running := func() {
 		s.host.Admin().Ready(checkClickHouse)
