@@ -22,6 +22,8 @@ Commands:
           inspect and replay what the pipeline could not process
   tenants list | set TENANT|--default [limits] | unset TENANT|--default
           per-tenant quotas (events/s, burst, bytes/s), applied at run time
+  erase   --tenant T --user U [--users-file F] [--before TIME] | status [REQUEST]
+          erase users' data: refuse their events, delete their rows and dead letters
   problems [--tenant T] [--since 1h]
           each tenant's problems (GET /v1/problems): dead-lettered events,
           typed-column conflicts, unpromoted keys, unknown keys
@@ -56,6 +58,8 @@ func main() {
 		err = problemsCmd(os.Args[2:])
 	case "tenants":
 		err = tenantsCmd(os.Args[2:])
+	case "erase":
+		err = eraseCmd(os.Args[2:])
 	case "status":
 		os.Exit(statusCmd(os.Args[2:]))
 	case "setup":
