@@ -158,6 +158,11 @@ type Request struct {
 	// RowsDeleted are the request's rows per ClickHouse shard (by index in
 	// clickhouse.addrs), counted on the shard just before the mutation.
 	RowsDeleted map[string]uint64 `json:"rows_deleted,omitempty"`
+	// CountedBatch is the deletion batch whose rows RowsDeleted holds
+	// (it adds up the rounds); Rounds counts the deletions that had to be
+	// repeated because rows were left after them.
+	CountedBatch string `json:"counted_batch,omitempty"`
+	Rounds       int    `json:"rounds,omitempty"`
 	// DeadLetters is how many dead letters held the users' events (deleted,
 	// or rewritten without them).
 	DeadLetters int `json:"dead_letters"`

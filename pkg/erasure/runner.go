@@ -2,6 +2,7 @@ package erasure
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -10,6 +11,10 @@ import (
 	"github.com/oklog/ulid/v2"
 	"go.uber.org/zap"
 )
+
+// ErrRowsLeft is what Verify returns when rows of the users are still
+// there after their mutation finished: the runner deletes again.
+var ErrRowsLeft = errors.New("rows of erased users left")
 
 // RequestStore is what the runner needs of the bucket.
 type RequestStore interface {
@@ -203,7 +208,7 @@ func (r *Runner) delete(ctx context.Context, group []*Request) error {
 	}
 	var uncounted []*Request
 	for _, q := range group {
-		if q.RowsDeleted == nil && q.State == LandedPast {
+		if q.CountedBatch != batch && q.State == LandedPast {
 			uncounted = append(uncounted, q)
 		}
 	}
@@ -213,10 +218,13 @@ func (r *Runner) delete(ctx context.Context, group []*Request) error {
 			return fmt.Errorf("count rows: %w", err)
 		}
 		for _, q := range uncounted {
-			q.RowsDeleted = rows[q.ID]
 			if q.RowsDeleted == nil {
 				q.RowsDeleted = map[string]uint64{}
 			}
+			for shard, n := range rows[q.ID] {
+				q.RowsDeleted[shard] += n // a second round adds what it found
+			}
+			q.CountedBatch = batch
 			if err := r.Store.Save(ctx, q); err != nil {
 				return err
 			}
@@ -242,6 +250,17 @@ func (r *Runner) delete(ctx context.Context, group []*Request) error {
 		r.log().Info("erasure: batch deleted", zap.String("batch", batch), zap.Int("requests", len(group)))
 	}
 	if err := r.Actions.Verify(ctx, group); err != nil {
+		if errors.Is(err, ErrRowsLeft) {
+			// Rows came after the mutation (a batch cut before the
+			// suppression reached its batcher, published after the
+			// marks): the requests go round again, in a new batch.
+			for _, q := range group {
+				q.State, q.Batch, q.Rounds = LandedPast, "", q.Rounds+1
+				if serr := r.Store.Save(ctx, q); serr != nil {
+					return serr
+				}
+			}
+		}
 		return fmt.Errorf("verify batch %s: %w", batch, err)
 	}
 	for _, q := range group {

@@ -150,7 +150,7 @@ func (a *fakeActions) DeleteDeadLetters(_ context.Context, reqs []*Request) (map
 func (a *fakeActions) Verify(_ context.Context, reqs []*Request) error {
 	for _, r := range reqs {
 		if a.rows[r.ID] != 0 {
-			return fmt.Errorf("rows of %s left", r.ID)
+			return fmt.Errorf("%w: of %s", ErrRowsLeft, r.ID)
 		}
 	}
 	return a.crash("verify")
@@ -310,4 +310,46 @@ func TestSuppressionCovers(t *testing.T) {
 	require.True(t, Suppression{}.wider(Suppression{Before: at}))
 	require.False(t, Suppression{Before: at}.wider(Suppression{}))
 	require.True(t, Suppression{Before: at.Add(time.Hour)}.wider(Suppression{Before: at}))
+}
+
+// TestRunnerDeletesAgainWhenRowsAreLeft: a row that lands after the
+// mutation (a late batch) sends the request round again in a new batch,
+// and its rows add up.
+func TestRunnerDeletesAgainWhenRowsAreLeft(t *testing.T) {
+	batches = 0
+	s := newFakeStore(request("a"))
+	a := newFakeActions()
+	a.landed = true
+	a.rows["a"] = 5
+	late := &lateRows{fakeActions: a, after: "b1", rows: 2}
+	clk := &clock{t: time.Unix(100, 0)}
+	r := newRunner(s, a, clk)
+	r.Actions = late
+	for range 6 {
+		clk.t = clk.t.Add(5 * time.Second)
+		_, _ = r.Step(t.Context())
+	}
+	q := s.get(t, "a")
+	require.Equal(t, Verified, q.State)
+	require.Equal(t, "b2", q.Batch)
+	require.Equal(t, 1, q.Rounds)
+	require.Equal(t, map[string]uint64{"0": 7}, q.RowsDeleted)
+}
+
+// lateRows lands rows once, after the mutation of batch after.
+type lateRows struct {
+	*fakeActions
+	after string
+	rows  uint64
+}
+
+func (l *lateRows) Delete(ctx context.Context, batch string, reqs []*Request) error {
+	err := l.fakeActions.Delete(ctx, batch, reqs)
+	if batch == l.after && l.rows > 0 {
+		for _, r := range reqs {
+			l.fakeActions.rows[r.ID] = l.rows
+		}
+		l.rows = 0
+	}
+	return err
 }

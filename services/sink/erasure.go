@@ -389,7 +389,8 @@ func waitMutation(ctx context.Context, srv *server, r *replica, marker string) e
 }
 
 // Verify counts the requests' rows on every replica of every shard, with
-// and without FINAL: all must be 0.
+// and without FINAL: all must be 0, else erasure.ErrRowsLeft (the runner
+// then deletes them in a new batch).
 func (e *eraser) Verify(ctx context.Context, reqs []*erasure.Request) error {
 	cond := where(reqs)
 	for _, srv := range e.servers {
@@ -400,7 +401,7 @@ func (e *eraser) Verify(ctx context.Context, reqs []*erasure.Request) error {
 					return err
 				}
 				if n > 0 {
-					return fmt.Errorf("%d rows left on %s (final %t)", n, r.addr, final)
+					return fmt.Errorf("%w: %d on %s (final %t)", erasure.ErrRowsLeft, n, r.addr, final)
 				}
 			}
 		}
