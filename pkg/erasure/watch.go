@@ -2,6 +2,7 @@ package erasure
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"maps"
 	"sync/atomic"
@@ -27,9 +28,9 @@ type Watcher struct {
 	ready chan struct{}
 }
 
-// suppressed is the list: tenant -> user hash -> suppression. A tenant
-// with no entry costs its events one map lookup.
-type suppressed map[string]map[string]Suppression
+// suppressed is the list: tenant -> user hash (userSum) -> suppression. A
+// tenant with no entry costs its events one map lookup.
+type suppressed map[string]map[[16]byte]Suppression
 
 // NewWatcher makes a watcher with an empty list until the bucket is read.
 func NewWatcher(js jetstream.JetStream, replicas int, log *zap.Logger) *Watcher {
@@ -58,7 +59,7 @@ func (w *Watcher) Suppressed(tenant, user string, ts time.Time) (string, bool) {
 	if len(users) == 0 {
 		return "", false
 	}
-	s, ok := users[UserHash(tenant, user)]
+	s, ok := users[userSum(tenant, user)]
 	if !ok || !s.Covers(ts) {
 		return "", false
 	}
@@ -77,7 +78,7 @@ func (w *Watcher) Drop(events []event.Event) ([]event.Event, int) {
 	for i := range events {
 		e := &events[i]
 		if users := list[e.Tenant]; len(users) > 0 {
-			if s, ok := users[UserHash(e.Tenant, e.UserID)]; ok && s.Covers(e.TS) {
+			if s, ok := users[userSum(e.Tenant, e.UserID)]; ok && s.Covers(e.TS) {
 				continue
 			}
 		}
@@ -162,8 +163,12 @@ func (w *Watcher) watch(ctx context.Context) error {
 // tenant's map is copied, never changed in place, since readers may hold
 // it; the initial read changes its own maps.
 func (w *Watcher) apply(s suppressed, e jetstream.KeyValueEntry, copy bool) {
-	tenant, hash, ok := userOf(e.Key())
-	if !ok {
+	tenant, hexHash, ok := userOf(e.Key())
+	var hash [16]byte
+	if !ok || len(hexHash) != hex.EncodedLen(len(hash)) {
+		return
+	}
+	if _, err := hex.Decode(hash[:], []byte(hexHash)); err != nil {
 		return
 	}
 	users := s[tenant]
@@ -171,7 +176,7 @@ func (w *Watcher) apply(s suppressed, e jetstream.KeyValueEntry, copy bool) {
 		users = maps.Clone(users)
 	}
 	if users == nil {
-		users = map[string]Suppression{}
+		users = map[[16]byte]Suppression{}
 	}
 	if e.Operation() == jetstream.KeyValuePut {
 		var v Suppression
