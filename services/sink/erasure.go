@@ -224,16 +224,31 @@ func (e *eraser) Landed(ctx context.Context, marks map[int]erasure.Mark) (bool, 
 }
 
 // watermark is the highest EVENTS sequence of shard k in ClickHouse, read
-// on the replica its sink writes to.
+// on the first replica that answers (a lagging replica only makes the
+// eraser wait longer).
 func (e *eraser) watermark(ctx context.Context, k int) (uint64, error) {
 	srv := e.servers[e.s.cfg.ServerOf(k)]
-	_, r := srv.use(k)
 	var wm uint64
 	q := fmt.Sprintf("SELECT max(seq) FROM %s.events_local WHERE shard = %d", srv.database, k)
-	if err := r.conn.QueryRow(ctx, q).Scan(&wm); err != nil {
+	err := onReplica(srv, func(r *replica) error { return r.conn.QueryRow(ctx, q).Scan(&wm) })
+	if err != nil {
 		return 0, fmt.Errorf("watermark of shard %d: %w", k, err)
 	}
 	return wm, nil
+}
+
+// onReplica runs f on the shard's replicas in turn until one succeeds: a
+// replica that is down does not hold the eraser up.
+func onReplica(srv *server, f func(r *replica) error) error {
+	var errs []error
+	for _, r := range srv.replicas {
+		err := f(r)
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", r.addr, err))
+	}
+	return errors.Join(errs...)
 }
 
 // where is the condition matching the rows of reqs.
@@ -287,13 +302,16 @@ func countOn(ctx context.Context, srv *server, r *replica, cond string, final bo
 }
 
 // Count counts each request's rows on each ClickHouse shard, on the
-// replica the sink writes to.
+// first replica that answers.
 func (e *eraser) Count(ctx context.Context, reqs []*erasure.Request) (map[string]map[string]uint64, error) {
 	out := map[string]map[string]uint64{}
 	for i, srv := range e.servers {
-		_, r := srv.use(-1)
 		for _, q := range reqs {
-			n, err := countOn(ctx, srv, r, where([]*erasure.Request{q}), false)
+			var n uint64
+			err := onReplica(srv, func(r *replica) (err error) {
+				n, err = countOn(ctx, srv, r, where([]*erasure.Request{q}), false)
+				return err
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -323,19 +341,30 @@ func (e *eraser) Delete(ctx context.Context, batchID string, reqs []*erasure.Req
 	marker := "erasure " + batchID
 	cond := "(" + where(reqs) + ") AND " + quote(marker) + " != ''"
 	for _, srv := range e.servers {
+		// Every replica is asked: a mutation sent before a crash is on
+		// every replica ZooKeeper reached. It is sent to the first that
+		// answered.
 		sent := false
+		var to *replica
 		for _, r := range srv.replicas {
 			n, err := mutations(ctx, srv, r, marker, false)
 			if err != nil {
-				return err
+				e.s.log.Warn("eraser: replica not answering", zap.String("replica", r.addr), zap.Error(err))
+				continue
+			}
+			if to == nil {
+				to = r
 			}
 			if n > 0 {
 				sent = true
 				break
 			}
 		}
+		if to == nil && !sent {
+			return fmt.Errorf("no replica of %s answers", srv.addr)
+		}
 		if !sent {
-			_, r := srv.use(-1)
+			r := to
 			q := fmt.Sprintf("ALTER TABLE %s.events_local DELETE WHERE %s", srv.database, cond)
 			if err := r.conn.Exec(bigQuery(ctx), q); err != nil {
 				return fmt.Errorf("mutation on %s: %w", r.addr, err)
