@@ -201,6 +201,7 @@ type ev struct {
 	EventID string `json:"event_id"`
 	UserID  string `json:"user_id"`
 	Type    string `json:"type"`
+	TS      string `json:"ts,omitempty"`
 }
 
 // post sends events and returns how many ingest stored.
@@ -555,6 +556,67 @@ func TestErasure(t *testing.T) {
 	var got erasure.Request
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
 	require.Equal(t, erasure.Verified, got.State)
+
+	e.eraseBefore(ctx, store)
+}
+
+// eraseBefore erases, for 10 users, only the events with a ts before
+// 2026-01-01: those already stored and those sent after the request go,
+// the later ones stay and keep flowing.
+func (e *env) eraseBefore(ctx context.Context, store *erasure.Store) {
+	t := e.t
+	t.Helper()
+	const old, recent = "2025-06-01T00:00:00Z", "2026-06-01T00:00:00Z"
+	var list []string
+	var events []ev
+	for u := range 10 {
+		list = append(list, fmt.Sprintf("b-%d", u))
+		for i, ts := range []string{old, recent} {
+			events = append(events, ev{EventID: fmt.Sprintf("b-%d-%d", u, i), UserID: list[u], Type: "b", TS: ts})
+		}
+	}
+	n, err := e.post(ctx, events)
+	require.NoError(t, err)
+	require.Equal(t, 20, n)
+	usersIn := "user_id LIKE 'b-%'"
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.uint(0, "SELECT count() FROM "+database+".events WHERE "+usersIn)
+		assert.NoError(c, err)
+		assert.Equal(c, uint64(20), n)
+	}, 30*time.Second, 100*time.Millisecond)
+
+	sub := erasure.Submission{Tenant: tenant, Users: list, Before: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
+	r, err := store.Submit(ctx, sub, time.Now())
+	require.NoError(t, err)
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		got, err := store.Get(ctx, r.ID)
+		if assert.NoError(c, err) {
+			assert.Equal(c, erasure.Verified, got.State, got.LastError)
+		}
+	}, time.Minute, 100*time.Millisecond, "verified")
+
+	// Sent again with new ids: the old ones are refused, the recent stored.
+	for i := range events {
+		events[i].EventID += "-again"
+	}
+	n, err = e.post(ctx, events)
+	require.NoError(t, err)
+	require.Equal(t, 10, n, "only the events at or after the cut are stored")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		n, err := e.uint(0, "SELECT count() FROM "+database+".events WHERE "+usersIn)
+		assert.NoError(c, err)
+		assert.Equal(c, uint64(20), n)
+	}, 30*time.Second, 100*time.Millisecond)
+	for i := range e.conns {
+		require.Zero(t, e.mustUint(i, "SELECT count() FROM "+database+".events_local FINAL WHERE "+usersIn+" AND ts < toDateTime('2026-01-01 00:00:00', 'UTC')"))
+	}
+	got, err := store.Get(ctx, r.ID)
+	require.NoError(t, err)
+	var rows uint64
+	for _, n := range got.RowsDeleted {
+		rows += n
+	}
+	require.Equal(t, uint64(10), rows, "the 10 old rows, counted before the mutation")
 }
 
 // submit posts an erasure request to ingest's admin route and returns its id.
