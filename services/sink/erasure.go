@@ -63,9 +63,9 @@ const eraserService = "eraser"
 // runEraser runs the erasure requests while this instance holds the
 // eraser lease, until ctx ends. The lease lives in SURGE_LEASES with the
 // sink's lease_ttl (the bucket's TTL is every lease's): a dead runner's
-// requests are resumed by another sink about that long later. Every Step is idempotent and reads the
-// state from the bucket, so the runner that takes the lease after a crash
-// resumes each request where it was.
+// requests are resumed by another sink about that long later. Every Step
+// is idempotent and reads the state from the bucket, so the runner that
+// takes the lease after a crash resumes each request where it was.
 func (s *Service) runEraser(ctx context.Context, js jetstream.JetStream, servers []*server) {
 	c := s.cfg.Erasure
 	if !c.Enabled {
@@ -102,14 +102,19 @@ func (s *Service) erase(ctx context.Context, js jetstream.JetStream, servers []*
 	a := &eraser{s: s, js: js, store: store, servers: servers}
 	r := &erasure.Runner{Store: fencedStore{store, holds}, Actions: a, Settle: s.cfg.Erasure.Settle, Log: s.log.Named("eraser")}
 	s.log.Info("eraser running")
+	backoff := s.cfg.Retry.NewBackOff()
 	for {
 		pending, err := r.Step(ctx)
-		if err != nil && ctx.Err() == nil {
-			s.log.Warn("eraser: step failed, retrying", zap.Error(err))
-		}
 		wait := s.cfg.Erasure.Every
-		if !pending {
-			wait *= 4
+		switch {
+		case err != nil && ctx.Err() == nil:
+			wait = max(wait, backoff.NextBackOff())
+			s.log.Warn("eraser: step failed, retrying", zap.Duration("wait", wait), zap.Error(err))
+		case err == nil:
+			backoff.Reset()
+			if !pending {
+				wait *= 4
+			}
 		}
 		if !retry.Sleep(ctx, wait) {
 			return nil
