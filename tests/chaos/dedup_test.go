@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/chaudit"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/ports"
 )
@@ -205,6 +206,7 @@ func TestDedupEventIDs(t *testing.T) {
 		t.Fatalf("clickhouse-server not installed (%v); run `go run ./tools/cmd/surge setup`", err)
 	}
 	p := startDedupPipeline(t)
+	installAudit(t, p.chHTTP())
 	ctx := t.Context()
 	const n = 10_000
 	ids := make([]int, n)
@@ -237,9 +239,21 @@ func TestDedupEventIDs(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(n), uniq, "every event stored")
 	require.Equal(t, uint64(n), total, "each once, without FINAL")
+	// The audit of inserts, which no merge of the ReplacingMergeTree folds:
+	// each inserted once.
+	want := map[string]struct{}{}
+	for _, i := range ids {
+		want["m-"+strconv.Itoa(i)] = struct{}{}
+	}
+	require.NoError(t, chaudit.Compare(audited(t, p, "acme", "m-"), want).Err())
 	total, _, err = rowsOf(p.chHTTP(), "beta", "m-")
 	require.NoError(t, err)
 	require.Equal(t, uint64(100), total, "the same ids of another tenant are other events")
+	wantBeta := map[string]struct{}{}
+	for _, i := range ids[:100] {
+		wantBeta["m-"+strconv.Itoa(i)] = struct{}{}
+	}
+	require.NoError(t, chaudit.Compare(audited(t, p, "beta", "m-"), wantBeta).Err())
 	require.Greater(t, dropped(t, p.batcherMetrics), 0.0)
 
 	// Wiping DEDUP mid-run: the first half of new events is sent and
@@ -262,11 +276,34 @@ func TestDedupEventIDs(t *testing.T) {
 	require.NoError(t, sendSegment(ctx, b, "key-acme", wids[w/2:], "w-", 100))
 	require.NoError(t, sendSegment(ctx, a, "key-acme", wids, "w-", 200))
 	p.waitIdle(t, "acme", "w-", w)
-	total, uniq, err = rowsOf(p.chHTTP(), "acme", "w-")
+	_, uniq, err = rowsOf(p.chHTTP(), "acme", "w-")
 	require.NoError(t, err)
 	require.Equal(t, uint64(w), uniq, "nothing lost")
-	require.LessOrEqual(t, total, uint64(w+w/2), "copies only of the ids whose records were wiped")
-	t.Logf("dedup: after the wipe %d copies of %d forgotten ids were stored again", total-w, w/2)
+	copies := 0
+	for id, times := range audited(t, p, "acme", "w-") {
+		n, err := strconv.Atoi(strings.TrimPrefix(id, "w-"))
+		require.NoError(t, err)
+		if times > 1 {
+			require.Less(t, n, w/2, "only ids sent before the wipe may be stored again: %s x%d", id, times)
+			require.Equal(t, 2, times, "once more at most: %s", id)
+			copies++
+		}
+	}
+	t.Logf("dedup: after the wipe %d copies of %d forgotten ids were stored again", copies, w/2)
+}
+
+// audited is how many times each event id of tenant starting with prefix
+// was inserted, from the audit.
+func audited(t *testing.T, p *dedupPipeline, tenant, prefix string) map[string]int {
+	t.Helper()
+	inserted, err := chaudit.Inserted(p.chHTTP(), "surge", tenant)
+	require.NoError(t, err)
+	for id := range inserted {
+		if !strings.HasPrefix(id, prefix) {
+			delete(inserted, id)
+		}
+	}
+	return inserted
 }
 
 // dropped sums surge_batcher_duplicates_dropped_total from the batcher's
