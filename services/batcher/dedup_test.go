@@ -19,6 +19,7 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 )
@@ -381,4 +382,46 @@ func TestDedupConfig(t *testing.T) {
 	require.ErrorContains(t, err, "dedup: max_ids_per_shard must be at least 1, got 0")
 	cfg.Dedup.Enabled = false
 	require.NoError(t, cfg.Validate(), "off: nothing else is checked")
+}
+
+// publishIDs writes one EVENTS message of shard 0 with events of acme
+// with those client ids.
+func publishIDs(t *testing.T, js jetstream.JetStream, ids ...string) {
+	t.Helper()
+	events := make([]event.Event, len(ids))
+	for i, id := range ids {
+		events[i] = dedupEvent("acme", id, false)
+	}
+	_, err := js.PublishMsg(t.Context(), &nats.Msg{Subject: streams.EventsSubject(0), Data: event.AppendEncoded(nil, events), Header: nats.Header{}})
+	require.NoError(t, err)
+}
+
+// TestDedupFollowsTheLease: two leased batchers, the shard's holder
+// publishes events and stops; the other takes the lease, reads the
+// shard's records and drops the copies that come next.
+func TestDedupFollowsTheLease(t *testing.T) {
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL(), 1, batch.Policy{MaxRows: 50, MaxBytes: 1 << 20, MaxAge: 50 * time.Millisecond})
+	cfg.Mode = shard.ModeLease
+	cfg.LeaseTTL = 2 * time.Second
+	cfg.Retry = fastRetry
+	batchers := []running{start(t, cfg, nil), start(t, cfg, nil)}
+	rows := func() int { return counter(batchers[0].m.rows, 0) + counter(batchers[1].m.rows, 0) }
+
+	publishIDs(t, js, "a", "b")
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, 2, rows()) }, 10*time.Second, 10*time.Millisecond)
+	holder := 0
+	if counter(batchers[1].m.batches, 0) > 0 {
+		holder = 1
+	}
+	other := batchers[1-holder]
+	batchers[holder].stop()
+	assertLeaseOwners(t, js, 1, map[string][]int{other.instance: {0}})
+
+	publishIDs(t, js, "b", "c", "a")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		assert.Equal(c, 3, rows())
+		assert.Equal(c, 2.0, testutil.ToFloat64(other.dedupMetrics.dropped.WithLabelValues("0")))
+	}, 10*time.Second, 10*time.Millisecond)
 }
