@@ -284,6 +284,8 @@ func (r *Recorder) Flush(ctx context.Context, js Publisher) (int, error) {
 	held := r.aggs
 	if len(held) > 0 {
 		r.aggs = make(map[key]*Aggregate, len(held))
+	} else {
+		held = nil // r.aggs stays, and Add may write it once unlocked
 	}
 	r.mu.Unlock()
 
