@@ -264,37 +264,40 @@ var ErrShardsMismatch = errors.New("shard count differs from the streams'")
 // the shards silently. Changing the shard count of a running deployment
 // means new streams (or removing the key by hand, knowing what it does).
 func CheckShards(ctx context.Context, js jetstream.JetStream, shards int) error {
-	st, err := js.Stream(ctx, Events)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", Events, err)
-	}
-	cfg := st.CachedInfo().Config
 	want := strconv.Itoa(shards)
-	if got, ok := cfg.Metadata[MetaShards]; ok {
-		if got != want {
-			return fmt.Errorf("%w: this service has %d shards, stream %s was laid out for %s (metadata %s); set the same SURGE_SHARDS on every partitioner, batcher and sink",
-				ErrShardsMismatch, shards, Events, got, MetaShards)
+	// A stream update of another service starting at the same time
+	// (Ensure read the metadata before this one wrote it) may write the
+	// record away: record it again, a few times at most.
+	const attempts = 5
+	for i := 0; ; i++ {
+		st, err := js.Stream(ctx, Events)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", Events, err)
 		}
-		return nil
+		cfg := st.CachedInfo().Config
+		if got, ok := cfg.Metadata[MetaShards]; ok {
+			if got != want {
+				return fmt.Errorf("%w: this service has %d shards, stream %s was laid out for %s (metadata %s); set the same SURGE_SHARDS on every partitioner, batcher and sink",
+					ErrShardsMismatch, shards, Events, got, MetaShards)
+			}
+			return nil
+		}
+		if i == attempts {
+			return fmt.Errorf("record shard count on stream %s: written away by concurrent stream updates %d times", Events, attempts)
+		}
+		cfg.Metadata = ownMetadata(cfg.Metadata)
+		if cfg.Metadata == nil {
+			cfg.Metadata = map[string]string{}
+		}
+		cfg.Metadata[MetaShards] = want
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("record shard count on stream %s: %w", Events, err)
+		}
+		// Read back at the next round: of two services recording
+		// different counts at once, one reads the other's and is
+		// refused; one whose record a concurrent update wrote away
+		// records it again.
 	}
-	cfg.Metadata = ownMetadata(cfg.Metadata)
-	if cfg.Metadata == nil {
-		cfg.Metadata = map[string]string{}
-	}
-	cfg.Metadata[MetaShards] = want
-	if _, err := js.UpdateStream(ctx, cfg); err != nil {
-		return fmt.Errorf("record shard count on stream %s: %w", Events, err)
-	}
-	// Two services recording different counts at once: one of them reads
-	// the other's back and is refused.
-	st, err = js.Stream(ctx, Events)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", Events, err)
-	}
-	if got := st.CachedInfo().Config.Metadata[MetaShards]; got != want {
-		return fmt.Errorf("%w: this service has %d shards, stream %s was laid out for %s", ErrShardsMismatch, shards, Events, got)
-	}
-	return nil
 }
 
 // ownMetadata is a stream's metadata without the keys the server sets

@@ -100,3 +100,37 @@ func TestCheckShardsRecordsTheCountAndRefusesAnother(t *testing.T) {
 	require.ErrorIs(t, err, streams.ErrShardsMismatch)
 	require.EqualError(t, err, "shard count differs from the streams': this service has 4 shards, stream EVENTS was laid out for 8 (metadata surge.shards); set the same SURGE_SHARDS on every partitioner, batcher and sink")
 }
+
+// clobberOnce is a JetStream whose first stream update is followed by
+// another service's update made from a read taken before it: an Ensure of
+// a service starting at the same time, which writes the record away.
+type clobberOnce struct {
+	jetstream.JetStream
+	stale jetstream.StreamConfig
+	done  bool
+}
+
+func (c *clobberOnce) UpdateStream(ctx context.Context, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
+	st, err := c.JetStream.UpdateStream(ctx, cfg)
+	if err == nil && !c.done {
+		c.done = true
+		_, err = c.JetStream.UpdateStream(ctx, c.stale)
+	}
+	return st, err
+}
+
+func TestCheckShardsRecordsAgainWhatAConcurrentUpdateWroteAway(t *testing.T) {
+	js := natstest.JetStream(t, natstest.Start(t).ClientURL())
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	require.NoError(t, streams.Ensure(ctx, js, streams.DefaultConfig()))
+	st, err := js.Stream(ctx, streams.Events)
+	require.NoError(t, err)
+	c := &clobberOnce{JetStream: js, stale: st.CachedInfo().Config}
+
+	require.NoError(t, streams.CheckShards(ctx, c, 8))
+	require.True(t, c.done)
+	st, err = js.Stream(ctx, streams.Events)
+	require.NoError(t, err)
+	require.Equal(t, "8", st.CachedInfo().Config.Metadata[streams.MetaShards])
+}
