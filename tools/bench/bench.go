@@ -171,7 +171,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, then infer, each on a fresh stack, "+
 		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
-	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on two fresh stacks: quotas off, then every tenant under a quota it never reaches; prints both and their ratio")
+	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
