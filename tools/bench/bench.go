@@ -59,6 +59,9 @@ type benchFlags struct {
 	tenants int
 	// dedup runs the load with event ids, dedup off and then on (dedup.go).
 	dedup bool
+	// suppressed, with dedup, puts that many users on the suppression
+	// list of the dedup-on stacks too.
+	suppressed int
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -172,6 +175,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
+	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -189,6 +193,9 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	}
 	if f.tenants > 0 && (f.via != "http" || f.cluster || len(f.modes) > 1) {
 		return benchFlags{}, errors.New("--tenants sends over HTTP to one stack: drop --via, --cluster and a second --typed mode")
+	}
+	if f.suppressed > 0 && !f.dedup {
+		return benchFlags{}, errors.New("--suppressed goes with --dedup")
 	}
 	if f.dedup && (f.via != "http" || f.cluster || f.tenants > 0 || len(f.modes) > 1) {
 		return benchFlags{}, errors.New("--dedup sends over HTTP to one stack: drop --via, --cluster, --tenants and a second --typed mode")
@@ -213,7 +220,9 @@ type stackRun struct {
 	quotas  bool
 	schema  *schema.Config
 	// dedup is the batcher's dedup section; nil: the default.
-	dedup                  *batcher.DedupConfig
+	dedup *batcher.DedupConfig
+	// suppressed puts that many users on the suppression list (suppress.go).
+	suppressed             int
 	report                 string
 	cpuProfile, memProfile string
 }
@@ -258,6 +267,12 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, fmt.Errorf("quotas: %w", err)
 		}
 		fmt.Printf("bench: every tenant under a quota of %.0g events/s\n", benchQuota.EventsPerSecond)
+	}
+	if run.suppressed > 0 {
+		if err := suppressUsers(ctx, st, run.suppressed); err != nil {
+			return benchReport{}, fmt.Errorf("suppression: %w", err)
+		}
+		fmt.Printf("bench: %d users (none of the load's) on the suppression list\n", run.suppressed)
 	}
 	send := func(body []byte) bool { return poster.post(ctx, st.IngestURL, body) == nil }
 	if f.via == "nats" {

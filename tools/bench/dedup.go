@@ -72,7 +72,7 @@ func benchDedup(ctx context.Context, f benchFlags, gen *generator) error {
 		cfg := batcher.DefaultDedupConfig()
 		cfg.Enabled = on
 		r, err := benchStack(ctx, f, gen, stackRun{
-			dir: filepath.Join(f.dir, label), fresh: true, dedup: &cfg,
+			dir: filepath.Join(f.dir, label), fresh: true, dedup: &cfg, suppressed: map[bool]int{true: f.suppressed}[on],
 			report: modeDir(f.report, schema.Mode(label)), cpuProfile: modeFile(f.cpuProfile, schema.Mode(label)), memProfile: modeFile(f.memProfile, schema.Mode(label)),
 		})
 		if err != nil {
@@ -99,6 +99,9 @@ func dedupReport(f benchFlags, offs, ons []benchReport) string {
 	off, on := mean(offs), mean(ons)
 	var b strings.Builder
 	cfg := batcher.DefaultDedupConfig()
+	if f.suppressed > 0 {
+		fmt.Fprintf(&b, "\n(on: with %d users on the suppression list too, none of the load's)", f.suppressed)
+	}
 	fmt.Fprintf(&b, "\nSurge bench, event-level dedup off vs on (window %s, up to %d ids a shard; the same load in each: %d events, each with its own event_id, %d clients x %d events/request; stacks run off, on, on, off, each mode's two averaged)\n",
 		cfg.Window, cfg.MaxIDsPerShard, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest)
 	for i, r := range []benchReport{offs[0], ons[0], ons[1], offs[1]} {
