@@ -66,8 +66,21 @@ func (s *Service) runErasure(ctx context.Context, wg *sync.WaitGroup) {
 		})
 	}
 	s.erased.w.Store(w)
+	// Not ready until the list was read once, as for the quotas: a load
+	// balancer sends nothing the list would not see.
+	s.host.Admin().NotReady(checkErasure, "reading the suppression list from "+erasure.Bucket)
 	wg.Go(func() { w.Run(ctx) })
+	wg.Go(func() {
+		select {
+		case <-w.Ready():
+			s.host.Admin().Ready(checkErasure)
+		case <-ctx.Done():
+		}
+	})
 }
+
+// checkErasure is the readiness check of the suppression list.
+const checkErasure = "erasure"
 
 // dropErased removes the events of suppressed users from a request of
 // tenant, counts them and records them as the tenant's erased_user
