@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/surge-events/surge/pkg/event"
+	"github.com/surge-events/surge/pkg/kvstate"
 )
 
 // BenchmarkDrop is the cost per event of the suppression check with
@@ -16,8 +17,7 @@ func BenchmarkDrop(b *testing.B) {
 	for i := range 10000 {
 		list["acme"][userSum("acme", fmt.Sprintf("gone-%d", i))] = Suppression{Request: "r"}
 	}
-	w := &Watcher{}
-	w.cur.Store(&list)
+	w := &Watcher{state: kvstate.New(kvstate.Config[suppressed]{Empty: func() suppressed { return list }})}
 	events := make([]event.Event, 1000)
 	for i := range events {
 		events[i] = event.Event{Tenant: "acme", UserID: fmt.Sprintf("user-%d", i), TS: time.Now()}

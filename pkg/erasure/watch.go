@@ -5,27 +5,22 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"maps"
-	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/kvstate"
 )
 
 // Watcher keeps the suppression list as the bucket holds it, for the entry
-// points to read without I/O (the shape of tenants.Watcher): a new
-// suppression applies as soon as the watch delivers it, in milliseconds.
-// While the bucket does not answer, the last list seen stays.
+// points to read without I/O (kvstate): a new suppression applies as soon
+// as the watch delivers it, in milliseconds. While the bucket does not
+// answer, the last list seen stays.
 type Watcher struct {
-	js       jetstream.JetStream
-	replicas int
-	log      *zap.Logger
-	cur      atomic.Pointer[suppressed]
-	// ready is closed after the first complete read of the bucket.
-	ready chan struct{}
+	log   *zap.Logger
+	state *kvstate.State[suppressed]
 }
 
 // suppressed is the list: tenant -> user hash (userSum) -> suppression. A
@@ -34,18 +29,25 @@ type suppressed map[string]map[[16]byte]Suppression
 
 // NewWatcher makes a watcher with an empty list until the bucket is read.
 func NewWatcher(js jetstream.JetStream, replicas int, log *zap.Logger) *Watcher {
-	w := &Watcher{js: js, replicas: replicas, log: log, ready: make(chan struct{})}
-	w.cur.Store(&suppressed{})
+	w := &Watcher{log: log}
+	w.state = kvstate.New(kvstate.Config[suppressed]{
+		Name:   "erasure",
+		Open:   func(ctx context.Context) (jetstream.KeyValue, error) { return openBucket(ctx, js, replicas) },
+		Filter: userPrefix + ">",
+		Empty:  func() suppressed { return suppressed{} },
+		Apply:  w.apply,
+		Log:    log,
+	})
 	return w
 }
 
 // Ready is closed once the bucket was read whole once.
-func (w *Watcher) Ready() <-chan struct{} { return w.ready }
+func (w *Watcher) Ready() <-chan struct{} { return w.state.Ready() }
 
 // Wait blocks until the bucket was read whole once, or ctx ends.
 func (w *Watcher) Wait(ctx context.Context) error {
 	select {
-	case <-w.ready:
+	case <-w.state.Ready():
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()
@@ -55,7 +57,7 @@ func (w *Watcher) Wait(ctx context.Context) error {
 // Suppressed reports whether the event of user in tenant with time ts is
 // refused, and the request that refused it.
 func (w *Watcher) Suppressed(tenant, user string, ts time.Time) (string, bool) {
-	users := (*w.cur.Load())[tenant]
+	users := w.state.Load()[tenant]
 	if len(users) == 0 {
 		return "", false
 	}
@@ -70,7 +72,7 @@ func (w *Watcher) Suppressed(tenant, user string, ts time.Time) (string, bool) {
 // what is left and how many it removed. Events of tenants with no
 // suppressed user cost a map lookup each.
 func (w *Watcher) Drop(events []event.Event) ([]event.Event, int) {
-	list := *w.cur.Load()
+	list := w.state.Load()
 	if len(list) == 0 {
 		return events, 0
 	}
@@ -90,112 +92,46 @@ func (w *Watcher) Drop(events []event.Event) ([]event.Event, int) {
 // Len is the number of suppressed users.
 func (w *Watcher) Len() int {
 	n := 0
-	for _, users := range *w.cur.Load() {
+	for _, users := range w.state.Load() {
 		n += len(users)
 	}
 	return n
 }
 
-// Run watches the bucket until ctx ends, watching again after a failure
-// or after NATS ended the watch.
-func (w *Watcher) Run(ctx context.Context) {
-	b := retry.DefaultConfig(5 * time.Second).NewBackOff()
-	for ctx.Err() == nil {
-		started := time.Now()
-		err := w.watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > time.Minute {
-			b.Reset()
-		}
-		wait := b.NextBackOff()
-		w.log.Warn("erasure: watch ended, watching again", zap.String("bucket", Bucket), zap.Duration("wait", wait), zap.Error(err))
-		if !retry.Sleep(ctx, wait) {
-			return
-		}
-	}
-}
+// Run watches the bucket until ctx ends.
+func (w *Watcher) Run(ctx context.Context) { w.state.Run(ctx) }
 
-// watch reads the suppression keys whole, then applies every change until
-// the watch or ctx ends.
-func (w *Watcher) watch(ctx context.Context) error {
-	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	kv, err := openBucket(octx, w.js, w.replicas)
-	cancel()
-	if err != nil {
-		return err
-	}
-	kw, err := kv.Watch(ctx, userPrefix+">")
-	if err != nil {
-		return err
-	}
-	defer func() { _ = kw.Stop() }()
-	next := suppressed{}
-	initial := true
-	for {
-		var e jetstream.KeyValueEntry
-		var open bool
-		select {
-		case e, open = <-kw.Updates():
-		case <-ctx.Done():
-			return nil
-		}
-		if !open {
-			return nil
-		}
-		if e == nil { // the bucket was read whole
-			initial = false
-			w.publish(next)
-			continue
-		}
-		if !initial {
-			next = maps.Clone(next)
-		}
-		w.apply(next, e, !initial)
-		if !initial {
-			w.publish(next)
-		}
-	}
-}
-
-// apply applies one entry to s. Once s may be published (copy), the
-// tenant's map is copied, never changed in place, since readers may hold
-// it; the initial read changes its own maps.
-func (w *Watcher) apply(s suppressed, e jetstream.KeyValueEntry, copy bool) {
+// apply returns s with entry e applied. Once s is shared (published),
+// the list and the tenant's map are copied, never changed in place, since
+// readers may hold them; the initial read changes its own maps.
+func (w *Watcher) apply(s suppressed, e jetstream.KeyValueEntry, shared bool) suppressed {
 	tenant, hexHash, ok := userOf(e.Key())
 	var hash [16]byte
 	if !ok || len(hexHash) != hex.EncodedLen(len(hash)) {
-		return
+		return s
 	}
 	if _, err := hex.Decode(hash[:], []byte(hexHash)); err != nil {
-		return
+		return s
+	}
+	var v Suppression
+	if e.Operation() == jetstream.KeyValuePut {
+		if err := json.Unmarshal(e.Value(), &v); err != nil {
+			w.log.Warn("erasure: ignoring an invalid suppression", zap.String("key", e.Key()))
+			return s
+		}
 	}
 	users := s[tenant]
-	if copy {
-		users = maps.Clone(users)
+	if shared {
+		s, users = maps.Clone(s), maps.Clone(users)
 	}
 	if users == nil {
 		users = map[[16]byte]Suppression{}
 	}
 	if e.Operation() == jetstream.KeyValuePut {
-		var v Suppression
-		if err := json.Unmarshal(e.Value(), &v); err != nil {
-			w.log.Warn("erasure: ignoring an invalid suppression", zap.String("key", e.Key()))
-			return
-		}
 		users[hash] = v
 	} else {
 		delete(users, hash)
 	}
 	s[tenant] = users
-}
-
-func (w *Watcher) publish(s suppressed) {
-	w.cur.Store(&s)
-	select {
-	case <-w.ready:
-	default:
-		close(w.ready)
-	}
+	return s
 }

@@ -4,30 +4,24 @@ import (
 	"context"
 	"encoding/json"
 	"maps"
-	"sync/atomic"
-	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 
-	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/pkg/kvstate"
 )
 
 // Watcher keeps every tenant's limits as the bucket holds them, for the
-// request path to read without I/O: a change in the bucket applies as
-// soon as the watch delivers it (milliseconds). Until the first read the
-// configured defaults apply; while the bucket does not answer the last
-// limits seen stay.
+// request path to read without I/O (kvstate): a change in the bucket
+// applies as soon as the watch delivers it (milliseconds). Until the
+// first read the configured defaults apply; while the bucket does not
+// answer the last limits seen stay.
 type Watcher struct {
-	js       jetstream.JetStream
-	replicas int
-	log      *zap.Logger
 	// base is the default limits of the configuration, which the
 	// bucket's DefaultKey replaces.
-	base Limits
-	cur  atomic.Pointer[snapshot]
-	// ready is closed after the first complete read of the bucket.
-	ready chan struct{}
+	base  Limits
+	log   *zap.Logger
+	state *kvstate.State[*snapshot]
 }
 
 type snapshot struct {
@@ -38,14 +32,20 @@ type snapshot struct {
 // NewWatcher makes a watcher whose default is base until the bucket says
 // otherwise.
 func NewWatcher(js jetstream.JetStream, replicas int, base Limits, log *zap.Logger) *Watcher {
-	w := &Watcher{js: js, replicas: replicas, base: base, log: log, ready: make(chan struct{})}
-	w.cur.Store(&snapshot{def: base, tenants: map[string]Limits{}})
+	w := &Watcher{base: base, log: log}
+	w.state = kvstate.New(kvstate.Config[*snapshot]{
+		Name:  "tenant limits",
+		Open:  func(ctx context.Context) (jetstream.KeyValue, error) { return openBucket(ctx, js, replicas) },
+		Empty: func() *snapshot { return &snapshot{def: base, tenants: map[string]Limits{}} },
+		Apply: w.apply,
+		Log:   log,
+	})
 	return w
 }
 
 // Limits returns tenant's limits: its own, else the default.
 func (w *Watcher) Limits(tenant string) Limits {
-	s := w.cur.Load()
+	s := w.state.Load()
 	if l, ok := s.tenants[tenant]; ok {
 		return l
 	}
@@ -53,82 +53,26 @@ func (w *Watcher) Limits(tenant string) Limits {
 }
 
 // Ready is closed once the bucket was read whole once.
-func (w *Watcher) Ready() <-chan struct{} { return w.ready }
+func (w *Watcher) Ready() <-chan struct{} { return w.state.Ready() }
 
-// Run watches the bucket until ctx ends, watching again after a failure
-// or after NATS ended the watch.
-func (w *Watcher) Run(ctx context.Context) {
-	b := retry.DefaultConfig(5 * time.Second).NewBackOff()
-	for ctx.Err() == nil {
-		started := time.Now()
-		err := w.watch(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(started) > time.Minute {
-			b.Reset() // it ran a while: the next failure starts short
-		}
-		wait := b.NextBackOff()
-		w.log.Warn("tenant limits: watch ended, watching again", zap.String("bucket", Bucket), zap.Duration("wait", wait), zap.Error(err))
-		if !retry.Sleep(ctx, wait) {
-			return
-		}
-	}
-}
+// Run watches the bucket until ctx ends.
+func (w *Watcher) Run(ctx context.Context) { w.state.Run(ctx) }
 
-// watch reads the bucket whole, then applies every change until the
-// watch or ctx ends.
-func (w *Watcher) watch(ctx context.Context) error {
-	octx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	kv, err := openBucket(octx, w.js, w.replicas)
-	cancel()
-	if err != nil {
-		return err
-	}
-	kw, err := kv.WatchAll(ctx)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = kw.Stop() }()
-	next := &snapshot{def: w.base, tenants: map[string]Limits{}}
-	initial := true
-	for {
-		var e jetstream.KeyValueEntry
-		var open bool
-		select {
-		case e, open = <-kw.Updates():
-		case <-ctx.Done():
-			return nil
-		}
-		if !open {
-			return nil
-		}
-		if e == nil { // the bucket was read whole
-			initial = false
-			w.publish(next)
-			continue
-		}
-		if !initial {
-			next = &snapshot{def: next.def, tenants: maps.Clone(next.tenants)}
-		}
-		w.apply(next, e)
-		if !initial {
-			w.publish(next)
-		}
-	}
-}
-
-func (w *Watcher) apply(s *snapshot, e jetstream.KeyValueEntry) {
+// apply returns s with entry e applied, on a copy once s is shared.
+func (w *Watcher) apply(s *snapshot, e jetstream.KeyValueEntry, shared bool) *snapshot {
 	t, ok := tenantOf(e.Key())
 	if !ok {
-		return
+		return s
 	}
 	var l Limits
 	if e.Operation() == jetstream.KeyValuePut {
 		if err := json.Unmarshal(e.Value(), &l); err != nil || l.Validate() != nil {
 			w.log.Warn("tenant limits: ignoring an invalid entry", zap.String("key", e.Key()), zap.ByteString("value", e.Value()))
-			return
+			return s
 		}
+	}
+	if shared {
+		s = &snapshot{def: s.def, tenants: maps.Clone(s.tenants)}
 	}
 	switch {
 	case t == "" && e.Operation() == jetstream.KeyValuePut:
@@ -140,13 +84,5 @@ func (w *Watcher) apply(s *snapshot, e jetstream.KeyValueEntry) {
 	default:
 		delete(s.tenants, t)
 	}
-}
-
-func (w *Watcher) publish(s *snapshot) {
-	w.cur.Store(s)
-	select {
-	case <-w.ready:
-	default:
-		close(w.ready)
-	}
+	return s
 }
