@@ -24,7 +24,6 @@ import (
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/streams"
-	"github.com/surge-events/surge/tools/stack"
 )
 
 const deadLetterUsage = `Usage: surge deadletter [flags] <list | show SEQ | replay SEQ... | replay --all>
@@ -55,58 +54,26 @@ func deadLetter(args []string) error {
 func runDeadLetter(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("deadletter", flag.ContinueOnError)
 	fs.SetOutput(out)
-	dir := fs.String("dir", ".surge", "data `folder` of the running local stack, whose stack.json names NATS")
-	natsURL := fs.String("nats", "", "NATS `URL` (default: the local stack's, else "+nats.DefaultURL+")")
-	user := fs.String("user", "", "NATS user (default: the local stack's)")
-	password := fs.String("password", "", "NATS password")
+	conn := addNATSFlags(fs)
 	all := fs.Bool("all", false, "replay every dead letter")
 	fs.Usage = func() {
 		fmt.Fprint(out, deadLetterUsage)
 		fs.PrintDefaults()
 	}
 	// Flags may come before, between or after the arguments: `replay --all`.
-	var rest []string
-	for remaining := args; ; {
-		if err := fs.Parse(remaining); err != nil {
-			return err
-		}
-		remaining = fs.Args()
-		if len(remaining) == 0 {
-			break
-		}
-		rest, remaining = append(rest, remaining[0]), remaining[1:]
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
 	}
 	if len(rest) == 0 {
 		fs.Usage()
 		return errors.New("give a command: list, show or replay")
 	}
-	url, u, p := *natsURL, *user, *password
-	if url == "" || u == "" {
-		if info, err := stack.ReadInfo(*dir); err == nil {
-			if url == "" {
-				url = info.NATSURL
-			}
-			if u == "" {
-				u, p = info.NATSUser, info.NATSPassword
-			}
-		}
-	}
-	if url == "" {
-		url = nats.DefaultURL
-	}
-	opts := []nats.Option{nats.Name("surge-deadletter"), nats.Timeout(5 * time.Second)}
-	if u != "" {
-		opts = append(opts, nats.UserInfo(u, p))
-	}
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return fmt.Errorf("connect to nats %s: %w", url, err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
+	nc, js, err := conn.connect("surge-deadletter")
 	if err != nil {
 		return err
 	}
+	defer nc.Close()
 	dl, err := js.Stream(ctx, streams.DeadLetter)
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", streams.DeadLetter, err)

@@ -70,16 +70,9 @@ func runErase(ctx context.Context, args []string, out io.Writer) error {
 		fmt.Fprint(out, eraseUsage)
 		fs.PrintDefaults()
 	}
-	var rest []string
-	for remaining := args; ; {
-		if err := fs.Parse(remaining); err != nil {
-			return err
-		}
-		remaining = fs.Args()
-		if len(remaining) == 0 {
-			break
-		}
-		rest, remaining = append(rest, remaining[0]), remaining[1:]
+	rest, err := parseInterspersed(fs, args)
+	if err != nil {
+		return err
 	}
 	status := len(rest) > 0 && rest[0] == "status"
 	if len(rest) > 0 && !status || len(rest) > 2 {

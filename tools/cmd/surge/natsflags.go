@@ -57,3 +57,20 @@ func (f natsFlags) connect(name string) (*nats.Conn, jetstream.JetStream, error)
 	}
 	return nc, js, nil
 }
+
+// parseInterspersed parses fs's flags wherever they stand among the
+// arguments (`replay --all`, `set acme --burst 5`) and returns the
+// arguments.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var rest []string
+	for remaining := args; ; {
+		if err := fs.Parse(remaining); err != nil {
+			return nil, err
+		}
+		remaining = fs.Args()
+		if len(remaining) == 0 {
+			return rest, nil
+		}
+		rest, remaining = append(rest, remaining[0]), remaining[1:]
+	}
+}

@@ -12,11 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/surge-events/surge/pkg/problems"
-	"github.com/surge-events/surge/tools/stack"
 )
 
 const problemsUsage = `Usage: surge problems [flags]
@@ -41,10 +37,7 @@ func problemsCmd(args []string) error {
 func runProblems(ctx context.Context, args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("problems", flag.ContinueOnError)
 	fs.SetOutput(out)
-	dir := fs.String("dir", ".surge", "data `folder` of the running local stack, whose stack.json names NATS")
-	natsURL := fs.String("nats", "", "NATS `URL` (default: the local stack's, else "+nats.DefaultURL+")")
-	user := fs.String("user", "", "NATS user (default: the local stack's)")
-	password := fs.String("password", "", "NATS password")
+	conn := addNATSFlags(fs)
 	tenant := fs.String("tenant", "", "only this `tenant`'s problems")
 	sinceFlag := fs.String("since", "24h", "from this RFC 3339 `time`, or this long ago (1h, 30m)")
 	limit := fs.Int("limit", problems.DefaultReadLimit, "read at most this many aggregates")
@@ -65,11 +58,11 @@ func runProblems(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	js, closeNATS, err := problemsConnect(*dir, *natsURL, *user, *password)
+	nc, js, err := conn.connect("surge-problems")
 	if err != nil {
 		return err
 	}
-	defer closeNATS()
+	defer nc.Close()
 	aggs, truncated, err := problems.Read(ctx, js, problems.Query{Tenant: *tenant, Since: since, Until: until, Limit: *limit})
 	if err != nil {
 		return err
@@ -148,35 +141,4 @@ func parseSinceFlag(v string, now time.Time) (time.Time, error) {
 		return now.Add(-d), nil
 	}
 	return time.Time{}, errors.New("--since must be an RFC 3339 time or a positive duration such as 1h")
-}
-
-// problemsConnect connects to the given NATS, else the local stack's.
-func problemsConnect(dir, url, user, password string) (jetstream.JetStream, func(), error) {
-	if url == "" || user == "" {
-		if info, err := stack.ReadInfo(dir); err == nil {
-			if url == "" {
-				url = info.NATSURL
-			}
-			if user == "" {
-				user, password = info.NATSUser, info.NATSPassword
-			}
-		}
-	}
-	if url == "" {
-		url = nats.DefaultURL
-	}
-	opts := []nats.Option{nats.Name("surge-problems"), nats.Timeout(5 * time.Second)}
-	if user != "" {
-		opts = append(opts, nats.UserInfo(user, password))
-	}
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("connect to nats %s: %w", url, err)
-	}
-	js, err := jetstream.New(nc)
-	if err != nil {
-		nc.Close()
-		return nil, nil, err
-	}
-	return js, nc.Close, nil
 }
