@@ -8,9 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/surge-events/surge/pkg/erasure"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -25,15 +22,11 @@ func suppressedUser(i int) string { return fmt.Sprintf("erased-%05d", i) }
 // mutation runs during the bench, and waits until ingest refuses the last
 // one's events.
 func suppressUsers(ctx context.Context, st *stack.Stack, n int) error {
-	nc, err := nats.Connect(st.NATS.ClientURL(), nats.UserInfo(st.NATSAuth.User, st.NATSAuth.Password))
+	js, closeNATS, err := stackJetStream(st)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	store, err := erasure.Open(ctx, js, 1)
 	if err != nil {
 		return err

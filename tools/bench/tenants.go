@@ -4,15 +4,10 @@ import (
 	"context"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/tenants"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -62,15 +57,11 @@ func (p *poster) post(ctx context.Context, url string, body []byte) error {
 // applyQuotas sets the default quota in the stack's SURGE_TENANTS bucket
 // and waits until ingest applies it (its answers carry RateLimit-Limit).
 func applyQuotas(ctx context.Context, st *stack.Stack, key string) error {
-	nc, err := nats.Connect(st.NATS.ClientURL(), nats.UserInfo(st.NATSAuth.User, st.NATSAuth.Password))
+	js, closeNATS, err := stackJetStream(st)
 	if err != nil {
 		return err
 	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		return err
-	}
+	defer closeNATS()
 	store, err := tenants.Open(ctx, js, 1)
 	if err != nil {
 		return err
@@ -101,46 +92,17 @@ func applyQuotas(ctx context.Context, st *stack.Stack, key string) error {
 	}
 }
 
-// benchTenants runs the quotas-off and quotas-on stacks in the order off,
-// on, on, off (a stack runs slower after another on this machine; the
-// ABBA order cancels it, see dedup.go) and prints each mode's two runs
-// averaged, side by side.
+// benchTenants runs the quotas-off and quotas-on stacks (offOn) and
+// prints them side by side.
 func benchTenants(ctx context.Context, f benchFlags, gen *generator) error {
 	keys := tenantKeys(f.tenants)
-	runs := map[bool][]benchReport{}
-	for i, on := range []bool{false, true, true, false} {
-		label := fmt.Sprintf("%s-%d", map[bool]string{false: "quotas-off", true: "quotas-on"}[on], i+1)
-		r, err := benchStack(ctx, f, gen, stackRun{
-			dir: filepath.Join(f.dir, label), fresh: true, apiKeys: keys, quotas: on,
-			report: modeDir(f.report, schema.Mode(label)), cpuProfile: modeFile(f.cpuProfile, schema.Mode(label)), memProfile: modeFile(f.memProfile, schema.Mode(label)),
-		})
-		if err != nil {
-			return fmt.Errorf("%s: %w", label, err)
-		}
-		runs[on] = append(runs[on], r)
+	offs, ons, err := runOffOn(ctx, f, gen, offOn{name: "quotas", run: func(on bool) stackRun {
+		return stackRun{apiKeys: keys, quotas: on}
+	}})
+	if err != nil {
+		return err
 	}
-	fmt.Print(tenantsReport(f, runs[false], runs[true]))
+	fmt.Print(offOnReport(fmt.Sprintf("Surge bench, %d tenants, quotas off vs on (every tenant under a quota of %.0g events/s it never reaches; the same load in each: %d events, %d clients x %d events/request, one tenant per request in turn",
+		f.tenants, benchQuota.EventsPerSecond, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest), "quotas", offs, ons))
 	return nil
-}
-
-func tenantsReport(f benchFlags, offs, ons []benchReport) string {
-	off, on := mean(offs), mean(ons)
-	var b strings.Builder
-	fmt.Fprintf(&b, "\nSurge bench, %d tenants, quotas off vs on (every tenant under a quota of %.0g events/s it never reaches; the same load in each: %d events, %d clients x %d events/request, one tenant per request in turn; stacks run off, on, on, off, each mode's two averaged)\n",
-		f.tenants, benchQuota.EventsPerSecond, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest)
-	for i, r := range []benchReport{offs[0], ons[0], ons[1], offs[1]} {
-		fmt.Fprintf(&b, "  run %d %-10s inserted %.0f events/s, accepted %.0f events/s\n", i+1, map[bool]string{false: "quotas off", true: "quotas on"}[i == 1 || i == 2], r.tp.inserted, r.tp.accepted)
-	}
-	row := func(label, a, c, ratio string) { fmt.Fprintf(&b, "  %-26s %20s %20s %10s\n", label, a, c, ratio) }
-	ratio := func(a, c float64) string {
-		if a == 0 {
-			return "-"
-		}
-		return fmt.Sprintf("%.3f", c/a)
-	}
-	row("", "quotas off", "quotas on", "on/off")
-	row("accepted (HTTP 202)", fmt.Sprintf("%.0f events/s", off.tp.accepted), fmt.Sprintf("%.0f events/s", on.tp.accepted), ratio(off.tp.accepted, on.tp.accepted))
-	row("inserted (queryable)", fmt.Sprintf("%.0f events/s", off.tp.inserted), fmt.Sprintf("%.0f events/s", on.tp.inserted), ratio(off.tp.inserted, on.tp.inserted))
-	row("p99 ingest-to-queryable", off.lat.p99.String(), on.lat.p99.String(), ratio(off.lat.p99.Seconds(), on.lat.p99.Seconds()))
-	return b.String()
 }
