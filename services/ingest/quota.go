@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/surge-events/surge/pkg/lease"
@@ -25,33 +26,25 @@ const checkQuotas = "quotas"
 // instances (each applies its share) and the token buckets.
 type quotas struct {
 	*tenants.Quota
-	mu       sync.Mutex
-	watcher  *tenants.Watcher
-	presence *lease.Presence
+	// Set once NATS is connected; read by every request, hence atomics.
+	watcher  atomic.Pointer[tenants.Watcher]
+	presence atomic.Pointer[lease.Presence]
 }
 
 func (s *Service) newQuotas() *quotas {
 	q := &quotas{}
 	q.Quota = tenants.NewQuota(func(tenant string) tenants.Limits {
-		if w := q.current(); w != nil {
+		if w := q.watcher.Load(); w != nil {
 			return w.Limits(tenant)
 		}
 		return s.cfg.Ingest.Quota
 	}, func() int {
-		q.mu.Lock()
-		defer q.mu.Unlock()
-		if q.presence == nil {
-			return 1
+		if p := q.presence.Load(); p != nil {
+			return p.Live()
 		}
-		return q.presence.Live()
+		return 1
 	})
 	return q
-}
-
-func (q *quotas) current() *tenants.Watcher {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.watcher
 }
 
 // runQuotas watches the limits and keeps this instance's presence until
@@ -60,9 +53,8 @@ func (s *Service) runQuotas(ctx context.Context, wg *sync.WaitGroup) {
 	conn := s.conn.Load()
 	w := tenants.NewWatcher(conn.JS, s.cfg.Streams.Replicas, s.cfg.Ingest.Quota, s.logger)
 	p := lease.NewPresence(conn.JS, "ingest", s.instance, s.cfg.Ingest.InstanceTTL, s.cfg.Streams.Replicas, s.logger)
-	s.quotas.mu.Lock()
-	s.quotas.watcher, s.quotas.presence = w, p
-	s.quotas.mu.Unlock()
+	s.quotas.watcher.Store(w)
+	s.quotas.presence.Store(p)
 	// Not ready until the limits were read once: a load balancer sends
 	// nothing that the quotas would not see.
 	s.host.Admin().NotReady(checkQuotas, "reading the tenants' limits from "+tenants.Bucket)

@@ -50,7 +50,7 @@ func setLimits(t *testing.T, h *harness, tenant string, l tenants.Limits, svcs .
 	require.NoError(t, st.Set(ctx, tenant, l))
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		for _, s := range svcs {
-			w := s.quotas.current()
+			w := s.quotas.watcher.Load()
 			if assert.NotNil(c, w) {
 				assert.Equal(c, l, w.Limits(tenant))
 			}
@@ -147,10 +147,7 @@ func TestQuotaIsSharedByTheLiveInstances(t *testing.T) {
 	other := startAnother(t, h, keys)
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		for _, s := range []*Service{h.svc, other} {
-			q := s.quotas
-			q.mu.Lock()
-			p := q.presence
-			q.mu.Unlock()
+			p := s.quotas.presence.Load()
 			if assert.NotNil(c, p) {
 				assert.Equal(c, 2, p.Live())
 			}
