@@ -164,36 +164,7 @@ func startPipeline(t *testing.T) *pipeline {
 	free, err := ports.Free(7)
 	require.NoError(t, err)
 	natsPort, monPort := free[0], free[1]
-	natsConf := filepath.Join(dir, "nats.conf")
-	require.NoError(t, os.WriteFile(natsConf, fmt.Appendf(nil, `
-host: 127.0.0.1
-port: %d
-http: "127.0.0.1:%d"
-max_payload: 16777216
-jetstream {
-  store_dir: %q
-  max_memory_store: 268435456
-}
-`, natsPort, monPort, filepath.Join(dir, "jetstream")), 0o644))
-	p := &pipeline{
-		dir:      dir,
-		natsURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
-		natsMon:  fmt.Sprintf("http://127.0.0.1:%d", monPort),
-		services: map[string]*proc{},
-	}
-	p.nats = &proc{
-		name: "nats-server", bin: bins["nats-server"], args: []string{"-c", natsConf},
-		logPath: filepath.Join(logs, "nats-server.log"), ready: p.natsMon + "/healthz?js-enabled-only=true",
-	}
-	require.NoError(t, p.nats.start())
-	t.Cleanup(func() { p.nats.stop(syscall.SIGTERM) })
-	require.NoError(t, p.nats.waitReady(t.Context(), 30*time.Second))
-
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	p.clickhouse, err = chserver.StartCluster(ctx, filepath.Join(dir, "clickhouse"), 2)
-	require.NoError(t, err)
-	t.Cleanup(p.clickhouse.Stop)
+	p := startServers(t, dir, bins, logs, natsPort, monPort)
 
 	common := []string{
 		"SURGE_NATS_URL=" + p.natsURL,
@@ -712,4 +683,43 @@ func postEvents(ctx context.Context, c *http.Client, url, body, key string) stri
 	_, _ = io.Copy(io.Discard, resp.Body)
 	_ = resp.Body.Close()
 	return strconv.Itoa(resp.StatusCode)
+}
+
+// startServers starts a pipeline's servers under dir, without its
+// services: the NATS server (natsPort, monitoring monPort) and two
+// ClickHouse servers.
+func startServers(t *testing.T, dir string, bins map[string]string, logs string, natsPort, monPort int) *pipeline {
+	t.Helper()
+	natsConf := filepath.Join(dir, "nats.conf")
+	require.NoError(t, os.WriteFile(natsConf, fmt.Appendf(nil, `
+host: 127.0.0.1
+port: %d
+http: "127.0.0.1:%d"
+max_payload: 16777216
+jetstream {
+  store_dir: %q
+  max_memory_store: 268435456
+}
+`, natsPort, monPort, filepath.Join(dir, "jetstream")), 0o644))
+	p := &pipeline{
+		dir:      dir,
+		natsURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+		natsMon:  fmt.Sprintf("http://127.0.0.1:%d", monPort),
+		services: map[string]*proc{},
+	}
+	p.nats = &proc{
+		name: "nats-server", bin: bins["nats-server"], args: []string{"-c", natsConf},
+		logPath: filepath.Join(logs, "nats-server.log"), ready: p.natsMon + "/healthz?js-enabled-only=true",
+	}
+	require.NoError(t, p.nats.start())
+	t.Cleanup(func() { p.nats.stop(syscall.SIGTERM) })
+	require.NoError(t, p.nats.waitReady(t.Context(), 30*time.Second))
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	var err error
+	p.clickhouse, err = chserver.StartCluster(ctx, filepath.Join(dir, "clickhouse"), 2)
+	require.NoError(t, err)
+	t.Cleanup(p.clickhouse.Stop)
+	return p
 }

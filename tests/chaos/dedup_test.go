@@ -48,36 +48,7 @@ func startDedupPipeline(t *testing.T) *dedupPipeline {
 	free, err := ports.Free(9)
 	require.NoError(t, err)
 	natsPort, monPort := free[0], free[1]
-	natsConf := filepath.Join(dir, "nats.conf")
-	require.NoError(t, os.WriteFile(natsConf, fmt.Appendf(nil, `
-host: 127.0.0.1
-port: %d
-http: "127.0.0.1:%d"
-max_payload: 16777216
-jetstream {
-  store_dir: %q
-  max_memory_store: 268435456
-}
-`, natsPort, monPort, filepath.Join(dir, "jetstream")), 0o644))
-	p := &dedupPipeline{pipeline: &pipeline{
-		dir:      dir,
-		natsURL:  fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
-		natsMon:  fmt.Sprintf("http://127.0.0.1:%d", monPort),
-		services: map[string]*proc{},
-	}}
-	p.nats = &proc{
-		name: "nats-server", bin: bins["nats-server"], args: []string{"-c", natsConf},
-		logPath: filepath.Join(logs, "nats-server.log"), ready: p.natsMon + "/healthz?js-enabled-only=true",
-	}
-	require.NoError(t, p.nats.start())
-	t.Cleanup(func() { p.nats.stop(syscall.SIGTERM) })
-	require.NoError(t, p.nats.waitReady(t.Context(), 30*time.Second))
-
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	p.clickhouse, err = chserver.StartCluster(ctx, filepath.Join(dir, "clickhouse"), 2)
-	require.NoError(t, err)
-	t.Cleanup(p.clickhouse.Stop)
+	p := &dedupPipeline{pipeline: startServers(t, dir, bins, logs, natsPort, monPort)}
 
 	shardsVar := "SURGE_SHARDS=" + strconv.Itoa(shards)
 	admin := map[string]int{"sink": free[2], "batcher": free[3], "partitioner": free[4], "ingest": free[5], "ingest-b": free[6]}
