@@ -56,19 +56,7 @@ func TestPresenceReadIsBounded(t *testing.T) {
 	n := boundedRows(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Minute)
 	defer cancel()
-	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
-	ch, err := chserver.Start(ctx, t.TempDir(), chserver.Options{Shards: 1})
-	require.NoError(t, err)
-	t.Cleanup(ch.Stop)
-	addr := ch.Servers[0].Addr()
-
-	cfg := sink.DefaultConfig().ClickHouse
-	cfg.Addrs = []string{addr}
-	cfg.Database = "surge"
-	st, err := sink.OpenStore(cfg, addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	require.NoError(t, st.EnsureSchema(ctx))
+	st, addr := singleServerStore(ctx, t)
 
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}})
 	require.NoError(t, err)
@@ -127,4 +115,25 @@ WHERE type = 2 AND query LIKE 'SELECT DISTINCT seq FROM surge.events_local%' ORD
 		require.LessOrEqual(t, r, uint64(bound), "read %d: %d rows of a %d-row table", i, r, n)
 	}
 	t.Logf("presence reads over %d rows: %v rows read (bound %d)", n, reads, bound)
+}
+
+// singleServerStore starts one clickhouse-server and opens the sink's
+// store on it, schema created; it returns the store and the server's
+// address.
+func singleServerStore(ctx context.Context, t *testing.T) (sink.Store, string) {
+	t.Helper()
+	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
+	ch, err := chserver.Start(ctx, t.TempDir(), chserver.Options{Shards: 1})
+	require.NoError(t, err)
+	t.Cleanup(ch.Stop)
+	addr := ch.Servers[0].Addr()
+
+	cfg := sink.DefaultConfig().ClickHouse
+	cfg.Addrs = []string{addr}
+	cfg.Database = "surge"
+	st, err := sink.OpenStore(cfg, addr)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	require.NoError(t, st.EnsureSchema(ctx))
+	return st, addr
 }

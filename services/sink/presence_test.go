@@ -9,8 +9,6 @@ import (
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/event"
-	"github.com/surge-events/surge/pkg/testkit/chserver"
-	"github.com/surge-events/surge/services/sink"
 )
 
 // TestPresenceFindsAMessageCutDifferently: the batcher's dedup may cut a
@@ -21,18 +19,7 @@ import (
 func TestPresenceFindsAMessageCutDifferently(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	require.NoError(t, chserver.EnsureInstalled(ctx, t.Logf))
-	ch, err := chserver.Start(ctx, t.TempDir(), chserver.Options{Shards: 1})
-	require.NoError(t, err)
-	t.Cleanup(ch.Stop)
-	addr := ch.Servers[0].Addr()
-	cfg := sink.DefaultConfig().ClickHouse
-	cfg.Addrs = []string{addr}
-	cfg.Database = "surge"
-	st, err := sink.OpenStore(cfg, addr)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	require.NoError(t, st.EnsureSchema(ctx))
+	st, _ := singleServerStore(ctx, t)
 
 	at := time.Date(2026, 12, 6, 10, 0, 0, 0, time.UTC)
 	ev := func(id string) event.Event {
