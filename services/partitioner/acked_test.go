@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -16,21 +17,32 @@ import (
 )
 
 // requireIngestState checks INGEST's message count and a consumer's ack
-// floor and pending counts.
+// floor and pending counts, within a bound: the consumer counts a message
+// a moment after the stream stores it.
 func requireIngestState(t *testing.T, js jetstream.JetStream, consumer string, msgs, ackFloor, pending uint64) {
 	t.Helper()
-	st, err := js.Stream(t.Context(), streams.Ingest)
-	require.NoError(t, err)
-	info, err := st.Info(t.Context())
-	require.NoError(t, err)
-	require.Equal(t, msgs, info.State.Msgs, "INGEST messages")
-	cons, err := st.Consumer(t.Context(), consumer)
-	require.NoError(t, err)
-	ci, err := cons.Info(t.Context())
-	require.NoError(t, err)
-	require.Equal(t, ackFloor, ci.AckFloor.Stream, "ack floor")
-	require.Equal(t, pending, ci.NumPending, "pending")
-	require.Zero(t, ci.NumAckPending, "ack pending")
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		st, err := js.Stream(t.Context(), streams.Ingest)
+		if !assert.NoError(c, err) {
+			return
+		}
+		info, err := st.Info(t.Context())
+		if !assert.NoError(c, err) {
+			return
+		}
+		assert.Equal(c, msgs, info.State.Msgs, "INGEST messages")
+		cons, err := st.Consumer(t.Context(), consumer)
+		if !assert.NoError(c, err) {
+			return
+		}
+		ci, err := cons.Info(t.Context())
+		if !assert.NoError(c, err) {
+			return
+		}
+		assert.Equal(c, ackFloor, ci.AckFloor.Stream, "ack floor")
+		assert.Equal(c, pending, ci.NumPending, "pending")
+		assert.Zero(c, ci.NumAckPending, "ack pending")
+	}, 10*time.Second, 5*time.Millisecond)
 }
 
 // legacyConfig is the shared consumer of older partitioners.
