@@ -62,6 +62,8 @@ type benchFlags struct {
 	// suppressed, with dedup, puts that many users on the suppression
 	// list of the dedup-on stacks too.
 	suppressed int
+	// sinkLeg times the sink alone on a full BATCHES (sinkleg.go).
+	sinkLeg bool
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -123,7 +125,7 @@ func Run(args []string) error {
 		return nil
 	}
 
-	run := stackRun{dir: f.dir, report: f.report, cpuProfile: f.cpuProfile, memProfile: f.memProfile}
+	run := stackRun{dir: f.dir, report: f.report, cpuProfile: f.cpuProfile, memProfile: f.memProfile, sinkLeg: f.sinkLeg}
 	if len(f.modes) == 1 {
 		cfg := schema.DefaultConfig()
 		cfg.Mode = f.modes[0]
@@ -176,6 +178,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")
+	fs.BoolVar(&f.sinkLeg, "sink-leg", true, "after the latency phase, stop the sink, send the throughput phase's load again until BATCHES holds it all, then start the sink and time it alone (single stack runs)")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
 	if err := fs.Parse(args); err != nil {
@@ -222,7 +225,9 @@ type stackRun struct {
 	// dedup is the batcher's dedup section; nil: the default.
 	dedup *batcher.DedupConfig
 	// suppressed puts that many users on the suppression list (suppress.go).
-	suppressed             int
+	suppressed int
+	// sinkLeg times the sink alone after the latency phase (sinkleg.go).
+	sinkLeg                bool
 	report                 string
 	cpuProfile, memProfile string
 }
@@ -322,7 +327,8 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 		rec.phase("segment")
 		r.segment, err = throughputSegment(ctx, st, gen, f)
 	}
-	r.peakHeap = heap()
+	r.heap = heap()
+	r.peakHeap = r.heap.inuse
 	if run.memProfile != "" {
 		if perr := writeHeapProfile(run.memProfile); perr != nil {
 			return benchReport{}, perr
@@ -342,6 +348,13 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	rec.phase("latency")
 	if r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
 		return benchReport{}, err
+	}
+	if run.sinkLeg {
+		fmt.Printf("bench: sink leg: the sink stopped while %d events fill BATCHES, then started and timed alone\n", f.events)
+		rec.phase("sink leg")
+		if r.leg, err = sinkLeg(ctx, st, gen, f, func(ctx context.Context, url string) error { return poster.post(ctx, url, gen.body()) }); err != nil {
+			return benchReport{}, fmt.Errorf("sink leg: %w", err)
+		}
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
 	rec.phase("reference")
@@ -384,9 +397,11 @@ type benchReport struct {
 	segment      throughputResult // --via segment: the load through /v1/batch
 	bulk, single float64          // ClickHouse reference, rows/s
 	peakHeap     uint64
-	columns      int     // typed columns of events_local at the end
-	loadAvg      float64 // the machine's 1-minute load average before the stack started
-	queryRows    uint64  // rows the queries read
+	heap         heapPeaks     // peakHeap and the live heap by owner
+	leg          sinkLegResult // the sink alone; zero when not run
+	columns      int           // typed columns of events_local at the end
+	loadAvg      float64       // the machine's 1-minute load average before the stack started
+	queryRows    uint64        // rows the queries read
 	queries      []queryTiming
 }
 
@@ -414,7 +429,32 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
 		r.bulk, r.single, r.bulk/r.single, float64(r.peakHeap)/(1<<20),
-		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns)
+		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.legSummary() + r.heapSummary()
+}
+
+// legSummary puts the sink alone and the whole path beside ClickHouse's
+// bulk rate of the same run; "" when the sink leg did not run.
+func (r benchReport) legSummary() string {
+	if r.leg.events == 0 || r.bulk == 0 {
+		return ""
+	}
+	return fmt.Sprintf(`  against ClickHouse's bulk rate in this run (%.0f rows/s):
+    sink leg alone              %10.0f rows/s     %3.0f%% of bulk  (%d rows from a full BATCHES in %s; the sink ready %s after its start)
+    end to end (inserted)       %10.0f events/s   %3.0f%% of bulk
+    ingest to BATCHES           %10.0f events/s   %3.0f%% of bulk  (the hops before the sink, the sink stopped)
+`, r.bulk,
+		r.leg.sink, 100*r.leg.sink/r.bulk, r.leg.events, r.leg.sinkIn.Round(time.Millisecond), r.leg.startup.Round(time.Millisecond),
+		r.tp.inserted, 100*r.tp.inserted/r.bulk,
+		r.leg.upstream, 100*r.leg.upstream/r.bulk)
+}
+
+// heapSummary lists the throughput phase's live heap by owner; "" when
+// it was not measured.
+func (r benchReport) heapSummary() string {
+	if len(r.heap.owners) == 0 {
+		return ""
+	}
+	return r.heap.ownersReport()
 }
 
 // discardExporter counts the spans it is given and drops them: the cost

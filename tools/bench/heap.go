@@ -1,26 +1,141 @@
 package bench
 
 import (
+	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"time"
 )
 
-// watchHeap samples the Go heap in use every 100 ms until the returned
-// function is called, which returns the peak: what bounded queues and
-// in-flight limits keep flat however hard the load pushes.
-func watchHeap() (stop func() uint64) {
+// heapPeaks is what watchHeap measured: the process's peak HeapInuse
+// and, per owner (heapOwner), the peak of the live heap the allocation
+// profile attributes to it.
+type heapPeaks struct {
+	inuse  uint64
+	owners map[string]uint64
+}
+
+// Owners of the in-process stack's heap, in the order the report lists them.
+const (
+	ownerNATS        = "NATS server (embedded)"
+	ownerLoad        = "load generator"
+	ownerNATSClient  = "NATS client (its own goroutines)"
+	ownerClickHouse  = "ClickHouse client (its own goroutines)"
+	ownerSurge       = "surge packages (stack beyond 32 frames)"
+	ownerOther       = "other (runtime, net/http)"
+	serviceOwnerPref = "service "
+)
+
+// heapOwner names who owns an allocation, from its stack (leaf first):
+// the embedded NATS server when any frame is its code, else the innermost
+// Surge service (or the bench's load generator) that made it, else the
+// client library whose own goroutine did.
+func heapOwner(funcs []string) string {
+	const surge = "github.com/surge-events/surge/"
+	for _, fn := range funcs {
+		if strings.HasPrefix(fn, "github.com/nats-io/nats-server/") {
+			return ownerNATS
+		}
+	}
+	for _, fn := range funcs {
+		if rest, ok := strings.CutPrefix(fn, surge+"services/"); ok {
+			name, _, _ := strings.Cut(rest, ".")
+			name, _, _ = strings.Cut(name, "/")
+			return serviceOwnerPref + name
+		}
+		if strings.HasPrefix(fn, surge+"tools/bench.") {
+			return ownerLoad
+		}
+	}
+	for _, fn := range funcs {
+		switch {
+		case strings.HasPrefix(fn, surge):
+			return ownerSurge
+		case strings.HasPrefix(fn, "github.com/nats-io/nats.go"):
+			return ownerNATSClient
+		case strings.HasPrefix(fn, "github.com/ClickHouse/"):
+			return ownerClickHouse
+		}
+	}
+	return ownerOther
+}
+
+// heapByOwner is the live heap at the last garbage collection, from the
+// runtime's sampled allocation profile scaled as pprof scales it, summed
+// by heapOwner. names caches each PC's function.
+func heapByOwner(names map[uintptr][]string, records []runtime.MemProfileRecord) (map[string]uint64, []runtime.MemProfileRecord) {
+	n, _ := runtime.MemProfile(records, false)
+	for n > len(records) {
+		records = make([]runtime.MemProfileRecord, n+n/4)
+		n, _ = runtime.MemProfile(records, false)
+	}
+	out := map[string]uint64{}
+	var funcs []string
+	for _, r := range records[:n] {
+		funcs = funcs[:0]
+		for _, pc := range r.Stack() {
+			fns, ok := names[pc]
+			if !ok {
+				// One PC is several functions where calls were inlined.
+				frames := runtime.CallersFrames([]uintptr{pc})
+				for {
+					f, more := frames.Next()
+					fns = append(fns, f.Function)
+					if !more {
+						break
+					}
+				}
+				names[pc] = fns
+			}
+			funcs = append(funcs, fns...)
+		}
+		out[heapOwner(funcs)] += scaledInuse(r, int64(runtime.MemProfileRate))
+	}
+	return out, records
+}
+
+// scaledInuse undoes the profile's sampling, as runtime/pprof does: an
+// allocation of s bytes is sampled with probability 1-exp(-s/rate).
+func scaledInuse(r runtime.MemProfileRecord, rate int64) uint64 {
+	count, size := r.InUseObjects(), r.InUseBytes()
+	if count <= 0 || size <= 0 {
+		return 0
+	}
+	if rate <= 1 {
+		return uint64(size)
+	}
+	avg := float64(size) / float64(count)
+	return uint64(float64(size) / (1 - math.Exp(-avg/float64(rate))))
+}
+
+// watchHeap samples the Go heap in use every 100 ms, and its owners every
+// second, until the returned function is called, which returns the
+// peaks: what bounded queues and in-flight limits keep flat however hard
+// the load pushes, apart from the embedded NATS server's own.
+func watchHeap() (stop func() heapPeaks) {
 	done := make(chan struct{})
-	peak := make(chan uint64, 1)
+	peak := make(chan heapPeaks, 1)
 	go func() {
-		var top uint64
+		top := heapPeaks{owners: map[string]uint64{}}
+		names := map[uintptr][]string{}
+		var records []runtime.MemProfileRecord
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		for {
+		for i := 0; ; i++ {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
-			top = max(top, ms.HeapInuse)
+			top.inuse = max(top.inuse, ms.HeapInuse)
+			if i%10 == 0 {
+				var by map[string]uint64
+				by, records = heapByOwner(names, records)
+				for k, v := range by {
+					top.owners[k] = max(top.owners[k], v)
+				}
+			}
 			select {
 			case <-done:
 				peak <- top
@@ -29,11 +144,46 @@ func watchHeap() (stop func() uint64) {
 			}
 		}
 	}()
-	return func() uint64 {
+	return func() heapPeaks {
 		close(done)
 		return <-peak
 	}
 }
+
+// ownersReport lists each owner's peak live heap, services first.
+func (h heapPeaks) ownersReport() string {
+	var services, rest []string
+	for k := range h.owners {
+		if strings.HasPrefix(k, serviceOwnerPref) {
+			services = append(services, k)
+		} else {
+			rest = append(rest, k)
+		}
+	}
+	slices.Sort(services)
+	order := []string{ownerNATS, ownerLoad, ownerNATSClient, ownerClickHouse, ownerSurge, ownerOther}
+	slices.SortFunc(rest, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
+	var b strings.Builder
+	var svc uint64
+	for _, k := range services {
+		svc += h.owners[k]
+	}
+	b.WriteString("  peak live heap by owner (sampled allocation profile, each owner's own peak, every 1 s):\n")
+	for _, k := range append(services, rest...) {
+		b.WriteString("    " + padRight(k, 42) + mibString(h.owners[k]) + "\n")
+	}
+	b.WriteString("    " + padRight("the four services together", 42) + mibString(svc) + "\n")
+	return b.String()
+}
+
+func padRight(s string, n int) string {
+	if len(s) >= n {
+		return s + " "
+	}
+	return s + strings.Repeat(" ", n-len(s))
+}
+
+func mibString(b uint64) string { return fmt.Sprintf("%8.1f MiB", float64(b)/(1<<20)) }
 
 // writeHeapProfile writes the heap profile to path.
 func writeHeapProfile(path string) error {

@@ -289,10 +289,14 @@ type reportData struct {
 	Throughput reportThroughput `json:"throughput"`
 	Latency    reportLatency    `json:"latency"`
 	Reference  reportReference  `json:"clickhouse_reference"`
-	// PeakHeapBytes is the Go heap's peak during the throughput phase, as printed.
-	PeakHeapBytes uint64      `json:"peak_heap_bytes"`
-	Phases        []runPhase  `json:"phases"`
-	Samples       []runSample `json:"samples"`
+	// SinkLeg is the sink alone on a full BATCHES; absent when not run.
+	SinkLeg *reportSinkLeg `json:"sink_leg,omitempty"`
+	// PeakHeapBytes is the Go heap's peak during the throughput phase, as
+	// printed; HeapByOwner is each owner's peak live heap (heap.go).
+	PeakHeapBytes uint64            `json:"peak_heap_bytes"`
+	HeapByOwner   map[string]uint64 `json:"peak_live_heap_by_owner_bytes,omitempty"`
+	Phases        []runPhase        `json:"phases"`
+	Samples       []runSample       `json:"samples"`
 }
 
 type reportSetup struct {
@@ -341,6 +345,16 @@ type reportProbe struct {
 	LatencyMS float64 `json:"latency_ms"`
 }
 
+type reportSinkLeg struct {
+	Rows                int     `json:"rows"`
+	SinkRowsPerSecond   float64 `json:"sink_rows_per_s"`
+	SinkSeconds         float64 `json:"sink_in_s"`
+	SinkStartupSeconds  float64 `json:"sink_startup_s"`
+	UpstreamPerSecond   float64 `json:"ingest_to_batches_events_per_s"`
+	SinkShareOfBulk     float64 `json:"sink_share_of_bulk"`
+	EndToEndShareOfBulk float64 `json:"end_to_end_share_of_bulk"`
+}
+
 type reportReference struct {
 	BulkRowsPerSecond      float64 `json:"bulk_rows_per_s"`
 	SingleRowRowsPerSecond float64 `json:"single_row_rows_per_s"`
@@ -373,6 +387,14 @@ func (rec *runRecord) write(r benchReport) error {
 		},
 		Reference:     reportReference{BulkRowsPerSecond: r.bulk, SingleRowRowsPerSecond: r.single},
 		PeakHeapBytes: r.peakHeap,
+		HeapByOwner:   r.heap.owners,
+	}
+	if r.leg.events > 0 && r.bulk > 0 {
+		d.SinkLeg = &reportSinkLeg{
+			Rows: r.leg.events, SinkRowsPerSecond: r.leg.sink, SinkSeconds: r.leg.sinkIn.Seconds(),
+			SinkStartupSeconds: r.leg.startup.Seconds(), UpstreamPerSecond: r.leg.upstream,
+			SinkShareOfBulk: r.leg.sink / r.bulk, EndToEndShareOfBulk: r.tp.inserted / r.bulk,
+		}
 	}
 	d.Samples = rec.stop()
 	rec.endPhase(d.Samples[len(d.Samples)-1].T)

@@ -79,6 +79,24 @@ func TestBenchReport(t *testing.T) {
 		assert.Equal(t, dur, time.Duration(q.ms)*time.Millisecond, q.name)
 	}
 	assert.Equal(t, printed(`\((\d+) probes\)`), strconv.Itoa(d.Latency.Probes))
+	// The sink leg: the restarted sink inserted exactly the phase's rows
+	// from a full BATCHES, printed beside the bulk rate.
+	require.NotNil(t, d.SinkLeg)
+	assert.Equal(t, events, d.SinkLeg.Rows)
+	assert.Equal(t, strconv.Itoa(events), printed(`\((\d+) rows from a full BATCHES`))
+	assert.Equal(t, printed(`sink leg alone +(\d+) rows/s`), strconv.FormatFloat(d.SinkLeg.SinkRowsPerSecond, 'f', 0, 64))
+	assert.InDelta(t, d.SinkLeg.SinkRowsPerSecond/d.Reference.BulkRowsPerSecond, d.SinkLeg.SinkShareOfBulk, 1e-9)
+	// The live heap by owner sets the embedded NATS server's apart from
+	// the services' (a small run may sample nothing live of one service).
+	assert.Positive(t, d.HeapByOwner[ownerNATS])
+	var services uint64
+	for owner, b := range d.HeapByOwner {
+		if name, ok := strings.CutPrefix(owner, serviceOwnerPref); ok {
+			assert.Contains(t, []string{"ingest", "partitioner", "batcher", "sink"}, name)
+			services += b
+		}
+	}
+	assert.Positive(t, services)
 	assert.Len(t, d.Latency.ProbesSeen, d.Latency.Probes)
 
 	// Every shard inserted rows, and they add up to the events sent.
@@ -92,8 +110,8 @@ func TestBenchReport(t *testing.T) {
 	assert.Equal(t, float64(events), rows)
 
 	// The phases follow each other; the samples cover them and never go back.
-	require.Len(t, d.Phases, 3)
-	for i, name := range []string{"throughput", "latency", "reference"} {
+	require.Len(t, d.Phases, 4)
+	for i, name := range []string{"throughput", "latency", "sink leg", "reference"} {
 		assert.Equal(t, name, d.Phases[i].Name)
 		assert.LessOrEqual(t, d.Phases[i].Start, d.Phases[i].End, name)
 		if i > 0 {
@@ -104,7 +122,7 @@ func TestBenchReport(t *testing.T) {
 	assert.Equal(t, d.Throughput.InsertedSeconds, d.Phases[0].End)
 	require.NotEmpty(t, d.Samples)
 	last := d.Samples[len(d.Samples)-1]
-	assert.Equal(t, d.Phases[2].End, last.T)
+	assert.Equal(t, d.Phases[3].End, last.T)
 	for i := 1; i < len(d.Samples); i++ {
 		prev, cur := d.Samples[i-1], d.Samples[i]
 		assert.Less(t, prev.T, cur.T, "sample %d", i)
@@ -115,10 +133,10 @@ func TestBenchReport(t *testing.T) {
 		assert.LessOrEqual(t, prev.MachineCPUSeconds, cur.MachineCPUSeconds, "sample %d", i)
 		assert.Positive(t, cur.HeapInuseBytes, "sample %d", i)
 	}
-	// By the end, the throughput phase's events and every probe seen were
-	// accepted and inserted.
-	assert.GreaterOrEqual(t, last.Accepted, int64(events+d.Latency.Probes))
-	assert.GreaterOrEqual(t, last.Inserted, float64(events+d.Latency.Probes))
+	// By the end, the throughput and sink-leg phases' events and every
+	// probe seen were accepted and inserted (the stopped sink's rows kept).
+	assert.GreaterOrEqual(t, last.Accepted, int64(2*events+d.Latency.Probes))
+	assert.GreaterOrEqual(t, last.Inserted, float64(2*events+d.Latency.Probes))
 	assert.Positive(t, last.CPUSeconds)
 	assert.Positive(t, last.ClickHouseCPUSeconds)
 	// The machine ran the bench process and ClickHouse, at least. The

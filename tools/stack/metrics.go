@@ -27,18 +27,32 @@ func Sum(reg prometheus.Gatherer, name string) float64 {
 	return total
 }
 
-// Accepted is the number of events ingest answered 202 for.
-func (s *Stack) Accepted() float64 {
-	if p := s.Part("ingest"); p != nil {
-		return Sum(p.Registry, "surge_ingest_events_accepted_total")
-	}
-	return 0
-}
+// The counters Accepted and Inserted read, which StopPart keeps for them.
+const (
+	acceptedCounter = "surge_ingest_events_accepted_total"
+	insertedCounter = "surge_sink_rows_inserted_total"
+)
 
-// Inserted is the number of rows the sink inserted.
-func (s *Stack) Inserted() float64 {
-	if p := s.Part("sink"); p != nil {
-		return Sum(p.Registry, "surge_sink_rows_inserted_total")
+var countersKept = []string{acceptedCounter, insertedCounter}
+
+// Accepted is the number of events ingest answered 202 for, stopped
+// instances included.
+func (s *Stack) Accepted() float64 { return s.counted("ingest", acceptedCounter) }
+
+// Inserted is the number of rows the sink inserted, stopped instances
+// included.
+func (s *Stack) Inserted() float64 { return s.counted("sink", insertedCounter) }
+
+// counted is name in the running part's registry plus what its stopped
+// instances counted.
+func (s *Stack) counted(part, name string) float64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.retired[name]
+	for _, p := range s.Parts {
+		if p.Name == part {
+			n += Sum(p.Registry, name)
+		}
 	}
-	return 0
+	return n
 }

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -115,6 +117,14 @@ type Stack struct {
 
 	opts Options
 	lock *DirLock
+	// builds make each service anew, by name, for StartPart.
+	builds map[string]func(service.Deps) (runner, error)
+	// mu guards Parts and retired while StopPart and StartPart run beside
+	// readers such as Inserted.
+	mu sync.Mutex
+	// retired is what the stopped instances of a service counted of
+	// each counter that Inserted and Accepted read, so they never go back.
+	retired map[string]float64
 }
 
 // Start brings up servers and services and waits until every service is ready.
@@ -248,41 +258,102 @@ func (s *Stack) startServices(ctx context.Context) error {
 		}
 	}
 
-	build := []struct {
-		name string
-		new  func(service.Deps) (runner, error)
-	}{
-		{"ingest", func(d service.Deps) (runner, error) {
+	s.builds = map[string]func(service.Deps) (runner, error){
+		"ingest": func(d service.Deps) (runner, error) {
 			svc, err := ingest.New(icfg, d)
 			if err == nil {
 				s.IngestURL = "http://" + svc.Addr()
 			}
 			return svc, err
-		}},
-		{"partitioner", func(d service.Deps) (runner, error) { return partitioner.New(pcfg, d) }},
-		{"batcher", func(d service.Deps) (runner, error) { return batcher.New(bcfg, d) }},
-		{"sink", func(d service.Deps) (runner, error) { return sink.New(scfg, d) }},
+		},
+		"partitioner": func(d service.Deps) (runner, error) { return partitioner.New(pcfg, d) },
+		"batcher":     func(d service.Deps) (runner, error) { return batcher.New(bcfg, d) },
+		"sink":        func(d service.Deps) (runner, error) { return sink.New(scfg, d) },
 	}
-	for _, b := range build {
-		deps := s.deps(b.name)
-		svc, err := b.new(deps)
+	for _, name := range partOrder {
+		p, err := s.run(name)
 		if err != nil {
-			return fmt.Errorf("build %s: %w", b.name, err)
+			return err
 		}
-		runCtx, cancel := context.WithCancel(context.Background())
-		p := &Part{Name: b.name, AdminAddr: svc.AdminAddr(), Registry: deps.Registry, cancel: cancel, done: make(chan struct{})}
-		go func() {
-			defer close(p.done)
-			p.err = svc.Run(runCtx)
-		}()
 		s.Parts = append(s.Parts, p)
 	}
-	return s.waitReady(ctx, 60*time.Second)
+	return s.waitReady(ctx, s.Parts, 60*time.Second)
 }
 
-func (s *Stack) waitReady(ctx context.Context, timeout time.Duration) error {
+// partOrder is the pipeline's order, in which Start starts the services
+// and Stop stops them.
+var partOrder = []string{"ingest", "partitioner", "batcher", "sink"}
+
+// run builds the service of that name and runs it until its Part is
+// cancelled.
+func (s *Stack) run(name string) (*Part, error) {
+	deps := s.deps(name)
+	svc, err := s.builds[name](deps)
+	if err != nil {
+		return nil, fmt.Errorf("build %s: %w", name, err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	p := &Part{Name: name, AdminAddr: svc.AdminAddr(), Registry: deps.Registry, cancel: cancel, done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.err = svc.Run(runCtx)
+	}()
+	return p, nil
+}
+
+// StopPart stops the running service of that name, as Stop does (a
+// graceful drain), and leaves the rest of the stack running; StartPart
+// starts it again. The bench stops the sink this way to fill BATCHES and
+// then time the sink alone.
+func (s *Stack) StopPart(name string) error {
+	p := s.Part(name)
+	if p == nil {
+		return fmt.Errorf("stack: %s is not running", name)
+	}
+	p.cancel()
+	<-p.done
+	// Out of Parts and its counts into retired in one step, so Inserted
+	// never goes back while a reader looks.
+	s.mu.Lock()
+	s.Parts = slices.DeleteFunc(s.Parts, func(q *Part) bool { return q == p })
+	if s.retired == nil {
+		s.retired = map[string]float64{}
+	}
+	for _, c := range countersKept {
+		s.retired[c] += Sum(p.Registry, c)
+	}
+	s.mu.Unlock()
+	if p.err != nil && !errors.Is(p.err, context.Canceled) {
+		return fmt.Errorf("%s: %w", name, p.err)
+	}
+	return nil
+}
+
+// StartPart starts a new instance of a service StopPart stopped, with a
+// new registry, and waits until it is ready.
+func (s *Stack) StartPart(ctx context.Context, name string) (*Part, error) {
+	if s.Part(name) != nil {
+		return nil, fmt.Errorf("stack: %s is running already", name)
+	}
+	if s.builds[name] == nil {
+		return nil, fmt.Errorf("stack: no service %q", name)
+	}
+	p, err := s.run(name)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.Parts = append(s.Parts, p)
+	slices.SortFunc(s.Parts, func(a, b *Part) int {
+		return slices.Index(partOrder, a.Name) - slices.Index(partOrder, b.Name)
+	})
+	s.mu.Unlock()
+	return p, s.waitReady(ctx, []*Part{p}, 60*time.Second)
+}
+
+func (s *Stack) waitReady(ctx context.Context, parts []*Part, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
-	for _, p := range s.Parts {
+	for _, p := range parts {
 		for {
 			if ready(ctx, p.AdminAddr) {
 				break
@@ -307,6 +378,8 @@ func (s *Stack) waitReady(ctx context.Context, timeout time.Duration) error {
 
 // Part returns the running service of that name, nil if none.
 func (s *Stack) Part(name string) *Part {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	for _, p := range s.Parts {
 		if p.Name == name {
 			return p
@@ -321,14 +394,17 @@ func (s *Stack) Part(name string) *Part {
 // JetStream for the next start.
 func (s *Stack) Stop() error {
 	var errs []error
-	for _, p := range s.Parts {
+	s.mu.Lock()
+	parts := s.Parts
+	s.Parts = nil
+	s.mu.Unlock()
+	for _, p := range parts {
 		p.cancel()
 		<-p.done
 		if p.err != nil && !errors.Is(p.err, context.Canceled) {
 			errs = append(errs, fmt.Errorf("%s: %w", p.Name, p.err))
 		}
 	}
-	s.Parts = nil
 	if s.ClickHouse != nil {
 		s.ClickHouse.Stop()
 		s.ClickHouse = nil

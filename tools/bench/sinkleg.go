@@ -1,0 +1,64 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/surge-events/surge/pkg/retry"
+	"github.com/surge-events/surge/tools/stack"
+)
+
+// sinkLegResult is the sink alone: the rate at which it emptied a
+// BATCHES stream that already held every batch, as the peers of the
+// design's comparison were measured, beside the rate at which the hops
+// before it (ingest, partitioner, batcher) filled BATCHES.
+type sinkLegResult struct {
+	events int
+	// upstream is events/s from the first request to the last row in a
+	// published batch, with the sink stopped.
+	upstream float64
+	// sink is rows/s from the restarted sink's readiness to its last
+	// inserted row; startup is how long it took to be ready.
+	sink     float64
+	sinkIn   time.Duration
+	startup  time.Duration
+	inserted float64 // rows the restarted sink inserted
+}
+
+// sinkLeg stops the sink, sends the throughput phase's load again until
+// the batcher has published every row into BATCHES, then starts a new
+// sink and times it emptying BATCHES into ClickHouse.
+func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags,
+	send func(ctx context.Context, url string) error) (sinkLegResult, error) {
+	if err := st.StopPart("sink"); err != nil {
+		return sinkLegResult{}, fmt.Errorf("stop the sink: %w", err)
+	}
+	batcher := st.Part("batcher")
+	batched := insertedCounter{every: 10 * time.Millisecond, count: func(context.Context) (float64, error) {
+		return stack.Sum(batcher.Registry, "surge_batcher_rows_total"), nil
+	}}
+	up, err := throughputOf(ctx, []string{st.IngestURL}, batched, gen, f, send)
+	if err != nil {
+		return sinkLegResult{}, fmt.Errorf("fill BATCHES: %w", err)
+	}
+	events := f.events / f.perRequest * f.perRequest
+
+	begin := time.Now()
+	p, err := st.StartPart(ctx, "sink")
+	if err != nil {
+		return sinkLegResult{}, fmt.Errorf("start the sink: %w", err)
+	}
+	ready := time.Now()
+	for {
+		// The new sink's registry counts from zero: only this phase's rows.
+		if n := stack.Sum(p.Registry, "surge_sink_rows_inserted_total"); n >= float64(events) {
+			in := time.Since(ready)
+			return sinkLegResult{events: events, upstream: up.inserted, sink: float64(events) / in.Seconds(),
+				sinkIn: in, startup: ready.Sub(begin), inserted: n}, nil
+		}
+		if !retry.Sleep(ctx, 5*time.Millisecond) {
+			return sinkLegResult{}, ctx.Err()
+		}
+	}
+}
