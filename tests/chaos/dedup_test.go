@@ -41,6 +41,15 @@ type dedupPipeline struct {
 // default), so a resend after it is no JetStream duplicate.
 func startDedupPipeline(t *testing.T) *dedupPipeline {
 	t.Helper()
+	return startTwoIngests(t, []string{"SURGE_INGEST_API_KEYS=key-acme=acme,key-beta=beta", "SURGE_STREAMS_DUPLICATE_WINDOW=1s"}, nil)
+}
+
+// startTwoIngests starts nats-server, two clickhouse-servers, the sink,
+// batcher and partitioner and two ingests, each ready before the next;
+// ingestEnv is added to both ingests' settings, partitionerEnv to the
+// partitioner's.
+func startTwoIngests(t *testing.T, ingestEnv, partitionerEnv []string) *dedupPipeline {
+	t.Helper()
 	dir := t.TempDir()
 	bins := build(t, filepath.Join(dir, "bin"))
 	logs := filepath.Join(dir, "logs")
@@ -52,11 +61,10 @@ func startDedupPipeline(t *testing.T) *dedupPipeline {
 
 	shardsVar := "SURGE_SHARDS=" + strconv.Itoa(shards)
 	admin := map[string]int{"sink": free[2], "batcher": free[3], "partitioner": free[4], "ingest": free[5], "ingest-b": free[6]}
-	ingestEnv := []string{"SURGE_INGEST_API_KEYS=key-acme=acme,key-beta=beta", "SURGE_STREAMS_DUPLICATE_WINDOW=1s"}
 	extra := map[string][]string{
 		"sink":        {shardsVar, "SURGE_CLICKHOUSE_ADDRS=" + strings.Join(p.clickhouse.Addrs(), ",")},
 		"batcher":     {shardsVar, "SURGE_BATCH_MAX_ROWS=5000", "SURGE_BATCH_MAX_AGE=300ms"},
-		"partitioner": {shardsVar},
+		"partitioner": append([]string{shardsVar}, partitionerEnv...),
 		"ingest":      append([]string{"SURGE_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(free[7])}, ingestEnv...),
 		"ingest-b":    append([]string{"SURGE_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(free[8])}, ingestEnv...),
 	}
