@@ -22,10 +22,13 @@ const (
 	CutAge CutReason = "age"
 	// CutShutdown: the batcher is stopping and flushes what it holds.
 	CutShutdown CutReason = "shutdown"
+	// CutIdle: the batch's first event has waited MinAge and the shard's
+	// sink has landed every batch before it.
+	CutIdle CutReason = "idle"
 )
 
 // CutReasons are every reason, in a fixed order.
-var CutReasons = []CutReason{CutRows, CutBytes, CutAge, CutShutdown}
+var CutReasons = []CutReason{CutRows, CutBytes, CutAge, CutShutdown, CutIdle}
 
 // Builder collects whole EVENTS messages of one shard until the policy says
 // the batch is complete, and says why: the caller cuts, the builder
@@ -95,6 +98,15 @@ func (b *Builder) Expired(now time.Time) CutReason {
 		return CutAge
 	}
 	return ""
+}
+
+// Ripe is when the open batch may be cut early, for an idle sink
+// (Policy.MinAge); zero when it is empty or the early cut is off.
+func (b *Builder) Ripe() time.Time {
+	if b.cur.Len() == 0 || b.policy.MinAge <= 0 {
+		return time.Time{}
+	}
+	return b.opened.Add(b.policy.MinAge)
 }
 
 // Len is the number of rows waiting.

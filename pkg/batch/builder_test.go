@@ -185,7 +185,24 @@ func TestCutReasonsAreTheMetricLabels(t *testing.T) {
 	for _, r := range batch.CutReasons {
 		got = append(got, string(r))
 	}
-	require.Equal(t, []string{"rows", "bytes", "age", "shutdown"}, got)
+	require.Equal(t, []string{"rows", "bytes", "age", "shutdown", "idle"}, got)
+}
+
+// Ripe is MinAge after the first event of the open batch; zero when the
+// batch is empty or the early cut is off.
+func TestRipe(t *testing.T) {
+	b := batch.NewBuilder(0, batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: time.Second, MinAge: 200 * time.Millisecond})
+	require.True(t, b.Ripe().IsZero())
+	opened := time.Unix(10, 0)
+	b.Add(1, msgOf(1, 50), opened)
+	b.Add(2, msgOf(1, 50), opened.Add(150*time.Millisecond))
+	require.Equal(t, opened.Add(200*time.Millisecond), b.Ripe())
+	b.Cut()
+	require.True(t, b.Ripe().IsZero())
+
+	off := batch.NewBuilder(0, batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: time.Second})
+	off.Add(1, msgOf(1, 50), opened)
+	require.True(t, off.Ripe().IsZero())
 }
 
 func TestAfter(t *testing.T) {
@@ -265,4 +282,5 @@ func TestPolicyValidate(t *testing.T) {
 	require.ErrorContains(t, err, "max_rows")
 	require.ErrorContains(t, err, "max_bytes")
 	require.ErrorContains(t, err, "max_age")
+	require.ErrorContains(t, batch.Policy{MaxRows: 1, MaxBytes: 1024, MaxAge: time.Second, MinAge: -time.Second}.Validate(), "min_age")
 }

@@ -16,12 +16,21 @@ type Policy struct {
 	MaxBytes int `yaml:"max_bytes" env:"MAX_BYTES"`
 	// MaxAge is the longest the first event of a batch waits for the cut.
 	MaxAge time.Duration `yaml:"max_age" env:"MAX_AGE"`
+	// MinAge cuts a batch before MaxAge: once its first event has waited
+	// MinAge, it is cut as soon as the shard's sink has landed every batch
+	// before it (the sink is idle). A busy sink lets the batch grow to
+	// MaxRows, MaxBytes or MaxAge, so batches are small only while the
+	// sink has time for more inserts, as a Kafka producer's linger or the
+	// OpenTelemetry batch processor's timeout. 0 turns the early cut off,
+	// as does a MinAge at or above MaxAge.
+	MinAge time.Duration `yaml:"min_age" env:"MIN_AGE"`
 }
 
 // DefaultPolicy suits ClickHouse: inserts of thousands of rows, at most
-// about one per second per shard.
+// about one per second per shard under load, and about five a second
+// per shard while the sink is idle.
 func DefaultPolicy() Policy {
-	return Policy{MaxRows: 10000, MaxBytes: 8 << 20, MaxAge: time.Second}
+	return Policy{MaxRows: 10000, MaxBytes: 8 << 20, MaxAge: time.Second, MinAge: 200 * time.Millisecond}
 }
 
 // Validate reports every problem of the policy.
@@ -35,6 +44,9 @@ func (p Policy) Validate() error {
 	}
 	if p.MaxAge <= 0 {
 		errs = append(errs, fmt.Errorf("max_age must be positive, got %s", p.MaxAge))
+	}
+	if p.MinAge < 0 {
+		errs = append(errs, fmt.Errorf("min_age must be 0 (off) or positive, got %s", p.MinAge))
 	}
 	return errors.Join(errs...)
 }

@@ -91,6 +91,17 @@ func EventsSubject(shard int) string { return "events.shard." + strconv.Itoa(sha
 // BatchesSubject is the subject of one shard in BATCHES.
 func BatchesSubject(shard int) string { return "batches.shard." + strconv.Itoa(shard) }
 
+// LandedSubject is where the sink says, on core NATS (no stream), that it
+// has landed a batch of the shard: the payload is the batch's last EVENTS
+// sequence in decimal. The batcher cuts the shard's next batch early while
+// the sink has landed every batch before it (batch.Policy.MinAge). A
+// notice lost costs only that early cut.
+func LandedSubject(shard int) string { return LandedPrefix + strconv.Itoa(shard) }
+
+// LandedPrefix is LandedSubject without its shard; LandedSubject(k) is
+// LandedPrefix + k, and LandedPrefix + "*" subscribes to every shard.
+const LandedPrefix = "sink.landed.shard."
+
 // DeadLetterSubject is where a service puts what it cannot process.
 func DeadLetterSubject(service string, shard int) string {
 	return "deadletter." + service + ".shard." + strconv.Itoa(shard)

@@ -147,6 +147,15 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 	}
 	erased := newErased(conn.JS, s.cfg.Streams.Replicas, s.host.Registry, s.host.Logger)
 	wg.Go(func() { erased.run(ctx) })
+	var sinks sinkStates
+	if s.cfg.Policy.MinAge > 0 {
+		sinks = newSinkStates(s.cfg.Shards)
+		sub, err := sinks.subscribe(conn.NC)
+		if err != nil {
+			return fmt.Errorf("follow the sink's landings: %w", err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	owner, err := lease.OwnerFor(conn.JS, "batcher", s.instance, s.cfg.Ownership, s.cfg.Streams.Replicas, s.host.Logger)
 	if err != nil {
 		return err
@@ -180,6 +189,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 				holds:   holds,
 				typer:   typer,
 				dedup:   d,
+				sink:    sinks.of(k),
 			}, nil
 		},
 		Poller: liveness.Poller{

@@ -61,6 +61,9 @@ func (l *shardLoop) publish(ctx context.Context, c *cutBatch) error {
 	l.m.rows.Add(float64(b.Len()))
 	l.m.cuts[c.reason].Inc()
 	log.Debug("batch published", zap.Int("rows", b.Len()), zap.Int("bytes", len(data)), zap.String("cut", string(c.reason)))
+	if l.sink != nil {
+		l.sink.publishedThrough(b.LastSeq)
+	}
 	l.dedupPublished(ctx, c)
 	l.schedulePurge(ctx, b.LastSeq)
 	return nil

@@ -37,9 +37,13 @@ func (l *shardLoop) purgeDue(ctx context.Context) {
 }
 
 // wakeAt is when the consume loop must act without a message: the open
-// batch's age deadline or the next purge, whichever is first; zero if none.
+// batch's age deadline, its early cut while the sink is idle, or the next
+// purge, whichever is first; zero if none.
 func (l *shardLoop) wakeAt() time.Time {
 	d := l.builder.Deadline()
+	if r := l.builder.Ripe(); !r.IsZero() && r.Before(d) && l.sinkIdle() {
+		d = r
+	}
 	if len(l.unpurged) > 0 && (d.IsZero() || l.unpurged[0].at.Before(d)) {
 		d = l.unpurged[0].at
 	}

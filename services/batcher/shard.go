@@ -71,6 +71,9 @@ type shardLoop struct {
 	// erased drops the events of users being erased (erasure.go); nil
 	// drops nothing.
 	erased *erased
+	// sink is what the shard's sink said it has landed (landed.go); nil
+	// turns the early cut off.
+	sink *sinkState
 
 	// next is the EVENTS sequence to read from; 0 means the subject's first.
 	next atomic.Uint64
@@ -248,17 +251,29 @@ func (l *shardLoop) consume(ctx context.Context) error {
 	}
 	defer it.Stop()
 
-	// wait ends at the age deadline of the open batch or the next due
-	// purge, if any. The deadline is fixed while a batch is open, so one
-	// context serves every Next of that batch.
+	// wait ends at the next moment the loop must act without a message
+	// (wakeAt), or when the shard's sink turns idle with a batch open. It
+	// is made anew when that moment changes or the wait has ended; the
+	// loop then looks again before it waits, so a notice of the sink that
+	// came meanwhile is seen.
 	wait, cancelWait := context.Context(cctx), context.CancelFunc(func() {})
 	defer func() { cancelWait() }()
 	var deadline time.Time
+	fresh := false
 	for {
-		if d := l.wakeAt(); !d.Equal(deadline) {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if cctx.Err() != nil {
+			return context.Cause(cctx)
+		}
+		l.cutDue(ctx, time.Now())
+		if d := l.wakeAt(); !fresh || !d.Equal(deadline) || wait.Err() != nil {
 			cancelWait()
 			deadline = d
-			wait, cancelWait = until(cctx, d)
+			wait, cancelWait = l.waitUntil(cctx, d)
+			fresh = true
+			continue
 		}
 		l.wd.Waiting(waitingEvents)
 		msg, err := it.Next(jetstream.NextContext(wait))
@@ -269,12 +284,8 @@ func (l *shardLoop) consume(ctx context.Context) error {
 			if cctx.Err() != nil {
 				return context.Cause(cctx)
 			}
-			if now := time.Now(); !deadline.IsZero() && !now.Before(deadline) {
-				if reason := l.builder.Expired(now); reason != "" {
-					l.cut(ctx, reason)
-				}
-				l.purgeDue(ctx)
-				continue
+			if wait.Err() != nil {
+				continue // a deadline or the sink turned idle: the loop's top does what is due
 			}
 			return fmt.Errorf("next: %w", err)
 		}
@@ -283,6 +294,31 @@ func (l *shardLoop) consume(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// cutDue cuts the open batch when it is due at now: by age (MaxAge), or
+// early (MinAge) while the shard's sink has landed every batch before
+// it; then it purges what is due.
+func (l *shardLoop) cutDue(ctx context.Context, now time.Time) {
+	if reason := l.builder.Expired(now); reason != "" {
+		l.cut(ctx, reason)
+	} else if r := l.builder.Ripe(); !r.IsZero() && !now.Before(r) && l.sinkIdle() {
+		l.cut(ctx, batch.CutIdle)
+	}
+	l.purgeDue(ctx)
+}
+
+// sinkIdle reports whether the shard's sink has landed every batch this
+// shard published; false when the batcher does not follow the sink.
+func (l *shardLoop) sinkIdle() bool { return l.sink != nil && l.sink.idle() }
+
+// waitUntil is the wait of the loop until d, which a landing notice
+// ends early when the sink turns idle.
+func (l *shardLoop) waitUntil(ctx context.Context, d time.Time) (context.Context, context.CancelFunc) {
+	if l.sink == nil {
+		return until(ctx, d)
+	}
+	return l.sink.waitUntil(ctx, d)
 }
 
 // setStopConsumer records how to stop the running events consumer.

@@ -69,6 +69,9 @@ type shardLoop struct {
 	// static mode, while its lease holds in lease mode. Checked before
 	// every insert attempt, dead-letter publish and ack.
 	holds func() bool
+	// notify tells the batcher, on streams.LandedSubject, that the shard's
+	// batches up to an EVENTS sequence have landed; nil tells nobody.
+	notify func(seq uint64)
 
 	// watermark is the highest EVENTS sequence ClickHouse holds for the
 	// shard, valid while known. It is (re)read from ClickHouse at start and
@@ -336,6 +339,9 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	})
 	switch {
 	case err == nil:
+		if l.notify != nil {
+			l.notify(b.LastSeq)
+		}
 	case errors.Is(err, shard.ErrNotOwner):
 		log.Warn("shard lease lost with the batch unacked; releasing it to the next owner")
 		span.SetStatus(codes.Error, "shard lease lost")

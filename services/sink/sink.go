@@ -16,6 +16,7 @@ import (
 	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/service"
 	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/streams"
 )
 
 // TracerName names the sink's tracer.
@@ -183,6 +184,12 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		Start: func(ctx context.Context, k int, holds func() bool) (shard.Loop, error) {
 			l := s.newShardLoop(k, conn.JS, servers[s.cfg.ServerOf(k)])
 			l.holds, l.info = holds, conn.JS
+			subject := streams.LandedSubject(k)
+			l.notify = func(seq uint64) {
+				// A hint, on core NATS: a notice lost costs the batcher
+				// one early cut (batch.Policy.MinAge), nothing else.
+				_ = conn.NC.Publish(subject, strconv.AppendUint(nil, seq, 10))
+			}
 			if err := l.createConsumer(ctx); err != nil {
 				return nil, err
 			}

@@ -378,6 +378,10 @@ func TestSinkLandsEachShardOnItsServer(t *testing.T) {
 
 func TestSinkInsertsNothingTwice(t *testing.T) {
 	e := newEnv(t)
+	// Each batch landed, inserted or found there already, is announced
+	// to the batcher with its last EVENTS sequence, in the shard's order.
+	notices, err := e.js.Conn().SubscribeSync(streams.LandedSubject(0))
+	require.NoError(t, err)
 	s := e.startSink(e.config(2))
 
 	first := makeBatch(0, 1, 4)
@@ -399,6 +403,13 @@ func TestSinkInsertsNothingTwice(t *testing.T) {
 	require.Equal(t, 3.0, value(s.shard(0).Inserted))
 	require.Equal(t, float64(rowsIn(1, 7)), value(s.shard(0).Rows))
 	require.Equal(t, 7.0, value(s.shard(0).Watermark))
+	var landed []string
+	for range 4 {
+		m, err := notices.NextMsg(10 * time.Second)
+		require.NoError(t, err)
+		landed = append(landed, string(m.Data))
+	}
+	require.Equal(t, []string{"4", "6", "4", "7"}, landed)
 }
 
 func TestSinkRestartResumesFromWatermark(t *testing.T) {

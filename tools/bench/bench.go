@@ -23,6 +23,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
+	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/schema"
 	"github.com/surge-events/surge/pkg/telemetry"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
@@ -64,6 +65,8 @@ type benchFlags struct {
 	suppressed int
 	// sinkLeg times the sink alone on a full BATCHES (sinkleg.go).
 	sinkLeg bool
+	// minAge is the batch policy's MinAge (the early cut for an idle sink).
+	minAge time.Duration
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -178,6 +181,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")
+	fs.DurationVar(&f.minAge, "batch-min-age", batch.DefaultPolicy().MinAge, "the batcher's early cut: a batch this old is cut once the shard's sink is idle; 0 turns it off (compare the latency phase with and without)")
 	fs.BoolVar(&f.sinkLeg, "sink-leg", true, "after the latency phase, stop the sink, send the throughput phase's load again until BATCHES holds it all, then start the sink and time it alone (single stack runs)")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
@@ -212,6 +216,13 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	return f, nil
 }
 
+// policyOf is the default batch policy with the bench's MinAge.
+func policyOf(f benchFlags) batch.Policy {
+	p := batch.DefaultPolicy()
+	p.MinAge = f.minAge
+	return p
+}
+
 // stackRun is how benchStack runs one stack: where, with which schema
 // section (nil: the default) and where its report and profiles go.
 type stackRun struct {
@@ -244,7 +255,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s, typed columns %s) in %s\n",
 		f.shards, f.servers, f.natsSync, mode, run.dir)
 	opts := stack.Options{Dir: run.dir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
-		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup}
+		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup, Policy: policyOf(f)}
 	tracing := "off"
 	var exported *discardExporter
 	if f.trace {
@@ -413,7 +424,7 @@ func (r benchReport) summary() string {
 		props = "path, ref, ms"
 	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batch min age %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
@@ -423,7 +434,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
   BATCHES bytes per event       %10.0f            (encoded batches the batcher published)
   typed columns in events_local %10d
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode,
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.minAge,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
