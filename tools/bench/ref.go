@@ -61,7 +61,7 @@ func clickhouseReference(ctx context.Context, ch driver.Conn, db string) (bulk, 
 		return pb.Send()
 	}
 	start := time.Now()
-	const blocks = 20
+	const blocks = 50 // 500,000 rows: about a second, long enough to ride over a merge starting
 	for range blocks {
 		if err := insert(0, 10_000); err != nil {
 			return 0, 0, fmt.Errorf("bulk insert: %w", err)
