@@ -197,7 +197,8 @@ var variable = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)([^}]*)\}`)
 
 // TestComposeInterpolation checks every variable of the file has a default,
 // so `docker compose up` works with nothing set, and that setting the
-// passwords reaches both the NATS servers and the services.
+// passwords reaches both the NATS servers and the services, and the
+// operators' key ingest.
 func TestComposeInterpolation(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join(root, "docker-compose.yml"))
 	require.NoError(t, err)
@@ -208,15 +209,16 @@ func TestComposeInterpolation(t *testing.T) {
 		require.True(t, strings.HasPrefix(r[2], ":-"), "${%s%s} has no default", r[1], r[2])
 		names[r[1]] = true
 	}
-	require.Equal(t, []string{"SURGE_DEMO_PASSWORD", "SURGE_SERVICE_PASSWORD"}, slices.Sorted(maps.Keys(names)))
+	require.Equal(t, []string{"SURGE_DEMO_PASSWORD", "SURGE_INGEST_ADMIN_KEY", "SURGE_SERVICE_PASSWORD"}, slices.Sorted(maps.Keys(names)))
 
 	for _, tc := range []struct {
-		name          string
-		env           map[string]string
-		service, demo string
+		name                 string
+		env                  map[string]string
+		service, demo, admin string
 	}{
-		{"defaults", nil, "surge-local", "demo-local"},
-		{"set", map[string]string{"SURGE_SERVICE_PASSWORD": "svc-secret", "SURGE_DEMO_PASSWORD": "demo-secret"}, "svc-secret", "demo-secret"},
+		{"defaults", nil, "surge-local", "demo-local", ""},
+		{"set", map[string]string{"SURGE_SERVICE_PASSWORD": "svc-secret", "SURGE_DEMO_PASSWORD": "demo-secret", "SURGE_INGEST_ADMIN_KEY": "operators-key-0123"},
+			"svc-secret", "demo-secret", "operators-key-0123"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := loadProject(t, tc.env)
@@ -234,6 +236,8 @@ func TestComposeInterpolation(t *testing.T) {
 			for _, name := range surgeServices {
 				require.Equal(t, tc.service, envOf(svc(t, p, name))["SURGE_NATS_PASSWORD"], name)
 			}
+			// Empty leaves ingest's erasure route off.
+			require.Equal(t, tc.admin, envOf(svc(t, p, "ingest"))["SURGE_INGEST_ADMIN_KEY"])
 		})
 	}
 }
