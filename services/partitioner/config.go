@@ -65,6 +65,16 @@ type Config struct {
 	// apart) and the redelivery of an INGEST message whose publishes
 	// failed: the NAK delay grows with its deliveries.
 	Retry retry.Config `yaml:"retry" env:"RETRY"`
+	// MaxBatchesBacklog is back-pressure from the sinks: the most batches
+	// BATCHES may hold (batches no sink has acked yet) before the
+	// partitioner stops fetching from INGEST. While BATCHES holds more,
+	// the work waits in INGEST, where the tenants take turns, instead of
+	// queueing in each shard's batcher and sink behind one tenant's
+	// backlog; a message already fetched is handled to the end. 0 (the
+	// default) is 4 per shard (4*shards); -1 turns it off (the
+	// partitioner then moves any backlog on as fast as it can, e.g. to
+	// time a sink alone on a full BATCHES).
+	MaxBatchesBacklog int `yaml:"max_batches_backlog" env:"MAX_BATCHES_BACKLOG"`
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
 	Producers ProducerLimits `yaml:"producers" env:"PRODUCERS"`
@@ -151,6 +161,9 @@ func (c Config) Validate() error {
 	if c.TenantIdle <= c.holdTime() {
 		add("tenant_idle must exceed fetch_max_wait+2*publish_timeout (%s), got %s", c.holdTime(), c.TenantIdle)
 	}
+	if c.MaxBatchesBacklog < -1 {
+		add("max_batches_backlog must be -1 (off), 0 (%d per shard) or positive, got %d", batchesPerShard, c.MaxBatchesBacklog)
+	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
 	}
@@ -174,6 +187,16 @@ const minAckWait = time.Second
 // publish_timeout of the last publish.
 func (c Config) holdTime() time.Duration {
 	return c.FetchMaxWait + 2*c.PublishTimeout
+}
+
+// batchesBound is the most batches BATCHES may hold before the
+// partitioner holds back: max_batches_backlog, 0 meaning 4 per shard;
+// negative when back-pressure is off.
+func (c Config) batchesBound() int {
+	if c.MaxBatchesBacklog == 0 {
+		return batchesPerShard * c.Shards
+	}
+	return c.MaxBatchesBacklog
 }
 
 // republishGap bounds the time between a shard group's first publish and

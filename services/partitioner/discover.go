@@ -109,8 +109,10 @@ func (src *source) discover(ctx context.Context) error {
 		}
 		// Messages wait, and no fetch has brought any of them for the
 		// stall timeout while other tenants flow (the input's watchdog
-		// sees their progress): the consumer is made again.
-		if waited := src.sched.pending(t); waited >= src.cfg.StallTimeout {
+		// sees their progress): the consumer is made again. While the
+		// partitioner holds back nothing is fetched, which is no fault of
+		// the consumer: the wait counts from the gate's opening.
+		if waited := min(src.sched.pending(t), src.s.gate.openFor()); waited >= src.cfg.StallTimeout {
 			why := "tenant stalled"
 			if err := src.recreate(ctx, t, why, src.sched.consumer(t)); err != nil {
 				src.logger.Warn("repair consumer", zap.String("tenant", t), zap.String("why", why), zap.Error(err))

@@ -26,6 +26,8 @@ type metrics struct {
 	deadLetters     prometheus.Counter
 	invalid         prometheus.Counter
 	redelivered     prometheus.Counter
+	heldBack        prometheus.Gauge
+	heldBackSeconds prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, shards int) *metrics {
@@ -63,6 +65,14 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		invalid: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_events_invalid_total",
 			Help: "Events of NATS and MQTT producers that failed validation, each published to DEAD_LETTER with its reasons.",
+		}),
+		heldBack: f.NewGauge(prometheus.GaugeOpts{
+			Name: "surge_partitioner_held_back",
+			Help: "1 while the partitioner fetches nothing from INGEST because BATCHES holds more than max_batches_backlog batches (the sinks are behind), else 0.",
+		}),
+		heldBackSeconds: f.NewCounter(prometheus.CounterOpts{
+			Name: "surge_partitioner_held_back_seconds_total",
+			Help: "Seconds the partitioner held back from fetching INGEST while the sinks were behind (surge_partitioner_held_back at 1).",
 		}),
 	}
 	eventsVec := f.NewCounterVec(prometheus.CounterOpts{

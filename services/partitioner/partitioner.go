@@ -24,6 +24,12 @@
 // so a hot key that makes one shard's groups large holds back no other
 // shard's.
 //
+// Back-pressure: while BATCHES holds more than max_batches_backlog
+// batches (the sinks are behind), the workers fetch nothing, so the work
+// waits in INGEST, where the tenants' turns apply, not in the shards'
+// batchers and sinks behind one tenant's backlog (see gate). A hold is no
+// stall.
+//
 // Liveness: the consumers' AckWait is short (seconds), so the requests a
 // crashed or cut-off partitioner held are redelivered within seconds, and
 // a worker keeps the requests it holds alive with InProgress while it
@@ -67,6 +73,8 @@ type Service struct {
 	failure atomic.Pointer[string]
 	// erased refuses producers' events of erased users (erasure.go).
 	erased *erased
+	// gate holds the workers back while the sinks are behind (gate.go).
+	gate *gate
 }
 
 // New builds a partitioner and opens its admin listener; it does no
@@ -88,7 +96,7 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		return nil, err
 	}
 	host.Admin().NotReady(checkConsumer, "INGEST not open yet")
-	return &Service{
+	s := &Service{
 		cfg:    cfg,
 		host:   host,
 		logger: host.Logger,
@@ -96,7 +104,9 @@ func New(cfg Config, deps service.Deps) (*Service, error) {
 		m:      newMetrics(host.Registry, cfg.Shards),
 		parser: &event.Parser{Limits: event.Limits{MaxEvents: cfg.Producers.MaxEvents, MaxEventBytes: cfg.Producers.MaxEventBytes}},
 		wd:     host.Watchdogs(cfg.StallTimeout).For("input"),
-	}, nil
+	}
+	s.gate = newGate(s, cfg.batchesBound())
+	return s, nil
 }
 
 // AdminAddr is the address of /healthz, /readyz and /metrics.
@@ -125,9 +135,19 @@ func (s *Service) partition(ctx context.Context, conn service.Conn) error {
 	}
 	src.ready() // unless the server refuses a tenant's consumer
 	s.wd.Idle() // the stall clock starts with the workers, not at New
-	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait))
+	read := batchesIn(conn.JS)
+	if s.gate.on() {
+		// Read once before the workers start: a partitioner started
+		// beside a full BATCHES fetches nothing.
+		s.gate.poll(ctx, read)
+	}
+	s.logger.Info("partitioning", zap.Int("shards", s.cfg.Shards), zap.Int("workers", s.cfg.Workers), zap.Duration("ack_wait", s.cfg.AckWait),
+		zap.Int("max_batches_backlog", s.gate.bound))
 
 	var wg sync.WaitGroup
+	if s.gate.on() {
+		wg.Go(func() { s.gate.run(ctx, read) })
+	}
 	s.erased = newErased(conn.JS, s.cfg.Streams.Replicas, s.host.Registry, s)
 	wg.Go(func() { s.erased.w.Run(ctx) })
 	poller := liveness.Poller{Every: s.cfg.InfoInterval, Timeout: 2 * apiTimeout, Connected: conn.NC.IsConnected, Log: s.logger}

@@ -77,6 +77,12 @@ func (w *worker) run(ctx context.Context, src *source) {
 	b := rc.NewBackOff()
 	failures := 0
 	for ctx.Err() == nil {
+		// While the sinks are behind nothing is fetched: the work waits
+		// in INGEST.
+		w.s.gate.wait(ctx)
+		if ctx.Err() != nil {
+			return
+		}
 		w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
 		tr, ok := src.sched.take(ctx, w.s.cfg.FetchMaxWait)
 		if !ok {
