@@ -71,9 +71,11 @@ type Config struct {
 	// the work waits in INGEST, where the tenants take turns, instead of
 	// queueing in each shard's batcher and sink behind one tenant's
 	// backlog; a message already fetched is handled to the end. 0 (the
-	// default) is 4 per shard (4*shards); -1 turns it off (the
-	// partitioner then moves any backlog on as fast as it can, e.g. to
-	// time a sink alone on a full BATCHES).
+	// default) turns it off: the bound is over all shards, so one shard
+	// whose ClickHouse is down would stop the intake of every shard once
+	// its batches fill the bound, and measured end to end the bound
+	// shortened another tenant's wait behind a backlog only at a bound of
+	// about 1 per shard, for some 10% of throughput (docs/tenants.md).
 	MaxBatchesBacklog int `yaml:"max_batches_backlog" env:"MAX_BATCHES_BACKLOG"`
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
@@ -161,8 +163,8 @@ func (c Config) Validate() error {
 	if c.TenantIdle <= c.holdTime() {
 		add("tenant_idle must exceed fetch_max_wait+2*publish_timeout (%s), got %s", c.holdTime(), c.TenantIdle)
 	}
-	if c.MaxBatchesBacklog < -1 {
-		add("max_batches_backlog must be -1 (off), 0 (%d per shard) or positive, got %d", batchesPerShard, c.MaxBatchesBacklog)
+	if c.MaxBatchesBacklog < 0 {
+		add("max_batches_backlog must be 0 (off) or positive, got %d", c.MaxBatchesBacklog)
 	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
@@ -190,14 +192,9 @@ func (c Config) holdTime() time.Duration {
 }
 
 // batchesBound is the most batches BATCHES may hold before the
-// partitioner holds back: max_batches_backlog, 0 meaning 4 per shard;
-// negative when back-pressure is off.
-func (c Config) batchesBound() int {
-	if c.MaxBatchesBacklog == 0 {
-		return batchesPerShard * c.Shards
-	}
-	return c.MaxBatchesBacklog
-}
+// partitioner holds back: max_batches_backlog; 0 when back-pressure is
+// off.
+func (c Config) batchesBound() int { return c.MaxBatchesBacklog }
 
 // republishGap bounds the time between a shard group's first publish and
 // its republish by a redelivery: the first holder keeps the request for

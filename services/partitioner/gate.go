@@ -41,19 +41,11 @@ const gateTimeout = time.Second
 // times a second.
 const gateLogEvery = 10 * time.Second
 
-// batchesPerShard is the default bound, per shard. A shard's sink inserts
-// one batch at a time, so 4 leaves each sink batches ready to insert
-// while the next ones are cut. The bound is shared by every shard: a sink
-// that falls behind the others holds them all back once BATCHES holds the
-// whole bound, so it leaves room for shards that run unevenly. A smaller
-// bound holds a tenant's backlog back sooner, at some throughput.
-const batchesPerShard = 4
-
 // gate holds the workers back while the sinks are behind. held is read
 // by the workers; the rest is the polling goroutine's, but for open,
 // guarded by mu.
 type gate struct {
-	bound  int // the most batches before a hold; negative: never held
+	bound  int // the most batches before a hold; 0: never held
 	s      *Service
 	logger *zap.Logger
 	now    func() time.Time
@@ -97,7 +89,7 @@ func batchesIn(js jetstream.JetStream) batchesReader {
 }
 
 // on reports whether the gate may hold at all.
-func (g *gate) on() bool { return g.bound >= 0 }
+func (g *gate) on() bool { return g.bound > 0 }
 
 // run reads BATCHES every gatePoll until ctx ends. The caller polls once
 // before it starts the workers, so a partitioner started beside a full

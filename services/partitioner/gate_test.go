@@ -159,15 +159,15 @@ func TestHoldLongerThanTenantIdle(t *testing.T) {
 	require.Equal(t, map[string]bool{"tenant0": true, "tenant1": true, "tenant2": true}, recreated)
 }
 
-// TestGateOffIgnoresBatches: with max_batches_backlog -1 a full BATCHES
-// holds nothing back.
+// TestGateOffIgnoresBatches: with max_batches_backlog 0 (the default) a
+// full BATCHES holds nothing back.
 func TestGateOffIgnoresBatches(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
 	fillBatches(t, js, 10)
 	inputs := publishInputs(t, js, 30, 20)
 	cfg := testConfig(ns.ClientURL())
-	cfg.MaxBatchesBacklog = -1
+	require.Zero(t, cfg.MaxBatchesBacklog, "off by default")
 	cfg.Shards = testShards
 	p := start(t, cfg)
 	waitDrained(t, js)
@@ -252,12 +252,11 @@ func TestFailedReadOpensTheGate(t *testing.T) {
 func TestBatchesBound(t *testing.T) {
 	cfg := DefaultConfig()
 	require.Zero(t, cfg.MaxBatchesBacklog)
-	require.Equal(t, 4*cfg.Shards, cfg.batchesBound(), "4 per shard by default")
+	require.NoError(t, cfg.Validate())
+	require.False(t, newGate(&Service{}, cfg.batchesBound()).on(), "off by default")
 	cfg.MaxBatchesBacklog = 7
 	require.Equal(t, 7, cfg.batchesBound())
+	require.True(t, newGate(&Service{}, cfg.batchesBound()).on())
 	cfg.MaxBatchesBacklog = -1
-	require.NoError(t, cfg.Validate())
-	require.False(t, newGate(&Service{}, cfg.batchesBound()).on())
-	cfg.MaxBatchesBacklog = -2
-	require.ErrorContains(t, cfg.Validate(), "max_batches_backlog must be -1 (off), 0 (4 per shard) or positive, got -2")
+	require.ErrorContains(t, cfg.Validate(), "max_batches_backlog must be 0 (off) or positive, got -1")
 }
