@@ -67,6 +67,8 @@ type benchFlags struct {
 	sinkLeg bool
 	// minAge is the batch policy's MinAge (the early cut for an idle sink).
 	minAge time.Duration
+	// maxRows is the batch policy's MaxRows.
+	maxRows int
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -182,6 +184,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")
 	fs.DurationVar(&f.minAge, "batch-min-age", batch.DefaultPolicy().MinAge, "the batcher's early cut: a batch this old is cut once the shard's sink is idle; 0 turns it off (compare the latency phase with and without)")
+	fs.IntVar(&f.maxRows, "batch-max-rows", batch.DefaultPolicy().MaxRows, "the batcher's MaxRows: the most rows a batch (one insert) holds")
 	fs.BoolVar(&f.sinkLeg, "sink-leg", true, "after the latency phase, stop the sink, send the throughput phase's load again until BATCHES holds it all, then start the sink and time it alone (single stack runs)")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
 	natsSync := stack.NATSSyncFlag(fs)
@@ -216,10 +219,11 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	return f, nil
 }
 
-// policyOf is the default batch policy with the bench's MinAge.
+// policyOf is the default batch policy with the bench's MinAge and MaxRows.
 func policyOf(f benchFlags) batch.Policy {
 	p := batch.DefaultPolicy()
 	p.MinAge = f.minAge
+	p.MaxRows = f.maxRows
 	return p
 }
 
@@ -424,7 +428,7 @@ func (r benchReport) summary() string {
 		props = "path, ref, ms"
 	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batch min age %s)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batch min age %s, max rows %d)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
@@ -434,7 +438,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
   BATCHES bytes per event       %10.0f            (encoded batches the batcher published)
   typed columns in events_local %10d
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.minAge,
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.minAge, f.maxRows,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
