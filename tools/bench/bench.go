@@ -428,7 +428,7 @@ func (r benchReport) summary() string {
 		props = "path, ref, ms"
 	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batch min age %s, max rows %d)
+Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batches of up to %d rows, batch min age %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
@@ -438,7 +438,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
   BATCHES bytes per event       %10.0f            (encoded batches the batcher published)
   typed columns in events_local %10d
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.minAge, f.maxRows,
+`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
