@@ -129,15 +129,21 @@ func watchHeap() (stop func() heapPeaks) {
 			var ms runtime.MemStats
 			runtime.ReadMemStats(&ms)
 			top.inuse = max(top.inuse, ms.HeapInuse)
-			if i%10 == 0 {
+			owners := func() {
 				var by map[string]uint64
 				by, records = heapByOwner(names, records)
 				for k, v := range by {
 					top.owners[k] = max(top.owners[k], v)
 				}
 			}
+			if i%10 == 0 {
+				owners()
+			}
 			select {
 			case <-done:
+				// A last look: a phase shorter than a second is seen
+				// after its allocations too, not only at its start.
+				owners()
 				peak <- top
 				return
 			case <-tick.C:
