@@ -443,7 +443,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.bulk, r.single, r.bulk/r.single, float64(r.peakHeap)/(1<<20),
+		r.bulk, r.single, r.bulk/r.single, mib(r.peakHeap),
 		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.legSummary() + r.heapSummary()
 }
 

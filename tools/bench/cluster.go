@@ -187,7 +187,6 @@ func compareReport(f benchFlags, single, cluster benchFigures) string {
 		}
 		return fmt.Sprintf("%.2fx", c/s)
 	}
-	mib := func(v uint64) float64 { return float64(v) / (1 << 20) }
 	fmt.Fprintf(&b, "\nSurge bench, single process vs cluster (same load: %d events, %d clients x %d events/request over HTTP, %d shards)\n",
 		f.events, f.clients, f.perRequest, f.shards)
 	fmt.Fprintf(&b, "  %-26s %22s %22s %15s\n", "", "single process", "cluster", "cluster/single")

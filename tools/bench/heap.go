@@ -176,20 +176,11 @@ func (h heapPeaks) ownersReport() string {
 	}
 	b.WriteString("  peak live heap by owner (sampled allocation profile, each owner's own peak, every 1 s):\n")
 	for _, k := range append(services, rest...) {
-		b.WriteString("    " + padRight(k, 42) + mibString(h.owners[k]) + "\n")
+		fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", k, mib(h.owners[k]))
 	}
-	b.WriteString("    " + padRight("the four services together", 42) + mibString(svc) + "\n")
+	fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", "the four services together", mib(svc))
 	return b.String()
 }
-
-func padRight(s string, n int) string {
-	if len(s) >= n {
-		return s + " "
-	}
-	return s + strings.Repeat(" ", n-len(s))
-}
-
-func mibString(b uint64) string { return fmt.Sprintf("%8.1f MiB", float64(b)/(1<<20)) }
 
 // writeHeapProfile writes the heap profile to path.
 func writeHeapProfile(path string) error {
@@ -200,3 +191,6 @@ func writeHeapProfile(path string) error {
 	defer pf.Close()
 	return pprof.Lookup("heap").WriteTo(pf, 0)
 }
+
+// mib is bytes in MiB.
+func mib(v uint64) float64 { return float64(v) / (1 << 20) }

@@ -365,7 +365,7 @@ func drawHeap(p *plot.Plot, d reportData) error {
 	if err := addLine(p, "heap in use", xys, 2, false); err != nil {
 		return err
 	}
-	peak := float64(d.PeakHeapBytes) / (1 << 20)
+	peak := mib(d.PeakHeapBytes)
 	if err := addLine(p, fmt.Sprintf("peak in the throughput phase, %.0f MiB", peak), plotter.XYs{{X: 0, Y: peak}, {X: runEnd(d), Y: peak}}, 0, true); err != nil {
 		return err
 	}

@@ -178,7 +178,6 @@ func typedReport(f benchFlags, gen *generator, runs []benchReport) string {
 		}
 		return fmt.Sprintf("%.2fx", v(last)/v(first))
 	}
-	mib := func(v uint64) float64 { return float64(v) / (1 << 20) }
 	var modes []string
 	for _, r := range runs {
 		modes = append(modes, string(r.mode))
