@@ -1,9 +1,16 @@
 package stack
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
 
 // Sum adds every series of the named counter or gauge in reg; 0 when absent.
-func Sum(reg prometheus.Gatherer, name string) float64 {
+func Sum(reg prometheus.Gatherer, name string) float64 { return SumWhere(reg, name, "", "") }
+
+// SumWhere is Sum over the series whose label is value; every series
+// when label is "".
+func SumWhere(reg prometheus.Gatherer, name, label, value string) float64 {
 	mfs, err := reg.Gather()
 	if err != nil {
 		return 0
@@ -14,6 +21,9 @@ func Sum(reg prometheus.Gatherer, name string) float64 {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
+			if label != "" && !hasLabel(m.GetLabel(), label, value) {
+				continue
+			}
 			switch {
 			case m.Counter != nil:
 				total += m.Counter.GetValue()
@@ -25,6 +35,15 @@ func Sum(reg prometheus.Gatherer, name string) float64 {
 		}
 	}
 	return total
+}
+
+func hasLabel(labels []*dto.LabelPair, name, value string) bool {
+	for _, l := range labels {
+		if l.GetName() == name {
+			return l.GetValue() == value
+		}
+	}
+	return false
 }
 
 // The counters Accepted and Inserted read, which StopPart keeps for them.
