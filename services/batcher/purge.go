@@ -17,14 +17,15 @@ type purgeMark struct {
 // schedulePurge marks EVENTS up to last for a purge after PurgeDelay and
 // purges what is due.
 func (l *shardLoop) schedulePurge(ctx context.Context, last uint64) {
-	l.unpurged = append(l.unpurged, purgeMark{last: last, at: time.Now().Add(l.cfg.PurgeDelay)})
-	l.purgeDue(ctx)
+	now := time.Now()
+	l.unpurged = append(l.unpurged, purgeMark{last: last, at: now.Add(l.cfg.PurgeDelay)})
+	l.purgeDue(ctx, now)
 }
 
-// purgeDue purges EVENTS up to the newest batch whose delay has passed.
-// A failed purge is not retried: the next one covers its messages too.
-func (l *shardLoop) purgeDue(ctx context.Context) {
-	now := time.Now()
+// purgeDue purges EVENTS up to the newest batch whose delay has passed
+// at now. A failed purge is not retried: the next one covers its
+// messages too.
+func (l *shardLoop) purgeDue(ctx context.Context, now time.Time) {
 	i := 0
 	for i < len(l.unpurged) && !now.Before(l.unpurged[i].at) {
 		i++

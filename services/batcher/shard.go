@@ -305,7 +305,7 @@ func (l *shardLoop) cutDue(ctx context.Context, now time.Time) {
 	} else if r := l.builder.Ripe(); !r.IsZero() && !now.Before(r) && l.sinkIdle() {
 		l.cut(ctx, batch.CutIdle)
 	}
-	l.purgeDue(ctx)
+	l.purgeDue(ctx, now)
 }
 
 // sinkIdle reports whether the shard's sink has landed every batch this

@@ -198,7 +198,7 @@ func TestPurgeWaitsForItsDelay(t *testing.T) {
 	for i := range l.unpurged {
 		l.unpurged[i].at = time.Now().Add(-time.Second)
 	}
-	l.purgeDue(t.Context())
+	l.purgeDue(t.Context(), time.Now())
 	require.Equal(t, []jetstream.StreamPurgeRequest{{Subject: streams.EventsSubject(3), Sequence: 21}}, events.purges)
 	require.Empty(t, l.unpurged)
 	require.Zero(t, testutil.ToFloat64(l.m.purgeFailures))
