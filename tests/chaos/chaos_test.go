@@ -448,14 +448,15 @@ var httpc = &http.Client{Timeout: 30 * time.Second}
 // totals sums uniqExact(event_id) and count() over the servers, 0 when a
 // server does not answer.
 func (p *pipeline) totals() (uniq, total uint64) {
-	return chTotals(p.chHTTP())
+	return chTotals(p.chHTTP(), allRows)
 }
 
-// chTotals sums uniqExact(event_id) and count() over the servers at
-// servers (HTTP addresses), 0 when a server does not answer.
-func chTotals(servers []string) (uniq, total uint64) {
+// chTotals sums uniqExact(event_id) and count() of the rows where keeps
+// over the servers at servers (HTTP addresses), 0 when a server does not
+// answer.
+func chTotals(servers []string, where string) (uniq, total uint64) {
 	for _, srv := range servers {
-		out, err := chserver.Query(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local")
+		out, err := chserver.Query(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local WHERE "+where)
 		if err != nil {
 			return 0, 0
 		}
@@ -505,7 +506,7 @@ func (p *pipeline) streamMsgs(stream string) int64 {
 // ClickHouse outage is a graceful stop), and that DEAD_LETTER is empty.
 func (p *pipeline) check(t *testing.T, load *load) {
 	t.Helper()
-	checkExactlyOnce(t, p.chHTTP(), load.accepted, load.rejectedIDs)
+	checkExactlyOnce(t, p.chHTTP(), allRows, load.accepted, load.rejectedIDs)
 	checkInsertedOnce(t, p.chHTTP(), load.accepted, false)
 	require.Equal(t, int64(0), p.streamMsgs("DEAD_LETTER"), "dead letters")
 }
@@ -519,22 +520,27 @@ func (p *pipeline) chHTTP() []string {
 	return addrs
 }
 
-// checkExactlyOnce asserts exactly once over the ClickHouse servers at
-// servers (HTTP addresses, in shard-server order): per server no duplicates
-// without FINAL (count() = uniqExact(event_id)), the set of ids equals
-// accepted, rejected ids absent, each row on its shard and server.
-func checkExactlyOnce(t *testing.T, servers []string, accepted map[string]struct{}, rejected []string) {
+// allRows is the condition on events_local that keeps every row; the
+// crash loop's prefilled table uses ownRows instead.
+const allRows = "1"
+
+// checkExactlyOnce asserts exactly once over the rows of events_local that
+// where keeps on the ClickHouse servers at servers (HTTP addresses, in
+// shard-server order): per server no duplicates without FINAL (count() =
+// uniqExact(event_id)), the set of ids equals accepted, rejected ids
+// absent, each row on its shard and server.
+func checkExactlyOnce(t *testing.T, servers []string, where string, accepted map[string]struct{}, rejected []string) {
 	t.Helper()
 	seen := make(map[string]int, len(accepted))
 	for i, srv := range servers {
-		out, err := chserver.Query(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local")
+		out, err := chserver.Query(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local WHERE "+where)
 		require.NoError(t, err)
 		var c, u uint64
 		_, err = fmt.Sscan(out, &c, &u)
 		require.NoError(t, err)
 		require.Equal(t, u, c, "server %d: count() != uniqExact(event_id) without FINAL: duplicates", i)
 
-		out, err = chserver.Query(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local FORMAT TabSeparated")
+		out, err = chserver.Query(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local WHERE "+where+" FORMAT TabSeparated")
 		require.NoError(t, err)
 		sc := bufio.NewScanner(strings.NewReader(out))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)

@@ -248,7 +248,7 @@ func TestClusterChaos(t *testing.T) {
 	want := uint64(len(accepted))
 	if !assert.EventuallyWithT(t, func(col *assert.CollectT) {
 		for r, servers := range replicaSets {
-			uniq, _ := chTotals(servers)
+			uniq, _ := chTotals(servers, allRows)
 			assert.Equal(col, want, uniq, "distinct events on replica %d of the shards", r)
 		}
 		for _, s := range []string{streams.Ingest, streams.Batches} {
@@ -265,7 +265,7 @@ func TestClusterChaos(t *testing.T) {
 	// Exactly once on each replica of each shard: the same ids on both.
 	for r, servers := range replicaSets {
 		t.Logf("cluster chaos: checking replica %d of each shard (%s)", r, strings.Join(servers, ", "))
-		checkExactlyOnce(t, servers, accepted, nil)
+		checkExactlyOnce(t, servers, allRows, accepted, nil)
 	}
 	checkInsertedOnce(t, chServers, accepted, slices.Contains(plan, cfKillReplica))
 	dead, err := streamMsgs(t.Context(), js, streams.DeadLetter)

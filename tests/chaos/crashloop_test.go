@@ -223,7 +223,7 @@ func TestCrashLoop(t *testing.T) {
 	want := uint64(len(l.accepted))
 	drainStart := time.Now()
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
-		uniq, _ := ownTotals(info.HTTP)
+		uniq, _ := chTotals(info.HTTP, ownRows)
 		assert.GreaterOrEqual(c, uniq, want, "distinct events in ClickHouse")
 		for _, name := range []string{streams.Ingest, streams.Batches} {
 			n, err := streamMsgs(t.Context(), js, name)
@@ -232,10 +232,10 @@ func TestCrashLoop(t *testing.T) {
 			}
 		}
 	}, 2*time.Minute, 200*time.Millisecond, "pipeline did not drain")
-	uniq, total := ownTotals(info.HTTP)
+	uniq, total := chTotals(info.HTTP, ownRows)
 	t.Logf("crashloop: drained in %s (clickhouse uniq=%d count=%d want=%d)", time.Since(drainStart).Round(time.Millisecond), uniq, total, want)
 
-	checkOwnExactlyOnce(t, info.HTTP, l.accepted)
+	checkExactlyOnce(t, info.HTTP, ownRows, l.accepted, nil)
 	// Every kill SIGKILLs the ClickHouse servers too. The audit went in
 	// after the prefill: it holds the test's inserts only.
 	checkInsertedOnce(t, info.HTTP, l.accepted, true)

@@ -1,12 +1,10 @@
 package chaos
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"os"
 	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -15,7 +13,6 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -169,69 +166,6 @@ FROM (SELECT number * %d + %d AS g FROM numbers(%d))`, database, first, first, s
 		return fmt.Errorf("insert %d rows: %w", n, err)
 	}
 	return nil
-}
-
-// checkOwnExactlyOnce is checkExactlyOnce on the test's own rows
-// (ownRows), for a table that may hold synthetic ones too: per server no
-// duplicates without FINAL, the set of ids equals accepted, each row on
-// its shard and server.
-func checkOwnExactlyOnce(t *testing.T, servers []string, accepted map[string]struct{}) {
-	t.Helper()
-	seen := make(map[string]int, len(accepted))
-	for i, srv := range servers {
-		out, err := chserver.Query(srv, "SELECT count(), uniqExact(event_id) FROM surge.events_local WHERE "+ownRows)
-		require.NoError(t, err)
-		var c, u uint64
-		_, err = fmt.Sscan(out, &c, &u)
-		require.NoError(t, err)
-		require.Equal(t, u, c, "server %d: count() != uniqExact(event_id) without FINAL: duplicates", i)
-
-		out, err = chserver.Query(srv, "SELECT event_id, tenant, user_id, shard FROM surge.events_local WHERE "+ownRows+" FORMAT TabSeparated")
-		require.NoError(t, err)
-		sc := bufio.NewScanner(strings.NewReader(out))
-		sc.Buffer(make([]byte, 1<<20), 1<<20)
-		rows := 0
-		for sc.Scan() {
-			f := strings.Split(sc.Text(), "\t")
-			require.Len(t, f, 4, sc.Text())
-			id, ten, user := f[0], f[1], f[2]
-			k, err := strconv.Atoi(f[3])
-			require.NoError(t, err)
-			_, ok := accepted[id]
-			require.True(t, ok, "event %s in ClickHouse never got a 202", id)
-			require.Equal(t, shard.Of(ten, user, shards), k, "event %s on the wrong shard", id)
-			require.Equal(t, i, k%len(servers), "event %s of shard %d on server %d", id, k, i)
-			_, prev := seen[id]
-			require.False(t, prev, "event %s on two servers", id)
-			seen[id] = i
-			rows++
-		}
-		require.NoError(t, sc.Err())
-		require.Equal(t, int(c), rows)
-	}
-	for id := range accepted {
-		_, ok := seen[id]
-		require.True(t, ok, "accepted event %s is not in ClickHouse", id)
-	}
-	require.Len(t, seen, len(accepted))
-}
-
-// ownTotals is chTotals on the test's own rows (ownRows): uniqExact over
-// a billion synthetic rows would not fit in the servers' memory.
-func ownTotals(servers []string) (uniq, total uint64) {
-	for _, srv := range servers {
-		out, err := chserver.Query(srv, "SELECT uniqExact(event_id), count() FROM surge.events_local WHERE "+ownRows)
-		if err != nil {
-			return 0, 0
-		}
-		var u, c uint64
-		if _, err := fmt.Sscan(out, &u, &c); err != nil {
-			return 0, 0
-		}
-		uniq += u
-		total += c
-	}
-	return uniq, total
 }
 
 // logPresenceReads logs, per server at servers (HTTP addresses), the
