@@ -113,29 +113,36 @@ func (b *Batch) pickProjection(out *Batch, rows []int) {
 	}
 }
 
-// Without returns the rows whose sequence is not in drop, as a new batch.
+// Without returns the rows whose sequence is not in drop, as a new batch
+// whose sequence range is theirs.
 func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
-	out := &Batch{Shard: b.Shard}
-	var kept []int
+	rows := make([]int, 0, len(b.Seq))
 	for i, seq := range b.Seq {
-		if _, ok := drop[seq]; ok {
-			continue
+		if _, ok := drop[seq]; !ok {
+			rows = append(rows, i)
 		}
-		kept = append(kept, i)
-		out.EventID = append(out.EventID, b.EventID[i])
-		out.Tenant = append(out.Tenant, b.Tenant[i])
-		out.UserID = append(out.UserID, b.UserID[i])
-		out.Type = append(out.Type, b.Type[i])
-		out.TS = append(out.TS, b.TS[i])
-		out.ReceivedAt = append(out.ReceivedAt, b.ReceivedAt[i])
-		out.Properties = append(out.Properties, b.Properties[i])
-		out.Seq = append(out.Seq, seq)
 	}
+	out := b.pick(rows)
 	if len(out.Seq) > 0 {
 		out.FirstSeq, out.LastSeq = out.Seq[0], out.Seq[len(out.Seq)-1]
 	}
+	return out
+}
+
+// pick copies rows (indices into b, in order) into a new batch of b's
+// shard, with their projection; the caller sets the sequence range.
+func (b *Batch) pick(rows []int) *Batch {
+	out := &Batch{Shard: b.Shard}
+	if n := len(rows); n > 0 { // no rows: nil columns, as an empty batch has
+		out.EventID, out.Tenant, out.UserID, out.Type = make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+		out.TS, out.ReceivedAt, out.Properties, out.Seq = make([]int64, n), make([]int64, n), make([]string, n), make([]uint64, n)
+	}
+	for j, i := range rows {
+		out.EventID[j], out.Tenant[j], out.UserID[j], out.Type[j] = b.EventID[i], b.Tenant[i], b.UserID[i], b.Type[i]
+		out.TS[j], out.ReceivedAt[j], out.Properties[j], out.Seq[j] = b.TS[i], b.ReceivedAt[i], b.Properties[i], b.Seq[i]
+	}
 	if b.Projected() {
-		b.pickProjection(out, kept)
+		b.pickProjection(out, rows)
 	}
 	return out
 }

@@ -4,24 +4,13 @@ package batch
 // same shard and sequence range (a dead letter rewritten without some rows
 // still names the messages it came from).
 func (b *Batch) Keep(keep func(row int) bool) *Batch {
-	out := &Batch{Shard: b.Shard, FirstSeq: b.FirstSeq, LastSeq: b.LastSeq}
-	var kept []int
+	rows := make([]int, 0, len(b.Seq))
 	for i := range b.Seq {
-		if !keep(i) {
-			continue
+		if keep(i) {
+			rows = append(rows, i)
 		}
-		kept = append(kept, i)
-		out.EventID = append(out.EventID, b.EventID[i])
-		out.Tenant = append(out.Tenant, b.Tenant[i])
-		out.UserID = append(out.UserID, b.UserID[i])
-		out.Type = append(out.Type, b.Type[i])
-		out.TS = append(out.TS, b.TS[i])
-		out.ReceivedAt = append(out.ReceivedAt, b.ReceivedAt[i])
-		out.Properties = append(out.Properties, b.Properties[i])
-		out.Seq = append(out.Seq, b.Seq[i])
 	}
-	if b.Projected() {
-		b.pickProjection(out, kept)
-	}
+	out := b.pick(rows)
+	out.FirstSeq, out.LastSeq = b.FirstSeq, b.LastSeq
 	return out
 }
