@@ -129,6 +129,15 @@ func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
 	return out
 }
 
+// newBatch is an empty batch of shard with room for rows rows.
+func newBatch(shard, rows int) *Batch {
+	return &Batch{
+		Shard:   shard,
+		EventID: make([]string, 0, rows), Tenant: make([]string, 0, rows), UserID: make([]string, 0, rows), Type: make([]string, 0, rows),
+		TS: make([]int64, 0, rows), ReceivedAt: make([]int64, 0, rows), Properties: make([]string, 0, rows), Seq: make([]uint64, 0, rows),
+	}
+}
+
 // pick copies rows (indices into b, in order) into a new batch of b's
 // shard, with their projection; the caller sets the sequence range.
 func (b *Batch) pick(rows []int) *Batch {

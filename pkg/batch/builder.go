@@ -129,7 +129,10 @@ func (b *Builder) Cut() *Batch {
 		return nil
 	}
 	out := b.cur
-	b.cur = &Batch{Shard: b.shard}
+	// The next batch is sized like this one: under load batches are cut
+	// full, and growing ten columns by appends copied each of them about
+	// twice over.
+	b.cur = newBatch(b.shard, min(out.Len(), b.policy.MaxRows))
 	b.bytes = 0
 	return out
 }

@@ -284,3 +284,25 @@ func TestPolicyValidate(t *testing.T) {
 	require.ErrorContains(t, err, "max_age")
 	require.ErrorContains(t, batch.Policy{MaxRows: 1, MaxBytes: 1024, MaxAge: time.Second, MinAge: -time.Second}.Validate(), "min_age")
 }
+
+// BenchmarkBuilder fills batches of 10,000 rows from messages of 50
+// events, as a shard loop under load does, and cuts each when full.
+func BenchmarkBuilder(b *testing.B) {
+	events := sampleEvents(1, 10_000)
+	p := batch.DefaultPolicy()
+	bl := batch.NewBuilder(0, p)
+	now := time.Now()
+	seq := uint64(1)
+	b.ReportAllocs()
+	for b.Loop() {
+		for i := 0; i < len(events); i += 50 {
+			msg := events[i : i+50]
+			if bl.Admit(len(msg), 50*200) != "" {
+				bl.Cut()
+			}
+			bl.Add(seq, msg, now)
+			seq++
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(events)), "ns/event")
+}
