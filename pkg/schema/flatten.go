@@ -130,6 +130,9 @@ type flattener struct {
 	// lenient with NaN, Inf and +1): such a row gets no fields, as if it did
 	// not parse.
 	bad bool
+	// lastKeys is how many distinct paths its last batch had: the next
+	// batch's keys are sized by it, as batches of one stream look alike.
+	lastKeys int
 }
 
 // getFlattener is a flattener for out, from the pool: its parser and map
@@ -148,6 +151,7 @@ func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
 // its parser's copy of the last row.
 func (p *Projector) putFlattener(f *flattener) {
 	clear(f.ids)
+	f.lastKeys = len(f.out.keys)
 	f.out, f.text = nil, strings.Builder{} // the text is the Parsed's now
 	p.flatteners.Put(f)
 }

@@ -82,6 +82,8 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	out.fields = make([]field, 0, members)
 	f := p.getFlattener(out, size)
 	defer p.putFlattener(f)
+	// Each member's path is a key at most.
+	out.keys = make([]key, 0, min(f.lastKeys, members))
 	for row, props := range b.Properties {
 		f.addRow(row, props)
 	}
