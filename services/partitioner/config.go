@@ -67,15 +67,16 @@ type Config struct {
 	Retry retry.Config `yaml:"retry" env:"RETRY"`
 	// MaxBatchesBacklog is back-pressure from the sinks: the most batches
 	// BATCHES may hold (batches no sink has acked yet) before the
-	// partitioner stops fetching from INGEST. While BATCHES holds more,
-	// the work waits in INGEST, where the tenants take turns, instead of
-	// queueing in each shard's batcher and sink behind one tenant's
-	// backlog; a message already fetched is handled to the end. 0 (the
-	// default) turns it off: the bound is over all shards, so one shard
-	// whose ClickHouse is down would stop the intake of every shard once
-	// its batches fill the bound, and measured end to end the bound
-	// shortened another tenant's wait behind a backlog only at a bound of
-	// about 1 per shard, for some 10% of throughput (docs/tenants.md).
+	// partitioner holds back the tenants with a backlog (more than a turn,
+	// fetch_batch messages, waiting in INGEST). While BATCHES holds more,
+	// a backlog waits in INGEST, where the tenants take turns, instead of
+	// queueing in each shard's batcher and sink, and the tenants without
+	// one go on at once; a message already fetched is handled to the end.
+	// 0 (the default) turns it off: the bound is over all shards, so one
+	// shard whose ClickHouse is down would hold back every backlog once
+	// its batches fill the bound, and measured end to end the bound did
+	// not shorten another tenant's wait behind a backlog, which is the
+	// shards' batches already queued and in the insert (docs/tenants.md).
 	MaxBatchesBacklog int `yaml:"max_batches_backlog" env:"MAX_BATCHES_BACKLOG"`
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.

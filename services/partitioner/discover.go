@@ -112,13 +112,14 @@ func (src *source) discover(ctx context.Context) error {
 		// sees their progress): the consumer is made again. While the
 		// partitioner holds back nothing is fetched, which is no fault of
 		// the consumer: the wait counts from the gate's opening.
-		if waited := min(src.sched.pending(t), src.s.gate.openFor()); waited >= src.cfg.StallTimeout {
+		if waited := min(src.sched.pending(t, counts[t]), src.s.gate.openFor()); waited >= src.cfg.StallTimeout {
 			why := "tenant stalled"
 			if err := src.recreate(ctx, t, why, src.sched.consumer(t)); err != nil {
 				src.logger.Warn("repair consumer", zap.String("tenant", t), zap.String("why", why), zap.Error(err))
 			}
 		}
 	}
+	src.sched.backlogs(counts)
 	return nil
 }
 

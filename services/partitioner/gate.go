@@ -19,11 +19,13 @@ import (
 // and BATCHES at once, and another tenant's events would queue behind it
 // in each shard's batcher and sink, where no turns apply. The gate reads
 // how many batches BATCHES holds (every batch the sinks have not acked
-// yet) every gatePoll and holds the workers back while there are more
-// than max_batches_backlog: they fetch nothing, so the work waits in
-// INGEST, where the tenants take turns. A message already fetched is
-// handled to the end. A hold is no stall: the input's watchdog is kept
-// idle while it lasts, and says what it waits on.
+// yet) every gatePoll and holds back while there are more than
+// max_batches_backlog: the workers fetch nothing of the tenants with a
+// backlog (the scheduler's hold), so that work waits in INGEST, while
+// the tenants with at most a turn of messages waiting go on at once. A
+// message already fetched is handled to the end. A hold is no stall: the
+// input's watchdog is kept idle while it lasts, and says what it waits
+// on.
 
 // gatePoll is how often the gate reads BATCHES. A read is one small
 // stream info request (10 a second is nothing to the server), and the
@@ -175,21 +177,15 @@ func (g *gate) set(hold bool, n uint64) {
 	s.wd.Waiting(fmt.Sprintf("the sinks: %s holds %d batches (bound %d)", streams.Batches, n, g.bound))
 }
 
-// wait returns once the gate is open, or ctx ended. It looks again at
-// least every gatePoll, should a signal be missed.
-func (g *gate) wait(ctx context.Context) {
-	for g.held.Load() && ctx.Err() == nil {
-		g.mu.Lock()
-		open := g.open
-		g.mu.Unlock()
-		t := time.NewTimer(gatePoll)
-		select {
-		case <-open:
-		case <-t.C:
-		case <-ctx.Done():
-		}
-		t.Stop()
-	}
+// holding reports whether the gate holds: the scheduler then holds back
+// the tenants with a backlog.
+func (g *gate) holding() bool { return g.held.Load() }
+
+// released is closed when the gate opens; already closed while it is open.
+func (g *gate) released() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open
 }
 
 // openFor is how long the gate has been open: zero while it holds, and

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
+	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/liveness"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
@@ -52,17 +53,21 @@ func TestHoldsBackWhileTheSinksAreBehind(t *testing.T) {
 	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
 	cfg.MaxBatchesBacklog = 3
+	// Each tenant's 10 messages are a backlog: more than a turn.
+	cfg.FetchBatch = 2
 	// A stall timeout shorter than the hold: a hold counted as a stall
 	// would show.
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.StallTimeout = 1500 * time.Millisecond
+	// The sinks are behind and the requests wait before the partitioner
+	// starts: its first look sees them all, a backlog for each tenant.
+	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
+	fillBatches(t, js, 4)
+	inputs := publishInputs(t, js, 30, 20)
 	logger, logs := observed(t)
 	p := startWith(t, cfg, logger)
 	waitPartitioning(t, logs)
-
-	fillBatches(t, js, 4)
-	require.Eventually(t, func() bool { return testutil.ToFloat64(p.m.heldBack) == 1 }, 5*time.Second, 10*time.Millisecond)
-	inputs := publishInputs(t, js, 30, 20)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
 
 	// Twice the stall timeout, 30 of the gate's polls: nothing fetched.
 	require.Never(t, func() bool {
@@ -102,6 +107,46 @@ func TestHoldsBackWhileTheSinksAreBehind(t *testing.T) {
 	require.Zero(t, st)
 }
 
+// TestHoldLetsTenantsWithoutBacklogThrough: while the partitioner holds
+// back, the tenants with a backlog (10 messages each, turns of 2) wait in
+// INGEST, and a tenant that sends one request meanwhile has it
+// partitioned at once: it does not wait for the sinks behind the others'
+// backlog. Once the sinks catch up, every event reaches EVENTS once.
+func TestHoldLetsTenantsWithoutBacklogThrough(t *testing.T) {
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
+	cfg := testConfig(ns.ClientURL())
+	cfg.MaxBatchesBacklog = 3
+	cfg.FetchBatch = 2
+	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
+	fillBatches(t, js, 4)
+	inputs := publishInputs(t, js, 30, 20)
+	logger, logs := observed(t)
+	p := startWith(t, cfg, logger)
+	waitPartitioning(t, logs)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
+
+	quiet := []event.Event{{EventID: "q-1", Tenant: "quiet", UserID: "u", Type: "click",
+		TS: time.UnixMicro(1_700_000_000_000_000).UTC(), ReceivedAt: time.UnixMicro(1_700_000_000_000_000).UTC(), Properties: "{}"}}
+	ack, err := js.Publish(t.Context(), streams.IngestSubject("quiet"), event.AppendEncoded(nil, quiet))
+	require.NoError(t, err)
+	inputs[ack.Sequence] = ingestReq{seq: ack.Sequence, events: quiet}
+	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 1 }, 10*time.Second, 10*time.Millisecond,
+		"the request of the tenant without a backlog partitioned during the hold")
+	n, err := streamMsgs(t.Context(), js, streams.Events)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), n, "EVENTS holds the one event of the tenant without a backlog")
+	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack), "still holding back")
+
+	b, err := js.Stream(t.Context(), streams.Batches)
+	require.NoError(t, err)
+	require.NoError(t, b.Purge(t.Context()))
+	waitDrained(t, js)
+	requireExactlyOnce(t, inputs, readEvents(t, js))
+	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 31 }, 5*time.Second, 10*time.Millisecond)
+	require.Zero(t, redeliveries(p))
+}
+
 // TestHoldLongerThanTenantIdle: a hold that outlasts tenant_idle lets the
 // server remove the tenants' consumers, nobody pulling from them; their
 // messages stay in INGEST, and once the gate opens the consumers are made
@@ -111,6 +156,8 @@ func TestHoldLongerThanTenantIdle(t *testing.T) {
 	js := natstest.JetStream(t, ns.ClientURL())
 	cfg := testConfig(ns.ClientURL())
 	cfg.MaxBatchesBacklog = 1
+	// Each tenant's 10 messages are a backlog: more than a turn.
+	cfg.FetchBatch = 2
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.TenantIdle = 1500 * time.Millisecond
 	logger, logs := observed(t)
@@ -179,7 +226,8 @@ func TestGateOffIgnoresBatches(t *testing.T) {
 }
 
 // TestStartedBesideFullBatchesFetchesNothing: the gate reads BATCHES
-// before the workers start.
+// before the workers start, so the tenants' backlogs (2 messages each,
+// turns of 1) wait.
 func TestStartedBesideFullBatchesFetchesNothing(t *testing.T) {
 	ns := natstest.Start(t)
 	js := natstest.JetStream(t, ns.ClientURL())
@@ -187,6 +235,7 @@ func TestStartedBesideFullBatchesFetchesNothing(t *testing.T) {
 	inputs := publishInputs(t, js, 6, 10)
 	cfg := testConfig(ns.ClientURL())
 	cfg.MaxBatchesBacklog = 1
+	cfg.FetchBatch = 1
 	logger, logs := observed(t)
 	p := startWith(t, cfg, logger)
 	waitPartitioning(t, logs)
@@ -226,27 +275,22 @@ func TestFailedReadOpensTheGate(t *testing.T) {
 	g.poll(t.Context(), read(3, nil))
 	require.True(t, g.held.Load())
 	require.Zero(t, g.openFor())
-	waited := make(chan struct{})
-	go func() {
-		defer close(waited)
-		g.wait(context.Background())
-	}()
+	released := g.released()
+	require.True(t, g.holding())
 	g.poll(t.Context(), read(0, errors.New("no responders")))
 	select {
-	case <-waited:
-	case <-time.After(5 * time.Second):
-		t.Fatal("a waiting worker was not let go")
+	case <-released:
+	default:
+		t.Fatal("the hold was not released")
 	}
 	require.False(t, g.held.Load())
+	require.False(t, g.holding())
 	require.Equal(t, 0.0, testutil.ToFloat64(s.m.heldBack))
 
 	g.poll(t.Context(), read(2, nil))
 	require.False(t, g.held.Load(), "at the bound: open")
 	g.poll(t.Context(), read(3, nil))
 	require.True(t, g.held.Load())
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	g.wait(ctx) // returns: ctx ended
 }
 
 func TestBatchesBound(t *testing.T) {

@@ -68,7 +68,7 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		}),
 		heldBack: f.NewGauge(prometheus.GaugeOpts{
 			Name: "surge_partitioner_held_back",
-			Help: "1 while the partitioner fetches nothing from INGEST because BATCHES holds more than max_batches_backlog batches (the sinks are behind), else 0.",
+			Help: "1 while the partitioner fetches nothing of the tenants with a backlog in INGEST (more than fetch_batch messages) because BATCHES holds more than max_batches_backlog batches (the sinks are behind), else 0.",
 		}),
 		heldBackSeconds: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_held_back_seconds_total",

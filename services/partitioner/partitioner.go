@@ -25,10 +25,10 @@
 // shard's.
 //
 // Back-pressure: while BATCHES holds more than max_batches_backlog
-// batches (the sinks are behind), the workers fetch nothing, so the work
-// waits in INGEST, where the tenants' turns apply, not in the shards'
-// batchers and sinks behind one tenant's backlog (see gate). A hold is no
-// stall.
+// batches (the sinks are behind), the workers fetch nothing of the
+// tenants with a backlog, so that work waits in INGEST, where the
+// tenants' turns apply, not in the shards' batchers and sinks, while the
+// tenants without one go on (see gate and scheduler). A hold is no stall.
 //
 // Liveness: the consumers' AckWait is short (seconds), so the requests a
 // crashed or cut-off partitioner held are redelivered within seconds, and

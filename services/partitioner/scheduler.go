@@ -27,6 +27,9 @@ type tenant struct {
 	// waitingSince is when discovery first saw messages of the tenant that
 	// no fetch has brought since; zero when none wait.
 	waitingSince time.Time
+	// backlog is how many of its messages INGEST held at the last
+	// discovery round, less those fetched since.
+	backlog uint64
 }
 
 // turn is one fetch a worker makes: from tenant t, waiting up to
@@ -51,19 +54,31 @@ type turn struct {
 //     single shared consumer did: one tenant alone runs as fast as before.
 //     With several hot tenants a turn takes only what is there, so no
 //     worker waits on one tenant while another has work.
+//
 //   - A tenant whose fetch brought nothing turns cold. While no tenant is
 //     hot, the workers long-poll the cold ones in turn (the most recent
 //     coldMax of them), so a tenant's trickle is fetched as it arrives.
+//
 //   - A cold tenant is forgotten idle after its last message: no partitioner
 //     pulls from its consumer any more, and the server removes the consumer
 //     after its inactive threshold. Discovery brings a tenant back (hot) as
 //     soon as INGEST holds messages of it.
+//
+//   - While the sinks are behind (hold, the partitioner's back-pressure)
+//     only tenants without a backlog take turns: those with at most one
+//     turn of messages waiting, and the cold ones. A backlog waits in
+//     INGEST, while another tenant's trickle goes on at once instead of
+//     queueing behind it in the shards' batchers and sinks.
 //
 // Safe for concurrent use.
 type scheduler struct {
 	idle    time.Duration // a cold tenant is forgotten this long after its last message
 	coldMax int           // the most cold tenants kept for long polls
 	now     func() time.Time
+	// hold, when set, says when tenants with a backlog (more than
+	// turnSize messages waiting) are held back.
+	hold     holder
+	turnSize uint64
 
 	mu       sync.Mutex
 	tenants  map[string]*tenant
@@ -78,6 +93,14 @@ type scheduler struct {
 	// kick asks discovery for a round: a worker found nothing to do.
 	// Size 1: requests while one is pending are the same request.
 	kick chan struct{}
+}
+
+// holder is back-pressure as the scheduler obeys it (gate).
+type holder interface {
+	// holding reports whether tenants with a backlog are held back.
+	holding() bool
+	// released is closed when the hold ends (at once while there is none).
+	released() <-chan struct{}
 }
 
 func newScheduler(idle time.Duration, coldMax int) *scheduler {
@@ -135,24 +158,50 @@ func (s *scheduler) setConsumer(name string, cons fetcher) {
 	s.tenants[name] = &tenant{name: name, cons: cons, lastMsg: s.now()}
 }
 
-// pending says, after a discovery round, that INGEST holds messages of
+// pending says, after a discovery round, that INGEST holds n messages of
 // the tenant: it turns hot, and a worker with nothing to do wakes. An
 // unknown tenant is ignored (its consumer comes first: setConsumer).
 // It returns how long the tenant's messages have waited without a fetch
 // bringing any, for the stall check.
-func (s *scheduler) pending(name string) time.Duration {
+func (s *scheduler) pending(name string, n uint64) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	t := s.tenants[name]
 	if t == nil {
 		return 0
 	}
+	t.backlog = n // before it turns hot: a held back tenant takes no turn
 	now := s.now()
 	if t.waitingSince.IsZero() {
 		t.waitingSince = now
 	}
 	s.heat(t)
 	return now.Sub(t.waitingSince)
+}
+
+// holdBacklogs makes the scheduler hold back the tenants with more than
+// turnSize messages waiting while h holds.
+func (s *scheduler) holdBacklogs(h holder, turnSize int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.hold, s.turnSize = h, uint64(turnSize)
+}
+
+// backlogs records a discovery round's count of each tenant's messages in
+// INGEST (pending has recorded those the round found); a known tenant the
+// round did not count has none.
+func (s *scheduler) backlogs(counts map[string]uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, t := range s.tenants {
+		t.backlog = counts[name]
+	}
+}
+
+// held reports whether t's turn is held back now: the sinks are behind
+// and t has a backlog. s.mu is held.
+func (s *scheduler) held(t *tenant, holding bool) bool {
+	return holding && t.backlog > s.turnSize
 }
 
 // heat puts t in the ring (at its end: it waits a round like the others)
@@ -229,16 +278,19 @@ func (s *scheduler) forget(t *tenant) {
 	delete(s.tenants, t.name)
 }
 
-// pick returns the next turn: the next hot tenant, else a long poll of
-// the next cold one; false when no tenant is known. Cold tenants idle
-// for longer than s.idle are forgotten first.
+// pick returns the next turn: the next hot tenant not held back, else a
+// long poll of the next cold one; false when there is none. Cold tenants
+// idle for longer than s.idle are forgotten first.
 func (s *scheduler) pick() (turn, bool) {
+	holding := s.hold != nil && s.hold.holding()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.ring) > 0 {
+	for range len(s.ring) {
 		t := s.ring[s.next]
 		s.next = (s.next + 1) % len(s.ring)
-		return turn{t: t, cons: t.cons, wait: len(s.ring) == 1}, true
+		if !s.held(t, holding) {
+			return turn{t: t, cons: t.cons, wait: len(s.ring) == 1}, true
+		}
 	}
 	now := s.now()
 	for len(s.coldList) > 0 && now.Sub(s.coldList[0].lastMsg) >= s.idle {
@@ -253,8 +305,9 @@ func (s *scheduler) pick() (turn, bool) {
 }
 
 // take returns the next turn. With no tenant hot it asks discovery for a
-// round; with no tenant known at all it waits for one to turn hot, at
-// most idleWait, and reports false when none did (or ctx ended).
+// round; with no turn to take (no tenant known, or every hot one held
+// back) it waits for a tenant to turn hot or the hold to end, at most
+// idleWait, and reports false (or when ctx ended).
 func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, bool) {
 	tr, ok := s.pick()
 	if ok && !tr.wait {
@@ -266,10 +319,15 @@ func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, boo
 	if ok {
 		return tr, true
 	}
+	var released <-chan struct{} // nil: no hold to wait for
+	if s.hold != nil && s.hold.holding() {
+		released = s.hold.released()
+	}
 	timer := time.NewTimer(idleWait)
 	defer timer.Stop()
 	select {
 	case <-s.wake:
+	case <-released:
 	case <-timer.C:
 	case <-ctx.Done():
 	}
@@ -295,6 +353,7 @@ func (s *scheduler) done(tr turn, got int, failed bool) {
 	if failed || s.tenants[t.name] != t {
 		return // forgotten meanwhile: discovery brings it back if needed
 	}
+	t.backlog -= min(t.backlog, uint64(got))
 	if got > 0 {
 		t.lastMsg = s.now()
 		t.waitingSince = time.Time{}

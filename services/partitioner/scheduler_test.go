@@ -2,6 +2,7 @@ package partitioner
 
 import (
 	"context"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -30,7 +31,7 @@ func hot(s *scheduler, names ...string) {
 		if !s.known(n) {
 			s.setConsumer(n, &fakeFetcher{name: n})
 		}
-		s.pending(n)
+		s.pending(n, 0)
 	}
 }
 
@@ -164,12 +165,97 @@ func TestSchedulerMeasuresHowLongMessagesWait(t *testing.T) {
 	s, now := clockScheduler(time.Minute, 4)
 	hot(s, "A", "B")
 	*now = now.Add(10 * time.Second)
-	require.Equal(t, 10*time.Second, s.pending("A"))
+	require.Equal(t, 10*time.Second, s.pending("A", 1))
 	turns(t, s, 1, nil) // A's turn brings messages
-	require.Zero(t, s.pending("A"))
-	require.Equal(t, 10*time.Second, s.pending("B"))
+	require.Zero(t, s.pending("A", 1))
+	require.Equal(t, 10*time.Second, s.pending("B", 1))
 	*now = now.Add(5 * time.Second)
 	s.setConsumer("B", &fakeFetcher{name: "B2"}) // recreated: its clock starts again
-	require.Zero(t, s.pending("B"))
+	require.Zero(t, s.pending("B", 1))
 	require.Equal(t, "B2", s.consumer("B").(*fakeFetcher).name)
+}
+
+// fakeHold is back-pressure the test turns on and off.
+type fakeHold struct {
+	on      atomic.Bool
+	release chan struct{}
+}
+
+func (h *fakeHold) holding() bool { return h.on.Load() }
+
+func (h *fakeHold) released() <-chan struct{} { return h.release }
+
+// TestHoldServesTenantsWithoutBacklog: while the sinks are behind, a
+// tenant with more than a turn of messages waiting takes no turn, and one
+// with at most a turn, or none (long-polled cold), goes on; the hold's end
+// wakes a worker with nothing to do, and every tenant takes turns again.
+func TestHoldServesTenantsWithoutBacklog(t *testing.T) {
+	s, _ := clockScheduler(time.Minute, 4)
+	h := &fakeHold{release: make(chan struct{})}
+	s.holdBacklogs(h, 10)
+	hot(s, "A", "B")
+	s.backlogs(map[string]uint64{"A": 2000, "B": 3})
+	require.Equal(t, []string{"A", "B", "A", "B"}, turns(t, s, 4, nil), "no hold: round-robin")
+
+	h.on.Store(true)
+	require.Equal(t, []string{"B", "B", "B"}, turns(t, s, 3, map[string]int{"B": 1}), "A's backlog is held back")
+	// B fetched its 3 and brought nothing more: cold, long-polled, while
+	// A stays hot and held.
+	tr, ok := s.pick()
+	require.True(t, ok)
+	require.Equal(t, "B", tr.t.name)
+	s.done(tr, 0, false)
+	tr, ok = s.pick()
+	require.True(t, ok)
+	require.Equal(t, "B", tr.t.name)
+	require.True(t, tr.poll, "a tenant without work is long-polled during a hold")
+	s.done(tr, 0, false)
+
+	// A fetched down to one turn is no backlog any more.
+	s.backlogs(map[string]uint64{"A": 10})
+	tr, ok = s.pick()
+	require.True(t, ok)
+	require.Equal(t, "A", tr.t.name)
+	s.done(tr, 10, false)
+
+	// Only A has work, and a backlog again: nothing to take until the
+	// hold ends, which wakes the waiting worker at once.
+	s.backlogs(map[string]uint64{"A": 500})
+	s.forget(s.tenants["B"])
+	taken := make(chan bool, 1)
+	go func() {
+		_, ok := s.take(context.Background(), time.Hour)
+		taken <- ok
+	}()
+	close(h.release)
+	select {
+	case ok := <-taken:
+		require.False(t, ok, "the wait ends empty-handed")
+	case <-time.After(10 * time.Second):
+		t.Fatal("the end of the hold did not wake the waiting worker")
+	}
+	h.on.Store(false)
+	tr, ok = s.pick()
+	require.True(t, ok)
+	require.Equal(t, "A", tr.t.name, "the hold over, A takes its turn")
+}
+
+// TestFetchesDrainTheBacklog: a tenant's backlog counts down by what its
+// turns fetch, so it goes on once it is down to a turn, before the next
+// discovery round.
+func TestFetchesDrainTheBacklog(t *testing.T) {
+	s, _ := clockScheduler(time.Minute, 4)
+	h := &fakeHold{release: make(chan struct{})}
+	h.on.Store(true)
+	s.holdBacklogs(h, 10)
+	hot(s, "A", "B")
+	s.backlogs(map[string]uint64{"A": 25, "B": 0})
+	h.on.Store(false)
+	require.Equal(t, []string{"A", "B"}, turns(t, s, 2, map[string]int{"A": 10, "B": 1}))
+	h.on.Store(true)
+	require.Equal(t, []string{"B"}, turns(t, s, 1, map[string]int{"B": 1}), "A: 15 waiting, more than a turn")
+	h.on.Store(false)
+	require.Equal(t, []string{"A", "B"}, turns(t, s, 2, map[string]int{"A": 5, "B": 1}))
+	h.on.Store(true)
+	require.Equal(t, []string{"A", "B", "A"}, turns(t, s, 3, map[string]int{"A": 5, "B": 1}), "A: 10 waiting, one turn")
 }

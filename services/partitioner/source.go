@@ -123,11 +123,11 @@ type source struct {
 }
 
 func newSource(s *Service, js jetstream.JetStream) *source {
-	return &source{
-		js: js, cfg: s.cfg, s: s, logger: s.logger,
-		sched:   newScheduler(s.cfg.TenantIdle/2, coldTenants(s.cfg.Workers)),
-		refused: map[string]string{},
+	sched := newScheduler(s.cfg.TenantIdle/2, coldTenants(s.cfg.Workers))
+	if s.gate != nil && s.gate.on() {
+		sched.holdBacklogs(s.gate, s.cfg.FetchBatch)
 	}
+	return &source{js: js, cfg: s.cfg, s: s, logger: s.logger, sched: sched, refused: map[string]string{}}
 }
 
 // coldTenants is how many tenants without work the workers long-poll

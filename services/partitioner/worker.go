@@ -77,13 +77,12 @@ func (w *worker) run(ctx context.Context, src *source) {
 	b := rc.NewBackOff()
 	failures := 0
 	for ctx.Err() == nil {
-		// While the sinks are behind nothing is fetched: the work waits
-		// in INGEST.
-		w.s.gate.wait(ctx)
-		if ctx.Err() != nil {
-			return
+		// While the sinks are behind the tenants with a backlog are held
+		// back (the scheduler's hold): their work waits in INGEST, and the
+		// watchdog says what the hold waits on.
+		if !w.s.gate.holding() {
+			w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
 		}
-		w.s.wd.Waiting(w.s.waitingOn("fetch from " + streams.Ingest))
 		tr, ok := src.sched.take(ctx, w.s.cfg.FetchMaxWait)
 		if !ok {
 			continue // no tenant has work
