@@ -160,12 +160,15 @@ func TestHoldLongerThanTenantIdle(t *testing.T) {
 	cfg.FetchBatch = 2
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.TenantIdle = 1500 * time.Millisecond
+	// The requests wait before the partitioner starts: its first look
+	// sees each tenant's whole backlog.
+	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
+	fillBatches(t, js, 2)
+	inputs := publishInputs(t, js, 30, 20)
 	logger, logs := observed(t)
 	p := startWith(t, cfg, logger)
 	waitPartitioning(t, logs)
-	fillBatches(t, js, 2)
-	require.Eventually(t, func() bool { return testutil.ToFloat64(p.m.heldBack) == 1 }, 5*time.Second, 10*time.Millisecond)
-	inputs := publishInputs(t, js, 30, 20)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
 	// Discovery makes the tenants' consumers; the server removes them.
 	consumers := func(want int) {
 		t.Helper()
