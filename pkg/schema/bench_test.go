@@ -87,6 +87,7 @@ func BenchmarkProject(b *testing.B) {
 				parsed := p.Parse(bt)
 				p.Plan(parsed, doc, now)
 				p.Project(parsed, doc, bt)
+				p.Release(parsed)
 				n++
 			}
 			cpu := cpuTime() - cpuBefore
@@ -99,5 +100,33 @@ func BenchmarkProject(b *testing.B) {
 			b.ReportMetric(float64(after.Mallocs-before.Mallocs)/perEvent, "allocs/event")
 			b.ReportMetric(float64(after.TotalAlloc-before.TotalAlloc)/perEvent, "B/event")
 		})
+	}
+}
+
+// TestReleaseKeepsProjectionsIdentical: a projector whose Parsed memory
+// is released and reused batch after batch projects every profile's batch
+// to the same encoded block as a fresh projector, and a batch projected
+// before a release keeps its columns.
+func TestReleaseKeepsProjectionsIdentical(t *testing.T) {
+	reused := newProjector(t, nil)
+	var kept []*batch.Batch
+	var want [][]byte
+	for _, name := range Profiles {
+		for _, size := range []int{1000, 10, 3000} {
+			fresh := newProjector(t, nil)
+			b1, b2 := profileBatch(name, size), profileBatch(name, size)
+			doc := settledSchema(fresh, b1)
+
+			fresh.Project(fresh.Parse(b1), doc, b1)
+			parsed := reused.Parse(b2)
+			reused.Project(parsed, doc, b2)
+			reused.Release(parsed)
+			require.Equal(t, batch.Encode(b1), batch.Encode(b2), "%s, %d events", name, b1.Len())
+			kept = append(kept, b2)
+			want = append(want, batch.Encode(b1))
+		}
+	}
+	for i, b := range kept {
+		require.Equal(t, want[i], batch.Encode(b), "batch %d after the later releases", i)
 	}
 }

@@ -27,7 +27,10 @@ type Projector struct {
 	reserved map[string]bool
 	// flatteners are reused (each with its parser) by Parse.
 	flatteners sync.Pool
-	paths      pathCache
+	// fields are Parsed's field buffers, back from Release: a batch's
+	// fields are about 1 KB an event, garbage once it is projected.
+	fields sync.Pool
+	paths  pathCache
 }
 
 // NewProjector checks cfg and builds a Projector for it.
@@ -79,7 +82,7 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 		members += strings.Count(props, ":")
 	}
 	out.rowEnd = make([]int, 0, len(b.Properties))
-	out.fields = make([]field, 0, members)
+	out.fields = p.fieldBuf(members)
 	f := p.getFlattener(out, size)
 	defer p.putFlattener(f)
 	// Each member's path is a key at most.
@@ -89,6 +92,28 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	}
 	f.finish()
 	return out
+}
+
+// fieldBuf is an empty field buffer with room for n fields, from Release
+// when one is large enough.
+func (p *Projector) fieldBuf(n int) []field {
+	if buf, ok := p.fields.Get().(*[]field); ok && cap(*buf) >= n {
+		return (*buf)[:0]
+	}
+	return make([]field, 0, n)
+}
+
+// Release hands the memory of parsed back for the next batch's Parse:
+// parsed must not be used after it. Calling it is optional (the garbage
+// collector takes what is not released); the batcher calls it once a
+// batch is projected. What Project wrote into the batch stays valid.
+func (p *Projector) Release(parsed *Parsed) {
+	if parsed == nil || cap(parsed.fields) == 0 {
+		return
+	}
+	buf := parsed.fields[:0]
+	parsed.fields, parsed.rowEnd = nil, nil
+	p.fields.Put(&buf)
 }
 
 // Plan is doc with the columns the parsed batch adds, and whether it adds

@@ -70,6 +70,7 @@ func (t *typer) watch(ctx context.Context, rc retry.Config) {
 // again.
 func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 	parsed := t.proj.Parse(b)
+	defer t.proj.Release(parsed)
 	now := time.Now().UTC()
 	snap := t.reg.Current()
 	if !propose {
