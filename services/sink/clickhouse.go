@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -333,8 +334,12 @@ const schemaPoll = 50 * time.Millisecond
 
 // hasSchema tells whether replica r holds both tables.
 func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
-	var n uint64
-	if err := r.conn.QueryRow(ctx, SchemaTablesQuery, s.database).Scan(&n); err != nil {
+	n, err := answer(ctx, func() (uint64, error) {
+		var n uint64
+		err := r.conn.QueryRow(ctx, SchemaTablesQuery, s.database).Scan(&n)
+		return n, err
+	})
+	if err != nil {
 		return false, fmt.Errorf("look up schema on %s: %w", r.addr, err)
 	}
 	return n == 2, nil
@@ -377,21 +382,29 @@ func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Ba
 		// log_queries: the read is in system.query_log, with its read_rows,
 		// even on servers that log no queries by default.
 		qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": 4 << 20, "log_queries": 1}))
-		rows, err := r.conn.Query(qctx, PresenceQuery(s.database), shard, first, last, keys)
+		args := []any{shard, first, last, slices.Clone(keys)} // q may outlive this call
+		seqs, err := answer(ctx, func() ([]uint64, error) {
+			rows, err := r.conn.Query(qctx, PresenceQuery(s.database), args...)
+			if err != nil {
+				return nil, err
+			}
+			defer rows.Close()
+			var seqs []uint64
+			for rows.Next() {
+				var seq uint64
+				if err := rows.Scan(&seq); err != nil {
+					return nil, err
+				}
+				seqs = append(seqs, seq)
+			}
+			return seqs, rows.Err()
+		})
 		if err != nil {
 			r.noteSchemaLoss(err)
 			return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 		}
-		defer rows.Close()
-		for rows.Next() {
-			var seq uint64
-			if err := rows.Scan(&seq); err != nil {
-				return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
-			}
+		for _, seq := range seqs {
 			present[seq] = struct{}{}
-		}
-		if err := rows.Err(); err != nil {
-			return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 		}
 		keys = keys[:0]
 		return nil

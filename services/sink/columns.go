@@ -262,35 +262,42 @@ func (k *columnKeeper) refresh(ctx context.Context, r *replica) (*tableColumns, 
 func (k *columnKeeper) read(ctx context.Context, r *replica) (*tableColumns, error) {
 	rctx, cancel := k.ddlContext(ctx)
 	defer cancel()
-	c := &tableColumns{local: make(map[string]string), dist: make(map[string]string)}
-	var version string
-	if err := r.conn.QueryRow(rctx, VersionQuery).Scan(&version); err != nil {
+	version, err := answer(rctx, func() (string, error) {
+		var version string
+		err := r.conn.QueryRow(rctx, VersionQuery).Scan(&version)
+		return version, err
+	})
+	if err != nil {
 		return nil, fmt.Errorf("read version of %s: %w", r.addr, err)
 	}
 	server, err := schema.ParseServer(version)
 	if err != nil {
 		return nil, fmt.Errorf("read version of %s: %w", r.addr, err)
 	}
-	c.server = server
-	rows, err := r.conn.Query(rctx, ColumnsQuery, k.database)
+	c, err := answer(rctx, func() (*tableColumns, error) {
+		c := &tableColumns{local: make(map[string]string), dist: make(map[string]string)}
+		rows, err := r.conn.Query(rctx, ColumnsQuery, k.database)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var table, name, typ string
+			if err := rows.Scan(&table, &name, &typ); err != nil {
+				return nil, err
+			}
+			if table == "events_local" {
+				c.local[name] = typ
+			} else {
+				c.dist[name] = typ
+			}
+		}
+		return c, rows.Err()
+	})
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", r.addr, err)
 	}
-	defer rows.Close()
-	for rows.Next() {
-		var table, name, typ string
-		if err := rows.Scan(&table, &name, &typ); err != nil {
-			return nil, fmt.Errorf("read columns of %s: %w", r.addr, err)
-		}
-		if table == "events_local" {
-			c.local[name] = typ
-		} else {
-			c.dist[name] = typ
-		}
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("read columns of %s: %w", r.addr, err)
-	}
+	c.server = server
 	r.cols.Store(c)
 	k.count(r, c)
 	return c, nil
@@ -541,12 +548,17 @@ var errReplicaBehind = errors.New("replica behind its shard's schema in ZooKeepe
 // it has not applied yet, with their values. A table without replication
 // passes.
 func (k *columnKeeper) caughtUp(ctx context.Context, r *replica) error {
-	var (
+	type state struct {
 		path              string
 		readonly, expired uint8
-	)
-	err := r.conn.QueryRow(ctx, "SELECT zookeeper_path, is_readonly, is_session_expired FROM system.replicas WHERE database = ? AND table = 'events_local'", k.database).
-		Scan(&path, &readonly, &expired)
+	}
+	st, err := answer(ctx, func() (state, error) {
+		var st state
+		err := r.conn.QueryRow(ctx, "SELECT zookeeper_path, is_readonly, is_session_expired FROM system.replicas WHERE database = ? AND table = 'events_local'", k.database).
+			Scan(&st.path, &st.readonly, &st.expired)
+		return st, err
+	})
+	path, readonly, expired := st.path, st.readonly, st.expired
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil
@@ -555,8 +567,12 @@ func (k *columnKeeper) caughtUp(ctx context.Context, r *replica) error {
 	case readonly != 0 || expired != 0:
 		return fmt.Errorf("%w: %s is read-only (its ZooKeeper session is not up)", errReplicaBehind, r.addr)
 	}
-	var list string
-	if err := r.conn.QueryRow(ctx, "SELECT value FROM system.zookeeper WHERE path = ? AND name = 'columns'", path).Scan(&list); err != nil {
+	list, err := answer(ctx, func() (string, error) {
+		var list string
+		err := r.conn.QueryRow(ctx, "SELECT value FROM system.zookeeper WHERE path = ? AND name = 'columns'", path).Scan(&list)
+		return list, err
+	})
+	if err != nil {
 		return fmt.Errorf("read the shard's columns in ZooKeeper from %s: %w", r.addr, err)
 	}
 	c, err := k.refresh(ctx, r)

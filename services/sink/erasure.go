@@ -235,7 +235,10 @@ func (e *eraser) watermark(ctx context.Context, k int) (uint64, error) {
 	srv := e.servers[e.s.cfg.ServerOf(k)]
 	var wm uint64
 	q := fmt.Sprintf("SELECT max(seq) FROM %s.events_local WHERE shard = %d", srv.database, k)
-	err := onReplica(srv, func(r *replica) error { return r.conn.QueryRow(ctx, q).Scan(&wm) })
+	err := onReplica(srv, func(r *replica) (err error) {
+		wm, err = queryUint(ctx, r, q)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("watermark of shard %d: %w", k, err)
 	}
@@ -299,8 +302,8 @@ func countOn(ctx context.Context, srv *server, r *replica, cond string, final bo
 	if final {
 		from += " FINAL"
 	}
-	var n uint64
-	if err := r.conn.QueryRow(bigQuery(ctx), "SELECT count() FROM "+from+" WHERE "+cond).Scan(&n); err != nil {
+	n, err := queryUint(bigQuery(ctx), r, "SELECT count() FROM "+from+" WHERE "+cond)
+	if err != nil {
 		return 0, fmt.Errorf("count on %s: %w", r.addr, err)
 	}
 	return n, nil
@@ -393,8 +396,8 @@ func mutations(ctx context.Context, srv *server, r *replica, marker string, pend
 	if pending {
 		q += " AND is_done = 0"
 	}
-	var n uint64
-	if err := r.conn.QueryRow(ctx, q).Scan(&n); err != nil {
+	n, err := queryUint(ctx, r, q)
+	if err != nil {
 		return 0, fmt.Errorf("mutations on %s: %w", r.addr, err)
 	}
 	return n, nil
