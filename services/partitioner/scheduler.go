@@ -309,6 +309,12 @@ func (s *scheduler) pick() (turn, bool) {
 // back) it waits for a tenant to turn hot or the hold to end, at most
 // idleWait, and reports false (or when ctx ended).
 func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, bool) {
+	// The hold's end is looked up before the pick: should the hold end
+	// in between, the wait below ends at once.
+	var released <-chan struct{} // nil: no hold to wait for
+	if s.hold != nil && s.hold.holding() {
+		released = s.hold.released()
+	}
 	tr, ok := s.pick()
 	if ok && !tr.wait {
 		return tr, true
@@ -318,10 +324,6 @@ func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, boo
 	}
 	if ok {
 		return tr, true
-	}
-	var released <-chan struct{} // nil: no hold to wait for
-	if s.hold != nil && s.hold.holding() {
-		released = s.hold.released()
 	}
 	timer := time.NewTimer(idleWait)
 	defer timer.Stop()
