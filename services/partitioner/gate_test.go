@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/liveness"
@@ -42,6 +43,37 @@ func streamMsgs(ctx context.Context, js jetstream.JetStream, name string) (uint6
 	return st.CachedInfo().State.Msgs, nil
 }
 
+// startHeld starts a partitioner with cfg beside a BATCHES of batches
+// batches (more than its bound: the sinks are behind) and an INGEST of 30
+// requests of 20 events from three tenants, published before it starts
+// so that its first look sees each tenant's whole backlog. It is held back
+// from the start.
+func startHeld(t *testing.T, js jetstream.JetStream, cfg Config, batches int) (*Service, *observer.ObservedLogs, map[uint64]ingestReq) {
+	t.Helper()
+	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
+	fillBatches(t, js, batches)
+	inputs := publishInputs(t, js, 30, 20)
+	logger, logs := observed(t)
+	p := startWith(t, cfg, logger)
+	waitPartitioning(t, logs)
+	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack), "held back from the start")
+	return p, logs, inputs
+}
+
+// catchUp empties BATCHES, as sinks that caught up would, and checks
+// that every request then reaches EVENTS once, acked once and never
+// redelivered.
+func catchUp(t *testing.T, js jetstream.JetStream, p *Service, inputs map[uint64]ingestReq) {
+	t.Helper()
+	b, err := js.Stream(t.Context(), streams.Batches)
+	require.NoError(t, err)
+	require.NoError(t, b.Purge(t.Context()))
+	waitDrained(t, js)
+	requireExactlyOnce(t, inputs, readEvents(t, js))
+	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == len(inputs) }, 5*time.Second, 10*time.Millisecond)
+	require.Zero(t, redeliveries(p))
+}
+
 // TestHoldsBackWhileTheSinksAreBehind: BATCHES holds more batches than
 // the bound, so the partitioner fetches nothing: INGEST keeps every
 // request, EVENTS gets nothing, for longer than the stall timeout, and
@@ -59,15 +91,7 @@ func TestHoldsBackWhileTheSinksAreBehind(t *testing.T) {
 	// would show.
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.StallTimeout = 1500 * time.Millisecond
-	// The sinks are behind and the requests wait before the partitioner
-	// starts: its first look sees them all, a backlog for each tenant.
-	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
-	fillBatches(t, js, 4)
-	inputs := publishInputs(t, js, 30, 20)
-	logger, logs := observed(t)
-	p := startWith(t, cfg, logger)
-	waitPartitioning(t, logs)
-	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
+	p, logs, inputs := startHeld(t, js, cfg, 4)
 
 	// Twice the stall timeout, 30 of the gate's polls: nothing fetched.
 	require.Never(t, func() bool {
@@ -118,13 +142,7 @@ func TestHoldLetsTenantsWithoutBacklogThrough(t *testing.T) {
 	cfg := testConfig(ns.ClientURL())
 	cfg.MaxBatchesBacklog = 3
 	cfg.FetchBatch = 2
-	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
-	fillBatches(t, js, 4)
-	inputs := publishInputs(t, js, 30, 20)
-	logger, logs := observed(t)
-	p := startWith(t, cfg, logger)
-	waitPartitioning(t, logs)
-	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
+	p, _, inputs := startHeld(t, js, cfg, 4)
 
 	quiet := []event.Event{{EventID: "q-1", Tenant: "quiet", UserID: "u", Type: "click",
 		TS: time.UnixMicro(1_700_000_000_000_000).UTC(), ReceivedAt: time.UnixMicro(1_700_000_000_000_000).UTC(), Properties: "{}"}}
@@ -138,13 +156,7 @@ func TestHoldLetsTenantsWithoutBacklogThrough(t *testing.T) {
 	require.Equal(t, uint64(1), n, "EVENTS holds the one event of the tenant without a backlog")
 	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack), "still holding back")
 
-	b, err := js.Stream(t.Context(), streams.Batches)
-	require.NoError(t, err)
-	require.NoError(t, b.Purge(t.Context()))
-	waitDrained(t, js)
-	requireExactlyOnce(t, inputs, readEvents(t, js))
-	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 31 }, 5*time.Second, 10*time.Millisecond)
-	require.Zero(t, redeliveries(p))
+	catchUp(t, js, p, inputs)
 }
 
 // TestHoldLongerThanTenantIdle: a hold that outlasts tenant_idle lets the
@@ -160,15 +172,7 @@ func TestHoldLongerThanTenantIdle(t *testing.T) {
 	cfg.FetchBatch = 2
 	cfg.PublishTimeout = 500 * time.Millisecond
 	cfg.TenantIdle = 1500 * time.Millisecond
-	// The requests wait before the partitioner starts: its first look
-	// sees each tenant's whole backlog.
-	require.NoError(t, streams.Ensure(t.Context(), js, cfg.Streams))
-	fillBatches(t, js, 2)
-	inputs := publishInputs(t, js, 30, 20)
-	logger, logs := observed(t)
-	p := startWith(t, cfg, logger)
-	waitPartitioning(t, logs)
-	require.Equal(t, 1.0, testutil.ToFloat64(p.m.heldBack))
+	p, logs, inputs := startHeld(t, js, cfg, 2)
 	// Discovery makes the tenants' consumers; the server removes them.
 	consumers := func(want int) {
 		t.Helper()
@@ -191,13 +195,7 @@ func TestHoldLongerThanTenantIdle(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, n)
 
-	b, err := js.Stream(t.Context(), streams.Batches)
-	require.NoError(t, err)
-	require.NoError(t, b.Purge(t.Context()))
-	waitDrained(t, js)
-	requireExactlyOnce(t, inputs, readEvents(t, js))
-	require.Eventually(t, func() bool { return messagesMetric(p, outcomeAcked) == 30 }, 5*time.Second, 10*time.Millisecond)
-	require.Zero(t, redeliveries(p))
+	catchUp(t, js, p, inputs)
 	// Each made again by the worker whose fetch found it gone. (With a
 	// tenant_idle this short, a consumer gone idle after the drain may be
 	// made again too: the tenants are counted, not the lines.)
