@@ -43,9 +43,9 @@ const gateTimeout = time.Second
 // times a second.
 const gateLogEvery = 10 * time.Second
 
-// gate holds the workers back while the sinks are behind. held is read
-// by the workers; the rest is the polling goroutine's, but for open,
-// guarded by mu.
+// gate says when the sinks are behind, for the scheduler to hold back
+// the tenants with a backlog. held and open are read by the workers
+// (open guarded by mu); the rest is the polling goroutine's.
 type gate struct {
 	bound  int // the most batches before a hold; 0: never held
 	s      *Service
@@ -139,7 +139,7 @@ func (g *gate) set(hold bool, n uint64) {
 	case hold && !was:
 		g.mu.Lock()
 		g.open = make(chan struct{})
-		g.held.Store(true) // after open is the hold's: a worker waits on it
+		g.held.Store(true) // after open is the hold's: a worker may wait on it
 		g.mu.Unlock()
 		g.since, g.last = now, now
 		s.m.heldBack.Set(1)

@@ -73,7 +73,8 @@ type Service struct {
 	failure atomic.Pointer[string]
 	// erased refuses producers' events of erased users (erasure.go).
 	erased *erased
-	// gate holds the workers back while the sinks are behind (gate.go).
+	// gate says when the sinks are behind, and the tenants with a backlog
+	// wait (gate.go).
 	gate *gate
 }
 

@@ -76,7 +76,8 @@ type scheduler struct {
 	coldMax int           // the most cold tenants kept for long polls
 	now     func() time.Time
 	// hold, when set, says when tenants with a backlog (more than
-	// turnSize messages waiting) are held back.
+	// turnSize messages waiting) are held back. Both are set before the
+	// scheduler is used (holdBacklogs) and only read after.
 	hold     holder
 	turnSize uint64
 
@@ -180,10 +181,9 @@ func (s *scheduler) pending(name string, n uint64) time.Duration {
 }
 
 // holdBacklogs makes the scheduler hold back the tenants with more than
-// turnSize messages waiting while h holds.
+// turnSize messages waiting while h holds. It is called before the
+// scheduler is used.
 func (s *scheduler) holdBacklogs(h holder, turnSize int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	s.hold, s.turnSize = h, uint64(turnSize)
 }
 

@@ -36,11 +36,12 @@ func answer[T any](ctx context.Context, q func() (T, error)) (T, error) {
 	}
 }
 
-// queryUint is the one UInt64 that query q answers on replica r.
-func queryUint(ctx context.Context, r *replica, q string) (uint64, error) {
+// queryUint is the one UInt64 that query q, with args, answers on
+// replica r.
+func queryUint(ctx context.Context, r *replica, q string, args ...any) (uint64, error) {
 	return answer(ctx, func() (uint64, error) {
 		var n uint64
-		err := r.conn.QueryRow(ctx, q).Scan(&n)
+		err := r.conn.QueryRow(ctx, q, args...).Scan(&n)
 		return n, err
 	})
 }

@@ -334,11 +334,7 @@ const schemaPoll = 50 * time.Millisecond
 
 // hasSchema tells whether replica r holds both tables.
 func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
-	n, err := answer(ctx, func() (uint64, error) {
-		var n uint64
-		err := r.conn.QueryRow(ctx, SchemaTablesQuery, s.database).Scan(&n)
-		return n, err
-	})
+	n, err := queryUint(ctx, r, SchemaTablesQuery, s.database)
 	if err != nil {
 		return false, fmt.Errorf("look up schema on %s: %w", r.addr, err)
 	}

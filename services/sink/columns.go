@@ -262,20 +262,16 @@ func (k *columnKeeper) refresh(ctx context.Context, r *replica) (*tableColumns, 
 func (k *columnKeeper) read(ctx context.Context, r *replica) (*tableColumns, error) {
 	rctx, cancel := k.ddlContext(ctx)
 	defer cancel()
-	version, err := answer(rctx, func() (string, error) {
-		var version string
-		err := r.conn.QueryRow(rctx, VersionQuery).Scan(&version)
-		return version, err
-	})
-	if err != nil {
-		return nil, fmt.Errorf("read version of %s: %w", r.addr, err)
-	}
-	server, err := schema.ParseServer(version)
-	if err != nil {
-		return nil, fmt.Errorf("read version of %s: %w", r.addr, err)
-	}
 	c, err := answer(rctx, func() (*tableColumns, error) {
-		c := &tableColumns{local: make(map[string]string), dist: make(map[string]string)}
+		var version string
+		if err := r.conn.QueryRow(rctx, VersionQuery).Scan(&version); err != nil {
+			return nil, fmt.Errorf("read version: %w", err)
+		}
+		server, err := schema.ParseServer(version)
+		if err != nil {
+			return nil, fmt.Errorf("read version: %w", err)
+		}
+		c := &tableColumns{server: server, local: make(map[string]string), dist: make(map[string]string)}
 		rows, err := r.conn.Query(rctx, ColumnsQuery, k.database)
 		if err != nil {
 			return nil, err
@@ -297,7 +293,6 @@ func (k *columnKeeper) read(ctx context.Context, r *replica) (*tableColumns, err
 	if err != nil {
 		return nil, fmt.Errorf("read columns of %s: %w", r.addr, err)
 	}
-	c.server = server
 	r.cols.Store(c)
 	k.count(r, c)
 	return c, nil
@@ -558,18 +553,17 @@ func (k *columnKeeper) caughtUp(ctx context.Context, r *replica) error {
 			Scan(&st.path, &st.readonly, &st.expired)
 		return st, err
 	})
-	path, readonly, expired := st.path, st.readonly, st.expired
 	switch {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil
 	case err != nil:
 		return fmt.Errorf("read replication state of %s: %w", r.addr, err)
-	case readonly != 0 || expired != 0:
+	case st.readonly != 0 || st.expired != 0:
 		return fmt.Errorf("%w: %s is read-only (its ZooKeeper session is not up)", errReplicaBehind, r.addr)
 	}
 	list, err := answer(ctx, func() (string, error) {
 		var list string
-		err := r.conn.QueryRow(ctx, "SELECT value FROM system.zookeeper WHERE path = ? AND name = 'columns'", path).Scan(&list)
+		err := r.conn.QueryRow(ctx, "SELECT value FROM system.zookeeper WHERE path = ? AND name = 'columns'", st.path).Scan(&list)
 		return list, err
 	})
 	if err != nil {
