@@ -89,6 +89,56 @@ func (q *Quota) Refund(tenant string, events, bytes int) {
 	tb.bytes.tokens = min(tb.bytes.tokens+float64(bytes), l.bytesBurst())
 }
 
+// Charge takes events and bytes the tenant has already sent from its
+// buckets, into debt when they do not fit: what JetStream acknowledged
+// cannot be refused, so it is paced instead. Room then says how long the
+// tenant's next events wait; the long-run rate is the quota.
+func (q *Quota) Charge(tenant string, events, bytes int) {
+	full := q.limits(tenant)
+	if full.Unlimited() {
+		return
+	}
+	l := full.share(q.live())
+	now := q.now()
+	tb := q.buckets(tenant)
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	if l.EventsPerSecond > 0 {
+		tb.events.refill(now, l.EventsPerSecond, l.eventsBurst())
+		tb.events.tokens -= float64(events)
+	}
+	if l.BytesPerSecond > 0 {
+		tb.bytes.refill(now, l.BytesPerSecond, l.bytesBurst())
+		tb.bytes.tokens -= float64(bytes)
+	}
+}
+
+// Room says how long the tenant waits before its buckets are out of debt
+// (zero when it may send now) and how many events it may send now:
+// +Inf without a limit of events.
+func (q *Quota) Room(tenant string) (wait time.Duration, events float64) {
+	full := q.limits(tenant)
+	if full.Unlimited() {
+		return 0, math.Inf(1)
+	}
+	l := full.share(q.live())
+	now := q.now()
+	tb := q.buckets(tenant)
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	events = math.Inf(1)
+	if r := l.EventsPerSecond; r > 0 {
+		tb.events.refill(now, r, l.eventsBurst())
+		events = max(tb.events.tokens, 0)
+		wait = max(wait, tb.events.debt(r))
+	}
+	if r := l.BytesPerSecond; r > 0 {
+		tb.bytes.refill(now, r, l.bytesBurst())
+		wait = max(wait, tb.bytes.debt(r))
+	}
+	return wait, events
+}
+
 func (q *Quota) take(tenant string, events, bytes float64, take bool) Decision {
 	full := q.limits(tenant)
 	if full.Unlimited() {
@@ -167,6 +217,15 @@ func (b *bucket) fits(n, rate, burst float64, take bool) (time.Duration, bool) {
 		return 0, true
 	}
 	return seconds((need - b.tokens) / rate), false
+}
+
+// debt is how long until the bucket holds tokens again at rate: zero
+// when it holds some now.
+func (b *bucket) debt(rate float64) time.Duration {
+	if b.tokens > 0 {
+		return 0
+	}
+	return max(seconds(-b.tokens/rate), time.Millisecond)
 }
 
 func seconds(s float64) time.Duration {

@@ -1,6 +1,7 @@
 package tenants
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -107,4 +108,38 @@ func TestLimitsValidate(t *testing.T) {
 	err := Limits{EventsPerSecond: -1, Burst: 5, BytesBurst: 3}.Validate()
 	require.ErrorContains(t, err, "events_per_second must be a finite number")
 	require.ErrorContains(t, err, "bytes_burst needs bytes_per_second")
+}
+
+func TestChargeGoesIntoDebtAndRoomWaitsItOut(t *testing.T) {
+	q, c := newTestQuota(Limits{EventsPerSecond: 100, Burst: 200, BytesPerSecond: 1000}, 2)
+	wait, room := q.Room("a")
+	require.Zero(t, wait)
+	require.Equal(t, float64(100), room, "this instance's share of the burst: 200 over 2")
+
+	q.Charge("a", 150, 100) // 50/s and 100 a share: 50 events in debt
+	wait, room = q.Room("a")
+	require.Equal(t, time.Second, wait, "50 events of debt at 50/s")
+	require.Zero(t, room)
+
+	c.advance(time.Second)
+	wait, _ = q.Room("a")
+	require.Equal(t, time.Millisecond, wait, "an empty bucket waits for a token")
+	c.advance(500 * time.Millisecond)
+	wait, room = q.Room("a")
+	require.Zero(t, wait)
+	require.Equal(t, float64(25), room)
+
+	q.Charge("a", 0, 2000) // 500 B/s a share, 500 B of burst: 1,500 B in debt
+	wait, _ = q.Room("a")
+	require.Equal(t, 3*time.Second, wait, "the bytes' debt")
+
+	wait, room = q.Room("b")
+	require.Zero(t, wait)
+	require.Equal(t, float64(100), room, "another tenant has its own buckets")
+
+	q2, _ := newTestQuota(Limits{}, 1)
+	q2.Charge("a", 1e9, 1e9)
+	wait, room = q2.Room("a")
+	require.Zero(t, wait)
+	require.True(t, math.IsInf(room, 1), "no limit")
 }

@@ -8,6 +8,8 @@ import (
 	"github.com/surge-events/surge/pkg/config"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
+	"github.com/surge-events/surge/pkg/tenants"
 )
 
 // Config is the partitioner's configuration.
@@ -81,6 +83,17 @@ type Config struct {
 	// Producers bounds the JSON messages NATS and MQTT producers publish
 	// to surge.in.<tenant>.<anything>, as ingest bounds HTTP requests.
 	Producers ProducerLimits `yaml:"producers" env:"PRODUCERS"`
+	// Quota is every tenant's default limits until the SURGE_TENANTS
+	// bucket says otherwise, as ingest's (the same variables,
+	// SURGE_INGEST_QUOTA_*): the partitioner paces each tenant's events
+	// to its quota, so a NATS or MQTT producer's backlog, which JetStream
+	// acked before any quota applied, reaches the shards at the quota
+	// (see docs/tenants.md).
+	Quota tenants.Limits `yaml:"quota" env:"INGEST_QUOTA"`
+	// InstanceTTL is how long this instance counts as live without
+	// renewing its member key: a tenant's quota is divided over the live
+	// partitioners. An existing lease bucket keeps its own TTL.
+	InstanceTTL time.Duration `yaml:"instance_ttl" env:"INSTANCE_TTL"`
 }
 
 // ProducerLimits are the HTTP API's limits, applied to producer messages;
@@ -111,6 +124,7 @@ func DefaultConfig() Config {
 		StallTimeout:      30 * time.Second,
 		Retry:             retry.DefaultConfig(30 * time.Second),
 		Producers:         ProducerLimits{MaxEvents: 10000, MaxEventBytes: 64 << 10},
+		InstanceTTL:       shard.DefaultLeaseTTL,
 	}
 }
 
@@ -169,6 +183,12 @@ func (c Config) Validate() error {
 	}
 	if c.Producers.MaxEvents < 1 {
 		add("producers: max_events must be at least 1, got %d", c.Producers.MaxEvents)
+	}
+	if err := c.Quota.Validate(); err != nil {
+		add("quota: %w", err)
+	}
+	if c.InstanceTTL < shard.MinLeaseTTL {
+		add("instance_ttl must be at least %s, got %s", shard.MinLeaseTTL, c.InstanceTTL)
 	}
 	if c.Producers.MaxEventBytes < 64 {
 		add("producers: max_event_bytes must be at least 64, got %d", c.Producers.MaxEventBytes)

@@ -4,15 +4,19 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/tenants"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
 )
 
@@ -30,27 +34,7 @@ func TestTenantBacklogDoesNotHoldBackOthers(t *testing.T) {
 		aMsgs, aEvents = 2000, 100
 		bMsgs, bEvents = 20, 10
 	)
-	want := map[string]string{} // event id -> tenant
-	for i := range aMsgs {
-		var body strings.Builder
-		body.WriteByte('[')
-		for j := range aEvents {
-			if j > 0 {
-				body.WriteByte(',')
-			}
-			id := fmt.Sprintf("a-%d-%d", i, j)
-			fmt.Fprintf(&body, `{"event_id":%q,"user_id":"u%d","type":"click"}`, id, (i*aEvents+j)%997)
-			want[id] = "A"
-		}
-		body.WriteByte(']')
-		_, err := js.PublishAsync("surge.in.A.x", []byte(body.String()))
-		require.NoError(t, err)
-	}
-	select {
-	case <-js.PublishAsyncComplete():
-	case <-time.After(30 * time.Second):
-		t.Fatal("A's messages were not stored")
-	}
+	want := publishBacklog(t, js, "A", aMsgs, aEvents) // event id -> tenant
 
 	cfg := testConfig(ns.ClientURL())
 	cfg.Workers = 2
@@ -113,7 +97,13 @@ func TestTenantBacklogDoesNotHoldBackOthers(t *testing.T) {
 	require.LessOrEqual(t, atLastB-atMark, 500, "A's messages partitioned while B's waited")
 	require.Less(t, atLastB, aMsgs/2)
 
-	// Every event of A and B once.
+	requireEachOnce(t, got, want)
+}
+
+// requireEachOnce checks that EVENTS holds every event of want (id ->
+// tenant) once, and nothing else.
+func requireEachOnce(t *testing.T, got []eventsMsg, want map[string]string) {
+	t.Helper()
 	seen := map[string]int{}
 	for _, m := range got {
 		require.Equal(t, strconv.Itoa(len(m.events)), m.rows)
@@ -126,6 +116,111 @@ func TestTenantBacklogDoesNotHoldBackOthers(t *testing.T) {
 	for id, n := range seen {
 		require.Equal(t, 1, n, "event %s", id)
 	}
+}
+
+// publishBacklog publishes a producer backlog of tenant to INGEST, msgs
+// messages of perMsg events on surge.in.<tenant>.x, and returns its
+// event ids with their tenant.
+func publishBacklog(t *testing.T, js jetstream.JetStream, tenant string, msgs, perMsg int) map[string]string {
+	t.Helper()
+	ids := map[string]string{}
+	for i := range msgs {
+		var body strings.Builder
+		body.WriteByte('[')
+		for j := range perMsg {
+			if j > 0 {
+				body.WriteByte(',')
+			}
+			id := fmt.Sprintf("%s-%d-%d", strings.ToLower(tenant), i, j)
+			fmt.Fprintf(&body, `{"event_id":%q,"user_id":"u%d","type":"click"}`, id, (i*perMsg+j)%997)
+			ids[id] = tenant
+		}
+		body.WriteByte(']')
+		_, err := js.PublishAsync(streams.ProducerPrefix+tenant+".x", []byte(body.String()))
+		require.NoError(t, err)
+	}
+	select {
+	case <-js.PublishAsyncComplete():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("%s's messages were not stored", tenant)
+	}
+	return ids
+}
+
+// TestQuotaPacesAProducersBacklog: tenant A has a quota of 2,000 events/s
+// (burst 1,000) in the SURGE_TENANTS bucket and a producer backlog of
+// 20,000 events in INGEST, which JetStream acked before any quota
+// applied. The partitioner paces it: at every moment, A's events in
+// EVENTS are at most the burst, the rate over the time since the start
+// and one turn more, and the quota's waits are counted. Tenant B, with
+// no quota, sends meanwhile and is partitioned at once, while most of A
+// waits. Lifting A's quota at run time lets the rest through: every event
+// once.
+func TestQuotaPacesAProducersBacklog(t *testing.T) {
+	ns := natstest.Start(t)
+	js := natstest.JetStream(t, ns.ClientURL())
+	const (
+		rate, burst     = 2000, 1000
+		aMsgs, aEvents  = 200, 100
+		turn            = 10 // fetch_batch
+		measureUntilAll = 6000
+	)
+	st, err := tenants.Open(t.Context(), js, 1)
+	require.NoError(t, err)
+	require.NoError(t, st.Set(t.Context(), "A", tenants.Limits{EventsPerSecond: rate, Burst: burst}))
+	want := publishBacklog(t, js, "A", aMsgs, aEvents)
+
+	tap := tapEvents(t, js.Conn())
+	cfg := testConfig(ns.ClientURL())
+	cfg.Workers = 2
+	cfg.FetchBatch = turn
+	cfg.InfoInterval = 20 * time.Millisecond
+	started := time.Now()
+	p := start(t, cfg)
+	partitioned := func() int {
+		n := 0
+		for _, k := range eventsMetric(p) {
+			n += k
+		}
+		return n
+	}
+
+	// A bound on what was let through by each moment: the burst, the
+	// rate since the start, and one turn beyond the quota's room (a turn
+	// takes one message at least, charged after).
+	var n int
+	var elapsed time.Duration
+	for n < measureUntilAll {
+		n, elapsed = partitioned(), time.Since(started)
+		require.LessOrEqual(t, float64(n), burst+rate*elapsed.Seconds()+turn*aEvents, "A's events partitioned after %s", elapsed)
+		select {
+		case <-time.After(10 * time.Millisecond):
+		case <-t.Context().Done():
+			t.FailNow()
+		}
+	}
+	t.Logf("A's first %d events partitioned in %s at a quota of %d/s (burst %d)", n, elapsed.Round(time.Millisecond), rate, burst)
+	require.Positive(t, testutil.ToFloat64(p.m.quotaWaits.WithLabelValues("A")), "A's turns waited for its quota")
+
+	// B has no quota: its request passes A's paced backlog.
+	at := time.UnixMicro(1_700_000_000_000_000).UTC()
+	evs := []event.Event{{EventID: "b-0", Tenant: "B", UserID: "v", Type: "click", TS: at, ReceivedAt: at, Properties: "{}"}}
+	want["b-0"] = "B"
+	_, err = js.Publish(t.Context(), streams.IngestSubject("B"), event.AppendEncoded(nil, evs))
+	require.NoError(t, err)
+	var aAtB int
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		var ok bool
+		aAtB, ok = tap.beforeB()
+		assert.True(c, ok, "B's event in EVENTS")
+	}, 30*time.Second, 10*time.Millisecond)
+	t.Logf("B's event partitioned after %d of A's %d", aAtB, aMsgs*aEvents)
+	require.Less(t, aAtB, aMsgs*aEvents/2, "B waited for most of A's backlog")
+
+	// Lifted at run time: the rest of A at full speed, every event once.
+	require.NoError(t, st.Unset(t.Context(), "A"))
+	waitDrainedWithin(t, js, time.Minute)
+	requireEachOnce(t, readEvents(t, js), want)
 }
 
 // waitDrainedWithin is waitDrained with its own bound.
@@ -141,4 +236,46 @@ func waitDrainedWithin(t *testing.T, js jetstream.JetStream, bound time.Duration
 		t.FailNow()
 	}
 	waitDrained(t, js)
+}
+
+// eventsTap counts A's events as the partitioner publishes them to
+// EVENTS, and how many there were when B's first arrived.
+type eventsTap struct {
+	mu       sync.Mutex
+	a        int
+	aAtB     int
+	bArrived bool
+}
+
+func tapEvents(t *testing.T, nc *nats.Conn) *eventsTap {
+	t.Helper()
+	tap := &eventsTap{}
+	sub, err := nc.Subscribe("events.shard.*", func(m *nats.Msg) {
+		evs, err := event.Decode(m.Data)
+		if err != nil {
+			return
+		}
+		tap.mu.Lock()
+		defer tap.mu.Unlock()
+		for _, e := range evs {
+			if e.Tenant != "B" {
+				tap.a++
+			} else if !tap.bArrived {
+				tap.bArrived, tap.aAtB = true, tap.a
+			}
+		}
+	})
+	require.NoError(t, err)
+	require.NoError(t, sub.SetPendingLimits(-1, -1))
+	require.NoError(t, nc.Flush())
+	t.Cleanup(func() { _ = sub.Unsubscribe() })
+	return tap
+}
+
+// beforeB is how many of A's events EVENTS had when B's first arrived,
+// and whether it has.
+func (tap *eventsTap) beforeB() (int, bool) {
+	tap.mu.Lock()
+	defer tap.mu.Unlock()
+	return tap.aAtB, tap.bArrived
 }

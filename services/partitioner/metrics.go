@@ -28,6 +28,7 @@ type metrics struct {
 	redelivered     prometheus.Counter
 	heldBack        prometheus.Gauge
 	heldBackSeconds prometheus.Counter
+	quotaWaits      *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, shards int) *metrics {
@@ -53,6 +54,10 @@ func newMetrics(reg prometheus.Registerer, shards int) *metrics {
 		tenantPending: f.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "surge_partitioner_tenant_pending",
 			Help: "INGEST messages of a tenant not yet delivered or not yet acked, for the tenants with the most (at most 10, so the series stay few).",
+		}, []string{"tenant"}),
+		quotaWaits: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_partitioner_quota_waits_total",
+			Help: "Times a tenant's turns waited for its quota (events or bytes per second): its events wait in INGEST and reach the shards at its quota.",
 		}, []string{"tenant"}),
 		deadLetters: f.NewCounter(prometheus.CounterOpts{
 			Name: "surge_partitioner_dead_letters_total",

@@ -149,6 +149,11 @@ func (s *Service) partition(ctx context.Context, conn service.Conn) error {
 	if s.gate.on() {
 		wg.Go(func() { s.gate.run(ctx, read) })
 	}
+	// The tenants' quotas pace their turns; the workers start once the
+	// limits were read, so a backlog is paced from its first turn.
+	pc := newPace(s, conn)
+	pc.run(ctx, &wg, apiTimeout)
+	src.sched.paceBy(pc, s.cfg.FetchBatch)
 	s.erased = newErased(conn.JS, s.cfg.Streams.Replicas, s.host.Registry, s)
 	wg.Go(func() { s.erased.w.Run(ctx) })
 	poller := liveness.Poller{Every: s.cfg.InfoInterval, Timeout: 2 * apiTimeout, Connected: conn.NC.IsConnected, Log: s.logger}

@@ -2,6 +2,7 @@ package partitioner
 
 import (
 	"context"
+	"math"
 	"sync"
 	"time"
 
@@ -30,6 +31,14 @@ type tenant struct {
 	// backlog is how many of its messages INGEST held at the last
 	// discovery round, less those fetched since.
 	backlog uint64
+	// perMsg is the tenant's events per INGEST message, averaged over its
+	// turns, to size a paced tenant's turn; zero before its first.
+	perMsg float64
+	// reserved is the events of the paced turns taken and not charged
+	// yet, so that workers taking turns together share the quota's room.
+	reserved float64
+	// paced says the tenant's last pick found its quota spent.
+	paced bool
 }
 
 // turn is one fetch a worker makes: from tenant t, waiting up to
@@ -42,6 +51,11 @@ type turn struct {
 	// poll is a long poll of a cold tenant: no tenant is known to have
 	// work.
 	poll bool
+	// size is the most messages the turn fetches: fetch_batch, or fewer
+	// for a tenant whose quota has room for fewer (pacing).
+	size int
+	// reserved is the events the turn reserved of its tenant's quota.
+	reserved float64
 }
 
 // scheduler hands the workers their turns, round-robin over the tenants
@@ -64,6 +78,13 @@ type turn struct {
 //     after its inactive threshold. Discovery brings a tenant back (hot) as
 //     soon as INGEST holds messages of it.
 //
+//   - A tenant with a quota (events or bytes per second) is paced: its
+//     turn takes the messages its quota has room for (at least one), the
+//     events are charged to the quota as they are handled, and while the
+//     quota is in debt the tenant takes no turn. What JetStream acked is
+//     never refused: over its quota a tenant's events wait in INGEST, and
+//     its backlog reaches the shards at its quota, not at full speed.
+//
 //   - While the sinks are behind (hold, the partitioner's back-pressure)
 //     only tenants without a backlog take turns: those with at most one
 //     turn of messages waiting, and the cold ones. A backlog waits in
@@ -80,6 +101,10 @@ type scheduler struct {
 	// scheduler is used (holdBacklogs) and only read after.
 	hold     holder
 	turnSize uint64
+	// pace, when set, applies the tenants' quotas to their turns; set
+	// before the scheduler is used (paceBy) and only read after.
+	pace    pacer
+	maxTurn int // fetch_batch: the most messages of a turn
 
 	mu       sync.Mutex
 	tenants  map[string]*tenant
@@ -94,6 +119,19 @@ type scheduler struct {
 	// kick asks discovery for a round: a worker found nothing to do.
 	// Size 1: requests while one is pending are the same request.
 	kick chan struct{}
+}
+
+// pacer is the tenants' quotas as the scheduler applies them (pace.go).
+type pacer interface {
+	// room is how long the tenant waits before its quota has room again
+	// (zero: now) and how many events it may take now (+Inf: no limit).
+	room(tenant string) (time.Duration, float64)
+	// charge takes what a turn handled from the tenant's quota.
+	charge(tenant string, events, bytes int)
+	// waiting says the tenant's turns wait for its quota (once per wait)
+	// and, with tenant empty, that every tenant with work waits for its
+	// quota: time waiting on a quota is no stall.
+	waiting(tenant string)
 }
 
 // holder is back-pressure as the scheduler obeys it (gate).
@@ -187,6 +225,72 @@ func (s *scheduler) holdBacklogs(h holder, turnSize int) {
 	s.hold, s.turnSize = h, uint64(turnSize)
 }
 
+// paceBy makes the scheduler apply the tenants' quotas to their turns of
+// at most maxTurn messages. It is called before the scheduler is used.
+func (s *scheduler) paceBy(p pacer, maxTurn int) {
+	s.pace, s.maxTurn = p, maxTurn
+}
+
+// paced sizes t's turn by its quota's room: the messages that fit at its
+// events per message, between 1 and maxTurn, or maxTurn without a limit.
+// It reports how long t waits instead when its quota is in debt. s.mu is
+// held.
+func (s *scheduler) paced(t *tenant, now time.Time) (size int, reserve float64, wait time.Duration) {
+	if s.pace == nil {
+		return 0, 0, 0
+	}
+	wait, room := s.pace.room(t.name)
+	if wait == 0 && t.reserved > 0 && room-t.reserved < max(t.perMsg, 1) {
+		// Turns under way have reserved the room: another turn would
+		// not fit a message. Alone, a turn takes one message at least.
+		wait = time.Millisecond
+	}
+	if wait > 0 {
+		if !t.paced {
+			t.paced = true
+			s.pace.waiting(t.name)
+		}
+		// Its messages wait for its quota, not for a fault of its
+		// consumer: the stall clock of discovery starts again.
+		if !t.waitingSince.IsZero() {
+			t.waitingSince = now
+		}
+		return 0, 0, wait
+	}
+	t.paced = false
+	if math.IsInf(room, 1) {
+		return s.maxTurn, 0, 0
+	}
+	size = 1
+	if t.perMsg > 0 {
+		size = int(min(max((room-t.reserved)/t.perMsg, 1), float64(s.maxTurn)))
+	}
+	reserve = float64(size) * t.perMsg
+	t.reserved += reserve
+	return size, reserve, 0
+}
+
+// charged reports what a turn handled, events and bytes of got messages,
+// which its tenant's quota pays for; it frees the turn's reservation.
+func (s *scheduler) charged(tr turn, got, events, bytes int) {
+	if s.pace == nil {
+		return
+	}
+	s.mu.Lock()
+	t := tr.t
+	t.reserved = max(t.reserved-tr.reserved, 0)
+	if got > 0 {
+		per := float64(events) / float64(got)
+		if t.perMsg == 0 {
+			t.perMsg = per
+		} else {
+			t.perMsg = 0.8*t.perMsg + 0.2*per
+		}
+	}
+	s.mu.Unlock()
+	s.pace.charge(t.name, events, bytes)
+}
+
 // backlogs records a discovery round's count of each tenant's messages in
 // INGEST (pending has recorded those the round found); a known tenant the
 // round did not count has none.
@@ -278,36 +382,63 @@ func (s *scheduler) forget(t *tenant) {
 	delete(s.tenants, t.name)
 }
 
-// pick returns the next turn: the next hot tenant not held back, else a
-// long poll of the next cold one; false when there is none. Cold tenants
-// idle for longer than s.idle are forgotten first.
+// pick returns the next turn: the next hot tenant not held back nor
+// waiting for its quota, else a long poll of the next cold one; false
+// when there is none. Cold tenants idle for longer than s.idle are
+// forgotten first.
 func (s *scheduler) pick() (turn, bool) {
+	tr, ok, _ := s.pickPaced()
+	return tr, ok
+}
+
+// pickPaced is pick, and how long until the first hot tenant waiting for
+// its quota may take a turn (zero when none waits).
+func (s *scheduler) pickPaced() (turn, bool, time.Duration) {
 	holding := s.hold != nil && s.hold.holding()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := s.now()
+	var soonest time.Duration
 	for range len(s.ring) {
 		t := s.ring[s.next]
 		s.next = (s.next + 1) % len(s.ring)
-		if !s.held(t, holding) {
-			return turn{t: t, cons: t.cons, wait: len(s.ring) == 1}, true
+		if s.held(t, holding) {
+			continue
 		}
+		size, reserve, wait := s.paced(t, now)
+		if wait > 0 {
+			if soonest == 0 || wait < soonest {
+				soonest = wait
+			}
+			continue
+		}
+		return turn{t: t, cons: t.cons, wait: len(s.ring) == 1, size: size, reserved: reserve}, true, 0
 	}
-	now := s.now()
 	for len(s.coldList) > 0 && now.Sub(s.coldList[0].lastMsg) >= s.idle {
 		s.forget(s.coldList[0])
 	}
 	if len(s.coldList) == 0 {
-		return turn{}, false
+		return turn{}, false, soonest
 	}
 	t := s.coldList[s.coldNext]
 	s.coldNext = (s.coldNext + 1) % len(s.coldList)
-	return turn{t: t, cons: t.cons, wait: true, poll: true}, true
+	// A long poll takes one message; the next turn, hot, is sized by the
+	// tenant's quota.
+	size := 0
+	if s.pace != nil {
+		if wait, _ := s.pace.room(t.name); wait > 0 {
+			return turn{}, false, soonest // its quota is spent: no poll
+		}
+		size = 1
+	}
+	return turn{t: t, cons: t.cons, wait: true, poll: true, size: size}, true, soonest
 }
 
 // take returns the next turn. With no tenant hot it asks discovery for a
 // round; with no turn to take (no tenant known, or every hot one held
-// back) it waits for a tenant to turn hot or the hold to end, at most
-// idleWait, and reports false (or when ctx ended).
+// back or waiting for its quota) it waits for a tenant to turn hot, the
+// hold to end or the first quota to have room, at most idleWait, and
+// reports false (or when ctx ended).
 func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, bool) {
 	// The hold's end is looked up before the pick: should the hold end
 	// in between, the wait below ends at once.
@@ -315,7 +446,7 @@ func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, boo
 	if s.hold != nil && s.hold.holding() {
 		released = s.hold.released()
 	}
-	tr, ok := s.pick()
+	tr, ok, soonest := s.pickPaced()
 	if ok && !tr.wait {
 		return tr, true
 	}
@@ -324,6 +455,11 @@ func (s *scheduler) take(ctx context.Context, idleWait time.Duration) (turn, boo
 	}
 	if ok {
 		return tr, true
+	}
+	if soonest > 0 {
+		// Every hot tenant is held back or waits for its quota.
+		s.pace.waiting("")
+		idleWait = min(idleWait, soonest)
 	}
 	timer := time.NewTimer(idleWait)
 	defer timer.Stop()

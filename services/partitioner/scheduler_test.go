@@ -2,6 +2,8 @@ package partitioner
 
 import (
 	"context"
+	"math"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -258,4 +260,131 @@ func TestFetchesDrainTheBacklog(t *testing.T) {
 	require.Equal(t, []string{"A", "B"}, turns(t, s, 2, map[string]int{"A": 5, "B": 1}))
 	h.on.Store(true)
 	require.Equal(t, []string{"A", "B", "A"}, turns(t, s, 3, map[string]int{"A": 5, "B": 1}), "A: 10 waiting, one turn")
+}
+
+// fakePacer is the tenants' quotas as the test sets them: a tenant
+// without a room has no limit.
+type fakePacer struct {
+	mu      sync.Mutex
+	wait    map[string]time.Duration
+	rooms   map[string]float64
+	charged map[string]int
+	waits   []string
+}
+
+func newFakePacer() *fakePacer {
+	return &fakePacer{wait: map[string]time.Duration{}, rooms: map[string]float64{}, charged: map[string]int{}}
+}
+
+func (p *fakePacer) room(tenant string) (time.Duration, float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	r, ok := p.rooms[tenant]
+	if !ok {
+		return 0, math.Inf(1)
+	}
+	return p.wait[tenant], r
+}
+
+func (p *fakePacer) charge(tenant string, events, _ int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.charged[tenant] += events
+	if _, ok := p.rooms[tenant]; ok {
+		p.rooms[tenant] = max(p.rooms[tenant]-float64(events), 0)
+	}
+}
+
+func (p *fakePacer) waiting(tenant string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.waits = append(p.waits, tenant)
+}
+
+func (p *fakePacer) set(tenant string, wait time.Duration, room float64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.wait[tenant], p.rooms[tenant] = wait, room
+}
+
+func TestSchedulerSizesAPacedTenantsTurnsByItsQuota(t *testing.T) {
+	s, _ := clockScheduler(time.Minute, 4)
+	p := newFakePacer()
+	s.paceBy(p, 10)
+	p.set("A", 0, 1000)
+	hot(s, "A", "B")
+
+	// A's first turn learns its events per message: one message.
+	tr, ok := s.pick()
+	require.True(t, ok)
+	require.Equal(t, "A", tr.t.name)
+	require.Equal(t, 1, tr.size, "the first turn of a paced tenant")
+	s.charged(tr, 1, 100, 5000)
+	s.done(tr, 1, false)
+	require.Equal(t, 100, p.charged["A"])
+
+	tr, _ = s.pick()
+	require.Equal(t, "B", tr.t.name)
+	require.Equal(t, 10, tr.size, "a tenant without a limit takes fetch_batch")
+	s.charged(tr, 10, 500, 0)
+	s.done(tr, 10, false)
+
+	// 950 events of room at 100 a message: 9 messages, reserved until
+	// charged, so a second worker takes no turn of A meanwhile.
+	p.set("A", 0, 950)
+	tr, _ = s.pick()
+	require.Equal(t, "A", tr.t.name)
+	require.Equal(t, 9, tr.size)
+	for range 2 {
+		other, _ := s.pick()
+		require.Equal(t, "B", other.t.name, "A's room is reserved by its turn under way")
+		s.done(other, 10, false)
+	}
+	s.charged(tr, 9, 900, 0)
+	s.done(tr, 9, false)
+	p.set("A", 0, 10000)
+	tr, _ = s.pick()
+	require.Equal(t, "A", tr.t.name)
+	require.Equal(t, 10, tr.size, "no more than fetch_batch however much room")
+	s.done(tr, 0, false) // nothing there: A turns cold
+	require.Equal(t, []string{"B"}, s.hotNames())
+}
+
+func TestSchedulerPassesOverATenantWaitingForItsQuota(t *testing.T) {
+	s, now := clockScheduler(time.Minute, 4)
+	p := newFakePacer()
+	s.paceBy(p, 10)
+	hot(s, "A", "B")
+	p.set("A", 20*time.Millisecond, 0)
+
+	for range 3 {
+		tr, ok := s.pick()
+		require.True(t, ok)
+		require.Equal(t, "B", tr.t.name, "A's quota is in debt")
+		s.done(tr, 10, false)
+	}
+	require.Equal(t, []string{"A"}, p.waits, "one wait counted, not one per pick")
+
+	// A's messages have waited a minute, for its quota: no stall of its
+	// consumer.
+	*now = now.Add(time.Minute)
+	tr, _ := s.pick()
+	require.Equal(t, "B", tr.t.name)
+	s.done(tr, 0, false) // B turns cold
+	require.Zero(t, s.pending("A", 5), "the stall clock of a paced tenant starts again")
+
+	// Only A is hot and it waits: take waits until its quota has room
+	// (20 ms, not the hour), and says the wait is the quotas'.
+	_, ok, soonest := s.pickPaced()
+	require.False(t, ok)
+	require.Equal(t, 20*time.Millisecond, soonest)
+	_, ok = s.take(t.Context(), time.Hour)
+	require.False(t, ok)
+	require.Contains(t, p.waits, "", "the watchdog told that the wait is the quotas'")
+
+	p.set("A", 0, 500)
+	tr, ok = s.pick()
+	require.True(t, ok)
+	require.Equal(t, "A", tr.t.name)
+	require.Equal(t, []string{"A", ""}, p.waits[:2])
 }

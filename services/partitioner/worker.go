@@ -42,6 +42,9 @@ type worker struct {
 	// rest of the batch is naked without a try, so a batch waits out
 	// publish_timeout once, not once per message.
 	timedOut error
+	// events and bytes are what the fetched batch held, which its
+	// tenant's quota pays for.
+	events, bytes int
 }
 
 // input is one INGEST message on its way through the worker.
@@ -88,6 +91,7 @@ func (w *worker) run(ctx context.Context, src *source) {
 			continue // no tenant has work
 		}
 		n, err := w.fetch(tr)
+		src.sched.charged(tr, n, w.events, w.bytes)
 		src.sched.done(tr, n, n == 0 && err != nil)
 		if err != nil && gone(err) && ctx.Err() == nil {
 			// Deleted, or lost in a NATS restart: made again at once.
@@ -113,20 +117,25 @@ func (w *worker) run(ctx context.Context, src *source) {
 	}
 }
 
-// fetch fetches one batch of the turn's tenant, at most fetch_batch
-// messages, waiting up to fetch_max_wait for it to fill when the turn
+// fetch fetches one batch of the turn's tenant, at most the turn's size
+// (fetch_batch, or what its quota has room for) messages, waiting up to fetch_max_wait for it to fill when the turn
 // says so, and handles what it got. It returns how many messages it got.
 // The fetch is not bound to the service's context: once asked for,
 // messages are handled to the end, so a shutdown leaves none to
 // redeliver. An empty fetch is no error; what is (no responders while the
 // consumer is gone, the consumer deleted) paces the next fetch.
 func (w *worker) fetch(tr turn) (int, error) {
+	w.events, w.bytes = 0, 0
+	size := w.s.cfg.FetchBatch
+	if tr.size > 0 {
+		size = tr.size
+	}
 	var mb jetstream.MessageBatch
 	var err error
 	if tr.wait {
-		mb, err = tr.cons.Fetch(w.s.cfg.FetchBatch, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
+		mb, err = tr.cons.Fetch(size, jetstream.FetchMaxWait(w.s.cfg.FetchMaxWait))
 	} else {
-		mb, err = tr.cons.FetchNoWait(w.s.cfg.FetchBatch)
+		mb, err = tr.cons.FetchNoWait(size)
 	}
 	if err != nil {
 		return 0, err
@@ -145,6 +154,7 @@ func (w *worker) handle(mb jetstream.MessageBatch) int {
 	w.inflight = w.inflight[:0]
 	w.timedOut = nil
 	for msg := range mb.Messages() {
+		w.bytes += len(msg.Data())
 		w.keep.Hold(msg)
 		w.inflight = append(w.inflight, input{msg: msg})
 		w.publish(&w.inflight[len(w.inflight)-1])
@@ -168,6 +178,7 @@ func (w *worker) publish(in *input) {
 	if !ok {
 		return
 	}
+	w.events += len(events)
 	w.route(events)
 	if in.span.IsRecording() {
 		in.span.SetAttributes(attribute.Int64("surge.ingest.seq", int64(in.seq)), attribute.Int("surge.events", len(events)))
