@@ -56,7 +56,9 @@ const (
 // every accepted event lands in ClickHouse exactly once. B's delay is
 // bounded in work, counted in EVENTS' order: few of A's INGEST messages
 // are partitioned between a request of B's acceptance and its events'
-// arrival in EVENTS, however long A's backlog. B's ingest-to-queryable
+// arrival in EVENTS, however long A's backlog; and the partitioner paces
+// A to its quota, so A's backlog reaches EVENTS at most at the quota
+// until the quota is lifted at run time. B's ingest-to-queryable
 // p99 in both phases, and their ratio, are logged, not asserted: wall
 // time on a shared machine measures the machine too (the bound of
 // 1.2x is read from that line).
@@ -133,6 +135,7 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(backlogMsgs), info.State.Msgs, "A's backlog waiting in INGEST")
 	require.NoError(t, part.thaw())
+	thawed, aAtThaw := time.Now(), tap.aMsgs.Load()
 
 	b := &tenantLoad{tenant: "B", key: "key-b", prefix: "b2", perRequest: 10, every: 40 * time.Millisecond}
 	var elapsed time.Duration
@@ -141,6 +144,7 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 		noisy.run(ctx, urls, until, tap)
 		elapsed = time.Since(start)
 	})
+	paced, pacedFor := tap.aMsgs.Load()-aAtThaw, time.Since(thawed)
 
 	// A's quota: refused with Retry-After, the quota once over both
 	// instances (burst, then the rate), with 10% either way.
@@ -166,6 +170,13 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 		waited[len(waited)/2], waited[len(waited)-1], bound, behind, backlogMsgs/2)
 	require.Positive(t, behind, "no request of B arrived behind A's backlog: the bound was not put to the test")
 	require.LessOrEqual(t, waited[len(waited)-1], bound, "A's messages partitioned while a request of B waited")
+
+	// The partitioner paces A to its quota, whatever its entry: A's
+	// backlog and requests reached EVENTS at most at the quota (its
+	// burst, the rate since the thaw, a turn more), not at full speed.
+	aBound := (noisyBurst + noisyRate*pacedFor.Seconds() + tenantsFetchBatch*backlogPerMsg) / backlogPerMsg
+	t.Logf("tenants: A's messages partitioned in the %s since the thaw: %d of %d waiting (quota bound %.0f)", pacedFor.Round(time.Millisecond), paced, backlogMsgs, aBound)
+	require.LessOrEqual(t, float64(paced), aBound, "A's messages partitioned beyond its quota")
 	t.Logf("tenants: B's ingest-to-queryable p50 %s alone, %s beside A; p99 %s alone, %s beside A: ratio %.2f",
 		aloneLat.p50, noisyLat.p50, aloneLat.p99, noisyLat.p99, float64(noisyLat.p99)/float64(aloneLat.p99))
 
@@ -179,6 +190,11 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	for _, id := range backlog {
 		accepted[id] = struct{}{}
 	}
+	// The rest of A's backlog goes on at full speed once its quota is
+	// lifted at run time.
+	st, err := tenants.Open(ctx, js, 1)
+	require.NoError(t, err)
+	require.NoError(t, st.Unset(ctx, "A"))
 	p.waitIdle(t, "A", "a", uint64(aAccepted+probes.acceptedEvents()+len(backlog)))
 	for _, g := range []struct {
 		prefix string
