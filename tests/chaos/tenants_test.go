@@ -58,10 +58,13 @@ const (
 // are partitioned between a request of B's acceptance and its events'
 // arrival in EVENTS, however long A's backlog; and the partitioner paces
 // A to its quota, so A's backlog reaches EVENTS at most at the quota
-// until the quota is lifted at run time. B's ingest-to-queryable
-// p99 in both phases, and their ratio, are logged, not asserted: wall
-// time on a shared machine measures the machine too (the bound of
-// 1.2x is read from that line).
+// until the quota is lifted at run time. The phases run alone, beside
+// A, beside A again, then alone again with A paused by a quota of one
+// event a second, so that a machine drifting during the test weighs on
+// both sides alike. B's ingest-to-queryable p99 alone and beside A, each
+// pooled over its two phases, and their ratio are logged, not asserted:
+// wall time on a shared machine measures the machine too (the issue's
+// bound of 1.2x is read from that line).
 func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	if testing.Short() {
 		t.Skip("process test skipped in -short mode")
@@ -146,6 +149,28 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	})
 	paced, pacedFor := tap.aMsgs.Load()-aAtThaw, time.Since(thawed)
 
+	// A second phase beside A (A's backlog still waits, its senders send
+	// again), then B alone again with A's backlog paused by a quota of
+	// one event a second: alone, beside, beside, alone, so that a machine
+	// that drifts during the test weighs on both sides alike.
+	b3 := &tenantLoad{tenant: "B", key: "key-b", prefix: "b3", perRequest: 10, every: 40 * time.Millisecond}
+	noisy2 := &tenantLoad{tenant: "A", key: "key-a", prefix: "ai", perRequest: 100, every: 20 * time.Millisecond}
+	noisyLat2 := measureB(t, p, tap, b3, urls, func(ctx context.Context, until time.Time) { noisy2.run(ctx, urls, until, tap) })
+	require.Empty(t, noisy2.problems(), "A's answers other than 202 and 429")
+	st, err := tenants.Open(ctx, js, 1)
+	require.NoError(t, err)
+	require.NoError(t, st.Set(ctx, "A", tenants.Limits{EventsPerSecond: 1, Burst: 1}))
+	alone2 := &tenantLoad{tenant: "B", key: "key-b", prefix: "b4", perRequest: 10, every: 40 * time.Millisecond}
+	aBeforeAlone2 := tap.aMsgs.Load()
+	aloneLat2 := measureB(t, p, tap, alone2, urls, nil)
+	// Paused, A's backlog let through at most the turns under way when
+	// the pause was set (each at most fetch_batch messages) and the one
+	// message a turn takes when it is its turn: at 2,000 events/s it
+	// would be some 100 messages in the phase.
+	duringAlone2 := tap.aMsgs.Load() - aBeforeAlone2
+	t.Logf("tenants: A's messages partitioned while A was paused and B alone: %d", duringAlone2)
+	require.LessOrEqual(t, duringAlone2, int64(3*tenantsFetchBatch), "A's messages partitioned while A was paused")
+
 	// A's quota: refused with Retry-After, the quota once over both
 	// instances (burst, then the rate), with 10% either way.
 	require.Empty(t, noisy.problems(), "A's answers other than 202 and 429")
@@ -177,12 +202,14 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	aBound := (noisyBurst + noisyRate*pacedFor.Seconds() + tenantsFetchBatch*backlogPerMsg) / backlogPerMsg
 	t.Logf("tenants: A's messages partitioned in the %s since the thaw: %d of %d waiting (quota bound %.0f)", pacedFor.Round(time.Millisecond), paced, backlogMsgs, aBound)
 	require.LessOrEqual(t, float64(paced), aBound, "A's messages partitioned beyond its quota")
-	t.Logf("tenants: B's ingest-to-queryable p50 %s alone, %s beside A; p99 %s alone, %s beside A: ratio %.2f",
-		aloneLat.p50, noisyLat.p50, aloneLat.p99, noisyLat.p99, float64(noisyLat.p99)/float64(aloneLat.p99))
+	aloneAll, besideAll := pooled(aloneLat, aloneLat2), pooled(noisyLat, noisyLat2)
+	t.Logf("tenants: B's ingest-to-queryable p99 alone %s then %s, beside A %s then %s; pooled p50 %s alone, %s beside A; p99 %s alone, %s beside A: ratio %.2f",
+		aloneLat.p99, aloneLat2.p99, noisyLat.p99, noisyLat2.p99, aloneAll.p50, besideAll.p50, aloneAll.p99, besideAll.p99,
+		float64(besideAll.p99)/float64(aloneAll.p99))
 
 	// Every accepted event once, nothing refused stored.
 	accepted := map[string]struct{}{}
-	for _, l := range []*tenantLoad{warm, alone, b, noisy, probes} {
+	for _, l := range []*tenantLoad{warm, alone, b, b3, alone2, noisy, noisy2, probes} {
 		for _, id := range l.acceptedIDs() {
 			accepted[id] = struct{}{}
 		}
@@ -192,31 +219,43 @@ func TestNoisyTenantDoesNotDelayOthers(t *testing.T) {
 	}
 	// The rest of A's backlog goes on at full speed once its quota is
 	// lifted at run time.
-	st, err := tenants.Open(ctx, js, 1)
-	require.NoError(t, err)
 	require.NoError(t, st.Unset(ctx, "A"))
-	p.waitIdle(t, "A", "a", uint64(aAccepted+probes.acceptedEvents()+len(backlog)))
+	p.waitIdle(t, "A", "a", uint64(aAccepted+noisy2.acceptedEvents()+probes.acceptedEvents()+len(backlog)))
 	for _, g := range []struct {
 		prefix string
 		tenant string
 		want   int
 	}{
-		{"ah-", "A", aAccepted}, {"an-", "A", len(backlog)}, {"ap-", "A", probes.acceptedEvents()},
+		{"ah-", "A", aAccepted}, {"ai-", "A", noisy2.acceptedEvents()}, {"an-", "A", len(backlog)}, {"ap-", "A", probes.acceptedEvents()},
 		{"b0-", "B", warm.acceptedEvents()}, {"b1-", "B", alone.acceptedEvents()}, {"b2-", "B", b.acceptedEvents()},
+		{"b3-", "B", b3.acceptedEvents()}, {"b4-", "B", alone2.acceptedEvents()},
 	} {
 		total, uniq, err := rowsOf(p.chHTTP(), g.tenant, g.prefix)
 		require.NoError(t, err)
 		require.Equal(t, uint64(g.want), uniq, "%s events %s* in ClickHouse", g.tenant, g.prefix)
 		require.Equal(t, uint64(g.want), total, "%s events %s* once each, without FINAL", g.tenant, g.prefix)
 	}
-	checkExactlyOnce(t, p.chHTTP(), allRows, accepted, noisy.refusedIDs())
+	checkExactlyOnce(t, p.chHTTP(), allRows, accepted, append(noisy.refusedIDs(), noisy2.refusedIDs()...))
 	checkInsertedOnce(t, p.chHTTP(), accepted, false)
 	require.Equal(t, int64(0), p.streamMsgs(streams.DeadLetter), "dead letters")
 	t.Logf("tenants: passed in %s: %d events stored once", time.Since(started).Round(time.Second), len(accepted))
 }
 
 // latency is a phase's ingest-to-queryable latencies of B's events.
-type latency struct{ p50, p99, max time.Duration }
+type latency struct {
+	p50, p99, max time.Duration
+	all           []time.Duration // sorted
+}
+
+// pooled is the latencies of several phases together.
+func pooled(ls ...latency) latency {
+	var all []time.Duration
+	for _, l := range ls {
+		all = append(all, l.all...)
+	}
+	slices.Sort(all)
+	return latency{p50: quantile(all, 0.50), p99: quantile(all, 0.99), max: all[len(all)-1], all: all}
+}
 
 // measureB runs a phase: B's load l through every ingest for tenantPhase,
 // beside also (run with the same end, when not nil), while ClickHouse is
@@ -264,7 +303,7 @@ func measureB(t *testing.T, p *dedupPipeline, tap *eventsTap, l *tenantLoad, url
 		}
 	}
 	slices.Sort(lat)
-	out := latency{p50: quantile(lat, 0.50), p99: quantile(lat, 0.99), max: lat[len(lat)-1]}
+	out := latency{p50: quantile(lat, 0.50), p99: quantile(lat, 0.99), max: lat[len(lat)-1], all: lat}
 	t.Logf("tenants: B (%s): %d events in %d requests, ingest-to-queryable p50 %s p99 %s max %s",
 		l.prefix, len(lat), len(l.sentRequests()), out.p50, out.p99, out.max)
 	return out
