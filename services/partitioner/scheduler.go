@@ -242,8 +242,10 @@ func (s *scheduler) paced(t *tenant, now time.Time) (size int, reserve float64, 
 	wait, room := s.pace.room(t.name)
 	if wait == 0 && t.reserved > 0 && room-t.reserved < max(t.perMsg, 1) {
 		// Turns under way have reserved the room: another turn would
-		// not fit a message. Alone, a turn takes one message at least.
-		wait = time.Millisecond
+		// not fit a message (alone, a turn takes one message at least).
+		// Their charge wakes a worker (charged); this is the longest
+		// wait should it not come.
+		wait = reservedWait
 	}
 	if wait > 0 {
 		if !t.paced {
@@ -270,8 +272,13 @@ func (s *scheduler) paced(t *tenant, now time.Time) (size int, reserve float64, 
 	return size, reserve, 0
 }
 
+// reservedWait bounds the wait of a worker for a paced tenant's turns
+// under way, which wake it when they are charged.
+const reservedWait = 100 * time.Millisecond
+
 // charged reports what a turn handled, events and bytes of got messages,
-// which its tenant's quota pays for; it frees the turn's reservation.
+// which its tenant's quota pays for; it frees the turn's reservation and
+// wakes a worker waiting on it.
 func (s *scheduler) charged(tr turn, got, events, bytes int) {
 	if s.pace == nil {
 		return
@@ -289,6 +296,12 @@ func (s *scheduler) charged(tr turn, got, events, bytes int) {
 	}
 	s.mu.Unlock()
 	s.pace.charge(t.name, events, bytes)
+	if tr.reserved > 0 {
+		select {
+		case s.wake <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // backlogs records a discovery round's count of each tenant's messages in
