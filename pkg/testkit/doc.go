@@ -5,8 +5,9 @@
 // or as replicated shards (chserver), ZooKeeper for them (zookeeper), the
 // real Jaeger v2 with its query API (jaeger, jaegertest; its binary from
 // gotools), the surge command built for tests that run it (surgebin),
-// and a copy of every block inserted into events_local that no merge can
-// fold, for the exactly-once checks (chaudit);
+// a copy of every block inserted into events_local that no merge can
+// fold, for the exactly-once checks (chaudit), and the JSON messages of
+// NATS and MQTT producers (producers);
 // chserver and zookeeper install the Debian packages where missing. The
 // harnesses that run child processes share proc (start, stop, kill, its
 // log) and ports (free ports below the kernel's ephemeral range).

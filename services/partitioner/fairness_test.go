@@ -18,6 +18,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/tenants"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
+	"github.com/surge-events/surge/pkg/testkit/producers"
 )
 
 // TestTenantBacklogDoesNotHoldBackOthers: tenant A's producer has 200,000
@@ -124,19 +125,14 @@ func requireEachOnce(t *testing.T, got []eventsMsg, want map[string]string) {
 func publishBacklog(t *testing.T, js jetstream.JetStream, tenant string, msgs, perMsg int) map[string]string {
 	t.Helper()
 	ids := map[string]string{}
+	events := make([]producers.Event, perMsg)
 	for i := range msgs {
-		var body strings.Builder
-		body.WriteByte('[')
-		for j := range perMsg {
-			if j > 0 {
-				body.WriteByte(',')
-			}
+		for j := range events {
 			id := fmt.Sprintf("%s-%d-%d", strings.ToLower(tenant), i, j)
-			fmt.Fprintf(&body, `{"event_id":%q,"user_id":"u%d","type":"click"}`, id, (i*perMsg+j)%997)
+			events[j] = producers.Event{ID: id, UserID: fmt.Sprintf("u%d", (i*perMsg+j)%997), Type: "click"}
 			ids[id] = tenant
 		}
-		body.WriteByte(']')
-		_, err := js.PublishAsync(streams.ProducerPrefix+tenant+".x", []byte(body.String()))
+		_, err := js.PublishAsync(streams.ProducerPrefix+tenant+".x", producers.Message(events))
 		require.NoError(t, err)
 	}
 	select {

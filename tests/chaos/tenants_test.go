@@ -24,6 +24,7 @@ import (
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/tenants"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
+	"github.com/surge-events/surge/pkg/testkit/producers"
 )
 
 const (
@@ -342,19 +343,14 @@ func publishBacklog(t *testing.T, js jetstream.JetStream) []string {
 	t.Helper()
 	ids := make([]string, 0, backlogMsgs*backlogPerMsg)
 	futures := make([]jetstream.PubAckFuture, 0, backlogMsgs)
+	events := make([]producers.Event, backlogPerMsg)
 	for m := range backlogMsgs {
-		var body strings.Builder
-		body.WriteByte('[')
-		for i := range backlogPerMsg {
-			if i > 0 {
-				body.WriteByte(',')
-			}
+		for i := range events {
 			id := fmt.Sprintf("an-%d-%d", m, i)
-			fmt.Fprintf(&body, `{"event_id":%q,"user_id":"u%d","type":"click"}`, id, (m*backlogPerMsg+i)%997)
+			events[i] = producers.Event{ID: id, UserID: fmt.Sprintf("u%d", (m*backlogPerMsg+i)%997), Type: "click"}
 			ids = append(ids, id)
 		}
-		body.WriteByte(']')
-		f, err := js.PublishAsync(streams.ProducerPrefix+"A.backlog", []byte(body.String()))
+		f, err := js.PublishAsync(streams.ProducerPrefix+"A.backlog", producers.Message(events))
 		require.NoError(t, err)
 		futures = append(futures, f)
 	}

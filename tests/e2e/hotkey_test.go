@@ -14,6 +14,7 @@ import (
 
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
+	"github.com/surge-events/surge/pkg/testkit/producers"
 	"github.com/surge-events/surge/services/ingest"
 	"github.com/surge-events/surge/tools/stack"
 )
@@ -44,17 +45,12 @@ func TestHotKeyDoesNotHoldBackOtherShards(t *testing.T) {
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
+	events := make([]producers.Event, perMsg)
 	for i := range hotMsgs {
-		var body strings.Builder
-		body.WriteByte('[')
-		for j := range perMsg {
-			if j > 0 {
-				body.WriteByte(',')
-			}
-			fmt.Fprintf(&body, `{"event_id":"hot-%d-%d","user_id":%q,"type":"hot"}`, i, j, hotUser)
+		for j := range events {
+			events[j] = producers.Event{ID: fmt.Sprintf("hot-%d-%d", i, j), UserID: hotUser, Type: "hot"}
 		}
-		body.WriteByte(']')
-		_, err := js.PublishAsync(streams.ProducerPrefix+tenant+".hot", []byte(body.String()))
+		_, err := js.PublishAsync(streams.ProducerPrefix+tenant+".hot", producers.Message(events))
 		require.NoError(t, err)
 	}
 	select {
