@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -341,8 +342,8 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 	return n == 2, nil
 }
 
-// Present is the set of b's EVENTS sequences the replica b's shard writes
-// to holds. An EVENTS message always lands whole in one block, so a row
+// Present is the set of b's EVENTS sequences the shard's ClickHouse holds.
+// An EVENTS message always lands whole in one block, so a row
 // of it tells: the sorting keys of b's rows are looked up (PresenceQuery),
 // presenceChunk rows a query, which bounds the read by the batch, not the
 // table.
@@ -354,10 +355,39 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // alone would take the message for missing and insert its other rows
 // twice. One row the two versions share is enough, and they share one
 // whenever one knew at least every copy the other knew.
+//
+// On a replicated shard every other replica that answers is asked too,
+// and what any of them holds is present. A batch whose insert outcome is
+// unknown was often tried on another replica first (a failover after a
+// failed attempt), and a part one replica took reaches the others only
+// when they fetch it, which may wait behind a column's ALTER: read on a
+// lagging replica alone, such a batch looked absent to the shard's next
+// owner, which inserted it again there, and replicated deduplication
+// catches that only for a byte-identical block. A replica that failed
+// within failoverCooldown, or fails now, is left out: fewer answers fall
+// back to that deduplication, as a single replica always did.
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	i, r := s.use(shard)
 	present, err := s.present(ctx, r, shard, b)
-	return present, s.done(shard, i, err)
+	if err != nil {
+		return nil, s.done(shard, i, err)
+	}
+	if !s.replicated {
+		return present, nil
+	}
+	now := time.Now().UnixNano()
+	for j, o := range s.replicas {
+		if j == i || now-o.failedAt.Load() <= int64(failoverCooldown) {
+			continue
+		}
+		more, err := s.present(ctx, o, shard, b)
+		if err != nil {
+			o.failedAt.Store(time.Now().UnixNano())
+			continue
+		}
+		maps.Copy(present, more)
+	}
+	return present, nil
 }
 
 // presenceChunk is the most rows one presence query asks about: its text

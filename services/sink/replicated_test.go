@@ -320,6 +320,42 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 	}
 }
 
+// A batch that landed on one replica and not yet on the other (its fetches
+// stopped here; in a cluster, a fetch waiting behind a column's ALTER) is
+// present for a store whose shard writes to the lagging replica: the
+// shard's next owner after a failover reads every replica, and inserts
+// nothing again.
+func TestReplicatedPresenceAsksEveryReplica(t *testing.T) {
+	e := newReplicatedEnv(t)
+	cfg := e.replicatedConfig(2).ClickHouse
+	ctx := t.Context()
+	first, second := server(0, 0), server(0, 1)
+	// The store writes to the second replica first.
+	addrs := strings.Split(shardAddrs(e.ch)[0], sink.ReplicaSeparator)
+	st, err := sink.OpenStore(cfg, addrs[1]+sink.ReplicaSeparator+addrs[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	require.NoError(t, st.EnsureSchema(ctx))
+	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM STOP FETCHES surge.events_local"))
+	t.Cleanup(func() { _ = e.conns[second].Exec(context.Background(), "SYSTEM START FETCHES surge.events_local") })
+
+	// b1 landed through the first replica, by an owner before this one.
+	b1 := makeBatch(0, 1, 5)
+	bt, err := e.conns[first].PrepareBatch(ctx, sink.InsertQuery("surge"))
+	require.NoError(t, err)
+	require.NoError(t, sink.AppendBatch(bt, b1))
+	require.NoError(t, bt.Send())
+	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"), "the second replica lags")
+
+	present, err := st.Present(ctx, 0, b1)
+	require.NoError(t, err)
+	want := map[uint64]struct{}{}
+	for _, seq := range b1.Seq {
+		want[seq] = struct{}{}
+	}
+	require.Equal(t, want, present, "b1 is present on the shard, through the first replica")
+}
+
 // A replica that hangs mid-query (SIGSTOPped here, over a connection the
 // store already holds; a restarted replica waiting on ZooKeeper or a lock
 // looks the same from the client) has its own timeout: the schema is
