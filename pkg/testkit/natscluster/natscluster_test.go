@@ -30,10 +30,15 @@ func TestCluster(t *testing.T) {
 	js, err := jetstream.New(nc)
 	require.NoError(t, err)
 	ctx := t.Context()
-	_, err = js.CreateStream(ctx, jetstream.StreamConfig{
-		Name: "T", Subjects: []string{"t.>"}, Replicas: 3, Storage: jetstream.FileStorage, Duplicates: time.Minute,
-	})
-	require.NoError(t, err)
+	// Healthy nodes may not all be placement peers of the meta leader yet
+	// ("no suitable peers for placement, peer offline"): the services
+	// retry the creation of their streams, and so does the test.
+	require.EventuallyWithT(t, func(co *assert.CollectT) {
+		_, err := js.CreateStream(ctx, jetstream.StreamConfig{
+			Name: "T", Subjects: []string{"t.>"}, Replicas: 3, Storage: jetstream.FileStorage, Duplicates: time.Minute,
+		})
+		assert.NoError(co, err)
+	}, 10*time.Second, 50*time.Millisecond, "create an R3 stream")
 
 	sent := 0
 	// publish stores message sent+1 with its id, retrying through an
