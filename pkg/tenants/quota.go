@@ -94,21 +94,15 @@ func (q *Quota) Refund(tenant string, events, bytes int) {
 // cannot be refused, so it is paced instead. Room then says how long the
 // tenant's next events wait; the long-run rate is the quota.
 func (q *Quota) Charge(tenant string, events, bytes int) {
-	full := q.limits(tenant)
-	if full.Unlimited() {
+	_, l, _, tb := q.refilled(tenant)
+	if tb == nil {
 		return
 	}
-	l := full.share(q.live())
-	now := q.now()
-	tb := q.buckets(tenant)
-	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	if l.EventsPerSecond > 0 {
-		tb.events.refill(now, l.EventsPerSecond, l.eventsBurst())
 		tb.events.tokens -= float64(events)
 	}
 	if l.BytesPerSecond > 0 {
-		tb.bytes.refill(now, l.BytesPerSecond, l.bytesBurst())
 		tb.bytes.tokens -= float64(bytes)
 	}
 }
@@ -117,43 +111,48 @@ func (q *Quota) Charge(tenant string, events, bytes int) {
 // (zero when it may send now) and how many events it may send now:
 // +Inf without a limit of events.
 func (q *Quota) Room(tenant string) (wait time.Duration, events float64) {
-	full := q.limits(tenant)
-	if full.Unlimited() {
+	_, l, _, tb := q.refilled(tenant)
+	if tb == nil {
 		return 0, math.Inf(1)
 	}
-	l := full.share(q.live())
-	now := q.now()
-	tb := q.buckets(tenant)
-	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	events = math.Inf(1)
 	if r := l.EventsPerSecond; r > 0 {
-		tb.events.refill(now, r, l.eventsBurst())
 		events = max(tb.events.tokens, 0)
 		wait = max(wait, tb.events.debt(r))
 	}
 	if r := l.BytesPerSecond; r > 0 {
-		tb.bytes.refill(now, r, l.bytesBurst())
 		wait = max(wait, tb.bytes.debt(r))
 	}
 	return wait, events
 }
 
-func (q *Quota) take(tenant string, events, bytes float64, take bool) Decision {
-	full := q.limits(tenant)
+// refilled is tenant's limits, this instance's share of them (of n live
+// instances) and its buckets, locked and refilled to now; tb is nil when
+// no limit applies. The caller unlocks tb.mu.
+func (q *Quota) refilled(tenant string) (full, l Limits, n int, tb *tenantBuckets) {
+	full = q.limits(tenant)
 	if full.Unlimited() {
+		return full, Limits{}, 0, nil
+	}
+	n = max(q.live(), 1)
+	l = full.share(n)
+	now := q.now()
+	tb = q.buckets(tenant)
+	tb.mu.Lock()
+	tb.events.refill(now, l.EventsPerSecond, l.eventsBurst())
+	tb.bytes.refill(now, l.BytesPerSecond, l.bytesBurst())
+	return full, l, n, tb
+}
+
+func (q *Quota) take(tenant string, events, bytes float64, take bool) Decision {
+	full, l, n, tb := q.refilled(tenant)
+	if tb == nil {
 		return Decision{Allowed: true}
 	}
-	n := max(q.live(), 1)
-	l := full.share(n)
-	now := q.now()
-	tb := q.buckets(tenant)
-	tb.mu.Lock()
 	defer tb.mu.Unlock()
 	er, eb := l.EventsPerSecond, l.eventsBurst()
 	br, bb := l.BytesPerSecond, l.bytesBurst()
-	tb.events.refill(now, er, eb)
-	tb.bytes.refill(now, br, bb)
 	d := Decision{Limited: true, Allowed: true, Limit: full.EventsPerSecond}
 	if er > 0 {
 		if wait, ok := tb.events.fits(events, er, eb, take); !ok {
