@@ -43,6 +43,12 @@ type Config struct {
 	// none before the sink logs it, counts it in surge_sink_stalls_total,
 	// turns /readyz not ready and recreates the shard's consumer.
 	StallTimeout time.Duration `yaml:"stall_timeout" env:"STALL_TIMEOUT"`
+	// ShutdownTimeout bounds how long the batch in hand is worked on once
+	// its shard stops (shutdown, or a lease handed over): past it the insert
+	// under way is cut and the batch goes back, unacked, to the next owner,
+	// which asks ClickHouse what landed. A graceful stop thus hands a shard
+	// over no later than a crash would (the lease TTL).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout" env:"SHUTDOWN_TIMEOUT"`
 	// Ownership is the number of shards and how this process finds the
 	// ones it consumes (shards, ownership, owned_shards, lease_ttl): listed
 	// (static, the default; each shard must have exactly one running sink,
@@ -105,12 +111,13 @@ func DefaultConfig() Config {
 			DialTimeout:   5 * time.Second,
 			InsertTimeout: 30 * time.Second,
 		},
-		Retry:        retry.DefaultConfig(5 * time.Second),
-		AckWait:      5 * time.Second,
-		StallTimeout: 30 * time.Second,
-		Ownership:    shard.DefaultOwnership(),
-		Schema:       schema.DefaultConfig(),
-		Erasure:      DefaultErasureConfig(),
+		Retry:           retry.DefaultConfig(5 * time.Second),
+		AckWait:         5 * time.Second,
+		StallTimeout:    30 * time.Second,
+		ShutdownTimeout: 10 * time.Second,
+		Ownership:       shard.DefaultOwnership(),
+		Schema:          schema.DefaultConfig(),
+		Erasure:         DefaultErasureConfig(),
 	}
 }
 
@@ -141,6 +148,9 @@ func (c Config) validateLiveness() error {
 	}
 	if c.StallTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("stall_timeout must be positive, got %s", c.StallTimeout))
+	}
+	if c.ShutdownTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("shutdown_timeout must be positive, got %s", c.ShutdownTimeout))
 	}
 	return errors.Join(errs...)
 }

@@ -231,3 +231,47 @@ func TestLostLeaseInsertsNothing(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(e.l.m.deadLettered))
 	e.consumerIdle()
 }
+
+// TestStopCutsTheBatchInHandAfterShutdownTimeout: a shard that stops while
+// it still holds its lease (shutdown, hand-over) keeps working on the
+// batch in hand, but no longer than shutdown_timeout: an insert that hangs
+// past it is cut, and the batch goes back unacked to the next owner, which
+// lands it once. A graceful stop never keeps a shard longer than a crash.
+func TestStopCutsTheBatchInHandAfterShutdownTimeout(t *testing.T) {
+	e := newFenceEnv(t)
+	e.mine.Store(true)
+	b := testBatch(0, 1, 4)
+	e.publish(batch.Encode(b), b.ID())
+	msg := e.fetch()
+
+	e.l.insertTimeout = time.Hour // only the stop's bound can cut the insert
+	e.l.shutdownTimeout = 500 * time.Millisecond
+	ctx, stop := context.WithCancel(t.Context())
+	cut := make(chan error, 1)
+	e.st.before = func(ictx context.Context) error {
+		stop() // the shard stops while its insert hangs on a frozen socket
+		select {
+		case <-ictx.Done():
+			cut <- nil
+			return ictx.Err()
+		case <-time.After(time.Minute):
+			cut <- errors.New("the insert was not cut")
+			return errors.New("not cut")
+		}
+	}
+	e.l.handle(ctx, msg)
+	require.NoError(t, <-cut)
+	require.Zero(t, e.st.inserts.Load(), "the hung insert never reached the server")
+	require.Zero(t, e.rows())
+	require.Zero(t, testutil.ToFloat64(e.l.m.inserted))
+
+	// The next owner gets it at once (a Nak, not the hour-long ack wait)
+	// and lands it.
+	e.st.before = nil
+	msg = e.fetch()
+	require.Equal(t, uint64(2), e.delivered(msg), "released by a Nak")
+	e.l.known = false
+	e.l.handle(t.Context(), msg)
+	require.Equal(t, uint64(rowsFrom(1, 4)), e.rows())
+	e.consumerIdle()
+}

@@ -63,6 +63,9 @@ type shardLoop struct {
 	insertTimeout time.Duration
 	// fetchWait bounds one pull.
 	fetchWait time.Duration
+	// shutdownTimeout bounds the work on the batch in hand once the
+	// shard stops while still held (shutdown, hand-over).
+	shutdownTimeout time.Duration
 	// alive keeps the batch in hand from being handed out again.
 	alive liveness.Keepalive
 	// holds reports whether this instance still owns the shard: always in
@@ -100,30 +103,38 @@ type js interface {
 func (s *Service) newShardLoop(k int, js js, st store) *shardLoop {
 	return &shardLoop{
 		k: k, js: js, store: st,
-		log:            s.log.With(zap.Int("shard", k), zap.String("clickhouse", st.Addr())),
-		tracer:         s.host.Tracer,
-		m:              s.metrics.forShard(k),
-		retry:          s.cfg.Retry,
-		w:              s.watchdogs.For(strconv.Itoa(k)),
-		consumers:      js,
-		consumerConfig: s.cfg.ConsumerConfig(k),
-		insertTimeout:  s.cfg.ClickHouse.InsertTimeout,
-		fetchWait:      s.fetchWait,
-		alive:          liveness.Keepalive{Every: s.cfg.KeepaliveEvery()},
-		holds:          func() bool { return true },
+		log:             s.log.With(zap.Int("shard", k), zap.String("clickhouse", st.Addr())),
+		tracer:          s.host.Tracer,
+		m:               s.metrics.forShard(k),
+		retry:           s.cfg.Retry,
+		w:               s.watchdogs.For(strconv.Itoa(k)),
+		consumers:       js,
+		consumerConfig:  s.cfg.ConsumerConfig(k),
+		insertTimeout:   s.cfg.ClickHouse.InsertTimeout,
+		fetchWait:       s.fetchWait,
+		shutdownTimeout: s.cfg.ShutdownTimeout,
+		alive:           liveness.Keepalive{Every: s.cfg.KeepaliveEvery()},
+		holds:           func() bool { return true },
 	}
 }
 
 // fenced is the context of the work on one batch: unlike ctx it does not
-// end at shutdown or hand-over (a batch in hand is finished, under a lease
-// still renewed), only when ctx ends because the lease is lost or ran out;
-// then an insert under way is cut. Call stop when the batch is settled.
+// end at once at shutdown or hand-over (a batch in hand is finished, under
+// a lease still renewed) but shutdownTimeout later, so a graceful stop
+// hands the shard over no later than a crash would; it ends at once when
+// ctx ends because the lease is lost or ran out. Either way an insert
+// under way is cut, and the next owner asks ClickHouse what landed. Call
+// stop when the batch is settled.
 func (l *shardLoop) fenced(ctx context.Context) (work context.Context, stop func()) {
 	work, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	unwatch := context.AfterFunc(ctx, func() {
 		if !l.holds() {
 			cancel()
+			return
 		}
+		// Cancelling twice is harmless: the timer is left to run out
+		// when the batch settles first.
+		time.AfterFunc(l.shutdownTimeout, cancel)
 	})
 	return work, func() {
 		unwatch()

@@ -243,9 +243,6 @@ type printedConfig struct {
 	HTTP            struct {
 		ShutdownTimeout string `json:"shutdown_timeout"`
 	} `json:"http"`
-	ClickHouse struct {
-		InsertTimeout string `json:"insert_timeout"`
-	} `json:"clickhouse"`
 }
 
 // The service binaries, built once from the source tree.
@@ -300,7 +297,7 @@ var surgeVar = regexp.MustCompile(`\bSURGE_[A-Z0-9_]+`)
 // result, and --print-config shows what it made. It returns that and how
 // long the service's shutdown may take before the NATS drain: ingest's
 // HTTP shutdown, the partitioner's last publish, the batcher's final
-// flush, the sink's last insert.
+// flush, the sink's work on the batch in hand.
 func serviceConfig(t *testing.T, name string, env map[string]string) (printedConfig, time.Duration) {
 	t.Helper()
 	known := map[string]bool{}
@@ -322,7 +319,7 @@ func serviceConfig(t *testing.T, name string, env map[string]string) (printedCon
 	require.NoError(t, yaml.Unmarshal([]byte(runService(t, name, env, "--print-config")), &cfg), name)
 	bound := map[string]string{
 		"ingest": cfg.HTTP.ShutdownTimeout, "partitioner": cfg.PublishTimeout,
-		"batcher": cfg.ShutdownTimeout, "sink": cfg.ClickHouse.InsertTimeout,
+		"batcher": cfg.ShutdownTimeout, "sink": cfg.ShutdownTimeout,
 	}[name]
 	d, err := time.ParseDuration(bound)
 	require.NoError(t, err, "%s: shutdown bound %q", name, bound)
