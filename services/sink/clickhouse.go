@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,10 @@ type replica struct {
 	// failedAt is when an attempt on the replica last failed (unix nanos),
 	// so a failover prefers a replica that has not just failed.
 	failedAt atomic.Int64
+	// silentAt is when the replica last gave no answer to a presence read
+	// (unix nanos): the next reads within failoverCooldown do not wait
+	// for it again.
+	silentAt atomic.Int64
 	// cols are the columns of the replica's events_local and events as
 	// last read; nil until read, and again when a query says a column is
 	// missing.
@@ -363,9 +368,17 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // when they fetch it, which may wait behind a column's ALTER: read on a
 // lagging replica alone, such a batch looked absent to the shard's next
 // owner, which inserted it again there, and replicated deduplication
-// catches that only for a byte-identical block. A replica that failed
-// within failoverCooldown, or fails now, is left out: fewer answers fall
-// back to that deduplication, as a single replica always did.
+// catches that only for a byte-identical block (an ALTER in between
+// changes the part, and the block's id with it).
+//
+// A replica that does not answer (down, or hung past a quarter of the
+// insert timeout; one that gave no answer within failoverCooldown is not
+// asked again) may hold such a part alone, so the answers count only when
+// one of the replicas that gave them holds every part committed to the
+// shard so far (caughtUp). Otherwise Present fails with
+// errPresenceUnknown, a transient error: the shard waits, its watchdog
+// and log saying on what, until the silent replica answers again or its
+// parts are fetched. Nothing is inserted on a guess.
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	i, r := s.use(shard)
 	present, err := s.present(ctx, r, shard, b)
@@ -375,19 +388,86 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 	if !s.replicated {
 		return present, nil
 	}
+	answered := []*replica{r}
+	var silent []string
 	now := time.Now().UnixNano()
 	for j, o := range s.replicas {
-		if j == i || now-o.failedAt.Load() <= int64(failoverCooldown) {
+		if j == i {
 			continue
 		}
-		more, err := s.present(ctx, o, shard, b)
+		if now-o.silentAt.Load() <= int64(failoverCooldown) {
+			silent = append(silent, o.addr)
+			continue
+		}
+		octx, cancel := context.WithTimeout(ctx, s.timeout/4)
+		more, err := s.present(octx, o, shard, b)
+		cancel()
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil, err
+			}
 			o.failedAt.Store(time.Now().UnixNano())
+			o.silentAt.Store(time.Now().UnixNano())
+			silent = append(silent, o.addr)
 			continue
 		}
+		answered = append(answered, o)
 		maps.Copy(present, more)
 	}
-	return present, nil
+	if len(silent) == 0 {
+		return present, nil
+	}
+	var behind []string
+	for _, a := range answered {
+		lag, err := s.caughtUp(ctx, a)
+		if err == nil && lag == "" {
+			return present, nil
+		}
+		if err != nil {
+			lag = err.Error()
+		}
+		behind = append(behind, a.addr+" "+lag)
+	}
+	return nil, fmt.Errorf("%w: shard %d: replica %s does not answer, and none that does holds every part committed so far (%s)",
+		errPresenceUnknown, shard, strings.Join(silent, ", "), strings.Join(behind, "; "))
+}
+
+// errPresenceUnknown says a presence read cannot tell what landed: a
+// replica that may hold the only copy of a part does not answer.
+var errPresenceUnknown = errors.New("presence unknown while a replica is silent")
+
+// caughtUp tells whether replica r holds every part committed to its
+// table until now, on any replica: it has copied the whole replication
+// log into its queue, and, read after that, its queue has no part left to
+// fetch. It returns "" if so, else what r still lags by. Two reads in
+// that order: one read could see an empty queue just before the log's
+// last entries were copied into it.
+func (s *server) caughtUp(ctx context.Context, r *replica) (string, error) {
+	const where = " FROM system.replicas WHERE database = ? AND table = 'events_local'"
+	type position struct{ pointer, maxIndex, readonly uint64 }
+	pos, err := answer(ctx, func() (position, error) {
+		var p position
+		err := r.conn.QueryRow(ctx, "SELECT toUInt64(log_pointer), toUInt64(log_max_index), toUInt64(is_readonly)"+where, s.database).
+			Scan(&p.pointer, &p.maxIndex, &p.readonly)
+		return p, err
+	})
+	if err != nil {
+		return "", fmt.Errorf("read replication log position on %s: %w", r.addr, err)
+	}
+	if pos.readonly != 0 {
+		return "read-only (no ZooKeeper session)", nil
+	}
+	if pos.pointer <= pos.maxIndex {
+		return fmt.Sprintf("%d replication log entries to copy", pos.maxIndex-pos.pointer+1), nil
+	}
+	fetches, err := queryUint(ctx, r, "SELECT toUInt64(inserts_in_queue)"+where, s.database)
+	if err != nil {
+		return "", fmt.Errorf("read replication queue on %s: %w", r.addr, err)
+	}
+	if fetches > 0 {
+		return fmt.Sprintf("%d parts to fetch", fetches), nil
+	}
+	return "", nil
 }
 
 // presenceChunk is the most rows one presence query asks about: its text

@@ -108,8 +108,9 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 // At the start of a tenure and after an insert whose outcome is unknown,
 // the watermark is not known: the server is asked which of b's EVENTS
 // messages it holds (store.Present, a read bounded by the batch whatever
-// the table holds), and the rows of the others are left, above the floor
-// of what this process saw inserted on a replicated server. An EVENTS
+// the table holds), and the rows of the others are left. Rows at or
+// below the floor of what this process saw inserted on a replicated
+// server are not asked about: they landed. An EVENTS
 // message always lands whole in one block, so a message present means all
 // of its rows are.
 //
@@ -121,6 +122,13 @@ func (l *shardLoop) remaining(ctx context.Context, b *batch.Batch, replay bool) 
 	if l.known && !replay {
 		return b.After(l.watermark), nil
 	}
+	if !replay {
+		// Rows this process saw land need no read.
+		b = b.After(l.store.Floor(l.k))
+		if b.Len() == 0 {
+			return b, nil
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, l.insertTimeout)
 	defer cancel()
 	l.w.Waiting("sequences from clickhouse " + l.store.Addr())
@@ -128,10 +136,7 @@ func (l *shardLoop) remaining(ctx context.Context, b *batch.Batch, replay bool) 
 	if err != nil {
 		return nil, err
 	}
-	if replay {
-		return b.Without(present), nil
-	}
-	return b.After(l.store.Floor(l.k)).Without(present), nil
+	return b.Without(present), nil
 }
 
 // landed records that every row of a batch up to seq is in ClickHouse:

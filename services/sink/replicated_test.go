@@ -288,15 +288,14 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"), "deduplicated, not stored")
 
 	// The first replica stops: the next attempt goes to the lagging one,
-	// which holds none of b1. The store answers the committed floor, so
-	// the sink cuts the batch in hand where it did before and sends the
-	// identical block.
+	// which holds none of b1 and cannot tell it absent while the first
+	// is silent. The store answers the committed floor, so the sink cuts
+	// the batch in hand where it did before and sends the identical block.
 	require.NoError(t, e.ch.Servers[first].Stop())
 	_, err = st.Present(ctx, 0, b1)
 	require.ErrorContains(t, err, "next attempt on replica "+e.ch.Servers[second].Addr())
-	present, err := st.Present(ctx, 0, b1)
-	require.NoError(t, err)
-	require.Empty(t, present, "the lagging replica has not fetched b1")
+	_, err = st.Present(ctx, 0, b1)
+	require.ErrorContains(t, err, e.ch.Servers[second].Addr()+" 1 parts to fetch", "the lagging replica has not fetched b1")
 	require.Equal(t, b1.LastSeq, st.Floor(0), "a lagging replica does not lower the floor")
 	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"))
 
@@ -354,6 +353,67 @@ func TestReplicatedPresenceAsksEveryReplica(t *testing.T) {
 		want[seq] = struct{}{}
 	}
 	require.Equal(t, want, present, "b1 is present on the shard, through the first replica")
+}
+
+// A batch that landed on one replica alone, which then went down before
+// the other fetched it, cannot be told present or absent from the other:
+// the presence read fails (the shard waits, inserting nothing) while the
+// silent replica may hold the only copy, and counts again once an
+// answering replica holds every committed part. With the replicas caught
+// up, one down does not stop it.
+func TestReplicatedPresenceWaitsForASilentReplica(t *testing.T) {
+	e := newReplicatedEnv(t)
+	cfg := e.replicatedConfig(2).ClickHouse
+	ctx := t.Context()
+	first, second := server(0, 0), server(0, 1)
+	// The store writes to the second replica first.
+	addrs := strings.Split(shardAddrs(e.ch)[0], sink.ReplicaSeparator)
+	st, err := sink.OpenStore(cfg, addrs[1]+sink.ReplicaSeparator+addrs[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	require.NoError(t, st.EnsureSchema(ctx))
+	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM STOP FETCHES surge.events_local"))
+
+	// b1 landed through the first replica, which went down before the
+	// second fetched it.
+	b1 := makeBatch(0, 1, 5)
+	bt, err := e.conns[first].PrepareBatch(ctx, sink.InsertQuery("surge"))
+	require.NoError(t, err)
+	require.NoError(t, sink.AppendBatch(bt, b1))
+	require.NoError(t, bt.Send())
+	require.NoError(t, e.ch.Servers[first].Kill())
+	_, err = st.Present(ctx, 0, b1)
+	require.ErrorContains(t, err, "replica "+e.ch.Servers[first].Addr()+" does not answer")
+	require.ErrorContains(t, err, e.ch.Servers[second].Addr()+" 1 parts to fetch")
+	require.Equal(t, sink.Transient, sink.Classify(err), "the shard waits, it does not dead-letter")
+
+	// The first replica is back; the second fetches b1 from it and, caught
+	// up, answers for both (the first is passed over for a while after
+	// its failure).
+	require.NoError(t, e.ch.Servers[first].Start(ctx))
+	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM START FETCHES surge.events_local"))
+	want := map[uint64]struct{}{}
+	for _, seq := range b1.Seq {
+		want[seq] = struct{}{}
+	}
+	require.EventuallyWithT(t, func(c *assert.CollectT) {
+		present, err := st.Present(ctx, 0, b1)
+		if assert.NoError(c, err) {
+			assert.Equal(c, want, present)
+		}
+	}, time.Minute, 100*time.Millisecond, "b1 present once the second replica fetched it")
+
+	// Caught up, the second replica alone tells: a batch never inserted
+	// is absent, b1 present, with the first down.
+	require.NoError(t, e.ch.Servers[first].Kill())
+	b2 := makeBatch(0, 6, 8)
+	present, err := st.Present(ctx, 0, b2)
+	require.NoError(t, err)
+	require.Empty(t, present)
+	present, err = st.Present(ctx, 0, b1)
+	require.NoError(t, err)
+	require.Equal(t, want, present)
+	require.NoError(t, e.ch.Servers[first].Start(ctx))
 }
 
 // A replica that hangs mid-query (SIGSTOPped here, over a connection the
