@@ -74,9 +74,9 @@ type replica struct {
 	// failedAt is when an attempt on the replica last failed (unix nanos),
 	// so a failover prefers a replica that has not just failed.
 	failedAt atomic.Int64
-	// silentAt is when the replica last gave no answer to a presence read
-	// (unix nanos): the next reads within failoverCooldown do not wait
-	// for it again.
+	// silentAt is when the replica last hung on a presence read (unix
+	// nanos): the next reads within failoverCooldown do not wait for it
+	// again.
 	silentAt atomic.Int64
 	// cols are the columns of the replica's events_local and events as
 	// last read; nil until read, and again when a query says a column is
@@ -372,8 +372,8 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // changes the part, and the block's id with it).
 //
 // A replica that does not answer (down, or hung past a quarter of the
-// insert timeout; one that gave no answer within failoverCooldown is not
-// asked again) may hold such a part alone, so the answers count only when
+// insert timeout; one that hung within failoverCooldown is not asked
+// again) may hold such a part alone, so the answers count only when
 // one of the replicas that gave them holds every part committed to the
 // shard so far (caughtUp). Otherwise Present fails with
 // errPresenceUnknown, a transient error: the shard waits, its watchdog
@@ -407,7 +407,11 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 				return nil, err
 			}
 			o.failedAt.Store(time.Now().UnixNano())
-			o.silentAt.Store(time.Now().UnixNano())
+			if errors.Is(octx.Err(), context.DeadlineExceeded) {
+				// Hung, not down: a refused connection costs nothing to
+				// try again, and answers as soon as the replica is back.
+				o.silentAt.Store(time.Now().UnixNano())
+			}
 			silent = append(silent, o.addr)
 			continue
 		}

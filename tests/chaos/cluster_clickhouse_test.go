@@ -33,19 +33,26 @@ func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error
 	killed := time.Now()
 	restartAt := killed.Add(2*time.Second + randDuration(ch.rng, 2*time.Second))
 	restarted := false
+	var back time.Duration // from the kill to the replica's port accepting
 	restart := func() error {
 		start := time.Now()
 		if err := ch.c.RestartReplica(ctx, s, r); err != nil {
 			return err
 		}
 		restarted = true
+		back = time.Since(killed)
 		rep.bounded["replica restart"] = measure{time.Since(start), restartBound}
 		return nil
 	}
+	// A shard lands again on the other replica within landingBound, or,
+	// when its batch may have landed on the killed replica alone (an
+	// insert under way at the kill), within landingAfterRestart of the
+	// killed replica's return: only it can tell.
+	bound := func() time.Duration { return max(landingBound, back+landingAfterRestart) }
 	// The logical shards of ClickHouse shard s: k % shards of the sink.
 	landed := map[int]time.Duration{}
 	var restartErr error
-	_ = poll(ctx, landingBound, func() error {
+	_ = poll(ctx, landingBound+restartBound, func() error {
 		if !restarted && time.Now().After(restartAt) {
 			if restartErr = restart(); restartErr != nil {
 				return nil // ends the poll
@@ -60,7 +67,7 @@ func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error
 				landed[k] = time.Since(killed)
 			}
 		}
-		if len(landed) < shards/len(ch.c.ClickHouse.Shards) {
+		if len(landed) < shards/len(ch.c.ClickHouse.Shards) && (!restarted || time.Since(killed) < bound()) {
 			return fmt.Errorf("rows of shards %v only landed on clickhouse-%d-%d", slices.Sorted(maps.Keys(landed)), s, 1-r)
 		}
 		return nil
@@ -73,7 +80,7 @@ func (ch *chaosCluster) killReplica(ctx context.Context, rep *faultReport) error
 		if !ok {
 			d = -1
 		}
-		rep.bounded[fmt.Sprintf("shard %d lands on clickhouse-%d-%d", k, s, 1-r)] = measure{d, landingBound}
+		rep.bounded[fmt.Sprintf("shard %d lands on clickhouse-%d-%d", k, s, 1-r)] = measure{d, bound()}
 	}
 	if !restarted {
 		if err := sleep(ctx, time.Until(restartAt)); err != nil {

@@ -53,8 +53,11 @@ const (
 	// was SIGKILLed (measured 4-7 s).
 	electionBound = 20 * time.Second
 	// landingBound bounds how soon rows land on a shard again after one
-	// of its replicas was SIGKILLed.
-	landingBound = 45 * time.Second
+	// of its replicas was SIGKILLed; landingAfterRestart how soon after
+	// that replica is back, for a shard whose batch may be on it alone
+	// (the sink's presence read waits for it, retrying at most 5 s apart).
+	landingBound        = 45 * time.Second
+	landingAfterRestart = 20 * time.Second
 	// restartBound bounds a restarted process's way to ready.
 	restartBound = time.Minute
 	// clusterRate is the load in events/s, over both ingest instances.
