@@ -40,11 +40,15 @@ type Builder struct {
 	cur    *Batch
 	bytes  int
 	opened time.Time
+	// linger is how old the open batch must be before an idle sink cuts
+	// it (Ripe): Policy.MinAge while the sink keeps up, longer while it
+	// does not (Paced).
+	linger time.Duration
 }
 
 // NewBuilder starts an empty builder for shard.
 func NewBuilder(shard int, p Policy) *Builder {
-	return &Builder{policy: p, shard: shard, cur: &Batch{Shard: shard}}
+	return &Builder{policy: p, shard: shard, cur: &Batch{Shard: shard}, linger: p.MinAge}
 }
 
 // Admit reports why the open batch must be cut before a message of rows
@@ -100,14 +104,41 @@ func (b *Builder) Expired(now time.Time) CutReason {
 	return ""
 }
 
-// Ripe is when the open batch may be cut early, for an idle sink
-// (Policy.MinAge); zero when it is empty or the early cut is off.
+// Ripe is when the open batch may be cut early, for an idle sink: its
+// linger after its first event (Policy.MinAge while the sink keeps up);
+// zero when it is empty or the early cut is off.
 func (b *Builder) Ripe() time.Time {
 	if b.cur.Len() == 0 || b.policy.MinAge <= 0 {
 		return time.Time{}
 	}
-	return b.opened.Add(b.policy.MinAge)
+	return b.opened.Add(b.linger)
 }
+
+// Paced says how the batch being cut met the shard's sink, and sets how
+// long the next batches linger. waited: the batch was ripe before the
+// sink was idle (or reached MaxAge while it was busy), so the sink is
+// what sets the pace; cutting the moment it turns idle would give it a
+// batch of one insert's time, and on a loaded server inserts of small
+// parts cost more per row than they take time to fill (ClickHouse pays
+// per column of every part). The linger doubles, up to MaxAge, and a
+// saturated sink gets larger, cheaper batches. Otherwise the sink waited
+// for the batch: the linger halves, down to MinAge, and an idle sink
+// gets small batches at once. A Kafka producer's linger and the
+// OpenTelemetry batch processor's timeout are fixed; this one follows
+// the sink.
+func (b *Builder) Paced(waited bool) {
+	if b.policy.MinAge <= 0 {
+		return
+	}
+	if waited {
+		b.linger = min(2*b.linger, b.policy.MaxAge)
+	} else {
+		b.linger = max(b.linger/2, b.policy.MinAge)
+	}
+}
+
+// Linger is how old a batch must be before an idle sink cuts it now.
+func (b *Builder) Linger() time.Duration { return b.linger }
 
 // Len is the number of rows waiting.
 func (b *Builder) Len() int { return b.cur.Len() }

@@ -205,6 +205,29 @@ func TestRipe(t *testing.T) {
 	require.True(t, off.Ripe().IsZero())
 }
 
+// Paced doubles the linger while batches wait for the sink, up to
+// MaxAge, and halves it, down to MinAge, while the sink waits for them;
+// Ripe follows it.
+func TestPacedFollowsTheSink(t *testing.T) {
+	b := batch.NewBuilder(0, batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: time.Second, MinAge: 200 * time.Millisecond})
+	opened := time.Unix(10, 0)
+	b.Add(1, msgOf(1, 50), opened)
+	var got []time.Duration
+	for _, waited := range []bool{true, true, true, true, false, false, false, false, true} {
+		b.Paced(waited)
+		got = append(got, b.Linger())
+	}
+	ms := time.Millisecond
+	require.Equal(t, []time.Duration{400 * ms, 800 * ms, time.Second, time.Second, 500 * ms, 250 * ms, 200 * ms, 200 * ms, 400 * ms}, got)
+	require.Equal(t, opened.Add(400*ms), b.Ripe())
+
+	off := batch.NewBuilder(0, batch.Policy{MaxRows: 100, MaxBytes: 1 << 20, MaxAge: time.Second})
+	off.Paced(true)
+	off.Add(1, msgOf(1, 50), opened)
+	require.Zero(t, off.Linger())
+	require.True(t, off.Ripe().IsZero(), "the early cut stays off")
+}
+
 func TestAfter(t *testing.T) {
 	b := &batch.Batch{Shard: 2}
 	b.Append(10, msgOf(2, 40))

@@ -21,8 +21,10 @@ type Policy struct {
 	// before it (the sink is idle). A busy sink lets the batch grow to
 	// MaxRows, MaxBytes or MaxAge, so batches are small only while the
 	// sink has time for more inserts, as a Kafka producer's linger or the
-	// OpenTelemetry batch processor's timeout. 0 turns the early cut off,
-	// as does a MinAge at or above MaxAge.
+	// OpenTelemetry batch processor's timeout. MinAge is the least linger:
+	// while batches wait for the sink it doubles, up to MaxAge, and while
+	// the sink waits for them it halves back (Builder.Paced). 0 turns the
+	// early cut off, as does a MinAge at or above MaxAge.
 	MinAge time.Duration `yaml:"min_age" env:"MIN_AGE"`
 }
 

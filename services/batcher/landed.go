@@ -25,6 +25,7 @@ import (
 type sinkState struct {
 	landed    atomic.Uint64 // highest EVENTS sequence the sink said it landed
 	published atomic.Uint64 // last EVENTS sequence of the shard's newest published batch
+	idleAt    atomic.Int64  // when a notice last found the sink idle, Unix ns
 
 	mu   sync.Mutex
 	wake *waiter // ends the shard loop's wait; nil while it waits for nothing
@@ -38,6 +39,15 @@ var errSinkIdle = errors.New("the shard's sink is idle")
 
 // idle reports whether the sink has landed every batch published so far.
 func (s *sinkState) idle() bool { return s.landed.Load() >= s.published.Load() }
+
+// idleSince is when a landing notice last found the sink idle; zero
+// before any did.
+func (s *sinkState) idleSince() time.Time {
+	if n := s.idleAt.Load(); n != 0 {
+		return time.Unix(0, n)
+	}
+	return time.Time{}
+}
 
 // publishedThrough records a batch published up to seq.
 func (s *sinkState) publishedThrough(seq uint64) {
@@ -58,6 +68,7 @@ func (s *sinkState) landedThrough(seq uint64) {
 	if !s.idle() {
 		return
 	}
+	s.idleAt.Store(time.Now().UnixNano())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.wake != nil {

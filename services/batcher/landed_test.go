@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -50,6 +51,21 @@ func TestIdleSinkCutsEarly(t *testing.T) {
 	require.Equal(t, []int{100, 100}, requireCoverage(t, 0, readBatches(t, js, 0), append(first, second...)))
 	require.Equal(t, 2, cuts(b.Service, 0, batch.CutIdle))
 	require.Zero(t, cuts(b.Service, 0, batch.CutAge))
+	// The second batch was ripe before the sink was idle: it waited for
+	// the sink, so the next ones linger twice as long.
+	require.Equal(t, (2 * minAge).Seconds(), testutil.ToFloat64(b.m.linger.WithLabelValues("0")))
+
+	// The sink lands the second batch and then waits for the third, which
+	// is cut once it is 2 x minAge old (not at minAge): the sink waited
+	// for it, so the linger halves back.
+	require.NoError(t, nc.Publish(streams.LandedSubject(0), []byte(strconv.FormatUint(second[len(second)-1].seq, 10))))
+	require.NoError(t, nc.Flush())
+	third := publishEvents(t, js, 0, 10, 10, nil)
+	require.EventuallyWithT(t, func(c *assert.CollectT) { assertPublishedAndTookAll(c, b.Service, 0, 3) }, 10*time.Second, 5*time.Millisecond)
+	got := readBatches(t, js, 0)
+	require.Equal(t, []int{100, 100, 100}, requireCoverage(t, 0, got, append(append(first, second...), third...)))
+	require.Equal(t, minAge.Seconds(), testutil.ToFloat64(b.m.linger.WithLabelValues("0")))
+	require.Equal(t, 3, cuts(b.Service, 0, batch.CutIdle))
 }
 
 // A notice that makes the sink idle ends the shard loop's wait, with

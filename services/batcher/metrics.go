@@ -19,6 +19,7 @@ type metrics struct {
 	publishDuration prometheus.Histogram
 	publishRetries  *prometheus.CounterVec
 	pending         *prometheus.GaugeVec
+	linger          *prometheus.GaugeVec
 	deadLetters     *prometheus.CounterVec
 	purgeFailures   *prometheus.CounterVec
 }
@@ -61,6 +62,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_batcher_consumer_pending",
 			Help: "EVENTS messages of the shard not yet read by the batcher: the pending count of its last read, checked every few seconds against the subject's last message (at least 1 while that one is unread, 0 once it is read).",
 		}, []string{"shard"}),
+		linger: f.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "surge_batcher_linger_seconds",
+			Help: "How old the shard's open batch must be before an idle sink cuts it, as of the last cut: batch.min_age while the sink keeps up, doubling up to batch.max_age while batches wait for it.",
+		}, []string{"shard"}),
 		deadLetters: f.NewCounterVec(prometheus.CounterOpts{
 			Name: "surge_batcher_dead_letters_total",
 			Help: "Corrupt EVENTS messages published to DEAD_LETTER and skipped, by shard.",
@@ -77,7 +82,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 type shardMetrics struct {
 	batches, rows, retries, deadLetters, purgeFailures prometheus.Counter
 	cuts                                               map[batch.CutReason]prometheus.Counter
-	pending                                            prometheus.Gauge
+	pending, linger                                    prometheus.Gauge
 	batchRows, batchBytes, publishDuration             prometheus.Observer
 }
 
@@ -90,6 +95,7 @@ func (m *metrics) forShard(k int) shardMetrics {
 		deadLetters:   m.deadLetters.WithLabelValues(label),
 		purgeFailures: m.purgeFailures.WithLabelValues(label),
 		pending:       m.pending.WithLabelValues(label),
+		linger:        m.linger.WithLabelValues(label),
 		batchRows:     m.batchRows.WithLabelValues(label),
 		batchBytes:    m.batchBytes.WithLabelValues(label),
 		// One histogram for the service: a PubAck's wait is the stream's.

@@ -297,15 +297,28 @@ func (l *shardLoop) consume(ctx context.Context) error {
 }
 
 // cutDue cuts the open batch when it is due at now: by age (MaxAge), or
-// early (MinAge) while the shard's sink has landed every batch before
-// it; then it purges what is due.
+// early (its linger, MinAge while the sink keeps up: Builder.Paced) while
+// the shard's sink has landed every batch before it; then it purges what
+// is due.
 func (l *shardLoop) cutDue(ctx context.Context, now time.Time) {
 	if reason := l.builder.Expired(now); reason != "" {
+		if l.sink != nil {
+			l.paced(!l.sink.idle()) // aged while the sink was busy
+		}
 		l.cut(ctx, reason)
 	} else if r := l.builder.Ripe(); !r.IsZero() && !now.Before(r) && l.sinkIdle() {
+		// Ripe before the sink turned idle: the batch waited for the sink.
+		l.paced(l.sink.idleSince().After(r))
 		l.cut(ctx, batch.CutIdle)
 	}
 	l.purgeDue(ctx, now)
+}
+
+// paced tells the builder whether the batch being cut waited for the
+// sink, which sets how long the next ones linger (Builder.Paced).
+func (l *shardLoop) paced(waited bool) {
+	l.builder.Paced(waited)
+	l.m.linger.Set(l.builder.Linger().Seconds())
 }
 
 // sinkIdle reports whether the shard's sink has landed every batch this
