@@ -3,9 +3,11 @@ package sink
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/stretchr/testify/require"
 )
 
@@ -42,4 +44,20 @@ func TestAnswerReturnsAtTheDeadline(t *testing.T) {
 	}
 	close(server)
 	<-finished // q's goroutine ends once the server answers
+}
+
+// Only a commit ZooKeeper refused with a definite answer landed nothing
+// for sure; a lost answer (319) or another ZooKeeper failure may have.
+func TestRefusedAtCommit(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("send to a: %w; next attempt on replica b", refusedByAlter), true},
+		{&clickhouse.Exception{Code: 319, Message: "Unrecoverable network error while adding block 3 with ID '1_2'"}, false},
+		{&clickhouse.Exception{Code: 244, Message: "Unexpected ZooKeeper error: connection loss"}, false},
+		{errBroken, false},
+	} {
+		require.Equal(t, tc.want, refusedAtCommit(tc.err), "%v", tc.err)
+	}
 }

@@ -169,7 +169,7 @@ func (s *server) use(k int) (int, *replica) {
 // An attempt the caller cancelled (shutdown, a lost shard lease) says
 // nothing about the replica; a timeout does.
 func (s *server) done(k, i int, err error) error {
-	if err == nil || Classify(err) == Permanent || errors.Is(err, context.Canceled) {
+	if err == nil || Classify(err) == Permanent || errors.Is(err, context.Canceled) || refusedAtCommit(err) {
 		return err
 	}
 	r := s.replicas[i]
@@ -436,6 +436,26 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 		errPresenceUnknown, shard, strings.Join(silent, ", "), strings.Join(behind, "; "))
 }
 
+// Inserts refused at their commit (refusedAtCommit) are sent again at
+// once this many times in all, commitRaceWait apart.
+const (
+	commitRaceAttempts = 3
+	commitRaceWait     = 100 * time.Millisecond
+)
+
+// refusedAtCommit tells whether an insert failed at its commit in
+// ZooKeeper with a definite answer, so that nothing of it landed: on
+// ClickHouse 18.16, "Unexpected logical error while adding block"
+// (UNEXPECTED_ZOOKEEPER_ERROR), mostly a "Bad version" of the table's
+// columns node when a column's ALTER committed while the block was being
+// written. The server rolled the part back. A commit whose answer was
+// lost fails with UNKNOWN_STATUS_OF_INSERT (319) instead, and its outcome
+// stays unknown.
+func refusedAtCommit(err error) bool {
+	var ex *clickhouse.Exception
+	return errors.As(err, &ex) && ex.Code == 244 && strings.Contains(ex.Message, "while adding block")
+}
+
 // errPresenceUnknown says a presence read cannot tell what landed: a
 // replica that may hold the only copy of a part does not answer.
 var errPresenceUnknown = errors.New("presence unknown while a replica is silent")
@@ -548,7 +568,17 @@ func (s *server) Floor(shard int) uint64 { return s.raise(shard, 0) }
 // (clickhouse.WithQueryID) and the deadline.
 func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 	i, r := s.use(b.Shard)
-	if err := s.insert(ctx, r, b); err != nil {
+	err := s.insert(ctx, r, b)
+	// A commit that lost a race with a column's ALTER landed nothing and
+	// is sent again at once, on the same replica: the other one races
+	// the same ALTER, and the shard's backoff is for servers in trouble.
+	for n := 1; err != nil && n < commitRaceAttempts && refusedAtCommit(err); n++ {
+		if !retry.Sleep(ctx, commitRaceWait) {
+			break
+		}
+		err = s.insert(ctx, r, b)
+	}
+	if err != nil {
 		return s.done(b.Shard, i, err)
 	}
 	s.raise(b.Shard, b.LastSeq)

@@ -369,7 +369,8 @@ func TestLand(t *testing.T) {
 		{
 			name: "a replica behind the floor does not make rows look missing",
 			held: nil, floor: 4, first: 3, last: 6,
-			wantCalls:   []string{"present 3-6", "insert [5 6]"},
+			// Rows at or below the floor are not even asked about.
+			wantCalls:   []string{"present 5-6", "insert [5 6]"},
 			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
 			wantInserted: 1, wantRows: rowsFrom(5, 6),
 		},
@@ -393,6 +394,21 @@ func TestLand(t *testing.T) {
 			wantCalls: []string{"insert [5 6]"},
 			// The insert may have landed: the next attempt looks it up.
 			wantKnown: false, wantWatermark: 4,
+		},
+		{
+			name: "a batch at or below the floor needs no read",
+			held: nil, floor: 6, first: 3, last: 6,
+			wantCalls:   nil,
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantDuplicates: 1,
+		},
+		{
+			name:  "an insert refused at its commit keeps the watermark",
+			known: true, watermark: 4, held: seqs(1, 4), insertErr: fmt.Errorf("send: %w", refusedByAlter), first: 5, last: 6,
+			wantErr:   refusedByAlter,
+			wantCalls: []string{"insert [5 6]"},
+			// Nothing landed: the next attempt needs no read.
+			wantKnown: true, wantWatermark: 4,
 		},
 		{
 			name:  "replay inserts only the sequences ClickHouse lacks",
@@ -477,6 +493,11 @@ func TestLandAfterUnknownOutcome(t *testing.T) {
 	require.Equal(t, 1.0, testutil.ToFloat64(l.m.duplicates))
 	require.Zero(t, testutil.ToFloat64(l.m.inserted))
 }
+
+// refusedByAlter is ClickHouse 18.16 refusing an insert's commit because a
+// column's ALTER committed meanwhile: nothing of it landed.
+var refusedByAlter = &clickhouse.Exception{Code: 244, Name: "UNEXPECTED_ZOOKEEPER_ERROR",
+	Message: "Unexpected logical error while adding block 73 with ID '202612_1_2': Bad version, path /clickhouse/tables/0/surge/events_local/columns"}
 
 // typeMismatch is a ClickHouse error about the batch's content.
 var typeMismatch = &clickhouse.Exception{Code: 53, Name: "TYPE_MISMATCH", Message: "Type mismatch in column user_id"}

@@ -44,8 +44,9 @@ func (d *endDigest) Errorf(format string, args ...any) {
 func (d *endDigest) Helper() { d.t.Helper() }
 
 // keptOnFailure makes a directory for a run's data and logs that stays
-// when the test fails (its path is logged) and goes when it passes. Call
-// it before starting what writes there, so its cleanup runs after theirs.
+// when the test fails (its path is logged) and goes when it passes, unless
+// SURGE_CHAOS_KEEP is set (to read a passing run's logs). Call it before
+// starting what writes there, so its cleanup runs after theirs.
 func keptOnFailure(t *testing.T, pattern string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", pattern)
@@ -53,8 +54,8 @@ func keptOnFailure(t *testing.T, pattern string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("data and logs of the failed run kept in %s", dir)
+		if t.Failed() || os.Getenv("SURGE_CHAOS_KEEP") != "" {
+			t.Logf("data and logs of the run kept in %s", dir)
 			return
 		}
 		if err := os.RemoveAll(dir); err != nil {

@@ -290,11 +290,18 @@ func (s *Server) writeConfig(c *Cluster, interserverPort int) error {
 }
 
 // includeFile is the server's substitutions: ZooKeeper and its macros.
+//
+// The ZooKeeper session lasts 10 s, not ClickHouse's 30 s: a SIGKILLed
+// replica counts as active until its session expires, and on 18.16 an
+// ALTER waits for every active replica to apply it, holding up the
+// inserts on the others behind it; new typed columns bring ALTERs at any
+// time (see docs/scaling.md).
 func (s *Server) includeFile(c *Cluster) string {
 	host, port, _ := net.SplitHostPort(c.ZooKeeper)
 	return fmt.Sprintf(`<yandex>
     <zookeeper-servers>
         <node><host>%s</host><port>%s</port></node>
+        <session_timeout_ms>10000</session_timeout_ms>
     </zookeeper-servers>
     <macros>
         <shard>%d</shard>
