@@ -375,7 +375,7 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // insert timeout; one that hung within failoverCooldown is not asked
 // again) may hold such a part alone, so the answers count only when
 // one of the replicas that gave them holds every part committed to the
-// shard so far (caughtUp). Otherwise Present fails with
+// shard so far (fetchedAll). Otherwise Present fails with
 // errPresenceUnknown, a transient error: the shard waits, its watchdog
 // and log saying on what, until the silent replica answers again or its
 // parts are fetched. Nothing is inserted on a guess.
@@ -423,7 +423,7 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 	}
 	var behind []string
 	for _, a := range answered {
-		lag, err := s.caughtUp(ctx, a)
+		lag, err := s.fetchedAll(ctx, a)
 		if err == nil && lag == "" {
 			return present, nil
 		}
@@ -460,13 +460,13 @@ func refusedAtCommit(err error) bool {
 // replica that may hold the only copy of a part does not answer.
 var errPresenceUnknown = errors.New("presence unknown while a replica is silent")
 
-// caughtUp tells whether replica r holds every part committed to its
+// fetchedAll tells whether replica r holds every part committed to its
 // table until now, on any replica: it has copied the whole replication
 // log into its queue, and, read after that, its queue has no part left to
 // fetch. It returns "" if so, else what r still lags by. Two reads in
 // that order: one read could see an empty queue just before the log's
 // last entries were copied into it.
-func (s *server) caughtUp(ctx context.Context, r *replica) (string, error) {
+func (s *server) fetchedAll(ctx context.Context, r *replica) (string, error) {
 	const where = " FROM system.replicas WHERE database = ? AND table = 'events_local'"
 	type position struct{ pointer, maxIndex, readonly uint64 }
 	pos, err := answer(ctx, func() (position, error) {

@@ -270,7 +270,7 @@ func TestSinkLandsEveryKind(t *testing.T) {
 
 // TestSinkFollowsATypeChangedByHand: an operator changes a typed column's
 // type while the sink runs (Int64 to String); the next batch naming it is
-// converted to the new type after one failed attempt, never dead-lettered,
+// converted to the new type after at most one failed attempt, never dead-lettered,
 // and a value the new type cannot hold goes to _conflicts.
 func TestSinkFollowsATypeChangedByHand(t *testing.T) {
 	e := newEnv(t)
@@ -295,7 +295,10 @@ func TestSinkFollowsATypeChangedByHand(t *testing.T) {
 		{eventID(0, 2, 0), "30"}, {eventID(0, 2, 1), "40"}, {eventID(0, 2, 2), "50"},
 	}, e.strs(0, "SELECT event_id, p_n FROM surge.events_local ORDER BY seq, event_id"))
 	require.Zero(t, value(s.shard(0).DeadLetters))
-	require.Equal(t, 1.0, value(s.shard(0).Retries), "one attempt on the old type")
+	// One attempt on the old type, or none when the sink's background
+	// column work (p_n on the other tables) read the columns again after
+	// the change.
+	require.LessOrEqual(t, value(s.shard(0).Retries), 1.0, "at most one attempt on the old type")
 
 	// Back to a number type narrower than the values: those that do not
 	// fit go to _conflicts.
