@@ -378,7 +378,7 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // shard so far (fetchedAll). Otherwise Present fails with
 // errPresenceUnknown, a transient error: the shard waits, its watchdog
 // and log saying on what, until the silent replica answers again or its
-// parts are fetched. Nothing is inserted on a guess.
+// parts are fetched, for at most presenceWaitMax (see remaining).
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	i, r := s.use(shard)
 	present, err := s.present(ctx, r, shard, b)
@@ -432,8 +432,11 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 		}
 		behind = append(behind, a.addr+" "+lag)
 	}
-	return nil, fmt.Errorf("%w: shard %d: replica %s does not answer, and none that does holds every part committed so far (%s)",
-		errPresenceUnknown, shard, strings.Join(silent, ", "), strings.Join(behind, "; "))
+	return nil, &presenceUnknown{
+		answered: present,
+		why: fmt.Sprintf("shard %d: replica %s does not answer, and none that does holds every part committed so far (%s)",
+			shard, strings.Join(silent, ", "), strings.Join(behind, "; ")),
+	}
 }
 
 // Inserts refused at their commit (refusedAtCommit) are sent again at
@@ -459,6 +462,16 @@ func refusedAtCommit(err error) bool {
 // errPresenceUnknown says a presence read cannot tell what landed: a
 // replica that may hold the only copy of a part does not answer.
 var errPresenceUnknown = errors.New("presence unknown while a replica is silent")
+
+// presenceUnknown is errPresenceUnknown with what the replicas that
+// answered hold, for a caller that stops waiting (see presenceWaitMax).
+type presenceUnknown struct {
+	answered map[uint64]struct{}
+	why      string
+}
+
+func (e *presenceUnknown) Error() string        { return errPresenceUnknown.Error() + ": " + e.why }
+func (e *presenceUnknown) Is(target error) bool { return target == errPresenceUnknown }
 
 // fetchedAll tells whether replica r holds every part committed to its
 // table until now, on any replica: it has copied the whole replication

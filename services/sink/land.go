@@ -2,6 +2,7 @@ package sink
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -101,6 +102,11 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	return l.ack(ctx, msg)
 }
 
+// presenceWaitMax bounds how long a batch waits for a silent replica that
+// may hold it alone (errPresenceUnknown): a killed replica is back in
+// seconds; one still gone after this long may never be.
+const presenceWaitMax = time.Minute
+
 // remaining is the part of b that ClickHouse does not hold yet.
 //
 // A batch from the batcher is cut after the last one and lands in order:
@@ -135,6 +141,22 @@ func (l *shardLoop) remaining(ctx context.Context, b *batch.Batch, replay bool) 
 	defer cancel()
 	l.w.Waiting("sequences from clickhouse " + l.store.Addr())
 	present, err := l.store.Present(rctx, l.k, b)
+	var unknown *presenceUnknown
+	if errors.As(err, &unknown) {
+		if l.silentSince.IsZero() {
+			l.silentSince = time.Now()
+		}
+		if time.Since(l.silentSince) < presenceWaitMax {
+			return nil, err
+		}
+		// A replica gone for longer may never come back: a batch that
+		// landed on it alone is lost unless it lands again. Twice is
+		// better than never, and ReplacingMergeTree folds the rows.
+		l.log.Warn("a replica that may hold the batch alone stayed silent: going by the replicas that answered",
+			zap.Duration("waited", time.Since(l.silentSince)), zap.Error(err))
+		l.m.guesses.Inc()
+		present, err = unknown.answered, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -875,3 +875,26 @@ func TestPolledAckPendingHandsALostDeliveryOutAgain(t *testing.T) {
 	require.Equal(t, int32(1), resets.Load())
 	require.Equal(t, int32(2), cons.infos.Load())
 }
+
+// A presence read that a silent replica leaves unknown fails the attempt
+// (the shard waits) until presenceWaitMax has passed for the batch; then
+// the batch goes by what the answering replicas hold, and the guess is
+// counted.
+func TestLandGoesByTheAnswersOnceASilentReplicaOutlastsTheBound(t *testing.T) {
+	unknown := &presenceUnknown{answered: map[uint64]struct{}{5: {}}, why: "replica a does not answer"}
+	st := newFakeStore()
+	st.presentErrs = []error{unknown, unknown}
+	l := newTestLoop(t, st, nil)
+	b := testBatch(0, 5, 7)
+	msg := newFakeMsg(0, 1, batch.Encode(b))
+
+	require.ErrorIs(t, l.land(t.Context(), msg, b, b.ID(), 1), errPresenceUnknown)
+	require.Equal(t, []string{"present 5-7"}, st.calls, "nothing inserted on a guess")
+	require.False(t, l.silentSince.IsZero())
+
+	l.silentSince = time.Now().Add(-presenceWaitMax) // the bound has passed
+	require.NoError(t, l.land(t.Context(), msg, b, b.ID(), 2))
+	require.Equal(t, []string{"present 5-7", "present 5-7", "insert [6 7]"}, st.calls)
+	require.Equal(t, []string{"ack"}, msg.settled)
+	require.Equal(t, 1.0, testutil.ToFloat64(l.m.guesses))
+}

@@ -29,6 +29,7 @@ type metrics struct {
 	pending        *prometheus.GaugeVec
 	ackPending     *prometheus.GaugeVec
 	resets         *prometheus.CounterVec
+	guesses        *prometheus.CounterVec
 	endToEnd       prometheus.Histogram
 
 	// The typed columns' DDL (see columnKeeper).
@@ -87,6 +88,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "surge_sink_consumer_resets_total",
 			Help: "Consumer resets that had a batch, delivered but never received or acked (lost with a NATS node, a leader change or the last owner), handed out again at once instead of after the ack wait, by shard.",
 		}, []string{"shard"}),
+		guesses: f.NewCounterVec(prometheus.CounterOpts{
+			Name: "surge_sink_presence_guesses_total",
+			Help: "Batches whose presence read went by the replicas that answered after a replica that may hold the batch alone stayed silent past the bound (1 minute), by shard: a batch that had landed there is inserted twice, and ReplacingMergeTree folds the rows when it merges.",
+		}, []string{"shard"}),
 		endToEnd: f.NewHistogram(prometheus.HistogramOpts{
 			Name:    "surge_sink_end_to_end_seconds",
 			Help:    "Time from ingest's received_at to the row's insert.",
@@ -112,6 +117,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 type shardMetrics struct {
 	inserted, duplicates, deadLettered    prometheus.Counter // surge_sink_batches_total by outcome
 	rows, retries, deadLetters, resets    prometheus.Counter
+	guesses                               prometheus.Counter
 	insertDuration, batchRows, batchBytes prometheus.Observer
 	watermark, pending, ackPending        prometheus.Gauge
 	endToEnd                              prometheus.Observer // shared by every shard
@@ -133,6 +139,7 @@ func (m *metrics) forShard(k int) shardMetrics {
 		pending:        m.pending.WithLabelValues(label),
 		ackPending:     m.ackPending.WithLabelValues(label),
 		resets:         m.resets.WithLabelValues(label),
+		guesses:        m.guesses.WithLabelValues(label),
 		endToEnd:       m.endToEnd,
 	}
 }

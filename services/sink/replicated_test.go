@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver/natstest"
@@ -319,6 +320,32 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 	}
 }
 
+// storeOnLaggingReplica opens a store on the replicas of ClickHouse shard
+// 0 whose sink shard 0 writes to the second replica first, and stops that
+// replica's fetches: it sees no part the first takes until the test (or
+// its cleanup) starts them again.
+func (e *testEnv) storeOnLaggingReplica() (st sink.Store, first, second int) {
+	t := e.t
+	first, second = server(0, 0), server(0, 1)
+	addrs := strings.Split(shardAddrs(e.ch)[0], sink.ReplicaSeparator)
+	st, err := sink.OpenStore(e.replicatedConfig(2).ClickHouse, addrs[1]+sink.ReplicaSeparator+addrs[0])
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = st.Close() })
+	require.NoError(t, st.EnsureSchema(t.Context()))
+	require.NoError(t, e.conns[second].Exec(t.Context(), "SYSTEM STOP FETCHES surge.events_local"))
+	t.Cleanup(func() { _ = e.conns[second].Exec(context.Background(), "SYSTEM START FETCHES surge.events_local") })
+	return st, first, second
+}
+
+// insertThrough inserts b on server i as the sink does, bypassing it.
+func (e *testEnv) insertThrough(i int, b *batch.Batch) {
+	t := e.t
+	bt, err := e.conns[i].PrepareBatch(t.Context(), sink.InsertQuery("surge"))
+	require.NoError(t, err)
+	require.NoError(t, sink.AppendBatch(bt, b))
+	require.NoError(t, bt.Send())
+}
+
 // A batch that landed on one replica and not yet on the other (its fetches
 // stopped here; in a cluster, a fetch waiting behind a column's ALTER) is
 // present for a store whose shard writes to the lagging replica: the
@@ -326,24 +353,12 @@ func TestReplicatedStoreRetriesTheIdenticalBlockOnALaggingReplica(t *testing.T) 
 // nothing again.
 func TestReplicatedPresenceAsksEveryReplica(t *testing.T) {
 	e := newReplicatedEnv(t)
-	cfg := e.replicatedConfig(2).ClickHouse
 	ctx := t.Context()
-	first, second := server(0, 0), server(0, 1)
-	// The store writes to the second replica first.
-	addrs := strings.Split(shardAddrs(e.ch)[0], sink.ReplicaSeparator)
-	st, err := sink.OpenStore(cfg, addrs[1]+sink.ReplicaSeparator+addrs[0])
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	require.NoError(t, st.EnsureSchema(ctx))
-	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM STOP FETCHES surge.events_local"))
-	t.Cleanup(func() { _ = e.conns[second].Exec(context.Background(), "SYSTEM START FETCHES surge.events_local") })
+	st, first, second := e.storeOnLaggingReplica()
 
 	// b1 landed through the first replica, by an owner before this one.
 	b1 := makeBatch(0, 1, 5)
-	bt, err := e.conns[first].PrepareBatch(ctx, sink.InsertQuery("surge"))
-	require.NoError(t, err)
-	require.NoError(t, sink.AppendBatch(bt, b1))
-	require.NoError(t, bt.Send())
+	e.insertThrough(first, b1)
 	require.Zero(t, e.count(second, "SELECT count() FROM surge.events_local"), "the second replica lags")
 
 	present, err := st.Present(ctx, 0, b1)
@@ -363,26 +378,15 @@ func TestReplicatedPresenceAsksEveryReplica(t *testing.T) {
 // up, one down does not stop it.
 func TestReplicatedPresenceWaitsForASilentReplica(t *testing.T) {
 	e := newReplicatedEnv(t)
-	cfg := e.replicatedConfig(2).ClickHouse
 	ctx := t.Context()
-	first, second := server(0, 0), server(0, 1)
-	// The store writes to the second replica first.
-	addrs := strings.Split(shardAddrs(e.ch)[0], sink.ReplicaSeparator)
-	st, err := sink.OpenStore(cfg, addrs[1]+sink.ReplicaSeparator+addrs[0])
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = st.Close() })
-	require.NoError(t, st.EnsureSchema(ctx))
-	require.NoError(t, e.conns[second].Exec(ctx, "SYSTEM STOP FETCHES surge.events_local"))
+	st, first, second := e.storeOnLaggingReplica()
 
 	// b1 landed through the first replica, which went down before the
 	// second fetched it.
 	b1 := makeBatch(0, 1, 5)
-	bt, err := e.conns[first].PrepareBatch(ctx, sink.InsertQuery("surge"))
-	require.NoError(t, err)
-	require.NoError(t, sink.AppendBatch(bt, b1))
-	require.NoError(t, bt.Send())
+	e.insertThrough(first, b1)
 	require.NoError(t, e.ch.Servers[first].Kill())
-	_, err = st.Present(ctx, 0, b1)
+	_, err := st.Present(ctx, 0, b1)
 	require.ErrorContains(t, err, "replica "+e.ch.Servers[first].Addr()+" does not answer")
 	require.ErrorContains(t, err, e.ch.Servers[second].Addr()+" 1 parts to fetch")
 	require.Equal(t, sink.Transient, sink.Classify(err), "the shard waits, it does not dead-letter")

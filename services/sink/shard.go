@@ -66,6 +66,9 @@ type shardLoop struct {
 	// shutdownTimeout bounds the work on the batch in hand once the
 	// shard stops while still held (shutdown, hand-over).
 	shutdownTimeout time.Duration
+	// silentSince is when the batch in hand first met a presence read
+	// that a silent replica left unknown; zero otherwise.
+	silentSince time.Time
 	// alive keeps the batch in hand from being handed out again.
 	alive liveness.Keepalive
 	// holds reports whether this instance still owns the shard: always in
@@ -329,6 +332,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	log = log.With(telemetry.TraceFields(ctx)...)
 
 	attempt := 0
+	l.silentSince = time.Time{}
 	var permanent error // the failure is about the batch: dead-letter it
 	err = retry.Do(ctx, l.retry, func() error {
 		attempt++

@@ -321,6 +321,33 @@ func (s *Server) StructureTooDifferent() bool {
 	return err == nil && bytes.Contains(data, []byte("Table structure in ZooKeeper is too different from local table structure"))
 }
 
+// Unattached lists the tables of database db whose metadata the server
+// holds on disk but that it did not attach at its last start. ClickHouse
+// 18.16 was seen, once, to start after a SIGKILL in the middle of column
+// ALTERs without its Replicated table and without a word in its log; a
+// start with force_restore_data attached it.
+func (s *Server) Unattached(db string) ([]string, error) {
+	files, err := filepath.Glob(filepath.Join(s.Dir, "data", "metadata", db, "*.sql"))
+	if err != nil || len(files) == 0 {
+		return nil, err
+	}
+	out, err := Query(s.HTTPAddr(), fmt.Sprintf("SELECT name FROM system.tables WHERE database = '%s'", db))
+	if err != nil {
+		return nil, fmt.Errorf("list tables of %s: %w", s.Addr(), err)
+	}
+	attached := map[string]bool{}
+	for _, name := range strings.Fields(out) {
+		attached[name] = true
+	}
+	var missing []string
+	for _, f := range files {
+		if name := strings.TrimSuffix(filepath.Base(f), ".sql"); !attached[name] {
+			missing = append(missing, name)
+		}
+	}
+	return missing, nil
+}
+
 // ForceRestore creates the force_restore_data flag: at its next start the
 // server skips its sanity checks once, takes a Replicated table's columns
 // from ZooKeeper and fetches what it lacks from the other replicas. It is
