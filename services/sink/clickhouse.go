@@ -376,7 +376,7 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // again) may hold such a part alone, so the answers count only when
 // one of the replicas that gave them holds every part committed to the
 // shard so far (fetchedAll). Otherwise Present fails with
-// errPresenceUnknown, a transient error: the shard waits, its watchdog
+// presenceUnknown, a transient error: the shard waits, its watchdog
 // and log saying on what, until the silent replica answers again or its
 // parts are fetched, for at most presenceWaitMax (see remaining).
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
@@ -459,19 +459,18 @@ func refusedAtCommit(err error) bool {
 	return errors.As(err, &ex) && ex.Code == 244 && strings.Contains(ex.Message, "while adding block")
 }
 
-// errPresenceUnknown says a presence read cannot tell what landed: a
-// replica that may hold the only copy of a part does not answer.
-var errPresenceUnknown = errors.New("presence unknown while a replica is silent")
-
-// presenceUnknown is errPresenceUnknown with what the replicas that
-// answered hold, for a caller that stops waiting (see presenceWaitMax).
+// presenceUnknown says a presence read cannot tell what landed: a replica
+// that may hold the only copy of a part does not answer. It carries what
+// the replicas that answered hold, for a caller that stops waiting (see
+// presenceWaitMax).
 type presenceUnknown struct {
 	answered map[uint64]struct{}
 	why      string
 }
 
-func (e *presenceUnknown) Error() string        { return errPresenceUnknown.Error() + ": " + e.why }
-func (e *presenceUnknown) Is(target error) bool { return target == errPresenceUnknown }
+func (e *presenceUnknown) Error() string {
+	return "presence unknown while a replica is silent: " + e.why
+}
 
 // fetchedAll tells whether replica r holds every part committed to its
 // table until now, on any replica: it has copied the whole replication

@@ -103,7 +103,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 }
 
 // presenceWaitMax bounds how long a batch waits for a silent replica that
-// may hold it alone (errPresenceUnknown): a killed replica is back in
+// may hold it alone (presenceUnknown): a killed replica is back in
 // seconds; one still gone after this long may never be.
 const presenceWaitMax = time.Minute
 

@@ -888,7 +888,8 @@ func TestLandGoesByTheAnswersOnceASilentReplicaOutlastsTheBound(t *testing.T) {
 	b := testBatch(0, 5, 7)
 	msg := newFakeMsg(0, 1, batch.Encode(b))
 
-	require.ErrorIs(t, l.land(t.Context(), msg, b, b.ID(), 1), errPresenceUnknown)
+	var unknownErr *presenceUnknown
+	require.ErrorAs(t, l.land(t.Context(), msg, b, b.ID(), 1), &unknownErr)
 	require.Equal(t, []string{"present 5-7"}, st.calls, "nothing inserted on a guess")
 	require.False(t, l.silentSince.IsZero())
 

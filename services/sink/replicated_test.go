@@ -337,6 +337,15 @@ func (e *testEnv) storeOnLaggingReplica() (st sink.Store, first, second int) {
 	return st, first, second
 }
 
+// seqSet is the set of b's EVENTS sequences, as Present answers.
+func seqSet(b *batch.Batch) map[uint64]struct{} {
+	out := make(map[uint64]struct{}, len(b.Seq))
+	for _, seq := range b.Seq {
+		out[seq] = struct{}{}
+	}
+	return out
+}
+
 // insertThrough inserts b on server i as the sink does, bypassing it.
 func (e *testEnv) insertThrough(i int, b *batch.Batch) {
 	t := e.t
@@ -363,11 +372,7 @@ func TestReplicatedPresenceAsksEveryReplica(t *testing.T) {
 
 	present, err := st.Present(ctx, 0, b1)
 	require.NoError(t, err)
-	want := map[uint64]struct{}{}
-	for _, seq := range b1.Seq {
-		want[seq] = struct{}{}
-	}
-	require.Equal(t, want, present, "b1 is present on the shard, through the first replica")
+	require.Equal(t, seqSet(b1), present, "b1 is present on the shard, through the first replica")
 }
 
 // A batch that landed on one replica alone, which then went down before
@@ -393,10 +398,7 @@ func TestReplicatedPresenceWaitsForASilentReplica(t *testing.T) {
 
 	// The first replica is back and answers: b1 is present.
 	require.NoError(t, e.ch.Servers[first].Start(ctx))
-	want := map[uint64]struct{}{}
-	for _, seq := range b1.Seq {
-		want[seq] = struct{}{}
-	}
+	want := seqSet(b1)
 	present, err := st.Present(ctx, 0, b1)
 	require.NoError(t, err)
 	require.Equal(t, want, present, "b1 present, through the first replica")
