@@ -361,7 +361,10 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	fmt.Printf("bench: latency phase: %d events/s for %s with probes\n", r.rate, f.rateFor)
 	rec.phase("latency")
-	if r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest); err != nil {
+	watched := watchBreakdown(st, f.minAge)
+	r.lat, err = latency(ctx, st.Database, ch, gen, send, r.rate, f.rateFor, f.perRequest)
+	r.breakdown = watched()
+	if err != nil {
 		return benchReport{}, err
 	}
 	if run.sinkLeg {
@@ -409,6 +412,7 @@ type benchReport struct {
 	cost         runCost // CPU and BATCHES bytes of the throughput phase
 	rate         int     // events/s of the latency phase
 	lat          latencyResult
+	breakdown    breakdown        // where the latency phase's time went
 	segment      throughputResult // --via segment: the load through /v1/batch
 	bulk, single float64          // ClickHouse reference, rows/s
 	peakHeap     uint64
@@ -444,7 +448,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
 		r.bulk, r.single, r.bulk/r.single, mib(r.peakHeap),
-		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.legSummary() + r.heapSummary()
+		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 
 // legSummary puts the sink alone and the whole path beside ClickHouse's
