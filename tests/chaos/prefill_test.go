@@ -148,22 +148,31 @@ func checkPrefillDisk(t *testing.T, info stack.Info, dir string, rows uint64) {
 	}
 }
 
+// fillChunk is the most rows one INSERT ... SELECT of fillServer puts in:
+// the server sends nothing back until its insert is done, and the
+// driver gives up on a connection silent for its read timeout (5 minutes;
+// a server here inserts about a million of these rows a second).
+const fillChunk = 50_000_000
+
 // fillServer inserts into database.events_local on the server at addr
 // (native) the n synthetic rows g = k*servers+i, k < n, their seconds
-// from first.
+// from first, in statements of at most fillChunk rows.
 func fillServer(ctx context.Context, addr, database string, i, servers int, n uint64, first int64) error {
 	conn, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, DialTimeout: 10 * time.Second})
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
 	defer conn.Close()
-	q := fmt.Sprintf(`INSERT INTO %s.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq)
+	for from := uint64(0); from < n; from += fillChunk {
+		count := min(fillChunk, n-from)
+		q := fmt.Sprintf(`INSERT INTO %s.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq)
 SELECT concat('e', toString(g)), concat('t', toString(g %% 100)), concat('u', toString(g %% 10000)),
   concat('type', toString(g %% 5)), toDateTime(%d + intDiv(g, 4), 'UTC'), toDateTime(%d + intDiv(g, 4), 'UTC'),
   '{}', g %% %d, g
-FROM (SELECT number * %d + %d AS g FROM numbers(%d))`, database, first, first, shards, servers, i, n)
-	if err := conn.Exec(ctx, q); err != nil {
-		return fmt.Errorf("insert %d rows: %w", n, err)
+FROM (SELECT (number + %d) * %d + %d AS g FROM numbers(%d))`, database, first, first, shards, from, servers, i, count)
+		if err := conn.Exec(ctx, q); err != nil {
+			return fmt.Errorf("insert rows %d-%d of %d: %w", from, from+count, n, err)
+		}
 	}
 	return nil
 }
