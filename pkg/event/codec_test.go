@@ -2,6 +2,7 @@ package event_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"testing"
 	"time"
 
@@ -119,4 +120,26 @@ func TestCodecUnknownFlags(t *testing.T) {
 	b[2] = 0x80 // the first event's flags
 	_, err := event.Decode(b)
 	require.ErrorIs(t, err, event.ErrCorrupt)
+}
+
+// BenchmarkDecode decodes a partitioner's EVENTS group of 50 events like
+// the bench's (a ULID, the default tenant, a user, a type, three
+// properties), as the batcher does for every message.
+func BenchmarkDecode(b *testing.B) {
+	events := make([]event.Event, 50)
+	ts := time.UnixMicro(1760000000123456).UTC()
+	for i := range events {
+		events[i] = event.Event{
+			EventID: fmt.Sprintf("01JABCDEFGHJKMNPQRSTV%05d", i), Tenant: "default", UserID: fmt.Sprintf("user-%d", i*7919%100000),
+			Type: "page_view", TS: ts, ReceivedAt: ts, Properties: `{"path":"/pricing","ref":"https://example.com/a","ms":123}`,
+		}
+	}
+	data := event.AppendEncoded(nil, events)
+	b.SetBytes(int64(len(data)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := event.Decode(data); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
