@@ -11,9 +11,9 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime/pprof"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -173,7 +173,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file` (file-MODE.ext for each --typed mode when there are two)")
-	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file` (file-MODE.ext for each --typed mode when there are two)")
+	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`, and of the sink leg to file-sinkleg.ext (file-MODE.ext for each --typed mode when there are two)")
 	fs.StringVar(&f.report, "report", "", "write report.html (plots of the run, self-contained) and report.json (its raw figures) into `dir` (dir/MODE for each --typed mode when there are two)")
 	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
 	fs.StringVar(&f.properties, "properties", "", "the events' properties: a generated profile, "+strings.Join(schema.Profiles, ", ")+
@@ -311,15 +311,13 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	defer ch.Close() // once, before the stack stops: a second Close of a clickhouse-go conn blocks
 
 	fmt.Printf("bench: throughput phase: %d events, %d per request, %d clients\n", f.events, f.perRequest, f.clients)
+	stopProfile := func() {}
 	if run.cpuProfile != "" {
-		pf, err := os.Create(run.cpuProfile)
-		if err != nil {
+		if stopProfile, err = startCPUProfile(run.cpuProfile); err != nil {
 			return benchReport{}, err
 		}
-		defer pf.Close()
-		if err := pprof.StartCPUProfile(pf); err != nil {
-			return benchReport{}, err
-		}
+		stopProfile = sync.OnceFunc(stopProfile)
+		defer stopProfile() // when the phase fails
 	}
 	r := benchReport{flags: f, mode: mode, loadAvg: load}
 	rec := newRunRecord(run.report, st, gen)
@@ -349,9 +347,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, perr
 		}
 	}
-	if run.cpuProfile != "" {
-		pprof.StopCPUProfile()
-	}
+	stopProfile()
 	if err != nil {
 		return benchReport{}, err
 	}
@@ -370,7 +366,11 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	if run.sinkLeg {
 		fmt.Printf("bench: sink leg: the sink stopped while %d events fill BATCHES, then started and timed alone\n", f.events)
 		rec.phase("sink leg")
-		if r.leg, err = sinkLeg(ctx, st, gen, f, func(ctx context.Context, url string) error { return poster.post(ctx, url, gen.body()) }); err != nil {
+		legProfile := ""
+		if run.cpuProfile != "" {
+			legProfile = suffixed(run.cpuProfile, "sinkleg")
+		}
+		if r.leg, err = sinkLeg(ctx, st, gen, f, legProfile, func(ctx context.Context, url string) error { return poster.post(ctx, url, gen.body()) }); err != nil {
 			return benchReport{}, fmt.Errorf("sink leg: %w", err)
 		}
 	}
@@ -458,11 +458,13 @@ func (r benchReport) legSummary() string {
 		return ""
 	}
 	return fmt.Sprintf(`  against ClickHouse's bulk rate in this run (%.0f rows/s):
-    sink leg alone              %10.0f rows/s     %3.0f%% of bulk  (%d rows from a full BATCHES in %s; the sink ready %s after its start)
+    sink leg alone              %10.0f rows/s     %3.0f%% of bulk  (%d rows from a full BATCHES in %s; the sink ready %s after its start;
+                                                                  CPU per 1M rows: the bench process %.1f s, ClickHouse %.1f s)
     end to end (inserted)       %10.0f events/s   %3.0f%% of bulk
     ingest to BATCHES           %10.0f events/s   %3.0f%% of bulk  (the hops before the sink, the sink stopped)
 `, r.bulk,
 		r.leg.sink, 100*r.leg.sink/r.bulk, r.leg.events, r.leg.sinkIn.Round(time.Millisecond), r.leg.startup.Round(time.Millisecond),
+		r.leg.cost.processPerM(), r.leg.cost.clickhousePerM(),
 		r.tp.inserted, 100*r.tp.inserted/r.bulk,
 		r.leg.upstream, 100*r.leg.upstream/r.bulk)
 }

@@ -194,3 +194,20 @@ func writeHeapProfile(path string) error {
 
 // mib is bytes in MiB.
 func mib(v uint64) float64 { return float64(v) / (1 << 20) }
+
+// startCPUProfile profiles the process's CPU into file until the returned
+// function is called.
+func startCPUProfile(file string) (func(), error) {
+	f, err := os.Create(file)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		_ = f.Close()
+	}, nil
+}

@@ -24,12 +24,16 @@ type sinkLegResult struct {
 	sinkIn   time.Duration
 	startup  time.Duration
 	inserted float64 // rows the restarted sink inserted
+	// cost is the CPU of the bench process (the sink alone runs then)
+	// and of ClickHouse while the sink emptied BATCHES.
+	cost runCost
 }
 
 // sinkLeg stops the sink, sends the throughput phase's load again until
 // the batcher has published every row into BATCHES, then starts a new
-// sink and times it emptying BATCHES into ClickHouse.
-func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags,
+// sink and times it emptying BATCHES into ClickHouse. With profile, it
+// writes a CPU profile of that emptying there.
+func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags, profile string,
 	send func(ctx context.Context, url string) error) (sinkLegResult, error) {
 	if err := st.StopPart("sink"); err != nil {
 		return sinkLegResult{}, fmt.Errorf("stop the sink: %w", err)
@@ -50,12 +54,20 @@ func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags,
 		return sinkLegResult{}, fmt.Errorf("start the sink: %w", err)
 	}
 	ready := time.Now()
+	if profile != "" {
+		stop, err := startCPUProfile(profile)
+		if err != nil {
+			return sinkLegResult{}, err
+		}
+		defer stop()
+	}
+	cost := startCost(st)
 	for {
 		// The new sink's registry counts from zero: only this phase's rows.
 		if n := stack.Sum(p.Registry, "surge_sink_rows_inserted_total"); n >= float64(events) {
 			in := time.Since(ready)
 			return sinkLegResult{events: events, upstream: up.inserted, sink: float64(events) / in.Seconds(),
-				sinkIn: in, startup: ready.Sub(begin), inserted: n}, nil
+				sinkIn: in, startup: ready.Sub(begin), inserted: n, cost: cost(events)}, nil
 		}
 		if !retry.Sleep(ctx, 5*time.Millisecond) {
 			return sinkLegResult{}, ctx.Err()

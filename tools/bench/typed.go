@@ -55,12 +55,15 @@ func modeDir(dir string, mode schema.Mode) string {
 
 // modeFile is a mode's file when the bench runs several modes:
 // file-MODE.ext; "" stays "".
-func modeFile(file string, mode schema.Mode) string {
+func modeFile(file string, mode schema.Mode) string { return suffixed(file, string(mode)) }
+
+// suffixed is file-suffix.ext; "" stays "".
+func suffixed(file, suffix string) string {
 	if file == "" {
 		return ""
 	}
 	ext := filepath.Ext(file)
-	return strings.TrimSuffix(file, ext) + "-" + string(mode) + ext
+	return strings.TrimSuffix(file, ext) + "-" + suffix + ext
 }
 
 // runCost is what the throughput phase cost: CPU time of the bench
