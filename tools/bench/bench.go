@@ -376,7 +376,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
 	rec.phase("reference")
-	if r.bulk, r.single, err = clickhouseReference(ctx, ch, st.Database); err != nil {
+	if r.bulk, r.single, r.bulkCPU, err = clickhouseReference(ctx, ch, st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
 		return benchReport{}, err
 	}
 	if r.columns, err = typedColumns(ctx, ch, st.Database); err != nil {
@@ -415,6 +415,7 @@ type benchReport struct {
 	breakdown    breakdown        // where the latency phase's time went
 	segment      throughputResult // --via segment: the load through /v1/batch
 	bulk, single float64          // ClickHouse reference, rows/s
+	bulkCPU      float64          // ClickHouse's CPU seconds per 1M rows of the bulk reference
 	peakHeap     uint64
 	heap         heapPeaks     // peakHeap and the live heap by owner
 	leg          sinkLegResult // the sink alone; zero when not run
@@ -436,7 +437,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
-  ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection)
+  ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection; ClickHouse CPU per 1M rows %.1f s)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
@@ -447,7 +448,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.bulk, r.single, r.bulk/r.single, mib(r.peakHeap),
+		r.bulk, r.bulkCPU, r.single, r.bulk/r.single, mib(r.peakHeap),
 		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 

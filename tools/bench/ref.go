@@ -14,18 +14,20 @@ import (
 // clickhouseReference measures ClickHouse alone on the same machine: bulk
 // inserts of 10,000-row blocks and single-row inserts, both through the
 // driver's batch API over one connection, with the sink's own insert
-// statement into a copy of events_local in a database of its own.
-func clickhouseReference(ctx context.Context, ch driver.Conn, db string) (bulk, single float64, err error) {
+// statement into a copy of events_local in a database of its own. cpu
+// reads ClickHouse's CPU seconds so far; bulkCPU is what the bulk inserts
+// cost per 1M rows while they ran (not the merges after).
+func clickhouseReference(ctx context.Context, ch driver.Conn, db string, cpu func() float64) (bulk, single, bulkCPU float64, err error) {
 	refDB := db + "_bench_reference"
 	if err := ch.Exec(ctx, "DROP DATABASE IF EXISTS "+refDB); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	if err := ch.Exec(ctx, "CREATE DATABASE "+refDB); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 	defer func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+refDB) }()
 	if err := ch.Exec(ctx, "CREATE TABLE "+refDB+".events_local AS "+db+".events_local"); err != nil {
-		return 0, 0, err
+		return 0, 0, 0, err
 	}
 
 	b := &batch.Batch{}
@@ -60,23 +62,24 @@ func clickhouseReference(ctx context.Context, ch driver.Conn, db string) (bulk, 
 		}
 		return pb.Send()
 	}
-	start := time.Now()
+	start, cpu0 := time.Now(), cpu()
 	const blocks = 50 // 500,000 rows: about a second, long enough to ride over a merge starting
 	for range blocks {
 		if err := insert(0, 10_000); err != nil {
-			return 0, 0, fmt.Errorf("bulk insert: %w", err)
+			return 0, 0, 0, fmt.Errorf("bulk insert: %w", err)
 		}
 	}
 	bulk = float64(blocks*10_000) / time.Since(start).Seconds()
+	bulkCPU = perMillion(cpu()-cpu0, blocks*10_000)
 
 	start = time.Now()
 	n := 0
 	for time.Since(start) < 3*time.Second {
 		if err := insert(n%10_000, n%10_000+1); err != nil {
-			return 0, 0, fmt.Errorf("single-row insert: %w", err)
+			return 0, 0, 0, fmt.Errorf("single-row insert: %w", err)
 		}
 		n++
 	}
 	single = float64(n) / time.Since(start).Seconds()
-	return bulk, single, nil
+	return bulk, single, bulkCPU, nil
 }
