@@ -204,7 +204,9 @@ func (p *Projector) admit(doc *Doc, cands []candidate, now time.Time) int {
 		if perTenant[c.tenant] >= p.cfg.MaxColumnsPerTenant || doc.Columns[c.key.name] != nil {
 			continue
 		}
-		doc.Columns[c.key.name] = &Col{Path: c.key.pointer, Type: c.key.kind.String(), Origin: Inferred, Tenant: c.tenant, Added: now}
+		// The tenant is a batch's, cut from a whole decoded message
+		// (event.Decode): a copy, so the schema does not keep the message.
+		doc.Columns[c.key.name] = &Col{Path: c.key.pointer, Type: c.key.kind.String(), Origin: Inferred, Tenant: strings.Clone(c.tenant), Added: now}
 		perTenant[c.tenant]++
 		doc.Rate.Added++
 		added++
