@@ -155,33 +155,25 @@ type hist struct {
 
 // histOf sums the series of the named histogram in reg; empty when absent.
 func histOf(reg prometheus.Gatherer, name string) hist {
-	mfs, err := reg.Gather()
-	if err != nil {
-		return hist{}
-	}
+	series, _ := stack.Series(reg, name)
 	var h hist
-	for _, mf := range mfs {
-		if mf.GetName() != name {
+	for _, m := range series {
+		ph := m.GetHistogram()
+		if ph == nil {
 			continue
 		}
-		for _, m := range mf.GetMetric() {
-			ph := m.GetHistogram()
-			if ph == nil {
-				continue
+		if h.upper == nil {
+			for _, bk := range ph.GetBucket() {
+				h.upper = append(h.upper, bk.GetUpperBound())
 			}
-			if h.upper == nil {
-				for _, bk := range ph.GetBucket() {
-					h.upper = append(h.upper, bk.GetUpperBound())
-				}
-				h.cum = make([]uint64, len(h.upper))
-			}
-			for i, bk := range ph.GetBucket() {
-				if i < len(h.cum) {
-					h.cum[i] += bk.GetCumulativeCount()
-				}
-			}
-			h.count += ph.GetSampleCount()
+			h.cum = make([]uint64, len(h.upper))
 		}
+		for i, bk := range ph.GetBucket() {
+			if i < len(h.cum) {
+				h.cum[i] += bk.GetCumulativeCount()
+			}
+		}
+		h.count += ph.GetSampleCount()
 	}
 	return h
 }
@@ -223,19 +215,11 @@ func (h hist) quantile(q float64) float64 {
 
 // gaugeValues is every series of the named gauge in reg.
 func gaugeValues(reg prometheus.Gatherer, name string) []float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		return nil
-	}
+	series, _ := stack.Series(reg, name)
 	var vals []float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if g := m.GetGauge(); g != nil {
-				vals = append(vals, g.GetValue())
-			}
+	for _, m := range series {
+		if g := m.GetGauge(); g != nil {
+			vals = append(vals, g.GetValue())
 		}
 	}
 	return vals

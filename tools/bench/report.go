@@ -243,26 +243,21 @@ func (rec *runRecord) throughputDone(tp throughputResult) error {
 
 // sinkShardRows reads surge_sink_rows_inserted_total of each shard.
 func sinkShardRows(g prometheus.Gatherer) ([]shardRows, error) {
-	mfs, err := g.Gather()
+	series, err := stack.Series(g, "surge_sink_rows_inserted_total")
 	if err != nil {
-		return nil, fmt.Errorf("gather sink metrics: %w", err)
+		return nil, err
 	}
 	var rows []shardRows
-	for _, mf := range mfs {
-		if mf.GetName() != "surge_sink_rows_inserted_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() != "shard" {
-					continue
-				}
-				k, err := strconv.Atoi(l.GetValue())
-				if err != nil {
-					return nil, fmt.Errorf("shard label %q: %w", l.GetValue(), err)
-				}
-				rows = append(rows, shardRows{Shard: k, Rows: m.GetCounter().GetValue()})
+	for _, m := range series {
+		for _, l := range m.GetLabel() {
+			if l.GetName() != "shard" {
+				continue
 			}
+			k, err := strconv.Atoi(l.GetValue())
+			if err != nil {
+				return nil, fmt.Errorf("shard label %q: %w", l.GetValue(), err)
+			}
+			rows = append(rows, shardRows{Shard: k, Rows: m.GetCounter().GetValue()})
 		}
 	}
 	slices.SortFunc(rows, func(a, b shardRows) int { return cmp.Compare(a.Shard, b.Shard) })

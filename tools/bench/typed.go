@@ -130,17 +130,9 @@ func batchesPublished(st *stack.Stack) (bytes, rows float64) {
 	if p == nil {
 		return 0, 0
 	}
-	mfs, err := p.Registry.Gather()
-	if err != nil {
-		return 0, 0
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "surge_batcher_batch_bytes" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			bytes += m.GetHistogram().GetSampleSum()
-		}
+	series, _ := stack.Series(p.Registry, "surge_batcher_batch_bytes")
+	for _, m := range series {
+		bytes += m.GetHistogram().GetSampleSum()
 	}
 	return bytes, stack.Sum(p.Registry, "surge_batcher_rows_total")
 }

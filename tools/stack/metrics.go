@@ -1,6 +1,8 @@
 package stack
 
 import (
+	"fmt"
+
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 )
@@ -11,30 +13,39 @@ func Sum(reg prometheus.Gatherer, name string) float64 { return SumWhere(reg, na
 // SumWhere is Sum over the series whose label is value; every series
 // when label is "".
 func SumWhere(reg prometheus.Gatherer, name, label, value string) float64 {
-	mfs, err := reg.Gather()
+	series, err := Series(reg, name)
 	if err != nil {
 		return 0
 	}
 	var total float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
+	for _, m := range series {
+		if label != "" && !hasLabel(m.GetLabel(), label, value) {
 			continue
 		}
-		for _, m := range mf.GetMetric() {
-			if label != "" && !hasLabel(m.GetLabel(), label, value) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				total += m.Counter.GetValue()
-			case m.Gauge != nil:
-				total += m.Gauge.GetValue()
-			case m.Untyped != nil:
-				total += m.Untyped.GetValue()
-			}
+		switch {
+		case m.Counter != nil:
+			total += m.Counter.GetValue()
+		case m.Gauge != nil:
+			total += m.Gauge.GetValue()
+		case m.Untyped != nil:
+			total += m.Untyped.GetValue()
 		}
 	}
 	return total
+}
+
+// Series is every series of the named metric in reg; none when absent.
+func Series(reg prometheus.Gatherer, name string) ([]*dto.Metric, error) {
+	mfs, err := reg.Gather()
+	if err != nil {
+		return nil, fmt.Errorf("gather %s: %w", name, err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric(), nil
+		}
+	}
+	return nil, nil
 }
 
 func hasLabel(labels []*dto.LabelPair, name, value string) bool {
