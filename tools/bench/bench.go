@@ -376,7 +376,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	fmt.Println("bench: ClickHouse reference inserts on server 0")
 	rec.phase("reference")
-	if r.bulk, r.single, r.bulkCPU, err = clickhouseReference(ctx, ch, st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
+	if r.ref, err = clickhouseReference(ctx, ch, st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
 		return benchReport{}, err
 	}
 	if r.columns, err = typedColumns(ctx, ch, st.Database); err != nil {
@@ -405,24 +405,23 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 
 // benchReport is what the phases measured.
 type benchReport struct {
-	flags        benchFlags
-	mode         schema.Mode // typed columns mode of the stack
-	tracing      string
-	tp           throughputResult
-	cost         runCost // CPU and BATCHES bytes of the throughput phase
-	rate         int     // events/s of the latency phase
-	lat          latencyResult
-	breakdown    breakdown        // where the latency phase's time went
-	segment      throughputResult // --via segment: the load through /v1/batch
-	bulk, single float64          // ClickHouse reference, rows/s
-	bulkCPU      float64          // ClickHouse's CPU seconds per 1M rows of the bulk reference
-	peakHeap     uint64
-	heap         heapPeaks     // peakHeap and the live heap by owner
-	leg          sinkLegResult // the sink alone; zero when not run
-	columns      int           // typed columns of events_local at the end
-	loadAvg      float64       // the machine's 1-minute load average before the stack started
-	queryRows    uint64        // rows the queries read
-	queries      []queryTiming
+	flags     benchFlags
+	mode      schema.Mode // typed columns mode of the stack
+	tracing   string
+	tp        throughputResult
+	cost      runCost // CPU and BATCHES bytes of the throughput phase
+	rate      int     // events/s of the latency phase
+	lat       latencyResult
+	breakdown breakdown        // where the latency phase's time went
+	segment   throughputResult // --via segment: the load through /v1/batch
+	ref       reference        // ClickHouse alone
+	peakHeap  uint64
+	heap      heapPeaks     // peakHeap and the live heap by owner
+	leg       sinkLegResult // the sink alone; zero when not run
+	columns   int           // typed columns of events_local at the end
+	loadAvg   float64       // the machine's 1-minute load average before the stack started
+	queryRows uint64        // rows the queries read
+	queries   []queryTiming
 }
 
 // summary is the report the bench prints.
@@ -437,7 +436,8 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
-  ClickHouse bulk insert        %10.0f rows/s     (10,000-row blocks, one connection; ClickHouse CPU per 1M rows %.1f s)
+  ClickHouse bulk insert        %10.0f rows/s     (this run's rows from server 0 again, 10,000-row blocks, one connection; ClickHouse CPU per 1M rows %.1f s)
+    one block repeated          %10.0f rows/s     (10,000 synthetic rows alike but for their ids, 50 times; CPU per 1M rows %.1f s)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
@@ -448,14 +448,14 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.bulk, r.bulkCPU, r.single, r.bulk/r.single, mib(r.peakHeap),
+		r.ref.bulk, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
 		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 
 // legSummary puts the sink alone and the whole path beside ClickHouse's
 // bulk rate of the same run; "" when the sink leg did not run.
 func (r benchReport) legSummary() string {
-	if r.leg.events == 0 || r.bulk == 0 {
+	if r.leg.events == 0 || r.ref.bulk == 0 {
 		return ""
 	}
 	return fmt.Sprintf(`  against ClickHouse's bulk rate in this run (%.0f rows/s):
@@ -463,11 +463,11 @@ func (r benchReport) legSummary() string {
                                                                   CPU per 1M rows: the bench process %.1f s, ClickHouse %.1f s)
     end to end (inserted)       %10.0f events/s   %3.0f%% of bulk
     ingest to BATCHES           %10.0f events/s   %3.0f%% of bulk  (the hops before the sink, the sink stopped)
-`, r.bulk,
-		r.leg.sink, 100*r.leg.sink/r.bulk, r.leg.events, r.leg.sinkIn.Round(time.Millisecond), r.leg.startup.Round(time.Millisecond),
+`, r.ref.bulk,
+		r.leg.sink, 100*r.leg.sink/r.ref.bulk, r.leg.events, r.leg.sinkIn.Round(time.Millisecond), r.leg.startup.Round(time.Millisecond),
 		r.leg.cost.processPerM(), r.leg.cost.clickhousePerM(),
-		r.tp.inserted, 100*r.tp.inserted/r.bulk,
-		r.leg.upstream, 100*r.leg.upstream/r.bulk)
+		r.tp.inserted, 100*r.tp.inserted/r.ref.bulk,
+		r.leg.upstream, 100*r.leg.upstream/r.ref.bulk)
 }
 
 // heapSummary lists the throughput phase's live heap by owner; "" when

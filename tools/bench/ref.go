@@ -3,6 +3,8 @@ package bench
 import (
 	"context"
 	"fmt"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
@@ -11,25 +13,156 @@ import (
 	"github.com/surge-events/surge/services/sink"
 )
 
-// clickhouseReference measures ClickHouse alone on the same machine: bulk
-// inserts of 10,000-row blocks and single-row inserts, both through the
-// driver's batch API over one connection, with the sink's own insert
-// statement into a copy of events_local in a database of its own. cpu
-// reads ClickHouse's CPU seconds so far; bulkCPU is what the bulk inserts
-// cost per 1M rows while they ran (not the merges after).
-func clickhouseReference(ctx context.Context, ch driver.Conn, db string, cpu func() float64) (bulk, single, bulkCPU float64, err error) {
+// reference is what ClickHouse alone does on the same machine, in rows/s,
+// and what its bulk inserts cost it.
+type reference struct {
+	// bulk inserts the run's own rows again (ownRows), in 10,000-row
+	// blocks over one connection, with the sink's insert statement: the
+	// rate the sink's shares are taken of.
+	bulk    float64
+	bulkCPU float64 // ClickHouse's CPU seconds per 1M rows of bulk
+	// repeated inserts one synthetic 10,000-row block again and again, as
+	// the bench did before it read the run's rows: identical values
+	// compress and sort for next to nothing, so it is faster than any
+	// real load and varies the most from run to run. Kept beside bulk so
+	// that figures taken with it compare.
+	repeated    float64
+	repeatedCPU float64
+	// single inserts the run's rows one per insert.
+	single float64
+}
+
+// referenceRows caps the rows the bulk reference inserts: about a second,
+// long enough to ride over a merge starting.
+const referenceRows = 500_000
+
+// clickhouseReference measures ClickHouse alone on server 0 (ch): bulk
+// and single-row inserts through the driver's batch API over one
+// connection, with the sink's own insert statement into a copy of
+// events_local in a database of its own. cpu reads ClickHouse's CPU
+// seconds so far; the CPU figures are what the bulk inserts cost while
+// they ran (not the merges after).
+func clickhouseReference(ctx context.Context, ch driver.Conn, db string, cpu func() float64) (reference, error) {
+	var ref reference
 	refDB := db + "_bench_reference"
 	if err := ch.Exec(ctx, "DROP DATABASE IF EXISTS "+refDB); err != nil {
-		return 0, 0, 0, err
+		return ref, err
 	}
 	if err := ch.Exec(ctx, "CREATE DATABASE "+refDB); err != nil {
-		return 0, 0, 0, err
+		return ref, err
 	}
 	defer func() { _ = ch.Exec(context.Background(), "DROP DATABASE IF EXISTS "+refDB) }()
 	if err := ch.Exec(ctx, "CREATE TABLE "+refDB+".events_local AS "+db+".events_local"); err != nil {
-		return 0, 0, 0, err
+		return ref, err
 	}
 
+	own, err := ownRows(ctx, ch, db, referenceRows)
+	if err != nil {
+		return ref, err
+	}
+	if own.n == 0 {
+		return ref, fmt.Errorf("bulk insert: no rows in %s.events_local on server 0", db)
+	}
+	start, cpu0 := time.Now(), cpu()
+	for from := 0; from < own.n; from += 10_000 {
+		if err := own.insert(ctx, ch, refDB, from, min(from+10_000, own.n)); err != nil {
+			return ref, fmt.Errorf("bulk insert: %w", err)
+		}
+	}
+	ref.bulk = float64(own.n) / time.Since(start).Seconds()
+	ref.bulkCPU = perMillion(cpu()-cpu0, own.n)
+
+	syn := syntheticBlock()
+	const blocks = 50
+	start, cpu0 = time.Now(), cpu()
+	for range blocks {
+		if err := syn.insert(ctx, ch, refDB, 0, syn.n); err != nil {
+			return ref, fmt.Errorf("repeated bulk insert: %w", err)
+		}
+	}
+	ref.repeated = float64(blocks*syn.n) / time.Since(start).Seconds()
+	ref.repeatedCPU = perMillion(cpu()-cpu0, blocks*syn.n)
+
+	start = time.Now()
+	n := 0
+	for time.Since(start) < 3*time.Second {
+		if err := own.insert(ctx, ch, refDB, n%own.n, n%own.n+1); err != nil {
+			return ref, fmt.Errorf("single-row insert: %w", err)
+		}
+		n++
+	}
+	ref.single = float64(n) / time.Since(start).Seconds()
+	return ref, nil
+}
+
+// rowSet is rows of events_local held column by column: every base
+// column in the order of sink.Columns, then the typed columns named, each
+// a slice of the type the driver scans it into and appends from.
+type rowSet struct {
+	typed []string
+	cols  []reflect.Value
+	n     int
+}
+
+// ownRows reads up to limit rows of events_local on one server, each
+// shard's in the order the sink inserted them, with every typed column:
+// the run's own data, as the sink sent it.
+func ownRows(ctx context.Context, ch driver.Conn, db string, limit int) (*rowSet, error) {
+	rs := &rowSet{}
+	names, err := ch.Query(ctx, "SELECT name FROM system.columns WHERE database = ? AND table = 'events_local'", db)
+	if err != nil {
+		return nil, fmt.Errorf("columns of events_local: %w", err)
+	}
+	for names.Next() {
+		var name string
+		if err := names.Scan(&name); err != nil {
+			names.Close()
+			return nil, fmt.Errorf("columns of events_local: %w", err)
+		}
+		if !batch.IsBaseColumn(name) {
+			rs.typed = append(rs.typed, name)
+		}
+	}
+	names.Close()
+	if err := names.Err(); err != nil {
+		return nil, fmt.Errorf("columns of events_local: %w", err)
+	}
+
+	all := append(append([]string{}, sink.Columns...), rs.typed...)
+	rows, err := ch.Query(ctx, fmt.Sprintf("SELECT %s FROM %s.events_local ORDER BY shard, seq LIMIT %d",
+		strings.Join(all, ", "), db, limit))
+	if err != nil {
+		return nil, fmt.Errorf("read rows of events_local: %w", err)
+	}
+	defer rows.Close()
+	types := rows.ColumnTypes()
+	for _, t := range types {
+		rs.cols = append(rs.cols, reflect.MakeSlice(reflect.SliceOf(t.ScanType()), 0, limit))
+	}
+	dest := make([]any, len(types))
+	for rows.Next() {
+		ptrs := make([]reflect.Value, len(types))
+		for i, t := range types {
+			ptrs[i] = reflect.New(t.ScanType())
+			dest[i] = ptrs[i].Interface()
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("read rows of events_local: %w", err)
+		}
+		for i, p := range ptrs {
+			rs.cols[i] = reflect.Append(rs.cols[i], p.Elem())
+		}
+		rs.n++
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read rows of events_local: %w", err)
+	}
+	return rs, nil
+}
+
+// syntheticBlock is one block of 10,000 rows alike but for their ids, as
+// the bench's reference used to insert.
+func syntheticBlock() *rowSet {
 	b := &batch.Batch{}
 	now := time.Now().UnixMicro()
 	for i := range 10_000 {
@@ -42,44 +175,40 @@ func clickhouseReference(ctx context.Context, ch driver.Conn, db string, cpu fun
 		b.Properties = append(b.Properties, `{"path":"/p/1","ref":"campaign-1","ms":100}`)
 		b.Seq = append(b.Seq, uint64(i))
 	}
-	insert := func(from, to int) error {
-		pb, err := ch.PrepareBatch(ctx, sink.InsertQuery(refDB))
-		if err != nil {
-			return err
-		}
-		defer func() {
-			if !pb.IsSent() {
-				_ = pb.Abort()
-			}
-		}()
-		// Rows from..to of b, appended as the sink appends a batch.
-		part := &batch.Batch{
-			EventID: b.EventID[from:to], Tenant: b.Tenant[from:to], UserID: b.UserID[from:to], Type: b.Type[from:to],
-			TS: b.TS[from:to], ReceivedAt: b.ReceivedAt[from:to], Properties: b.Properties[from:to], Seq: b.Seq[from:to],
-		}
-		if err := sink.AppendBatch(pb, part); err != nil {
-			return err
-		}
-		return pb.Send()
+	rs := &rowSet{n: b.Len()}
+	for _, c := range batch.BaseColumns {
+		rs.cols = append(rs.cols, reflect.ValueOf(c.Values(b)))
 	}
-	start, cpu0 := time.Now(), cpu()
-	const blocks = 50 // 500,000 rows: about a second, long enough to ride over a merge starting
-	for range blocks {
-		if err := insert(0, 10_000); err != nil {
-			return 0, 0, 0, fmt.Errorf("bulk insert: %w", err)
-		}
-	}
-	bulk = float64(blocks*10_000) / time.Since(start).Seconds()
-	bulkCPU = perMillion(cpu()-cpu0, blocks*10_000)
+	return rs
+}
 
-	start = time.Now()
-	n := 0
-	for time.Since(start) < 3*time.Second {
-		if err := insert(n%10_000, n%10_000+1); err != nil {
-			return 0, 0, 0, fmt.Errorf("single-row insert: %w", err)
-		}
-		n++
+// insert sends rows from..to of rs as one block into database's
+// events_local.
+func (rs *rowSet) insert(ctx context.Context, ch driver.Conn, database string, from, to int) error {
+	pb, err := ch.PrepareBatch(ctx, sink.InsertQuery(database, rs.typed...))
+	if err != nil {
+		return err
 	}
-	single = float64(n) / time.Since(start).Seconds()
-	return bulk, single, bulkCPU, nil
+	defer func() {
+		if !pb.IsSent() {
+			_ = pb.Abort()
+		}
+	}()
+	for i, col := range rs.cols {
+		part := col.Slice(from, to)
+		if part.Type().Elem().Kind() != reflect.Slice {
+			if err := pb.Column(i).Append(part.Interface()); err != nil {
+				return fmt.Errorf("append column %d: %w", i, err)
+			}
+			continue
+		}
+		// Arrays row by row, as the sink appends them: the driver takes a
+		// whole [][]T only by reflection on every row.
+		for r := range part.Len() {
+			if err := pb.Column(i).AppendRow(part.Index(r).Interface()); err != nil {
+				return fmt.Errorf("append column %d: %w", i, err)
+			}
+		}
+	}
+	return pb.Send()
 }

@@ -351,8 +351,13 @@ type reportSinkLeg struct {
 }
 
 type reportReference struct {
-	BulkRowsPerSecond      float64 `json:"bulk_rows_per_s"`
-	SingleRowRowsPerSecond float64 `json:"single_row_rows_per_s"`
+	// BulkRowsPerSecond inserts the run's own rows again; the sink leg's
+	// and the whole path's shares are taken of it.
+	BulkRowsPerSecond float64 `json:"bulk_rows_per_s"`
+	// RepeatedBlockRowsPerSecond inserts one synthetic block again and
+	// again, the reference of earlier runs.
+	RepeatedBlockRowsPerSecond float64 `json:"repeated_block_rows_per_s"`
+	SingleRowRowsPerSecond     float64 `json:"single_row_rows_per_s"`
 }
 
 // write ends the sampling and writes report.json, report.html and each
@@ -380,15 +385,15 @@ func (rec *runRecord) write(r benchReport) error {
 			P50Millis: r.lat.p50.Milliseconds(), P99Millis: r.lat.p99.Milliseconds(), MaxMillis: r.lat.max.Milliseconds(),
 			ProbesSeen: rec.probes(r.lat.probes),
 		},
-		Reference:     reportReference{BulkRowsPerSecond: r.bulk, SingleRowRowsPerSecond: r.single},
+		Reference:     reportReference{BulkRowsPerSecond: r.ref.bulk, RepeatedBlockRowsPerSecond: r.ref.repeated, SingleRowRowsPerSecond: r.ref.single},
 		PeakHeapBytes: r.peakHeap,
 		HeapByOwner:   r.heap.owners,
 	}
-	if r.leg.events > 0 && r.bulk > 0 {
+	if r.leg.events > 0 && r.ref.bulk > 0 {
 		d.SinkLeg = &reportSinkLeg{
 			Rows: r.leg.events, SinkRowsPerSecond: r.leg.sink, SinkSeconds: r.leg.sinkIn.Seconds(),
 			SinkStartupSeconds: r.leg.startup.Seconds(), UpstreamPerSecond: r.leg.upstream,
-			SinkShareOfBulk: r.leg.sink / r.bulk, EndToEndShareOfBulk: r.tp.inserted / r.bulk,
+			SinkShareOfBulk: r.leg.sink / r.ref.bulk, EndToEndShareOfBulk: r.tp.inserted / r.ref.bulk,
 		}
 	}
 	d.Samples = rec.stop()

@@ -68,6 +68,7 @@ func TestBenchReport(t *testing.T) {
 	assert.Equal(t, printed(`accepted \(HTTP 202\) +(\d+) events/s`), strconv.FormatFloat(d.Throughput.AcceptedPerSecond, 'f', 0, 64))
 	assert.Equal(t, printed(`inserted \(queryable\) +(\d+) events/s`), strconv.FormatFloat(d.Throughput.InsertedPerSecond, 'f', 0, 64))
 	assert.Equal(t, printed(`ClickHouse bulk insert +(\d+) rows/s`), strconv.FormatFloat(d.Reference.BulkRowsPerSecond, 'f', 0, 64))
+	assert.Equal(t, printed(`one block repeated +(\d+) rows/s`), strconv.FormatFloat(d.Reference.RepeatedBlockRowsPerSecond, 'f', 0, 64))
 	assert.Equal(t, printed(`ClickHouse single-row insert +(\d+) rows/s`), strconv.FormatFloat(d.Reference.SingleRowRowsPerSecond, 'f', 0, 64))
 	assert.Equal(t, printed(`ingest-to-queryable at (\d+)/s`), strconv.Itoa(d.Latency.Rate))
 	for _, q := range []struct {
