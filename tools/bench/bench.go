@@ -374,9 +374,9 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, fmt.Errorf("sink leg: %w", err)
 		}
 	}
-	fmt.Println("bench: ClickHouse reference inserts on server 0")
+	fmt.Println("bench: ClickHouse reference inserts")
 	rec.phase("reference")
-	if r.ref, err = clickhouseReference(ctx, ch, st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
+	if r.ref, err = clickhouseReference(ctx, st.ClickHouse.Addrs(), st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
 		return benchReport{}, err
 	}
 	if r.columns, err = typedColumns(ctx, ch, st.Database); err != nil {
@@ -436,8 +436,8 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
-  ClickHouse bulk insert        %10.0f rows/s     (this run's rows from server 0 again, 10,000-row blocks, one connection; ClickHouse CPU per 1M rows %.1f s)
-    one block repeated          %10.0f rows/s     (10,000 synthetic rows alike but for their ids, 50 times; CPU per 1M rows %.1f s)
+  ClickHouse bulk insert        %10.0f rows/s     (this run's rows again, each server its own, 10,000-row blocks, %d connections a server; CPU per 1M rows %.1f s)
+    one block repeated          %10.0f rows/s     (10,000 synthetic rows alike but for their ids, 50 times into server 0, one connection; CPU %.1f s)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
@@ -448,7 +448,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.ref.bulk, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
+		r.ref.bulk, referenceConns, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
 		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 
