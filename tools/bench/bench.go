@@ -374,9 +374,13 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, fmt.Errorf("sink leg: %w", err)
 		}
 	}
-	fmt.Println("bench: ClickHouse reference inserts")
+	settled, err := settleMerges(ctx, st.ClickHouse.Addrs())
+	if err != nil {
+		return benchReport{}, err
+	}
+	fmt.Printf("bench: ClickHouse reference inserts (merges ended %s after the last phase)\n", settled.Round(time.Millisecond))
 	rec.phase("reference")
-	if r.ref, err = clickhouseReference(ctx, st.ClickHouse.Addrs(), st.Database, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
+	if r.ref, err = clickhouseReference(ctx, st.ClickHouse.Addrs(), st.Database, f.events, func() float64 { return clickhouseCPU(st.ClickHouse) }); err != nil {
 		return benchReport{}, err
 	}
 	if r.columns, err = typedColumns(ctx, ch, st.Database); err != nil {
@@ -436,7 +440,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
-  ClickHouse bulk insert        %10.0f rows/s     (this run's rows again, each server its own, 10,000-row blocks, %d connections a server; CPU per 1M rows %.1f s)
+  ClickHouse bulk insert        %10.0f rows/s     (%d of this run's rows again, each server its own, 10,000-row blocks, %d connections a server; ClickHouse CPU per 1M rows, its merges included, %.1f s)
     one block repeated          %10.0f rows/s     (10,000 synthetic rows alike but for their ids, 50 times into server 0, one connection; CPU %.1f s)
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
@@ -448,7 +452,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
-		r.ref.bulk, referenceConns, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
+		r.ref.bulk, f.events, referenceConns, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
 		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 
@@ -460,12 +464,12 @@ func (r benchReport) legSummary() string {
 	}
 	return fmt.Sprintf(`  against ClickHouse's bulk rate in this run (%.0f rows/s):
     sink leg alone              %10.0f rows/s     %3.0f%% of bulk  (%d rows from a full BATCHES in %s; the sink ready %s after its start;
-                                                                  CPU per 1M rows: the bench process %.1f s, ClickHouse %.1f s)
+                                                                  %.0f inserts of %.0f rows on average; CPU per 1M rows: the bench process %.1f s, ClickHouse %.1f s, its merges included)
     end to end (inserted)       %10.0f events/s   %3.0f%% of bulk
     ingest to BATCHES           %10.0f events/s   %3.0f%% of bulk  (the hops before the sink, the sink stopped)
 `, r.ref.bulk,
 		r.leg.sink, 100*r.leg.sink/r.ref.bulk, r.leg.events, r.leg.sinkIn.Round(time.Millisecond), r.leg.startup.Round(time.Millisecond),
-		r.leg.cost.processPerM(), r.leg.cost.clickhousePerM(),
+		r.leg.inserts, r.leg.inserted/max(r.leg.inserts, 1), r.leg.cost.processPerM(), r.leg.cost.clickhousePerM(),
 		r.tp.inserted, 100*r.tp.inserted/r.ref.bulk,
 		r.leg.upstream, 100*r.leg.upstream/r.ref.bulk)
 }

@@ -21,11 +21,12 @@ import (
 type reference struct {
 	// bulk inserts the run's own rows again (ownRows), each server its
 	// own, in 10,000-row blocks over referenceConns connections per
-	// server at once, with the sink's insert statement: what the servers
-	// take of this load when nothing else runs, the rate the sink's
-	// shares are taken of.
+	// server at once, with the sink's insert statement, as many rows as
+	// the sink leg inserts: what the servers take of this load, merges
+	// and all, when nothing else runs; the rate the sink's shares are
+	// taken of.
 	bulk    float64
-	bulkCPU float64 // ClickHouse's CPU seconds per 1M rows of bulk
+	bulkCPU float64 // ClickHouse's CPU seconds per 1M rows of bulk, its merges included
 	// repeated inserts one synthetic 10,000-row block into server 0 again
 	// and again over one connection, as the bench did before it read the
 	// run's rows: identical values compress and sort for next to nothing,
@@ -39,8 +40,8 @@ type reference struct {
 }
 
 const (
-	// referenceRows caps the rows the bulk reference inserts: a second
-	// or two, long enough to ride over a merge starting.
+	// referenceRows caps the rows the bulk reference reads back; it
+	// inserts them again and again up to the rows it was asked for.
 	referenceRows = 500_000
 	// referenceConns is the bulk reference's connections per server: the
 	// inserts the sink has in flight on each server at the bench's default
@@ -53,10 +54,11 @@ const (
 // clickhouseReference measures ClickHouse alone: bulk and single-row
 // inserts through the driver's batch API, with the sink's own insert
 // statement into a copy of events_local in a database of its own on each
-// server (addrs). cpu reads ClickHouse's CPU seconds so far; the CPU
-// figures are what the bulk inserts cost while they ran (not the merges
-// after).
-func clickhouseReference(ctx context.Context, addrs []string, db string, cpu func() float64) (reference, error) {
+// server (addrs); the bulk inserts total rows in all. cpu reads
+// ClickHouse's CPU seconds so far; bulkCPU is what ClickHouse used from
+// the first insert until the merges they started ended, repeatedCPU
+// what it used while its inserts ran.
+func clickhouseReference(ctx context.Context, addrs []string, db string, total int, cpu func() float64) (reference, error) {
 	var ref reference
 	refDB := db + "_bench_reference"
 	conns := make([]driver.Conn, len(addrs))
@@ -80,46 +82,11 @@ func clickhouseReference(ctx context.Context, addrs []string, db string, cpu fun
 		}
 	}
 
-	own := make([]*rowSet, len(conns))
-	rows := 0
-	for i, ch := range conns {
-		rs, err := ownRows(ctx, ch, db, referenceRows/len(conns))
-		if err != nil {
-			return ref, err
-		}
-		own[i], rows = rs, rows+rs.n
-	}
-	if rows == 0 {
-		return ref, fmt.Errorf("bulk insert: no rows in %s.events_local", db)
-	}
-	start, cpu0 := time.Now(), cpu()
-	g, gctx := errgroup.WithContext(ctx)
-	for i, ch := range conns {
-		var next atomic.Int64 // the next block of server i's rows
-		for range referenceConns {
-			g.Go(func() error {
-				for {
-					from := int(next.Add(1)-1) * 10_000
-					if from >= own[i].n {
-						return nil
-					}
-					if err := own[i].insert(gctx, ch, refDB, from, min(from+10_000, own[i].n)); err != nil {
-						return fmt.Errorf("bulk insert into %s: %w", addrs[i], err)
-					}
-				}
-			})
-		}
-	}
-	if err := g.Wait(); err != nil {
-		return ref, err
-	}
-	ref.bulk = float64(rows) / time.Since(start).Seconds()
-	ref.bulkCPU = perMillion(cpu()-cpu0, rows)
-
+	// The repeated block first: the bulk's merges would run into it.
 	ch := conns[0]
 	syn := syntheticBlock()
 	const blocks = 50
-	start, cpu0 = time.Now(), cpu()
+	start, cpu0 := time.Now(), cpu()
 	for range blocks {
 		if err := syn.insert(ctx, ch, refDB, 0, syn.n); err != nil {
 			return ref, fmt.Errorf("repeated bulk insert: %w", err)
@@ -128,9 +95,51 @@ func clickhouseReference(ctx context.Context, addrs []string, db string, cpu fun
 	ref.repeated = float64(blocks*syn.n) / time.Since(start).Seconds()
 	ref.repeatedCPU = perMillion(cpu()-cpu0, blocks*syn.n)
 
+	own := make([]*rowSet, len(conns))
+	for i, ch := range conns {
+		rs, err := ownRows(ctx, ch, db, referenceRows/len(conns))
+		if err != nil {
+			return ref, err
+		}
+		if rs.n == 0 {
+			return ref, fmt.Errorf("bulk insert: no rows in %s.events_local on %s", db, addrs[i])
+		}
+		own[i] = rs
+	}
+	// Each server takes its share of total, its own rows over and over.
+	quota := max(total/len(conns), 1)
+	var inserted atomic.Int64
+	start, cpu0 = time.Now(), cpu()
+	g, gctx := errgroup.WithContext(ctx)
+	for i, ch := range conns {
+		var next atomic.Int64 // the next block of server i
+		for range referenceConns {
+			g.Go(func() error {
+				for {
+					from, to, ok := referenceBlock(int(next.Add(1)-1), own[i].n, quota)
+					if !ok {
+						return nil
+					}
+					if err := own[i].insert(gctx, ch, refDB, from, to); err != nil {
+						return fmt.Errorf("bulk insert into %s: %w", addrs[i], err)
+					}
+					inserted.Add(int64(to - from))
+				}
+			})
+		}
+	}
+	if err := g.Wait(); err != nil {
+		return ref, err
+	}
+	ref.bulk = float64(inserted.Load()) / time.Since(start).Seconds()
+	if _, err := settleMerges(ctx, addrs); err != nil {
+		return ref, err
+	}
+	ref.bulkCPU = perMillion(cpu()-cpu0, int(inserted.Load()))
+
 	start = time.Now()
 	n := 0
-	for time.Since(start) < 3*time.Second && own[0].n > 0 {
+	for time.Since(start) < 3*time.Second {
 		if err := own[0].insert(ctx, ch, refDB, n%own[0].n, n%own[0].n+1); err != nil {
 			return ref, fmt.Errorf("single-row insert: %w", err)
 		}
@@ -138,6 +147,20 @@ func clickhouseReference(ctx context.Context, addrs []string, db string, cpu fun
 	}
 	ref.single = float64(n) / time.Since(start).Seconds()
 	return ref, nil
+}
+
+// referenceBlock is block k of quota rows taken from n rows over and
+// over: rows from..to of the n, at most 10,000, cut where the n end and
+// where the quota does; ok is false past the quota.
+func referenceBlock(k, n, quota int) (from, to int, ok bool) {
+	perLap := (n + 9_999) / 10_000
+	lap, j := k/perLap, k%perLap
+	from = j * 10_000
+	before := lap*n + from // rows of the blocks before k
+	if before >= quota {
+		return 0, 0, false
+	}
+	return from, min(from+10_000, n, from+quota-before), true
 }
 
 // rowSet is rows of events_local held column by column: every base
@@ -149,9 +172,14 @@ type rowSet struct {
 	n     int
 }
 
-// ownRows reads up to limit rows of events_local on one server, each
-// shard's in the order the sink inserted them, with every typed column:
-// the run's own data, as the sink sent it.
+// ownRows reads up to limit rows of events_local on one server, with
+// every typed column: the run's own data, as the sink sent it. Each
+// shard's EVENTS messages come in the order the sink inserted them, and
+// the rows of a message in the order of their ids' hash: a part gives
+// them back sorted by the table's key, which ClickHouse would sort again
+// for less than it does the load's order (in one pair of runs the bulk
+// reference cost it 2.6 s of CPU per million rows read in the part's
+// order, 3.3 s shuffled).
 func ownRows(ctx context.Context, ch driver.Conn, db string, limit int) (*rowSet, error) {
 	rs := &rowSet{}
 	names, err := ch.Query(ctx, "SELECT name FROM system.columns WHERE database = ? AND table = 'events_local'", db)
@@ -174,7 +202,7 @@ func ownRows(ctx context.Context, ch driver.Conn, db string, limit int) (*rowSet
 	}
 
 	all := append(append([]string{}, sink.Columns...), rs.typed...)
-	rows, err := ch.Query(ctx, fmt.Sprintf("SELECT %s FROM %s.events_local ORDER BY shard, seq LIMIT %d",
+	rows, err := ch.Query(ctx, fmt.Sprintf("SELECT %s FROM %s.events_local ORDER BY shard, seq, sipHash64(event_id) LIMIT %d",
 		strings.Join(all, ", "), db, limit))
 	if err != nil {
 		return nil, fmt.Errorf("read rows of events_local: %w", err)

@@ -82,3 +82,28 @@ func TestReferenceInsertsTheRunsOwnRows(t *testing.T) {
 	require.NoError(t, ch.QueryRow(ctx, "SELECT count() FROM dst.events_local WHERE p_n IS NULL AND startsWith(event_id, 'ref-')").Scan(&n))
 	assert.Equal(t, uint64(syn.n), n)
 }
+
+// TestReferenceBlocks takes a quota of rows from fewer rows over and
+// over, in blocks of at most 10,000 cut where the rows end.
+func TestReferenceBlocks(t *testing.T) {
+	var got [][2]int
+	total := 0
+	for k := 0; ; k++ {
+		from, to, ok := referenceBlock(k, 25_000, 62_000)
+		if !ok {
+			break
+		}
+		got, total = append(got, [2]int{from, to}), total+to-from
+	}
+	assert.Equal(t, [][2]int{
+		{0, 10_000}, {10_000, 20_000}, {20_000, 25_000},
+		{0, 10_000}, {10_000, 20_000}, {20_000, 25_000},
+		{0, 10_000}, {10_000, 12_000},
+	}, got)
+	assert.Equal(t, 62_000, total)
+	// Fewer rows than a block, and a quota under them.
+	from, to, ok := referenceBlock(0, 300, 120)
+	assert.Equal(t, []any{0, 120, true}, []any{from, to, ok})
+	_, _, ok = referenceBlock(1, 300, 120)
+	assert.False(t, ok)
+}

@@ -24,6 +24,7 @@ type sinkLegResult struct {
 	sinkIn   time.Duration
 	startup  time.Duration
 	inserted float64 // rows the restarted sink inserted
+	inserts  float64 // the batches it inserted: one insert each
 	// cost is the CPU of the bench process (the sink alone runs then)
 	// and of ClickHouse while the sink emptied BATCHES.
 	cost runCost
@@ -47,6 +48,11 @@ func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags,
 		return sinkLegResult{}, fmt.Errorf("fill BATCHES: %w", err)
 	}
 	events := f.events / f.perRequest * f.perRequest
+	settled, err := settleMerges(ctx, st.ClickHouse.Addrs())
+	if err != nil {
+		return sinkLegResult{}, err
+	}
+	fmt.Printf("bench: sink leg: ClickHouse's merges ended %s after BATCHES was full\n", settled.Round(time.Millisecond))
 
 	begin := time.Now()
 	p, err := st.StartPart(ctx, "sink")
@@ -66,8 +72,14 @@ func sinkLeg(ctx context.Context, st *stack.Stack, gen *generator, f benchFlags,
 		// The new sink's registry counts from zero: only this phase's rows.
 		if n := stack.Sum(p.Registry, "surge_sink_rows_inserted_total"); n >= float64(events) {
 			in := time.Since(ready)
+			// The CPU counts the merges these inserts started, as the
+			// bulk reference's does.
+			if _, err := settleMerges(ctx, st.ClickHouse.Addrs()); err != nil {
+				return sinkLegResult{}, err
+			}
 			return sinkLegResult{events: events, upstream: up.inserted, sink: float64(events) / in.Seconds(),
-				sinkIn: in, startup: ready.Sub(begin), inserted: n, cost: cost(events)}, nil
+				sinkIn: in, startup: ready.Sub(begin), inserted: n, cost: cost(events),
+				inserts: stack.SumWhere(p.Registry, "surge_sink_batches_total", "outcome", "inserted")}, nil
 		}
 		if !retry.Sleep(ctx, 5*time.Millisecond) {
 			return sinkLegResult{}, ctx.Err()
