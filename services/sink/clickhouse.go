@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -506,27 +505,34 @@ func (s *server) fetchedAll(ctx context.Context, r *replica) (string, error) {
 	return "", nil
 }
 
-// presenceChunk is the most rows one presence query asks about: its text
-// stays well under max_query_size (256 KiB by default) with ids of a
-// hundred bytes, and its read under presenceChunk granules a part.
-const presenceChunk = 500
+// presenceChunk is the most rows one presence query asks about: a batch
+// of the default 10,000 rows is one query, and a read is under
+// presenceChunk granules a part.
+const presenceChunk = 10_000
 
 func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
 	if err := s.ensureSchema(ctx, r); err != nil {
 		return nil, err
 	}
 	present := make(map[uint64]struct{})
-	keys := make([]clickhouse.GroupSet, 0, min(presenceChunk, b.Len()))
-	ask := func(first, last uint64) error {
-		if len(keys) == 0 {
-			return nil
+	for from := 0; from < b.Len(); from += presenceChunk {
+		to := min(from+presenceChunk, b.Len())
+		keys, n, err := presenceTable(b, from, to)
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			continue
 		}
 		// log_queries: the read is in system.query_log, with its read_rows,
 		// even on servers that log no queries by default.
-		qctx := clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"max_query_size": 4 << 20, "log_queries": 1}))
-		args := []any{shard, first, last, slices.Clone(keys)} // q may outlive this call
+		qctx := clickhouse.Context(ctx, clickhouse.WithExternalTable(keys), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
+		first, last := b.Seq[from], b.Seq[to-1]
+		if to == b.Len() {
+			last = b.LastSeq
+		}
 		seqs, err := answer(ctx, func() ([]uint64, error) {
-			rows, err := r.conn.Query(qctx, PresenceQuery(s.database), args...)
+			rows, err := r.conn.Query(qctx, PresenceQuery(s.database), shard, first, last)
 			if err != nil {
 				return nil, err
 			}
@@ -543,29 +549,11 @@ func (s *server) present(ctx context.Context, r *replica, shard int, b *batch.Ba
 		})
 		if err != nil {
 			r.noteSchemaLoss(err)
-			return fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
+			return nil, fmt.Errorf("read sequences of shard %d on %s: %w", shard, r.addr, err)
 		}
 		for _, seq := range seqs {
 			present[seq] = struct{}{}
 		}
-		keys = keys[:0]
-		return nil
-	}
-	var first uint64
-	for i := 0; i < b.Len(); i++ {
-		if len(keys) == 0 {
-			first = b.Seq[i]
-		}
-		ts := time.UnixMicro(b.TS[i]).UTC().Format(time.DateTime)
-		keys = append(keys, clickhouse.GroupSet{Value: []any{b.Tenant[i], b.Type[i], ts, b.EventID[i]}})
-		if len(keys) == presenceChunk {
-			if err := ask(first, b.Seq[i]); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if err := ask(first, b.LastSeq); err != nil {
-		return nil, err
 	}
 	return present, nil
 }

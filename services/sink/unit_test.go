@@ -215,7 +215,7 @@ func TestSchemaStatementsMatchContract(t *testing.T) {
 	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted)", InsertQuery("surge"))
 	require.Equal(t, "INSERT INTO surge.events_local (event_id, tenant, user_id, type, ts, received_at, properties, shard, seq, _conflicts, _unpromoted, p_n, p_plan)",
 		InsertQuery("surge", "p_n", "p_plan"))
-	require.Equal(t, "SELECT DISTINCT seq FROM surge.events_local WHERE shard = ? AND seq >= ? AND seq <= ? AND (tenant, type, ts, event_id) IN (?)", PresenceQuery("surge"))
+	require.Equal(t, "SELECT DISTINCT seq FROM surge.events_local WHERE shard = ? AND seq >= ? AND seq <= ? AND (tenant, type, ts, event_id) IN (SELECT tenant, type, ts, event_id FROM presence_keys)", PresenceQuery("surge"))
 }
 
 func TestQueryID(t *testing.T) {
@@ -241,4 +241,42 @@ func TestZooKeeperColumns(t *testing.T) {
 	list := "columns format version: 1\n4 columns:\n`event_id` String\n`ts` DateTime('UTC')\n`_unpromoted` Array(String)\n`p_g5` Nullable(Int64)\n"
 	require.Equal(t, []string{"event_id", "ts", "_unpromoted", "p_g5"}, zooKeeperColumns(list))
 	require.Empty(t, zooKeeperColumns(""))
+}
+
+// TestPresenceTableLeavesOutWhatNoDateTimeHolds: the external table of a
+// presence query holds the rows' sorting keys, in order, but for a row
+// whose ts is out of DateTime's range, which cannot be in the table.
+func TestPresenceTableLeavesOutWhatNoDateTimeHolds(t *testing.T) {
+	at := time.Date(2026, 12, 7, 6, 0, 0, 123_456_000, time.UTC)
+	b := &batch.Batch{
+		Tenant:  []string{"t1", "t1", "t2", "t2"},
+		Type:    []string{"click", "view", "click", "view"},
+		EventID: []string{"a", "b", "c", "d"},
+		TS: []int64{at.UnixMicro(), time.Date(1900, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro(),
+			at.Add(time.Second).UnixMicro(), time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC).UnixMicro()},
+	}
+	keys, n, err := presenceTable(b, 0, 4)
+	require.NoError(t, err)
+	require.Equal(t, 2, n)
+	require.Equal(t, PresenceKeys, keys.Name())
+	require.Equal(t, "tenant String, type String, ts DateTime('UTC'), event_id String", keys.Structure())
+	block := keys.Block()
+	require.Equal(t, 2, block.Rows())
+	var rows [][]any
+	for r := range block.Rows() {
+		var row []any
+		for _, c := range block.Columns {
+			row = append(row, c.Row(r, false))
+		}
+		rows = append(rows, row)
+	}
+	require.Equal(t, [][]any{
+		{"t1", "click", at.Truncate(time.Second), "a"},
+		{"t2", "click", at.Add(time.Second).Truncate(time.Second), "c"},
+	}, rows)
+
+	// Rows from..to only.
+	_, n, err = presenceTable(b, 2, 3)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
 }
