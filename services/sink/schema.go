@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2/ext"
+
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/schema"
 )
