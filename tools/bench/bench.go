@@ -107,22 +107,34 @@ func Run(args []string) error {
 		return benchDedup(ctx, f, gen)
 	}
 	if len(f.modes) > 1 {
-		var runs []benchReport
-		for _, mode := range f.modes {
+		// The modes, then again in reverse (off, infer, infer, off): a
+		// stack runs slower after another, and the order cancels that.
+		back := slices.Clone(f.modes)
+		slices.Reverse(back)
+		order := append(slices.Clone(f.modes), back...)
+		byMode := map[schema.Mode][]benchReport{}
+		var all []benchReport
+		for i, mode := range order {
 			cfg := schema.DefaultConfig()
 			cfg.Mode = mode
-			// Each mode starts from an empty folder, so from an empty table.
+			label := schema.Mode(fmt.Sprintf("%s-%d", mode, i+1))
+			// Each run starts from an empty folder, so from an empty table.
 			r, err := benchStack(ctx, f, gen, stackRun{
-				dir: modeDir(f.dir, mode), fresh: true, schema: &cfg,
-				report: modeDir(f.report, mode), cpuProfile: modeFile(f.cpuProfile, mode), memProfile: modeFile(f.memProfile, mode),
+				dir: modeDir(f.dir, label), fresh: true, schema: &cfg,
+				report: modeDir(f.report, label), cpuProfile: modeFile(f.cpuProfile, label), memProfile: modeFile(f.memProfile, label),
 			})
 			if err != nil {
-				return fmt.Errorf("typed columns %s: %w", mode, err)
+				return fmt.Errorf("typed columns %s, run %d: %w", mode, i+1, err)
 			}
-			runs = append(runs, r)
+			byMode[mode] = append(byMode[mode], r)
+			all = append(all, r)
 		}
-		fmt.Print(typedReport(f, gen, runs))
-		for _, r := range runs {
+		var runs []benchReport
+		for _, mode := range f.modes {
+			runs = append(runs, meanRuns(byMode[mode]))
+		}
+		fmt.Print(typedReport(f, gen, runs, all))
+		for _, r := range all {
 			if len(r.queries) > 0 {
 				fmt.Print(queryReport(r))
 			}
@@ -178,8 +190,8 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
 	fs.StringVar(&f.properties, "properties", "", "the events' properties: a generated profile, "+strings.Join(schema.Profiles, ", ")+
 		" (seeded, the same every run); default: three keys, path, ref and ms")
-	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, then infer, each on a fresh stack, "+
-		"then the two side by side and, after infer, the same queries over typed columns and over properties); "+
+	typed := fs.String("typed", "", "typed columns mode of the batcher and the sink: off, infer, or both (off, infer, infer, off, each on a fresh stack, "+
+		"then each mode's two runs averaged side by side and, after each infer run, the same queries over typed columns and over properties); "+
 		"default: both with --properties, otherwise one run with the schema section's default ("+string(schema.DefaultConfig().Mode)+")")
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")

@@ -162,9 +162,36 @@ func typedColumns(ctx context.Context, ch driver.Conn, db string) (int, error) {
 	return int(n), nil
 }
 
-// typedReport is the runs of each typed columns mode side by side, with
-// the last mode's figures over the first's.
-func typedReport(f benchFlags, gen *generator, runs []benchReport) string {
+// meanRuns is one mode's runs as one: rates, latencies, heap and load
+// averaged, CPU and BATCHES bytes pooled over all their events.
+func meanRuns(runs []benchReport) benchReport {
+	m := runs[0]
+	m.tp, m.rate, m.lat, m.cost, m.peakHeap, m.loadAvg = throughputResult{}, 0, latencyResult{}, runCost{}, 0, 0
+	n := float64(len(runs))
+	for _, r := range runs {
+		m.tp.accepted += r.tp.accepted / n
+		m.tp.inserted += r.tp.inserted / n
+		m.rate += int(float64(r.rate) / n)
+		m.lat.p50 += time.Duration(float64(r.lat.p50) / n)
+		m.lat.p99 += time.Duration(float64(r.lat.p99) / n)
+		m.lat.n += r.lat.n
+		m.cost.events += r.cost.events
+		m.cost.process += r.cost.process
+		m.cost.clickhouse += r.cost.clickhouse
+		m.cost.batchBytes += r.cost.batchBytes
+		m.cost.batchRows += r.cost.batchRows
+		m.peakHeap += uint64(float64(r.peakHeap) / n)
+		m.loadAvg += r.loadAvg / n
+		m.columns = max(m.columns, r.columns)
+	}
+	return m
+}
+
+// typedReport is each typed columns mode side by side (runs, one per
+// mode, each the mean of its runs), with the last mode's figures over the
+// first's, after the inserted rate of every run in the order they ran
+// (all).
+func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	var b strings.Builder
 	first, last := runs[0], runs[len(runs)-1]
 	ratio := func(v func(benchReport) float64) string {
@@ -187,6 +214,9 @@ func typedReport(f benchFlags, gen *generator, runs []benchReport) string {
 	accepted := map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via]
 	fmt.Fprintf(&b, "\nSurge bench, typed columns %s (properties %s; the same load in each: %d events, %d clients x %d events/request via %s, %d shards, %d ClickHouse servers)\n",
 		strings.Join(modes, " vs "), f.properties, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest, f.via, f.shards, f.servers)
+	for i, r := range all {
+		fmt.Fprintf(&b, "  run %d %-6s inserted %.0f events/s, accepted %.0f events/s, p99 at half rate %s\n", i+1, r.mode, r.tp.inserted, r.tp.accepted, r.lat.p99)
+	}
 	row("", func(r benchReport) string { return string(r.mode) }, string(last.mode)+"/"+string(first.mode))
 	row(accepted, func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.accepted) }, ratio(func(r benchReport) float64 { return r.tp.accepted }))
 	row("inserted (queryable)", func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.inserted) }, ratio(func(r benchReport) float64 { return r.tp.inserted }))
@@ -206,7 +236,8 @@ func typedReport(f benchFlags, gen *generator, runs []benchReport) string {
 		rate = fmt.Sprintf("%d events/s (--rate)", f.rate)
 	}
 	def := schema.DefaultConfig()
-	fmt.Fprintf(&b, "  each mode on a fresh stack (empty data folder and table), one after the other; latency phase at %s\n", rate)
+	fmt.Fprintf(&b, "  each run on a fresh stack (empty data folder and table), in the order above: a stack runs slower after another, and\n")
+	fmt.Fprintf(&b, "  running the modes there and back cancels that; each mode's runs averaged (CPU and bytes pooled); latency phase at %s\n", rate)
 	fmt.Fprintf(&b, "  CPU: seconds used in the throughput phase, from /proc. The bench process runs the four services, the embedded NATS\n")
 	fmt.Fprintf(&b, "       server and the load generator: the bench does not split it by service. ClickHouse: every clickhouse-server process\n")
 	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included\n", float64(gen.size())/(1<<20))

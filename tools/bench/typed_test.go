@@ -74,10 +74,22 @@ func TestTypedReport(t *testing.T) {
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
 		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000},
 		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25}
-	out := typedReport(f, gen, []benchReport{off, infer})
+	// The four runs, there and back, each mode's two averaged.
+	off1, off2, infer1, infer2 := off, off, infer, infer
+	off1.tp.inserted, off2.tp.inserted = 70_000, 90_000
+	infer1.tp.inserted, infer2.tp.inserted = 65_000, 55_000
+	all := []benchReport{off1, infer1, infer2, off2}
+	out := typedReport(f, gen, []benchReport{meanRuns([]benchReport{off1, off2}), meanRuns([]benchReport{infer1, infer2})}, all)
 	lines := strings.Split(out, "\n")
-	require.GreaterOrEqual(t, len(lines), 16)
+	require.GreaterOrEqual(t, len(lines), 20)
 	assert.Equal(t, "Surge bench, typed columns off vs infer (properties p20; the same load in each: 300000 events, 8 clients x 500 events/request via http, 8 shards, 2 ClickHouse servers)", lines[1])
+	assert.Equal(t, []string{
+		"  run 1 off    inserted 70000 events/s, accepted 100000 events/s, p99 at half rate 400ms",
+		"  run 2 infer  inserted 65000 events/s, accepted 90000 events/s, p99 at half rate 500ms",
+		"  run 3 infer  inserted 55000 events/s, accepted 90000 events/s, p99 at half rate 500ms",
+		"  run 4 off    inserted 90000 events/s, accepted 100000 events/s, p99 at half rate 400ms",
+	}, lines[2:6])
+	lines = append(lines[:2], lines[6:]...)
 	assert.Regexp(t, `^ +off +infer +infer/off$`, lines[2])
 	for i, re := range []string{
 		`^  accepted \(HTTP 202\) +100000 events/s +90000 events/s +0\.90x$`,
@@ -85,7 +97,7 @@ func TestTypedReport(t *testing.T) {
 		`^  ingest-to-queryable rate +40000 events/s +30000 events/s$`,
 		`^    p50 +200ms +250ms +1\.25x$`,
 		`^    p99 +400ms +500ms +1\.25x$`,
-		`^    probes +190 +185$`,
+		`^    probes +380 +370$`,
 		`^  CPU per 1M events, bench +20\.0 s +30\.0 s +1\.50x$`,
 		`^  CPU per 1M events, ClickHouse +5\.0 s +10\.0 s +2\.00x$`,
 		`^  peak Go heap, full load +64 MiB +96 MiB +1\.50x$`,
@@ -95,7 +107,7 @@ func TestTypedReport(t *testing.T) {
 	} {
 		assert.Regexp(t, re, lines[3+i])
 	}
-	assert.Contains(t, out, "latency phase at half each mode's own inserted rate")
+	assert.Contains(t, out, "each mode's runs averaged (CPU and bytes pooled); latency phase at half each mode's own inserted rate")
 	assert.Contains(t, out, "the load generator's 3 MiB of request bodies included")
 	assert.Contains(t, out, "the bench does not split it by service")
 	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
@@ -109,7 +121,7 @@ func TestTypedReport(t *testing.T) {
 
 	// A zero figure of the first mode has no ratio; a fixed rate says so.
 	f.rate = 20_000
-	out = typedReport(f, gen, []benchReport{{mode: schema.Off}, infer})
+	out = typedReport(f, gen, []benchReport{{mode: schema.Off}, infer}, nil)
 	assert.Regexp(t, `(?m)^  accepted \(HTTP 202\) +0 events/s +90000 events/s +-$`, out)
 	assert.Contains(t, out, "latency phase at 20000 events/s (--rate)")
 }
@@ -231,4 +243,31 @@ func TestQueriesOfTheProfiles(t *testing.T) {
 			assert.Equal(t, tc.run, run)
 		})
 	}
+}
+
+// TestMeanRuns: rates, latencies, heap and load are averaged; CPU and
+// bytes pooled over both runs' events, so a longer run weighs more.
+func TestMeanRuns(t *testing.T) {
+	a := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 100, inserted: 80}, rate: 40,
+		lat:      latencyResult{p50: 100 * time.Millisecond, p99: 300 * time.Millisecond, n: 10},
+		cost:     runCost{events: 100_000, process: 1, clickhouse: 2, batchBytes: 1_000, batchRows: 100},
+		peakHeap: 100 << 20, columns: 20, loadAvg: 1}
+	b := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 200, inserted: 40}, rate: 20,
+		lat:      latencyResult{p50: 300 * time.Millisecond, p99: 500 * time.Millisecond, n: 12},
+		cost:     runCost{events: 300_000, process: 7, clickhouse: 2, batchBytes: 3_000, batchRows: 100},
+		peakHeap: 200 << 20, columns: 19, loadAvg: 2}
+	m := meanRuns([]benchReport{a, b})
+	assert.Equal(t, schema.Infer, m.mode)
+	assert.InDelta(t, 150.0, m.tp.accepted, 1e-9)
+	assert.InDelta(t, 60.0, m.tp.inserted, 1e-9)
+	assert.Equal(t, 30, m.rate)
+	assert.Equal(t, 200*time.Millisecond, m.lat.p50)
+	assert.Equal(t, 400*time.Millisecond, m.lat.p99)
+	assert.Equal(t, 22, m.lat.n)
+	assert.InDelta(t, 20.0, m.cost.processPerM(), 1e-9) // 8 s over 400,000 events
+	assert.InDelta(t, 10.0, m.cost.clickhousePerM(), 1e-9)
+	assert.InDelta(t, 20.0, m.cost.batchBytesPerEvent(), 1e-9)
+	assert.Equal(t, uint64(150<<20), m.peakHeap)
+	assert.InDelta(t, 1.5, m.loadAvg, 1e-9)
+	assert.Equal(t, 20, m.columns)
 }
