@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -14,13 +13,14 @@ import (
 	"github.com/surge-events/surge/tools/stack"
 )
 
-// offOn is a comparison of a feature off and on, as --tenants and --dedup
-// run it: four fresh stacks in the order off, on, on, off. On this machine
-// a stack runs slower after another (the first one's files are still being
-// written back), which alone moved a single off-then-on ratio from 0.5 to
-// 1.3; the ABBA order cancels it. Each mode's two runs are averaged.
+// offOn is a comparison of a feature off and on, as --tenants, --dedup
+// and --typed both run it: four fresh stacks in the order off, on, on,
+// off. On this machine a stack runs slower after another (the first one's
+// files are still being written back), which alone moved a single
+// off-then-on ratio from 0.5 to 1.3; the ABBA order cancels it. Each
+// mode's two runs are averaged (meanRuns).
 type offOn struct {
-	// name is the feature, for labels ("quotas", "dedup").
+	// name is the feature, for labels ("quotas", "dedup", "typed").
 	name string
 	// run is the stack of one mode, its dir and outputs left to runOffOn.
 	run func(on bool) stackRun
@@ -46,21 +46,10 @@ func runOffOn(ctx context.Context, f benchFlags, gen *generator, c offOn) (offs,
 	return offs, ons, nil
 }
 
-// mean is the average of the runs' throughput and p99.
-func mean(runs []benchReport) benchReport {
-	var m benchReport
-	for _, r := range runs {
-		m.tp.accepted += r.tp.accepted / float64(len(runs))
-		m.tp.inserted += r.tp.inserted / float64(len(runs))
-		m.lat.p99 += r.lat.p99 / time.Duration(len(runs))
-	}
-	return m
-}
-
 // offOnReport prints the four runs, then each mode averaged and the ratio,
 // under title.
 func offOnReport(title, name string, offs, ons []benchReport) string {
-	off, on := mean(offs), mean(ons)
+	off, on := meanRuns(offs), meanRuns(ons)
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n%s; stacks run off, on, on, off, each mode's two averaged)\n", title)
 	for i, r := range []benchReport{offs[0], ons[0], ons[1], offs[1]} {

@@ -74,9 +74,9 @@ type benchFlags struct {
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
 // throughput phase (load.go over HTTP, nats.go over NATS), a
 // latency phase (latency.go) and a reference of ClickHouse alone
-// (ref.go), then prints one report. With more than one --typed mode
-// it does so once per mode, each on a fresh stack, and prints the modes
-// side by side (typed.go).
+// (ref.go), then prints one report. With --typed both it does so on
+// four fresh stacks, off, infer, infer, off, and prints the modes side by
+// side (typed.go).
 func Run(args []string) error {
 	f, err := parseBenchFlags(args)
 	if err != nil {
@@ -107,39 +107,7 @@ func Run(args []string) error {
 		return benchDedup(ctx, f, gen)
 	}
 	if len(f.modes) > 1 {
-		// The modes, then again in reverse (off, infer, infer, off): a
-		// stack runs slower after another, and the order cancels that.
-		back := slices.Clone(f.modes)
-		slices.Reverse(back)
-		order := append(slices.Clone(f.modes), back...)
-		byMode := map[schema.Mode][]benchReport{}
-		var all []benchReport
-		for i, mode := range order {
-			cfg := schema.DefaultConfig()
-			cfg.Mode = mode
-			label := schema.Mode(fmt.Sprintf("%s-%d", mode, i+1))
-			// Each run starts from an empty folder, so from an empty table.
-			r, err := benchStack(ctx, f, gen, stackRun{
-				dir: modeDir(f.dir, label), fresh: true, schema: &cfg,
-				report: modeDir(f.report, label), cpuProfile: modeFile(f.cpuProfile, label), memProfile: modeFile(f.memProfile, label),
-			})
-			if err != nil {
-				return fmt.Errorf("typed columns %s, run %d: %w", mode, i+1, err)
-			}
-			byMode[mode] = append(byMode[mode], r)
-			all = append(all, r)
-		}
-		var runs []benchReport
-		for _, mode := range f.modes {
-			runs = append(runs, meanRuns(byMode[mode]))
-		}
-		fmt.Print(typedReport(f, gen, runs, all))
-		for _, r := range all {
-			if len(r.queries) > 0 {
-				fmt.Print(queryReport(r))
-			}
-		}
-		return nil
+		return benchTyped(ctx, f, gen)
 	}
 
 	run := stackRun{dir: f.dir, report: f.report, cpuProfile: f.cpuProfile, memProfile: f.memProfile, sinkLeg: f.sinkLeg}

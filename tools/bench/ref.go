@@ -95,6 +95,10 @@ func clickhouseReference(ctx context.Context, addrs []string, db string, total i
 	ref.repeated = float64(blocks*syn.n) / time.Since(start).Seconds()
 	ref.repeatedCPU = perMillion(cpu()-cpu0, blocks*syn.n)
 
+	// The bulk starts on an idle ClickHouse, as the sink leg does.
+	if _, err := settleMerges(ctx, addrs); err != nil {
+		return ref, err
+	}
 	own := make([]*rowSet, len(conns))
 	for i, ch := range conns {
 		rs, err := ownRows(ctx, ch, db, referenceRows/len(conns))

@@ -162,6 +162,28 @@ func typedColumns(ctx context.Context, ch driver.Conn, db string) (int, error) {
 	return int(n), nil
 }
 
+// benchTyped runs typed columns off and inferred on four fresh stacks
+// (offOn: off, infer, infer, off) and prints each mode averaged side by
+// side, then the queries after each inferred run.
+func benchTyped(ctx context.Context, f benchFlags, gen *generator) error {
+	offs, ons, err := runOffOn(ctx, f, gen, offOn{name: "typed", run: func(on bool) stackRun {
+		cfg := schema.DefaultConfig()
+		cfg.Mode = map[bool]schema.Mode{false: schema.Off, true: schema.Infer}[on]
+		return stackRun{schema: &cfg}
+	}})
+	if err != nil {
+		return err
+	}
+	all := []benchReport{offs[0], ons[0], ons[1], offs[1]}
+	fmt.Print(typedReport(f, gen, []benchReport{meanRuns(offs), meanRuns(ons)}, all))
+	for _, r := range all {
+		if len(r.queries) > 0 {
+			fmt.Print(queryReport(r))
+		}
+	}
+	return nil
+}
+
 // meanRuns is one mode's runs as one: rates, latencies, heap and load
 // averaged, CPU and BATCHES bytes pooled over all their events.
 func meanRuns(runs []benchReport) benchReport {
