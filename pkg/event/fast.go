@@ -22,12 +22,21 @@ const maxFastDepth = 64
 
 // parseFast returns the events of data, or false to defer to the general path.
 func (p *Parser) parseFast(data []byte, format Format, tenant string, received time.Time, newID func(time.Time) string) ([]Event, bool) {
-	var raws [][]byte
+	var events []Event
 	switch format {
 	case FormatNDJSON:
-		var err error
-		if raws, err = splitNDJSON(data, p.Limits.MaxEvents); err != nil {
+		raws, err := splitNDJSON(data, p.Limits.MaxEvents)
+		if err != nil || len(raws) == 0 {
 			return nil, false
+		}
+		events = make([]Event, len(raws))
+		for i, raw := range raws {
+			if p.Limits.MaxEventBytes > 0 && len(raw) > p.Limits.MaxEventBytes {
+				return nil, false
+			}
+			if !fastEvent(raw, &events[i], received) {
+				return nil, false
+			}
 		}
 	default:
 		data = bytes.TrimSpace(data)
@@ -35,25 +44,19 @@ func (p *Parser) parseFast(data []byte, format Format, tenant string, received t
 			return nil, false
 		}
 		if data[0] == '{' {
-			raws = [][]byte{data}
-		} else if raws = splitArray(data, p.Limits.MaxEvents); raws == nil {
+			if p.Limits.MaxEventBytes > 0 && len(data) > p.Limits.MaxEventBytes {
+				return nil, false
+			}
+			events = make([]Event, 1)
+			if !fastEvent(data, &events[0], received) {
+				return nil, false
+			}
+		} else if events = p.fastArray(data, received); events == nil {
 			return nil, false
 		}
-	}
-	if len(raws) == 0 {
-		return nil, false
-	}
-	events := make([]Event, len(raws))
-	for i, raw := range raws {
-		if p.Limits.MaxEventBytes > 0 && len(raw) > p.Limits.MaxEventBytes {
-			return nil, false
-		}
-		if !fastEvent(raw, &events[i], received) {
-			return nil, false
-		}
-		events[i].Tenant = tenant
 	}
 	for i := range events {
+		events[i].Tenant = tenant
 		if events[i].EventID == "" {
 			events[i].EventID, events[i].IDGenerated = newID(received), true
 		}
@@ -61,27 +64,48 @@ func (p *Parser) parseFast(data []byte, format Format, tenant string, received t
 	return events, true
 }
 
-// splitArray returns the spans of the objects of a JSON array, or nil when
-// data is anything but an array of one or more objects within maxEvents.
-func splitArray(data []byte, maxEvents int) [][]byte {
+// fastArray reads a JSON array of one or more event objects within the
+// limits in one pass: each object is parsed where the walk over the
+// array finds it, its bytes read once (splitting the array first and
+// parsing each span after read every byte twice, a third of ingest's CPU
+// with twenty properties an event). nil means the general path decides.
+func (p *Parser) fastArray(data []byte, received time.Time) []Event {
 	s := scanner{b: data}
 	if !s.consume('[') {
 		return nil
 	}
-	var raws [][]byte
+	var events []Event
 	for {
 		s.ws()
 		if s.peek() != '{' {
 			return nil
 		}
+		if p.Limits.MaxEvents > 0 && len(events) >= p.Limits.MaxEvents {
+			return nil
+		}
 		start := s.i
-		if !s.skipValue(0, nil) {
+		events = append(events, Event{})
+		if !s.event(&events[len(events)-1], received) {
 			return nil
 		}
-		if maxEvents > 0 && len(raws) >= maxEvents {
+		size := s.i - start
+		if p.Limits.MaxEventBytes > 0 && size > p.Limits.MaxEventBytes {
 			return nil
 		}
-		raws = append(raws, data[start:s.i])
+		if len(events) == 1 {
+			// The events of one request are alike in size more often than
+			// not: room for as many as the first one's size fits in the
+			// body spares growing the slice by copies (at 500 events of
+			// the bench's default properties, 121 KB allocated against
+			// 210 KB by appends). A small first event gets more room than
+			// the rest need, never more than Limits.MaxEvents (1,024 with
+			// no limit; appends take it from there).
+			n := min(len(data)/(size+1)+1, 1024)
+			if p.Limits.MaxEvents > 0 {
+				n = min(len(data)/(size+1)+1, p.Limits.MaxEvents)
+			}
+			events = append(make([]Event, 0, n), events[0])
+		}
 		s.ws()
 		if s.consume(',') {
 			continue
@@ -90,17 +114,30 @@ func splitArray(data []byte, maxEvents int) [][]byte {
 			return nil
 		}
 		s.ws()
-		if s.i != len(s.b) {
+		// s.bad: some key or string (in properties too) is not valid
+		// text; the general path names it.
+		if s.i != len(s.b) || s.bad {
 			return nil
 		}
-		return raws
+		return events
 	}
 }
 
-// fastEvent fills ev from one event object, or returns false.
+// fastEvent fills ev from raw, one event object and nothing else, or
+// returns false.
 func fastEvent(raw []byte, ev *Event, received time.Time) bool {
-	*ev = Event{ReceivedAt: received, TS: received, Properties: "{}"}
 	s := scanner{b: raw}
+	if !s.event(ev, received) {
+		return false
+	}
+	s.ws()
+	return s.i == len(s.b) && !s.bad
+}
+
+// event fills ev from the event object at s, or returns false; s.bad is
+// the caller's to check.
+func (s *scanner) event(ev *Event, received time.Time) bool {
+	*ev = Event{ReceivedAt: received, TS: received, Properties: "{}"}
 	if !s.consume('{') {
 		return false
 	}
@@ -205,7 +242,7 @@ func fastEvent(raw []byte, ev *Event, received time.Time) bool {
 			if !s.skipValue(0, &spaced) {
 				return false
 			}
-			props := raw[start:s.i]
+			props := s.b[start:s.i]
 			if spaced {
 				var buf bytes.Buffer
 				if json.Compact(&buf, props) != nil {
@@ -223,9 +260,42 @@ func fastEvent(raw []byte, ev *Event, received time.Time) bool {
 		if !s.consume('}') {
 			return false
 		}
+		return haveUser && haveType
+	}
+}
+
+// splitArray returns the spans of the objects of a JSON array, or nil when
+// data is anything but an array of one or more objects within maxEvents.
+func splitArray(data []byte, maxEvents int) [][]byte {
+	s := scanner{b: data}
+	if !s.consume('[') {
+		return nil
+	}
+	var raws [][]byte
+	for {
 		s.ws()
-		// s.bad: some key or string (in properties too) is not valid
-		// text; the general path names it.
-		return s.i == len(s.b) && haveUser && haveType && !s.bad
+		if s.peek() != '{' {
+			return nil
+		}
+		start := s.i
+		if !s.skipValue(0, nil) {
+			return nil
+		}
+		if maxEvents > 0 && len(raws) >= maxEvents {
+			return nil
+		}
+		raws = append(raws, data[start:s.i])
+		s.ws()
+		if s.consume(',') {
+			continue
+		}
+		if !s.consume(']') {
+			return nil
+		}
+		s.ws()
+		if s.i != len(s.b) {
+			return nil
+		}
+		return raws
 	}
 }
