@@ -425,7 +425,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   ClickHouse single-row insert  %10.0f rows/s     (bulk is %.0fx faster)
   peak Go heap, full load       %10.0f MiB        (all four services and the load generator, one process)
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
-  BATCHES bytes per event       %10.0f            (encoded batches the batcher published)
+  BATCHES bytes per event       %10.0f            (encoded batches the batcher published, throughput phase: %.0f of %.0f rows on average)
   typed columns in events_local %10d
 `, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
@@ -433,7 +433,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
 		r.ref.bulk, f.events, referenceConns, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
-		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
+		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.cost.batches, r.cost.rowsPerBatch(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
 }
 
 // legSummary puts the sink alone and the whole path beside ClickHouse's

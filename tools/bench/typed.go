@@ -73,6 +73,7 @@ type runCost struct {
 	process, clickhouse float64 // CPU seconds
 	batchBytes          float64 // encoded bytes of the batches the batcher published
 	batchRows           float64 // rows in those batches
+	batches             float64 // how many
 }
 
 func perMillion(v float64, events int) float64 {
@@ -96,15 +97,23 @@ func (c runCost) batchBytesPerEvent() float64 {
 	return c.batchBytes / c.batchRows
 }
 
+// rowsPerBatch is the rows of a published batch on average.
+func (c runCost) rowsPerBatch() float64 {
+	if c.batches == 0 {
+		return 0
+	}
+	return c.batchRows / c.batches
+}
+
 // startCost reads the counters now; the returned function reads them
 // again and returns the difference, for events events.
 func startCost(st *stack.Stack) func(events int) runCost {
 	p0, c0 := processCPU(), clickhouseCPU(st.ClickHouse)
-	b0, r0 := batchesPublished(st)
+	b0, r0, n0 := batchesPublished(st)
 	return func(events int) runCost {
 		p, c := processCPU(), clickhouseCPU(st.ClickHouse)
-		b, r := batchesPublished(st)
-		return runCost{events: events, process: p - p0, clickhouse: c - c0, batchBytes: b - b0, batchRows: r - r0}
+		b, r, n := batchesPublished(st)
+		return runCost{events: events, process: p - p0, clickhouse: c - c0, batchBytes: b - b0, batchRows: r - r0, batches: n - n0}
 	}
 }
 
@@ -122,19 +131,20 @@ func processCPU() float64 {
 	return s.CPUTime()
 }
 
-// batchesPublished is the encoded bytes and the rows of every batch the
-// stack's batcher has published (surge_batcher_batch_bytes's sum and
-// surge_batcher_rows_total).
-func batchesPublished(st *stack.Stack) (bytes, rows float64) {
+// batchesPublished is the encoded bytes, the rows and the number of the
+// batches the stack's batcher has published (surge_batcher_batch_bytes's
+// sum and count, and surge_batcher_rows_total).
+func batchesPublished(st *stack.Stack) (bytes, rows, batches float64) {
 	p := st.Part("batcher")
 	if p == nil {
-		return 0, 0
+		return 0, 0, 0
 	}
 	series, _ := stack.Series(p.Registry, "surge_batcher_batch_bytes")
 	for _, m := range series {
 		bytes += m.GetHistogram().GetSampleSum()
+		batches += float64(m.GetHistogram().GetSampleCount())
 	}
-	return bytes, stack.Sum(p.Registry, "surge_batcher_rows_total")
+	return bytes, stack.Sum(p.Registry, "surge_batcher_rows_total"), batches
 }
 
 // loadAverage is the machine's 1-minute load average; 0 where
@@ -202,6 +212,7 @@ func meanRuns(runs []benchReport) benchReport {
 		m.cost.clickhouse += r.cost.clickhouse
 		m.cost.batchBytes += r.cost.batchBytes
 		m.cost.batchRows += r.cost.batchRows
+		m.cost.batches += r.cost.batches
 		m.peakHeap += uint64(float64(r.peakHeap) / n)
 		m.loadAvg += r.loadAvg / n
 		m.columns = max(m.columns, r.columns)
@@ -250,6 +261,7 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	row("CPU per 1M events, ClickHouse", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.clickhousePerM()) }, ratio(func(r benchReport) float64 { return r.cost.clickhousePerM() }))
 	row("peak Go heap, full load", func(r benchReport) string { return fmt.Sprintf("%.0f MiB", mib(r.peakHeap)) }, ratio(func(r benchReport) float64 { return float64(r.peakHeap) }))
 	row("BATCHES bytes per event", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.batchBytesPerEvent()) }, ratio(func(r benchReport) float64 { return r.cost.batchBytesPerEvent() }))
+	row("rows per batch", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.rowsPerBatch()) }, ratio(func(r benchReport) float64 { return r.cost.rowsPerBatch() }))
 	row("typed columns in events_local", func(r benchReport) string { return fmt.Sprint(r.columns) }, "")
 	row("load average before the run", func(r benchReport) string { return fmt.Sprintf("%.2f", r.loadAvg) }, "")
 
@@ -263,7 +275,7 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	fmt.Fprintf(&b, "  CPU: seconds used in the throughput phase, from /proc. The bench process runs the four services, the embedded NATS\n")
 	fmt.Fprintf(&b, "       server and the load generator: the bench does not split it by service. ClickHouse: every clickhouse-server process\n")
 	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included\n", float64(gen.size())/(1<<20))
-	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows\n")
+	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows; rows per batch: theirs\n")
 	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)
 	return trimLines(b.String())
 }

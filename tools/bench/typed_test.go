@@ -61,6 +61,8 @@ func TestRunCost(t *testing.T) {
 	assert.InDelta(t, 180.0, c.batchBytesPerEvent(), 1e-9)
 	assert.Zero(t, runCost{}.processPerM())
 	assert.Zero(t, runCost{}.batchBytesPerEvent())
+	assert.InDelta(t, 2_500.0, runCost{batchRows: 500_000, batches: 200}.rowsPerBatch(), 1e-9)
+	assert.Zero(t, runCost{}.rowsPerBatch())
 }
 
 func TestTypedReport(t *testing.T) {
@@ -68,11 +70,11 @@ func TestTypedReport(t *testing.T) {
 	gen := &generator{bodies: [][]byte{make([]byte, 3<<20)}}
 	off := benchReport{mode: schema.Off, tp: throughputResult{accepted: 100_000, inserted: 80_000}, rate: 40_000,
 		lat:      latencyResult{p50: 200 * time.Millisecond, p99: 400 * time.Millisecond, n: 190},
-		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000},
+		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000, batches: 60},
 		peakHeap: 64 << 20, loadAvg: 0.5}
 	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
-		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000},
+		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000, batches: 120},
 		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25}
 	// The four runs, there and back, each mode's two averaged.
 	off1, off2, infer1, infer2 := off, off, infer, infer
@@ -102,6 +104,7 @@ func TestTypedReport(t *testing.T) {
 		`^  CPU per 1M events, ClickHouse +5\.0 s +10\.0 s +2\.00x$`,
 		`^  peak Go heap, full load +64 MiB +96 MiB +1\.50x$`,
 		`^  BATCHES bytes per event +100 +150 +1\.50x$`,
+		`^  rows per batch +5000 +2500 +0\.50x$`,
 		`^  typed columns in events_local +0 +20$`,
 		`^  load average before the run +0\.50 +1\.25$`,
 	} {
@@ -112,7 +115,7 @@ func TestTypedReport(t *testing.T) {
 	assert.Contains(t, out, "the bench does not split it by service")
 	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
 	// Every row with a ratio is as wide as the header; no line ends in spaces.
-	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12} {
+	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13} {
 		assert.Len(t, lines[i], len(lines[2]), lines[i])
 	}
 	for _, l := range lines {
