@@ -5,6 +5,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -42,13 +43,16 @@ type benchFlags struct {
 	shards     int
 	servers    int
 	dir        string
-	cpuProfile string
-	memProfile string
-	via        string
-	report     string
-	trace      bool
-	cluster    bool
-	natsSync   natsserver.Sync
+	// clickhouseDir holds the ClickHouse servers' data when set, each
+	// stack's in a folder of its own removed after; else the data folder.
+	clickhouseDir string
+	cpuProfile    string
+	memProfile    string
+	via           string
+	report        string
+	trace         bool
+	cluster       bool
+	natsSync      natsserver.Sync
 	// properties is the schema.Profile the events carry; "" for the
 	// bench's own three properties.
 	properties string
@@ -150,6 +154,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.IntVar(&f.shards, "shards", 8, "logical shards")
 	fs.IntVar(&f.servers, "clickhouse-servers", 2, "clickhouse-server processes")
 	fs.StringVar(&f.dir, "dir", "", "data folder (default: a new temporary folder, removed after)")
+	fs.StringVar(&f.clickhouseDir, "clickhouse-dir", "", "keep the ClickHouse servers' data under `dir` instead of the data folder, each stack's in a new folder removed after: a filesystem of its own, such as a journaled ext4 or a tmpfs (ClickHouse creates and deletes files for every column of every part, and ext4 without a journal makes each new file search for a free inode; see docs/performance.md)")
 	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
 	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file` (file-MODE.ext for each --typed mode when there are two)")
@@ -238,7 +243,18 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	fmt.Printf("bench: starting stack (%d shards, %d ClickHouse servers, file-backed JetStream, sync %s, typed columns %s) in %s\n",
 		f.shards, f.servers, f.natsSync, mode, run.dir)
-	opts := stack.Options{Dir: run.dir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
+	var chDir string // the data folder's when empty
+	if f.clickhouseDir != "" {
+		d, err := os.MkdirTemp(f.clickhouseDir, "surge-bench-clickhouse-")
+		if err != nil {
+			return benchReport{}, fmt.Errorf("clickhouse dir: %w", err)
+		}
+		defer os.RemoveAll(d)
+		chDir = d
+	}
+	chFS := filesystem(cmp.Or(chDir, run.dir))
+	fmt.Printf("bench: ClickHouse data in %s (%s)\n", cmp.Or(chDir, run.dir), chFS)
+	opts := stack.Options{Dir: run.dir, ClickHouseDir: chDir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
 		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup, Policy: policyOf(f)}
 	tracing := "off"
 	var exported *discardExporter
@@ -299,7 +315,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 		stopProfile = sync.OnceFunc(stopProfile)
 		defer stopProfile() // when the phase fails
 	}
-	r := benchReport{flags: f, mode: mode, loadAvg: load}
+	r := benchReport{flags: f, mode: mode, loadAvg: load, chFS: chFS}
 	rec := newRunRecord(run.report, st, gen)
 	defer rec.stop()
 	heap := watchHeap()
@@ -404,6 +420,7 @@ type benchReport struct {
 	leg       sinkLegResult // the sink alone; zero when not run
 	columns   int           // typed columns of events_local at the end
 	loadAvg   float64       // the machine's 1-minute load average before the stack started
+	chFS      string        // the filesystem under ClickHouse's data (filesystem)
 	queryRows uint64        // rows the queries read
 	queries   []queryTiming
 }
@@ -416,7 +433,7 @@ func (r benchReport) summary() string {
 		props = "path, ref, ms"
 	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batches of up to %d rows, batch min age %s)
+Surge bench (%d shards, %d ClickHouse servers on %s, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batches of up to %d rows, batch min age %s)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
@@ -427,7 +444,7 @@ Surge bench (%d shards, %d ClickHouse servers, %d clients x %d events/request, v
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
   BATCHES bytes per event       %10.0f            (encoded batches the batcher published, throughput phase: %.0f of %.0f rows on average)
   typed columns in events_local %10d
-`, f.shards, f.servers, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge,
+`, f.shards, f.servers, r.chFS, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),

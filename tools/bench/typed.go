@@ -245,8 +245,8 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 		fmt.Fprintf(&b, " %12s\n", ratio)
 	}
 	accepted := map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via]
-	fmt.Fprintf(&b, "\nSurge bench, typed columns %s (properties %s; the same load in each: %d events, %d clients x %d events/request via %s, %d shards, %d ClickHouse servers)\n",
-		strings.Join(modes, " vs "), f.properties, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest, f.via, f.shards, f.servers)
+	fmt.Fprintf(&b, "\nSurge bench, typed columns %s (properties %s; the same load in each: %d events, %d clients x %d events/request via %s, %d shards, %d ClickHouse servers on %s)\n",
+		strings.Join(modes, " vs "), f.properties, f.events/f.perRequest*f.perRequest, f.clients, f.perRequest, f.via, f.shards, f.servers, runs[0].chFS)
 	for i, r := range all {
 		fmt.Fprintf(&b, "  run %d %-6s inserted %.0f events/s, accepted %.0f events/s, p99 at half rate %s\n", i+1, r.mode, r.tp.inserted, r.tp.accepted, r.lat.p99)
 	}

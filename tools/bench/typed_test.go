@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -71,7 +72,7 @@ func TestTypedReport(t *testing.T) {
 	off := benchReport{mode: schema.Off, tp: throughputResult{accepted: 100_000, inserted: 80_000}, rate: 40_000,
 		lat:      latencyResult{p50: 200 * time.Millisecond, p99: 400 * time.Millisecond, n: 190},
 		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000, batches: 60},
-		peakHeap: 64 << 20, loadAvg: 0.5}
+		peakHeap: 64 << 20, loadAvg: 0.5, chFS: "tmpfs"}
 	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
 		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000, batches: 120},
@@ -84,7 +85,7 @@ func TestTypedReport(t *testing.T) {
 	out := typedReport(f, gen, []benchReport{meanRuns([]benchReport{off1, off2}), meanRuns([]benchReport{infer1, infer2})}, all)
 	lines := strings.Split(out, "\n")
 	require.GreaterOrEqual(t, len(lines), 20)
-	assert.Equal(t, "Surge bench, typed columns off vs infer (properties p20; the same load in each: 300000 events, 8 clients x 500 events/request via http, 8 shards, 2 ClickHouse servers)", lines[1])
+	assert.Equal(t, "Surge bench, typed columns off vs infer (properties p20; the same load in each: 300000 events, 8 clients x 500 events/request via http, 8 shards, 2 ClickHouse servers on tmpfs)", lines[1])
 	assert.Equal(t, []string{
 		"  run 1 off    inserted 70000 events/s, accepted 100000 events/s, p99 at half rate 400ms",
 		"  run 2 infer  inserted 65000 events/s, accepted 90000 events/s, p99 at half rate 500ms",
@@ -273,4 +274,9 @@ func TestMeanRuns(t *testing.T) {
 	assert.Equal(t, uint64(150<<20), m.peakHeap)
 	assert.InDelta(t, 1.5, m.loadAvg, 1e-9)
 	assert.Equal(t, 20, m.columns)
+}
+
+func TestFilesystem(t *testing.T) {
+	assert.Equal(t, "tmpfs", filesystem("/dev/shm"))
+	assert.Equal(t, "an unknown filesystem", filesystem(filepath.Join(t.TempDir(), "absent")))
 }
