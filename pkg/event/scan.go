@@ -2,10 +2,11 @@ package event
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"unicode/utf16"
 	"unicode/utf8"
+
+	"github.com/surge-events/surge/pkg/internal/jsontext"
 )
 
 // scanner reads JSON from b at i. Its methods return false on anything
@@ -70,7 +71,7 @@ func (s *scanner) str() (raw []byte, esc bool, ok bool) {
 	start := s.i
 	ascii := true
 	for {
-		s.i = plainRun(s.b, s.i)
+		s.i = jsontext.PlainRun(s.b, s.i)
 		if s.i >= len(s.b) {
 			return nil, false, false
 		}
@@ -115,37 +116,6 @@ func (s *scanner) str() (raw []byte, esc bool, ok bool) {
 			s.i++
 		}
 	}
-}
-
-// plainRun returns the index of the first byte at or after i that a
-// string's contents cannot hold as it is (the quote, the backslash, a
-// control character) or that starts a multi-byte sequence; len(b) when
-// there is none. It looks at eight bytes at a time while none of them is
-// such a byte: strings are most of a request's bytes, and a loop over
-// single bytes read them at about 150 MB/s.
-func plainRun(b []byte, i int) int {
-	const (
-		ones  = 0x0101010101010101
-		highs = 0x8080808080808080
-	)
-	for ; i+8 <= len(b); i += 8 {
-		x := binary.LittleEndian.Uint64(b[i:])
-		quote := x ^ ('"' * ones)
-		backslash := x ^ ('\\' * ones)
-		// A byte's high bit in each term: the byte is zero (so quote or
-		// backslash), below 0x20, or 0x80 and above. The borrows of the
-		// subtractions can mark a byte past a real one, never without one.
-		special := (quote-ones)&^quote | (backslash-ones)&^backslash | (x-0x20*ones)&^x | x
-		if special&highs != 0 {
-			break
-		}
-	}
-	for ; i < len(b); i++ {
-		if c := b[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
-			return i
-		}
-	}
-	return i
 }
 
 // hex4 returns the value of the four hex digits at b[i:], or -1.

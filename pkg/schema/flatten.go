@@ -4,8 +4,6 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/valyala/fastjson"
-
 	"github.com/surge-events/surge/pkg/batch"
 )
 
@@ -113,30 +111,39 @@ type value struct {
 // a batch and keep a field at 48 bytes.
 type span struct{ at, n uint32 }
 
+// maxJSONDepth is the deepest nesting of a row's properties that is read
+// (the root object is 1); a deeper row gives no fields.
+const maxJSONDepth = 300
+
 // flattener turns a batch's properties into a Parsed, one row at a time.
+// It reads each row's JSON once, in order, straight into fields: building
+// a parse tree first and walking it after (valyala/fastjson) took most of
+// the projection's time.
 type flattener struct {
-	p      *Projector
-	parser fastjson.Parser
-	out    *Parsed
-	ids    map[string]int32 // by pointer
-	ptr    []byte           // a pointer to look up
+	p   *Projector
+	out *Parsed
+	ids map[string]int32 // by pointer
+	ptr []byte           // a pointer to look up
 	// rootFirst is the path of the first member of the last row: where
 	// the next row likely starts (see intern).
 	rootFirst int32
 	text      strings.Builder
 	scratch   []byte
+	unescaped []byte
 	row       int
-	// bad marks a row holding a number that is not JSON (the parser is
-	// lenient with NaN, Inf and +1): such a row gets no fields, as if it did
-	// not parse.
+	// bad marks a row that is not JSON: it gets no fields and leaves no
+	// paths, as if it had not been read.
 	bad bool
+	// flagged are the paths that had no field before the row gave them
+	// one: a bad row takes that back.
+	flagged []int32
 	// lastKeys is how many distinct paths its last batch had: the next
 	// batch's keys are sized by it, as batches of one stream look alike.
 	lastKeys int
 }
 
-// getFlattener is a flattener for out, from the pool: its parser and map
-// keep their memory from batch to batch.
+// getFlattener is a flattener for out, from the pool: its buffers and
+// map keep their memory from batch to batch.
 func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
 	f, ok := p.flatteners.Get().(*flattener)
 	if !ok {
@@ -147,8 +154,7 @@ func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
 	return f
 }
 
-// putFlattener returns f to the pool, holding nothing of its batch but
-// its parser's copy of the last row.
+// putFlattener returns f to the pool, holding nothing of its batch.
 func (p *Projector) putFlattener(f *flattener) {
 	clear(f.ids)
 	f.lastKeys = len(f.out.keys)
@@ -160,65 +166,154 @@ func (p *Projector) putFlattener(f *flattener) {
 // object give no fields.
 func (f *flattener) addRow(row int, props string) {
 	f.row, f.bad = row, false
-	start := len(f.out.fields)
-	if v, err := f.parser.Parse(props); err == nil && v.Type() == fastjson.TypeObject {
-		obj, _ := v.Object()
-		f.walk(obj, -1, 0, nil)
+	start, keysAt, elemsAt := len(f.out.fields), len(f.out.keys), len(f.out.elems)
+	f.flagged = f.flagged[:0]
+	r := reader{s: props}
+	r.ws()
+	if r.peek() == '{' {
+		f.walk(&r, -1, 0, nil, 1)
+		r.ws()
+		f.bad = f.bad || r.i != len(r.s)
 	}
 	if f.bad {
 		f.out.fields = f.out.fields[:start]
+		f.forget(keysAt, elemsAt)
 	}
 	f.out.rowEnd = append(f.out.rowEnd, len(f.out.fields))
 	f.count(f.out.fields[start:])
 }
 
-// walk flattens the members of obj, the object at path parent of the
-// given depth (segments). Below /_segment, tree lists the members followed.
-func (f *flattener) walk(obj *fastjson.Object, parent int32, depth int, tree segmentTree) {
-	prev := int32(-1)
-	obj.Visit(func(k []byte, v *fastjson.Value) {
-		if id := f.member(parent, prev, k, v, depth+1, tree); id >= 0 {
-			prev = id
+// forget takes back what a bad row left: the paths it added (and the
+// guesses that lead to them), the fields it gave to older paths, and its
+// array elements. Its text stays, unreferenced.
+func (f *flattener) forget(keysAt, elemsAt int) {
+	for _, id := range f.flagged {
+		if int(id) < keysAt {
+			f.out.keys[id].hasField = false
 		}
-	})
+	}
+	if len(f.out.keys) > keysAt {
+		for _, k := range f.out.keys[keysAt:] {
+			delete(f.ids, k.pointer)
+		}
+		f.out.keys = f.out.keys[:keysAt]
+		gone := func(id *int32) {
+			if int(*id) >= keysAt {
+				*id = -1
+			}
+		}
+		for i := range f.out.keys {
+			gone(&f.out.keys[i].first)
+			gone(&f.out.keys[i].next)
+		}
+		gone(&f.rootFirst)
+	}
+	f.out.elems = f.out.elems[:elemsAt]
 }
 
-// member flattens one member of an object, after the member prev (-1 for
-// the first): into its object's members while the depth allows, else into
-// a field. It returns the member's path, or -1 for a member not followed.
-func (f *flattener) member(parent, prev int32, k []byte, v *fastjson.Value, depth int, tree segmentTree) int32 {
+// walk flattens the members of the object at r, the object at path
+// parent of the given depth (segments), nested jd deep in the row's JSON.
+// Below /_segment, tree lists the members followed.
+func (f *flattener) walk(r *reader, parent int32, depth int, tree segmentTree, jd int) {
+	r.i++ // {
+	r.ws()
+	if r.consume('}') {
+		return
+	}
+	prev := int32(-1)
+	for {
+		k, ok := f.key(r)
+		if !ok {
+			f.bad = true
+			return
+		}
+		r.ws()
+		if !r.consume(':') {
+			f.bad = true
+			return
+		}
+		r.ws()
+		if id := f.member(r, parent, prev, k, depth+1, tree, jd+1); id >= 0 {
+			prev = id
+		}
+		if f.bad {
+			return
+		}
+		r.ws()
+		if r.consume(',') {
+			r.ws()
+			continue
+		}
+		f.bad = !r.consume('}')
+		return
+	}
+}
+
+// key reads a member's name, unescaped.
+func (f *flattener) key(r *reader) (string, bool) {
+	if r.peek() != '"' {
+		return "", false
+	}
+	raw, esc, ok := r.str()
+	if !ok || !esc {
+		return raw, ok
+	}
+	f.unescaped = unescape(f.unescaped[:0], raw)
+	return string(f.unescaped), true
+}
+
+// member flattens one member of an object, its value at r, after the
+// member prev (-1 for the first): into its object's members while the
+// depth allows, else into a field. It returns the member's path, or -1
+// for a member not followed. A value not followed is still read, so a
+// row that is not JSON anywhere gives no fields.
+func (f *flattener) member(r *reader, parent, prev int32, k string, depth int, tree segmentTree, jd int) int32 {
+	if jd > maxJSONDepth {
+		f.bad = true
+		return -1
+	}
 	inSegment := tree != nil
 	var sub segmentTree
 	if inSegment {
-		s, ok := tree[string(k)]
+		s, ok := tree[k]
 		if !ok {
+			f.skip(r, jd)
 			return -1
 		}
 		sub = s
 	}
 	id := f.intern(parent, prev, k, inSegment)
 	if f.out.keys[id].ignored {
+		f.skip(r, jd)
 		return id
 	}
-	isObject := v.Type() == fastjson.TypeObject
+	isObject := r.peek() == '{'
 	switch {
-	case parent == -1 && string(k) == segmentKey:
+	case parent == -1 && k == segmentKey:
 		if isObject {
-			obj, _ := v.Object()
 			// Depth counts from below /_segment/context: context's members
 			// are at depth 1, like top-level properties.
-			f.walk(obj, id, -1, segmentFields)
+			f.walk(r, id, -1, segmentFields, jd)
+		} else {
+			f.skip(r, jd)
 		}
 	case inSegment && sub == nil: // a promoted leaf: one field whatever it holds
-		f.addField(id, v)
+		f.addField(id, r, jd)
 	case inSegment && !isObject: // an inner node holding no object: not promoted
+		f.skip(r, jd)
 	case isObject && depth < f.p.cfg.MaxDepth:
-		obj, _ := v.Object()
-		f.walk(obj, id, depth, sub)
+		f.walk(r, id, depth, sub, jd)
 	default:
-		f.addField(id, v)
+		f.addField(id, r, jd)
 	}
 	return id
+}
+
+// skip reads past the value at r, which must be JSON.
+func (f *flattener) skip(r *reader, jd int) {
+	if !r.skip(jd) {
+		f.bad = true
+	}
 }
 
 // intern is the id of the path of member k of parent, after the member
@@ -228,9 +323,9 @@ func (f *flattener) member(parent, prev int32, k []byte, v *fastjson.Value, dept
 //
 // A path reached twice in one row is a duplicate key: the last one wins,
 // so what the first left is dropped.
-func (f *flattener) intern(parent, prev int32, k []byte, inSegment bool) int32 {
+func (f *flattener) intern(parent, prev int32, k string, inSegment bool) int32 {
 	id := *f.hint(parent, prev)
-	if id < 0 || f.out.keys[id].parent != parent || f.out.keys[id].seg != string(k) {
+	if id < 0 || f.out.keys[id].parent != parent || f.out.keys[id].seg != k {
 		id = f.lookup(parent, k, inSegment)
 		*f.hint(parent, prev) = id // lookup may have moved the keys
 	}
@@ -254,7 +349,7 @@ func (f *flattener) hint(parent, prev int32) *int32 {
 
 // lookup is the id of the path of member k of parent by its pointer,
 // adding it when new.
-func (f *flattener) lookup(parent int32, k []byte, inSegment bool) int32 {
+func (f *flattener) lookup(parent int32, k string, inSegment bool) int32 {
 	f.ptr = f.ptr[:0]
 	if parent >= 0 {
 		f.ptr = append(f.ptr, f.out.keys[parent].pointer...)
@@ -306,9 +401,16 @@ func (f *flattener) dropPath(pointer string) {
 	f.out.fields = kept
 }
 
-func (f *flattener) addField(id int32, v *fastjson.Value) {
-	f.out.keys[id].hasField = true
-	f.out.fields = append(f.out.fields, field{key: id, v: f.value(v)})
+// addField adds the value at r as the field of path id.
+func (f *flattener) addField(id int32, r *reader, jd int) {
+	if !f.out.keys[id].hasField {
+		f.out.keys[id].hasField = true
+		f.flagged = append(f.flagged, id)
+	}
+	// Written in place: a field is 56 bytes, and copying each one in
+	// from a returned value took a sixth of the projection's time.
+	f.out.fields = append(f.out.fields, field{key: id})
+	f.value(r, jd, &f.out.fields[len(f.out.fields)-1].v)
 }
 
 // count adds a row's fields to what the batch says of their paths.
@@ -336,119 +438,183 @@ func (f *flattener) finish() {
 	f.p.paths.resolve(f.out.keys, f.p.pathFacts)
 }
 
-// value flattens one JSON value. Objects here are at the depth limit and
-// become their JSON text.
-func (f *flattener) value(v *fastjson.Value) value {
-	switch v.Type() {
-	case fastjson.TypeTrue:
-		return value{kind: vBool, infer: batch.Bool, i: 1}
-	case fastjson.TypeFalse:
-		return value{kind: vBool, infer: batch.Bool}
-	case fastjson.TypeNumber:
-		return f.number(v)
-	case fastjson.TypeString:
-		s, _ := v.StringBytes()
-		return value{kind: vString, infer: batch.String, text: f.addText(s)}
-	case fastjson.TypeObject:
-		return value{kind: vJSON, infer: batch.String, text: f.addJSON(v)}
-	case fastjson.TypeArray:
-		return f.array(v)
-	}
-	return value{}
-}
-
-// number classifies a number by its text (see classifyNumber).
-func (f *flattener) number(v *fastjson.Value) value {
-	f.scratch = v.MarshalTo(f.scratch[:0])
-	ok, integer := scanNumber(f.scratch)
-	if !ok {
-		f.bad = true
-		return value{}
-	}
-	t := f.addText(f.scratch)
-	return classifyNumber(f.text.String()[t.at:t.at+t.n], integer, t)
-}
-
-// array flattens an array's elements: scalars as themselves, objects and
-// arrays as their JSON text. The array's own JSON text is kept too: arrays
-// of objects or mixed kinds go to string columns whole.
-func (f *flattener) array(v *fastjson.Value) value {
-	items, _ := v.Array()
-	at := len(f.out.elems)
-	for _, item := range items {
-		var e value
-		switch item.Type() {
-		case fastjson.TypeArray:
-			e = value{kind: vJSON, infer: batch.String, text: f.addJSON(item)}
+// value flattens the JSON value at r, nested jd deep. Objects here are at
+// the depth limit and become their JSON text. A value that is not JSON
+// marks the row bad.
+func (f *flattener) value(r *reader, jd int, v *value) {
+	switch c := r.peek(); {
+	case c == '"':
+		raw, esc, ok := r.str()
+		switch {
+		case !ok:
+		case esc:
+			f.unescaped = unescape(f.unescaped[:0], raw)
+			*v = value{kind: vString, infer: batch.String, text: f.addBytes(f.unescaped)}
+			return
 		default:
-			e = f.value(item)
+			*v = value{kind: vString, infer: batch.String, text: f.addText(raw)}
+			return
 		}
-		f.out.elems = append(f.out.elems, e)
+	case c == '{':
+		if t, ok := f.addJSON(r, jd); ok {
+			*v = value{kind: vJSON, infer: batch.String, text: t}
+			return
+		}
+	case c == '[':
+		if a, ok := f.array(r, jd); ok {
+			*v = a
+			return
+		}
+	case c == 't':
+		if r.literal("true") {
+			*v = value{kind: vBool, infer: batch.Bool, i: 1}
+			return
+		}
+	case c == 'f':
+		if r.literal("false") {
+			*v = value{kind: vBool, infer: batch.Bool}
+			return
+		}
+	case c == 'n':
+		if r.literal("null") {
+			*v = value{}
+			return
+		}
+	default:
+		start := r.i
+		if integer, ok := r.number(); ok {
+			t := f.addText(r.s[start:r.i])
+			*v = classifyNumber(f.text.String()[t.at:t.at+t.n], integer, t)
+			return
+		}
 	}
+	f.bad = true
+	*v = value{}
+}
+
+// array flattens the elements of the array at r: scalars as themselves,
+// objects and arrays as their JSON text. The array's own JSON text is
+// kept too: arrays of objects or mixed kinds go to string columns whole.
+func (f *flattener) array(r *reader, jd int) (value, bool) {
+	start, at := r.i, len(f.out.elems)
+	r.i++ // [
+	r.ws()
+	if !r.consume(']') {
+		for {
+			if jd+1 > maxJSONDepth {
+				return value{}, false
+			}
+			var e value
+			if r.peek() == '[' {
+				t, ok := f.addJSON(r, jd+1)
+				if !ok {
+					return value{}, false
+				}
+				e = value{kind: vJSON, infer: batch.String, text: t}
+			} else if f.value(r, jd+1, &e); f.bad {
+				return value{}, false
+			}
+			f.out.elems = append(f.out.elems, e)
+			r.ws()
+			if r.consume(',') {
+				r.ws()
+				continue
+			}
+			if r.consume(']') {
+				break
+			}
+			return value{}, false
+		}
+	}
+	n := len(f.out.elems) - at
 	return value{
 		kind:  vArray,
 		infer: arrayKind(f.out.elems[at:]),
-		text:  f.addJSON(v),
-		elems: span{at: uint32(at), n: uint32(len(items))},
-	}
+		text:  f.addCompact(r.s[start:r.i]),
+		elems: span{at: uint32(at), n: uint32(n)},
+	}, true
 }
 
-func (f *flattener) addText(b []byte) span {
-	s := span{at: uint32(f.text.Len()), n: uint32(len(b))}
+func (f *flattener) addText(s string) span {
+	at := span{at: uint32(f.text.Len()), n: uint32(len(s))}
+	f.text.WriteString(s)
+	return at
+}
+
+func (f *flattener) addBytes(b []byte) span {
+	at := span{at: uint32(f.text.Len()), n: uint32(len(b))}
 	f.text.Write(b)
-	return s
+	return at
 }
 
-func (f *flattener) addJSON(v *fastjson.Value) span {
-	f.scratch = f.appendJSON(f.scratch[:0], v)
-	return f.addText(f.scratch)
-}
-
-// appendJSON appends v as compact JSON. It does not use the parser's
-// MarshalTo, which quotes unescaped strings the Go way (\x01 is no JSON).
-// Duplicate keys are kept, as sent.
-func (f *flattener) appendJSON(dst []byte, v *fastjson.Value) []byte {
-	switch v.Type() {
-	case fastjson.TypeObject:
-		obj, _ := v.Object()
-		dst = append(dst, '{')
-		first := true
-		obj.Visit(func(k []byte, m *fastjson.Value) {
-			if !first {
-				dst = append(dst, ',')
-			}
-			first = false
-			dst = AppendJSONString(dst, string(k))
-			dst = append(dst, ':')
-			dst = f.appendJSON(dst, m)
-		})
-		return append(dst, '}')
-	case fastjson.TypeArray:
-		items, _ := v.Array()
-		dst = append(dst, '[')
-		for i, item := range items {
-			if i > 0 {
-				dst = append(dst, ',')
-			}
-			dst = f.appendJSON(dst, item)
-		}
-		return append(dst, ']')
-	case fastjson.TypeString:
-		s, _ := v.StringBytes()
-		return AppendJSONString(dst, string(s))
-	case fastjson.TypeNumber:
-		at := len(dst)
-		dst = v.MarshalTo(dst)
-		if ok, _ := scanNumber(dst[at:]); !ok {
-			f.bad = true
-		}
-		return dst
-	case fastjson.TypeTrue:
-		return append(dst, "true"...)
-	case fastjson.TypeFalse:
-		return append(dst, "false"...)
+// addJSON reads past the object or array at r and adds its compact JSON.
+func (f *flattener) addJSON(r *reader, jd int) (span, bool) {
+	start := r.i
+	if !r.skip(jd) {
+		return span{}, false
 	}
-	return append(dst, "null"...)
+	return f.addCompact(r.s[start:r.i]), true
+}
+
+// addCompact adds raw, a JSON value read already, as compact JSON: as it
+// is when nothing in it would be written otherwise (what ingest passes
+// on, compacted, mostly is), else written anew.
+func (f *flattener) addCompact(raw string) span {
+	if strings.IndexByte(raw, '\\') < 0 && strings.IndexAny(raw, " \t\n\r") < 0 && utf8.ValidString(raw) {
+		return f.addText(raw)
+	}
+	f.scratch = f.appendJSON(f.scratch[:0], &reader{s: raw})
+	return f.addBytes(f.scratch)
+}
+
+// appendJSON appends the JSON value at r, read already, as compact JSON:
+// strings unescaped and escaped anew as AppendJSONString writes them.
+// Duplicate keys are kept, as sent.
+func (f *flattener) appendJSON(dst []byte, r *reader) []byte {
+	r.ws()
+	switch c := r.peek(); {
+	case c == '{' || c == '[':
+		end := byte('}')
+		if c == '[' {
+			end = ']'
+		}
+		r.i++
+		dst = append(dst, c)
+		r.ws()
+		for i := 0; !r.consume(end) && r.i < len(r.s); i++ {
+			if i > 0 {
+				r.consume(',')
+				r.ws()
+				dst = append(dst, ',')
+			}
+			if c == '{' {
+				dst = f.appendString(dst, r)
+				r.ws()
+				r.consume(':')
+				dst = append(dst, ':')
+			}
+			dst = f.appendJSON(dst, r)
+			r.ws()
+		}
+		return append(dst, end)
+	case c == '"':
+		return f.appendString(dst, r)
+	}
+	start := r.i // a number or a literal
+	for r.i < len(r.s) && !strings.ContainsRune(",]} \t\n\r", rune(r.s[r.i])) {
+		r.i++
+	}
+	return append(dst, r.s[start:r.i]...)
+}
+
+// appendString appends the string at r, unescaped and escaped anew.
+func (f *flattener) appendString(dst []byte, r *reader) []byte {
+	raw, esc, _ := r.str()
+	if !esc {
+		return appendJSONString(dst, raw)
+	}
+	f.unescaped = unescape(f.unescaped[:0], raw)
+	return appendJSONString(dst, f.unescaped)
 }
 
 // appendValueJSON appends a flattened value as compact JSON: the text it
@@ -472,7 +638,9 @@ const hexDigits = "0123456789abcdef"
 
 // AppendJSONString appends s as a JSON string, as encoding/json writes it
 // without HTML escaping: invalid UTF-8 becomes U+FFFD.
-func AppendJSONString(dst []byte, s string) []byte {
+func AppendJSONString(dst []byte, s string) []byte { return appendJSONString(dst, s) }
+
+func appendJSONString[S string | []byte](dst []byte, s S) []byte {
 	dst = append(dst, '"')
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -494,7 +662,7 @@ func AppendJSONString(dst []byte, s string) []byte {
 			i++
 			continue
 		}
-		r, size := utf8.DecodeRuneInString(s[i:])
+		r, size := utf8.DecodeRuneInString(string(s[i:min(i+utf8.UTFMax, len(s))]))
 		if r == utf8.RuneError && size == 1 {
 			dst = append(dst, `\ufffd`...)
 		} else {

@@ -2,15 +2,21 @@ package bench
 
 import (
 	"fmt"
+	"path/filepath"
 	"syscall"
 )
 
-// filesystem names the kind of filesystem dir is on, from statfs(2)'s
-// magic number: what ClickHouse's data sits on weighs on its CPU.
+// filesystem names the kind of filesystem dir is on (or would be, for a
+// folder not made yet), from statfs(2)'s magic number: what ClickHouse's
+// data sits on weighs on its CPU.
 func filesystem(dir string) string {
 	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return "an unknown filesystem"
+	for syscall.Statfs(dir, &st) != nil {
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "an unknown filesystem"
+		}
+		dir = up
 	}
 	switch uint32(st.Type) {
 	case 0xef53:

@@ -278,5 +278,6 @@ func TestMeanRuns(t *testing.T) {
 
 func TestFilesystem(t *testing.T) {
 	assert.Equal(t, "tmpfs", filesystem("/dev/shm"))
-	assert.Equal(t, "an unknown filesystem", filesystem(filepath.Join(t.TempDir(), "absent")))
+	assert.Equal(t, "tmpfs", filesystem("/dev/shm/a/folder/not/made/yet"))
+	assert.Equal(t, filesystem(t.TempDir()), filesystem(filepath.Join(t.TempDir(), "absent")))
 }

@@ -1,4 +1,4 @@
-package event
+package jsontext
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ func TestPlainRunFindsEveryStop(t *testing.T) {
 	}
 	plain := bytes.Repeat([]byte("abcdefgh"), 4)
 	for n := range len(plain) + 1 {
-		if got := plainRun(plain[:n], 0); got != n {
+		if got := PlainRun(plain[:n], 0); got != n {
 			t.Fatalf("plain run of %d bytes stops at %d", n, got)
 		}
 	}
@@ -29,11 +29,14 @@ func TestPlainRunFindsEveryStop(t *testing.T) {
 			for start := range 3 {
 				b := bytes.Clone(plain[:24])
 				b[pos] = byte(c)
-				if got, want := plainRun(b, start), naive(b, start); got != want {
+				if got, want := PlainRun(b, start), naive(b, start); got != want {
 					t.Fatalf("byte %#x at %d from %d: stops at %d, want %d", c, pos, start, got, want)
 				}
+				if got, want := PlainRun(string(b), start), naive(b, start); got != want {
+					t.Fatalf("string: byte %#x at %d from %d: stops at %d, want %d", c, pos, start, got, want)
+				}
 				b[pos+1] = 0x00 // a second stop right after the first
-				if got, want := plainRun(b, start), naive(b, start); got != want {
+				if got, want := PlainRun(b, start), naive(b, start); got != want {
 					t.Fatalf("byte %#x at %d then NUL: stops at %d, want %d", c, pos, got, want)
 				}
 			}
