@@ -1,13 +1,17 @@
 package bench
 
 import (
+	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/surge-events/surge/pkg/schema"
 )
@@ -280,4 +284,32 @@ func TestFilesystem(t *testing.T) {
 	assert.Equal(t, "tmpfs", filesystem("/dev/shm"))
 	assert.Equal(t, "tmpfs", filesystem("/dev/shm/a/folder/not/made/yet"))
 	assert.Equal(t, filesystem(t.TempDir()), filesystem(filepath.Join(t.TempDir(), "absent")))
+}
+
+// TestExt4Journaled reads a journal's thread as sysfs shows it, on a
+// sysfs made for the test: the block device of the folder's device
+// number, and its ext4 journal thread.
+func TestExt4Journaled(t *testing.T) {
+	dir := t.TempDir()
+	var st syscall.Stat_t
+	require.NoError(t, syscall.Stat(dir, &st))
+	sys := t.TempDir()
+	require.NoError(t, os.MkdirAll(filepath.Join(sys, "devices", "virtual", "block", "vdz"), 0o755))
+	require.NoError(t, os.MkdirAll(filepath.Join(sys, "dev", "block"), 0o755))
+	require.NoError(t, os.Symlink(filepath.Join(sys, "devices", "virtual", "block", "vdz"),
+		filepath.Join(sys, "dev", "block", fmt.Sprintf("%d:%d", unix.Major(st.Dev), unix.Minor(st.Dev)))))
+	_, known := ext4Journaled(sys, dir)
+	assert.False(t, known, "no ext4 entry for the device")
+
+	task := filepath.Join(sys, "fs", "ext4", "vdz", "journal_task")
+	require.NoError(t, os.MkdirAll(filepath.Dir(task), 0o755))
+	require.NoError(t, os.WriteFile(task, []byte("<none>\n"), 0o644))
+	journaled, known := ext4Journaled(sys, dir)
+	assert.True(t, known)
+	assert.False(t, journaled)
+
+	require.NoError(t, os.WriteFile(task, []byte("512\n"), 0o644))
+	journaled, known = ext4Journaled(sys, dir)
+	assert.True(t, known)
+	assert.True(t, journaled)
 }
