@@ -28,13 +28,14 @@ func TestProjectPaths(t *testing.T) {
 		{"a", `{"n":"z","m":1,"o":2}`}, // o is past the 2 keys an event may have
 		{"a", `{"12345":1}`},           // denied: not the tenant's problem
 		{"b", `{"q":1}`},               // pending: waits for its column
+		{"b", `{"n":"w"}`},             // a path's second tenant, counted again
 	} {
 		b.Append(uint64(i+1), []event.Event{{EventID: fmt.Sprint("e", i), Tenant: row.tenant, Properties: row.props}})
 	}
 	stats := p.Project(p.Parse(b), doc, b)
 	require.Equal(t, map[PathKey]PathCount{
 		{Tenant: "a", Conflict: true, Reason: ReasonType, Path: "/n"}: {N: 2, Row: 1},
-		{Tenant: "b", Conflict: true, Reason: ReasonType, Path: "/n"}: {N: 1, Row: 2},
+		{Tenant: "b", Conflict: true, Reason: ReasonType, Path: "/n"}: {N: 2, Row: 2},
 		{Tenant: "a", Reason: ReasonKeys, Path: "/o"}:                 {N: 1, Row: 3},
 	}, stats.Paths)
 	require.Equal(t, map[string]int{ReasonKeys: 1, ReasonDeny: 1, ReasonPending: 2}, stats.Unpromoted)
