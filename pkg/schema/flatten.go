@@ -8,8 +8,8 @@ import (
 )
 
 // Parsed is a batch's properties flattened: per row, its fields (a path
-// and a value) in the order of the event's JSON. Values live in Parsed
-// itself, not in the JSON parser, so one parser serves every row.
+// and a value) in the order of the event's JSON. Values are spans of
+// Parsed's own text, not strings of their own.
 type Parsed struct {
 	batch *batch.Batch
 	// rowEnd[r] is the end of row r's fields in fields: a row's fields

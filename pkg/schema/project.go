@@ -25,7 +25,7 @@ type Projector struct {
 	// sink has written them into the schema.
 	declared map[string]string
 	reserved map[string]bool
-	// flatteners are reused (each with its parser) by Parse.
+	// flatteners are reused (each with its buffers and map) by Parse.
 	flatteners sync.Pool
 	// fields are Parsed's field buffers, back from Release: a batch's
 	// fields are about 1 KB an event, garbage once it is projected.
