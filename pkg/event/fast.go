@@ -71,26 +71,19 @@ func (p *Parser) parseFast(data []byte, format Format, tenant string, received t
 // with twenty properties an event). nil means the general path decides.
 func (p *Parser) fastArray(data []byte, received time.Time) []Event {
 	s := scanner{b: data}
-	if !s.consume('[') {
-		return nil
-	}
 	var events []Event
-	for {
-		s.ws()
-		if s.peek() != '{' {
-			return nil
-		}
+	ok := s.objects(func() bool {
 		if p.Limits.MaxEvents > 0 && len(events) >= p.Limits.MaxEvents {
-			return nil
+			return false
 		}
 		start := s.i
 		events = append(events, Event{})
 		if !s.event(&events[len(events)-1], received) {
-			return nil
+			return false
 		}
 		size := s.i - start
 		if p.Limits.MaxEventBytes > 0 && size > p.Limits.MaxEventBytes {
-			return nil
+			return false
 		}
 		if len(events) == 1 {
 			// The events of one request are alike in size more often than
@@ -106,21 +99,14 @@ func (p *Parser) fastArray(data []byte, received time.Time) []Event {
 			}
 			events = append(make([]Event, 0, n), events[0])
 		}
-		s.ws()
-		if s.consume(',') {
-			continue
-		}
-		if !s.consume(']') {
-			return nil
-		}
-		s.ws()
-		// s.bad: some key or string (in properties too) is not valid
-		// text; the general path names it.
-		if s.i != len(s.b) || s.bad {
-			return nil
-		}
-		return events
+		return true
+	})
+	// s.bad: some key or string (in properties too) is not valid text;
+	// the general path names it.
+	if !ok || s.bad {
+		return nil
 	}
+	return events
 }
 
 // fastEvent fills ev from raw, one event object and nothing else, or
@@ -268,34 +254,41 @@ func (s *scanner) event(ev *Event, received time.Time) bool {
 // data is anything but an array of one or more objects within maxEvents.
 func splitArray(data []byte, maxEvents int) [][]byte {
 	s := scanner{b: data}
-	if !s.consume('[') {
-		return nil
-	}
 	var raws [][]byte
-	for {
-		s.ws()
-		if s.peek() != '{' {
-			return nil
-		}
+	ok := s.objects(func() bool {
 		start := s.i
-		if !s.skipValue(0, nil) {
-			return nil
-		}
-		if maxEvents > 0 && len(raws) >= maxEvents {
-			return nil
+		if !s.skipValue(0, nil) || (maxEvents > 0 && len(raws) >= maxEvents) {
+			return false
 		}
 		raws = append(raws, data[start:s.i])
+		return true
+	})
+	if !ok {
+		return nil
+	}
+	return raws
+}
+
+// objects reads a JSON array of one or more objects, the whole of s,
+// calling each with s at every object: each reads past it, or returns
+// false. False on anything else.
+func (s *scanner) objects(each func() bool) bool {
+	if !s.consume('[') {
+		return false
+	}
+	for {
+		s.ws()
+		if s.peek() != '{' || !each() {
+			return false
+		}
 		s.ws()
 		if s.consume(',') {
 			continue
 		}
 		if !s.consume(']') {
-			return nil
+			return false
 		}
 		s.ws()
-		if s.i != len(s.b) {
-			return nil
-		}
-		return raws
+		return s.i == len(s.b)
 	}
 }

@@ -574,10 +574,7 @@ func (f *flattener) appendJSON(dst []byte, r *reader) []byte {
 	r.ws()
 	switch c := r.peek(); {
 	case c == '{' || c == '[':
-		end := byte('}')
-		if c == '[' {
-			end = ']'
-		}
+		end := closing(c)
 		r.i++
 		dst = append(dst, c)
 		r.ws()

@@ -149,10 +149,7 @@ func (r *reader) skip(jd int) bool {
 	}
 	switch c := r.peek(); {
 	case c == '{' || c == '[':
-		end := byte('}')
-		if c == '[' {
-			end = ']'
-		}
+		end := closing(c)
 		r.i++
 		r.ws()
 		if r.consume(end) {
@@ -191,6 +188,14 @@ func (r *reader) skip(jd int) bool {
 	}
 	_, ok := r.number()
 	return ok
+}
+
+// closing is the bracket that closes the object or array open opens.
+func closing(open byte) byte {
+	if open == '[' {
+		return ']'
+	}
+	return '}'
 }
 
 // unescape appends the string of raw, a string's contents holding
