@@ -38,14 +38,7 @@ func (s *scanner) consume(c byte) bool {
 // ws skips JSON whitespace and reports whether there was any.
 func (s *scanner) ws() bool {
 	start := s.i
-	for s.i < len(s.b) {
-		switch s.b[s.i] {
-		case ' ', '\t', '\n', '\r':
-			s.i++
-		default:
-			return s.i > start
-		}
-	}
+	s.i = jsontext.Space(s.b, s.i)
 	return s.i > start
 }
 
@@ -92,7 +85,7 @@ func (s *scanner) str() (raw []byte, esc bool, ok bool) {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				s.i += 2
 			case 'u':
-				r := s.hex4(s.i + 2)
+				r := jsontext.Hex4(s.b, s.i+2)
 				if r < 0 {
 					return nil, false, false
 				}
@@ -118,34 +111,12 @@ func (s *scanner) str() (raw []byte, esc bool, ok bool) {
 	}
 }
 
-// hex4 returns the value of the four hex digits at b[i:], or -1.
-func (s *scanner) hex4(i int) rune {
-	if i+4 > len(s.b) {
-		return -1
-	}
-	var r rune
-	for _, h := range s.b[i : i+4] {
-		switch {
-		case h >= '0' && h <= '9':
-			h -= '0'
-		case h >= 'a' && h <= 'f':
-			h -= 'a' - 10
-		case h >= 'A' && h <= 'F':
-			h -= 'A' - 10
-		default:
-			return -1
-		}
-		r = r<<4 | rune(h)
-	}
-	return r
-}
-
 // lowSurrogate reports whether a \u escape of a low surrogate is at i.
 func (s *scanner) lowSurrogate() bool {
 	if s.i+1 >= len(s.b) || s.b[s.i] != '\\' || s.b[s.i+1] != 'u' {
 		return false
 	}
-	r := s.hex4(s.i + 2)
+	r := jsontext.Hex4(s.b, s.i+2)
 	return r >= 0xdc00 && r <= 0xdfff
 }
 
@@ -251,35 +222,9 @@ func (s *scanner) space(spaced *bool) {
 	}
 }
 
-// number moves past a JSON number: -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?
+// number moves past a JSON number.
 func (s *scanner) number() bool {
-	s.consume('-')
-	switch c := s.peek(); {
-	case c == '0':
-		s.i++
-	case c >= '1' && c <= '9':
-		s.digits()
-	default:
-		return false
-	}
-	if s.consume('.') && !s.digits() {
-		return false
-	}
-	if s.consume('e') || s.consume('E') {
-		if !s.consume('+') {
-			s.consume('-')
-		}
-		if !s.digits() {
-			return false
-		}
-	}
-	return true
-}
-
-func (s *scanner) digits() bool {
-	start := s.i
-	for s.i < len(s.b) && s.b[s.i] >= '0' && s.b[s.i] <= '9' {
-		s.i++
-	}
-	return s.i > start
+	end, _, ok := jsontext.Number(s.b, s.i)
+	s.i = end
+	return ok
 }

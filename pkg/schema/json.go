@@ -1,7 +1,6 @@
 package schema
 
 import (
-	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -32,16 +31,7 @@ func (r *reader) consume(c byte) bool {
 }
 
 // ws skips whitespace.
-func (r *reader) ws() {
-	for r.i < len(r.s) {
-		switch r.s[r.i] {
-		case ' ', '\t', '\n', '\r':
-			r.i++
-		default:
-			return
-		}
-	}
-}
+func (r *reader) ws() { r.i = jsontext.Space(r.s, r.i) }
 
 func (r *reader) literal(lit string) bool {
 	if len(r.s)-r.i >= len(lit) && r.s[r.i:r.i+len(lit)] == lit {
@@ -78,7 +68,7 @@ func (r *reader) str() (raw string, esc, ok bool) {
 			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
 				r.i += 2
 			case 'u':
-				if r.i+6 > len(r.s) || !isHex4(r.s[r.i+2:r.i+6]) {
+				if jsontext.Hex4(r.s, r.i+2) < 0 {
 					return "", false, false
 				}
 				r.i += 6
@@ -93,53 +83,11 @@ func (r *reader) str() (raw string, esc, ok bool) {
 	}
 }
 
-func isHex4(s string) bool {
-	for i := range 4 {
-		c := s[i]
-		if !isDigit(c) && (c < 'a' || c > 'f') && (c < 'A' || c > 'F') {
-			return false
-		}
-	}
-	return true
-}
-
-// number reads a number, -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?,
-// and says whether it is an integer's text (no fraction, no exponent).
+// number reads a number and says whether it is an integer's text (no
+// fraction, no exponent).
 func (r *reader) number() (integer, ok bool) {
-	r.consume('-')
-	switch c := r.peek(); {
-	case c == '0':
-		r.i++
-	case c >= '1' && c <= '9':
-		r.digits()
-	default:
-		return false, false
-	}
-	integer = true
-	if r.consume('.') {
-		if !r.digits() {
-			return false, false
-		}
-		integer = false
-	}
-	if r.consume('e') || r.consume('E') {
-		if !r.consume('+') {
-			r.consume('-')
-		}
-		if !r.digits() {
-			return false, false
-		}
-		integer = false
-	}
-	return integer, true
-}
-
-func (r *reader) digits() bool {
-	start := r.i
-	for r.i < len(r.s) && isDigit(r.s[r.i]) {
-		r.i++
-	}
-	return r.i > start
+	r.i, integer, ok = jsontext.Number(r.s, r.i)
+	return integer, ok
 }
 
 // skip reads past the value at r, nested jd deep (the root is 1).
@@ -227,8 +175,8 @@ func unescape(dst []byte, raw string) []byte {
 		case 't':
 			dst = append(dst, '\t')
 		case 'u':
-			x, ok := hex4(raw, i)
-			if !ok {
+			x := jsontext.Hex4(raw, i)
+			if x < 0 {
 				dst = append(dst, `\u`...)
 				continue
 			}
@@ -242,8 +190,8 @@ func unescape(dst []byte, raw string) []byte {
 				dst = append(dst, raw[i-4:i]...)
 				continue
 			}
-			x1, ok := hex4(raw, i+2)
-			if !ok {
+			x1 := jsontext.Hex4(raw, i+2)
+			if x1 < 0 {
 				dst = append(dst, `\u`...)
 				dst = append(dst, raw[i-4:i]...)
 				continue
@@ -258,13 +206,4 @@ func unescape(dst []byte, raw string) []byte {
 		}
 	}
 	return dst
-}
-
-// hex4 is the value of the four hex digits at s[i:].
-func hex4(s string, i int) (rune, bool) {
-	if i+4 > len(s) {
-		return 0, false
-	}
-	x, err := strconv.ParseUint(s[i:i+4], 16, 16)
-	return rune(x), err == nil
 }

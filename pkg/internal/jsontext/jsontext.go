@@ -1,5 +1,9 @@
-// Package jsontext holds what Surge's JSON readers share: the scan over
-// the plain bytes of a string.
+// Package jsontext holds the lexing that Surge's two JSON readers share:
+// ingest's parser (pkg/event), which validates what clients send, and
+// the projection's reader (pkg/schema), which reads what ingest passed on.
+// What they make of strings differs (ingest refuses text that is not
+// valid Unicode, the projection keeps it as sent); numbers, escapes'
+// digits, whitespace and the scan over a string's plain bytes do not.
 package jsontext
 
 // PlainRun returns the index of the first byte at or after i that a JSON
@@ -31,6 +35,85 @@ func PlainRun[S ~string | ~[]byte](b S, i int) int {
 		if c := b[i]; c < 0x20 || c >= 0x80 || c == '"' || c == '\\' {
 			return i
 		}
+	}
+	return i
+}
+
+// Space returns the index of the first byte at or after i that is not
+// JSON whitespace; len(b) when there is none.
+func Space[S ~string | ~[]byte](b S, i int) int {
+	for ; i < len(b); i++ {
+		switch b[i] {
+		case ' ', '\t', '\n', '\r':
+		default:
+			return i
+		}
+	}
+	return i
+}
+
+// Hex4 returns the value of the four hex digits at b[i:], or -1.
+func Hex4[S ~string | ~[]byte](b S, i int) rune {
+	if i+4 > len(b) {
+		return -1
+	}
+	var r rune
+	for j := i; j < i+4; j++ {
+		h := b[j]
+		switch {
+		case h >= '0' && h <= '9':
+			h -= '0'
+		case h >= 'a' && h <= 'f':
+			h -= 'a' - 10
+		case h >= 'A' && h <= 'F':
+			h -= 'A' - 10
+		default:
+			return -1
+		}
+		r = r<<4 | rune(h)
+	}
+	return r
+}
+
+// Number reads the JSON number at b[i:],
+// -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, and returns where it
+// ends and whether it is an integer's text (no fraction, no exponent);
+// ok is false when b[i:] does not start with one.
+func Number[S ~string | ~[]byte](b S, i int) (end int, integer, ok bool) {
+	if i < len(b) && b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case i < len(b) && b[i] >= '1' && b[i] <= '9':
+		i = digits(b, i)
+	default:
+		return i, false, false
+	}
+	integer = true
+	if i < len(b) && b[i] == '.' {
+		if i++; i == len(b) || b[i] < '0' || b[i] > '9' {
+			return i, false, false
+		}
+		i, integer = digits(b, i), false
+	}
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if i == len(b) || b[i] < '0' || b[i] > '9' {
+			return i, false, false
+		}
+		i, integer = digits(b, i), false
+	}
+	return i, integer, true
+}
+
+func digits[S ~string | ~[]byte](b S, i int) int {
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
 	}
 	return i
 }
