@@ -5,6 +5,7 @@
 package stack
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -167,19 +168,13 @@ func Start(ctx context.Context, o Options) (*Stack, error) {
 		return nil, err
 	}
 	s := &Stack{opts: o, Database: o.Database, lock: lock}
-	chDir := o.Dir
-	if o.ClickHouseDir != "" {
-		chDir = o.ClickHouseDir
-		if err := os.MkdirAll(chDir, 0o755); err != nil {
-			s.Stop()
-			return nil, fmt.Errorf("clickhouse dir: %w", err)
-		}
+	chDir := cmp.Or(o.ClickHouseDir, o.Dir)
+	if err := os.MkdirAll(chDir, 0o755); err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("clickhouse dir: %w", err)
 	}
 	if o.Fresh {
-		for _, d := range []string{o.Dir, o.ClickHouseDir} {
-			if d == "" {
-				continue
-			}
+		for _, d := range slices.Compact([]string{o.Dir, chDir}) {
 			if err := clearData(d); err != nil {
 				s.Stop()
 				return nil, err
