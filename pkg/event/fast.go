@@ -2,6 +2,7 @@ package event
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"time"
 	"unicode/utf8"
@@ -93,10 +94,7 @@ func (p *Parser) fastArray(data []byte, received time.Time) []Event {
 			// 210 KB by appends). A small first event gets more room than
 			// the rest need, never more than Limits.MaxEvents (1,024 with
 			// no limit; appends take it from there).
-			n := min(len(data)/(size+1)+1, 1024)
-			if p.Limits.MaxEvents > 0 {
-				n = min(len(data)/(size+1)+1, p.Limits.MaxEvents)
-			}
+			n := min(len(data)/(size+1)+1, cmp.Or(p.Limits.MaxEvents, 1024))
 			events = append(make([]Event, 0, n), events[0])
 		}
 		return true
