@@ -116,6 +116,10 @@ type source struct {
 	// why: the service is not ready while any is.
 	refused map[string]string
 
+	// remaking serialises recreate's check and create, so workers that
+	// find the same consumer gone at once make it once.
+	remaking sync.Mutex
+
 	// truncated is set once a discovery round could not read every
 	// subject of INGEST, so the warning is logged once. Only discovery
 	// reads and writes it (at the start, then its own goroutine).
@@ -228,6 +232,8 @@ func (src *source) setReadyLocked() {
 // recreate makes the tenant's consumer again, unless another worker (or
 // the poller) already replaced old, and logs it.
 func (src *source) recreate(ctx context.Context, tenant, why string, old fetcher) error {
+	src.remaking.Lock()
+	defer src.remaking.Unlock()
 	if cur := src.sched.consumer(tenant); old != nil && cur != old {
 		return nil // already made again
 	}
