@@ -262,8 +262,13 @@ type Stats struct {
 	// ran into: every conflicting value, and the paths left unpromoted by
 	// a limit (keys, tenant_limit, table_limit, rate). Paths that wait for
 	// their column (pending), are denied, declared out or failed are the
-	// schema's doing, not the tenant's, and not counted here.
-	Paths map[PathKey]PathCount
+	// schema's doing, not the tenant's, and not counted here. Each key is
+	// listed once: a key explosion brings thousands a batch, and a map of
+	// them cost a tenth of its projection.
+	Paths []PathCount
+	// extra indexes the Paths of a path's second tenant or reason, which
+	// a projection counts at once (see projection.pathCounts).
+	extra map[PathKey]int
 }
 
 // PathKey is one tenant's problem with one property path.
@@ -280,19 +285,20 @@ type PathKey struct {
 // PathCount is how many values of a PathKey a batch had, and the row of
 // the first, for a sample.
 type PathCount struct {
+	Key    PathKey
 	N, Row int
 }
 
 func (s *Stats) path(k PathKey, row int) {
-	if s.Paths == nil {
-		s.Paths = make(map[PathKey]PathCount)
+	if i, ok := s.extra[k]; ok {
+		s.Paths[i].N++
+		return
 	}
-	c, ok := s.Paths[k]
-	if !ok {
-		c.Row = row
+	if s.extra == nil {
+		s.extra = make(map[PathKey]int)
 	}
-	c.N++
-	s.Paths[k] = c
+	s.extra[k] = len(s.Paths)
+	s.Paths = append(s.Paths, PathCount{Key: k, N: 1, Row: row})
 }
 
 // tenantLimit reports whether an unpromoted reason is a limit a tenant's
@@ -342,46 +348,36 @@ func (p *Projector) Project(parsed *Parsed, doc *Doc, b *batch.Batch) Stats {
 	return pr.stats
 }
 
-// pathCount is what pathCounts holds for a path of the batch: the first
-// tenant, reason and kind it was counted with, how often, and the first
-// row. Other combinations of the same path go to Stats.Paths at once.
-type pathCount struct {
-	key    PathKey
-	n, row int
-}
-
-// countPath counts k, the path of id, in row (see Stats.Paths).
+// countPath counts k, the path of id, in row (see Stats.Paths): the
+// path's first tenant and reason in its slot of pathCounts, any other at
+// once.
 func (pr *projection) countPath(id int32, k PathKey, row int) {
 	if pr.pathCounts == nil {
-		pr.pathCounts = make([]pathCount, len(pr.parsed.keys))
+		pr.pathCounts = make([]PathCount, len(pr.parsed.keys))
 	}
 	switch c := &pr.pathCounts[id]; {
-	case c.n == 0:
-		*c = pathCount{key: k, n: 1, row: row}
-	case c.key == k:
-		c.n++
+	case c.N == 0:
+		*c = PathCount{Key: k, N: 1, Row: row}
+	case c.Key == k:
+		c.N++
 	default:
 		pr.stats.path(k, row)
 	}
 }
 
-// flushPaths adds pathCounts to Stats.Paths.
+// flushPaths puts pathCounts into Stats.Paths, in the order of the
+// paths, keeping pathCounts' memory. No key is in both: pathCounts holds
+// each path's first tenant and reason, Stats.Paths so far only the
+// others.
 func (pr *projection) flushPaths() {
+	counted := pr.pathCounts[:0]
 	for _, c := range pr.pathCounts {
-		if c.n == 0 {
-			continue
+		if c.N > 0 {
+			counted = append(counted, c)
 		}
-		if pr.stats.Paths == nil {
-			pr.stats.Paths = make(map[PathKey]PathCount, len(pr.pathCounts))
-		}
-		have, ok := pr.stats.Paths[c.key]
-		if !ok {
-			have.Row = c.row
-		}
-		have.N += c.n
-		have.Row = min(have.Row, c.row)
-		pr.stats.Paths[c.key] = have
 	}
+	pr.stats.Paths = append(counted, pr.stats.Paths...)
+	pr.pathCounts, pr.stats.extra = nil, nil
 }
 
 // route is where a path's values go, decided once per batch.
@@ -417,7 +413,7 @@ type projection struct {
 	// of a batch mostly has one tenant and one reason, and hashing three
 	// strings for every unpromoted field took a fifth of a key
 	// explosion's projection. flushPaths moves them into Stats.Paths.
-	pathCounts []pathCount
+	pathCounts []PathCount
 }
 
 func (p *Projector) newProjection(parsed *Parsed, doc *Doc) *projection {

@@ -35,6 +35,9 @@ type typer struct {
 	// problems records what each tenant's events ran into: conflicts and
 	// keys a limit left unpromoted.
 	problems *problems.Recorder
+	// details say in words why a path is a problem, by reason: written
+	// once, as a key explosion brings thousands of paths a batch.
+	details map[string]string
 }
 
 // newTyper opens the schema bucket, retrying until it answers or ctx ends.
@@ -50,7 +53,7 @@ func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, re
 	if err != nil {
 		return nil, fmt.Errorf("schema registry: %w", err)
 	}
-	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout, problems: rec}
+	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout, problems: rec, details: pathDetails(cfg)}
 	t.observe(reg.Current())
 	return t, nil
 }
@@ -106,7 +109,8 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 // event_id of its first row.
 func (t *typer) count(stats schema.Stats, b *batch.Batch) {
 	t.m.count(stats)
-	for k, c := range stats.Paths {
+	for _, c := range stats.Paths {
+		k := c.Key
 		reason := problems.ReasonUnpromotedKey
 		if k.Conflict {
 			reason = problems.ReasonTypeConflict
@@ -119,21 +123,22 @@ func (t *typer) count(stats schema.Stats, b *batch.Batch) {
 	}
 }
 
+// pathDetails say in words why a path is a problem, by reason.
+func pathDetails(cfg schema.Config) map[string]string {
+	return map[string]string{
+		schema.ReasonType:        "value does not fit the type of the path's column; kept in _conflicts",
+		schema.ReasonCollision:   "another path's column has this path's name; value kept in _conflicts",
+		schema.ReasonKeys:        fmt.Sprintf("past the first %d keys of an event (schema.max_keys_per_event)", cfg.MaxKeysPerEvent),
+		schema.ReasonTenantLimit: fmt.Sprintf("the tenant's events introduced %d columns (schema.max_columns_per_tenant)", cfg.MaxColumnsPerTenant),
+		schema.ReasonTableLimit:  fmt.Sprintf("the table has %d columns (schema.max_columns)", cfg.MaxColumns),
+		schema.ReasonRate:        fmt.Sprintf("%d columns were added this hour (schema.max_new_columns_per_hour)", cfg.MaxNewColumnsPerHour),
+	}
+}
+
 // pathDetail says in words why a path is a problem.
 func (t *typer) pathDetail(k schema.PathKey) string {
-	switch k.Reason {
-	case schema.ReasonType:
-		return "value does not fit the type of the path's column; kept in _conflicts"
-	case schema.ReasonCollision:
-		return "another path's column has this path's name; value kept in _conflicts"
-	case schema.ReasonKeys:
-		return fmt.Sprintf("past the first %d keys of an event (schema.max_keys_per_event)", t.cfg.MaxKeysPerEvent)
-	case schema.ReasonTenantLimit:
-		return fmt.Sprintf("the tenant's events introduced %d columns (schema.max_columns_per_tenant)", t.cfg.MaxColumnsPerTenant)
-	case schema.ReasonTableLimit:
-		return fmt.Sprintf("the table has %d columns (schema.max_columns)", t.cfg.MaxColumns)
-	case schema.ReasonRate:
-		return fmt.Sprintf("%d columns were added this hour (schema.max_new_columns_per_hour)", t.cfg.MaxNewColumnsPerHour)
+	if d, ok := t.details[k.Reason]; ok {
+		return d
 	}
 	return k.Reason
 }
