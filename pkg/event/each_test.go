@@ -96,10 +96,12 @@ func TestDerivedIDIsDeterministicULID(t *testing.T) {
 }
 
 func TestValidTenant(t *testing.T) {
-	for _, ok := range []string{"demo", "acme-1", "A_b", strings.Repeat("t", 64)} {
+	for _, ok := range []string{"demo", "acme-1", "A_b", "aAzZ09_-", strings.Repeat("t", 64)} {
 		require.True(t, event.ValidTenant(ok), ok)
 	}
-	for _, bad := range []string{"", "a.b", "a b", "*", ">", strings.Repeat("t", 65), "é"} {
+	for _, bad := range []string{"", "a.b", "a b", "*", ">", strings.Repeat("t", 65), "é", "a\n",
+		// The bytes either side of each range.
+		"a@", "a[", "a`", "a{", "a/", "a:", "a\x00", "a\xff"} {
 		require.False(t, event.ValidTenant(bad), bad)
 	}
 }
