@@ -1,6 +1,9 @@
 package batch
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Kind is the logical type of a typed property column: what its values
 // are, whatever ClickHouse type holds them on a given server version
@@ -120,6 +123,39 @@ func (c *Column) AppendNull() {
 	}
 	c.Null = append(c.Null, true)
 	c.appendZero()
+}
+
+// AppendNulls adds n NULL rows (empty arrays) at once: a sparse column
+// of a wide schema is mostly NULLs.
+func (c *Column) AppendNulls(n int) {
+	if n <= 0 {
+		return
+	}
+	if c.Kind.IsArray() {
+		c.Lens = grow(c.Lens, n)
+		return
+	}
+	at := len(c.Null)
+	c.Null = grow(c.Null, n)
+	for i := at; i < len(c.Null); i++ {
+		c.Null[i] = true
+	}
+	switch c.Kind.Elem() {
+	case Float64:
+		c.Floats = grow(c.Floats, n)
+	case String:
+		c.Strs = grow(c.Strs, n)
+	default:
+		c.Ints = grow(c.Ints, n)
+	}
+}
+
+// grow is s with n zero values appended.
+func grow[T any](s []T, n int) []T {
+	s = slices.Grow(s, n)
+	s = s[:len(s)+n]
+	clear(s[len(s)-n:])
+	return s
 }
 
 func (c *Column) appendZero() {

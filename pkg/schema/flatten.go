@@ -137,9 +137,6 @@ type flattener struct {
 	// flagged are the paths that had no field before the row gave them
 	// one: a bad row takes that back.
 	flagged []int32
-	// lastKeys is how many distinct paths its last batch had: the next
-	// batch's keys are sized by it, as batches of one stream look alike.
-	lastKeys int
 }
 
 // getFlattener is a flattener for out, from the pool: its buffers and
@@ -147,7 +144,7 @@ type flattener struct {
 func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
 	f, ok := p.flatteners.Get().(*flattener)
 	if !ok {
-		f = &flattener{ids: make(map[string]int32)}
+		f = &flattener{ids: make(map[string]int32, p.lastKeys.Load())}
 	}
 	f.p, f.out, f.rootFirst = p, out, -1
 	f.text.Grow(sizeHint)
@@ -157,7 +154,7 @@ func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
 // putFlattener returns f to the pool, holding nothing of its batch.
 func (p *Projector) putFlattener(f *flattener) {
 	clear(f.ids)
-	f.lastKeys = len(f.out.keys)
+	p.lastKeys.Store(int64(len(f.out.keys)))
 	f.out, f.text = nil, strings.Builder{} // the text is the Parsed's now
 	p.flatteners.Put(f)
 }

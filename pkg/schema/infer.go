@@ -15,6 +15,9 @@ import (
 // float64 when finite, else its text too.
 func classifyNumber(s string, integer bool, t span) value {
 	if integer {
+		if i, ok := smallInt(s); ok {
+			return value{kind: vInt, infer: batch.Int64, i: i, text: t}
+		}
 		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
 			return value{kind: vInt, infer: batch.Int64, i: i, text: t}
 		}
@@ -25,6 +28,27 @@ func classifyNumber(s string, integer bool, t span) value {
 		return value{kind: vNumber, infer: batch.String, text: t}
 	}
 	return value{kind: vFloat, infer: batch.Float64, f: f, text: t}
+}
+
+// smallInt is s, a JSON integer (an optional minus, then digits), when it
+// has at most 18 digits, which no int64 overflows: most integers of
+// events, read without strconv's checks.
+func smallInt(s string) (int64, bool) {
+	neg := len(s) > 0 && s[0] == '-'
+	if neg {
+		s = s[1:]
+	}
+	if len(s) == 0 || len(s) > 18 {
+		return 0, false
+	}
+	var n int64
+	for i := 0; i < len(s); i++ {
+		n = n*10 + int64(s[i]-'0')
+	}
+	if neg {
+		n = -n
+	}
+	return n, true
 }
 
 // arrayKind is the kind an array asks for: an array of its elements' kind

@@ -1,6 +1,8 @@
 package schema
 
 import (
+	"math"
+	"strconv"
 	"testing"
 	"time"
 
@@ -176,4 +178,24 @@ func TestTimeDigits(t *testing.T) {
 	} {
 		require.Equal(t, want, timeDigits(chType), chType)
 	}
+}
+
+// TestSmallInt: the fast path reads every integer of at most 18 digits as
+// strconv does, and leaves longer ones to it.
+func TestSmallInt(t *testing.T) {
+	for _, s := range []string{"0", "-0", "7", "-7", "10", "123456789012345678", "-123456789012345678",
+		"999999999999999999", "-999999999999999999"} {
+		want, err := strconv.ParseInt(s, 10, 64)
+		require.NoError(t, err)
+		got, ok := smallInt(s)
+		require.True(t, ok, s)
+		require.Equal(t, want, got, s)
+	}
+	for _, s := range []string{"", "-", "1000000000000000000", "-1000000000000000000", "9223372036854775807", "-9223372036854775808"} {
+		_, ok := smallInt(s)
+		require.False(t, ok, s)
+	}
+	// Past 18 digits classifyNumber still reads what fits, through strconv.
+	require.Equal(t, value{kind: vInt, infer: batch.Int64, i: math.MinInt64}, classifyNumber("-9223372036854775808", true, span{}))
+	require.Equal(t, value{kind: vNumber, infer: batch.String}, classifyNumber("9223372036854775808", true, span{}))
 }

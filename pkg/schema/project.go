@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/surge-events/surge/pkg/batch"
@@ -27,6 +28,11 @@ type Projector struct {
 	reserved map[string]bool
 	// flatteners are reused (each with its buffers and map) by Parse.
 	flatteners sync.Pool
+	// lastKeys is how many distinct paths the last batch parsed had: the
+	// next batch's paths are sized by it, as batches of one stream look
+	// alike. Kept here, not in a flattener: the pool drops those at a
+	// garbage collection, and a key explosion collects often.
+	lastKeys atomic.Int64
 	// fields are Parsed's field buffers, back from Release: a batch's
 	// fields are about 1 KB an event, garbage once it is projected.
 	fields sync.Pool
@@ -86,7 +92,7 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	f := p.getFlattener(out, size)
 	defer p.putFlattener(f)
 	// Each member's path is a key at most.
-	out.keys = make([]key, 0, min(f.lastKeys, members))
+	out.keys = make([]key, 0, min(int(p.lastKeys.Load()), members))
 	for row, props := range b.Properties {
 		f.addRow(row, props)
 	}
@@ -311,18 +317,36 @@ func tenantLimit(reason string) bool {
 	return false
 }
 
-func (s *Stats) conflict(reason string) {
-	if s.Conflicts == nil {
-		s.Conflicts = make(map[string]int)
-	}
-	s.Conflicts[reason]++
+// reasonCounts counts values by reason, for Stats' maps: a handful of
+// reasons a batch, looked up in order, where a map would hash the reason
+// of every one of a key explosion's values.
+type reasonCounts []reasonCount
+
+type reasonCount struct {
+	reason string
+	n      int
 }
 
-func (s *Stats) unpromote(reason string) {
-	if s.Unpromoted == nil {
-		s.Unpromoted = make(map[string]int)
+func (rc *reasonCounts) add(reason string) {
+	for i := range *rc {
+		if (*rc)[i].reason == reason {
+			(*rc)[i].n++
+			return
+		}
 	}
-	s.Unpromoted[reason]++
+	*rc = append(*rc, reasonCount{reason, 1})
+}
+
+// byReason is the counts as a map; nil for none.
+func (rc reasonCounts) byReason() map[string]int {
+	if len(rc) == 0 {
+		return nil
+	}
+	out := make(map[string]int, len(rc))
+	for _, c := range rc {
+		out[c.reason] = c.n
+	}
+	return out
 }
 
 // Project fills b's typed columns, _conflicts and _unpromoted from parsed
@@ -345,6 +369,7 @@ func (p *Projector) Project(parsed *Parsed, doc *Doc, b *batch.Batch) Stats {
 	}
 	pr.finish(b)
 	pr.flushPaths()
+	pr.stats.Conflicts, pr.stats.Unpromoted = pr.conflictsBy.byReason(), pr.unpromotedBy.byReason()
 	return pr.stats
 }
 
@@ -408,7 +433,10 @@ type projection struct {
 	// row's end.
 	unpromoted    []string
 	unpromotedEnd []int
-	stats         Stats
+	// conflictsBy and unpromotedBy count the values of each reason, for
+	// stats.
+	conflictsBy, unpromotedBy reasonCounts
+	stats                     Stats
 	// pathCounts counts Stats.Paths by the batch's path id first: a path
 	// of a batch mostly has one tenant and one reason, and hashing three
 	// strings for every unpromoted field took a fifth of a key
@@ -423,9 +451,17 @@ func (p *Projector) newProjection(parsed *Parsed, doc *Doc) *projection {
 	pr := &projection{p: p, parsed: parsed, doc: doc, perTenant: tenantColumns(doc)}
 	byPath, names := columnIndex(doc)
 	pr.routes = make([]route, len(parsed.keys))
+	unpromoted := 0 // about how many values go to _unpromoted
 	for i := range parsed.keys {
-		pr.routes[i] = pr.route(&parsed.keys[i], byPath, names)
+		r := pr.route(&parsed.keys[i], byPath, names)
+		pr.routes[i] = r
+		if r.col < 0 && r.reason != ReasonCollision {
+			unpromoted += parsed.keys[i].rows
+		}
 	}
+	// A key explosion lists about ten paths an event: growing the list
+	// as it goes was a third of what its projection allocated.
+	pr.unpromoted = make([]string, 0, unpromoted)
 	return pr
 }
 
@@ -509,7 +545,7 @@ func (pr *projection) addRow(row int) {
 			reason := pr.unpromotedReason(r, i, tenant)
 			pointer := pr.parsed.keys[f.key].pointer
 			pr.unpromoted = append(pr.unpromoted, pointer)
-			pr.stats.unpromote(reason)
+			pr.unpromotedBy.add(reason)
 			if tenantLimit(reason) {
 				pr.countPath(f.key, PathKey{Tenant: tenant, Reason: reason, Path: pointer}, row)
 			}
@@ -542,7 +578,7 @@ func (pr *projection) unpromotedReason(r route, i int, tenant string) string {
 
 func (pr *projection) conflict(row int, f field, reason string) {
 	pr.rowConflicts = append(pr.rowConflicts, f)
-	pr.stats.conflict(reason)
+	pr.conflictsBy.add(reason)
 	pr.countPath(f.key, PathKey{Tenant: pr.parsed.tenant(row), Conflict: true, Reason: reason, Path: pr.parsed.keys[f.key].pointer}, row)
 }
 
@@ -620,11 +656,7 @@ func newColumn(name string, c *Col, rows int) column {
 }
 
 // padTo fills the rows before row with NULLs.
-func (c *column) padTo(row int) {
-	for c.col.Rows() < row {
-		c.col.AppendNull()
-	}
-}
+func (c *column) padTo(row int) { c.col.AppendNulls(row - c.col.Rows()) }
 
 // add puts row's value v into the column, or a NULL (an empty array) and
 // false when v does not convert without loss. null and [] are NULL.
