@@ -530,6 +530,8 @@ func hasFailed(doc *Doc, name string) bool {
 func (pr *projection) addRow(row int) {
 	pr.rowConflicts = pr.rowConflicts[:0]
 	rowStart := len(pr.unpromoted)
+	tenant := pr.parsed.tenant(row)
+	limit := "" // the row's limitReason, once a field needs it
 	for i, f := range pr.parsed.rowFields(row) {
 		r := pr.routes[f.key]
 		switch {
@@ -541,8 +543,17 @@ func (pr *projection) addRow(row int) {
 		case r.reason == ReasonCollision:
 			pr.conflict(row, f, ReasonCollision)
 		default:
-			tenant := pr.parsed.tenant(row)
-			reason := pr.unpromotedReason(r, i, tenant)
+			reason := r.reason
+			switch {
+			case reason == ReasonDeny || reason == ReasonFailed:
+			case i >= pr.p.cfg.MaxKeysPerEvent:
+				reason = ReasonKeys
+			case reason == "":
+				if limit == "" {
+					limit = pr.limitReason(tenant)
+				}
+				reason = limit
+			}
 			pointer := pr.parsed.keys[f.key].pointer
 			pr.unpromoted = append(pr.unpromoted, pointer)
 			pr.unpromotedBy.add(reason)
@@ -556,16 +567,10 @@ func (pr *projection) addRow(row int) {
 	pr.writeConflicts()
 }
 
-// unpromotedReason is why the field at index i of a row of tenant, with
-// route r, has no column.
-func (pr *projection) unpromotedReason(r route, i int, tenant string) string {
+// limitReason is why a path of a row of tenant that the schema says
+// nothing of has no column: the limit it reached, else pending.
+func (pr *projection) limitReason(tenant string) string {
 	switch {
-	case r.reason == ReasonDeny || r.reason == ReasonFailed:
-		return r.reason
-	case i >= pr.p.cfg.MaxKeysPerEvent:
-		return ReasonKeys
-	case r.reason != "":
-		return r.reason
 	case len(pr.doc.Columns) >= pr.p.cfg.MaxColumns:
 		return ReasonTableLimit
 	case pr.perTenant[tenant] >= pr.p.cfg.MaxColumnsPerTenant:
