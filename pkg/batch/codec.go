@@ -196,18 +196,22 @@ func appendDeltas(dst []byte, col []int64) []byte {
 }
 
 // appendLists writes per row the count of strings, then every string as
-// one string column.
+// one string column (appendStrings' layout), without gathering them first.
 func appendLists(dst []byte, rows [][]string) []byte {
-	total := 0
 	for _, l := range rows {
 		dst = binary.AppendUvarint(dst, uint64(len(l)))
-		total += len(l)
 	}
-	flat := make([]string, 0, total)
 	for _, l := range rows {
-		flat = append(flat, l...)
+		for _, s := range l {
+			dst = binary.AppendUvarint(dst, uint64(len(s)))
+		}
 	}
-	return appendStrings(dst, flat)
+	for _, l := range rows {
+		for _, s := range l {
+			dst = append(dst, s...)
+		}
+	}
+	return dst
 }
 
 // appendColumn writes a typed column: name, kind, array lengths, null
