@@ -1,7 +1,6 @@
 package batcher
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -75,34 +74,4 @@ func TestProjectionProblemsAreRecorded(t *testing.T) {
 		problems.ReasonTypeConflict + " /n":  4,
 		problems.ReasonUnpromotedKey + " /b": 2,
 	}, got)
-}
-
-// TestProjectionSlots: no more projections run at once than there are
-// slots; a release frees its slot once, however often it is called; and a
-// projection whose context ends while it waits runs without a slot.
-func TestProjectionSlots(t *testing.T) {
-	tp := &typer{slots: make(chan struct{}, 2)}
-	first, second := tp.slot(t.Context()), tp.slot(t.Context())
-	require.Len(t, tp.slots, 2)
-
-	got := make(chan func())
-	go func() { got <- tp.slot(t.Context()) }()
-	select {
-	case <-got:
-		t.Fatal("a third projection got a slot while two were held")
-	default:
-	}
-	first()
-	first() // a second call frees nothing more
-	third := <-got
-	require.Len(t, tp.slots, 2, "the third holds the slot the first freed")
-
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	none := tp.slot(ctx) // both slots held: runs without one
-	none()
-	require.Len(t, tp.slots, 2)
-	second()
-	third()
-	require.Empty(t, tp.slots)
 }

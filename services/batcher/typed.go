@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"sync"
 	"time"
 
@@ -39,10 +38,6 @@ type typer struct {
 	// details say in words why a path is a problem, by reason: written
 	// once, as a key explosion brings thousands of paths a batch.
 	details map[string]string
-	// slots bounds the projections that run at once to the threads Go
-	// runs: the work is CPU-bound, so more at once would not end sooner,
-	// only hold more batches parsed (about 1 KB an event each).
-	slots chan struct{}
 }
 
 // newTyper opens the schema bucket, retrying until it answers or ctx ends.
@@ -58,8 +53,7 @@ func newTyper(ctx context.Context, js jetstream.JetStream, cfg schema.Config, re
 	if err != nil {
 		return nil, fmt.Errorf("schema registry: %w", err)
 	}
-	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout, problems: rec, details: pathDetails(cfg),
-		slots: make(chan struct{}, runtime.GOMAXPROCS(0))}
+	t := &typer{cfg: cfg, reg: reg, proj: proj, m: m, log: log, timeout: timeout, problems: rec, details: pathDetails(cfg)}
 	t.observe(reg.Current())
 	return t, nil
 }
@@ -78,8 +72,6 @@ func (t *typer) watch(ctx context.Context, rc retry.Config) {
 // _unpromoted: the batch still moves, and a later batch proposes them
 // again.
 func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
-	release := t.slot(ctx)
-	defer func() { release() }()
 	parsed := t.proj.Parse(b)
 	defer t.proj.Release(parsed)
 	now := time.Now().UTC()
@@ -89,11 +81,9 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 		return
 	}
 	if _, changed := t.proj.Plan(parsed, snap.Doc, now); changed {
-		release() // the proposal waits on NATS, not on a thread
 		uctx, cancel := context.WithTimeout(ctx, t.timeout)
 		next, err := t.reg.Update(uctx, func(d *schema.Doc) (*schema.Doc, bool) { return t.proj.Plan(parsed, d, now) })
 		cancel()
-		release = t.slot(ctx)
 		switch {
 		case err == nil:
 			if next.Wrote {
@@ -112,19 +102,6 @@ func (t *typer) project(ctx context.Context, b *batch.Batch, propose bool) {
 	}
 	t.count(t.proj.Project(parsed, snap.Doc, b), b)
 	t.observe(snap)
-}
-
-// slot waits for one of the projections that may run at once and returns
-// its release, which may be called more than once. When ctx ends first
-// (the batcher stops) the projection runs without one: a batch being
-// projected is still published.
-func (t *typer) slot(ctx context.Context) func() {
-	select {
-	case t.slots <- struct{}{}:
-		return sync.OnceFunc(func() { <-t.slots })
-	case <-ctx.Done():
-		return func() {}
-	}
 }
 
 // count adds a batch's projection to the metrics and its tenants'
