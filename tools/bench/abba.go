@@ -56,6 +56,9 @@ func offOnReport(title, name string, offs, ons []benchReport) string {
 		mode := name + map[bool]string{false: " off", true: " on"}[i == 1 || i == 2]
 		fmt.Fprintf(&b, "  run %d %-10s inserted %.0f events/s, accepted %.0f events/s\n", i+1, mode, r.tp.inserted, r.tp.accepted)
 	}
+	for _, l := range spreadLines(offs, ons, "off", "on") {
+		fmt.Fprintf(&b, "  %s\n", l)
+	}
 	row := func(label, a, c, ratio string) { fmt.Fprintf(&b, "  %-26s %20s %20s %10s\n", label, a, c, ratio) }
 	ratio := func(a, c float64) string {
 		if a == 0 {
@@ -68,6 +71,42 @@ func offOnReport(title, name string, offs, ons []benchReport) string {
 	row("inserted (queryable)", fmt.Sprintf("%.0f events/s", off.tp.inserted), fmt.Sprintf("%.0f events/s", on.tp.inserted), ratio(off.tp.inserted, on.tp.inserted))
 	row("p99 ingest-to-queryable", off.lat.p99.String(), on.lat.p99.String(), ratio(off.lat.p99.Seconds(), on.lat.p99.Seconds()))
 	return b.String()
+}
+
+// runSpread is how far apart a mode's two runs may insert before the
+// report calls its ratio rough: the runs of a quiet sitting here stay
+// within about 20% of each other, and one run disturbed by other work on
+// the machine (once 43,500 events/s against 110,000) moves the average
+// more than the feature does.
+const runSpread = 1.25
+
+// spreadLines are the ratio of each pair there and back (run 2 over run
+// 1, run 3 over run 4, by rate inserted), and a note for each mode whose
+// two runs are further apart than runSpread.
+func spreadLines(offs, ons []benchReport, offName, onName string) []string {
+	pair := func(off, on benchReport) string {
+		if off.tp.inserted == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2fx", on.tp.inserted/off.tp.inserted)
+	}
+	lines := []string{fmt.Sprintf("each pair there and back, inserted %s/%s: runs 2/1 %s, runs 3/4 %s",
+		onName, offName, pair(offs[0], ons[0]), pair(offs[1], ons[1]))}
+	for _, m := range []struct {
+		name string
+		runs []benchReport
+	}{{offName, offs}, {onName, ons}} {
+		lo := min(m.runs[0].tp.inserted, m.runs[1].tp.inserted)
+		hi := max(m.runs[0].tp.inserted, m.runs[1].tp.inserted)
+		const rough = "the machine's pace moved, so the ratio is rough; run again"
+		switch {
+		case hi > 0 && lo == 0:
+			lines = append(lines, fmt.Sprintf("note: one of the two %s runs inserted nothing, so the ratio means nothing; run again", m.name))
+		case hi > lo*runSpread:
+			lines = append(lines, fmt.Sprintf("note: the two %s runs inserted %.2fx apart, more than %.2fx: %s", m.name, hi/lo, runSpread, rough))
+		}
+	}
+	return lines
 }
 
 // stackJetStream connects to the stack's NATS as its services do.

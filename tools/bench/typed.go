@@ -250,6 +250,11 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	for i, r := range all {
 		fmt.Fprintf(&b, "  run %d %-6s inserted %.0f events/s, accepted %.0f events/s, p99 at half rate %s\n", i+1, r.mode, r.tp.inserted, r.tp.accepted, r.lat.p99)
 	}
+	if len(all) == 4 { // off, on, on, off
+		for _, l := range spreadLines([]benchReport{all[0], all[3]}, all[1:3], string(first.mode), string(last.mode)) {
+			fmt.Fprintf(&b, "  %s\n", l)
+		}
+	}
 	row("", func(r benchReport) string { return string(r.mode) }, string(last.mode)+"/"+string(first.mode))
 	row(accepted, func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.accepted) }, ratio(func(r benchReport) float64 { return r.tp.accepted }))
 	row("inserted (queryable)", func(r benchReport) string { return fmt.Sprintf("%.0f events/s", r.tp.inserted) }, ratio(func(r benchReport) float64 { return r.tp.inserted }))

@@ -96,7 +96,12 @@ func TestTypedReport(t *testing.T) {
 		"  run 3 infer  inserted 55000 events/s, accepted 90000 events/s, p99 at half rate 500ms",
 		"  run 4 off    inserted 90000 events/s, accepted 100000 events/s, p99 at half rate 400ms",
 	}, lines[2:6])
-	lines = append(lines[:2], lines[6:]...)
+	// The pairs' own ratios, and a note for the off runs, 1.29x apart.
+	assert.Equal(t, []string{
+		"  each pair there and back, inserted infer/off: runs 2/1 0.93x, runs 3/4 0.61x",
+		"  note: the two off runs inserted 1.29x apart, more than 1.25x: the machine's pace moved, so the ratio is rough; run again",
+	}, lines[6:8])
+	lines = append(lines[:2], lines[8:]...)
 	assert.Regexp(t, `^ +off +infer +infer/off$`, lines[2])
 	for i, re := range []string{
 		`^  accepted \(HTTP 202\) +100000 events/s +90000 events/s +0\.90x$`,
@@ -132,6 +137,20 @@ func TestTypedReport(t *testing.T) {
 	out = typedReport(f, gen, []benchReport{{mode: schema.Off}, infer}, nil)
 	assert.Regexp(t, `(?m)^  accepted \(HTTP 202\) +0 events/s +90000 events/s +-$`, out)
 	assert.Contains(t, out, "latency phase at 20000 events/s (--rate)")
+	assert.NotContains(t, out, "each pair there and back", "no pairs without four runs")
+}
+
+// TestSpreadLines: runs within runSpread of each other get no note; a
+// run that inserted nothing, or far less than its twin, gets one.
+func TestSpreadLines(t *testing.T) {
+	run := func(inserted float64) benchReport { return benchReport{tp: throughputResult{inserted: inserted}} }
+	assert.Equal(t, []string{"each pair there and back, inserted on/off: runs 2/1 0.50x, runs 3/4 0.48x"},
+		spreadLines([]benchReport{run(100), run(125)}, []benchReport{run(50), run(60)}, "off", "on"))
+	assert.Equal(t, []string{
+		"each pair there and back, inserted on/off: runs 2/1 -, runs 3/4 0.50x",
+		"note: one of the two off runs inserted nothing, so the ratio means nothing; run again",
+		"note: the two on runs inserted 2.00x apart, more than 1.25x: the machine's pace moved, so the ratio is rough; run again",
+	}, spreadLines([]benchReport{run(0), run(100)}, []benchReport{run(100), run(50)}, "off", "on"))
 }
 
 func TestProfileKeys(t *testing.T) {
