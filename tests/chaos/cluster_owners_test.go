@@ -26,6 +26,7 @@ const (
 	msgBatchInserted  = "batch inserted"
 	msgSharing        = "sharing shards by leases"
 	msgRanOut         = "lease ran out without renewal; shard stopped"
+	msgLeaseLost      = "lease lost; shard stopped"
 )
 
 // workSpan is one run of one shard's work in one process: from its
@@ -34,6 +35,12 @@ type workSpan struct {
 	service, proc string // proc: "<instance name>#<run>"
 	shard         int
 	start, end    float64 // Unix seconds; end is +Inf while it runs
+	// fenced is when the lease code took the shard from this run (its
+	// lease ran out or was lost: Holds turned false, the run's context
+	// was cancelled), +Inf if it never did. The run may drain after it,
+	// until end, but owns the shard only until then: an output of its
+	// drain is checked against the shard's next owner like any other.
+	fenced float64
 	// outputs are the times of the batches it published or inserted.
 	outputs []float64
 	// late are the outputs logged after a pause during which the shard
@@ -111,7 +118,11 @@ func readSpans(service, name, path string, ends []runEnd, pauses []pause) ([]wor
 				return nil, fmt.Errorf("%s run %d: shard %d started at %.3f while its run since %.3f had not stopped", name, run, k, l.TS, out[i].start)
 			}
 			open[k] = len(out)
-			out = append(out, workSpan{service: service, proc: fmt.Sprintf("%s#%d", name, run), shard: k, start: l.TS, end: math.Inf(1)})
+			out = append(out, workSpan{service: service, proc: fmt.Sprintf("%s#%d", name, run), shard: k, start: l.TS, end: math.Inf(1), fenced: math.Inf(1)})
+		case msgRanOut, msgLeaseLost:
+			if i, ok := open[k]; ok {
+				out[i].fenced = min(out[i].fenced, l.TS)
+			}
 		case msgShardStopped:
 			i, ok := open[k]
 			if !ok {
@@ -213,7 +224,7 @@ func overlaps(spans []workSpan) []string {
 	for k, ss := range by {
 		slices.SortFunc(ss, func(a, b workSpan) int { return cmpFloat(a.start, b.start) })
 		for i := range ss {
-			for j := i + 1; j < len(ss) && ss[j].start < ss[i].end; j++ {
+			for j := i + 1; j < len(ss) && ss[j].start < ss[i].owned(); j++ {
 				if ss[i].proc == ss[j].proc {
 					continue
 				}
@@ -222,7 +233,7 @@ func overlaps(spans []workSpan) []string {
 			}
 			for _, at := range ss[i].outputs {
 				for _, o := range ss {
-					if o.proc != ss[i].proc && o.start <= at && at < o.end {
+					if o.proc != ss[i].proc && o.start <= at && at < o.owned() {
 						out = append(out, fmt.Sprintf("%s shard %d: %s output a batch at %.3f while %s owned it (%s)",
 							k.service, k.shard, ss[i].proc, at, o.proc, spanString(o)))
 					}
@@ -233,6 +244,10 @@ func overlaps(spans []workSpan) []string {
 	slices.Sort(out)
 	return out
 }
+
+// owned is when the span stopped owning its shard: its end, or the
+// lease code's fence before it.
+func (s workSpan) owned() float64 { return min(s.end, s.fenced) }
 
 func cmpFloat(a, b float64) int {
 	switch {
@@ -245,10 +260,14 @@ func cmpFloat(a, b float64) int {
 }
 
 func spanString(s workSpan) string {
-	if math.IsInf(s.end, 1) {
-		return fmt.Sprintf("[%.3f, running)", s.start)
+	fence := ""
+	if s.fenced < s.end {
+		fence = fmt.Sprintf(", fenced at %.3f", s.fenced)
 	}
-	return fmt.Sprintf("[%.3f, %.3f]", s.start, s.end)
+	if math.IsInf(s.end, 1) {
+		return fmt.Sprintf("[%.3f, running%s)", s.start, fence)
+	}
+	return fmt.Sprintf("[%.3f, %.3f%s]", s.start, s.end, fence)
 }
 
 // unix is t in the logs' time unit.
@@ -290,8 +309,8 @@ func TestOwnershipSpans(t *testing.T) {
 	sa, err := readSpans("sink", "sink-0", a, []runEnd{{at: 15, killed: true}}, nil)
 	require.NoError(t, err)
 	require.Equal(t, []workSpan{
-		{service: "sink", proc: "sink-0#0", shard: 3, start: 11, end: 15, outputs: []float64{12}},
-		{service: "sink", proc: "sink-0#1", shard: 3, start: 31, end: math.Inf(1)},
+		{service: "sink", proc: "sink-0#0", shard: 3, start: 11, end: 15, fenced: math.Inf(1), outputs: []float64{12}},
+		{service: "sink", proc: "sink-0#1", shard: 3, start: 31, end: math.Inf(1), fenced: math.Inf(1)},
 	}, sa)
 	sb, err := readSpans("sink", "sink-1", b, nil, nil)
 	require.NoError(t, err)
@@ -321,6 +340,44 @@ func TestOwnershipSpans(t *testing.T) {
 	)
 	sd, err := readSpans("sink", "sink-2", d, nil, []pause{{run: 0, from: 13, to: 24}})
 	require.NoError(t, err)
-	require.Equal(t, []workSpan{{service: "sink", proc: "sink-2#0", shard: 3, start: 11, end: 13, outputs: []float64{12}, late: []float64{24.5}}}, sd)
+	require.Equal(t, []workSpan{{service: "sink", proc: "sink-2#0", shard: 3, start: 11, end: 13, fenced: math.Inf(1), outputs: []float64{12}, late: []float64{24.5}}}, sd)
 	require.Empty(t, overlaps(append(sd, sb...)))
+
+	// NATS unreachable: batcher-2's lease ran out at 20 and its run drained
+	// until 30 (a fetch waited out its timeout); batcher-3 took the shard at
+	// 22. The drain is not ownership; an output of it at 25 would be.
+	fenced := func(lost string, drainOutput bool) []workSpan {
+		lines := []string{
+			stack.InstanceStartMarker + " batcher-2 at x",
+			`{"ts":11,"msg":"shard started","shard":5}`,
+			`{"ts":19,"msg":"batch published","shard":5}`,
+			`{"ts":20,"msg":"` + lost + `","shard":5}`,
+		}
+		if drainOutput {
+			lines = append(lines, `{"ts":25,"msg":"batch published","shard":5}`)
+		}
+		lines = append(lines, `{"ts":30,"msg":"shard stopped","shard":5}`)
+		old, err := readSpans("batcher", "batcher-2", write("batcher-2", lines...), nil, nil)
+		require.NoError(t, err)
+		next, err := readSpans("batcher", "batcher-3", write("batcher-3",
+			stack.InstanceStartMarker+" batcher-3 at x",
+			`{"ts":22,"msg":"shard started","shard":5}`,
+			`{"ts":23,"msg":"batch published","shard":5}`,
+		), nil, nil)
+		require.NoError(t, err)
+		return append(old, next...)
+	}
+	for _, lost := range []string{msgRanOut, msgLeaseLost} {
+		spans := fenced(lost, false)
+		require.Equal(t, 20.0, spans[0].fenced, lost)
+		require.Empty(t, overlaps(spans), lost)
+		require.Equal(t, []string{
+			"batcher shard 5: batcher-2#0 output a batch at 25.000 while batcher-3#0 owned it ([22.000, running))",
+		}, overlaps(fenced(lost, true)), lost)
+	}
+	// Without the fence the drain overlaps, as before.
+	require.Equal(t, []string{
+		"batcher shard 5: batcher-2#0 ran [11.000, 30.000] while batcher-3#0 ran [22.000, running)",
+		"batcher shard 5: batcher-3#0 output a batch at 23.000 while batcher-2#0 owned it ([11.000, 30.000])",
+	}, overlaps(fenced("unrelated", false)))
 }
