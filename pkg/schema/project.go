@@ -272,9 +272,6 @@ type Stats struct {
 	// listed once: a key explosion brings thousands a batch, and a map of
 	// them cost a tenth of its projection.
 	Paths []PathCount
-	// extra indexes the Paths of a path's second tenant or reason, which
-	// a projection counts at once (see projection.pathCounts).
-	extra map[PathKey]int
 }
 
 // PathKey is one tenant's problem with one property path.
@@ -293,18 +290,6 @@ type PathKey struct {
 type PathCount struct {
 	Key    PathKey
 	N, Row int
-}
-
-func (s *Stats) path(k PathKey, row int) {
-	if i, ok := s.extra[k]; ok {
-		s.Paths[i].N++
-		return
-	}
-	if s.extra == nil {
-		s.extra = make(map[PathKey]int)
-	}
-	s.extra[k] = len(s.Paths)
-	s.Paths = append(s.Paths, PathCount{Key: k, N: 1, Row: row})
 }
 
 // tenantLimit reports whether an unpromoted reason is a limit a tenant's
@@ -385,8 +370,16 @@ func (pr *projection) countPath(id int32, k PathKey, row int) {
 		*c = PathCount{Key: k, N: 1, Row: row}
 	case c.Key == k:
 		c.N++
-	default:
-		pr.stats.path(k, row)
+	default: // the path's second tenant or reason: rare
+		if i, ok := pr.otherPaths[k]; ok {
+			pr.stats.Paths[i].N++
+			return
+		}
+		if pr.otherPaths == nil {
+			pr.otherPaths = make(map[PathKey]int)
+		}
+		pr.otherPaths[k] = len(pr.stats.Paths)
+		pr.stats.Paths = append(pr.stats.Paths, PathCount{Key: k, N: 1, Row: row})
 	}
 }
 
@@ -402,7 +395,7 @@ func (pr *projection) flushPaths() {
 		}
 	}
 	pr.stats.Paths = append(counted, pr.stats.Paths...)
-	pr.pathCounts, pr.stats.extra = nil, nil
+	pr.pathCounts, pr.otherPaths = nil, nil
 }
 
 // route is where a path's values go, decided once per batch.
@@ -442,6 +435,9 @@ type projection struct {
 	// strings for every unpromoted field took a fifth of a key
 	// explosion's projection. flushPaths moves them into Stats.Paths.
 	pathCounts []PathCount
+	// otherPaths indexes, in stats.Paths, the counts of a path's other
+	// tenants and reasons, which go there at once.
+	otherPaths map[PathKey]int
 }
 
 func (p *Projector) newProjection(parsed *Parsed, doc *Doc) *projection {
@@ -537,11 +533,11 @@ func (pr *projection) addRow(row int) {
 		switch {
 		case r.col >= 0:
 			if !pr.cols[r.col].add(pr.parsed, row, f.v) {
-				pr.conflict(row, f, ReasonType)
+				pr.conflict(row, tenant, f, ReasonType)
 			}
 		case f.v.infer == 0: // null or [] at a path with no column: nothing to keep
 		case r.reason == ReasonCollision:
-			pr.conflict(row, f, ReasonCollision)
+			pr.conflict(row, tenant, f, ReasonCollision)
 		default:
 			reason := r.reason
 			switch {
@@ -581,10 +577,10 @@ func (pr *projection) limitReason(tenant string) string {
 	return ReasonPending
 }
 
-func (pr *projection) conflict(row int, f field, reason string) {
+func (pr *projection) conflict(row int, tenant string, f field, reason string) {
 	pr.rowConflicts = append(pr.rowConflicts, f)
 	pr.conflictsBy.add(reason)
-	pr.countPath(f.key, PathKey{Tenant: pr.parsed.tenant(row), Conflict: true, Reason: reason, Path: pr.parsed.keys[f.key].pointer}, row)
+	pr.countPath(f.key, PathKey{Tenant: tenant, Conflict: true, Reason: reason, Path: pr.parsed.keys[f.key].pointer}, row)
 }
 
 // writeConflicts appends the row's _conflicts: a JSON object of the
