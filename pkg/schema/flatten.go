@@ -1,6 +1,7 @@
 package schema
 
 import (
+	"math"
 	"strings"
 	"unicode/utf8"
 
@@ -44,9 +45,20 @@ func (ps *Parsed) rowFields(r int) []field {
 	return ps.fields[start:ps.rowEnd[r]]
 }
 
-func (ps *Parsed) textOf(s span) string { return ps.text[s.at : s.at+s.n] }
+// textOf is the text of s, a span of row's values: a part of the row's
+// own properties, or of Parsed's text.
+func (ps *Parsed) textOf(row int, s span) string {
+	if s.at&inRow != 0 {
+		at := s.at &^ inRow
+		return ps.batch.Properties[row][at : at+s.n]
+	}
+	return ps.text[s.at : s.at+s.n]
+}
 
-func (ps *Parsed) elemsOf(v value) []value { return ps.elems[v.elems.at : v.elems.at+v.elems.n] }
+func (ps *Parsed) elemsOf(v value) []value {
+	e := v.elemSpan()
+	return ps.elems[e.at : e.at+e.n]
+}
 
 // field is one flattened property of a row.
 type field struct {
@@ -101,15 +113,27 @@ type value struct {
 	// infer is the column kind the value asks for; 0 when it carries no
 	// type (null, [], an array of nulls).
 	infer batch.Kind
-	i     int64   // vBool (0 or 1), vInt
-	f     float64 // vFloat
-	text  span    // vInt, vFloat, vNumber: the number's text; vString: the value; vJSON, vArray: the JSON
-	elems span    // vArray
+	// bits holds vBool's 0 or 1 and vInt's int64, vFloat's float64 bits,
+	// and vArray's span of Parsed.elems: one word keeps a field at 32 bytes,
+	// and a batch holds a field for each of its properties.
+	bits uint64
+	text span // vInt, vFloat, vNumber: the number's text; vString: the value; vJSON, vArray: the JSON
 }
 
-// span is a range of Parsed.text or Parsed.elems. 32 bits are plenty for
-// a batch and keep a field at 48 bytes.
+func (v value) int() int64       { return int64(v.bits) }
+func (v value) float() float64   { return math.Float64frombits(v.bits) }
+func (v value) elemSpan() span   { return span{at: uint32(v.bits >> 32), n: uint32(v.bits)} }
+func elemBits(at, n int) uint64  { return uint64(at)<<32 | uint64(uint32(n)) }
+func floatBits(f float64) uint64 { return math.Float64bits(f) }
+
+// span is a range of Parsed.elems, or of a row's text: with inRow set in
+// at, of the row's own properties (what a value reads as it was sent,
+// most of them), else of Parsed.text (unescaped strings, JSON written
+// anew). 32 bits are plenty for a batch.
 type span struct{ at, n uint32 }
+
+// inRow marks a span of the row's properties.
+const inRow = 1 << 31
 
 // maxJSONDepth is the deepest nesting of a row's properties that is read
 // (the root object is 1); a deeper row gives no fields.
@@ -141,13 +165,12 @@ type flattener struct {
 
 // getFlattener is a flattener for out, from the pool: its buffers and
 // map keep their memory from batch to batch.
-func (p *Projector) getFlattener(out *Parsed, sizeHint int) *flattener {
+func (p *Projector) getFlattener(out *Parsed) *flattener {
 	f, ok := p.flatteners.Get().(*flattener)
 	if !ok {
 		f = &flattener{ids: make(map[string]int32, p.lastKeys.Load())}
 	}
 	f.p, f.out, f.rootFirst = p, out, -1
-	f.text.Grow(sizeHint)
 	return f
 }
 
@@ -404,7 +427,7 @@ func (f *flattener) addField(id int32, r *reader, jd int) {
 		f.out.keys[id].hasField = true
 		f.flagged = append(f.flagged, id)
 	}
-	// Written in place: a field is 56 bytes, and copying each one in
+	// Written in place: copying each field in
 	// from a returned value took a sixth of the projection's time.
 	f.out.fields = append(f.out.fields, field{key: id})
 	f.value(r, jd, &f.out.fields[len(f.out.fields)-1].v)
@@ -449,7 +472,7 @@ func (f *flattener) value(r *reader, jd int, v *value) {
 			*v = value{kind: vString, infer: batch.String, text: f.addBytes(f.unescaped)}
 			return
 		default:
-			*v = value{kind: vString, infer: batch.String, text: f.addText(raw)}
+			*v = value{kind: vString, infer: batch.String, text: f.rowSpan(r, r.i-1-len(raw), r.i-1)}
 			return
 		}
 	case c == '{':
@@ -464,7 +487,7 @@ func (f *flattener) value(r *reader, jd int, v *value) {
 		}
 	case c == 't':
 		if r.literal("true") {
-			*v = value{kind: vBool, infer: batch.Bool, i: 1}
+			*v = value{kind: vBool, infer: batch.Bool, bits: 1}
 			return
 		}
 	case c == 'f':
@@ -480,8 +503,7 @@ func (f *flattener) value(r *reader, jd int, v *value) {
 	default:
 		start := r.i
 		if integer, ok := r.number(); ok {
-			t := f.addText(r.s[start:r.i])
-			*v = classifyNumber(f.text.String()[t.at:t.at+t.n], integer, t)
+			*v = classifyNumber(r.s[start:r.i], integer, f.rowSpan(r, start, r.i))
 			return
 		}
 	}
@@ -527,8 +549,8 @@ func (f *flattener) array(r *reader, jd int) (value, bool) {
 	return value{
 		kind:  vArray,
 		infer: arrayKind(f.out.elems[at:]),
-		text:  f.addCompact(r.s[start:r.i]),
-		elems: span{at: uint32(at), n: uint32(n)},
+		text:  f.addCompact(r, start),
+		bits:  elemBits(at, n),
 	}, true
 }
 
@@ -550,18 +572,30 @@ func (f *flattener) addJSON(r *reader, jd int) (span, bool) {
 	if !r.skip(jd) {
 		return span{}, false
 	}
-	return f.addCompact(r.s[start:r.i]), true
+	return f.addCompact(r, start), true
 }
 
-// addCompact adds raw, a JSON value read already, as compact JSON: as it
-// is when nothing in it would be written otherwise (what ingest passes
-// on, compacted, mostly is), else written anew.
-func (f *flattener) addCompact(raw string) span {
+// addCompact adds the JSON value of the row read from start up to r as
+// compact JSON: the row's own text when nothing in it would be written
+// otherwise (what ingest passes on, compacted, mostly is), else written
+// anew.
+func (f *flattener) addCompact(r *reader, start int) span {
+	raw := r.s[start:r.i]
 	if strings.IndexByte(raw, '\\') < 0 && strings.IndexAny(raw, " \t\n\r") < 0 && utf8.ValidString(raw) {
-		return f.addText(raw)
+		return f.rowSpan(r, start, r.i)
 	}
 	f.scratch = f.appendJSON(f.scratch[:0], &reader{s: raw})
 	return f.addBytes(f.scratch)
+}
+
+// rowSpan is the span of the row's text from start to end, as it was
+// sent: no copy is made. A row past inRow bytes (which no event is) is
+// copied into Parsed's text instead.
+func (f *flattener) rowSpan(r *reader, start, end int) span {
+	if end >= inRow {
+		return f.addText(r.s[start:end])
+	}
+	return span{at: inRow | uint32(start), n: uint32(end - start)}
 }
 
 // appendJSON appends the JSON value at r, read already, as compact JSON:
@@ -611,19 +645,19 @@ func (f *flattener) appendString(dst []byte, r *reader) []byte {
 	return appendJSONString(dst, f.unescaped)
 }
 
-// appendValueJSON appends a flattened value as compact JSON: the text it
+// appendValueJSON appends a flattened value of row as compact JSON: the text it
 // came in, but for strings, which are escaped anew.
-func (ps *Parsed) appendValueJSON(dst []byte, v value) []byte {
+func (ps *Parsed) appendValueJSON(dst []byte, row int, v value) []byte {
 	switch v.kind {
 	case vBool:
-		if v.i == 1 {
+		if v.bits == 1 {
 			return append(dst, "true"...)
 		}
 		return append(dst, "false"...)
 	case vInt, vFloat, vNumber, vJSON, vArray:
-		return append(dst, ps.textOf(v.text)...)
+		return append(dst, ps.textOf(row, v.text)...)
 	case vString:
-		return AppendJSONString(dst, ps.textOf(v.text))
+		return AppendJSONString(dst, ps.textOf(row, v.text))
 	}
 	return append(dst, "null"...)
 }

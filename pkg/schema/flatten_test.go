@@ -3,6 +3,7 @@ package schema
 import (
 	"fmt"
 	"testing"
+	"unsafe"
 
 	"github.com/stretchr/testify/require"
 
@@ -40,7 +41,7 @@ func flat(t *testing.T, p *Projector, props string) []string {
 		if f.v.infer != 0 {
 			kind = f.v.infer.String()
 		}
-		out = append(out, parsed.keys[f.key].pointer+" "+kind+" "+string(parsed.appendValueJSON(nil, f.v)))
+		out = append(out, parsed.keys[f.key].pointer+" "+kind+" "+string(parsed.appendValueJSON(nil, 0, f.v)))
 	}
 	return out
 }
@@ -135,4 +136,25 @@ func TestJoin(t *testing.T) {
 			require.Equal(t, tt.want, join(tt.a, tt.b))
 		})
 	}
+}
+
+// TestFieldSize guards the size of a field: a batch holds one for each of
+// its events' properties, about 20 an event.
+func TestFieldSize(t *testing.T) {
+	require.LessOrEqual(t, unsafe.Sizeof(field{}), uintptr(32))
+}
+
+// TestValuesReadTheRowInPlace checks that values sent as they are read
+// (strings without escapes, numbers, compact JSON) are spans of the row,
+// and only what is written anew is copied into the batch's text.
+func TestValuesReadTheRowInPlace(t *testing.T) {
+	p := newProjector(t, nil)
+	props := `{"s":"plain","e":"a\"b","n":-1.5,"o":{"a":{"b":{"c":{"d":1}}}},"w":[1, 2],"c":[1,2]}`
+	parsed := p.Parse(newBatch("t1", props))
+	got := map[string]bool{}
+	for _, f := range parsed.rowFields(0) {
+		got[parsed.keys[f.key].pointer] = f.v.text.at&inRow != 0
+	}
+	require.Equal(t, map[string]bool{"/s": true, "/e": false, "/n": true, "/o/a/b": true, "/w": false, "/c": true}, got)
+	require.Equal(t, `a"b[1,2]`, parsed.text)
 }

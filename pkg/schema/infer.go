@@ -16,10 +16,10 @@ import (
 func classifyNumber(s string, integer bool, t span) value {
 	if integer {
 		if i, ok := smallInt(s); ok {
-			return value{kind: vInt, infer: batch.Int64, i: i, text: t}
+			return value{kind: vInt, infer: batch.Int64, bits: uint64(i), text: t}
 		}
 		if i, err := strconv.ParseInt(s, 10, 64); err == nil {
-			return value{kind: vInt, infer: batch.Int64, i: i, text: t}
+			return value{kind: vInt, infer: batch.Int64, bits: uint64(i), text: t}
 		}
 		return value{kind: vNumber, infer: batch.String, text: t}
 	}
@@ -27,7 +27,7 @@ func classifyNumber(s string, integer bool, t span) value {
 	if err != nil || math.IsInf(f, 0) || math.IsNaN(f) {
 		return value{kind: vNumber, infer: batch.String, text: t}
 	}
-	return value{kind: vFloat, infer: batch.Float64, f: f, text: t}
+	return value{kind: vFloat, infer: batch.Float64, bits: floatBits(f), text: t}
 }
 
 // smallInt is s, a JSON integer (an optional minus, then digits), when it
@@ -116,60 +116,60 @@ const maxExactFloatInt = 1 << 53
 
 // asInt is v in an Int64 column: an integer, an integral float in range
 // (5.0), or a string that is exactly an integer's text ("42", not "042").
-func (ps *Parsed) asInt(v value) (int64, bool) {
+func (ps *Parsed) asInt(row int, v value) (int64, bool) {
 	switch v.kind {
 	case vInt:
-		return v.i, true
+		return v.int(), true
 	case vFloat:
-		return floatToInt(v.f)
+		return floatToInt(v.float())
 	case vString:
-		return exactInt(ps.textOf(v.text))
+		return exactInt(ps.textOf(row, v.text))
 	}
 	return 0, false
 }
 
 // asFloat is v in a Float64 column: a float, an integer within ±2^53, or a
 // string that is exactly a number's text ("4.2", not "4.20").
-func (ps *Parsed) asFloat(v value) (float64, bool) {
+func (ps *Parsed) asFloat(row int, v value) (float64, bool) {
 	switch v.kind {
 	case vFloat:
-		return v.f, true
+		return v.float(), true
 	case vInt:
-		return intToFloat(v.i)
+		return intToFloat(v.int())
 	case vString:
-		return exactFloat(ps.textOf(v.text))
+		return exactFloat(ps.textOf(row, v.text))
 	}
 	return 0, false
 }
 
 // asBool is v in a Bool column (0 or 1): only true and false.
 func asBool(v value) (int64, bool) {
-	return v.i, v.kind == vBool
+	return v.int(), v.kind == vBool
 }
 
 // asString is v in a String column: a string as itself, anything else as
 // its JSON text (2.50 stays "2.50", true is "true").
-func (ps *Parsed) asString(v value) string {
+func (ps *Parsed) asString(row int, v value) string {
 	switch v.kind {
 	case vBool:
-		if v.i == 1 {
+		if v.bits == 1 {
 			return "true"
 		}
 		return "false"
 	case vNull:
 		return "null"
 	}
-	return ps.textOf(v.text)
+	return ps.textOf(row, v.text)
 }
 
 // asTime is v in a DateTime column of the given sub-second digits, in unix
 // microseconds: an RFC 3339 string with a zone, holding no finer part than
 // the column keeps.
-func (ps *Parsed) asTime(v value, digits int) (int64, bool) {
+func (ps *Parsed) asTime(row int, v value, digits int) (int64, bool) {
 	if v.kind != vString {
 		return 0, false
 	}
-	t, err := time.Parse(time.RFC3339Nano, ps.textOf(v.text))
+	t, err := time.Parse(time.RFC3339Nano, ps.textOf(row, v.text))
 	if err != nil || t.Nanosecond()%pow10(9-digits) != 0 {
 		return 0, false
 	}

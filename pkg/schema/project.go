@@ -80,16 +80,15 @@ func (p *Projector) Parse(b *batch.Batch) *Parsed {
 	if p.cfg.Mode == Off {
 		return out
 	}
-	size, members := 0, 0
+	members := 0
 	for _, props := range b.Properties {
-		size += len(props)
 		// A member per colon, give or take colons in strings: sizing the
 		// fields once spares copying them while they grow.
 		members += strings.Count(props, ":")
 	}
 	out.rowEnd = make([]int, 0, len(b.Properties))
 	out.fields = p.fieldBuf(members)
-	f := p.getFlattener(out, size)
+	f := p.getFlattener(out)
 	defer p.putFlattener(f)
 	// Each member's path is a key at most.
 	out.keys = make([]key, 0, min(int(p.lastKeys.Load()), members))
@@ -560,7 +559,7 @@ func (pr *projection) addRow(row int) {
 	}
 	slices.Sort(pr.unpromoted[rowStart:])
 	pr.unpromotedEnd = append(pr.unpromotedEnd, len(pr.unpromoted))
-	pr.writeConflicts()
+	pr.writeConflicts(row)
 }
 
 // limitReason is why a path of a row of tenant that the schema says
@@ -585,7 +584,7 @@ func (pr *projection) conflict(row int, tenant string, f field, reason string) {
 
 // writeConflicts appends the row's _conflicts: a JSON object of the
 // values by pointer, keys sorted so the bytes are the same every time.
-func (pr *projection) writeConflicts() {
+func (pr *projection) writeConflicts(row int) {
 	if len(pr.rowConflicts) > 0 {
 		keys := pr.parsed.keys
 		slices.SortFunc(pr.rowConflicts, func(a, b field) int {
@@ -598,7 +597,7 @@ func (pr *projection) writeConflicts() {
 			}
 			pr.conflicts = AppendJSONString(pr.conflicts, keys[f.key].pointer)
 			pr.conflicts = append(pr.conflicts, ':')
-			pr.conflicts = pr.parsed.appendValueJSON(pr.conflicts, f.v)
+			pr.conflicts = pr.parsed.appendValueJSON(pr.conflicts, row, f.v)
 		}
 		pr.conflicts = append(pr.conflicts, '}')
 	}
@@ -663,14 +662,14 @@ func (c *column) padTo(row int) { c.col.AppendNulls(row - c.col.Rows()) }
 // false when v does not convert without loss. null and [] are NULL.
 func (c *column) add(ps *Parsed, row int, v value) bool {
 	c.padTo(row)
-	if v.kind == vNull || (v.kind == vArray && v.elems.n == 0) {
+	if v.kind == vNull || (v.kind == vArray && v.elemSpan().n == 0) {
 		c.col.AppendNull()
 		return true
 	}
 	if c.col.Kind.IsArray() {
-		return c.addArray(ps, v)
+		return c.addArray(ps, row, v)
 	}
-	if !c.appendScalar(ps, v) {
+	if !c.appendScalar(ps, row, v) {
 		c.col.AppendNull()
 		return false
 	}
@@ -681,7 +680,7 @@ func (c *column) add(ps *Parsed, row int, v value) bool {
 
 // addArray appends an array converting every element, or an empty array
 // and false when one does not convert.
-func (c *column) addArray(ps *Parsed, v value) bool {
+func (c *column) addArray(ps *Parsed, row int, v value) bool {
 	if v.kind != vArray {
 		c.col.AppendNull()
 		return false
@@ -693,7 +692,7 @@ func (c *column) addArray(ps *Parsed, v value) bool {
 			c.appendZero()
 			continue
 		}
-		if !c.appendScalar(ps, e) {
+		if !c.appendScalar(ps, row, e) {
 			c.col.ElemNull = c.col.ElemNull[:marks[0]]
 			c.col.Ints, c.col.Floats, c.col.Strs = c.col.Ints[:marks[1]], c.col.Floats[:marks[2]], c.col.Strs[:marks[3]]
 			c.col.AppendNull()
@@ -701,20 +700,20 @@ func (c *column) addArray(ps *Parsed, v value) bool {
 		}
 		c.col.ElemNull = append(c.col.ElemNull, false)
 	}
-	c.col.Lens = append(c.col.Lens, v.elems.n)
+	c.col.Lens = append(c.col.Lens, v.elemSpan().n)
 	c.filled = true
 	return true
 }
 
 // appendScalar appends v converted to the column's scalar kind to the
 // values, and reports false, appending nothing, when it does not convert.
-func (c *column) appendScalar(ps *Parsed, v value) bool {
+func (c *column) appendScalar(ps *Parsed, row int, v value) bool {
 	switch c.col.Kind.Elem() {
 	case batch.String:
-		c.col.Strs = append(c.col.Strs, ps.asString(v))
+		c.col.Strs = append(c.col.Strs, ps.asString(row, v))
 		return true
 	case batch.Float64:
-		f, ok := ps.asFloat(v)
+		f, ok := ps.asFloat(row, v)
 		if ok {
 			c.col.Floats = append(c.col.Floats, f)
 		}
@@ -724,11 +723,11 @@ func (c *column) appendScalar(ps *Parsed, v value) bool {
 	var ok bool
 	switch c.col.Kind.Elem() {
 	case batch.Int64:
-		i, ok = ps.asInt(v)
+		i, ok = ps.asInt(row, v)
 	case batch.Bool:
 		i, ok = asBool(v)
 	case batch.DateTime:
-		i, ok = ps.asTime(v, c.digits)
+		i, ok = ps.asTime(row, v, c.digits)
 	}
 	if ok {
 		c.col.Ints = append(c.col.Ints, i)
