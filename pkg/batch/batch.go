@@ -2,6 +2,7 @@ package batch
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/surge-events/surge/pkg/event"
@@ -113,9 +114,20 @@ func (b *Batch) pickProjection(out *Batch, rows []int) {
 	}
 }
 
-// Without returns the rows whose sequence is not in drop, as a new batch
-// whose sequence range is theirs.
+// Without returns the rows whose sequence is not in drop, as a batch
+// whose sequence range is theirs. When it drops none (what a read of the
+// rows present mostly finds), the batch shares b's storage, as After's
+// does.
 func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
+	if !slices.ContainsFunc(b.Seq, func(seq uint64) bool { _, ok := drop[seq]; return ok }) {
+		if len(b.Seq) == 0 {
+			return b.pick(nil)
+		}
+		out := *b
+		out.FirstSeq, out.LastSeq = b.Seq[0], b.Seq[len(b.Seq)-1]
+		out.Typed = slices.DeleteFunc(slices.Clone(b.Typed), func(c Column) bool { return !c.hasValue() })
+		return &out
+	}
 	rows := make([]int, 0, len(b.Seq))
 	for i, seq := range b.Seq {
 		if _, ok := drop[seq]; !ok {

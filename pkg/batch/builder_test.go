@@ -297,6 +297,8 @@ func TestWithout(t *testing.T) {
 			require.Len(t, got.ReceivedAt, len(tt.seqs))
 		})
 	}
+	kept := b.Without(map[uint64]struct{}{99: {}})
+	require.Same(t, &b.Properties[0], &kept.Properties[0], "nothing dropped: b's storage, not a copy")
 }
 
 func TestPolicyValidate(t *testing.T) {
