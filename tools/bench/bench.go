@@ -124,7 +124,7 @@ func Run(args []string) error {
 	if err != nil {
 		return err
 	}
-	if len(r.queries) > 0 {
+	if len(r.queries.queries) > 0 {
 		fmt.Print(queryReport(r))
 	}
 	if !f.cluster {
@@ -396,7 +396,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	if mode == schema.Infer && f.properties != "" {
 		fmt.Println("bench: queries over typed columns and over properties")
-		if r.queryRows, r.queries, err = typedQueries(ctx, ch, st.Database, gen); err != nil {
+		if r.queries, err = typedQueries(ctx, ch, st.Database, gen); err != nil {
 			return benchReport{}, fmt.Errorf("queries: %w", err)
 		}
 	}
@@ -421,8 +421,7 @@ type benchReport struct {
 	columns   int           // typed columns of events_local at the end
 	loadAvg   float64       // the machine's 1-minute load average before the stack started
 	chFS      string        // the filesystem under ClickHouse's data (filesystem)
-	queryRows uint64        // rows the queries read
-	queries   []queryTiming
+	queries   queryResults  // after an infer run with properties
 }
 
 // summary is the report the bench prints.

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -196,32 +197,52 @@ func quote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
+// queryResults are the queries of an infer run.
+type queryResults struct {
+	rows uint64 // the rows they read
+	// floor is the median of SELECT count() through the same table: what
+	// any query costs before it reads a column (the Distributed table's
+	// round trip to each server, parsing, the parts), both forms alike.
+	floor   time.Duration
+	queries []queryTiming
+}
+
 // typedQueries runs the queries over db.events, typed and visitParam
-// forms in turn, queryRuns times each; n is the rows they read.
-func typedQueries(ctx context.Context, ch driver.Conn, db string, gen *generator) (n uint64, _ []queryTiming, _ error) {
+// forms in turn, queryRuns times each, after timing the floor.
+func typedQueries(ctx context.Context, ch driver.Conn, db string, gen *generator) (queryResults, error) {
+	var out queryResults
 	keys, err := profileKeys(gen.bodies[0])
 	if err != nil {
-		return 0, nil, err
+		return out, err
 	}
-	if err := ch.QueryRow(ctx, "SELECT count() FROM "+db+".events").Scan(&n); err != nil {
-		return 0, nil, fmt.Errorf("count rows: %w", err)
+	var floor []time.Duration
+	for range queryRuns {
+		d, res, err := timeQuery(ctx, ch, "SELECT count() FROM "+db+".events")
+		if err != nil {
+			return out, fmt.Errorf("count rows: %w", err)
+		}
+		floor = append(floor, d)
+		if out.rows, err = strconv.ParseUint(res, 10, 64); err != nil {
+			return out, fmt.Errorf("count rows: %q: %w", res, err)
+		}
 	}
+	out.floor = median(floor)
 	cols := map[string]string{}
 	rows, err := ch.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = 'events' AND startsWith(name, 'p_')", db)
 	if err != nil {
-		return 0, nil, fmt.Errorf("list typed columns: %w", err)
+		return out, fmt.Errorf("list typed columns: %w", err)
 	}
 	for rows.Next() {
 		var name, typ string
 		if err := rows.Scan(&name, &typ); err != nil {
 			rows.Close()
-			return 0, nil, err
+			return out, err
 		}
 		cols[name] = typ
 	}
 	rows.Close()
 	if err := rows.Err(); err != nil {
-		return 0, nil, err
+		return out, err
 	}
 	qs := queryPlans(db, keys, cols)
 	for i := range qs {
@@ -233,17 +254,18 @@ func typedQueries(ctx context.Context, ch driver.Conn, db string, gen *generator
 		for range queryRuns {
 			d, res, err := timeQuery(ctx, ch, q.typedSQL)
 			if err != nil {
-				return 0, nil, fmt.Errorf("%s: %w", q.typedSQL, err)
+				return out, fmt.Errorf("%s: %w", q.typedSQL, err)
 			}
 			typed, q.typedResult = append(typed, d), res
 			if d, res, err = timeQuery(ctx, ch, q.rawSQL); err != nil {
-				return 0, nil, fmt.Errorf("%s: %w", q.rawSQL, err)
+				return out, fmt.Errorf("%s: %w", q.rawSQL, err)
 			}
 			raw, q.rawResult = append(raw, d), res
 		}
 		q.typed, q.raw = median(typed), median(raw)
 	}
-	return n, qs, nil
+	out.queries = qs
+	return out, nil
 }
 
 // timeQuery runs one query and reads every row; it returns how long that
@@ -299,24 +321,31 @@ func median(ds []time.Duration) time.Duration {
 }
 
 // queryReport prints the infer run's query times: each form's median,
-// how many times faster the typed column is, and the SQL.
+// how many times faster the typed column is, in all and above the floor,
+// and the SQL.
 func queryReport(r benchReport) string {
 	var b strings.Builder
+	q := r.queries
 	fmt.Fprintf(&b, "\nQueries after the %s run (properties %s; %d rows, through the Distributed table; median of %d runs each)\n",
-		r.mode, r.flags.properties, r.queryRows, queryRuns)
-	fmt.Fprintf(&b, "  %-48s %14s %14s %10s\n", "", "typed column", "visitParam", "speed-up")
-	for _, q := range r.queries {
-		if q.skipped != "" {
-			fmt.Fprintf(&b, "  %-48s skipped: %s\n", q.name, q.skipped)
+		r.mode, r.flags.properties, q.rows, queryRuns)
+	fmt.Fprintf(&b, "  %-48s %14s %14s %10s %12s\n", "", "typed column", "visitParam", "speed-up", "above floor")
+	for _, t := range q.queries {
+		if t.skipped != "" {
+			fmt.Fprintf(&b, "  %-48s skipped: %s\n", t.name, t.skipped)
 			continue
 		}
-		speedup := "-"
-		if q.typed > 0 {
-			speedup = fmt.Sprintf("%.1fx", float64(q.raw)/float64(q.typed))
+		speedup, above := "-", "-"
+		if t.typed > 0 {
+			speedup = fmt.Sprintf("%.1fx", float64(t.raw)/float64(t.typed))
 		}
-		fmt.Fprintf(&b, "  %-48s %14s %14s %10s\n", q.name, fmtMillis(q.typed), fmtMillis(q.raw), speedup)
+		if t.typed > q.floor && t.raw > q.floor {
+			above = fmt.Sprintf("%.1fx", float64(t.raw-q.floor)/float64(t.typed-q.floor))
+		}
+		fmt.Fprintf(&b, "  %-48s %14s %14s %10s %12s\n", t.name, fmtMillis(t.typed), fmtMillis(t.raw), speedup, above)
 	}
-	for _, q := range r.queries {
+	fmt.Fprintf(&b, "  floor: SELECT count() through the same table took %s. Every query pays it, both forms alike; \"above floor\"\n"+
+		"  compares what each form costs beyond it, the part that grows with the rows.\n", fmtMillis(q.floor))
+	for _, q := range q.queries {
 		if q.skipped != "" {
 			continue
 		}

@@ -187,7 +187,7 @@ func benchTyped(ctx context.Context, f benchFlags, gen *generator) error {
 	all := []benchReport{offs[0], ons[0], ons[1], offs[1]}
 	fmt.Print(typedReport(f, gen, []benchReport{meanRuns(offs), meanRuns(ons)}, all))
 	for _, r := range all {
-		if len(r.queries) > 0 {
+		if len(r.queries.queries) > 0 {
 			fmt.Print(queryReport(r))
 		}
 	}
