@@ -427,8 +427,8 @@ func (f *flattener) addField(id int32, r *reader, jd int) {
 		f.out.keys[id].hasField = true
 		f.flagged = append(f.flagged, id)
 	}
-	// Written in place: copying each field in
-	// from a returned value took a sixth of the projection's time.
+	// Written in place: copying each field in from a returned value took
+	// a sixth of the projection's time.
 	f.out.fields = append(f.out.fields, field{key: id})
 	f.value(r, jd, &f.out.fields[len(f.out.fields)-1].v)
 }
