@@ -338,13 +338,17 @@ func queryReport(r benchReport) string {
 		if t.typed > 0 {
 			speedup = fmt.Sprintf("%.1fx", float64(t.raw)/float64(t.typed))
 		}
-		if t.typed > q.floor && t.raw > q.floor {
+		switch {
+		case t.typed < q.floor+q.floor/10: // what is left is the runs' noise
+			above = "at floor"
+		case t.raw > q.floor:
 			above = fmt.Sprintf("%.1fx", float64(t.raw-q.floor)/float64(t.typed-q.floor))
 		}
 		fmt.Fprintf(&b, "  %-48s %14s %14s %10s %12s\n", t.name, fmtMillis(t.typed), fmtMillis(t.raw), speedup, above)
 	}
 	fmt.Fprintf(&b, "  floor: SELECT count() through the same table took %s. Every query pays it, both forms alike; \"above floor\"\n"+
-		"  compares what each form costs beyond it, the part that grows with the rows.\n", fmtMillis(q.floor))
+		"  compares what each form costs beyond it, the part that grows with the rows (\"at floor\": the typed form took\n"+
+		"  within a tenth of it, too little beyond it to compare).\n", fmtMillis(q.floor))
 	for _, q := range q.queries {
 		if q.skipped != "" {
 			continue

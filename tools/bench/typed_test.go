@@ -222,7 +222,7 @@ func TestQueryReport(t *testing.T) {
 		{name: "count of a string value (plan = 'pro')", skipped: "p_plan is Nullable(Int64), not Nullable(String)"},
 		{name: "uniq of a nested key per day (context.page.url)", typedSQL: "T", rawSQL: "R",
 			typed: 20 * time.Millisecond, raw: 300 * time.Millisecond, typedResult: "2026-05-01 1000", rawResult: "2026-05-01 1001"},
-		{name: "at the floor", typedSQL: "T", rawSQL: "R", typed: 3 * time.Millisecond, raw: 30 * time.Millisecond},
+		{name: "at the floor", typedSQL: "T", rawSQL: "R", typed: 4300 * time.Microsecond, raw: 30 * time.Millisecond},
 	}}}
 	out := queryReport(r)
 	lines := strings.Split(out, "\n")
@@ -232,7 +232,7 @@ func TestQueryReport(t *testing.T) {
 	assert.Regexp(t, `^  sum of an int key \(n\) +7\.9 ms +118\.5 ms +15\.0x +29\.4x$`, lines[3])
 	assert.Regexp(t, `^  count of a string value \(plan = 'pro'\) +skipped: p_plan is Nullable\(Int64\), not Nullable\(String\)$`, lines[4])
 	assert.Regexp(t, `^  uniq of a nested key per day \(context\.page\.url\) +20\.0 ms +300\.0 ms +15\.0x +18\.5x$`, lines[5])
-	assert.Regexp(t, `^  at the floor +3\.0 ms +30\.0 ms +10\.0x +-$`, lines[6])
+	assert.Regexp(t, `^  at the floor +4\.3 ms +30\.0 ms +7\.0x +at floor$`, lines[6])
 	assert.Regexp(t, `^  floor: SELECT count\(\) through the same table took 4\.0 ms\.`, lines[7])
 	assert.Len(t, lines[3], len(lines[2]))
 	assert.Contains(t, out, "\n  sum of an int key (n)\n    SELECT sum(p_n) FROM surge.events\n      -> 1234\n    SELECT sum(visitParamExtractInt(properties, 'n')) FROM surge.events\n      -> 1234\n  uniq")
