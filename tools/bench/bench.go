@@ -157,7 +157,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.StringVar(&f.clickhouseDir, "clickhouse-dir", "", "keep the ClickHouse servers' data under `dir` instead of the data folder, each stack's in a new folder removed after: a filesystem of its own, such as a journaled ext4 or a tmpfs (ClickHouse creates and deletes files for every column of every part, and ext4 without a journal makes each new file search for a free inode; see docs/performance.md)")
 	fs.StringVar(&f.via, "via", "http", "how events arrive: http (POST /v1/events), nats (async JetStream publishes to surge.in.bench.bench) or segment (http, then the same load through Segment's POST /v1/batch, both reported)")
 	fs.BoolVar(&f.trace, "trace", false, "trace the services as deployed: OpenTelemetry SDK, default parent-based 1% sampler, spans batched to an exporter that discards them")
-	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file` (file-MODE.ext for each --typed mode when there are two)")
+	fs.StringVar(&f.memProfile, "memprofile", "", "write a heap profile taken at the end of the throughput phase to `file`, and one at each service's peak live heap during it to file-peak-SERVICE.ext (file-MODE.ext and file-MODE-peak-SERVICE.ext for each --typed mode when there are two)")
 	fs.StringVar(&f.cpuProfile, "cpuprofile", "", "write a CPU profile of the throughput phase (services and load generator) to `file`, and of the sink leg to file-sinkleg.ext (file-MODE.ext for each --typed mode when there are two)")
 	fs.StringVar(&f.report, "report", "", "write report.html (plots of the run, self-contained) and report.json (its raw figures) into `dir` (dir/MODE for each --typed mode when there are two)")
 	fs.BoolVar(&f.cluster, "cluster", false, "after the single-process report, run the throughput and latency phases again against `surge up --cluster`'s topology and print both side by side")
@@ -318,7 +318,11 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	r := benchReport{flags: f, mode: mode, loadAvg: load, chFS: chFS}
 	rec := newRunRecord(run.report, st, gen)
 	defer rec.stop()
-	heap := watchHeap()
+	var peakFile func(string) string
+	if run.memProfile != "" {
+		peakFile = func(service string) string { return suffixed(run.memProfile, "peak-"+service) }
+	}
+	heap := watchHeap(peakFile)
 	cost := startCost(st)
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)

@@ -115,12 +115,15 @@ func scaledInuse(r runtime.MemProfileRecord, rate int64) uint64 {
 // watchHeap samples the Go heap in use every 100 ms, and its owners every
 // second, until the returned function is called, which returns the
 // peaks: what bounded queues and in-flight limits keep flat however hard
-// the load pushes, apart from the embedded NATS server's own.
-func watchHeap() (stop func() heapPeaks) {
+// the load pushes, apart from the embedded NATS server's own. peakFile,
+// when not nil, names the file a service's heap profile is written to
+// when its live heap peaks (see newPeak), for what it held then.
+func watchHeap(peakFile func(service string) string) (stop func() heapPeaks) {
 	done := make(chan struct{})
 	peak := make(chan heapPeaks, 1)
 	go func() {
 		top := heapPeaks{owners: map[string]uint64{}}
+		written := map[string]uint64{} // the live heap of each service's last profile
 		names := map[uintptr][]string{}
 		var records []runtime.MemProfileRecord
 		tick := time.NewTicker(100 * time.Millisecond)
@@ -133,6 +136,13 @@ func watchHeap() (stop func() heapPeaks) {
 				var by map[string]uint64
 				by, records = heapByOwner(names, records)
 				for k, v := range by {
+					if service, ok := strings.CutPrefix(k, serviceOwnerPref); ok && peakFile != nil && newPeak(v, top.owners[k], written[k]) {
+						if err := writeHeapProfile(peakFile(service)); err != nil {
+							fmt.Printf("bench: heap profile at the %s's peak: %v\n", service, err)
+						} else {
+							written[k] = v
+						}
+					}
 					top.owners[k] = max(top.owners[k], v)
 				}
 			}
@@ -154,6 +164,13 @@ func watchHeap() (stop func() heapPeaks) {
 		close(done)
 		return <-peak
 	}
+}
+
+// newPeak reports whether a service's live heap v is a peak worth a
+// profile: above its peak so far, and an eighth above the last profile's,
+// so a heap creeping up is written a few times, not every second.
+func newPeak(v, peak, written uint64) bool {
+	return v > peak && v > written+written/8
 }
 
 // ownersReport lists each owner's peak live heap, services first.
