@@ -125,7 +125,6 @@ func (b *Batch) Without(drop map[uint64]struct{}) *Batch {
 		}
 		out := *b
 		out.FirstSeq, out.LastSeq = b.Seq[0], b.Seq[len(b.Seq)-1]
-		out.Typed = slices.DeleteFunc(slices.Clone(b.Typed), func(c Column) bool { return !c.hasValue() })
 		return &out
 	}
 	rows := make([]int, 0, len(b.Seq))

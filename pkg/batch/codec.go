@@ -176,10 +176,19 @@ func Decode(data []byte) (*Batch, error) {
 	return b, nil
 }
 
+// appendStrings writes a string column: every length, then every string.
 func appendStrings(dst []byte, col []string) []byte {
+	return appendBytes(appendLens(dst, col), col)
+}
+
+func appendLens(dst []byte, col []string) []byte {
 	for _, s := range col {
 		dst = binary.AppendUvarint(dst, uint64(len(s)))
 	}
+	return dst
+}
+
+func appendBytes(dst []byte, col []string) []byte {
 	for _, s := range col {
 		dst = append(dst, s...)
 	}
@@ -202,14 +211,10 @@ func appendLists(dst []byte, rows [][]string) []byte {
 		dst = binary.AppendUvarint(dst, uint64(len(l)))
 	}
 	for _, l := range rows {
-		for _, s := range l {
-			dst = binary.AppendUvarint(dst, uint64(len(s)))
-		}
+		dst = appendLens(dst, l)
 	}
 	for _, l := range rows {
-		for _, s := range l {
-			dst = append(dst, s...)
-		}
+		dst = appendBytes(dst, l)
 	}
 	return dst
 }

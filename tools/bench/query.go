@@ -216,17 +216,18 @@ func typedQueries(ctx context.Context, ch driver.Conn, db string, gen *generator
 		return out, err
 	}
 	var floor []time.Duration
+	var count string
 	for range queryRuns {
 		d, res, err := timeQuery(ctx, ch, "SELECT count() FROM "+db+".events")
 		if err != nil {
 			return out, fmt.Errorf("count rows: %w", err)
 		}
-		floor = append(floor, d)
-		if out.rows, err = strconv.ParseUint(res, 10, 64); err != nil {
-			return out, fmt.Errorf("count rows: %q: %w", res, err)
-		}
+		floor, count = append(floor, d), res
 	}
 	out.floor = median(floor)
+	if out.rows, err = strconv.ParseUint(count, 10, 64); err != nil {
+		return out, fmt.Errorf("count rows: %q: %w", count, err)
+	}
 	cols := map[string]string{}
 	rows, err := ch.Query(ctx, "SELECT name, type FROM system.columns WHERE database = ? AND table = 'events' AND startsWith(name, 'p_')", db)
 	if err != nil {
@@ -325,11 +326,11 @@ func median(ds []time.Duration) time.Duration {
 // and the SQL.
 func queryReport(r benchReport) string {
 	var b strings.Builder
-	q := r.queries
+	res := r.queries
 	fmt.Fprintf(&b, "\nQueries after the %s run (properties %s; %d rows, through the Distributed table; median of %d runs each)\n",
-		r.mode, r.flags.properties, q.rows, queryRuns)
+		r.mode, r.flags.properties, res.rows, queryRuns)
 	fmt.Fprintf(&b, "  %-48s %14s %14s %10s %12s\n", "", "typed column", "visitParam", "speed-up", "above floor")
-	for _, t := range q.queries {
+	for _, t := range res.queries {
 		if t.skipped != "" {
 			fmt.Fprintf(&b, "  %-48s skipped: %s\n", t.name, t.skipped)
 			continue
@@ -339,17 +340,17 @@ func queryReport(r benchReport) string {
 			speedup = fmt.Sprintf("%.1fx", float64(t.raw)/float64(t.typed))
 		}
 		switch {
-		case t.typed < q.floor+q.floor/10: // what is left is the runs' noise
+		case t.typed < res.floor+res.floor/10: // what is left is the runs' noise
 			above = "at floor"
-		case t.raw > q.floor:
-			above = fmt.Sprintf("%.1fx", float64(t.raw-q.floor)/float64(t.typed-q.floor))
+		case t.raw > res.floor:
+			above = fmt.Sprintf("%.1fx", float64(t.raw-res.floor)/float64(t.typed-res.floor))
 		}
 		fmt.Fprintf(&b, "  %-48s %14s %14s %10s %12s\n", t.name, fmtMillis(t.typed), fmtMillis(t.raw), speedup, above)
 	}
 	fmt.Fprintf(&b, "  floor: SELECT count() through the same table took %s. Every query pays it, both forms alike; \"above floor\"\n"+
 		"  compares what each form costs beyond it, the part that grows with the rows (\"at floor\": the typed form took\n"+
-		"  within a tenth of it, too little beyond it to compare).\n", fmtMillis(q.floor))
-	for _, q := range q.queries {
+		"  within a tenth of it, too little beyond it to compare).\n", fmtMillis(res.floor))
+	for _, q := range res.queries {
 		if q.skipped != "" {
 			continue
 		}
