@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -36,4 +37,31 @@ func TestHeapOwner(t *testing.T) {
 	assert.Equal(t, ownerClickHouse, heapOwner([]string{"github.com/ClickHouse/clickhouse-go/v2.(*connect).process"}))
 	assert.Equal(t, ownerSurge, heapOwner([]string{surge + "pkg/batch.Decode"}))
 	assert.Equal(t, ownerOther, heapOwner([]string{"net/http.(*conn).serve"}))
+}
+
+// leftover keeps an allocation of the load generator's alive until
+// TestWatchHeapForgetsWhatWasFreed drops it.
+var leftover []byte
+
+// leftoverAlloc allocates in a function of this package, so heapOwner
+// gives it to the load generator.
+//
+//go:noinline
+func leftoverAlloc(n int) []byte { return make([]byte, n) }
+
+// TestWatchHeapForgetsWhatWasFreed checks that a watch does not count
+// what was freed before it started, as an earlier stack's heap is: an
+// allocation the profile and HeapInuse still show, then dropped.
+func TestWatchHeapForgetsWhatWasFreed(t *testing.T) {
+	const size = 64 << 20
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapInuse
+	leftover = leftoverAlloc(size)
+	runtime.GC() // the profile now shows it live
+	leftover = nil
+	peaks := watchHeap(nil)()
+	assert.Less(t, peaks.owners[ownerLoad], uint64(size/2), "the load generator's peak counts a freed allocation")
+	assert.Less(t, peaks.inuse, before+size/2, "HeapInuse counts a freed allocation")
 }
