@@ -307,14 +307,6 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	defer ch.Close() // once, before the stack stops: a second Close of a clickhouse-go conn blocks
 
 	fmt.Printf("bench: throughput phase: %d events, %d per request, %d clients\n", f.events, f.perRequest, f.clients)
-	stopProfile := func() {}
-	if run.cpuProfile != "" {
-		if stopProfile, err = startCPUProfile(run.cpuProfile); err != nil {
-			return benchReport{}, err
-		}
-		stopProfile = sync.OnceFunc(stopProfile)
-		defer stopProfile() // when the phase fails
-	}
 	r := benchReport{flags: f, mode: mode, loadAvg: load, chFS: chFS}
 	rec := newRunRecord(run.report, st, gen)
 	defer rec.stop()
@@ -323,6 +315,13 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 		peakFile = func(service string) string { return suffixed(run.memProfile, "peak-"+service) }
 	}
 	heap := watchHeap(peakFile)
+	stopCPU, err := cpuWatch(run.cpuProfile)
+	if err != nil {
+		heap()
+		return benchReport{}, err
+	}
+	stopCPU = sync.OnceValues(stopCPU)
+	defer func() { _, _ = stopCPU() }() // when the phase fails
 	cost := startCost(st)
 	if f.via == "nats" {
 		r.tp, err = throughputNATS(ctx, st, gen, f)
@@ -332,6 +331,9 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	}
 	if err == nil {
 		r.cost = cost(f.events / f.perRequest * f.perRequest)
+		r.cpu, err = stopCPU()
+	}
+	if err == nil {
 		// Rows per shard are the first load's: taken before a segment run adds its own.
 		err = rec.throughputDone(r.tp)
 	}
@@ -347,7 +349,6 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, perr
 		}
 	}
-	stopProfile()
 	if err != nil {
 		return benchReport{}, err
 	}
@@ -422,10 +423,12 @@ type benchReport struct {
 	peakHeap  uint64
 	heap      heapPeaks     // peakHeap and the live heap by owner
 	leg       sinkLegResult // the sink alone; zero when not run
-	columns   int           // typed columns of events_local at the end
-	loadAvg   float64       // the machine's 1-minute load average before the stack started
-	chFS      string        // the filesystem under ClickHouse's data (filesystem)
-	queries   queryResults  // after an infer run with properties
+	// cpu is each owner's CPU seconds in the throughput phase (cpu.go).
+	cpu     map[string]float64
+	columns int          // typed columns of events_local at the end
+	loadAvg float64      // the machine's 1-minute load average before the stack started
+	chFS    string       // the filesystem under ClickHouse's data (filesystem)
+	queries queryResults // after an infer run with properties
 }
 
 // summary is the report the bench prints.
@@ -453,7 +456,7 @@ Surge bench (%d shards, %d ClickHouse servers on %s, %d clients x %d events/requ
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),
 		r.rate, r.lat.p50, r.lat.p99, r.lat.max, r.lat.n,
 		r.ref.bulk, f.events, referenceConns, r.ref.bulkCPU, r.ref.repeated, r.ref.repeatedCPU, r.ref.single, r.ref.bulk/r.ref.single, mib(r.peakHeap),
-		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.cost.batches, r.cost.rowsPerBatch(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary()
+		r.cost.processPerM(), r.cost.clickhousePerM(), r.cost.batchBytesPerEvent(), r.cost.batches, r.cost.rowsPerBatch(), r.columns) + r.breakdown.summary() + r.legSummary() + r.heapSummary() + cpuReport(r.cpu, r.cost.events)
 }
 
 // legSummary puts the sink alone and the whole path beside ClickHouse's

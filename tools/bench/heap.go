@@ -12,7 +12,7 @@ import (
 )
 
 // heapPeaks is what watchHeap measured: the process's peak HeapInuse
-// and, per owner (heapOwner), the peak of the live heap the allocation
+// and, per owner (stackOwner), the peak of the live heap the allocation
 // profile attributes to it.
 type heapPeaks struct {
 	inuse  uint64
@@ -30,11 +30,12 @@ const (
 	serviceOwnerPref = "service "
 )
 
-// heapOwner names who owns an allocation, from its stack (leaf first):
+// stackOwner names who owns an allocation or a CPU sample, from its stack
+// (leaf first):
 // the embedded NATS server when any frame is its code, else the innermost
 // Surge service (or the bench's load generator) that made it, else the
 // client library whose own goroutine did.
-func heapOwner(funcs []string) string {
+func stackOwner(funcs []string) string {
 	const surge = "github.com/surge-events/surge/"
 	for _, fn := range funcs {
 		if strings.HasPrefix(fn, "github.com/nats-io/nats-server/") {
@@ -66,7 +67,7 @@ func heapOwner(funcs []string) string {
 
 // heapByOwner is the live heap at the last garbage collection, from the
 // runtime's sampled allocation profile scaled as pprof scales it, summed
-// by heapOwner. names caches each PC's function.
+// by stackOwner. names caches each PC's function.
 func heapByOwner(names map[uintptr][]string, records []runtime.MemProfileRecord) (map[string]uint64, []runtime.MemProfileRecord) {
 	n, _ := runtime.MemProfile(records, false)
 	for n > len(records) {
@@ -93,7 +94,7 @@ func heapByOwner(names map[uintptr][]string, records []runtime.MemProfileRecord)
 			}
 			funcs = append(funcs, fns...)
 		}
-		out[heapOwner(funcs)] += scaledInuse(r, int64(runtime.MemProfileRate))
+		out[stackOwner(funcs)] += scaledInuse(r, int64(runtime.MemProfileRate))
 	}
 	return out, records
 }
@@ -186,8 +187,24 @@ func newPeak(v, peak, written uint64) bool {
 
 // ownersReport lists each owner's peak live heap, services first.
 func (h heapPeaks) ownersReport() string {
+	var b strings.Builder
+	var svc uint64
+	b.WriteString("  peak live heap by owner (sampled allocation profile, each owner's own peak, every 1 s):\n")
+	for _, k := range ownerOrder(h.owners) {
+		if strings.HasPrefix(k, serviceOwnerPref) {
+			svc += h.owners[k]
+		}
+		fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", k, mib(h.owners[k]))
+	}
+	fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", "the four services together", mib(svc))
+	return b.String()
+}
+
+// ownerOrder is the owners of by in the order the report lists them:
+// the services by name, then the others.
+func ownerOrder[V any](by map[string]V) []string {
 	var services, rest []string
-	for k := range h.owners {
+	for k := range by {
 		if strings.HasPrefix(k, serviceOwnerPref) {
 			services = append(services, k)
 		} else {
@@ -197,17 +214,7 @@ func (h heapPeaks) ownersReport() string {
 	slices.Sort(services)
 	order := []string{ownerNATS, ownerLoad, ownerNATSClient, ownerClickHouse, ownerSurge, ownerOther}
 	slices.SortFunc(rest, func(a, b string) int { return slices.Index(order, a) - slices.Index(order, b) })
-	var b strings.Builder
-	var svc uint64
-	for _, k := range services {
-		svc += h.owners[k]
-	}
-	b.WriteString("  peak live heap by owner (sampled allocation profile, each owner's own peak, every 1 s):\n")
-	for _, k := range append(services, rest...) {
-		fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", k, mib(h.owners[k]))
-	}
-	fmt.Fprintf(&b, "    %-42s%8.1f MiB\n", "the four services together", mib(svc))
-	return b.String()
+	return append(services, rest...)
 }
 
 // writeHeapProfile writes the heap profile to path.

@@ -290,8 +290,11 @@ type reportData struct {
 	// printed; HeapByOwner is each owner's peak live heap (heap.go).
 	PeakHeapBytes uint64            `json:"peak_heap_bytes"`
 	HeapByOwner   map[string]uint64 `json:"peak_live_heap_by_owner_bytes,omitempty"`
-	Phases        []runPhase        `json:"phases"`
-	Samples       []runSample       `json:"samples"`
+	// CPUByOwner is each owner's CPU seconds in the throughput phase,
+	// from its CPU profile (cpu.go).
+	CPUByOwner map[string]float64 `json:"cpu_seconds_by_owner,omitempty"`
+	Phases     []runPhase         `json:"phases"`
+	Samples    []runSample        `json:"samples"`
 }
 
 type reportSetup struct {
@@ -388,6 +391,7 @@ func (rec *runRecord) write(r benchReport) error {
 		Reference:     reportReference{BulkRowsPerSecond: r.ref.bulk, RepeatedBlockRowsPerSecond: r.ref.repeated, SingleRowRowsPerSecond: r.ref.single},
 		PeakHeapBytes: r.peakHeap,
 		HeapByOwner:   r.heap.owners,
+		CPUByOwner:    r.cpu,
 	}
 	if r.leg.events > 0 && r.ref.bulk > 0 {
 		d.SinkLeg = &reportSinkLeg{

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"encoding/xml"
+	"fmt"
 	"image"
 	"image/png"
 	"io"
@@ -99,6 +100,17 @@ func TestBenchReport(t *testing.T) {
 	}
 	assert.Positive(t, services)
 	assert.Len(t, d.Latency.ProbesSeen, d.Latency.Probes)
+	// So does the CPU by owner, each owner's line printed from the same
+	// figures.
+	var cpu float64
+	for owner, s := range d.CPUByOwner {
+		if name, ok := strings.CutPrefix(owner, serviceOwnerPref); ok {
+			assert.Contains(t, []string{"ingest", "partitioner", "batcher", "sink"}, name)
+			cpu += s
+		}
+		assert.Equal(t, fmt.Sprintf("%.2f", perMillion(s, events)), printed(`\n    `+regexp.QuoteMeta(owner)+` +(\S+) s +\d+%`), owner)
+	}
+	assert.Positive(t, cpu)
 
 	// Every shard inserted rows, and they add up to the events sent.
 	require.Len(t, d.Throughput.RowsPerShard, shards)

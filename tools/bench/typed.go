@@ -199,8 +199,12 @@ func benchTyped(ctx context.Context, f benchFlags, gen *generator) error {
 func meanRuns(runs []benchReport) benchReport {
 	m := runs[0]
 	m.tp, m.rate, m.lat, m.cost, m.peakHeap, m.loadAvg = throughputResult{}, 0, latencyResult{}, runCost{}, 0, 0
+	m.cpu = map[string]float64{}
 	n := float64(len(runs))
 	for _, r := range runs {
+		for k, v := range r.cpu {
+			m.cpu[k] += v
+		}
 		m.tp.accepted += r.tp.accepted / n
 		m.tp.inserted += r.tp.inserted / n
 		m.rate += int(float64(r.rate) / n)
@@ -263,6 +267,19 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	row("  p99", func(r benchReport) string { return r.lat.p99.String() }, ratio(func(r benchReport) float64 { return r.lat.p99.Seconds() }))
 	row("  probes", func(r benchReport) string { return fmt.Sprint(r.lat.n) }, "")
 	row("CPU per 1M events, bench", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.processPerM()) }, ratio(func(r benchReport) float64 { return r.cost.processPerM() }))
+	owners := map[string]bool{}
+	for _, r := range runs {
+		for k := range r.cpu {
+			owners[k] = true
+		}
+	}
+	for _, k := range ownerOrder(owners) {
+		if k != ownerNATS && !strings.HasPrefix(k, serviceOwnerPref) {
+			continue
+		}
+		perM := func(r benchReport) float64 { return perMillion(r.cpu[k], r.cost.events) }
+		row("  "+k, func(r benchReport) string { return fmt.Sprintf("%.2f s", perM(r)) }, ratio(perM))
+	}
 	row("CPU per 1M events, ClickHouse", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.clickhousePerM()) }, ratio(func(r benchReport) float64 { return r.cost.clickhousePerM() }))
 	row("peak Go heap, full load", func(r benchReport) string { return fmt.Sprintf("%.0f MiB", mib(r.peakHeap)) }, ratio(func(r benchReport) float64 { return float64(r.peakHeap) }))
 	row("BATCHES bytes per event", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.batchBytesPerEvent()) }, ratio(func(r benchReport) float64 { return r.cost.batchBytesPerEvent() }))
@@ -278,7 +295,8 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	fmt.Fprintf(&b, "  each run on a fresh stack (empty data folder and table), in the order above: a stack runs slower after another, and\n")
 	fmt.Fprintf(&b, "  running the modes there and back cancels that; each mode's runs averaged (CPU and bytes pooled); latency phase at %s\n", rate)
 	fmt.Fprintf(&b, "  CPU: seconds used in the throughput phase, from /proc. The bench process runs the four services, the embedded NATS\n")
-	fmt.Fprintf(&b, "       server and the load generator: the bench does not split it by service. ClickHouse: every clickhouse-server process\n")
+	fmt.Fprintf(&b, "       server and the load generator; the rows under it split it by owner from a CPU profile of the phase (the\n")
+	fmt.Fprintf(&b, "       runtime's own work and the clients' goroutines are the rest). ClickHouse: every clickhouse-server process\n")
 	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included\n", float64(gen.size())/(1<<20))
 	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows; rows per batch: theirs\n")
 	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)

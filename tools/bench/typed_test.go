@@ -76,11 +76,13 @@ func TestTypedReport(t *testing.T) {
 	off := benchReport{mode: schema.Off, tp: throughputResult{accepted: 100_000, inserted: 80_000}, rate: 40_000,
 		lat:      latencyResult{p50: 200 * time.Millisecond, p99: 400 * time.Millisecond, n: 190},
 		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000, batches: 60},
-		peakHeap: 64 << 20, loadAvg: 0.5, chFS: "tmpfs"}
+		peakHeap: 64 << 20, loadAvg: 0.5, chFS: "tmpfs",
+		cpu: map[string]float64{serviceOwnerPref + "sink": 1.5, serviceOwnerPref + "batcher": 1, ownerNATS: 0.9, ownerOther: 2}}
 	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
 		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000, batches: 120},
-		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25}
+		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25,
+		cpu: map[string]float64{serviceOwnerPref + "sink": 3, serviceOwnerPref + "batcher": 3, ownerNATS: 0.9, ownerOther: 2}}
 	// The four runs, there and back, each mode's two averaged.
 	off1, off2, infer1, infer2 := off, off, infer, infer
 	off1.tp.inserted, off2.tp.inserted = 70_000, 90_000
@@ -111,6 +113,12 @@ func TestTypedReport(t *testing.T) {
 		`^    p99 +400ms +500ms +1\.25x$`,
 		`^    probes +380 +370$`,
 		`^  CPU per 1M events, bench +20\.0 s +30\.0 s +1\.50x$`,
+		// The split by owner: the services and the NATS server, each
+		// pooled over its mode's runs (3 and 6 s of the batcher's over
+		// 600,000 events).
+		`^    service batcher +3\.33 s +10\.00 s +3\.00x$`,
+		`^    service sink +5\.00 s +10\.00 s +2\.00x$`,
+		`^    NATS server \(embedded\) +3\.00 s +3\.00 s +1\.00x$`,
 		`^  CPU per 1M events, ClickHouse +5\.0 s +10\.0 s +2\.00x$`,
 		`^  peak Go heap, full load +64 MiB +96 MiB +1\.50x$`,
 		`^  BATCHES bytes per event +100 +150 +1\.50x$`,
@@ -122,10 +130,10 @@ func TestTypedReport(t *testing.T) {
 	}
 	assert.Contains(t, out, "each mode's runs averaged (CPU and bytes pooled); latency phase at half each mode's own inserted rate")
 	assert.Contains(t, out, "the load generator's 3 MiB of request bodies included")
-	assert.Contains(t, out, "the bench does not split it by service")
+	assert.Contains(t, out, "the rows under it split it by owner from a CPU profile of the phase")
 	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
 	// Every row with a ratio is as wide as the header; no line ends in spaces.
-	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13} {
+	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16} {
 		assert.Len(t, lines[i], len(lines[2]), lines[i])
 	}
 	for _, l := range lines {
