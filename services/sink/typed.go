@@ -219,8 +219,8 @@ func build[T any](c *batch.Column, t columnType, conv func(i int) (T, bool), bad
 	}
 	if !c.Kind.IsArray() {
 		n := c.Rows()
-		vals := make([]T, n)
 		if !t.nullable {
+			vals := make([]T, n)
 			for i := range n {
 				if !c.Null[i] {
 					if v, ok := conv(i); ok {
@@ -232,12 +232,22 @@ func build[T any](c *batch.Column, t columnType, conv func(i int) (T, bool), bad
 			}
 			return vals
 		}
+		// The values sit side by side, one for each row that has one: a
+		// sparse column (most of a wide table's) takes a pointer a row,
+		// not a value a row as well.
+		held := 0
+		for _, null := range c.Null {
+			if !null {
+				held++
+			}
+		}
+		vals := make([]T, 0, held)
 		out := make([]*T, n)
 		for i := range n {
 			if !c.Null[i] {
 				if v, ok := conv(i); ok {
-					vals[i] = v
-					out[i] = &vals[i]
+					vals = append(vals, v) // within its capacity: the pointers stay
+					out[i] = &vals[len(vals)-1]
 				} else {
 					bad(i)
 				}

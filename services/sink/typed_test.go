@@ -1,6 +1,7 @@
 package sink
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -286,4 +287,44 @@ func TestAlterSettings(t *testing.T) {
 	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_columns_timeout": 1}, alterSettings(v1816, time.Second))
 	require.Equal(t, clickhouse.Settings{"log_queries": 1, "replication_alter_partitions_sync": 1}, alterSettings(schema.Server{Major: 22, Minor: 8}, 30*time.Second))
 	require.Equal(t, clickhouse.Settings{"log_queries": 1, "alter_sync": 1}, alterSettings(v253, 30*time.Second))
+}
+
+// BenchmarkConvertTyped converts a batch of 4,000 rows with 50 typed
+// columns, half strings and half integers, each filled in one row of
+// fill: a key explosion's sparse columns (fill 100) and a dense batch
+// (fill 1).
+func BenchmarkConvertTyped(b *testing.B) {
+	for _, fill := range []int{1, 100} {
+		b.Run(fmt.Sprintf("filled_1_in_%d", fill), func(b *testing.B) {
+			const rows, cols = 4000, 50
+			props := make([]string, rows)
+			for i := range props {
+				props[i] = `{}`
+			}
+			var columns []batch.Column
+			types := map[string]string{}
+			for c := range cols {
+				col := batch.Column{Name: fmt.Sprintf("p_k%d", c), Kind: batch.String, Null: make([]bool, rows)}
+				types[col.Name] = "Nullable(String)"
+				if c%2 == 1 {
+					col.Kind = batch.Int64
+					types[col.Name] = "Nullable(Int64)"
+				}
+				for r := range rows {
+					col.Null[r] = (r+c)%fill != 0
+					if col.Kind == batch.String {
+						col.Strs = append(col.Strs, "value")
+					} else {
+						col.Ints = append(col.Ints, int64(r))
+					}
+				}
+				columns = append(columns, col)
+			}
+			tb := typedBatch(props, columns...)
+			b.ReportAllocs()
+			for b.Loop() {
+				convertTyped(tb, types, noPath)
+			}
+		})
+	}
 }
