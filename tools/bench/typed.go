@@ -194,16 +194,22 @@ func benchTyped(ctx context.Context, f benchFlags, gen *generator) error {
 	return nil
 }
 
-// meanRuns is one mode's runs as one: rates, latencies, heap and load
-// averaged, CPU and BATCHES bytes pooled over all their events.
+// meanRuns is one mode's runs as one: rates, latencies, heap (the
+// process's and each owner's peak) and load averaged, CPU (each owner's
+// too) and BATCHES bytes pooled over all their events.
 func meanRuns(runs []benchReport) benchReport {
 	m := runs[0]
 	m.tp, m.rate, m.lat, m.cost, m.peakHeap, m.loadAvg = throughputResult{}, 0, latencyResult{}, runCost{}, 0, 0
 	m.cpu = map[string]float64{}
+	m.heap = heapPeaks{owners: map[string]uint64{}}
 	n := float64(len(runs))
 	for _, r := range runs {
 		for k, v := range r.cpu {
 			m.cpu[k] += v
+		}
+		m.heap.inuse += uint64(float64(r.heap.inuse) / n)
+		for k, v := range r.heap.owners {
+			m.heap.owners[k] += uint64(float64(v) / n)
 		}
 		m.tp.accepted += r.tp.accepted / n
 		m.tp.inserted += r.tp.inserted / n
@@ -282,6 +288,19 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	}
 	row("CPU per 1M events, ClickHouse", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.clickhousePerM()) }, ratio(func(r benchReport) float64 { return r.cost.clickhousePerM() }))
 	row("peak Go heap, full load", func(r benchReport) string { return fmt.Sprintf("%.0f MiB", mib(r.peakHeap)) }, ratio(func(r benchReport) float64 { return float64(r.peakHeap) }))
+	heapOwners := map[string]bool{}
+	for _, r := range runs {
+		for k := range r.heap.owners {
+			heapOwners[k] = true
+		}
+	}
+	for _, k := range ownerOrder(heapOwners) {
+		if !strings.HasPrefix(k, serviceOwnerPref) {
+			continue
+		}
+		peak := func(r benchReport) float64 { return float64(r.heap.owners[k]) }
+		row("  "+k, func(r benchReport) string { return fmt.Sprintf("%.1f MiB", mib(uint64(peak(r)))) }, ratio(peak))
+	}
 	row("BATCHES bytes per event", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.batchBytesPerEvent()) }, ratio(func(r benchReport) float64 { return r.cost.batchBytesPerEvent() }))
 	row("rows per batch", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.rowsPerBatch()) }, ratio(func(r benchReport) float64 { return r.cost.rowsPerBatch() }))
 	row("typed columns in events_local", func(r benchReport) string { return fmt.Sprint(r.columns) }, "")
@@ -297,7 +316,8 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	fmt.Fprintf(&b, "  CPU: seconds used in the throughput phase, from /proc. The bench process runs the four services, the embedded NATS\n")
 	fmt.Fprintf(&b, "       server and the load generator; the rows under it split it by owner from a CPU profile of the phase (the\n")
 	fmt.Fprintf(&b, "       runtime's own work and the clients' goroutines are the rest). ClickHouse: every clickhouse-server process\n")
-	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included\n", float64(gen.size())/(1<<20))
+	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included; the rows\n", float64(gen.size())/(1<<20))
+	fmt.Fprintf(&b, "       under it are each service's peak live heap (its own peak, from the sampled allocation profile), averaged\n")
 	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows; rows per batch: theirs\n")
 	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)
 	return trimLines(b.String())

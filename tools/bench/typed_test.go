@@ -77,12 +77,14 @@ func TestTypedReport(t *testing.T) {
 		lat:      latencyResult{p50: 200 * time.Millisecond, p99: 400 * time.Millisecond, n: 190},
 		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000, batches: 60},
 		peakHeap: 64 << 20, loadAvg: 0.5, chFS: "tmpfs",
-		cpu: map[string]float64{serviceOwnerPref + "sink": 1.5, serviceOwnerPref + "batcher": 1, ownerNATS: 0.9, ownerOther: 2}}
+		cpu:  map[string]float64{serviceOwnerPref + "sink": 1.5, serviceOwnerPref + "batcher": 1, ownerNATS: 0.9, ownerOther: 2},
+		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 64 << 20, serviceOwnerPref + "batcher": 32 << 20, ownerNATS: 100 << 20}}}
 	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
 		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000, batches: 120},
 		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25,
-		cpu: map[string]float64{serviceOwnerPref + "sink": 3, serviceOwnerPref + "batcher": 3, ownerNATS: 0.9, ownerOther: 2}}
+		cpu:  map[string]float64{serviceOwnerPref + "sink": 3, serviceOwnerPref + "batcher": 3, ownerNATS: 0.9, ownerOther: 2},
+		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 128 << 20, serviceOwnerPref + "batcher": 40 << 20, ownerNATS: 100 << 20}}}
 	// The four runs, there and back, each mode's two averaged.
 	off1, off2, infer1, infer2 := off, off, infer, infer
 	off1.tp.inserted, off2.tp.inserted = 70_000, 90_000
@@ -121,6 +123,9 @@ func TestTypedReport(t *testing.T) {
 		`^    NATS server \(embedded\) +3\.00 s +3\.00 s +1\.00x$`,
 		`^  CPU per 1M events, ClickHouse +5\.0 s +10\.0 s +2\.00x$`,
 		`^  peak Go heap, full load +64 MiB +96 MiB +1\.50x$`,
+		// Each service's peak live heap, averaged over its mode's runs.
+		`^    service batcher +32\.0 MiB +40\.0 MiB +1\.25x$`,
+		`^    service sink +64\.0 MiB +128\.0 MiB +2\.00x$`,
 		`^  BATCHES bytes per event +100 +150 +1\.50x$`,
 		`^  rows per batch +5000 +2500 +0\.50x$`,
 		`^  typed columns in events_local +0 +20$`,
@@ -130,10 +135,11 @@ func TestTypedReport(t *testing.T) {
 	}
 	assert.Contains(t, out, "each mode's runs averaged (CPU and bytes pooled); latency phase at half each mode's own inserted rate")
 	assert.Contains(t, out, "the load generator's 3 MiB of request bodies included")
+	assert.Contains(t, out, "each service's peak live heap (its own peak, from the sampled allocation profile), averaged")
 	assert.Contains(t, out, "the rows under it split it by owner from a CPU profile of the phase")
 	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
 	// Every row with a ratio is as wide as the header; no line ends in spaces.
-	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16} {
+	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18} {
 		assert.Len(t, lines[i], len(lines[2]), lines[i])
 	}
 	for _, l := range lines {
