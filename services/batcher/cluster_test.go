@@ -24,9 +24,12 @@ import (
 // measured here) and, for the EVENTS leader, the ordered consumer's
 // recreation; a batch whose PubAck was lost with its leader is published
 // again only after publish_timeout (10 s). Both are well below a 30 s
-// AckWait.
+// AckWait. Every shard was batched again 0.2-12.8 s after the fault in
+// most runs, and once 15.3 s after a SIGKILL of the node leading EVENTS
+// and BATCHES: the margin is 8 s, so a second publish_timeout waited out
+// still fails.
 const (
-	clusterMargin = 5 * time.Second
+	clusterMargin = 8 * time.Second
 	clusterShards = 2
 	clusterRows   = 5 // events per EVENTS message
 )
