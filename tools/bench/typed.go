@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -273,31 +275,13 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	row("  p99", func(r benchReport) string { return r.lat.p99.String() }, ratio(func(r benchReport) float64 { return r.lat.p99.Seconds() }))
 	row("  probes", func(r benchReport) string { return fmt.Sprint(r.lat.n) }, "")
 	row("CPU per 1M events, bench", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.processPerM()) }, ratio(func(r benchReport) float64 { return r.cost.processPerM() }))
-	owners := map[string]bool{}
-	for _, r := range runs {
-		for k := range r.cpu {
-			owners[k] = true
-		}
-	}
-	for _, k := range ownerOrder(owners) {
-		if k != ownerNATS && !strings.HasPrefix(k, serviceOwnerPref) {
-			continue
-		}
+	for _, k := range ownersOf(runs, func(r benchReport) []string { return slices.Collect(maps.Keys(r.cpu)) }, true) {
 		perM := func(r benchReport) float64 { return perMillion(r.cpu[k], r.cost.events) }
 		row("  "+k, func(r benchReport) string { return fmt.Sprintf("%.2f s", perM(r)) }, ratio(perM))
 	}
 	row("CPU per 1M events, ClickHouse", func(r benchReport) string { return fmt.Sprintf("%.1f s", r.cost.clickhousePerM()) }, ratio(func(r benchReport) float64 { return r.cost.clickhousePerM() }))
 	row("peak Go heap, full load", func(r benchReport) string { return fmt.Sprintf("%.0f MiB", mib(r.peakHeap)) }, ratio(func(r benchReport) float64 { return float64(r.peakHeap) }))
-	heapOwners := map[string]bool{}
-	for _, r := range runs {
-		for k := range r.heap.owners {
-			heapOwners[k] = true
-		}
-	}
-	for _, k := range ownerOrder(heapOwners) {
-		if !strings.HasPrefix(k, serviceOwnerPref) {
-			continue
-		}
+	for _, k := range ownersOf(runs, func(r benchReport) []string { return slices.Collect(maps.Keys(r.heap.owners)) }, false) {
 		peak := func(r benchReport) float64 { return float64(r.heap.owners[k]) }
 		row("  "+k, func(r benchReport) string { return fmt.Sprintf("%.1f MiB", mib(uint64(peak(r)))) }, ratio(peak))
 	}
@@ -321,6 +305,20 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows; rows per batch: theirs\n")
 	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)
 	return trimLines(b.String())
+}
+
+// ownersOf is the services that any of runs has a figure for (keys), in
+// the report's order, and the embedded NATS server's too when withNATS.
+func ownersOf(runs []benchReport, keys func(benchReport) []string, withNATS bool) []string {
+	seen := map[string]bool{}
+	for _, r := range runs {
+		for _, k := range keys(r) {
+			if strings.HasPrefix(k, serviceOwnerPref) || withNATS && k == ownerNATS {
+				seen[k] = true
+			}
+		}
+	}
+	return ownerOrder(seen)
 }
 
 // trimLines drops the spaces at the end of each line.
