@@ -334,6 +334,9 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 		r.cpu, err = stopCPU()
 	}
 	if err == nil {
+		err = insertsOf(ctx, st.ClickHouse.Addrs(), &r.store)
+	}
+	if err == nil {
 		// Rows per shard are the first load's: taken before a segment run adds its own.
 		err = rec.throughputDone(r.tp)
 	}
@@ -405,6 +408,11 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 			return benchReport{}, fmt.Errorf("queries: %w", err)
 		}
 	}
+	// Last: OPTIMIZE FINAL leaves the table as no query above saw it.
+	if err := tablesOf(ctx, st.ClickHouse.Addrs(), st.Database, &r.store); err != nil {
+		return benchReport{}, err
+	}
+	fmt.Print(storageReport(r.store))
 	return r, nil
 }
 
@@ -429,6 +437,7 @@ type benchReport struct {
 	loadAvg float64      // the machine's 1-minute load average before the stack started
 	chFS    string       // the filesystem under ClickHouse's data (filesystem)
 	queries queryResults // after an infer run with properties
+	store   storage      // what the run's rows cost ClickHouse, read at the end
 }
 
 // summary is the report the bench prints.

@@ -81,6 +81,12 @@ func TestBenchReport(t *testing.T) {
 		assert.Equal(t, dur, time.Duration(q.ms)*time.Millisecond, q.name)
 	}
 	assert.Equal(t, printed(`\((\d+) probes\)`), strconv.Itoa(d.Latency.Probes))
+	// ClickHouse's own log of the sink's inserts, read as the throughput
+	// phase ended: exactly the phase's rows, none of the latency phase's.
+	m := regexp.MustCompile(`sink inserts, throughput phase  (\d+) of (\d+) rows in all`).FindStringSubmatch(out)
+	require.Len(t, m, 3)
+	assert.Equal(t, strconv.Itoa(events), m[2])
+	assert.Regexp(t, `events_local +\d+ active parts after the run's merges, \d+ files a part`, out)
 	// The sink leg: the restarted sink inserted exactly the phase's rows
 	// from a full BATCHES, printed beside the bulk rate.
 	require.NotNil(t, d.SinkLeg)

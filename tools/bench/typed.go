@@ -201,7 +201,7 @@ func benchTyped(ctx context.Context, f benchFlags, gen *generator) error {
 // too) and BATCHES bytes pooled over all their events.
 func meanRuns(runs []benchReport) benchReport {
 	m := runs[0]
-	m.tp, m.rate, m.lat, m.cost, m.peakHeap, m.loadAvg = throughputResult{}, 0, latencyResult{}, runCost{}, 0, 0
+	m.tp, m.rate, m.lat, m.cost, m.peakHeap, m.loadAvg, m.store = throughputResult{}, 0, latencyResult{}, runCost{}, 0, 0, storage{}
 	m.cpu = map[string]float64{}
 	m.heap = heapPeaks{owners: map[string]uint64{}}
 	n := float64(len(runs))
@@ -228,6 +228,7 @@ func meanRuns(runs []benchReport) benchReport {
 		m.peakHeap += uint64(float64(r.peakHeap) / n)
 		m.loadAvg += r.loadAvg / n
 		m.columns = max(m.columns, r.columns)
+		m.store.add(r.store, n)
 	}
 	return m
 }
@@ -288,6 +289,14 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	row("BATCHES bytes per event", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.batchBytesPerEvent()) }, ratio(func(r benchReport) float64 { return r.cost.batchBytesPerEvent() }))
 	row("rows per batch", func(r benchReport) string { return fmt.Sprintf("%.0f", r.cost.rowsPerBatch()) }, ratio(func(r benchReport) float64 { return r.cost.rowsPerBatch() }))
 	row("typed columns in events_local", func(r benchReport) string { return fmt.Sprint(r.columns) }, "")
+	row("sink inserts, on the server: p50", func(r benchReport) string { return fmtMillis(r.store.insertP50) }, ratio(func(r benchReport) float64 { return r.store.insertP50.Seconds() }))
+	row("  p99", func(r benchReport) string { return fmtMillis(r.store.insertP99) }, ratio(func(r benchReport) float64 { return r.store.insertP99.Seconds() }))
+	row("  rows each", func(r benchReport) string { return fmt.Sprintf("%.0f", r.store.rowsPerInsert()) }, ratio(func(r benchReport) float64 { return r.store.rowsPerInsert() }))
+	row("parts after the run's merges", func(r benchReport) string { return fmt.Sprintf("%.1f", r.store.parts) }, ratio(func(r benchReport) float64 { return r.store.parts }))
+	row("files a part", func(r benchReport) string { return fmt.Sprint(r.store.filesPerPart) }, ratio(func(r benchReport) float64 { return float64(r.store.filesPerPart) }))
+	row("on disk, bytes an event", func(r benchReport) string { return fmt.Sprintf("%.1f", r.store.perEvent(r.store.bytes)) }, ratio(func(r benchReport) float64 { return r.store.perEvent(r.store.bytes) }))
+	row("  properties column", func(r benchReport) string { return fmt.Sprintf("%.1f", r.store.perEvent(r.store.properties)) }, ratio(func(r benchReport) float64 { return r.store.perEvent(r.store.properties) }))
+	row("  typed columns", func(r benchReport) string { return fmt.Sprintf("%.1f", r.store.perEvent(r.store.typed)) }, "")
 	row("load average before the run", func(r benchReport) string { return fmt.Sprintf("%.2f", r.loadAvg) }, "")
 
 	rate := "half each mode's own inserted rate"
@@ -303,6 +312,8 @@ func typedReport(f benchFlags, gen *generator, runs, all []benchReport) string {
 	fmt.Fprintf(&b, "  peak Go heap: the bench process's HeapInuse, the load generator's %.0f MiB of request bodies included; the rows\n", float64(gen.size())/(1<<20))
 	fmt.Fprintf(&b, "       under it are each service's peak live heap (its own peak, from the sampled allocation profile), averaged\n")
 	fmt.Fprintf(&b, "  BATCHES bytes per event: encoded bytes of the batches the batcher published, over their rows; rows per batch: theirs\n")
+	fmt.Fprintf(&b, "  sink inserts: the time each took on its server (system.query_log), throughput phase; parts: active ones of events_local\n")
+	fmt.Fprintf(&b, "       once the run's merges ended; on disk: events_local after OPTIMIZE FINAL, compressed columns, over its rows\n")
 	fmt.Fprintf(&b, "  typed columns: the schema section's limits are %d new columns an hour and %d in all\n", def.MaxNewColumnsPerHour, def.MaxColumns)
 	return trimLines(b.String())
 }

@@ -78,16 +78,21 @@ func TestTypedReport(t *testing.T) {
 		cost:     runCost{events: 300_000, process: 6, clickhouse: 1.5, batchBytes: 30_000_000, batchRows: 300_000, batches: 60},
 		peakHeap: 64 << 20, loadAvg: 0.5, chFS: "tmpfs",
 		cpu:  map[string]float64{serviceOwnerPref + "sink": 1.5, serviceOwnerPref + "batcher": 1, ownerNATS: 0.9, ownerOther: 2},
-		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 64 << 20, serviceOwnerPref + "batcher": 32 << 20, ownerNATS: 100 << 20}}}
+		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 64 << 20, serviceOwnerPref + "batcher": 32 << 20, ownerNATS: 100 << 20}},
+		store: storage{inserts: 60, insertP50: 40 * time.Millisecond, insertP99: 90 * time.Millisecond, insertRows: 300_000,
+			parts: 7, filesPerPart: 30, rows: 310_000, bytes: 31_000_000, properties: 24_800_000}}
 	infer := benchReport{mode: schema.Infer, tp: throughputResult{accepted: 90_000, inserted: 60_000}, rate: 30_000,
 		lat:      latencyResult{p50: 250 * time.Millisecond, p99: 500 * time.Millisecond, n: 185},
 		cost:     runCost{events: 300_000, process: 9, clickhouse: 3, batchBytes: 45_000_000, batchRows: 300_000, batches: 120},
 		peakHeap: 96 << 20, columns: 20, loadAvg: 1.25,
 		cpu:  map[string]float64{serviceOwnerPref + "sink": 3, serviceOwnerPref + "batcher": 3, ownerNATS: 0.9, ownerOther: 2},
-		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 128 << 20, serviceOwnerPref + "batcher": 40 << 20, ownerNATS: 100 << 20}}}
+		heap: heapPeaks{owners: map[string]uint64{serviceOwnerPref + "sink": 128 << 20, serviceOwnerPref + "batcher": 40 << 20, ownerNATS: 100 << 20}},
+		store: storage{inserts: 120, insertP50: 60 * time.Millisecond, insertP99: 180 * time.Millisecond, insertRows: 300_000,
+			parts: 8, filesPerPart: 110, rows: 310_000, bytes: 37_200_000, properties: 24_800_000, typed: 4_650_000}}
 	// The four runs, there and back, each mode's two averaged.
 	off1, off2, infer1, infer2 := off, off, infer, infer
 	off1.tp.inserted, off2.tp.inserted = 70_000, 90_000
+	off2.store.parts = 8 // 7.5 parts in the mean
 	infer1.tp.inserted, infer2.tp.inserted = 65_000, 55_000
 	all := []benchReport{off1, infer1, infer2, off2}
 	out := typedReport(f, gen, []benchReport{meanRuns([]benchReport{off1, off2}), meanRuns([]benchReport{infer1, infer2})}, all)
@@ -129,6 +134,16 @@ func TestTypedReport(t *testing.T) {
 		`^  BATCHES bytes per event +100 +150 +1\.50x$`,
 		`^  rows per batch +5000 +2500 +0\.50x$`,
 		`^  typed columns in events_local +0 +20$`,
+		// ClickHouse's own figures: times and parts averaged, rows and
+		// bytes pooled (over 620,000 rows each).
+		`^  sink inserts, on the server: p50 +40\.0 ms +60\.0 ms +1\.50x$`,
+		`^    p99 +90\.0 ms +180\.0 ms +2\.00x$`,
+		`^    rows each +5000 +2500 +0\.50x$`,
+		`^  parts after the run's merges +7\.5 +8\.0 +1\.07x$`,
+		`^  files a part +30 +110 +3\.67x$`,
+		`^  on disk, bytes an event +100\.0 +120\.0 +1\.20x$`,
+		`^    properties column +80\.0 +80\.0 +1\.00x$`,
+		`^    typed columns +0\.0 +15\.0$`,
 		`^  load average before the run +0\.50 +1\.25$`,
 	} {
 		assert.Regexp(t, re, lines[3+i])
@@ -138,8 +153,9 @@ func TestTypedReport(t *testing.T) {
 	assert.Contains(t, out, "each service's peak live heap (its own peak, from the sampled allocation profile), averaged")
 	assert.Contains(t, out, "the rows under it split it by owner from a CPU profile of the phase")
 	assert.Contains(t, out, "limits are 50 new columns an hour and 200 in all")
+	assert.Contains(t, out, "sink inserts: the time each took on its server (system.query_log), throughput phase")
 	// Every row with a ratio is as wide as the header; no line ends in spaces.
-	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18} {
+	for _, i := range []int{3, 4, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 21, 22, 23, 24, 25, 26} {
 		assert.Len(t, lines[i], len(lines[2]), lines[i])
 	}
 	for _, l := range lines {
