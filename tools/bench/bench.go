@@ -99,7 +99,8 @@ func Run(args []string) error {
 		defer os.RemoveAll(d)
 		f.dir = d
 	}
-	gen := newGenerator(f.users, f.perRequest, f.properties)
+	gen := newGenerator(f.users, f.perRequest, f.properties, distinctEvents(f))
+	fmt.Printf("bench: %d distinct events in %d request bodies (%.0f MiB), sent again and again\n", len(gen.bodies)*f.perRequest, len(gen.bodies), mib(uint64(gen.size())))
 	if f.properties != "" {
 		fmt.Printf("bench: events carry properties of profile %s\n", f.properties)
 	}

@@ -10,7 +10,7 @@ import (
 // TestStampedIDsAreUniquePerRequest checks that --dedup's bodies are valid
 // JSON and never repeat an event_id, even when a body is reused.
 func TestStampedIDsAreUniquePerRequest(t *testing.T) {
-	gen := newGenerator(100, 5, "")
+	gen := newGenerator(100, 5, "", 320)
 	gen.stampIDs()
 	seen := map[string]bool{}
 	for range 3 * len(gen.bodies) {

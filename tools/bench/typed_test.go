@@ -282,7 +282,7 @@ func TestQueriesOfTheProfiles(t *testing.T) {
 		{"nested", []string{"uniq of a nested key per day (context.page.url)"}},
 	} {
 		t.Run(tc.profile, func(t *testing.T) {
-			k, err := profileKeys(newGenerator(1000, 500, tc.profile).bodies[0])
+			k, err := profileKeys(newGenerator(1000, 500, tc.profile, 32_000).bodies[0])
 			require.NoError(t, err)
 			// As if every key had its column.
 			cols := map[string]string{}
