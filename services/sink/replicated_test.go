@@ -118,22 +118,29 @@ func TestReplicatedSinkCreatesSchemaOnClusterAndLandsOnEveryReplica(t *testing.T
 	const shards = 4
 	e.startSink(e.replicatedConfig(shards))
 
+	// The sink runs once one replica of each shard holds the tables; the
+	// others run the statements queued on cluster from their DDL queue,
+	// each in its own time.
 	for i, srv := range e.ch.Servers {
-		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-		rows, err := e.conns[i].Query(ctx, "SELECT name, engine, engine_full FROM system.tables WHERE database = 'surge' ORDER BY name")
-		require.NoError(t, err)
-		got := map[string][2]string{}
-		for rows.Next() {
-			var name, engine, full string
-			require.NoError(t, rows.Scan(&name, &engine, &full))
-			got[name] = [2]string{engine, full}
-		}
-		require.NoError(t, rows.Err())
-		rows.Close()
-		cancel()
-		require.Equal(t, "ReplicatedReplacingMergeTree", got["events_local"][0], "on %s", srv.Addr())
-		require.Contains(t, got["events_local"][1], "'/clickhouse/tables/{shard}/surge/events_local', '{replica}'")
-		require.Equal(t, "Distributed", got["events"][0], "on %s", srv.Addr())
+		require.EventuallyWithT(t, func(c *assert.CollectT) {
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			rows, err := e.conns[i].Query(ctx, "SELECT name, engine, engine_full FROM system.tables WHERE database = 'surge' ORDER BY name")
+			if !assert.NoError(c, err) {
+				return
+			}
+			defer rows.Close()
+			got := map[string][2]string{}
+			for rows.Next() {
+				var name, engine, full string
+				assert.NoError(c, rows.Scan(&name, &engine, &full))
+				got[name] = [2]string{engine, full}
+			}
+			assert.NoError(c, rows.Err())
+			assert.Equal(c, "ReplicatedReplacingMergeTree", got["events_local"][0], "on %s", srv.Addr())
+			assert.Contains(c, got["events_local"][1], "'/clickhouse/tables/{shard}/surge/events_local', '{replica}'")
+			assert.Equal(c, "Distributed", got["events"][0], "on %s", srv.Addr())
+		}, 30*time.Second, 50*time.Millisecond)
 	}
 
 	last := map[int]uint64{}

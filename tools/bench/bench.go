@@ -335,7 +335,7 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 		r.cpu, err = stopCPU()
 	}
 	if err == nil {
-		err = insertsOf(ctx, st.ClickHouse.Addrs(), &r.store)
+		err = insertsOf(ctx, st.ClickHouse.Addrs(), uint64(r.cost.events), &r.store)
 	}
 	if err == nil {
 		// Rows per shard are the first load's: taken before a segment run adds its own.

@@ -10,6 +10,8 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"github.com/surge-events/surge/pkg/retry"
 )
 
 // storage is what a run's rows cost ClickHouse to write and to keep, as
@@ -36,22 +38,36 @@ type storage struct {
 	rows, bytes, properties, typed uint64
 }
 
+// insertsLogged bounds how long insertsOf waits for the phase's rows to
+// show in query_log.
+const insertsLogged = 5 * time.Second
+
 // insertsOf reads the sink's INSERTs every server (addrs) has finished
 // so far into s: called the moment the throughput phase ends, on a fresh
-// stack, they are the phase's.
-func insertsOf(ctx context.Context, addrs []string, s *storage) error {
+// stack, they are the phase's, want rows. A server queues a query's entry
+// after it has answered, so a flush right after the last insert can miss
+// it: the logs are read again until they hold want rows, for at most
+// insertsLogged, and then taken as they are.
+func insertsOf(ctx context.Context, addrs []string, want uint64, s *storage) error {
 	var took []time.Duration
-	for _, addr := range addrs {
-		err := withServer(addr, func(ch driver.Conn) error {
-			t, rows, err := sinkInserts(ctx, ch)
-			took, s.insertRows = append(took, t...), s.insertRows+rows
-			return err
-		})
-		if err != nil {
-			return fmt.Errorf("sink inserts on %s: %w", addr, err)
+	var rows uint64
+	for deadline := time.Now().Add(insertsLogged); ; {
+		took, rows = nil, 0
+		for _, addr := range addrs {
+			err := withServer(addr, func(ch driver.Conn) error {
+				t, n, err := sinkInserts(ctx, ch)
+				took, rows = append(took, t...), rows+n
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("sink inserts on %s: %w", addr, err)
+			}
+		}
+		if rows >= want || time.Now().After(deadline) || !retry.Sleep(ctx, 100*time.Millisecond) {
+			break
 		}
 	}
-	s.inserts = len(took)
+	s.insertRows, s.inserts = rows, len(took)
 	if len(took) > 0 {
 		slices.Sort(took)
 		s.insertP50, s.insertP99 = took[len(took)/2], took[(len(took)*99)/100]
@@ -83,13 +99,14 @@ func withServer(addr string, f func(driver.Conn) error) error {
 
 // sinkInserts are the durations and the rows of the sink's INSERTs that
 // ch has finished. type 2 is QueryFinish: an Enum on current servers, a
-// number on 18.16, and toUInt8 reads both.
+// number on 18.16, and toUInt8 reads both. The statements an insert runs
+// first (the table's columns, an ALTER) carry its query id too.
 func sinkInserts(ctx context.Context, ch driver.Conn) ([]time.Duration, uint64, error) {
 	if err := ch.Exec(ctx, "SYSTEM FLUSH LOGS"); err != nil {
 		return nil, 0, fmt.Errorf("flush logs: %w", err)
 	}
 	rows, err := ch.Query(ctx, "SELECT query_duration_ms, written_rows FROM system.query_log "+
-		"WHERE toUInt8(type) = 2 AND startsWith(query_id, 'surge-sink-')")
+		"WHERE toUInt8(type) = 2 AND startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT INTO')")
 	if err != nil {
 		return nil, 0, fmt.Errorf("read query_log: %w", err)
 	}

@@ -61,9 +61,14 @@ func TestStorageReadsTheServers(t *testing.T) {
 	insert(0, "surge-sink-b2-1", 2, time.February)
 	insert(0, "bench-reference-1", 4, time.March) // not the sink's: a part, but no insert of its
 	insert(1, "surge-sink-b3-2", 1, time.January)
+	// What the sink asks before an insert carries the insert's query id.
+	qctx := clickhouse.Context(ctx, clickhouse.WithQueryID("surge-sink-b4-1"), clickhouse.WithSettings(clickhouse.Settings{"log_queries": 1}))
+	var n uint64
+	require.NoError(t, conns[1].QueryRow(qctx, "SELECT count() FROM system.columns WHERE database = 's'").Scan(&n))
+	require.Equal(t, uint64(4), n)
 
 	var s storage
-	require.NoError(t, insertsOf(ctx, addrs, &s))
+	require.NoError(t, insertsOf(ctx, addrs, 6, &s))
 	assert.Equal(t, 3, s.inserts)
 	assert.Equal(t, uint64(6), s.insertRows)
 	assert.InDelta(t, 2.0, s.rowsPerInsert(), 1e-9)
