@@ -99,14 +99,14 @@ func withServer(addr string, f func(driver.Conn) error) error {
 
 // sinkInserts are the durations and the rows of the sink's INSERTs that
 // ch has finished. type 2 is QueryFinish: an Enum on current servers, a
-// number on 18.16, and toUInt8 reads both. The statements an insert runs
+// number on 18.16, and CAST to Int8 reads both as the number. The statements an insert runs
 // first (the table's columns, an ALTER) carry its query id too.
 func sinkInserts(ctx context.Context, ch driver.Conn) ([]time.Duration, uint64, error) {
 	if err := ch.Exec(ctx, "SYSTEM FLUSH LOGS"); err != nil {
 		return nil, 0, fmt.Errorf("flush logs: %w", err)
 	}
 	rows, err := ch.Query(ctx, "SELECT query_duration_ms, written_rows FROM system.query_log "+
-		"WHERE toUInt8(type) = 2 AND startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT INTO')")
+		"WHERE CAST(type, 'Int8') = 2 AND startsWith(query_id, 'surge-sink-') AND startsWith(query, 'INSERT INTO')")
 	if err != nil {
 		return nil, 0, fmt.Errorf("read query_log: %w", err)
 	}

@@ -75,7 +75,7 @@ func TestStorageReadsTheServers(t *testing.T) {
 	// The times are the servers' own, each a row of query_log.
 	var took []time.Duration
 	for _, ch := range conns {
-		rows, err := ch.Query(ctx, "SELECT query_duration_ms FROM system.query_log WHERE toUInt8(type) = 2 AND query_id IN ('surge-sink-b1-1', 'surge-sink-b2-1', 'surge-sink-b3-2')")
+		rows, err := ch.Query(ctx, "SELECT query_duration_ms FROM system.query_log WHERE CAST(type, 'Int8') = 2 AND query_id IN ('surge-sink-b1-1', 'surge-sink-b2-1', 'surge-sink-b3-2')")
 		require.NoError(t, err)
 		for rows.Next() {
 			var ms uint64
