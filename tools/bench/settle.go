@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/surge-events/surge/pkg/retry"
 )
@@ -19,19 +20,11 @@ const settleLimit = 2 * time.Minute
 // settleLimit it stops waiting and says so.
 func settleMerges(ctx context.Context, addrs []string) (time.Duration, error) {
 	start := time.Now()
-	conns := make([]clickhouse.Conn, 0, len(addrs))
-	defer func() {
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	}()
-	for _, addr := range addrs {
-		c, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, MaxOpenConns: 1})
-		if err != nil {
-			return 0, err
-		}
-		conns = append(conns, c)
+	conns, closeAll, err := serverConns(addrs)
+	if err != nil {
+		return 0, err
 	}
+	defer closeAll()
 	for {
 		busy := false
 		for i, c := range conns {
@@ -52,4 +45,25 @@ func settleMerges(ctx context.Context, addrs []string) (time.Duration, error) {
 			return time.Since(start), ctx.Err()
 		}
 	}
+}
+
+// serverConns opens one connection to each server of addrs, for the
+// bench's own statements (up to 5 minutes each: OPTIMIZE FINAL of a large
+// table); closeAll closes them, once each.
+func serverConns(addrs []string) (conns []driver.Conn, closeAll func(), err error) {
+	closeAll = func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
+	for _, addr := range addrs {
+		c, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, MaxOpenConns: 1,
+			Settings: clickhouse.Settings{"max_execution_time": 300}})
+		if err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("open %s: %w", addr, err)
+		}
+		conns = append(conns, c)
+	}
+	return conns, closeAll, nil
 }

@@ -8,7 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
 	"github.com/surge-events/surge/pkg/retry"
@@ -49,19 +48,21 @@ const insertsLogged = 5 * time.Second
 // it: the logs are read again until they hold want rows, for at most
 // insertsLogged, and then taken as they are.
 func insertsOf(ctx context.Context, addrs []string, want uint64, s *storage) error {
+	conns, closeAll, err := serverConns(addrs)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
 	var took []time.Duration
 	var rows uint64
 	for deadline := time.Now().Add(insertsLogged); ; {
 		took, rows = nil, 0
-		for _, addr := range addrs {
-			err := withServer(addr, func(ch driver.Conn) error {
-				t, n, err := sinkInserts(ctx, ch)
-				took, rows = append(took, t...), rows+n
-				return err
-			})
+		for i, ch := range conns {
+			t, n, err := sinkInserts(ctx, ch)
 			if err != nil {
-				return fmt.Errorf("sink inserts on %s: %w", addr, err)
+				return fmt.Errorf("sink inserts on %s: %w", addrs[i], err)
 			}
+			took, rows = append(took, t...), rows+n
 		}
 		if rows >= want || time.Now().After(deadline) || !retry.Sleep(ctx, 100*time.Millisecond) {
 			break
@@ -78,23 +79,17 @@ func insertsOf(ctx context.Context, addrs []string, want uint64, s *storage) err
 // tablesOf optimizes db.events_local on every server (addrs) and adds
 // what it holds to s.
 func tablesOf(ctx context.Context, addrs []string, db string, s *storage) error {
-	for _, addr := range addrs {
-		if err := withServer(addr, func(ch driver.Conn) error { return tableSize(ctx, ch, db, s) }); err != nil {
-			return fmt.Errorf("events_local on %s: %w", addr, err)
-		}
-	}
-	return nil
-}
-
-// withServer runs f with a connection of its own to addr.
-func withServer(addr string, f func(driver.Conn) error) error {
-	ch, err := clickhouse.Open(&clickhouse.Options{Addr: []string{addr}, MaxOpenConns: 1,
-		Settings: clickhouse.Settings{"max_execution_time": 300}})
+	conns, closeAll, err := serverConns(addrs)
 	if err != nil {
 		return err
 	}
-	defer ch.Close()
-	return f(ch)
+	defer closeAll()
+	for i, ch := range conns {
+		if err := tableSize(ctx, ch, db, s); err != nil {
+			return fmt.Errorf("events_local on %s: %w", addrs[i], err)
+		}
+	}
+	return nil
 }
 
 // sinkInserts are the durations and the rows of the sink's INSERTs that
