@@ -284,7 +284,7 @@ func TestClusterLeaderLoss(t *testing.T) {
 			}
 			assert.Fail(co, "no 202 since the first 503")
 		}, fault.bound, 10*time.Millisecond, "%s of INGEST's leader %s (%s): 202 again within %s", fault.name, c.Name(leader), fault.description, fault.bound)
-		next, err := c.WaitStreamLeader(streams.Ingest, leader, 5*time.Second)
+		next, err := c.WaitStreamLeader(streams.Ingest, leader, fault.bound)
 		require.NoError(t, err)
 		// The longest time without a 202 around the fault.
 		var gap time.Duration

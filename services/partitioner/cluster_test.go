@@ -128,9 +128,11 @@ func TestClusterLeaderLoss(t *testing.T) {
 		faultAt := time.Now()
 		require.NoError(t, fault.do(leader))
 		killed := time.Since(faultAt)
-		next := storedAfter(faultAt, fault.bound)
+		// A PubAck read after the node exited came from the stream's new
+		// leader; one read before it may still be the old leader's.
+		next := storedAfter(faultAt.Add(killed), fault.bound)
 		done := ackedThrough(next.Seq, fault.bound)
-		newLeader, err := c.WaitStreamLeader(fault.stream, leader, 5*time.Second)
+		newLeader, err := c.WaitStreamLeader(fault.stream, leader, bound)
 		require.NoError(t, err)
 		t.Logf("%s of %s's leader %s (leading %v, INGEST's consumer too: %v; took %s): %s leads; INGEST stored again after %s, every request since acked after %s",
 			fault.name, fault.stream, c.Name(leader), led, consumerLeader == leader, killed.Round(time.Millisecond), c.Name(newLeader),
