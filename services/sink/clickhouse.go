@@ -12,6 +12,7 @@ import (
 
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/surge-events/surge/pkg/batch"
 	"github.com/surge-events/surge/pkg/failpoint"
@@ -46,6 +47,11 @@ type server struct {
 	replicas   []*replica
 	// timeout bounds the schema work on one replica (EnsureSchema).
 	timeout time.Duration
+	// turns holds a token for each insert under way on the server, at
+	// most ClickHouseConfig.MaxInserts; turnWait, when set, observes how
+	// long each waited for its token.
+	turns    chan struct{}
+	turnWait prometheus.Observer
 
 	// keeper makes sure the columns a batch names exist; shared by every
 	// server of the sink (see columnKeeper).
@@ -110,6 +116,7 @@ func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	s := &server{
 		addr: addr, database: c.Database, cluster: c.Cluster, replicated: c.Replicated,
 		timeout: c.InsertTimeout, current: make(map[int]int), floor: make(map[int]uint64),
+		turns: make(chan struct{}, c.inserts()),
 	}
 	s.keeper = newColumnKeeper(c, []*server{s}, nil, nil, nil)
 	for _, a := range Replicas(addr) {
@@ -122,6 +129,10 @@ func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	}
 	return s, nil
 }
+
+// readConns is the connections a replica's pool keeps for reads beside
+// its inserts' (ClickHouseConfig.MaxInserts).
+const readConns = 4
 
 func openConn(c ClickHouseConfig, addr string) (driver.Conn, error) {
 	var settings clickhouse.Settings
@@ -138,10 +149,13 @@ func openConn(c ClickHouseConfig, addr string) (driver.Conn, error) {
 			Username: c.Username,
 			Password: c.Password,
 		},
-		Settings:     settings,
-		DialTimeout:  c.DialTimeout,
-		MaxOpenConns: 8,
-		MaxIdleConns: 4,
+		Settings:    settings,
+		DialTimeout: c.DialTimeout,
+		// The driver fails a query that waits DialTimeout for one of
+		// MaxOpenConns: inserts take turns below it (server.turn), and the
+		// reads (watermark, presence, schema, eraser) have room beside.
+		MaxOpenConns: c.inserts() + readConns,
+		MaxIdleConns: c.inserts() + readConns,
 		ClientInfo: clickhouse.ClientInfo{
 			Products: []struct{ Name, Version string }{{Name: "surge-sink", Version: "1"}},
 		},
@@ -567,8 +581,13 @@ func (s *server) Floor(shard int) uint64 { return s.raise(shard, 0) }
 // one block, column by column. ctx carries the query id
 // (clickhouse.WithQueryID) and the deadline.
 func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
+	release, err := s.turn(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
 	i, r := s.use(b.Shard)
-	err := s.insert(ctx, r, b)
+	err = s.insert(ctx, r, b)
 	// A commit that lost a race with a column's ALTER landed nothing and
 	// is sent again at once, on the same replica: the other one races
 	// the same ALTER, and the shard's backoff is for servers in trouble.
@@ -583,6 +602,26 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 	}
 	s.raise(b.Shard, b.LastSeq)
 	return nil
+}
+
+// errNoTurn is an insert that ended while it waited for its turn
+// (ClickHouseConfig.MaxInserts): it sent nothing.
+var errNoTurn = errors.New("no turn to insert")
+
+// turn waits for a turn to insert on the server. The wait ends with ctx
+// (the insert's: its timeout, the shard's stop or a lost lease) and is
+// bounded by the inserts ahead of it, each by its own timeout.
+func (s *server) turn(ctx context.Context) (release func(), err error) {
+	start := time.Now()
+	select {
+	case s.turns <- struct{}{}:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w on %s: %w", errNoTurn, s.addr, ctx.Err())
+	}
+	if s.turnWait != nil {
+		s.turnWait.Observe(time.Since(start).Seconds())
+	}
+	return func() { <-s.turns }, nil
 }
 
 func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err error) {

@@ -96,6 +96,12 @@ type ClickHouseConfig struct {
 	// ShardServers optionally maps shard k to server ShardServers[k] (an
 	// index into Addrs); empty means k mod len(Addrs).
 	ShardServers []int `yaml:"shard_servers" env:"SHARD_SERVERS"`
+	// MaxInserts is the most inserts this process runs at once on one
+	// shard server (all its replicas together); the shards it owns there
+	// take turns. A shard whose insert waits for its turn is busy to its
+	// batcher, whose batches then grow (batch.Policy's MinAge), as they do
+	// when the server itself is slow: fewer, larger parts under load.
+	MaxInserts int `yaml:"max_inserts" env:"MAX_INSERTS"`
 }
 
 // DefaultConfig is a sink for a local stack: one ClickHouse server, eight
@@ -110,6 +116,7 @@ func DefaultConfig() Config {
 			Username:      "default",
 			DialTimeout:   5 * time.Second,
 			InsertTimeout: 30 * time.Second,
+			MaxInserts:    4,
 		},
 		Retry:           retry.DefaultConfig(5 * time.Second),
 		AckWait:         5 * time.Second,
@@ -158,6 +165,9 @@ func (c Config) validateLiveness() error {
 // identifier is what may be put into DDL unquoted on every ClickHouse.
 var identifier = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 
+// inserts is MaxInserts, at least 1 in a config that skipped Validate.
+func (c ClickHouseConfig) inserts() int { return max(c.MaxInserts, 1) }
+
 func (c ClickHouseConfig) validate(shards int) error {
 	var errs []error
 	if len(c.Addrs) == 0 {
@@ -185,6 +195,9 @@ func (c ClickHouseConfig) validate(shards int) error {
 	}
 	if !identifier.MatchString(c.Cluster) {
 		errs = append(errs, fmt.Errorf("cluster must be an identifier, got %q", c.Cluster))
+	}
+	if c.MaxInserts < 1 {
+		errs = append(errs, fmt.Errorf("max_inserts must be at least 1, got %d", c.MaxInserts))
 	}
 	if c.DialTimeout <= 0 {
 		errs = append(errs, fmt.Errorf("dial_timeout must be positive, got %s", c.DialTimeout))

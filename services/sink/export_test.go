@@ -27,6 +27,12 @@ func (s *Service) Series(k int) Series {
 // EndToEnd is surge_sink_end_to_end_seconds of s.
 func (s *Service) EndToEnd() prometheus.Histogram { return s.metrics.endToEnd }
 
+// TurnWait is the histogram of the waits for a turn to insert on server
+// addr (surge_sink_insert_turn_wait_seconds).
+func (s *Service) TurnWait(addr string) prometheus.Observer {
+	return s.metrics.turnWait.WithLabelValues(addr)
+}
+
 // UseRegistry has s's column DDL ask f what the schema registry knows of
 // a typed column, as the service will once it reads the registry; call it
 // before Run.

@@ -69,7 +69,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 		// A replayed batch's rows sit below or among the watermark's: the
 		// next batch asks the server again, whatever the outcome.
 		l.known = false
-	case err != nil && refusedAtCommit(err):
+	case err != nil && (refusedAtCommit(err) || errors.Is(err, errNoTurn)):
 		// Nothing landed, for sure: the watermark stands.
 	case err != nil:
 		// The block may or may not have landed: ask the server before the

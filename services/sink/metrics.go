@@ -21,6 +21,7 @@ type metrics struct {
 	batches        *prometheus.CounterVec
 	rows           *prometheus.CounterVec
 	insertDuration *prometheus.HistogramVec
+	turnWait       *prometheus.HistogramVec
 	batchRows      *prometheus.HistogramVec
 	batchBytes     *prometheus.HistogramVec
 	retries        *prometheus.CounterVec
@@ -54,6 +55,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help:    "Duration of successful batch inserts, by shard.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
 		}, []string{"shard"}),
+		turnWait: f.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "surge_sink_insert_turn_wait_seconds",
+			Help:    "How long a batch waited for its turn to insert on its ClickHouse server (clickhouse.max_inserts), by server.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+		}, []string{"server"}),
 		batchRows: f.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "surge_sink_batch_rows",
 			Help:    "Rows per batch received, by shard.",

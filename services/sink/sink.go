@@ -141,6 +141,7 @@ func (s *Service) body(ctx context.Context, conn service.Conn) error {
 		if err != nil {
 			return err
 		}
+		srv.turnWait = s.metrics.turnWait.WithLabelValues(addr)
 		servers = append(servers, srv)
 	}
 	shareKeeper(s.cfg.ClickHouse, servers, s.log, s.metrics, s.registryColumn)

@@ -328,7 +328,9 @@ func expectedRows(shard int, first, last uint64) []row {
 func TestSinkLandsEachShardOnItsServer(t *testing.T) {
 	e := newEnv(t)
 	const shards = 4
-	s := e.startSink(e.config(shards))
+	cfg := e.config(shards)
+	cfg.ClickHouse.MaxInserts = 1 // each server's two shards take turns
+	s := e.startSink(cfg)
 
 	total := 0
 	for k := 0; k < shards; k++ {
@@ -357,6 +359,9 @@ func TestSinkLandsEachShardOnItsServer(t *testing.T) {
 		require.Equal(t, 2.0, samples(t, s.shard(k).BatchBytes))
 	}
 	require.Equal(t, float64(total), samples(t, s.svc.EndToEnd()))
+	for _, addr := range e.ch.Addrs() {
+		require.Equal(t, 4.0, samples(t, s.svc.TurnWait(addr)), "two turns of each of the two shards on %s", addr)
+	}
 
 	// The registry exports them under their names and labels, every
 	// outcome of every shard from the start.

@@ -31,6 +31,7 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	cfg.ClickHouse.Addrs = []string{"clickhouse-0:9000", "no-port"}
 	cfg.ClickHouse.Database = "surge; DROP"
 	cfg.ClickHouse.InsertTimeout = 0
+	cfg.ClickHouse.MaxInserts = 0
 	cfg.ClickHouse.ShardServers = []int{0, 1, 5}
 	cfg.Shards = 4
 	cfg.Owned = []int{1, 1, 9}
@@ -47,6 +48,7 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 		`clickhouse: addrs: "no-port": want host:port`,
 		`clickhouse: database must be an identifier, got "surge; DROP"`,
 		"clickhouse: insert_timeout must be at least 1s",
+		"clickhouse: max_inserts must be at least 1, got 0",
 		"clickhouse: shard_servers must name a server for each of the 4 shards, got 3",
 		"clickhouse: shard_servers: shard 2 maps to server 5, not in [0, 2)",
 		"retry: initial must be positive",
@@ -58,7 +60,7 @@ func TestConfigValidateReportsEveryProblem(t *testing.T) {
 	} {
 		require.Contains(t, msg, want)
 	}
-	require.Len(t, strings.Split(msg, "\n"), 12, msg)
+	require.Len(t, strings.Split(msg, "\n"), 13, msg)
 }
 
 func TestConfigFromEnvironment(t *testing.T) {
@@ -67,6 +69,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 		"SURGE_CLICKHOUSE_ADDRS":          "127.0.0.1:9001, 127.0.0.1:9002",
 		"SURGE_CLICKHOUSE_DATABASE":       "events_test",
 		"SURGE_CLICKHOUSE_INSERT_TIMEOUT": "10s",
+		"SURGE_CLICKHOUSE_MAX_INSERTS":    "2",
 		"SURGE_CLICKHOUSE_SHARD_SERVERS":  "1,1,0,0",
 		"SURGE_SHARDS":                    "4",
 		"SURGE_OWNED_SHARDS":              "2,3",
@@ -80,6 +83,7 @@ func TestConfigFromEnvironment(t *testing.T) {
 	require.Equal(t, []string{"127.0.0.1:9001", "127.0.0.1:9002"}, cfg.ClickHouse.Addrs)
 	require.Equal(t, "events_test", cfg.ClickHouse.Database)
 	require.Equal(t, 10*time.Second, cfg.ClickHouse.InsertTimeout)
+	require.Equal(t, 2, cfg.ClickHouse.MaxInserts)
 	require.Equal(t, []int{2, 3}, cfg.OwnedShards())
 	require.Equal(t, 1, cfg.ServerOf(0))
 	require.Equal(t, 0, cfg.ServerOf(3))

@@ -30,6 +30,7 @@ import (
 	"github.com/surge-events/surge/pkg/testkit/chserver"
 	"github.com/surge-events/surge/pkg/testkit/natsserver"
 	"github.com/surge-events/surge/services/batcher"
+	"github.com/surge-events/surge/services/sink"
 	"github.com/surge-events/surge/tools/stack"
 )
 
@@ -73,6 +74,8 @@ type benchFlags struct {
 	minAge time.Duration
 	// maxRows is the batch policy's MaxRows.
 	maxRows int
+	// maxInserts is the sink's MaxInserts: its inserts at once a server.
+	maxInserts int
 }
 
 // Run is `surge bench` with its arguments: it starts a stack and runs, in order, a
@@ -170,6 +173,7 @@ func parseBenchFlags(args []string) (benchFlags, error) {
 	fs.IntVar(&f.tenants, "tenants", 0, "spread the load over `N` tenants with API keys, one per request in turn, on four fresh stacks (quotas off, on, on, off: every tenant under a quota it never reaches when on); prints each mode averaged and their ratio")
 	fs.IntVar(&f.suppressed, "suppressed", 0, "with --dedup: the dedup-on stacks also hold `N` erased users (none of the load's) on the suppression list, so every event is checked against it")
 	fs.DurationVar(&f.minAge, "batch-min-age", batch.DefaultPolicy().MinAge, "the batcher's early cut: a batch this old is cut once the shard's sink is idle; 0 turns it off (compare the latency phase with and without)")
+	fs.IntVar(&f.maxInserts, "sink-max-inserts", sink.DefaultConfig().ClickHouse.MaxInserts, "the sink's inserts at once on a ClickHouse server (its shards there take turns)")
 	fs.IntVar(&f.maxRows, "batch-max-rows", batch.DefaultPolicy().MaxRows, "the batcher's MaxRows: the most rows a batch (one insert) holds")
 	fs.BoolVar(&f.sinkLeg, "sink-leg", true, "after the latency phase, stop the sink, send the throughput phase's load again until BATCHES holds it all, then start the sink and time it alone (single stack runs)")
 	fs.BoolVar(&f.dedup, "dedup", false, "give every event its own event_id and run on four fresh stacks: event-level deduplication off, on, on, off; prints each mode averaged and their ratio")
@@ -256,7 +260,8 @@ func benchStack(ctx context.Context, f benchFlags, gen *generator, run stackRun)
 	chFS := filesystem(cmp.Or(chDir, run.dir))
 	fmt.Printf("bench: ClickHouse data in %s (%s)\n", cmp.Or(chDir, run.dir), chFS)
 	opts := stack.Options{Dir: run.dir, ClickHouseDir: chDir, Fresh: run.fresh, Shards: f.shards, ClickHouseServers: f.servers, NATSPort: -1, NATSSync: f.natsSync,
-		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup, Policy: policyOf(f)}
+		Producers: []natsserver.User{benchProducer}, Schema: run.schema, APIKeys: run.apiKeys, Dedup: run.dedup, Policy: policyOf(f),
+		SinkMaxInserts: f.maxInserts}
 	tracing := "off"
 	var exported *discardExporter
 	if f.trace {
@@ -449,7 +454,7 @@ func (r benchReport) summary() string {
 		props = "path, ref, ms"
 	}
 	return fmt.Sprintf(`
-Surge bench (%d shards, %d ClickHouse servers on %s, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batches of up to %d rows, batch min age %s)
+Surge bench (%d shards, %d ClickHouse servers on %s, %d clients x %d events/request, via %s, JetStream sync %s, tracing %s, properties %s, typed columns %s, batches of up to %d rows, batch min age %s, sink inserts at once a server %d)
   %-30s%10.0f events/s   (%d events in %s)
   inserted (queryable)          %10.0f events/s   (all %d rows in ClickHouse after %s)
   ingest-to-queryable at %d/s:  p50 %s  p99 %s  max %s  (%d probes)
@@ -460,7 +465,7 @@ Surge bench (%d shards, %d ClickHouse servers on %s, %d clients x %d events/requ
   CPU per 1M events             %10.1f s          (the bench process, throughput phase; ClickHouse %.1f s)
   BATCHES bytes per event       %10.0f            (encoded batches the batcher published, throughput phase: %.0f of %.0f rows on average)
   typed columns in events_local %10d
-`, f.shards, f.servers, r.chFS, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge,
+`, f.shards, f.servers, r.chFS, f.clients, f.perRequest, f.via, f.natsSync, r.tracing, props, r.mode, f.maxRows, f.minAge, f.maxInserts,
 		map[string]string{"http": "accepted (HTTP 202)", "segment": "accepted (HTTP 202)", "nats": "accepted (JetStream PubAck)"}[f.via],
 		r.tp.accepted, f.events, r.tp.acceptedIn.Round(time.Millisecond),
 		r.tp.inserted, f.events, r.tp.insertedIn.Round(time.Millisecond),

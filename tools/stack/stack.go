@@ -66,6 +66,9 @@ type Options struct {
 	HTTPAddr string
 	// Policy is the batch policy; zero means the default.
 	Policy batch.Policy
+	// SinkMaxInserts is the sink's ClickHouseConfig.MaxInserts; 0 keeps
+	// the sink's default.
+	SinkMaxInserts int
 	// Database is the ClickHouse database; "surge" when empty.
 	Database string
 	// APIKeys maps API keys to tenants; empty turns auth off.
@@ -262,6 +265,9 @@ func (s *Stack) startServices(ctx context.Context) error {
 	scfg.ClickHouse.Addrs = s.ClickHouse.Addrs()
 	scfg.ClickHouse.Database = s.opts.Database
 	scfg.ClickHouse.Cluster = s.ClickHouse.Name
+	if s.opts.SinkMaxInserts > 0 {
+		scfg.ClickHouse.MaxInserts = s.opts.SinkMaxInserts
+	}
 	if s.opts.Schema != nil {
 		scfg.Schema = *s.opts.Schema
 	}
