@@ -453,7 +453,7 @@ func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[ui
 }
 
 // Inserts refused at their commit (refusedAtCommit) are sent again at
-// once this many times in all, commitRaceWait apart.
+// once this many times in all, commitRaceWait apart (shardLoop.land).
 const (
 	commitRaceAttempts = 3
 	commitRaceWait     = 100 * time.Millisecond
@@ -586,21 +586,14 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 		return err
 	}
 	defer release()
-	i, r := s.use(b.Shard)
-	err = s.insert(ctx, r, b)
-	// A commit that lost a race with a column's ALTER landed nothing and
-	// is sent again at once, on the same replica: the other one races
-	// the same ALTER, and the shard's backoff is for servers in trouble.
-	for n := 1; err != nil && n < commitRaceAttempts && refusedAtCommit(err); n++ {
-		if !retry.Sleep(ctx, commitRaceWait) {
-			break
-		}
-		err = s.insert(ctx, r, b)
+	shard, lastSeq := b.Shard, b.LastSeq
+	i, r := s.use(shard)
+	// b is not used past insert, so the rows it holds can go while the
+	// driver sends its own copy of them.
+	if err := s.insert(ctx, r, b); err != nil {
+		return s.done(shard, i, err)
 	}
-	if err != nil {
-		return s.done(b.Shard, i, err)
-	}
-	s.raise(b.Shard, b.LastSeq)
+	s.raise(shard, lastSeq)
 	return nil
 }
 
@@ -629,12 +622,36 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 		return err
 	}
 	defer func() { r.noteSchemaLoss(err) }()
+	bt, added, err := s.fill(ctx, r, b)
+	if err != nil {
+		return err
+	}
+	// A batch that was not sent still holds its connection mid-query.
+	defer func() {
+		if !bt.IsSent() {
+			_ = bt.Abort()
+		}
+	}()
+	// The driver holds its own copy of the rows now: b, unused from here
+	// on, can go while the block travels.
+	if err := bt.Send(); err != nil {
+		return fmt.Errorf("send to %s: %w", r.addr, err)
+	}
+	if added {
+		failpoint.Stop(failpoint.SinkInsertedNewColumn)
+	}
+	return nil
+}
+
+// fill starts the insert of b on replica r and appends b's rows to it: the
+// base columns, and the typed columns after making sure the table has
+// them (added says this insert added one). A failed fill aborts the insert.
+func (s *server) fill(ctx context.Context, r *replica, b *batch.Batch) (_ driver.Batch, added bool, err error) {
 	var typed []typedInsert
 	var cols *tableColumns
-	added := false
 	if len(b.Typed) > 0 {
 		if cols, added, err = s.keeper.ensure(ctx, s, r, b.Typed); err != nil {
-			return err
+			return nil, false, err
 		}
 		var conflicts []string
 		typed, conflicts = convertTyped(b, cols.local, s.keeper.path)
@@ -648,29 +665,19 @@ func (s *server) insert(ctx context.Context, r *replica, b *batch.Batch) (err er
 	}
 	bt, err := r.conn.PrepareBatch(ctx, InsertQuery(s.database, names...))
 	if err != nil {
-		return fmt.Errorf("prepare insert on %s: %w", r.addr, err)
+		return nil, false, fmt.Errorf("prepare insert on %s: %w", r.addr, err)
 	}
-	// A batch that was not sent still holds its connection mid-query.
-	defer func() {
-		if !bt.IsSent() {
-			_ = bt.Abort()
-		}
-	}()
 	if err := AppendBatch(bt, b); err != nil {
-		return err
+		_ = bt.Abort()
+		return nil, false, err
 	}
 	for i, c := range typed {
 		if err := appendValues(bt.Column(len(Columns)+i), c.values); err != nil {
-			return s.keeper.typeChanged(ctx, r, cols, c.name, err)
+			_ = bt.Abort()
+			return nil, false, s.keeper.typeChanged(ctx, r, cols, c.name, err)
 		}
 	}
-	if err := bt.Send(); err != nil {
-		return fmt.Errorf("send to %s: %w", r.addr, err)
-	}
-	if added {
-		failpoint.Stop(failpoint.SinkInsertedNewColumn)
-	}
-	return nil
+	return bt, added, nil
 }
 
 // AppendBatch appends the base columns of b's rows to bt column by

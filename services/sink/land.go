@@ -14,30 +14,57 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/surge-events/surge/pkg/batch"
+	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 	"github.com/surge-events/surge/pkg/telemetry"
 )
 
-// land inserts the rows of b that ClickHouse does not hold yet and acks
-// msg. An error leaves msg unacked; shard.ErrNotOwner says the shard's
-// lease is lost, and nothing was inserted or acked after that was known.
+// inHand is the batch a shard works on. The first attempt takes the
+// batch decoded on arrival; a later one decodes the message again. So no
+// attempt keeps the decoded rows alive once it has handed them to the
+// driver, which holds its own copy while the block goes to ClickHouse:
+// that would be a third copy of every row, the largest share of the sink's
+// peak heap with wide batches.
+type inHand struct {
+	data    []byte
+	b       *batch.Batch
+	lastSeq uint64
+}
+
+func newInHand(data []byte, b *batch.Batch) *inHand {
+	return &inHand{data: data, b: b, lastSeq: b.LastSeq}
+}
+
+// take is the batch, decoded on arrival or again.
+func (h *inHand) take() (*batch.Batch, error) {
+	if b := h.b; b != nil {
+		h.b = nil
+		return b, nil
+	}
+	return batch.Decode(h.data)
+}
+
+// land inserts the rows of the batch in hand that ClickHouse does not hold
+// yet and acks msg. An error leaves msg unacked; shard.ErrNotOwner says the
+// shard's lease is lost, and nothing was inserted or acked after that was
+// known.
 //
 // What is left to insert is chosen by strategy (remaining), then every
 // batch takes the same path: fence, insert, metrics, ack.
-func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch, id string, attempt int) error {
+func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, h *inHand, id string, attempt int) error {
 	replay := msg.Headers().Get(streams.HeaderReplay)
 	span := trace.SpanFromContext(ctx)
 	if replay != "" {
 		span.SetAttributes(attribute.Bool("surge.replay", true))
 	}
-	rest, err := l.remaining(ctx, b, replay != "")
+	rest, err := l.rest(ctx, h, replay != "")
 	if err != nil {
 		return err
 	}
 	if rest.Len() == 0 {
 		if replay == "" {
-			l.landed(b.LastSeq)
+			l.landed(h.lastSeq)
 		}
 		if err := l.ack(ctx, msg); err != nil {
 			return err
@@ -63,7 +90,23 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
+	rows, receivedAt := rest.Len(), rest.ReceivedAt
 	err = l.store.Insert(qctx, rest)
+	// A commit that lost a race with a column's ALTER landed nothing and
+	// is sent again at once, on the same replica: the other one races the
+	// same ALTER, and the shard's backoff is for servers in trouble.
+	for n := 1; err != nil && n < commitRaceAttempts && refusedAtCommit(err); n++ {
+		if !retry.Sleep(qctx, commitRaceWait) {
+			break
+		}
+		if rest, err = l.rest(qctx, h, replay != ""); err != nil {
+			break
+		}
+		if rows, receivedAt = rest.Len(), rest.ReceivedAt; rows == 0 {
+			break // all there after all, which a refused commit never leaves
+		}
+		err = l.store.Insert(qctx, rest)
+	}
 	switch {
 	case replay != "":
 		// A replayed batch's rows sit below or among the watermark's: the
@@ -76,23 +119,23 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 		// next attempt.
 		l.known = false
 	default:
-		l.landed(b.LastSeq)
+		l.landed(h.lastSeq)
 	}
 	if err != nil {
 		return fmt.Errorf("insert batch %s: %w", id, err)
 	}
 	now := time.Now()
 	l.m.insertDuration.Observe(now.Sub(start).Seconds())
-	l.m.rows.Add(float64(rest.Len()))
+	l.m.rows.Add(float64(rows))
 	l.m.inserted.Inc()
 	if replay == "" {
 		// A replayed dead letter's rows are as old as its failure: they
 		// would only blur how long events take to become queryable.
-		l.m.observeEndToEnd(rest.ReceivedAt, now)
+		l.m.observeEndToEnd(receivedAt, now)
 	}
-	span.SetAttributes(attribute.Int("surge.rows_inserted", rest.Len()))
+	span.SetAttributes(attribute.Int("surge.rows_inserted", rows))
 	fields := append(telemetry.TraceFields(ctx), zap.String("batch_id", id), zap.String("query_id", qid),
-		zap.Int("rows", rest.Len()), zap.Duration("took", now.Sub(start)))
+		zap.Int("rows", rows), zap.Duration("took", now.Sub(start)))
 	if replay != "" {
 		fields = append(fields, zap.String("replay", replay))
 	}
@@ -106,6 +149,16 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, b *batch.Batch,
 // may hold it alone (presenceUnknown): a killed replica is back in
 // seconds; one still gone after this long may never be.
 const presenceWaitMax = time.Minute
+
+// rest is the part of the batch in hand that ClickHouse does not hold
+// yet (remaining).
+func (l *shardLoop) rest(ctx context.Context, h *inHand, replay bool) (*batch.Batch, error) {
+	b, err := h.take()
+	if err != nil {
+		return nil, err
+	}
+	return l.remaining(ctx, b, replay)
+}
 
 // remaining is the part of b that ClickHouse does not hold yet.
 //

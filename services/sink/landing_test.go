@@ -312,9 +312,12 @@ func TestLand(t *testing.T) {
 		known     bool
 		watermark uint64
 		// The sequences ClickHouse holds, and the failures it answers with.
-		held                                   []uint64
-		floor                                  uint64
-		presentErr, insertErr                  error
+		held                  []uint64
+		floor                 uint64
+		presentErr, insertErr error
+		// insertErrs, when set, are the inserts' errors in turn, instead
+		// of insertErr.
+		insertErrs                             []error
 		replay                                 bool
 		first, last                            uint64
 		wantErr                                error
@@ -403,12 +406,26 @@ func TestLand(t *testing.T) {
 			wantDuplicates: 1,
 		},
 		{
-			name:  "an insert refused at its commit keeps the watermark",
-			known: true, watermark: 4, held: seqs(1, 4), insertErr: fmt.Errorf("send: %w", refusedByAlter), first: 5, last: 6,
+			name:  "an insert refused at its commit is sent again at once",
+			known: true, watermark: 4, held: seqs(1, 4), insertErrs: []error{fmt.Errorf("send: %w", refusedByAlter)}, first: 5, last: 6,
+			wantCalls:   []string{"insert [5 6]", "insert [5 6]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantInserted: 1, wantRows: rowsFrom(5, 6),
+		},
+		{
+			name:  "an insert refused at every commit keeps the watermark",
+			known: true, watermark: 4, held: seqs(1, 4), insertErrs: slices.Repeat([]error{fmt.Errorf("send: %w", refusedByAlter)}, commitRaceAttempts), first: 5, last: 6,
 			wantErr:   refusedByAlter,
-			wantCalls: []string{"insert [5 6]"},
+			wantCalls: slices.Repeat([]string{"insert [5 6]"}, commitRaceAttempts),
 			// Nothing landed: the next attempt needs no read.
 			wantKnown: true, wantWatermark: 4,
+		},
+		{
+			name: "an insert refused at its commit while the watermark is unknown asks again",
+			held: seqs(1, 4), insertErrs: []error{fmt.Errorf("send: %w", refusedByAlter)}, first: 3, last: 6,
+			wantCalls:   []string{"present 3-6", "insert [5 6]", "present 3-6", "insert [5 6]"},
+			wantSettled: []string{"ack"}, wantKnown: true, wantWatermark: 6,
+			wantInserted: 1, wantRows: rowsFrom(5, 6),
 		},
 		{
 			name:  "replay inserts only the sequences ClickHouse lacks",
@@ -447,6 +464,9 @@ func TestLand(t *testing.T) {
 			st.floor = tc.floor
 			st.presentErrs = []error{tc.presentErr}
 			st.insertErrs = []error{tc.insertErr}
+			if tc.insertErrs != nil {
+				st.insertErrs = tc.insertErrs
+			}
 			l := newTestLoop(t, st, nil)
 			l.known, l.watermark = tc.known, tc.watermark
 			b := testBatch(0, tc.first, tc.last)
@@ -455,7 +475,7 @@ func TestLand(t *testing.T) {
 				msg.header.Set(streams.HeaderReplay, "7")
 			}
 
-			err := l.land(t.Context(), msg, b, b.ID(), 1)
+			err := l.land(t.Context(), msg, newInHand(msg.Data(), b), b.ID(), 1)
 
 			if tc.wantErr != nil {
 				require.ErrorIs(t, err, tc.wantErr)
@@ -484,8 +504,11 @@ func TestLandAfterUnknownOutcome(t *testing.T) {
 	b := testBatch(0, 5, 6)
 	msg := newFakeMsg(0, 1, batch.Encode(b))
 
-	require.ErrorIs(t, l.land(t.Context(), msg, b, b.ID(), 1), errBroken)
-	require.NoError(t, l.land(t.Context(), msg, b, b.ID(), 2))
+	// The second attempt decodes the message again: the first let its rows go.
+	h := newInHand(msg.Data(), b)
+	require.ErrorIs(t, l.land(t.Context(), msg, h, b.ID(), 1), errBroken)
+	require.Nil(t, h.b, "the decoded batch is the first attempt's")
+	require.NoError(t, l.land(t.Context(), msg, h, b.ID(), 2))
 
 	require.Equal(t, []string{"insert [5 6]", "present 5-6"}, st.calls)
 	require.Equal(t, []string{"ack"}, msg.settled)
@@ -888,13 +911,14 @@ func TestLandGoesByTheAnswersOnceASilentReplicaOutlastsTheBound(t *testing.T) {
 	b := testBatch(0, 5, 7)
 	msg := newFakeMsg(0, 1, batch.Encode(b))
 
+	h := newInHand(msg.Data(), b)
 	var unknownErr *presenceUnknown
-	require.ErrorAs(t, l.land(t.Context(), msg, b, b.ID(), 1), &unknownErr)
+	require.ErrorAs(t, l.land(t.Context(), msg, h, b.ID(), 1), &unknownErr)
 	require.Equal(t, []string{"present 5-7"}, st.calls, "nothing inserted on a guess")
 	require.False(t, l.silentSince.IsZero())
 
 	l.silentSince = time.Now().Add(-presenceWaitMax) // the bound has passed
-	require.NoError(t, l.land(t.Context(), msg, b, b.ID(), 2))
+	require.NoError(t, l.land(t.Context(), msg, h, b.ID(), 2))
 	require.Equal(t, []string{"present 5-7", "present 5-7", "insert [6 7]"}, st.calls)
 	require.Equal(t, []string{"ack"}, msg.settled)
 	require.Equal(t, 1.0, testutil.ToFloat64(l.m.guesses))

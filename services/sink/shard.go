@@ -312,7 +312,9 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	if id == "" {
 		id = b.ID()
 	}
-	l.m.batchRows.Observe(float64(b.Len()))
+	rows := b.Len()
+	l.m.batchRows.Observe(float64(rows))
+	h := newInHand(msg.Data(), b)
 
 	ctx, span := l.tracer.Start(ctx, "sink insert",
 		trace.WithSpanKind(trace.SpanKindClient),
@@ -321,7 +323,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 			attribute.String("db.operation", "INSERT"),
 			semconv.ServerAddress(l.store.Addr()),
 			attribute.Int("surge.shard", l.k),
-			attribute.Int("surge.rows", b.Len()),
+			attribute.Int("surge.rows", rows),
 			attribute.Int("surge.bytes", len(msg.Data())),
 			attribute.String("surge.batch_id", id),
 		))
@@ -336,7 +338,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	var permanent error // the failure is about the batch: dead-letter it
 	err = retry.Do(ctx, l.retry, func() error {
 		attempt++
-		err := l.land(work, msg, b, id, attempt)
+		err := l.land(work, msg, h, id, attempt)
 		if err != nil && !l.holds() {
 			// Lost before or while the attempt ran (an insert under way
 			// is cut): whatever the error, nothing more is sent.
@@ -355,7 +357,7 @@ func (l *shardLoop) handle(ctx context.Context, msg jetstream.Msg) {
 	switch {
 	case err == nil:
 		if l.notify != nil {
-			l.notify(b.LastSeq)
+			l.notify(h.lastSeq)
 		}
 	case errors.Is(err, shard.ErrNotOwner):
 		log.Warn("shard lease lost with the batch unacked; releasing it to the next owner")
