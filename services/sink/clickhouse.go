@@ -47,9 +47,9 @@ type server struct {
 	replicas   []*replica
 	// timeout bounds the schema work on one replica (EnsureSchema).
 	timeout time.Duration
-	// turns holds a token for each insert under way on the server, at
-	// most ClickHouseConfig.MaxInserts; turnWait, when set, observes how
-	// long each waited for its token.
+	// turns holds a token for each insert or presence read under way on
+	// the server, at most ClickHouseConfig.MaxInserts; turnWait, when set,
+	// observes how long each waited for its token.
 	turns    chan struct{}
 	turnWait prometheus.Observer
 
@@ -130,9 +130,9 @@ func openServer(c ClickHouseConfig, addr string) (*server, error) {
 	return s, nil
 }
 
-// readConns is the connections a replica's pool keeps for reads beside
-// its inserts' (ClickHouseConfig.MaxInserts).
-const readConns = 4
+// otherConns is the connections a replica's pool keeps beside its inserts'
+// and presence reads' (ClickHouseConfig.MaxInserts): schema and eraser.
+const otherConns = 4
 
 func openConn(c ClickHouseConfig, addr string) (driver.Conn, error) {
 	var settings clickhouse.Settings
@@ -152,10 +152,11 @@ func openConn(c ClickHouseConfig, addr string) (driver.Conn, error) {
 		Settings:    settings,
 		DialTimeout: c.DialTimeout,
 		// The driver fails a query that waits DialTimeout for one of
-		// MaxOpenConns: inserts take turns below it (server.turn), and the
-		// reads (watermark, presence, schema, eraser) have room beside.
-		MaxOpenConns: c.inserts() + readConns,
-		MaxIdleConns: c.inserts() + readConns,
+		// MaxOpenConns: inserts and presence reads take turns below it
+		// (server.turn), and the other queries (schema, eraser) have room
+		// beside.
+		MaxOpenConns: c.inserts() + otherConns,
+		MaxIdleConns: c.inserts() + otherConns,
 		ClientInfo: clickhouse.ClientInfo{
 			Products: []struct{ Name, Version string }{{Name: "surge-sink", Version: "1"}},
 		},
@@ -393,6 +394,14 @@ func (s *server) hasSchema(ctx context.Context, r *replica) (bool, error) {
 // and log saying on what, until the silent replica answers again or its
 // parts are fetched, for at most presenceWaitMax (see remaining).
 func (s *server) Present(ctx context.Context, shard int, b *batch.Batch) (map[uint64]struct{}, error) {
+	// Every shard reads at the start of its tenure: the reads take turns
+	// with the inserts, or a server with many shards would have them wait
+	// out the driver's pool at once.
+	release, err := s.turn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	i, r := s.use(shard)
 	present, err := s.present(ctx, r, shard, b)
 	if err != nil {
@@ -597,11 +606,12 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 	return nil
 }
 
-// errNoTurn is an insert that ended while it waited for its turn
-// (ClickHouseConfig.MaxInserts): it sent nothing.
-var errNoTurn = errors.New("no turn to insert")
+// errNoTurn is an insert or a presence read that ended while it waited
+// for its turn (ClickHouseConfig.MaxInserts): it sent nothing.
+var errNoTurn = errors.New("no turn on the server")
 
-// turn waits for a turn to insert on the server. The wait ends with ctx
+// turn waits for a turn to insert on the server, or to read which rows it
+// holds (Present). The wait ends with ctx
 // (the insert's: its timeout, the shard's stop or a lost lease) and is
 // bounded by the inserts ahead of it, each by its own timeout.
 func (s *server) turn(ctx context.Context) (release func(), err error) {
