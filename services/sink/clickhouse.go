@@ -611,9 +611,9 @@ func (s *server) Insert(ctx context.Context, b *batch.Batch) error {
 var errNoTurn = errors.New("no turn on the server")
 
 // turn waits for a turn to insert on the server, or to read which rows it
-// holds (Present). The wait ends with ctx
-// (the insert's: its timeout, the shard's stop or a lost lease) and is
-// bounded by the inserts ahead of it, each by its own timeout.
+// holds (Present). The wait ends with ctx (the query's timeout, the
+// shard's stop or a lost lease) and is bounded by the queries ahead of
+// it, each by its own timeout.
 func (s *server) turn(ctx context.Context) (release func(), err error) {
 	start := time.Now()
 	select {

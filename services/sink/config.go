@@ -99,9 +99,10 @@ type ClickHouseConfig struct {
 	// MaxInserts is the most inserts this process runs at once on one
 	// shard server (all its replicas together), counting the reads of
 	// which rows the server holds (a shard's first at each tenure); the
-	// shards it owns there take turns. A shard whose insert waits for its turn is busy to its
-	// batcher, whose batches then grow (batch.Policy's MinAge), as they do
-	// when the server itself is slow: fewer, larger parts under load.
+	// shards it owns there take turns. A shard whose insert waits for its
+	// turn is busy to its batcher, whose batches then grow (batch.Policy's
+	// MinAge), as they do when the server itself is slow: fewer, larger
+	// parts under load.
 	MaxInserts int `yaml:"max_inserts" env:"MAX_INSERTS"`
 }
 

@@ -90,23 +90,7 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, h *inHand, id s
 	}
 	l.w.Waiting("insert into clickhouse " + l.store.Addr())
 	start := time.Now()
-	rows, receivedAt := rest.Len(), rest.ReceivedAt
-	err = l.store.Insert(qctx, rest)
-	// A commit that lost a race with a column's ALTER landed nothing and
-	// is sent again at once, on the same replica: the other one races the
-	// same ALTER, and the shard's backoff is for servers in trouble.
-	for n := 1; err != nil && n < commitRaceAttempts && refusedAtCommit(err); n++ {
-		if !retry.Sleep(qctx, commitRaceWait) {
-			break
-		}
-		if rest, err = l.rest(qctx, h, replay != ""); err != nil {
-			break
-		}
-		if rows, receivedAt = rest.Len(), rest.ReceivedAt; rows == 0 {
-			break // all there after all, which a refused commit never leaves
-		}
-		err = l.store.Insert(qctx, rest)
-	}
+	rows, receivedAt, err := l.insert(qctx, h, rest, replay != "")
 	switch {
 	case replay != "":
 		// A replayed batch's rows sit below or among the watermark's: the
@@ -149,6 +133,28 @@ func (l *shardLoop) land(ctx context.Context, msg jetstream.Msg, h *inHand, id s
 // may hold it alone (presenceUnknown): a killed replica is back in
 // seconds; one still gone after this long may never be.
 const presenceWaitMax = time.Minute
+
+// insert sends rest and returns how many rows it sent, and when they were
+// received. A commit that lost a race with a column's ALTER landed nothing
+// and is sent again at once, on the same replica: the other one races the
+// same ALTER, and the shard's backoff is for servers in trouble. Each time
+// the rest is worked out again, as the rows sent last are gone.
+func (l *shardLoop) insert(ctx context.Context, h *inHand, rest *batch.Batch, replay bool) (rows int, receivedAt []int64, err error) {
+	for n := 1; ; n++ {
+		rows, receivedAt = rest.Len(), rest.ReceivedAt
+		err = l.store.Insert(ctx, rest)
+		if err == nil || !refusedAtCommit(err) || n == commitRaceAttempts || !retry.Sleep(ctx, commitRaceWait) {
+			return rows, receivedAt, err
+		}
+		if !l.holds() {
+			return 0, nil, shard.ErrNotOwner
+		}
+		if rest, err = l.rest(ctx, h, replay); err != nil || rest.Len() == 0 {
+			// An empty rest, which a refused commit never leaves, is all there.
+			return 0, nil, err
+		}
+	}
+}
 
 // rest is the part of the batch in hand that ClickHouse does not hold
 // yet (remaining).

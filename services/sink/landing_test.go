@@ -26,6 +26,7 @@ import (
 	"github.com/surge-events/surge/pkg/event"
 	"github.com/surge-events/surge/pkg/retry"
 	"github.com/surge-events/surge/pkg/service"
+	"github.com/surge-events/surge/pkg/shard"
 	"github.com/surge-events/surge/pkg/streams"
 )
 
@@ -491,6 +492,28 @@ func TestLand(t *testing.T) {
 			assert.Equal(t, tc.wantRows, testutil.ToFloat64(l.m.rows), "rows")
 		})
 	}
+}
+
+// TestLandSendsNothingAgainOnceTheLeaseIsLost: an insert refused at its
+// commit is not sent again once the shard's lease is lost meanwhile.
+func TestLandSendsNothingAgainOnceTheLeaseIsLost(t *testing.T) {
+	st := newFakeStore(seqs(1, 4)...)
+	var mine atomic.Bool
+	mine.Store(true)
+	st.insertErrs = []error{fmt.Errorf("send: %w", refusedByAlter)}
+	st.insertHook = func(context.Context) error {
+		mine.Store(false) // lost while the first insert was under way
+		return nil
+	}
+	l := newTestLoop(t, st, nil)
+	l.holds = mine.Load
+	l.known, l.watermark = true, 4
+	b := testBatch(0, 5, 6)
+	msg := newFakeMsg(0, 1, batch.Encode(b))
+
+	require.ErrorIs(t, l.land(t.Context(), msg, newInHand(msg.Data(), b), b.ID(), 1), shard.ErrNotOwner)
+	require.Equal(t, []string{"insert [5 6]"}, st.calls, "sent once")
+	require.Empty(t, msg.settled)
 }
 
 // TestLandAfterUnknownOutcome: an insert that failed but landed is not
